@@ -1,0 +1,170 @@
+"""Who caused a call: `usage_context` on contextvars, with OTel Baggage as the fallback.
+
+A contextvar (not a thread-local) so the value follows asyncio tasks and generators; threads
+started inside a context get it through `threads.py`. Baggage is read per key only when the
+context does not set it, so a gateway can set `user.id` once and it propagates over HTTP.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
+from typing import Any, TypeVar
+
+from opentelemetry import baggage
+
+from . import names
+
+_EMPTY: Mapping[str, str] = {}
+_CURRENT: ContextVar[Mapping[str, str]] = ContextVar("otel_tokens_attribution", default=_EMPTY)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def current_attribution() -> Mapping[str, str]:
+    """The attribution in force: usage_context keys, completed from Baggage for the keys it lacks."""
+    values = _CURRENT.get()
+    if len(values) >= 3 and all(k in values for k in names.BAGGAGE_KEYS):
+        return values
+    try:
+        bag = baggage.get_all()
+    except Exception:  # a broken context must not break the call
+        bag = _EMPTY
+    if not bag:
+        return values
+    merged = dict(values)
+    for key in names.BAGGAGE_KEYS:
+        if key not in merged:
+            value = bag.get(key)
+            if value is not None:
+                merged[key] = str(value)
+    return merged
+
+
+class usage_context:  # noqa: N801 - reads as a function at call sites, like contextlib helpers
+    """Attribute every LLM call made inside to a user / department / session.
+
+    Use as `with usage_context(user_id="alice", department="support"):` or as a decorator of a
+    sync or async function or (async) generator. Nested contexts inherit the keys they do not set.
+    Extra keyword arguments become span attributes under their own names.
+    """
+
+    __slots__ = ("_tokens", "_values")
+
+    def __init__(self, user_id: str | None = None, department: str | None = None,
+                 session_id: str | None = None, **extra: Any) -> None:
+        values: dict[str, str] = {}
+        for key, value in ((names.USER_ID, user_id), (names.DEPARTMENT, department),
+                           (names.SESSION_ID, session_id), *extra.items()):
+            if value is not None:
+                values[key] = str(value)
+        self._values = values
+        self._tokens: list[Token[Mapping[str, str]]] = []
+
+    def _enter(self) -> Token[Mapping[str, str]]:
+        outer = _CURRENT.get()
+        return _CURRENT.set({**outer, **self._values} if outer else dict(self._values))
+
+    def __enter__(self) -> usage_context:
+        self._tokens.append(self._enter())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _CURRENT.reset(self._tokens.pop())
+
+    def __call__(self, func: F) -> F:
+        if inspect.isasyncgenfunction(func):
+            return self._wrap_async_gen(func)  # type: ignore[return-value]
+        if inspect.isgeneratorfunction(func):
+            return self._wrap_gen(func)  # type: ignore[return-value]
+        if inspect.iscoroutinefunction(func):
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                token = self._enter()
+                try:
+                    return await func(*args, **kwargs)
+                finally:
+                    _CURRENT.reset(token)
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            token = self._enter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                _CURRENT.reset(token)
+        return wrapper  # type: ignore[return-value]
+
+    # A generator runs in its consumer's context between steps, so the context is entered around
+    # each step rather than once at creation.
+    def _wrap_gen(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            gen = func(*args, **kwargs)
+            method: Callable[..., Any] = gen.send
+            arg: Any = None
+            while True:
+                try:
+                    item = self._step(method, arg)
+                except StopIteration as stop:
+                    return stop.value
+                try:
+                    arg = yield item
+                    method = gen.send
+                except GeneratorExit:
+                    self._step(gen.close)
+                    raise
+                except BaseException as exc:  # forwarded like `yield from` does
+                    method, arg = gen.throw, exc
+        return wrapper
+
+    def _wrap_async_gen(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            agen = func(*args, **kwargs)
+            method: Callable[..., Any] = agen.asend
+            arg: Any = None
+            while True:
+                token = self._enter()
+                try:
+                    item = await method(arg)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    _CURRENT.reset(token)
+                try:
+                    arg = yield item
+                    method = agen.asend
+                except GeneratorExit:
+                    token = self._enter()
+                    try:
+                        await agen.aclose()
+                    finally:
+                        _CURRENT.reset(token)
+                    raise
+                except BaseException as exc:
+                    method, arg = agen.athrow, exc
+        return wrapper
+
+    def _step(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        token = self._enter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _CURRENT.reset(token)
+
+
+def _attach_values(values: Mapping[str, str]) -> Token[Mapping[str, str]]:
+    """Set an attribution captured elsewhere (another thread's); used by `threads.py`."""
+    return _CURRENT.set(values)
+
+
+def _detach(token: Token[Mapping[str, str]]) -> None:
+    _CURRENT.reset(token)
+
+
+def _captured() -> Mapping[str, str]:
+    return _CURRENT.get()

@@ -1,0 +1,1 @@
+"""One module per instrumented library; each holds only what is specific to that library."""

@@ -1,0 +1,134 @@
+"""Exact token counts of a `generate` call, from the tensors it took and returned.
+
+Works on CPU tensors through zero-copy numpy views (numpy ops cost ~1 us, torch's ~2 us) and on
+accelerator tensors with torch ops on the device, so the only host transfer is one tensor of
+two integers after generate has returned. The same expressions serve both because numpy arrays
+and torch tensors share the operators used here.
+
+Rules (as the model saw the tokens):
+- input: prompt tokens without padding: `attention_mask` when given, else ids != pad (unless pad
+  is also an EOS id, where HF itself cannot tell padding apart); summed over the batch, counted
+  once per prompt whatever `num_return_sequences` is (like `n` on hosted APIs);
+- output: per returned sequence, the tokens after the prompt (decoder-only) or after the decoder
+  start (encoder-decoder), up to and including the first EOS; tokens after it are padding. Rows
+  that stopped without EOS (stop strings) lose their trailing pad tokens when pad is not EOS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ids(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+        if isinstance(value, int):
+            return (value,)
+    try:
+        return tuple(int(v) for v in value)
+    except TypeError:
+        return ()
+
+
+def _array(tensor: Any) -> Any:
+    """numpy view of a CPU tensor (cheaper ops); device tensors stay torch."""
+    device = getattr(tensor, "device", None)
+    if device is not None and getattr(device, "type", None) == "cpu" and not tensor.requires_grad:
+        return tensor.numpy()
+    return tensor
+
+
+def _is_integer(tensor: Any) -> bool:
+    dtype = getattr(tensor, "dtype", None)
+    return dtype is not None and not getattr(dtype, "is_floating_point", False) and "float" not in str(dtype)
+
+
+def special_tokens(instance: Any, kwargs: dict[str, Any]) -> tuple[tuple[int, ...], int | None]:
+    """EOS ids and pad id in force for this call: kwargs, then the generation config given, then the model's."""
+    config = kwargs.get("generation_config") or getattr(instance, "generation_config", None)
+    eos = kwargs["eos_token_id"] if "eos_token_id" in kwargs else getattr(config, "eos_token_id", None)
+    pad = kwargs["pad_token_id"] if "pad_token_id" in kwargs else getattr(config, "pad_token_id", None)
+    pad_ids = _ids(pad)
+    return _ids(eos), (pad_ids[0] if pad_ids else None)
+
+
+def _input_count(ids: Any, embeds: Any, mask: Any, eos: tuple[int, ...], pad: int | None) -> Any:
+    if ids is not None and _is_integer(ids) and len(ids.shape) == 2:
+        if mask is not None and tuple(mask.shape) == tuple(ids.shape):
+            return _array(mask).sum()
+        if pad is not None and pad not in eos:
+            return (_array(ids) != pad).sum()
+        return ids.shape[0] * ids.shape[1]
+    if embeds is not None and len(embeds.shape) == 3:
+        if mask is not None and tuple(mask.shape) == tuple(embeds.shape[:2]):
+            return _array(mask).sum()
+        return embeds.shape[0] * embeds.shape[1]
+    if mask is not None and len(mask.shape) == 2:
+        return _array(mask).sum()
+    return None
+
+
+def _generated_count(generated: Any, eos: tuple[int, ...], pad: int | None) -> Any:
+    rows, cols = generated.shape[0], generated.shape[1]
+    if cols == 0:
+        return 0
+    excluded = None
+    if eos:
+        is_eos = generated == eos[0]
+        for other in eos[1:]:
+            is_eos = is_eos | (generated == other)
+        # strictly after the first EOS of the row: an EOS has been seen before this position
+        excluded = is_eos.cumsum(1) > is_eos
+    if pad is not None and pad not in eos:
+        is_pad = generated == pad
+        real_so_far = (~is_pad).cumsum(1)
+        trailing = is_pad & (real_so_far == real_so_far[:, -1:])
+        excluded = trailing if excluded is None else (excluded | trailing)
+    if excluded is None:
+        return rows * cols
+    return rows * cols - excluded.sum()
+
+
+def count_generate(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any,
+                   ) -> tuple[int | None, int | None]:
+    """(input_tokens, output_tokens) of one generate call; None where it cannot be known exactly."""
+    config = getattr(instance, "config", None)
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    ids = args[0] if args else kwargs.get("inputs")
+    if ids is None:
+        ids = kwargs.get("input_ids")
+    embeds = kwargs.get("inputs_embeds")
+    mask = kwargs.get("attention_mask")
+    eos, pad = special_tokens(instance, kwargs)
+
+    input_count = _input_count(ids, embeds, mask, eos, pad)
+
+    sequences = result if hasattr(result, "shape") else getattr(result, "sequences", None)
+    output_count = None
+    if sequences is not None and len(sequences.shape) == 2:
+        if encoder_decoder:
+            decoder_ids = kwargs.get("decoder_input_ids")
+            prompt_len = decoder_ids.shape[1] if decoder_ids is not None else 1
+        elif ids is not None and _is_integer(ids) and len(ids.shape) == 2:
+            prompt_len = ids.shape[1]
+        else:
+            prompt_len = 0  # inputs_embeds only: generate returns just the new tokens
+        output_count = _generated_count(_array(sequences)[:, prompt_len:], eos, pad)
+    return _to_ints(input_count, output_count)
+
+
+def _to_ints(*values: Any) -> tuple[int | None, ...]:
+    """Python ints; torch values still on a device come over in a single transfer."""
+    on_device = [i for i, v in enumerate(values) if type(v).__module__.startswith("torch")]
+    out = [None if v is None or i in on_device else int(v) for i, v in enumerate(values)]
+    if on_device:
+        import torch  # only reached with torch tensors, so torch is importable
+
+        host = torch.stack([values[i].reshape(()).long() for i in on_device]).tolist()
+        for i, value in zip(on_device, host, strict=True):
+            out[i] = value
+    return tuple(out)

@@ -1,0 +1,99 @@
+"""Every telemetry name the package emits, in one place.
+
+Prometheus rules, Grafana dashboards and tests import these instead of repeating strings, so a
+future semantic-conventions rename (see ../shared/DESIGN.md) is a one-module change.
+"""
+
+from __future__ import annotations
+
+INSTRUMENTATION_SCOPE = "otel_tokens"
+
+# --- span / metric attributes (OTel GenAI semconv v1.41) ---------------------------------------
+GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
+GEN_AI_PROVIDER_NAME = "gen_ai.provider.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"
+GEN_AI_USAGE_REASONING_OUTPUT_TOKENS = "gen_ai.usage.reasoning.output_tokens"
+GEN_AI_TOKEN_TYPE = "gen_ai.token.type"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+ERROR_TYPE = "error.type"
+
+# --- attribution and accounting attributes (ours) ---------------------------------------------
+USER_ID = "user.id"
+SESSION_ID = "session.id"
+DEPARTMENT = "department"
+LLM_USAGE_SOURCE = "llm.usage.source"
+LLM_COST = "llm.cost"
+LLM_COST_CURRENCY = "llm.cost.currency"
+CURRENCY = "currency"
+
+# --- attribute values ---------------------------------------------------------------------------
+TOKEN_TYPE_INPUT = "input"
+TOKEN_TYPE_OUTPUT = "output"
+
+SOURCE_REPORTED = "reported"  # the server's usage block
+SOURCE_COUNTED = "counted"  # counted locally with the model's own tokenizer or tensors: exact
+SOURCE_ESTIMATED = "estimated"  # heuristic, no tokenizer
+
+OPERATION_CHAT = "chat"
+OPERATION_TEXT_COMPLETION = "text_completion"
+OPERATION_EMBEDDINGS = "embeddings"
+OPERATION_GENERATE_CONTENT = "generate_content"
+
+PROVIDER_TRANSFORMERS = "transformers"
+PROVIDER_OPENAI = "openai"
+
+# --- metric instruments: (OTel name, unit) ---------------------------------------------------
+METRIC_TOKEN_USAGE = "gen_ai.client.token.usage"
+METRIC_OPERATION_DURATION = "gen_ai.client.operation.duration"
+METRIC_TIME_TO_FIRST_CHUNK = "gen_ai.client.operation.time_to_first_chunk"
+METRIC_LLM_TOKEN_USAGE = "llm.token.usage"
+METRIC_LLM_COST = "llm.cost"
+METRIC_LLM_REQUESTS = "llm.requests"
+
+UNIT_TOKEN = "{token}"
+UNIT_SECONDS = "s"
+UNIT_REQUEST = "{request}"
+UNIT_CURRENCY = "{currency}"
+
+# Semconv advisory bucket boundaries (the SDK defaults are wrong for token counts).
+TOKEN_USAGE_BUCKETS: tuple[float, ...] = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+
+# Attribution dimensions that become metric labels unless configured otherwise. session.id never does.
+DEFAULT_METRIC_DIMENSIONS: tuple[str, ...] = (USER_ID, DEPARTMENT)
+
+# Baggage keys read when no usage_context is set.
+BAGGAGE_KEYS: tuple[str, ...] = (USER_ID, DEPARTMENT, SESSION_ID)
+
+
+def prometheus_name(otel_name: str, unit: str, monotonic_counter: bool = False) -> str:
+    """The name Prometheus shows after the standard OTel translation (dots to `_`, `s` to
+    `_seconds`, braced units dropped, `_total` on monotonic counters)."""
+    name = otel_name.replace(".", "_")
+    if unit == UNIT_SECONDS:
+        name += "_seconds"
+    if monotonic_counter:
+        name += "_total"
+    return name
+
+
+def prometheus_label(attribute: str) -> str:
+    """The Prometheus label name of an attribute key."""
+    return attribute.replace(".", "_")
+
+
+PROM_LLM_TOKEN_USAGE = prometheus_name(METRIC_LLM_TOKEN_USAGE, UNIT_TOKEN, monotonic_counter=True)
+PROM_LLM_COST = prometheus_name(METRIC_LLM_COST, UNIT_CURRENCY, monotonic_counter=True)
+PROM_LLM_REQUESTS = prometheus_name(METRIC_LLM_REQUESTS, UNIT_REQUEST, monotonic_counter=True)
+PROM_TOKEN_USAGE = prometheus_name(METRIC_TOKEN_USAGE, UNIT_TOKEN)
+PROM_OPERATION_DURATION = prometheus_name(METRIC_OPERATION_DURATION, UNIT_SECONDS)
+PROM_TIME_TO_FIRST_CHUNK = prometheus_name(METRIC_TIME_TO_FIRST_CHUNK, UNIT_SECONDS)

@@ -1,0 +1,27 @@
+"""The neutral record of one LLM call: what every integration builds and the recorder consumes.
+
+Integrations fill this and nothing else, so adding a client library means writing only its
+wrapper (DESIGN.md, "Data flow").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class CallRecord:
+    operation: str
+    provider: str
+    request_model: str
+    response_model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    reasoning_output_tokens: int | None = None
+    usage_source: str | None = None  # names.SOURCE_*; None when no count was obtained
+    error_type: str | None = None
+    time_to_first_chunk_s: float | None = None
+    server_address: str | None = None
+    server_port: int | None = None
+    streaming: bool = False

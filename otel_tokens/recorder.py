@@ -1,0 +1,117 @@
+"""The one recorder: turns a CallRecord into span attributes and metric points.
+
+Integrations call `start()` before the library call and `finish()` after it; attribution is
+taken at start (who asked, not who happened to be current when a stream ended).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.metrics import Meter
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+
+from . import names
+from .accounting import Accounting
+from .attribution import current_attribution
+from .record import CallRecord
+from .safety import internal_error
+
+
+class CallHandle:
+    """One call in flight: its record, span and start time."""
+
+    __slots__ = ("_finished", "_start", "attribution", "record", "span")
+
+    def __init__(self, record: CallRecord, span: trace.Span, attribution: Mapping[str, str]) -> None:
+        self.record = record
+        self.span = span
+        self.attribution = attribution
+        self._start = time.perf_counter()
+        self._finished = False
+
+    def activate(self) -> object:
+        """Make the span current (so children and propagation see it); pass the result to deactivate."""
+        return otel_context.attach(trace.set_span_in_context(self.span))
+
+    @staticmethod
+    def deactivate(token: object) -> None:
+        otel_context.detach(token)  # type: ignore[arg-type]
+
+    def mark_first_chunk(self) -> None:
+        if self.record.time_to_first_chunk_s is None:
+            self.record.time_to_first_chunk_s = time.perf_counter() - self._start
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
+
+class Recorder:
+    def __init__(self, tracer: Tracer, meter: Meter,
+                 dimensions: Sequence[str] = names.DEFAULT_METRIC_DIMENSIONS) -> None:
+        self._tracer = tracer
+        self.accounting = Accounting(meter, dimensions)
+
+    def start(self, operation: str, provider: str, request_model: str, kind: SpanKind = SpanKind.CLIENT,
+              server_address: str | None = None, server_port: int | None = None,
+              streaming: bool = False) -> CallHandle:
+        record = CallRecord(operation=operation, provider=provider, request_model=request_model,
+                            server_address=server_address, server_port=server_port, streaming=streaming)
+        attribution = current_attribution()
+        attributes: dict[str, Any] = {
+            names.GEN_AI_OPERATION_NAME: operation,
+            names.GEN_AI_PROVIDER_NAME: provider,
+            names.GEN_AI_REQUEST_MODEL: request_model,
+        }
+        if server_address is not None:
+            attributes[names.SERVER_ADDRESS] = server_address
+        if server_port is not None:
+            attributes[names.SERVER_PORT] = server_port
+        if attribution:
+            attributes.update(attribution)
+        span = self._tracer.start_span(f"{operation} {request_model}", kind=kind, attributes=attributes)
+        return CallHandle(record, span, attribution)
+
+    def finish(self, handle: CallHandle, error: BaseException | None = None) -> None:
+        """Record the call once; later calls for the same handle are ignored. Never raises."""
+        if handle._finished:
+            return
+        handle._finished = True
+        try:
+            record = handle.record
+            if error is not None and record.error_type is None:
+                record.error_type = type(error).__qualname__
+            self.accounting.add(record, handle.elapsed(), handle.attribution)
+        except Exception:
+            internal_error("metrics")
+        span = handle.span
+        try:
+            if span.is_recording():
+                span.set_attributes(_span_attributes(record))
+                if record.error_type is not None:
+                    # The type only: exception messages can echo prompt text.
+                    span.set_status(Status(StatusCode.ERROR, record.error_type))
+            span.end()
+        except Exception:
+            internal_error("span")
+
+    def close(self) -> None:
+        self.accounting.close()
+
+
+def _span_attributes(record: CallRecord) -> dict[str, Any]:
+    attributes: dict[str, Any] = {}
+    for key, value in ((names.GEN_AI_RESPONSE_MODEL, record.response_model),
+                       (names.GEN_AI_USAGE_INPUT_TOKENS, record.input_tokens),
+                       (names.GEN_AI_USAGE_OUTPUT_TOKENS, record.output_tokens),
+                       (names.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, record.cache_read_input_tokens),
+                       (names.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, record.reasoning_output_tokens),
+                       (names.LLM_USAGE_SOURCE, record.usage_source),
+                       (names.ERROR_TYPE, record.error_type)):
+        if value is not None:
+            attributes[key] = value
+    return attributes
