@@ -30,7 +30,8 @@ def test_concurrent_threads_and_tasks_attribute_every_token_to_the_right_user(te
         user = f"thread-user-{i}"
         expected[user] = (3 * (2 + i), 3 * (1 + i % 4))
         threads.append(threading.Thread(target=work, args=(user, 2 + i, 1 + i % 4)))
-    barrier_start = [t.start() for t in threads]  # noqa: F841 - start all before joining
+    for t in threads:
+        t.start()
     for t in threads:
         t.join()
 
@@ -55,7 +56,8 @@ def test_concurrent_threads_and_tasks_attribute_every_token_to_the_right_user(te
     assert len(telemetry.spans()) == 16 * 3
     departments = telemetry.token_totals(names.USER_ID, names.DEPARTMENT)
     assert all(dept == "dept-" + user[-1] for user, dept in departments)
-    per_span = {(s.attributes[names.USER_ID], s.attributes[names.GEN_AI_USAGE_OUTPUT_TOKENS]) for s in telemetry.spans()}
+    per_span = {(s.attributes[names.USER_ID], s.attributes[names.GEN_AI_USAGE_OUTPUT_TOKENS])
+                for s in telemetry.spans()}
     assert per_span == {(user, out // 3) for user, (_, out) in expected.items()}
 
 

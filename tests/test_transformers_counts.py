@@ -166,10 +166,10 @@ def test_text_generation_pipeline(telemetry):
 
 
 def test_exception_inside_generate_is_recorded_and_reraised_unchanged(telemetry):
-    class Boom(RuntimeError):
+    class BoomError(RuntimeError):
         pass
 
-    error = Boom("generation failed")
+    error = BoomError("generation failed")
 
     class Raising(tm.ForceTokens):
         def __call__(self, input_ids, scores):
@@ -178,12 +178,13 @@ def test_exception_inside_generate_is_recorded_and_reraised_unchanged(telemetry)
     from transformers import LogitsProcessorList
 
     model = tm.gpt2()
-    with pytest.raises(Boom) as caught:
+    with pytest.raises(BoomError) as caught:
         model.generate(torch.tensor([[5, 6]]), max_new_tokens=3,
                        logits_processor=LogitsProcessorList([Raising(2, [[1]])]))
     assert caught.value is error
     span = telemetry.span()
-    assert span.attributes[names.ERROR_TYPE] == "test_exception_inside_generate_is_recorded_and_reraised_unchanged.<locals>.Boom"
+    assert span.attributes[names.ERROR_TYPE] == BoomError.__qualname__
+    assert BoomError.__qualname__.endswith("<locals>.BoomError")
     assert span.status.status_code.name == "ERROR"
     assert "generation failed" not in str(span.status.description)
     (requests,) = telemetry.metrics()[names.METRIC_LLM_REQUESTS]
