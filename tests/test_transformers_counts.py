@@ -14,6 +14,19 @@ from tests import tiny_models as tm
 from tests.tiny_models import EOS, EOS2, FILLER, PAD, forcing
 
 A = names.GEN_AI_USAGE_INPUT_TOKENS
+
+
+@pytest.fixture(autouse=True, params=["lists", "numpy", "torch"])
+def counting_path(request, monkeypatch):
+    """Run every case through each counting path: Python lists (small CPU outputs), numpy arrays
+    (large CPU outputs) and torch ops (what accelerator tensors use, ending in one transfer)."""
+    from otel_tokens.integrations import generation_counts
+
+    if request.param != "lists":
+        monkeypatch.setattr(generation_counts, "_SMALL", 0)
+    if request.param == "torch":
+        monkeypatch.setattr(generation_counts, "_array", lambda tensor: tensor)
+    return request.param
 B = names.GEN_AI_USAGE_OUTPUT_TOKENS
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+_SMALL = 1024  # CPU tensors up to this many ids are counted on Python lists (~1 us) instead of arrays
+
 
 def _ids(value: Any) -> tuple[int, ...]:
     if value is None:
@@ -34,10 +36,14 @@ def _ids(value: Any) -> tuple[int, ...]:
         return ()
 
 
+def _is_cpu(tensor: Any) -> bool:
+    device = getattr(tensor, "device", None)
+    return device is not None and getattr(device, "type", None) == "cpu"
+
+
 def _array(tensor: Any) -> Any:
     """numpy view of a CPU tensor (cheaper ops); device tensors stay torch."""
-    device = getattr(tensor, "device", None)
-    if device is not None and getattr(device, "type", None) == "cpu" and not tensor.requires_grad:
+    if _is_cpu(tensor) and not tensor.requires_grad:
         return tensor.numpy()
     return tensor
 
@@ -56,10 +62,16 @@ def special_tokens(instance: Any, kwargs: dict[str, Any]) -> tuple[tuple[int, ..
     return _ids(eos), (pad_ids[0] if pad_ids else None)
 
 
+def _sum(tensor: Any) -> Any:
+    if _is_cpu(tensor) and tensor.shape[0] * tensor.shape[-1] <= _SMALL:
+        return sum(map(sum, tensor.tolist()))
+    return _array(tensor).sum()
+
+
 def _input_count(ids: Any, embeds: Any, mask: Any, eos: tuple[int, ...], pad: int | None) -> Any:
     if ids is not None and _is_integer(ids) and len(ids.shape) == 2:
-        if mask is not None and tuple(mask.shape) == tuple(ids.shape):
-            return _array(mask).sum()
+        if mask is not None and mask.shape == ids.shape:
+            return _sum(mask)
         if pad is not None and pad not in eos:
             return (_array(ids) != pad).sum()
         return ids.shape[0] * ids.shape[1]
@@ -72,7 +84,7 @@ def _input_count(ids: Any, embeds: Any, mask: Any, eos: tuple[int, ...], pad: in
     return None
 
 
-def _generated_count(generated: Any, eos: tuple[int, ...], pad: int | None) -> Any:
+def _generated_count(generated: Any, eos: tuple[int, ...], pad: int | None, stops_early: bool) -> Any:
     rows, cols = generated.shape[0], generated.shape[1]
     if cols == 0:
         return 0
@@ -81,9 +93,12 @@ def _generated_count(generated: Any, eos: tuple[int, ...], pad: int | None) -> A
         is_eos = generated == eos[0]
         for other in eos[1:]:
             is_eos = is_eos | (generated == other)
-        # strictly after the first EOS of the row: an EOS has been seen before this position
-        excluded = is_eos.cumsum(1) > is_eos
-    if pad is not None and pad not in eos:
+        # the shortcut would be a host sync for device tensors: it is taken on numpy only
+        if type(is_eos).__module__.startswith("torch") or is_eos.any():
+            # strictly after the first EOS of the row: an EOS has been seen before this position
+            excluded = is_eos.cumsum(1) > is_eos
+    if stops_early and pad is not None and pad not in eos:
+        # rows stopped by stop strings or custom criteria are padded without an EOS
         is_pad = generated == pad
         real_so_far = (~is_pad).cumsum(1)
         trailing = is_pad & (real_so_far == real_so_far[:, -1:])
@@ -93,11 +108,25 @@ def _generated_count(generated: Any, eos: tuple[int, ...], pad: int | None) -> A
     return rows * cols - excluded.sum()
 
 
-def count_generate(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any,
-                   ) -> tuple[int | None, int | None]:
+def _generated_count_small(rows: list[list[int]], eos: tuple[int, ...], pad: int | None, stops_early: bool) -> int:
+    """Same rule as `_generated_count`, for small CPU outputs where list scans beat array ops."""
+    total = 0
+    trim_pads = stops_early and pad is not None and pad not in eos
+    for row in rows:
+        n = len(row)
+        for token in eos:
+            if token in row:
+                n = min(n, row.index(token) + 1)
+        if trim_pads and n == len(row):
+            while n and row[n - 1] == pad:
+                n -= 1
+        total += n
+    return total
+
+
+def count_generate(instance: Any, encoder_decoder: bool, args: tuple[Any, ...], kwargs: dict[str, Any],
+                   result: Any) -> tuple[int | None, int | None]:
     """(input_tokens, output_tokens) of one generate call; None where it cannot be known exactly."""
-    config = getattr(instance, "config", None)
-    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     ids = args[0] if args else kwargs.get("inputs")
     if ids is None:
         ids = kwargs.get("input_ids")
@@ -117,7 +146,14 @@ def count_generate(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
             prompt_len = ids.shape[1]
         else:
             prompt_len = 0  # inputs_embeds only: generate returns just the new tokens
-        output_count = _generated_count(_array(sequences)[:, prompt_len:], eos, pad)
+        config = kwargs.get("generation_config") or getattr(instance, "generation_config", None)
+        stops_early = bool(kwargs.get("stop_strings") or kwargs.get("stopping_criteria")
+                           or getattr(config, "stop_strings", None))
+        if _is_cpu(sequences) and sequences.shape[0] * sequences.shape[1] <= _SMALL:
+            rows = [row[prompt_len:] for row in sequences.tolist()]
+            output_count = _generated_count_small(rows, eos, pad, stops_early)
+        else:
+            output_count = _generated_count(_array(sequences)[:, prompt_len:], eos, pad, stops_early)
     return _to_ints(input_count, output_count)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import weakref
 from typing import Any
 
 import wrapt
@@ -30,6 +31,11 @@ _hook_registered = False
 _in_generate: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_tokens_in_generate", default=False)
 
 
+# Per model instance: (model name, is encoder-decoder). transformers config attribute access is
+# slow (~1 us each through its __getattribute__) and these never change for a loaded model.
+_model_facts: weakref.WeakKeyDictionary[Any, tuple[str, bool]] = weakref.WeakKeyDictionary()
+
+
 def model_name(instance: Any) -> str:
     """`config.name_or_path`; a local directory path is reduced to its last component."""
     config = getattr(instance, "config", None)
@@ -37,6 +43,20 @@ def model_name(instance: Any) -> str:
     if name and (os.path.isabs(name) or name.startswith((".", "~"))):
         name = os.path.basename(name)
     return name or str(getattr(config, "model_type", "") or type(instance).__name__)
+
+
+def _facts(instance: Any) -> tuple[str, bool]:
+    try:
+        facts = _model_facts.get(instance)
+    except TypeError:  # not weak-referenceable or hashable
+        facts = None
+    if facts is None:
+        facts = (model_name(instance), bool(getattr(getattr(instance, "config", None), "is_encoder_decoder", False)))
+        try:
+            _model_facts[instance] = facts
+        except TypeError:
+            pass
+    return facts
 
 
 class _StreamerTap(wrapt.ObjectProxy):  # type: ignore[misc]
@@ -59,8 +79,9 @@ def _generate(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     if recorder is None or _in_generate.get() or not is_instrumentation_enabled():
         return wrapped(*args, **kwargs)
     try:
-        handle = recorder.start(names.OPERATION_TEXT_COMPLETION, names.PROVIDER_TRANSFORMERS,
-                                model_name(instance), SpanKind.INTERNAL)
+        name, encoder_decoder = _facts(instance)
+        handle = recorder.start(names.OPERATION_TEXT_COMPLETION, names.PROVIDER_TRANSFORMERS, name,
+                                SpanKind.INTERNAL)
         call_kwargs = kwargs
         streamer = kwargs.get("streamer")
         if streamer is not None:
@@ -82,7 +103,7 @@ def _generate(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     handle.deactivate(active)
     try:
         record = handle.record
-        record.input_tokens, record.output_tokens = count_generate(instance, args, kwargs, result)
+        record.input_tokens, record.output_tokens = count_generate(instance, encoder_decoder, args, kwargs, result)
         if record.input_tokens is not None or record.output_tokens is not None:
             record.usage_source = names.SOURCE_COUNTED
         record.response_model = record.request_model
