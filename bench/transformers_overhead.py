@@ -23,9 +23,9 @@ import torch
 from opentelemetry.trace import SpanKind
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sdk import providers  # noqa: E402
+from _sdk import providers
 
-from otel_tokens import TokenUsageInstrumentor, usage_context  # noqa: E402
+from otel_tokens import TokenUsageInstrumentor, usage_context
 
 
 def per_call(fn, n: int, blocks: int = 1, between=None) -> float:
