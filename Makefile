@@ -20,8 +20,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# For now: the example app under the OpenTelemetry agent, spans and metrics printed to the console.
 demo: $(STAMP)
-	$(PY) examples/demo_console.py
+	OTEL_SERVICE_NAME=otel-tokens-demo OTEL_TRACES_EXPORTER=console OTEL_METRICS_EXPORTER=console \
+	OTEL_LOGS_EXPORTER=none $(VENV)/bin/opentelemetry-instrument $(PY) examples/transformers_app.py
+	@echo
+	@echo "Above: one span per generate call (gen_ai.usage.* and user.id), then llm.token.usage per user."
 
 bench: $(STAMP)
 	$(PY) bench/transformers_overhead.py
