@@ -29,6 +29,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/transformers_overhead.py
+	$(PY) bench/accounting_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

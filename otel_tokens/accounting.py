@@ -1,12 +1,12 @@
 """The metric side of the recorder, aggregated in process so the call path stays cheap.
 
-The OTel SDK costs ~15 us per synchronous `add()`/`record()` here; a call touches five
-instruments. Instead, the accounting counters are dicts keyed by the label tuple, exported by
-observable counters at collection time (cumulative totals, so any temporality is right), and
+The OTel SDK costs ~10-15 us per synchronous `add()`/`record()` here and a call touches up to
+eight instruments. Instead, the accounting counters are dicts keyed by the label tuple, exported
+by observable counters at collection time (cumulative totals, so any temporality is right), and
 the semconv histogram points are queued and recorded into the real histograms off the call
 path: by the first observable callback of each collection (the SDK runs callbacks before it
 reads storage, so the points land in that same collection) or by a drain thread when the queue
-grows. What the call pays is one lock and a few dict updates.
+grows. What the call pays is one lock, two dict updates and one list append.
 """
 
 from __future__ import annotations
@@ -17,20 +17,24 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from . import names
+from .cardinality import LabelGuard
+from .config import DEFAULT_SERIES_LIMIT, OTHER_VALUE
+from .pricing import Cost
 from .record import CallRecord
-from .safety import internal_error
+from .safety import internal_error, log_once
 
-_DRAIN_THRESHOLD = 1024  # queued histogram points before the drain thread is woken
+_DRAIN_THRESHOLD = 512  # queued calls before the drain thread is woken
 
-_TOKEN_KEYS = (names.GEN_AI_OPERATION_NAME, names.GEN_AI_PROVIDER_NAME, names.GEN_AI_REQUEST_MODEL,
-               names.GEN_AI_TOKEN_TYPE, names.LLM_USAGE_SOURCE)
-_REQUEST_KEYS = (names.GEN_AI_OPERATION_NAME, names.GEN_AI_PROVIDER_NAME, names.GEN_AI_REQUEST_MODEL,
-                 names.LLM_USAGE_SOURCE, names.ERROR_TYPE)
+# Label tuple of the usage dict: these, then the attribution dimensions.
+_USAGE_KEYS = (names.GEN_AI_OPERATION_NAME, names.GEN_AI_PROVIDER_NAME, names.GEN_AI_REQUEST_MODEL,
+               names.LLM_USAGE_SOURCE)
 _SEMCONV_KEYS = (names.GEN_AI_OPERATION_NAME, names.GEN_AI_PROVIDER_NAME, names.GEN_AI_REQUEST_MODEL,
                  names.GEN_AI_RESPONSE_MODEL, names.SERVER_ADDRESS, names.SERVER_PORT)
+# Per usage key: input tokens, output tokens, input cost, output cost, and whether each was seen.
+_IN, _OUT, _IN_COST, _OUT_COST, _HAS_IN, _HAS_OUT, _HAS_COST = range(7)
 
 _live: weakref.WeakSet[Accounting] = weakref.WeakSet()
 
@@ -40,15 +44,27 @@ def _attributes(keys: Sequence[str], values: Iterable[Any]) -> dict[str, Any]:
 
 
 class Accounting:
-    def __init__(self, meter: Meter, dimensions: Sequence[str] = names.DEFAULT_METRIC_DIMENSIONS) -> None:
+    def __init__(self, meter: Meter, dimensions: Sequence[str] = names.DEFAULT_METRIC_DIMENSIONS,
+                 cardinality_limit: int = 5000, series_limit: int = DEFAULT_SERIES_LIMIT,
+                 currency: str = "USD") -> None:
         self._dimensions = tuple(dimensions)
-        self._token_keys = _TOKEN_KEYS + self._dimensions
-        self._request_keys = _REQUEST_KEYS + self._dimensions
+        self._currency = currency
+        self.guard = LabelGuard(self._dimensions, cardinality_limit)
+        # The SDK keeps at most `series_limit` label sets per metric and lumps the rest into one
+        # unlabelled overflow series; folding the first dimension (user) before that keeps the
+        # other labels (department, model) right. The reserve leaves room for the folded series.
+        self.series_limit = series_limit
+        self._soft_series_limit = max(1, series_limit - min(100, series_limit // 10))
+        self.series_folded_calls = 0
+        self._usage_keys = _USAGE_KEYS + self._dimensions
+        self._request_keys = (*self._usage_keys, names.ERROR_TYPE)
         self._lock = threading.Lock()
-        self._tokens: dict[tuple[Any, ...], int] = {}
+        self._usage: dict[tuple[Any, ...], list[Any]] = {}
         self._requests: dict[tuple[Any, ...], int] = {}
-        self._pending: list[tuple[Histogram, float, Mapping[str, Any]]] = []
-        self._attr_cache: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+        # queued per call: (histogram attributes, input, output, duration, time to first chunk)
+        self._pending: list[tuple[Any, ...]] = []
+        self._histogram_attrs: dict[tuple[Any, ...], tuple[dict[str, Any], ...]] = {}
+        self._observed_attrs: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._drainer: threading.Thread | None = None
         self._wake = threading.Event()
         self._closed = False
@@ -69,78 +85,150 @@ class Accounting:
             names.METRIC_LLM_TOKEN_USAGE, callbacks=[self._observe_tokens], unit=names.UNIT_TOKEN,
             description="Tokens used, by token type, attributed to user and department.")
         meter.create_observable_counter(
+            names.METRIC_LLM_COST, callbacks=[self._observe_costs], unit=names.UNIT_CURRENCY,
+            description="Cost of LLM calls in the reporting currency, by token type, attributed to user and "
+                        "department.")
+        meter.create_observable_counter(
             names.METRIC_LLM_REQUESTS, callbacks=[self._observe_requests], unit=names.UNIT_REQUEST,
             description="LLM calls, attributed to user and department, with error.type on failures.")
         _live.add(self)
 
     # --- call path ------------------------------------------------------------------------------
-    def add(self, record: CallRecord, duration_s: float, attribution: Mapping[str, str]) -> None:
-        dims = tuple(attribution.get(d) for d in self._dimensions)
-        base = (record.operation, record.provider, record.request_model)
-        semconv = base + (record.response_model, record.server_address, record.server_port)
-        cache = self._attr_cache
-        points = []
+    def add(self, record: CallRecord, duration_s: float, attribution: Mapping[str, str],
+            cost: Cost | None = None) -> None:
+        semconv = (record.operation, record.provider, record.request_model, record.response_model,
+                   record.server_address, record.server_port, record.error_type)
+        hist_attrs = self._histogram_attrs.get(semconv) or self._new_histogram_attrs(semconv)
+        base = (record.operation, record.provider, record.request_model, record.usage_source)
+        dims = tuple(map(attribution.get, self._dimensions))
+        input_tokens, output_tokens = record.input_tokens, record.output_tokens
         with self._lock:
-            tokens = self._tokens
-            for token_type, count in ((names.TOKEN_TYPE_INPUT, record.input_tokens),
-                                      (names.TOKEN_TYPE_OUTPUT, record.output_tokens)):
-                if count is None:
-                    continue
-                key = base + (token_type, record.usage_source) + dims
-                tokens[key] = tokens.get(key, 0) + count
-                hkey = semconv + (token_type,)
-                attrs = cache.get(hkey)
-                if attrs is None:
-                    attrs = cache[hkey] = {**_attributes(_SEMCONV_KEYS, semconv), names.GEN_AI_TOKEN_TYPE: token_type}
-                points.append((self._token_histogram, count, attrs))
-            rkey = base + (record.usage_source, record.error_type) + dims
+            if dims:
+                dims = self.guard.apply(dims)
+                if 2 * len(self._usage) >= self._soft_series_limit or len(self._requests) >= self._soft_series_limit:
+                    dims = self._fit_series(base, record.error_type, dims)
+            key = base + dims
+            entry = self._usage.get(key)
+            if entry is None:
+                entry = self._usage[key] = [0, 0, 0.0, 0.0, False, False, False]
+            if input_tokens is not None:
+                entry[_IN] += input_tokens
+                entry[_HAS_IN] = True
+            if output_tokens is not None:
+                entry[_OUT] += output_tokens
+                entry[_HAS_OUT] = True
+            if cost is not None:
+                entry[_IN_COST] += cost.input
+                entry[_OUT_COST] += cost.output
+                entry[_HAS_COST] = True
+            rkey = (*key, record.error_type)
             self._requests[rkey] = self._requests.get(rkey, 0) + 1
-            dkey = semconv + ("error", record.error_type)
-            attrs = cache.get(dkey)
-            if attrs is None:
-                attrs = cache[dkey] = _attributes(_SEMCONV_KEYS + (names.ERROR_TYPE,), semconv + (record.error_type,))
-            points.append((self._duration_histogram, duration_s, attrs))
-            if record.time_to_first_chunk_s is not None:
-                points.append((self._ttfc_histogram, record.time_to_first_chunk_s, attrs))
             pending = self._pending
-            pending.extend(points)
+            pending.append((hist_attrs, input_tokens, output_tokens, duration_s, record.time_to_first_chunk_s))
             full = len(pending) >= _DRAIN_THRESHOLD
         if full:
             self._wake_drainer()
+
+    def _new_histogram_attrs(self, semconv: tuple[Any, ...]) -> tuple[dict[str, Any], ...]:
+        common = _attributes(_SEMCONV_KEYS, semconv[:-1])
+        attrs = ({**common, names.GEN_AI_TOKEN_TYPE: names.TOKEN_TYPE_INPUT},
+                 {**common, names.GEN_AI_TOKEN_TYPE: names.TOKEN_TYPE_OUTPUT},
+                 _attributes((*_SEMCONV_KEYS, names.ERROR_TYPE), semconv))
+        self._histogram_attrs[semconv] = attrs
+        return attrs
+
+    def _fit_series(self, base: tuple[Any, ...], error_type: str | None, dims: tuple[Any, ...]) -> tuple[Any, ...]:
+        """dims, folded as little as needed so that no metric passes the series limit."""
+        candidates = [dims, (OTHER_VALUE, *dims[1:]), (OTHER_VALUE,) * len(dims)]
+        for i, candidate in enumerate(candidates):
+            limit = self._soft_series_limit if i == 0 else self.series_limit
+            key = base + candidate
+            fits = ((key in self._usage or 2 * len(self._usage) < limit)
+                    and ((*key, error_type) in self._requests or len(self._requests) < limit))
+            if fits or i == len(candidates) - 1:
+                if i:
+                    self.series_folded_calls += 1
+                    log_once("series-limit", "otel-tokens: accounting metrics reached %d label sets (the SDK "
+                             "metric reader's cardinality limit is %d); new %s values are counted as %r. Raise "
+                             "the reader's cardinality limit and series_limit if this is expected.",
+                             self._soft_series_limit, self.series_limit, self._dimensions[0], OTHER_VALUE)
+                return candidate
+        return dims
 
     # --- collection path -------------------------------------------------------------------------
     def drain(self) -> None:
         """Record queued histogram points into the SDK histograms."""
         with self._lock:
             pending, self._pending = self._pending, []
-        for histogram, value, attrs in pending:
-            histogram.record(value, attrs)
+        tokens, duration, ttfc = self._token_histogram, self._duration_histogram, self._ttfc_histogram
+        for attrs, input_tokens, output_tokens, duration_s, first_chunk_s in pending:
+            if input_tokens is not None:
+                tokens.record(input_tokens, attrs[0])
+            if output_tokens is not None:
+                tokens.record(output_tokens, attrs[1])
+            duration.record(duration_s, attrs[2])
+            if first_chunk_s is not None:
+                ttfc.record(first_chunk_s, attrs[2])
+
+    def _labels(self, key: tuple[Any, ...], extra: tuple[tuple[str, Any], ...] = ()) -> dict[str, Any]:
+        cache_key = (key, extra)
+        attrs = self._observed_attrs.get(cache_key)
+        if attrs is None:
+            keys = self._request_keys if len(key) == len(self._request_keys) else self._usage_keys
+            attrs = self._observed_attrs[cache_key] = {**_attributes(keys, key), **dict(extra)}
+        return attrs
 
     def _observe_tokens(self, options: CallbackOptions) -> Iterable[Observation]:
         try:
             self.drain()
-            return self._observe(self._tokens, self._token_keys)
+            out = []
+            for key, entry in self._usage_items():
+                if entry[_HAS_IN]:
+                    out.append(Observation(entry[_IN], self._labels(key, _INPUT)))
+                if entry[_HAS_OUT]:
+                    out.append(Observation(entry[_OUT], self._labels(key, _OUTPUT)))
+            return out
         except Exception:
             internal_error("observe llm.token.usage")
+            return []
+
+    def _observe_costs(self, options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            self.drain()
+            currency = ((names.CURRENCY, self._currency),)
+            out = []
+            for key, entry in self._usage_items():
+                if entry[_HAS_COST]:
+                    if entry[_HAS_IN]:
+                        out.append(Observation(entry[_IN_COST], self._labels(key, _INPUT + currency)))
+                    if entry[_HAS_OUT]:
+                        out.append(Observation(entry[_OUT_COST], self._labels(key, _OUTPUT + currency)))
+            return out
+        except Exception:
+            internal_error("observe llm.cost")
             return []
 
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
         try:
             self.drain()
-            return self._observe(self._requests, self._request_keys)
+            with self._lock:
+                items = list(self._requests.items())
+            return [Observation(count, self._labels(key)) for key, count in items]
         except Exception:
             internal_error("observe llm.requests")
             return []
 
-    def _observe(self, totals: dict[tuple[Any, ...], int], keys: Sequence[str]) -> list[Observation]:
+    def _usage_items(self) -> list[tuple[tuple[Any, ...], list[Any]]]:
         with self._lock:
-            items = list(totals.items())
-        return [Observation(value, _attributes(keys, key)) for key, value in items]
+            return [(key, list(entry)) for key, entry in self._usage.items()]
 
-    def snapshot(self) -> dict[str, dict[tuple[Any, ...], int]]:
-        """Totals so far, for `doctor` and tests."""
+    def totals(self) -> dict[str, float]:
+        """Process totals (tokens by type, cost, requests), for `doctor` and tests."""
         with self._lock:
-            return {names.METRIC_LLM_TOKEN_USAGE: dict(self._tokens), names.METRIC_LLM_REQUESTS: dict(self._requests)}
+            usage = list(self._usage.values())
+            requests = sum(self._requests.values())
+        return {"input_tokens": sum(e[_IN] for e in usage), "output_tokens": sum(e[_OUT] for e in usage),
+                "cost": sum(e[_IN_COST] + e[_OUT_COST] for e in usage), "requests": requests}
 
     # --- drain thread ------------------------------------------------------------------------------
     def _wake_drainer(self) -> None:
@@ -159,11 +247,17 @@ class Accounting:
     def _after_fork_in_child(self) -> None:
         # A forked worker reports only its own calls; the parent's totals stay the parent's.
         self._lock = threading.Lock()
-        self._tokens.clear()
+        self._usage.clear()
         self._requests.clear()
         self._pending = []
         self._drainer = None
         self._wake = threading.Event()
+        self.guard.reset()
+        self.series_folded_calls = 0
+
+
+_INPUT = ((names.GEN_AI_TOKEN_TYPE, names.TOKEN_TYPE_INPUT),)
+_OUTPUT = ((names.GEN_AI_TOKEN_TYPE, names.TOKEN_TYPE_OUTPUT),)
 
 
 def _drain_loop(ref: weakref.ref[Accounting], wake: threading.Event) -> None:

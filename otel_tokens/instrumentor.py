@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import replace
 from importlib.util import find_spec
 from typing import Any
 
@@ -11,6 +12,7 @@ from opentelemetry.instrumentation.dependencies import DependencyConflict, get_d
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from . import names
+from .config import DEFAULT_SERIES_LIMIT, load_settings
 from .integrations import transformers as transformers_integration
 from .recorder import Recorder
 from .threads import instrument_threads, uninstrument_threads
@@ -21,6 +23,22 @@ _INTEGRATIONS = ((transformers_integration, "transformers"),)
 
 # Any one of these suffices (the `instruments-any` extra in pyproject.toml says the same).
 INSTRUMENTS_ANY: tuple[str, ...] = tuple(module.REQUIREMENT for module, _ in _INTEGRATIONS)
+
+
+def sdk_series_limit(meter_provider: Any = None) -> int:
+    """The smallest cardinality limit the SDK's metric readers apply to observable counters.
+
+    Read from SDK internals defensively: any surprise gives the SDK's documented default.
+    """
+    try:
+        provider = meter_provider or metrics.get_meter_provider()
+        readers = provider._metric_readers
+        from opentelemetry.sdk.metrics._internal.instrument import _ObservableCounter
+
+        limits = [reader._instrument_class_cardinality_limit[_ObservableCounter] for reader in readers]
+        return min(limits) if limits else DEFAULT_SERIES_LIMIT
+    except Exception:
+        return DEFAULT_SERIES_LIMIT
 
 
 class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -41,7 +59,10 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                                   tracer_provider=kwargs.get("tracer_provider"))
         meter = metrics.get_meter(names.INSTRUMENTATION_SCOPE, __version__,
                                   meter_provider=kwargs.get("meter_provider"))
-        recorder = Recorder(tracer, meter)
+        settings = kwargs.get("settings") or load_settings()
+        if settings.series_limit is None:
+            settings = replace(settings, series_limit=sdk_series_limit(kwargs.get("meter_provider")))
+        recorder = Recorder(tracer, meter, settings)
         self._recorder = recorder
         self._active = []
         for module, import_name in _INTEGRATIONS:

@@ -7,7 +7,7 @@ taken at start (who asked, not who happened to be current when a stream ended).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -18,6 +18,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from . import names
 from .accounting import Accounting
 from .attribution import current_attribution
+from .config import DEFAULT_SERIES_LIMIT, Settings
+from .pricing import Cost, PriceBook
 from .record import CallRecord
 from .safety import internal_error
 
@@ -51,10 +53,15 @@ class CallHandle:
 
 
 class Recorder:
-    def __init__(self, tracer: Tracer, meter: Meter,
-                 dimensions: Sequence[str] = names.DEFAULT_METRIC_DIMENSIONS) -> None:
+    def __init__(self, tracer: Tracer, meter: Meter, settings: Settings | None = None) -> None:
+        settings = settings or Settings()
+        self.settings = settings
         self._tracer = tracer
-        self.accounting = Accounting(meter, dimensions)
+        self.prices = PriceBook(settings)
+        self.accounting = Accounting(meter, settings.metric_dimensions, settings.cardinality_limit,
+                                     settings.series_limit or DEFAULT_SERIES_LIMIT, settings.currency)
+        self.sources_seen: dict[str, int] = {}  # llm.usage.source -> calls, for doctor
+        self.models_seen: set[tuple[str, str]] = set()
 
     def start(self, operation: str, provider: str, request_model: str, kind: SpanKind = SpanKind.CLIENT,
               server_address: str | None = None, server_port: int | None = None,
@@ -81,23 +88,43 @@ class Recorder:
         if handle._finished:
             return
         handle._finished = True
+        record = handle.record
+        cost = None
         try:
-            record = handle.record
             if error is not None and record.error_type is None:
                 record.error_type = type(error).__qualname__
-            self.accounting.add(record, handle.elapsed(), handle.attribution)
+            if record.input_tokens is not None or record.output_tokens is not None:
+                cost = self._cost(record)
+            self.accounting.add(record, handle.elapsed(), handle.attribution, cost)
         except Exception:
             internal_error("metrics")
         span = handle.span
         try:
             if span.is_recording():
-                span.set_attributes(_span_attributes(record))
+                attributes = _span_attributes(record)
+                if cost is not None:
+                    attributes[names.LLM_COST] = cost.total
+                    attributes[names.LLM_COST_CURRENCY] = cost.currency
+                span.set_attributes(attributes)
                 if record.error_type is not None:
                     # The type only: exception messages can echo prompt text.
                     span.set_status(Status(StatusCode.ERROR, record.error_type))
             span.end()
         except Exception:
             internal_error("span")
+
+    def _cost(self, record: CallRecord) -> Cost | None:
+        model = record.response_model or record.request_model
+        key = (record.provider, model)
+        if key not in self.models_seen:
+            self.models_seen.add(key)
+        source = record.usage_source or "none"
+        self.sources_seen[source] = self.sources_seen.get(source, 0) + 1
+        prices = self.prices
+        if record.response_model and prices.lookup(record.provider, model) is None:
+            model = record.request_model  # a dated snapshot may lack a price its alias has
+        return prices.cost(record.provider, model, record.input_tokens, record.output_tokens,
+                           record.cache_read_input_tokens)
 
     def close(self) -> None:
         self.accounting.close()

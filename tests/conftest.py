@@ -47,11 +47,18 @@ class Telemetry:
         return dict(totals)
 
 
-def make_telemetry(sampler: Sampler = ALWAYS_ON) -> tuple[Telemetry, TracerProvider, MeterProvider]:
+def make_telemetry(sampler: Sampler = ALWAYS_ON, series_limit: int | None = None,
+                   ) -> tuple[Telemetry, TracerProvider, MeterProvider]:
+    """In-memory providers; `series_limit` raises the reader's cardinality limit (SDK default 2000)."""
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider(sampler=sampler)
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    reader = InMemoryMetricReader()
+    limits = None
+    if series_limit is not None:
+        from opentelemetry.sdk.metrics import Histogram, ObservableCounter
+
+        limits = {ObservableCounter: series_limit, Histogram: series_limit}
+    reader = InMemoryMetricReader(cardinality_limits=limits)
     meter_provider = MeterProvider(metric_readers=[reader])
     return Telemetry(exporter, reader), tracer_provider, meter_provider
 

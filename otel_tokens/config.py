@@ -1,0 +1,207 @@
+"""One configuration surface: a YAML file (`OTEL_TOKENS_CONFIG`) and `OTEL_TOKENS_*` variables.
+
+Variables win over the file. A bad value never stops the app: it is reported once, naming the
+file (or variable), the field and the value, and that field falls back to its default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import names
+from .safety import logger
+
+ENV_CONFIG = "OTEL_TOKENS_CONFIG"
+ENV_CURRENCY = "OTEL_TOKENS_CURRENCY"
+ENV_PRICE_FILE = "OTEL_TOKENS_PRICE_FILE"
+ENV_BUILTIN_PRICES = "OTEL_TOKENS_BUILTIN_PRICES"
+ENV_METRIC_DIMENSIONS = "OTEL_TOKENS_METRIC_DIMENSIONS"
+ENV_CARDINALITY_LIMIT = "OTEL_TOKENS_CARDINALITY_LIMIT"
+ENV_PRICE_RELOAD_INTERVAL = "OTEL_TOKENS_PRICE_RELOAD_INTERVAL"
+
+OTHER_VALUE = "__other__"
+DEFAULT_SERIES_LIMIT = 2000  # the OTel SDK's default cardinality limit per metric stream
+ENV_SERIES_LIMIT = "OTEL_TOKENS_SERIES_LIMIT"
+
+
+class ConfigError(ValueError):
+    """A bad value, with where it came from: `source: field: value: reason`."""
+
+    def __init__(self, source: str, field: str, value: Any, reason: str) -> None:
+        self.source, self.field, self.value, self.reason = source, field, value, reason
+        super().__init__(f"{source}: {field}: {value!r} {reason}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    currency: str = "USD"
+    exchange_rates: Mapping[str, float] = field(default_factory=dict)
+    price_file: Path | None = None
+    prices: tuple[Mapping[str, Any], ...] = ()  # inline price entries, checked before the price file
+    builtin_prices: bool = True
+    metric_dimensions: tuple[str, ...] = names.DEFAULT_METRIC_DIMENSIONS
+    cardinality_limit: int = 5000
+    series_limit: int | None = None  # None: the SDK metric reader's own limit (2000 unless configured)
+    price_reload_interval: float = 1.0
+    config_file: Path | None = None
+    errors: tuple[str, ...] = ()  # what was wrong and fell back, for `doctor`
+
+
+# --- field checkers: return the clean value or raise ValueError(reason) ----------------------------
+def _currency(value: Any) -> str:
+    if not (isinstance(value, str) and len(value) == 3 and value.isalpha()):
+        raise ValueError("is not a 3-letter currency code (e.g. USD, CNY)")
+    return value.upper()
+
+
+def _rates(value: Any) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise ValueError("is not a mapping of currency code to rate")
+    rates = {}
+    for code, rate in value.items():
+        code = _currency(code)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+            raise ValueError(f"has a rate for {code} that is not a positive number: {rate!r}")
+        rates[code] = float(rate)
+    return rates
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError("is not a file path")
+    return Path(value).expanduser()
+
+
+def _price_list(value: Any) -> tuple[Mapping[str, Any], ...]:
+    if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+        raise ValueError("is not a list of price entries")
+    return tuple(value)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    raise ValueError("is not true or false")
+
+
+def _dimensions(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("is not a list of attribute names")
+    if names.SESSION_ID in value:
+        raise ValueError(f"names {names.SESSION_ID}, which is never a metric label (unbounded)")
+    return tuple(dict.fromkeys(value))
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("is not a positive integer")
+    return value
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError("is not a number of seconds") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError("is not a non-negative number of seconds")
+    return float(value)
+
+
+_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "currency": _currency,
+    "exchange_rates": _rates,
+    "price_file": _path,
+    "prices": _price_list,
+    "builtin_prices": _bool,
+    "metric_dimensions": _dimensions,
+    "cardinality_limit": _positive_int,
+    "series_limit": _positive_int,
+    "price_reload_interval": _seconds,
+}
+_ENV_FIELDS = {
+    ENV_CURRENCY: "currency",
+    ENV_PRICE_FILE: "price_file",
+    ENV_BUILTIN_PRICES: "builtin_prices",
+    ENV_METRIC_DIMENSIONS: "metric_dimensions",
+    ENV_CARDINALITY_LIMIT: "cardinality_limit",
+    ENV_SERIES_LIMIT: "series_limit",
+    ENV_PRICE_RELOAD_INTERVAL: "price_reload_interval",
+}
+
+
+def _report(errors: list[str], error: ConfigError, consequence: str) -> None:
+    message = f"otel-tokens: {error}; {consequence}"
+    errors.append(message)
+    logger.warning("%s", message)
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """Parsed YAML, or ConfigError naming the file."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}", "(file)", str(path), f"cannot be read: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(file)"
+        raise ConfigError(f"{what} {path}", where, str(path), f"is not valid YAML: {getattr(exc, 'problem', exc)}"
+                          ) from None
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from `OTEL_TOKENS_CONFIG` and the `OTEL_TOKENS_*` variables; never raises."""
+    env = os.environ if environ is None else environ
+    errors: list[str] = []
+    values: dict[str, Any] = {}
+    config_file = None
+    if env.get(ENV_CONFIG):
+        config_file = Path(env[ENV_CONFIG]).expanduser()
+        source = f"config {config_file}"
+        try:
+            data = read_yaml(config_file, "config")
+        except ConfigError as exc:
+            _report(errors, exc, "using the defaults")
+            data = None
+        if data is not None and not isinstance(data, Mapping):
+            _report(errors, ConfigError(source, "(top level)", type(data).__name__, "is not a mapping"),
+                    "using the defaults")
+            data = None
+        for key, raw in (data or {}).items():
+            check = _FIELDS.get(key)
+            if check is None:
+                _report(errors, ConfigError(source, str(key), raw, f"is not a known field ({', '.join(_FIELDS)})"),
+                        "ignored")
+                continue
+            try:
+                value = check(raw)
+            except ValueError as exc:
+                _report(errors, ConfigError(source, key, raw, str(exc)), "using the default")
+                continue
+            if key == "price_file" and not value.is_absolute():
+                value = config_file.parent / value  # relative to the config file, not the cwd
+            values[key] = value
+    for variable, key in _ENV_FIELDS.items():
+        raw = env.get(variable)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[key] = _FIELDS[key](raw)
+        except ValueError as exc:
+            _report(errors, ConfigError("environment", variable, raw, str(exc)), "using the default")
+    return Settings(**values, config_file=config_file, errors=tuple(errors))

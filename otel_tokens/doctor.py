@@ -1,0 +1,124 @@
+"""`otel-tokens doctor`: what would be instrumented, where telemetry goes, how each model is priced.
+
+Run as a command for the static picture (`otel-tokens doctor --model gpt-4o`), or call
+`otel_tokens.doctor.report()` inside the app to also see the models it has seen, the counts that
+were estimated and the label values that were folded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
+
+from . import names
+from .config import ENV_CONFIG, Settings, load_settings
+from .pricing import PriceBook
+from .recorder import Recorder
+from .version import __version__
+
+_EXPORT_VARIABLES = (
+    ("OTEL_SERVICE_NAME", "unknown_service"),
+    ("OTEL_TRACES_EXPORTER", "otlp"),
+    ("OTEL_METRICS_EXPORTER", "otlp"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318 (http) / :4317 (grpc)"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+    ("OTEL_METRIC_EXPORT_INTERVAL", "60000 ms"),
+    ("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "(none)"),
+    ("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "false"),
+)
+
+
+def _installed(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _active_recorder() -> Recorder | None:
+    from .instrumentor import TokenUsageInstrumentor
+
+    instrumentor = TokenUsageInstrumentor()
+    return instrumentor._recorder if instrumentor.is_instrumented_by_opentelemetry else None
+
+
+def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
+           settings: Settings | None = None, recorder: Recorder | None = None) -> str:
+    """The doctor's report as text; uses the live recorder of this process when there is one."""
+    from .instrumentor import _INTEGRATIONS
+
+    recorder = recorder or _active_recorder()
+    settings = recorder.settings if recorder else (settings or load_settings())
+    prices = recorder.prices if recorder else PriceBook(settings)
+    warnings: list[str] = []
+    lines = [f"otel-tokens {__version__}", ""]
+
+    lines.append("Instrumentation")
+    for module, import_name in _INTEGRATIONS:
+        installed = _installed(import_name)
+        if installed is None:
+            state = "not installed: not instrumented"
+        elif recorder is not None:
+            state = f"{installed}: instrumented in this process"
+        else:
+            state = f"{installed}: instrumented when the app runs under opentelemetry-instrument"
+        lines.append(f"  {import_name:14s} {state}   (requires {module.REQUIREMENT})")
+    lines.append("")
+
+    lines.append("Export (standard OpenTelemetry variables)")
+    for variable, default in _EXPORT_VARIABLES:
+        value = os.environ.get(variable)
+        lines.append(f"  {variable:50s} {value if value is not None else default + ' (default)'}")
+    lines.append("")
+
+    lines.append("Configuration")
+    lines.append(f"  {ENV_CONFIG:50s} {settings.config_file or '(not set)'}")
+    lines.append(f"  reporting currency                                 {settings.currency}"
+                 + (f" (rates: {dict(settings.exchange_rates)})" if settings.exchange_rates else ""))
+    lines.append(f"  price file                                         {settings.price_file or '(none)'}")
+    lines.append(f"  built-in prices                                    {'on' if settings.builtin_prices else 'off'}")
+    lines.append(f"  metric dimensions                                  {', '.join(settings.metric_dimensions)}")
+    lines.append(f"  cardinality limit per dimension                    {settings.cardinality_limit}")
+    warnings.extend(settings.errors)
+    warnings.extend(prices.errors)
+    lines.append("")
+
+    named = [(provider, m) for m in models]
+    seen = sorted(recorder.models_seen) if recorder else []
+    lines.append("Models (price per million tokens)")
+    if not named and not seen:
+        lines.append("  (none named or seen; name some with --model)")
+    for prov, model in [*named, *seen]:
+        price = prices.lookup(prov, model)
+        tokenizer = "exact, from the generate tensors" if prov == names.PROVIDER_TRANSFORMERS else "server usage"
+        if price is None:
+            lines.append(f"  {model} ({prov}): NO PRICE: calls get no cost; tokens: {tokenizer}")
+            warnings.append(f"model {model!r} ({prov}) has no price: add it to the price file")
+            continue
+        cached = "" if price.cached_input is None else f", cached input {price.cached_input:g}"
+        rate = prices.rate(price.currency)
+        conversion = "" if price.currency == settings.currency else (
+            f" = x{rate:g} {settings.currency}" if rate else f" (NO RATE to {settings.currency}: no cost)")
+        lines.append(f"  {model} ({prov}): input {price.input:g}, output {price.output:g}{cached} {price.currency}"
+                     f"{conversion}; matched {price.match!r} from {price.origin}"
+                     f"{f', {price.date}' if price.date else ''}{f', {price.source}' if price.source else ''};"
+                     f" tokens: {tokenizer}")
+        if rate is None:
+            warnings.append(f"no exchange rate from {price.currency} to {settings.currency}")
+
+    if recorder is not None:
+        estimated = recorder.sources_seen.get(names.SOURCE_ESTIMATED, 0)
+        total = sum(recorder.sources_seen.values())
+        if estimated:
+            warnings.append(f"{estimated} of {total} calls had estimated token counts (no tokenizer)")
+        for dimension, folded in recorder.accounting.guard.folded().items():
+            if folded:
+                warnings.append(f"{folded} calls had their {dimension} folded into '__other__' "
+                                f"(over {recorder.accounting.guard.limit} distinct values)")
+        for prov, model in sorted(recorder.prices.unpriced):
+            warnings.append(f"model {model!r} ({prov}) was called and has no price")
+    lines.append("")
+    lines.append("Warnings" if warnings else "No warnings")
+    lines.extend(f"  - {w.removeprefix('otel-tokens: ')}" for w in dict.fromkeys(warnings))
+    return "\n".join(lines)

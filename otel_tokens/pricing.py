@@ -1,0 +1,257 @@
+"""Prices: the built-in table, the user's price file and inline entries, and cost in one currency.
+
+Lookup order: inline entries, the price file, the built-in table; first match wins. A price file
+that changes on disk is re-read on the next call (checked at most every `price_reload_interval`
+seconds, so the call path pays one clock read). A model with no price gets no cost, logged once
+and listed by `doctor`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from importlib import resources
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from .config import ConfigError, Settings, read_yaml
+from .safety import log_once, logger
+
+_ENTRY_KEYS = {"match", "provider", "currency", "input", "output", "cached_input", "date", "source"}
+_REQUIRED = ("match", "currency", "input", "output")
+PER = 1_000_000  # prices are per million tokens
+
+
+@dataclass(frozen=True)
+class Price:
+    match: str
+    currency: str
+    input: float
+    output: float
+    cached_input: float | None = None
+    provider: str | None = None
+    date: str | None = None
+    source: str | None = None
+    origin: str = ""  # where the entry came from: built-in, the price file, config
+    _pattern: re.Pattern[str] | None = None
+
+    def matches(self, provider: str, model: str) -> bool:
+        if self.provider is not None and self.provider != provider:
+            return False
+        assert self._pattern is not None
+        return self._pattern.match(model.lower()) is not None
+
+
+class Cost(NamedTuple):
+    input: float  # includes cached input at its own price
+    output: float
+    currency: str
+
+    @property
+    def total(self) -> float:
+        return self.input + self.output
+
+
+def _number(source: str, field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+        raise ConfigError(source, field, value, "is not a non-negative number (price per million tokens)")
+    return float(value)
+
+
+def _valid_glob(pattern: Any) -> bool:
+    if not isinstance(pattern, str) or not pattern or pattern != pattern.strip() or "\n" in pattern:
+        return False
+    depth = 0
+    for char in pattern:
+        if char == "[":
+            if depth:
+                return False
+            depth = 1
+        elif char == "]" and depth:
+            depth = 0
+        elif char == "]":
+            return False
+    return depth == 0
+
+
+def parse_entries(raw: Any, source: str, origin: str, errors: list[str]) -> list[Price]:
+    """Valid entries of a `models:` list; each bad entry is reported (file, field, value) and skipped."""
+    if not isinstance(raw, list):
+        error = ConfigError(source, "models", raw, "is not a list of price entries")
+        errors.append(f"otel-tokens: {error}; no prices read from it")
+        logger.warning("%s", errors[-1])
+        return []
+    prices = []
+    for i, entry in enumerate(raw):
+        where = f"models[{i}]"
+        try:
+            if not isinstance(entry, Mapping):
+                raise ConfigError(source, where, entry, "is not a mapping")
+            unknown = set(entry) - _ENTRY_KEYS
+            if unknown:
+                key = sorted(map(str, unknown))[0]
+                raise ConfigError(source, f"{where}.{key}", entry[key],
+                                  f"is not a known field ({', '.join(sorted(_ENTRY_KEYS))})")
+            for key in _REQUIRED:
+                if key not in entry:
+                    raise ConfigError(source, f"{where}.{key}", None, "is missing")
+            match = entry["match"]
+            if not _valid_glob(match):
+                raise ConfigError(source, f"{where}.match", match,
+                                  "is not a valid glob (non-empty, no spaces, every [ closed by ])")
+            currency = entry["currency"]
+            if not (isinstance(currency, str) and len(currency) == 3 and currency.isalpha()):
+                raise ConfigError(source, f"{where}.currency", currency, "is not a 3-letter currency code")
+            provider = entry.get("provider")
+            if provider is not None and (not isinstance(provider, str) or not provider):
+                raise ConfigError(source, f"{where}.provider", provider, "is not a provider name")
+            when = entry.get("date")
+            if when is not None:
+                try:
+                    when = date.fromisoformat(str(when)).isoformat()
+                except ValueError:
+                    raise ConfigError(source, f"{where}.date", when, "is not an ISO date (YYYY-MM-DD)") from None
+            cached = entry.get("cached_input")
+            prices.append(Price(
+                match=match, currency=currency.upper(), provider=provider,
+                input=_number(source, f"{where}.input", entry["input"]),
+                output=_number(source, f"{where}.output", entry["output"]),
+                cached_input=None if cached is None else _number(source, f"{where}.cached_input", cached),
+                date=when, source=None if entry.get("source") is None else str(entry["source"]), origin=origin,
+                _pattern=re.compile(fnmatch.translate(match.lower()))))
+        except ConfigError as error:
+            errors.append(f"otel-tokens: {error}; entry skipped")
+            logger.warning("%s", errors[-1])
+    return prices
+
+
+def load_price_file(path: Path, origin: str, errors: list[str]) -> list[Price]:
+    source = f"price file {path}"
+    try:
+        data = read_yaml(path, "price file")
+    except ConfigError as error:
+        errors.append(f"otel-tokens: {error}; no prices read from it")
+        logger.warning("%s", errors[-1])
+        return []
+    if not isinstance(data, Mapping) or "models" not in data:
+        error = ConfigError(source, "(top level)", type(data).__name__, "is not a mapping with a `models:` list")
+        errors.append(f"otel-tokens: {error}; no prices read from it")
+        logger.warning("%s", errors[-1])
+        return []
+    unknown = set(data) - {"version", "models"}
+    if unknown:
+        key = sorted(map(str, unknown))[0]
+        error = ConfigError(source, key, data[key], "is not a known field (version, models)")
+        errors.append(f"otel-tokens: {error}; ignored")
+        logger.warning("%s", errors[-1])
+    return parse_entries(data["models"], source, origin, errors)
+
+
+def builtin_prices() -> list[Price]:
+    path = resources.files("otel_tokens") / "data" / "prices.yaml"
+    with resources.as_file(path) as real_path:
+        return load_price_file(Path(real_path), "built-in", [])
+
+
+class PriceBook:
+    """Resolves a model's price and turns token counts into cost in the reporting currency."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.currency = settings.currency
+        self.rates = dict(settings.exchange_rates)
+        self.errors: list[str] = []
+        self._inline = parse_entries(list(settings.prices), f"config {settings.config_file}", "config", self.errors)
+        self._builtin = builtin_prices() if settings.builtin_prices else []
+        self._file = settings.price_file
+        self._file_prices: list[Price] = []
+        self._file_stamp: tuple[int, int] | None = None
+        self._interval = settings.price_reload_interval
+        self._next_check = 0.0
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str], Price | None] = {}
+        self.unpriced: set[tuple[str, str]] = set()
+        self._reload_file()
+
+    # --- price file ---
+    def _stamp(self) -> tuple[int, int] | None:
+        assert self._file is not None
+        try:
+            stat = self._file.stat()
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def _reload_file(self) -> None:
+        if self._file is None:
+            return
+        stamp = self._stamp()
+        if stamp == self._file_stamp and stamp is not None:
+            return
+        errors: list[str] = []
+        prices = load_price_file(self._file, "price file", errors)
+        if errors and not prices and self._file_prices:
+            logger.warning("otel-tokens: keeping the %d prices read earlier from %s",
+                           len(self._file_prices), self._file)
+        else:
+            self._file_prices = prices
+        self.errors = [e for e in self.errors if str(self._file) not in e] + errors
+        self._file_stamp = stamp
+        self._cache = {}
+
+    def _maybe_reload(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        with self._lock:
+            self._next_check = now + self._interval
+            if self._stamp() != self._file_stamp:
+                self._reload_file()
+
+    # --- lookup and cost ---
+    def entries(self) -> Sequence[Price]:
+        return [*self._inline, *self._file_prices, *self._builtin]
+
+    def lookup(self, provider: str, model: str) -> Price | None:
+        if self._file is not None:
+            self._maybe_reload()
+        key = (provider, model)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        found = next((p for p in self.entries() if p.matches(provider, model)), None)
+        self._cache[key] = found
+        return found
+
+    def cost(self, provider: str, model: str, input_tokens: int | None, output_tokens: int | None,
+             cached_input_tokens: int | None = None) -> Cost | None:
+        price = self.lookup(provider, model)
+        if price is None:
+            if (provider, model) not in self.unpriced:
+                self.unpriced.add((provider, model))
+                log_once(f"unpriced:{provider}:{model}",
+                         "otel-tokens: no price for model %r (provider %r); its calls get no cost. "
+                         "Add it to the price file.", model, provider)
+            return None
+        rate = self.rate(price.currency)
+        if rate is None:
+            return None
+        cached = min(cached_input_tokens or 0, input_tokens or 0)
+        cached_price = price.input if price.cached_input is None else price.cached_input
+        cost_in = ((input_tokens or 0) - cached) * price.input + cached * cached_price
+        return Cost(input=cost_in * rate / PER, output=(output_tokens or 0) * price.output * rate / PER,
+                    currency=self.currency)
+
+    def rate(self, currency: str) -> float | None:
+        if currency == self.currency:
+            return 1.0
+        rate = self.rates.get(currency)
+        if rate is None:
+            log_once(f"norate:{currency}", "otel-tokens: no exchange rate from %s to %s (set exchange_rates in "
+                     "the config); calls priced in %s get no cost", currency, self.currency, currency)
+        return rate
