@@ -22,6 +22,10 @@ ENV_BUILTIN_PRICES = "OTEL_TOKENS_BUILTIN_PRICES"
 ENV_METRIC_DIMENSIONS = "OTEL_TOKENS_METRIC_DIMENSIONS"
 ENV_CARDINALITY_LIMIT = "OTEL_TOKENS_CARDINALITY_LIMIT"
 ENV_PRICE_RELOAD_INTERVAL = "OTEL_TOKENS_PRICE_RELOAD_INTERVAL"
+ENV_PROVIDER_NAME = "OTEL_TOKENS_PROVIDER_NAME"
+ENV_STREAM_INCLUDE_USAGE = "OTEL_TOKENS_STREAM_INCLUDE_USAGE"
+ENV_PROPAGATE = "OTEL_TOKENS_PROPAGATE"
+ENV_ALLOW_TOKENIZER_DOWNLOAD = "OTEL_TOKENS_ALLOW_TOKENIZER_DOWNLOAD"
 
 OTHER_VALUE = "__other__"
 DEFAULT_SERIES_LIMIT = 2000  # the OTel SDK's default cardinality limit per metric stream
@@ -47,6 +51,12 @@ class Settings:
     cardinality_limit: int = 5000
     series_limit: int | None = None  # None: the SDK metric reader's own limit (2000 unless configured)
     price_reload_interval: float = 1.0
+    tokenizers: Mapping[str, str] = field(default_factory=dict)  # model glob -> local path, hub id, tiktoken:NAME
+    allow_tokenizer_download: bool = False
+    provider_name: str = names.PROVIDER_OPENAI  # gen_ai.provider.name of OpenAI-style clients
+    providers: Mapping[str, str] = field(default_factory=dict)  # server host glob -> provider name
+    stream_include_usage: bool = False  # ask servers for a usage chunk, hidden from the caller
+    propagate: bool = True  # send traceparent and baggage (user.id, department, session.id)
     config_file: Path | None = None
     errors: tuple[str, ...] = ()  # what was wrong and fell back, for `doctor`
 
@@ -119,6 +129,19 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
+def _string_map(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and k and isinstance(v, str) and v
+                                                 for k, v in value.items()):
+        raise ValueError("is not a mapping of non-empty names to non-empty strings")
+    return dict(value)
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("is not a non-empty name")
+    return value.strip()
+
+
 _FIELDS: dict[str, Callable[[Any], Any]] = {
     "currency": _currency,
     "exchange_rates": _rates,
@@ -129,6 +152,12 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "cardinality_limit": _positive_int,
     "series_limit": _positive_int,
     "price_reload_interval": _seconds,
+    "tokenizers": _string_map,
+    "allow_tokenizer_download": _bool,
+    "provider_name": _name,
+    "providers": _string_map,
+    "stream_include_usage": _bool,
+    "propagate": _bool,
 }
 _ENV_FIELDS = {
     ENV_CURRENCY: "currency",
@@ -138,6 +167,10 @@ _ENV_FIELDS = {
     ENV_CARDINALITY_LIMIT: "cardinality_limit",
     ENV_SERIES_LIMIT: "series_limit",
     ENV_PRICE_RELOAD_INTERVAL: "price_reload_interval",
+    ENV_PROVIDER_NAME: "provider_name",
+    ENV_STREAM_INCLUDE_USAGE: "stream_include_usage",
+    ENV_PROPAGATE: "propagate",
+    ENV_ALLOW_TOKENIZER_DOWNLOAD: "allow_tokenizer_download",
 }
 
 

@@ -13,13 +13,14 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from . import names
 from .config import DEFAULT_SERIES_LIMIT, load_settings
+from .integrations import openai as openai_integration
 from .integrations import transformers as transformers_integration
 from .recorder import Recorder
 from .threads import instrument_threads, uninstrument_threads
 from .version import __version__
 
 # (integration module, import name); each instruments its library only when it is installed.
-_INTEGRATIONS = ((transformers_integration, "transformers"),)
+_INTEGRATIONS = ((transformers_integration, "transformers"), (openai_integration, "openai"))
 
 # Any one of these suffices (the `instruments-any` extra in pyproject.toml says the same).
 INSTRUMENTS_ANY: tuple[str, ...] = tuple(module.REQUIREMENT for module, _ in _INTEGRATIONS)

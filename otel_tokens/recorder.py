@@ -22,6 +22,7 @@ from .config import DEFAULT_SERIES_LIMIT, Settings
 from .pricing import Cost, PriceBook
 from .record import CallRecord
 from .safety import internal_error
+from .token_counting import TokenCounter
 
 
 class CallHandle:
@@ -58,6 +59,7 @@ class Recorder:
         self.settings = settings
         self._tracer = tracer
         self.prices = PriceBook(settings)
+        self.tokens = TokenCounter(settings.tokenizers, settings.allow_tokenizer_download)
         self.accounting = Accounting(meter, settings.metric_dimensions, settings.cardinality_limit,
                                      settings.series_limit or DEFAULT_SERIES_LIMIT, settings.currency)
         self.sources_seen: dict[str, int] = {}  # llm.usage.source -> calls, for doctor

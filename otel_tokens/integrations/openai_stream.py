@@ -1,0 +1,212 @@
+"""Stream proxies for the openai SDK: behave exactly like the SDK's `Stream` / `AsyncStream`
+(iteration, `with`, `close()`, `async for`, `async with`, `aclose()`, every attribute of the
+original), note the first chunk, and record usage exactly once however the stream ends:
+exhausted, `break` then `close()`, an exception mid-stream, or garbage collection.
+
+Per chunk the proxy does a few attribute reads and one list append; everything else happens once,
+when the stream ends.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import wrapt
+
+from .. import names
+from ..recorder import CallHandle, Recorder
+from ..safety import internal_error
+from ..token_counting import TokenCounter
+from .openai_usage import Usage, apply_usage, count_locally, find_usage, get
+
+_RESPONSE_DONE = ("response.completed", "response.incomplete", "response.failed")
+
+
+class StreamState:
+    """What a stream has shown so far; holds no reference to the proxy, so GC can finalize it."""
+
+    __slots__ = (
+        "__weakref__",
+        "counter",
+        "done",
+        "finalizer",
+        "handle",
+        "hide_usage_chunk",
+        "kwargs",
+        "parts",
+        "recorder",
+        "response_model",
+        "responses_api",
+        "usage",
+    )
+
+    def __init__(self, recorder: Recorder, counter: TokenCounter, handle: CallHandle, kwargs: Mapping[str, Any],
+                 hide_usage_chunk: bool) -> None:
+        self.recorder, self.counter, self.handle, self.kwargs = recorder, counter, handle, kwargs
+        self.hide_usage_chunk = hide_usage_chunk
+        self.responses_api = "input" in kwargs and handle.record.operation == names.OPERATION_CHAT
+        self.parts: list[str] = []
+        self.usage: Usage | None = None
+        self.response_model: str | None = None
+        self.done = False
+        self.finalizer: weakref.finalize | None = None
+
+    def on_item(self, item: Any) -> bool:
+        """Take note of one chunk; True when it is the injected usage-only chunk to hide."""
+        handle = self.handle
+        if handle.record.time_to_first_chunk_s is None:
+            handle.mark_first_chunk()
+        if self.responses_api:
+            kind = getattr(item, "type", None)
+            if kind == "response.output_text.delta":
+                delta = getattr(item, "delta", None)
+                if isinstance(delta, str):
+                    self.parts.append(delta)
+            elif kind in _RESPONSE_DONE:
+                response = getattr(item, "response", None)
+                self.usage = find_usage(response) or self.usage
+                model = get(response, "model")
+                if isinstance(model, str):
+                    self.response_model = model
+            return False
+        if self.response_model is None:
+            model = getattr(item, "model", None)
+            if isinstance(model, str) and model:
+                self.response_model = model
+        choices = getattr(item, "choices", None)
+        if getattr(item, "usage", None) is not None or (choices and get(choices[0], "usage") is not None):
+            usage = find_usage(item)
+            if usage is not None:
+                self.usage = usage
+                if self.hide_usage_chunk and not choices:
+                    return True
+        if choices:
+            for choice in choices:
+                delta = getattr(choice, "delta", None)
+                text = getattr(delta, "content", None) if delta is not None else getattr(choice, "text", None)
+                if text:
+                    self.parts.append(text)
+                if delta is not None:
+                    for call in getattr(delta, "tool_calls", None) or ():
+                        function = getattr(call, "function", None)
+                        for piece in (getattr(function, "name", None), getattr(function, "arguments", None)):
+                            if isinstance(piece, str):
+                                self.parts.append(piece)
+        return False
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.finalizer is not None:
+            self.finalizer.detach()
+        record = self.handle.record
+        try:
+            if self.response_model:
+                record.response_model = self.response_model
+            if self.usage is not None:
+                apply_usage(record, self.usage)
+            else:
+                count_locally(record, self.counter, self.kwargs, ["".join(self.parts)])
+        except Exception:
+            internal_error("openai stream usage")
+        self.parts = []
+        self.recorder.finish(self.handle, error=error)
+
+
+class StreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    def __init__(self, stream: Any, state: StreamState) -> None:
+        super().__init__(stream)
+        self._self_state = state
+        state.finalizer = weakref.finalize(self, state.finish)
+
+    def __iter__(self) -> StreamProxy:
+        return self
+
+    def __next__(self) -> Any:
+        state = self._self_state
+        while True:
+            try:
+                item = self.__wrapped__.__next__()
+            except StopIteration:
+                state.finish()
+                raise
+            except BaseException as exc:
+                state.finish(exc)
+                raise
+            try:
+                hidden = state.on_item(item)
+            except Exception:
+                internal_error("openai stream chunk")
+                hidden = False
+            if not hidden:
+                return item
+
+    def close(self) -> Any:
+        try:
+            return self.__wrapped__.close()
+        finally:
+            self._self_state.finish()
+
+    def __enter__(self) -> StreamProxy:
+        self.__wrapped__.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        try:
+            return self.__wrapped__.__exit__(*exc_info)
+        finally:
+            self._self_state.finish()
+
+
+class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    def __init__(self, stream: Any, state: StreamState) -> None:
+        super().__init__(stream)
+        self._self_state = state
+        state.finalizer = weakref.finalize(self, state.finish)
+
+    def __aiter__(self) -> AsyncStreamProxy:
+        return self
+
+    async def __anext__(self) -> Any:
+        state = self._self_state
+        while True:
+            try:
+                item = await self.__wrapped__.__anext__()
+            except StopAsyncIteration:
+                state.finish()
+                raise
+            except BaseException as exc:
+                state.finish(exc)
+                raise
+            try:
+                hidden = state.on_item(item)
+            except Exception:
+                internal_error("openai stream chunk")
+                hidden = False
+            if not hidden:
+                return item
+
+    async def close(self) -> Any:
+        try:
+            return await self.__wrapped__.close()
+        finally:
+            self._self_state.finish()
+
+    async def aclose(self) -> Any:
+        try:
+            return await self.__wrapped__.aclose()
+        finally:
+            self._self_state.finish()
+
+    async def __aenter__(self) -> AsyncStreamProxy:
+        await self.__wrapped__.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        try:
+            return await self.__wrapped__.__aexit__(*exc_info)
+        finally:
+            self._self_state.finish()

@@ -1,0 +1,158 @@
+"""Usage of an OpenAI-style response: the server's usage block when it has a sane one
+(`reported`), else counted from the request and the response text with the model's tokenizer.
+
+Servers vary (vLLM, Ollama, Xinference, FastChat, proxies): fields may be missing, null, of the
+wrong type, negative or absurd, or the usage may sit inside `choices[0]`. A value we cannot trust
+is dropped, never recorded: what we record is right or absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+from .. import names
+from ..record import CallRecord
+from ..token_counting import TokenCounter
+
+MAX_TOKENS = 1 << 31  # no single call uses two billion tokens: larger is garbage
+
+
+class Usage(NamedTuple):
+    input: int | None
+    output: int | None
+    cached: int | None = None
+    reasoning: int | None = None
+
+
+def get(obj: Any, name: str) -> Any:
+    """Field of a pydantic model (including extra fields) or of a dict; None when absent."""
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    try:
+        return getattr(obj, name, None)
+    except Exception:
+        return None
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and 0 <= value < MAX_TOKENS:
+        return value
+    return None
+
+
+def parse_usage(usage: Any) -> Usage | None:
+    if usage is None or isinstance(usage, (str, bytes, int, float, list)):
+        return None
+    input_tokens = _count(get(usage, "prompt_tokens"))
+    if input_tokens is None:
+        input_tokens = _count(get(usage, "input_tokens"))
+    output_tokens = _count(get(usage, "completion_tokens"))
+    if output_tokens is None:
+        output_tokens = _count(get(usage, "output_tokens"))
+    if input_tokens is None and output_tokens is None:
+        return None
+    details_in = get(usage, "prompt_tokens_details") or get(usage, "input_tokens_details")
+    details_out = get(usage, "completion_tokens_details") or get(usage, "output_tokens_details")
+    cached = _count(get(details_in, "cached_tokens"))
+    reasoning = _count(get(details_out, "reasoning_tokens"))
+    if cached is not None and (input_tokens is None or cached > input_tokens):
+        cached = None
+    if reasoning is not None and (output_tokens is None or reasoning > output_tokens):
+        reasoning = None
+    return Usage(input_tokens, output_tokens, cached, reasoning)
+
+
+def find_usage(obj: Any) -> Usage | None:
+    """The usage block of a response or chunk: top level, else inside choices[0] (odd servers)."""
+    usage = parse_usage(get(obj, "usage"))
+    if usage is None:
+        choices = get(obj, "choices")
+        if isinstance(choices, list) and choices:
+            usage = parse_usage(get(choices[0], "usage"))
+    return usage
+
+
+def apply_usage(record: CallRecord, usage: Usage, embeddings: bool = False) -> None:
+    record.input_tokens = usage.input
+    record.output_tokens = None if embeddings else usage.output
+    record.cache_read_input_tokens = usage.cached
+    record.reasoning_output_tokens = usage.reasoning
+    record.usage_source = names.SOURCE_REPORTED
+
+
+def response_texts(operation: str, response: Any) -> list[str]:
+    """Generated text of a non-streamed response, for counting when there is no usage."""
+    if operation == names.OPERATION_EMBEDDINGS:
+        return []
+    output_text = get(response, "output_text")  # Responses API
+    if isinstance(output_text, str):
+        return [output_text]
+    texts = []
+    choices = get(response, "choices")
+    for choice in choices if isinstance(choices, list) else ():
+        message = get(choice, "message")
+        content = get(message, "content") if message is not None else get(choice, "text")
+        if isinstance(content, str):
+            texts.append(content)
+        for call in get(message, "tool_calls") or ():
+            function = get(call, "function")
+            texts.extend(str(get(function, k) or "") for k in ("name", "arguments"))
+    return texts
+
+
+def _strings_or_ids(value: Any) -> tuple[list[str], int]:
+    """Texts to tokenize and a count of token ids given directly (prompt/input as token arrays)."""
+    if isinstance(value, str):
+        return [value], 0
+    if isinstance(value, list):
+        if all(isinstance(v, int) for v in value):
+            return [], len(value)
+        texts, ids = [], 0
+        for v in value:
+            t, i = _strings_or_ids(v)
+            texts.extend(t)
+            ids += i
+        return texts, ids
+    return [], 0
+
+
+def count_request(counter: TokenCounter, operation: str, model: str, kwargs: Mapping[str, Any]
+                  ) -> tuple[int | None, str | None]:
+    """Input tokens of a request, counted locally: (tokens, source)."""
+    messages = kwargs.get("messages")
+    if isinstance(messages, Iterable) and not isinstance(messages, (str, bytes, Mapping)):
+        return counter.count_chat(model, list(messages), kwargs.get("tools") or kwargs.get("functions"))
+    if "input" in kwargs and operation == names.OPERATION_CHAT:  # Responses API
+        value = kwargs["input"]
+        items = [{"role": "system", "content": kwargs["instructions"]}] if kwargs.get("instructions") else []
+        if isinstance(value, str):
+            items.append({"role": "user", "content": value})
+        elif isinstance(value, list):
+            items.extend(value)
+        return counter.count_chat(model, items, kwargs.get("tools"))
+    value = kwargs.get("prompt", kwargs.get("input"))
+    texts, ids = _strings_or_ids(value)
+    if not texts and not ids:
+        return None, None
+    count, source = counter.count_text(model, texts) if texts else (0, names.SOURCE_COUNTED)
+    return count + ids, source
+
+
+def count_locally(record: CallRecord, counter: TokenCounter, kwargs: Mapping[str, Any], texts: list[str]) -> None:
+    """Fill the record from the tokenizer when the server reported nothing."""
+    model = record.request_model
+    input_tokens, input_source = count_request(counter, record.operation, model, kwargs)
+    output_tokens, output_source = None, None
+    if record.operation != names.OPERATION_EMBEDDINGS:
+        output_tokens, output_source = counter.count_text(model, texts)
+    record.input_tokens, record.output_tokens = input_tokens, output_tokens
+    sources = {s for s in (input_source, output_source) if s is not None}
+    if sources:
+        record.usage_source = names.SOURCE_ESTIMATED if names.SOURCE_ESTIMATED in sources else names.SOURCE_COUNTED

