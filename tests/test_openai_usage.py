@@ -62,7 +62,7 @@ def test_models_without_a_tokenizer_are_estimated_sensibly_for_cjk(caplog):
     assert estimate_text("hello world, this is English") == 7
     assert counter.count_text("some-unknown-model", [chinese]) == (23, names.SOURCE_ESTIMATED)
     # o200k is not available offline here: gpt-4o is estimated rather than downloaded
-    count, source = counter.count_text("gpt-4o-mini", ["hello"])
+    _, source = counter.count_text("gpt-4o-mini", ["hello"])
     assert source == names.SOURCE_ESTIMATED
     assert [r.getMessage() for r in caplog.records if "gpt-4o-mini" in r.getMessage()][:1]
 
