@@ -253,7 +253,8 @@ def _patch(module: Any) -> None:
             continue
         if function is None or isinstance(function, wrapt.FunctionWrapper):
             continue
-        is_async = inspect.iscoroutinefunction(function)
+        # the SDK's async methods are sync-looking wrappers (`required_args`) returning coroutines
+        is_async = inspect.iscoroutinefunction(function) or class_name.startswith("Async")
         wrapt.wrap_function_wrapper(owner, method, _make_wrapper(operation, is_async))
         _patched.append((owner, method))
 
