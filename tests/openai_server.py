@@ -56,6 +56,9 @@ def count_cl100k(text: str) -> int:
     return len(cl100k().encode(text, disallowed_special=()))
 
 
+_HF_LOCK = threading.Lock()  # one loaded tokenizer is shared; Rust tokenizers may refuse concurrent use
+
+
 @lru_cache(maxsize=8)
 def _load_hf_tokenizer(directory: str) -> Any:
     from transformers import AutoTokenizer
@@ -220,7 +223,6 @@ class OpenAIServer:
         self.requests: list[RecordedRequest] = []
         self.errors: list[BaseException] = []  # exceptions raised while answering (on_request's included)
         self._lock = threading.Lock()
-        self._tokenizer_lock = threading.Lock()  # a Rust tokenizer may refuse concurrent use ("Already borrowed")
         self._actions: list[_Action] = []
         self._connections: set[socket.socket] = set()
         self._ids = itertools.count(1)
@@ -330,7 +332,7 @@ class OpenAIServer:
         normalized = normalize_messages(messages)
         hf = self._hf(model)
         if hf is not None:
-            with self._tokenizer_lock:
+            with _HF_LOCK:
                 ids = hf.apply_chat_template(normalized, add_generation_prompt=True, tokenize=True)
             if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding by default
                 ids = ids["input_ids"]
@@ -346,7 +348,7 @@ class OpenAIServer:
         """Tokens of generated text, no special tokens (reasoning_tokens are added on top in usage)."""
         hf = self._hf(model)
         if hf is not None:
-            with self._tokenizer_lock:
+            with _HF_LOCK:
                 return len(hf.encode(text, add_special_tokens=False))
         return count_cl100k(text)
 

@@ -76,7 +76,8 @@ class StreamState:
             if isinstance(model, str) and model:
                 self.response_model = model
         choices = getattr(item, "choices", None)
-        if getattr(item, "usage", None) is not None or (choices and get(choices[0], "usage") is not None):
+        if getattr(item, "usage", None) is not None or (
+                choices and (extra := getattr(choices[0], "__pydantic_extra__", None)) and "usage" in extra):
             usage = find_usage(item)
             if usage is not None:
                 self.usage = usage
