@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint bench clean
+.PHONY: test demo lint bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/transformers_overhead.py
 	$(PY) bench/accounting_overhead.py
+	$(PY) bench/openai_overhead.py --arm ours
+
+# ours against OpenLLMetry and the official openai-v2 instrumentation, each in its own venv (.bench-venvs/)
+bench-peers: $(STAMP)
+	bash bench/run_openai_bench.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
