@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import names
 
@@ -16,11 +17,84 @@ def main(argv: list[str] | None = None) -> int:
                         help="a model name to resolve (repeatable)")
     doctor.add_argument("--provider", default=names.PROVIDER_OPENAI,
                         help="gen_ai.provider.name the named models are called through (default: openai)")
+    rules = commands.add_parser("rules", help="validate a quota file and render it into a Prometheus rule file")
+    rules.add_argument("quota_file", type=Path)
+    rules.add_argument("-o", "--output", type=Path, help="rule file to write (default: standard output)")
+    rules.add_argument("--for", dest="for_", default="15s", help="how long a quota condition holds before it "
+                       "fires (default 15s; part of the delay budget in README)")
+    rules.add_argument("--check", action="store_true", help="run `promtool check rules` on the result")
+    rules.add_argument("--reload", metavar="URL", help="then ask the Prometheus at URL to reload (POST /-/reload)")
     args = parser.parse_args(argv)
     if args.command == "doctor":
         from .doctor import report
 
         print(report(args.model, args.provider))
+        return 0
+    return _rules(args)
+
+
+def _rules(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .quotas import load_quotas
+    from .rules import render_text
+
+    try:
+        text = render_text(load_quotas(args.quota_file), args.for_)
+    except ConfigError as error:
+        print(f"otel-tokens rules: {error}", file=sys.stderr)
+        return 2
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.output.with_name(args.output.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        if args.check and not _promtool_check(tmp):
+            tmp.unlink()
+            return 1
+        tmp.replace(args.output)  # atomic: Prometheus never reads a half-written file
+        print(f"wrote {args.output}", file=sys.stderr)
+    if args.check and args.output is None:
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".yml") as f:
+            f.write(text)
+            f.flush()
+            if not _promtool_check(Path(f.name)):
+                return 1
+    if args.reload:
+        return _reload(args.reload)
+    return 0
+
+
+def _promtool_check(path: Path) -> bool:
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        print("otel-tokens rules: --check needs promtool (Debian: apt-get install prometheus)", file=sys.stderr)
+        return False
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"otel-tokens rules: promtool rejected the rules:\n{result.stdout}{result.stderr}", file=sys.stderr)
+        return False
+    return True
+
+
+def _reload(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    target = url.rstrip("/") + "/-/reload"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(target, method="POST"), timeout=10) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as error:
+        print(f"otel-tokens rules: reload failed: POST {target}: {error} "
+              "(is Prometheus running with --web.enable-lifecycle?)", file=sys.stderr)
+        return 3
+    print(f"reloaded {url}", file=sys.stderr)
     return 0
 
 

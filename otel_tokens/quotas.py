@@ -1,0 +1,125 @@
+"""The quota file: per-user limits over a rolling 24 h and per-department limits per calendar month
+(UTC), in tokens and/or cost, with defaults, per-name overrides and a warning ratio.
+
+```yaml
+warning_ratio: 0.8
+users:                      # rolling 24 h
+  default: {tokens: 200000, cost: 5}
+  overrides:
+    nightly-batch: {tokens: 2000000}
+departments:                # calendar month, UTC
+  default: {tokens: 50000000}
+  overrides:
+    support: {tokens: 80000000, cost: 1000}
+```
+
+Errors name the file, the field and the value; unlike the runtime config, a bad quota file is
+refused as a whole (it feeds alerting: a half-read quota file would silently drop limits).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, read_yaml
+
+KINDS = ("tokens", "cost")
+_PRINCIPAL = re.compile(r"^[^\"\\\n]+$")  # ends up inside PromQL label values and YAML strings
+
+
+@dataclass(frozen=True)
+class Limits:
+    tokens: float | None = None
+    cost: float | None = None
+
+    def get(self, kind: str) -> float | None:
+        return self.tokens if kind == "tokens" else self.cost
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The quotas of one principal kind (users or departments)."""
+
+    default: Limits = field(default_factory=Limits)
+    overrides: Mapping[str, Limits] = field(default_factory=dict)
+
+    def kinds(self) -> list[str]:
+        """Limit kinds set anywhere in this scope."""
+        limits = [self.default, *self.overrides.values()]
+        return [k for k in KINDS if any(lim.get(k) is not None for lim in limits)]
+
+
+@dataclass(frozen=True)
+class Quotas:
+    warning_ratio: float = 0.8
+    users: Scope = field(default_factory=Scope)
+    departments: Scope = field(default_factory=Scope)
+    source: str = "(inline)"
+
+
+def _limits(raw: Any, source: str, where: str) -> Limits:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(source, where, raw, "is not a mapping like {tokens: 100000, cost: 5}")
+    unknown = set(raw) - set(KINDS)
+    if unknown:
+        key = sorted(map(str, unknown))[0]
+        raise ConfigError(source, f"{where}.{key}", raw[key], "is not a known field (tokens, cost)")
+    values = {}
+    for kind in KINDS:
+        value = raw.get(kind)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(source, f"{where}.{kind}", value, "is not a positive number")
+        values[kind] = float(value)
+    if not values:
+        raise ConfigError(source, where, dict(raw), "sets neither tokens nor cost")
+    return Limits(**values)
+
+
+def _scope(raw: Any, source: str, where: str) -> Scope:
+    if raw is None:
+        return Scope()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(source, where, raw, "is not a mapping with `default` and/or `overrides`")
+    unknown = set(raw) - {"default", "overrides"}
+    if unknown:
+        key = sorted(map(str, unknown))[0]
+        raise ConfigError(source, f"{where}.{key}", raw[key], "is not a known field (default, overrides)")
+    default = _limits(raw["default"], source, f"{where}.default") if raw.get("default") is not None else Limits()
+    overrides_raw = raw.get("overrides") or {}
+    if not isinstance(overrides_raw, Mapping):
+        raise ConfigError(source, f"{where}.overrides", overrides_raw, "is not a mapping of name to limits")
+    overrides = {}
+    for name, limits in overrides_raw.items():
+        if not isinstance(name, str) or not _PRINCIPAL.match(name):
+            raise ConfigError(source, f"{where}.overrides", name, "is not a valid name (no quotes or backslashes)")
+        overrides[name] = _limits(limits, source, f"{where}.overrides.{name}")
+    return Scope(default, overrides)
+
+
+def parse_quotas(data: Any, source: str) -> Quotas:
+    if not isinstance(data, Mapping):
+        raise ConfigError(source, "(top level)", type(data).__name__, "is not a mapping")
+    unknown = set(data) - {"warning_ratio", "users", "departments"}
+    if unknown:
+        key = sorted(map(str, unknown))[0]
+        raise ConfigError(source, str(key), data[key], "is not a known field (warning_ratio, users, departments)")
+    ratio = data.get("warning_ratio", 0.8)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+        raise ConfigError(source, "warning_ratio", ratio, "is not a number between 0 and 1 (exclusive)")
+    quotas = Quotas(float(ratio), _scope(data.get("users"), source, "users"),
+                    _scope(data.get("departments"), source, "departments"), source)
+    if not quotas.users.kinds() and not quotas.departments.kinds():
+        raise ConfigError(source, "(top level)", dict(data), "sets no limit for users or departments")
+    return quotas
+
+
+def load_quotas(path: Path) -> Quotas:
+    """The quota file, validated; raises ConfigError naming file, field and value."""
+    source = f"quota file {path}"
+    return parse_quotas(read_yaml(path, "quota file"), source)

@@ -1,0 +1,197 @@
+"""Quota file validation and the rendered rules, unit-tested with the real `promtool test rules`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from otel_tokens.config import ConfigError
+from otel_tokens.quotas import parse_quotas
+from otel_tokens.rules import render_text
+from tests.conftest import require_binary
+
+QUOTAS = {
+    "warning_ratio": 0.8,
+    "users": {"default": {"tokens": 1000, "cost": 1}, "overrides": {"alice": {"tokens": 2000}}},
+    "departments": {"default": {"tokens": 10000, "cost": 10}, "overrides": {"support": {"tokens": 20000}}},
+}
+
+
+def _annotations(principal: str, name: str, kind: str, severity: str, usage: str, limit: str, percent: str) -> dict:
+    what = {("user", "tokens"): "daily token quota", ("user", "cost"): "daily cost quota",
+            ("department", "tokens"): "monthly token budget", ("department", "cost"): "monthly cost budget"}
+    unit = " tokens" if kind == "tokens" else ""
+    verb = "is nearing" if severity == "warning" else "has reached"
+    when = "in the last 24 h" if principal == "user" else "this calendar month (UTC)"
+    return {"summary": f"{principal.capitalize()} {name} {verb} the {what[principal, kind]} ({percent})",
+            "description": f"{principal.capitalize()} {name} used {usage}{unit} of {limit}{unit} ({percent}) {when}.",
+            "usage": f"{usage}{unit}", "limit": f"{limit}{unit}", "percent": percent}
+
+
+def _alert(principal: str, name: str, kind: str, severity: str, usage: str, limit: str, percent: str) -> dict:
+    label = "user_id" if principal == "user" else "department"
+    return {"exp_labels": {label: name, "severity": severity, "window": "24h" if principal == "user" else "month",
+                           "quota": kind},
+            "exp_annotations": _annotations(principal, name, kind, severity, usage, limit, percent)}
+
+
+def _promtool_test(tmp_path: Path, tests: dict) -> None:
+    promtool = require_binary("promtool")
+    (tmp_path / "quotas.yml").write_text(render_text(parse_quotas(QUOTAS, "test quotas")))
+    (tmp_path / "quotas.test.yml").write_text(yaml.safe_dump({"rule_files": ["quotas.yml"], **tests},
+                                                             sort_keys=False, allow_unicode=True))
+    result = subprocess.run([promtool, "check", "rules", "quotas.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = subprocess.run([promtool, "test", "rules", "quotas.test.yml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def tokens(user: str, values: str, token_type: str = "input", instance: str = "app:9464") -> dict:
+    return {"series": f'llm_token_usage_total{{user_id="{user}",department="eng",gen_ai_token_type="{token_type}",'
+                      f'instance="{instance}",job="app"}}', "values": values}
+
+
+def test_user_quotas_every_threshold_default_override_reset_cost_and_the_rolling_window(tmp_path):
+    series = [
+        tokens("below", "0+70x10 700x1500"),
+        tokens("at80", "0+80x10 800x1500"),
+        tokens("between", "0+45x10 450x1500", "input"), tokens("between", "0+45x10 450x1500", "output"),
+        tokens("at100", "0+100x10 1000x1500"),
+        tokens("above", "0+150x10 1500x1500"),
+        tokens("alice", "0+170x10 1700x1500"),  # over the default, under her own override
+        tokens("restarted", "0+100x5 0+100x5 500x1500"),  # the process restarted: the counter reset
+        tokens("two-processes", "0+50x10 500x1500", instance="a:9464"),
+        tokens("two-processes", "_x10 0+50x10 500x1500", instance="b:9464"),  # started later, new series
+        {"series": 'llm_cost_total{user_id="spender",department="eng",gen_ai_token_type="output",currency="USD",'
+                   'instance="app:9464",job="app"}', "values": "0+0.1x10 1x1500"},
+    ]
+    at_40m = sorted([
+        _alert("user", "at80", "tokens", "warning", "800", "1k", "80%"),
+        _alert("user", "between", "tokens", "warning", "900", "1k", "90%"),
+        _alert("user", "alice", "tokens", "warning", "1.7k", "2k", "85%"),
+    ], key=lambda a: a["exp_labels"]["user_id"])
+    critical_40m = sorted([
+        _alert("user", "at100", "tokens", "critical", "1k", "1k", "100%"),
+        _alert("user", "above", "tokens", "critical", "1.5k", "1k", "150%"),
+        _alert("user", "restarted", "tokens", "critical", "1k", "1k", "100%"),
+        _alert("user", "two-processes", "tokens", "critical", "1k", "1k", "100%"),
+    ], key=lambda a: a["exp_labels"]["user_id"])
+    tests = {"evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": series,
+        "alert_rule_test": [
+            {"eval_time": "40m", "alertname": "LLMUserTokenQuota", "exp_alerts": at_40m + critical_40m},
+            {"eval_time": "40m", "alertname": "LLMUserCostQuota",
+             "exp_alerts": [_alert("user", "spender", "cost", "critical", "1", "1", "100%")]},
+            {"eval_time": "1500m", "alertname": "LLMUserTokenQuota", "exp_alerts": []},  # 24 h later: rolled out
+        ],
+        "promql_expr_test": [
+            {"expr": 'llm_quota:user_tokens:24h{user_id=~"between|below|two-processes"}', "eval_time": "40m",
+             "exp_samples": [{"labels": 'llm_quota:user_tokens:24h{user_id="below"}', "value": 700},
+                             {"labels": 'llm_quota:user_tokens:24h{user_id="between"}', "value": 900},
+                             {"labels": 'llm_quota:user_tokens:24h{user_id="two-processes"}', "value": 1000}]},
+            {"expr": 'llm_quota:user_tokens:limit{user_id=~"alice|below"}', "eval_time": "40m",
+             "exp_samples": [{"labels": 'llm_quota:user_tokens:limit{user_id="alice"}', "value": 2000},
+                             {"labels": 'llm_quota:user_tokens:limit{user_id="below"}', "value": 1000}]},
+        ],
+    }]}
+    # the warning and critical of one user never fire together (at100/above have no warning)
+    _promtool_test(tmp_path, tests)
+
+
+def dept(name: str, values: str, metric: str = "llm_token_usage_total") -> dict:
+    extra = ',currency="USD"' if metric == "llm_cost_total" else ""
+    return {"series": f'{metric}{{department="{name}",user_id="u",gen_ai_token_type="input"{extra},'
+                      f'instance="app:9464",job="app"}}', "values": values}
+
+
+def test_department_budgets_follow_the_calendar_month(tmp_path):
+    per_day = 96  # samples at 15m
+    jan30_noon = int(29.5 * per_day)
+    jan20, jan26, jan28 = 19 * per_day, 25 * per_day, 27 * per_day
+    feb2_noon = int(32.5 * per_day)
+    series = [
+        # 9500 spent on Jan 30 noon, then 8500 more on Feb 2 noon
+        dept("sales", f"0x{jan30_noon - 1} 9500x{feb2_noon - jan30_noon - 1} 18000x300"),
+        # support has its own 20000: 75 %, then 85 %, then 105 %
+        dept("support", f"0x{jan20 - 1} 15000x{jan26 - jan20 - 1} 17000x{jan28 - jan26 - 1} 21000x800"),
+        dept("ops", f"0x{jan20 - 1} 12x1000", "llm_cost_total"),
+    ]
+    tests = {"evaluation_interval": "1h", "tests": [{
+        "interval": "15m",
+        "input_series": series,
+        "alert_rule_test": [
+            {"eval_time": "25d", "alertname": "LLMDepartmentTokenBudget", "exp_alerts": []},
+            {"eval_time": "26d12h", "alertname": "LLMDepartmentTokenBudget",
+             "exp_alerts": [_alert("department", "support", "tokens", "warning", "17k", "20k", "85%")]},
+            {"eval_time": "30d12h", "alertname": "LLMDepartmentTokenBudget", "exp_alerts": [
+                _alert("department", "sales", "tokens", "warning", "9.5k", "10k", "95%"),
+                _alert("department", "support", "tokens", "critical", "21k", "20k", "105%")]},
+            # the month turned: January's spending no longer counts
+            {"eval_time": "31d12h", "alertname": "LLMDepartmentTokenBudget", "exp_alerts": []},
+            {"eval_time": "33d12h", "alertname": "LLMDepartmentTokenBudget",
+             "exp_alerts": [_alert("department", "sales", "tokens", "warning", "8.5k", "10k", "85%")]},
+            {"eval_time": "25d", "alertname": "LLMDepartmentCostBudget",
+             "exp_alerts": [_alert("department", "ops", "cost", "critical", "12", "10", "120%")]},
+        ],
+        "promql_expr_test": [
+            {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": "30d23h",
+             "exp_samples": [{"labels": 'llm_quota:department_tokens:month{department="sales"}', "value": 9500}]},
+            # Feb 1 00:00: no bucket of February has completed yet
+            {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": "31d", "exp_samples": []},
+            {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": "31d1h",
+             "exp_samples": [{"labels": 'llm_quota:department_tokens:month{department="sales"}', "value": 0}]},
+        ],
+    }]}
+    _promtool_test(tmp_path, tests)
+
+
+@pytest.mark.parametrize(("data", "field", "value"), [
+    ({"users": {"default": {"tokens": -5}}}, "users.default.tokens", "-5"),
+    ({"users": {"default": {"tokenz": 5}}}, "users.default.tokenz", "5"),
+    ({"warning_ratio": 1.5, "users": {"default": {"tokens": 5}}}, "warning_ratio", "1.5"),
+    ({"users": {"overrides": {"bob": "lots"}}}, "users.overrides.bob", "'lots'"),
+    ({"teams": {}}, "teams", "{}"),
+    ({"users": {"default": {}}}, "users.default", "{}"),
+])
+def test_bad_quota_files_are_refused_naming_field_and_value(data, field, value):
+    with pytest.raises(ConfigError) as caught:
+        parse_quotas(data, "quota file q.yaml")
+    message = str(caught.value)
+    assert message.startswith("quota file q.yaml: ") and field in message and value in message, message
+
+
+def test_rules_command_writes_checks_and_reports_errors(tmp_path):
+    require_binary("promtool")
+    quota_file = tmp_path / "q.yaml"
+    quota_file.write_text(yaml.safe_dump(QUOTAS))
+    out = tmp_path / "rules" / "quotas.yml"
+    cli = [sys.executable, "-m", "otel_tokens.cli", "rules"]
+    subprocess.run([*cli, str(quota_file), "-o", str(out), "--check"], check=True, capture_output=True)
+    assert out.read_text().startswith("# Generated by `otel-tokens rules`")
+    quota_file.write_text("users:\n  default: {tokens: many}\n")
+    result = subprocess.run([*cli, str(quota_file), "-o", str(out)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"otel-tokens rules: quota file {quota_file}: users.default.tokens: 'many' "
+                                     "is not a positive number")
+    result = subprocess.run([*cli, str(tmp_path / "missing.yaml")], capture_output=True, text=True)
+    assert result.returncode == 2 and "cannot be read" in result.stderr
+    result = subprocess.run([*cli, str(quota_file).replace("q.yaml", "x.yaml"), "--reload", "http://127.0.0.1:9"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+
+
+def test_shipped_rule_file_is_the_rendering_of_the_shipped_quota_file():
+    root = Path(__file__).resolve().parents[1]
+    from otel_tokens.quotas import load_quotas
+
+    rendered = render_text(load_quotas(Path("collector/quotas.yaml")))
+    assert (root / "collector" / "rules" / "quotas.yml").read_text() == rendered, textwrap.dedent("""
+        collector/rules/quotas.yml is stale: run
+        otel-tokens rules collector/quotas.yaml -o collector/rules/quotas.yml --check""")
