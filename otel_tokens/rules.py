@@ -90,7 +90,9 @@ def _alerts(principal: str, label: str, kind: str, window: str, usage: str, rati
         "percent": "{{ $value | humanizePercentage }}",
     }
     alerts = []
-    for severity, expr, verb in (("warning", f"{ratio_series} >= {ratio:g} < 1", "is nearing"),
+    # The warning keeps firing past 100 %: Alertmanager inhibits it while the critical fires, so a
+    # user hears about each threshold once, and the warning is back if the limit is raised.
+    for severity, expr, verb in (("warning", f"{ratio_series} >= {ratio:g}", "is nearing"),
                                  ("critical", f"{ratio_series} >= 1", "has reached")):
         alerts.append({
             "alert": _ALERT[(principal, kind)],

@@ -76,19 +76,21 @@ def test_user_quotas_every_threshold_default_override_reset_cost_and_the_rolling
         _alert("user", "between", "tokens", "warning", "900", "1k", "90%"),
         _alert("user", "alice", "tokens", "warning", "1.7k", "2k", "85%"),
     ], key=lambda a: a["exp_labels"]["user_id"])
+    # at and above 100 % both fire in Prometheus; Alertmanager inhibits the warning (tested end to end)
     critical_40m = sorted([
-        _alert("user", "at100", "tokens", "critical", "1k", "1k", "100%"),
-        _alert("user", "above", "tokens", "critical", "1.5k", "1k", "150%"),
-        _alert("user", "restarted", "tokens", "critical", "1k", "1k", "100%"),
-        _alert("user", "two-processes", "tokens", "critical", "1k", "1k", "100%"),
-    ], key=lambda a: a["exp_labels"]["user_id"])
+        _alert("user", name, "tokens", severity, usage, "1k", percent)
+        for name, usage, percent in (("at100", "1k", "100%"), ("above", "1.5k", "150%"),
+                                     ("restarted", "1k", "100%"), ("two-processes", "1k", "100%"))
+        for severity in ("critical", "warning")
+    ], key=lambda a: (a["exp_labels"]["severity"], a["exp_labels"]["user_id"]))
     tests = {"evaluation_interval": "1m", "tests": [{
         "interval": "1m",
         "input_series": series,
         "alert_rule_test": [
             {"eval_time": "40m", "alertname": "LLMUserTokenQuota", "exp_alerts": at_40m + critical_40m},
             {"eval_time": "40m", "alertname": "LLMUserCostQuota",
-             "exp_alerts": [_alert("user", "spender", "cost", "critical", "1", "1", "100%")]},
+             "exp_alerts": [_alert("user", "spender", "cost", "critical", "1", "1", "100%"),
+                            _alert("user", "spender", "cost", "warning", "1", "1", "100%")]},
             {"eval_time": "1500m", "alertname": "LLMUserTokenQuota", "exp_alerts": []},  # 24 h later: rolled out
         ],
         "promql_expr_test": [
@@ -101,7 +103,6 @@ def test_user_quotas_every_threshold_default_override_reset_cost_and_the_rolling
                              {"labels": 'llm_quota:user_tokens:limit{user_id="below"}', "value": 1000}]},
         ],
     }]}
-    # the warning and critical of one user never fire together (at100/above have no warning)
     _promtool_test(tmp_path, tests)
 
 
@@ -132,13 +133,15 @@ def test_department_budgets_follow_the_calendar_month(tmp_path):
              "exp_alerts": [_alert("department", "support", "tokens", "warning", "17k", "20k", "85%")]},
             {"eval_time": "30d12h", "alertname": "LLMDepartmentTokenBudget", "exp_alerts": [
                 _alert("department", "sales", "tokens", "warning", "9.5k", "10k", "95%"),
-                _alert("department", "support", "tokens", "critical", "21k", "20k", "105%")]},
+                _alert("department", "support", "tokens", "critical", "21k", "20k", "105%"),
+                _alert("department", "support", "tokens", "warning", "21k", "20k", "105%")]},
             # the month turned: January's spending no longer counts
             {"eval_time": "31d12h", "alertname": "LLMDepartmentTokenBudget", "exp_alerts": []},
             {"eval_time": "33d12h", "alertname": "LLMDepartmentTokenBudget",
              "exp_alerts": [_alert("department", "sales", "tokens", "warning", "8.5k", "10k", "85%")]},
             {"eval_time": "25d", "alertname": "LLMDepartmentCostBudget",
-             "exp_alerts": [_alert("department", "ops", "cost", "critical", "12", "10", "120%")]},
+             "exp_alerts": [_alert("department", "ops", "cost", "critical", "12", "10", "120%"),
+                            _alert("department", "ops", "cost", "warning", "12", "10", "120%")]},
         ],
         "promql_expr_test": [
             {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": "30d23h",
