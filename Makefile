@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint bench bench-peers clean
+.PHONY: test demo lint bench bench-peers clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -13,7 +13,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# Prometheus and Alertmanager from Debian: the tests start the real binaries.
+system-deps:
+	@if command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null \
+	    && command -v amtool >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus prometheus-alertmanager; \
+	else \
+	  echo "Prometheus and Alertmanager are missing: sudo apt-get install -y prometheus prometheus-alertmanager" >&2; \
+	  exit 1; \
+	fi
+
+test: system-deps $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 

@@ -7,10 +7,9 @@ the buckets whose month (at the bucket's middle) is the month at evaluation time
 `@ end()`. It lags by up to one hour (the current hour is counted when it completes), which a
 monthly budget tolerates; a bucket's edges move by up to the evaluation interval.
 
-A counter that appears inside a window (a new user, a new process) has its first scraped value
-counted too: `increase()` alone starts from the first sample and would lose every token spent
-before the first scrape, often a whole first call. The correction may overcount by up to half a
-scrape interval's worth of that series' rate.
+Usage in a window is exact per series (last value minus the value at the window's start, or the
+whole value of a series born inside it); `increase()` with its edge extrapolation is used only for
+series that reset inside the window.
 """
 
 from __future__ import annotations
@@ -43,12 +42,24 @@ def _number(value: float | None) -> str:
 
 
 def _usage_over(counter: str, label: str, window: str) -> str:
-    """Sum by principal of the counter's growth over the window, including the first value of series
-    that began inside it (see module docstring)."""
-    selector = f'{counter}{{{label}!=""}}'
-    born = f"(min_over_time({selector}[{window}]) unless {selector} offset {window})"
-    grown = f"increase({selector}[{window}])"
-    return f"sum by ({label}) (\n  ({grown} + {born})\n  or {grown}\n  or {born}\n)"
+    """Sum by principal of what the counter grew by over the window, exactly where PromQL can.
+
+    `increase()` extrapolates to the window's edges (+13 % seen for a user whose series is a few
+    scrapes old) and drops a new series' first value, so per series: the last value minus the value
+    at the window's start; a series born inside the window counts from zero; only a series that
+    reset inside the window (a process restarted under the same labels) falls back to `increase()`
+    plus its first value.
+    """
+    c = f'{counter}{{{label}!=""}}'
+    reset = f"resets({c}[{window}]) > 0"
+    last = f"last_over_time({c}[{window}])"
+    branches = [
+        f"({last} - {c} offset {window} unless {reset})",
+        f"({last} unless {c} offset {window} unless {reset})",
+        f"(increase({c}[{window}]) + (min_over_time({c}[{window}]) unless {c} offset {window}))",
+        f"increase({c}[{window}])",
+    ]
+    return f"sum by ({label}) (\n  " + "\n  or ".join(branches) + "\n)"
 
 
 def _limit_rules(principal: str, label: str, kind: str, scope: Scope, usage: str) -> list[dict[str, Any]]:

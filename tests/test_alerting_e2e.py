@@ -1,0 +1,226 @@
+"""End to end on 127.0.0.1 with the real binaries: the package's metrics, scraped by Prometheus with
+the rendered quota rules, alerts routed by Alertmanager (the shipped config) to a webhook here."""
+
+from __future__ import annotations
+
+import json
+import socket
+import string
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from otel_tokens.quotas import parse_quotas
+from otel_tokens.rules import render_text
+from tests.alert_app import TOKENS_PER_CALL
+from tests.conftest import require_binary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Webhook:
+    """Collects Alertmanager notifications with their arrival time."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[float, str, dict[str, Any]]] = []  # (time, path, payload)
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                owner.received.append((time.monotonic(), self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def alerts(self, since: float = 0.0) -> list[tuple[float, str, dict[str, Any]]]:
+        """(arrival, receiver path, alert) for every alert in every notification since `since`."""
+        return [(t, path, alert) for t, path, payload in list(self.received) if t >= since
+                for alert in payload["alerts"]]
+
+    def wait_for(self, predicate: Callable[[str, dict[str, Any]], bool], since: float, timeout: float = 90.0
+                 ) -> tuple[float, str, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for arrival, path, alert in self.alerts(since):
+                if predicate(path, alert):
+                    return arrival, path, alert
+            time.sleep(0.1)
+        raise AssertionError(f"no matching notification within {timeout}s; got {self.alerts(since)}")
+
+
+def _wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _start(args: list[str], tmp_path: Path, name: str, **kwargs: Any) -> subprocess.Popen[Any]:
+    log = open(tmp_path / f"{name}.log", "w")
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, **kwargs)
+
+
+QUOTAS = {"users": {"default": {"tokens": 100_000}, "overrides": {"alice": {"tokens": 1000}}}}
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    prometheus = require_binary("prometheus")
+    alertmanager = require_binary("prometheus-alertmanager")
+    processes: list[subprocess.Popen[Any]] = []
+    webhook = Webhook()
+    try:
+        app_port, prom_port, am_port = free_port(), free_port(), free_port()
+        app = subprocess.Popen([sys.executable, "-m", "tests.alert_app", str(app_port)], cwd=ROOT, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp_path / "app.log", "w"))
+        processes.append(app)
+        assert app.stdout is not None and app.stdout.readline().strip() == "ready"
+
+        # the shipped Alertmanager config, with this test's receivers and short timers
+        template = string.Template((ROOT / "collector" / "alertmanager.yml").read_text())
+        config = yaml.safe_load(template.substitute({
+            "ALERT_WEBHOOK_URL": webhook.url + "/hook", "SMTP_SMARTHOST": f"127.0.0.1:{free_port()}",
+            "SMTP_FROM": "alerts@example.test", "ALERT_EMAIL_TO": "oncall@example.test",
+            "SMTP_AUTH_USERNAME": "", "SMTP_AUTH_PASSWORD": "", "SMTP_REQUIRE_TLS": "false"}))
+        config["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1h")
+        for route in config["route"].get("routes", []):
+            route.pop("group_wait", None)
+            route.pop("group_interval", None)
+        for receiver in config["receivers"]:  # tell the receivers apart by path
+            for hook in receiver.get("webhook_configs", []):
+                hook["url"] = f"{webhook.url}/{receiver['name']}"
+        (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
+        processes.append(_start([alertmanager, f"--config.file={tmp_path / 'alertmanager.yml'}",
+                                 f"--storage.path={tmp_path / 'am-data'}", f"--web.listen-address=127.0.0.1:{am_port}",
+                                 "--cluster.listen-address="], tmp_path, "alertmanager"))
+
+        rules = tmp_path / "rules"
+        rules.mkdir()
+        quota_file = tmp_path / "quotas.yaml"
+        quota_file.write_text(yaml.safe_dump(QUOTAS))
+        (rules / "quotas.yml").write_text(render_text(parse_quotas(QUOTAS, str(quota_file)), for_="1s"))
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(rules / "*.yml")],
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
+            "scrape_configs": [{"job_name": "app", "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}]}],
+        }))
+        prom = _start([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                       f"--storage.tsdb.path={tmp_path / 'prom-data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
+                       "--web.enable-lifecycle", "--rules.alert.resend-delay=1s"], tmp_path, "prometheus")
+        processes.append(prom)
+        _wait_http(f"http://127.0.0.1:{prom_port}/-/ready")
+        _wait_http(f"http://127.0.0.1:{am_port}/-/ready")
+
+        def generate(user: str, department: str, calls: int) -> float:
+            assert app.stdin is not None and app.stdout is not None
+            app.stdin.write(f"{user} {department} {calls}\n")
+            app.stdin.flush()
+            assert app.stdout.readline().strip() == "done"
+            return time.monotonic()
+
+        yield {"generate": generate, "webhook": webhook, "prometheus": f"http://127.0.0.1:{prom_port}",
+               "alertmanager": f"http://127.0.0.1:{am_port}", "prom_process": prom, "quota_file": quota_file,
+               "rules": rules, "tmp": tmp_path}
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        webhook.server.shutdown()
+
+
+def _is(alertname: str, severity: str, user: str, status: str = "firing") -> Callable[[str, dict[str, Any]], bool]:
+    def match(path: str, alert: dict[str, Any]) -> bool:
+        labels = alert["labels"]
+        return (alert["status"] == status and labels.get("alertname") == alertname
+                and labels.get("severity") == severity and labels.get("user_id") == user)
+    return match
+
+
+def test_quota_alerts_end_to_end(stack):
+    webhook: Webhook = stack["webhook"]
+    generate = stack["generate"]
+    start = time.monotonic()
+    generate("bob", "research", 3)  # 300 of bob's 100k: nothing
+
+    # alice to 90 % of her 1000-token daily quota: the warning
+    crossed = generate("alice", "support", 9)
+    arrival, path, alert = webhook.wait_for(_is("LLMUserTokenQuota", "warning", "alice"), start)
+    warning_delay = arrival - crossed
+    assert path == "/warning"
+    assert alert["labels"] == {"alertname": "LLMUserTokenQuota", "severity": "warning", "window": "24h",
+                               "quota": "tokens", "user_id": "alice"}
+    assert {k: alert["annotations"][k] for k in ("usage", "limit", "percent")} == {
+        "usage": f"{9 * TOKENS_PER_CALL} tokens", "limit": "1k tokens", "percent": "90%"}
+    assert alert["annotations"]["summary"] == "User alice is nearing the daily token quota (90%)"
+
+    # past 100 %: the critical arrives (email + webhook receiver) and the warning is inhibited
+    crossed = generate("alice", "support", 2)
+    arrival, path, alert = webhook.wait_for(_is("LLMUserTokenQuota", "critical", "alice"), crossed)
+    critical_delay = arrival - crossed
+    assert path == "/critical"
+    assert alert["annotations"]["percent"] == "110%"
+    deadline = time.monotonic() + 30
+    while True:
+        with urllib.request.urlopen(f"{stack['alertmanager']}/api/v2/alerts") as response:
+            alerts = json.load(response)
+        warning = [a for a in alerts if a["labels"].get("severity") == "warning"
+                   and a["labels"].get("user_id") == "alice"]
+        if warning and warning[0]["status"]["state"] == "suppressed":
+            break
+        assert time.monotonic() < deadline, alerts
+        time.sleep(0.5)
+    assert warning[0]["status"]["inhibitedBy"]
+    time.sleep(3)
+    later = [a for t, p, a in webhook.alerts(arrival + 0.01) if a["labels"].get("severity") == "warning"
+             and a["labels"].get("user_id") == "alice"]
+    assert later == []  # the warning stays quiet while the critical fires
+    assert not any(a["labels"].get("user_id") == "bob" for _, _, a in webhook.alerts())
+
+    # lower bob's limit in the quota file, re-render, reload: applies without a restart
+    pid = stack["prom_process"].pid
+    quotas = {"users": {"default": {"tokens": 100_000}, "overrides": {"alice": {"tokens": 1000},
+                                                                       "bob": {"tokens": 350}}}}
+    stack["quota_file"].write_text(yaml.safe_dump(quotas))
+    reloaded = time.monotonic()
+    subprocess.run([sys.executable, "-m", "otel_tokens.cli", "rules", str(stack["quota_file"]), "-o",
+                    str(stack["rules"] / "quotas.yml"), "--for", "1s", "--check", "--reload", stack["prometheus"]],
+                   check=True, capture_output=True, cwd=ROOT)
+    arrival, path, alert = webhook.wait_for(_is("LLMUserTokenQuota", "warning", "bob"), reloaded)
+    assert alert["annotations"]["percent"] == "85.71%"  # 300 of 350
+    assert stack["prom_process"].pid == pid and stack["prom_process"].poll() is None
+    reload_delay = arrival - reloaded
+
+    print(f"\ncrossing -> notification: warning {warning_delay:.1f}s, critical {critical_delay:.1f}s "
+          f"(test timers: scrape/eval 1s, for 1s, group_wait 1s); reload -> notification {reload_delay:.1f}s")
