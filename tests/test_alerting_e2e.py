@@ -4,15 +4,12 @@ the rendered quota rules, alerts routed by Alertmanager (the shipped config) to 
 from __future__ import annotations
 
 import json
-import socket
 import string
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,68 +20,9 @@ from otel_tokens.quotas import parse_quotas
 from otel_tokens.rules import render_text
 from tests.alert_app import TOKENS_PER_CALL
 from tests.conftest import require_binary
+from tests.prometheus_stack import Webhook, free_port, start_process, start_prometheus, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Webhook:
-    """Collects Alertmanager notifications with their arrival time."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[float, str, dict[str, Any]]] = []  # (time, path, payload)
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                owner.received.append((time.monotonic(), self.path, json.loads(body)))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def alerts(self, since: float = 0.0) -> list[tuple[float, str, dict[str, Any]]]:
-        """(arrival, receiver path, alert) for every alert in every notification since `since`."""
-        return [(t, path, alert) for t, path, payload in list(self.received) if t >= since
-                for alert in payload["alerts"]]
-
-    def wait_for(self, predicate: Callable[[str, dict[str, Any]], bool], since: float, timeout: float = 90.0
-                 ) -> tuple[float, str, dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for arrival, path, alert in self.alerts(since):
-                if predicate(path, alert):
-                    return arrival, path, alert
-            time.sleep(0.1)
-        raise AssertionError(f"no matching notification within {timeout}s; got {self.alerts(since)}")
-
-
-def _wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-def _start(args: list[str], tmp_path: Path, name: str, **kwargs: Any) -> subprocess.Popen[Any]:
-    log = open(tmp_path / f"{name}.log", "w")
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, **kwargs)
 
 
 QUOTAS = {"users": {"default": {"tokens": 100_000}, "overrides": {"alice": {"tokens": 1000}}}}
@@ -97,7 +35,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     processes: list[subprocess.Popen[Any]] = []
     webhook = Webhook()
     try:
-        app_port, prom_port, am_port = free_port(), free_port(), free_port()
+        app_port, am_port = free_port(), free_port()
         app = subprocess.Popen([sys.executable, "-m", "tests.alert_app", str(app_port)], cwd=ROOT, text=True,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp_path / "app.log", "w"))
         processes.append(app)
@@ -117,7 +55,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
             for hook in receiver.get("webhook_configs", []):
                 hook["url"] = f"{webhook.url}/{receiver['name']}"
         (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
-        processes.append(_start([alertmanager, f"--config.file={tmp_path / 'alertmanager.yml'}",
+        processes.append(start_process([alertmanager, f"--config.file={tmp_path / 'alertmanager.yml'}",
                                  f"--storage.path={tmp_path / 'am-data'}", f"--web.listen-address=127.0.0.1:{am_port}",
                                  "--cluster.listen-address="], tmp_path, "alertmanager"))
 
@@ -126,18 +64,10 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         quota_file = tmp_path / "quotas.yaml"
         quota_file.write_text(yaml.safe_dump(QUOTAS))
         (rules / "quotas.yml").write_text(render_text(parse_quotas(QUOTAS, str(quota_file)), for_="1s"))
-        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(rules / "*.yml")],
-            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
-            "scrape_configs": [{"job_name": "app", "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}]}],
-        }))
-        prom = _start([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-                       f"--storage.tsdb.path={tmp_path / 'prom-data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
-                       "--web.enable-lifecycle", "--rules.alert.resend-delay=1s"], tmp_path, "prometheus")
+        prom_url, prom = start_prometheus(tmp_path, prometheus, [f"127.0.0.1:{app_port}"], str(rules / "*.yml"),
+                                          f"127.0.0.1:{am_port}")
         processes.append(prom)
-        _wait_http(f"http://127.0.0.1:{prom_port}/-/ready")
-        _wait_http(f"http://127.0.0.1:{am_port}/-/ready")
+        wait_http(f"http://127.0.0.1:{am_port}/-/ready")
 
         def generate(user: str, department: str, calls: int) -> float:
             assert app.stdin is not None and app.stdout is not None
@@ -146,7 +76,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
             assert app.stdout.readline().strip() == "done"
             return time.monotonic()
 
-        yield {"generate": generate, "webhook": webhook, "prometheus": f"http://127.0.0.1:{prom_port}",
+        yield {"generate": generate, "webhook": webhook, "prometheus": prom_url,
                "alertmanager": f"http://127.0.0.1:{am_port}", "prom_process": prom, "quota_file": quota_file,
                "rules": rules, "tmp": tmp_path}
     finally:

@@ -1,0 +1,108 @@
+"""Real Prometheus / Alertmanager processes for tests: free ports, start, wait, a webhook receiver."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Webhook:
+    """Collects Alertmanager notifications with their arrival time."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[float, str, dict[str, Any]]] = []  # (time, path, payload)
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                owner.received.append((time.monotonic(), self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def alerts(self, since: float = 0.0) -> list[tuple[float, str, dict[str, Any]]]:
+        """(arrival, receiver path, alert) for every alert in every notification since `since`."""
+        return [(t, path, alert) for t, path, payload in list(self.received) if t >= since
+                for alert in payload["alerts"]]
+
+    def wait_for(self, predicate: Callable[[str, dict[str, Any]], bool], since: float, timeout: float = 90.0
+                 ) -> tuple[float, str, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for arrival, path, alert in self.alerts(since):
+                if predicate(path, alert):
+                    return arrival, path, alert
+            time.sleep(0.1)
+        raise AssertionError(f"no matching notification within {timeout}s; got {self.alerts(since)}")
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def start_process(args: list[str], tmp_path: Path, name: str, **kwargs: Any) -> subprocess.Popen[Any]:
+    log = open(tmp_path / f"{name}.log", "w")
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, **kwargs)
+
+
+def start_prometheus(tmp_path: Path, binary: str, targets: list[str], rule_glob: str | None = None,
+                     alertmanager: str | None = None, interval: str = "1s") -> tuple[str, subprocess.Popen[Any]]:
+    """A real Prometheus on a free port scraping `targets` (host:port) as job `app`; returns (url, process)."""
+    import yaml
+
+    port = free_port()
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": [{"job_name": "app", "static_configs": [{"targets": targets}]}],
+    }
+    if rule_glob:
+        config["rule_files"] = [rule_glob]
+    if alertmanager:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    process = start_process([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'prom-data'}", f"--web.listen-address=127.0.0.1:{port}",
+                             "--web.enable-lifecycle", "--rules.alert.resend-delay=1s"], tmp_path, "prometheus")
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/-/ready")
+    return url, process
+
+
+def query(url: str, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+    """Instant query result (`data.result`) from Prometheus's HTTP API."""
+    from urllib.parse import urlencode
+
+    params = {"query": promql, **({"time": str(at)} if at is not None else {})}
+    with urllib.request.urlopen(f"{url}/api/v1/query?{urlencode(params)}", timeout=30) as response:
+        body = json.load(response)
+    assert body["status"] == "success", body
+    return body["data"]["result"]
