@@ -31,12 +31,10 @@ test: system-deps $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-# For now: the example app under the OpenTelemetry agent, spans and metrics printed to the console.
-demo: $(STAMP)
-	OTEL_SERVICE_NAME=otel-tokens-demo OTEL_TRACES_EXPORTER=console OTEL_METRICS_EXPORTER=console \
-	OTEL_LOGS_EXPORTER=none $(VENV)/bin/opentelemetry-instrument $(PY) examples/transformers_app.py
-	@echo
-	@echo "Above: one span per generate call (gen_ai.usage.* and user.id), then llm.token.usage per user."
+# The whole product on this machine: Prometheus + Alertmanager, a local model server, traffic for
+# several users under opentelemetry-instrument, live usage, the quota alerts, the report.
+demo: system-deps $(STAMP)
+	$(PY) examples/demo.py $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/transformers_overhead.py

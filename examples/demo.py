@@ -1,0 +1,308 @@
+"""`make demo`: the whole product on one machine, no Docker.
+
+Starts, on free local ports: Alertmanager (the shipped routing, a webhook here that prints what it
+receives), Prometheus (the rendered quota rules and the shipped static rules), a local
+OpenAI-compatible model server and a traffic generator, both under `opentelemetry-instrument`
+exporting metrics for Prometheus to scrape. Shows per-user usage live, prints the warning and then
+the critical alert of the runaway batch job as Alertmanager delivers them, then the report and the
+PNG. Every process it started is stopped at the end, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import string
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / ".demo" / "run"
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "examples"))
+
+from tiny_local_model import ensure  # noqa: E402
+
+from otel_tokens.quotas import parse_quotas  # noqa: E402
+from otel_tokens.rules import render_text  # noqa: E402
+
+QUOTAS = {
+    "warning_ratio": 0.8,
+    "users": {"default": {"tokens": 50_000}, "overrides": {"batch-bot": {"tokens": 1500}}},
+    "departments": {"default": {"tokens": 1_000_000, "cost": 100}},
+}
+CONFIG = {  # OTEL_TOKENS_CONFIG of both processes: prices, so the demo shows money too
+    "currency": "USD",
+    "exchange_rates": {"CNY": 0.14},
+    "prices": [{"match": "tiny-chat-model", "currency": "CNY", "input": 140, "output": 420,
+                "source": "demo: an internal GPU price"},
+               {"match": "*", "provider": "transformers", "currency": "USD", "input": 20, "output": 60,
+                "source": "demo: virtual price of local GPU time"}],
+}
+USERS = ["alice", "bob", "carol", "dave", "batch-bot"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need_binaries() -> dict[str, str]:
+    names = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager"}
+    found = {key: shutil.which(name) for key, name in names.items()}
+    if all(found.values()):
+        return found  # type: ignore[return-value]
+    if os.geteuid() == 0:
+        print("installing Prometheus and Alertmanager from Debian ...", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "prometheus", "prometheus-alertmanager"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        return need_binaries()
+    sys.exit("make demo needs Prometheus and Alertmanager: sudo apt-get install -y prometheus prometheus-alertmanager")
+
+
+class Notifications:
+    """Alertmanager's webhook: keeps what arrives, with the time it arrived."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[float, dict[str, Any]]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                payload = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                outer.items.extend((time.monotonic(), alert) for alert in payload["alerts"])
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/alerts"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def firing(self, severity: str) -> list[dict[str, Any]]:
+        return [a for _, a in self.items if a["status"] == "firing" and a["labels"].get("severity") == severity]
+
+
+class Stack:
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[Any]] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None, **kwargs: Any
+              ) -> subprocess.Popen[Any]:
+        log = open(RUN / f"{name}.log", "w")
+        process = subprocess.Popen(args, stdout=kwargs.pop("stdout", log), stderr=log, cwd=ROOT,
+                                   env={**os.environ, **(env or {})}, **kwargs)
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo: {url} did not come up; logs in {RUN}") from None
+            time.sleep(0.3)
+
+
+def query(prometheus: str, promql: str) -> list[dict[str, Any]]:
+    url = f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)["data"]["result"]
+
+
+def by(results: list[dict[str, Any]], label: str) -> dict[str, float]:
+    return {r["metric"].get(label, ""): float(r["value"][1]) for r in results}
+
+
+def live_table(prometheus: str, notifications: Notifications, progress: str) -> Any:
+    from rich.table import Table
+
+    client = "job='kb-chat'"
+    tokens = by(query(prometheus, f"sum by (user_id) (llm_token_usage_total{{{client}}})"), "user_id")
+    cost = by(query(prometheus, f"sum by (user_id) (llm_cost_total{{{client}}})"), "user_id")
+    served = by(query(prometheus, "sum by (served_user_id) (llm_token_usage_total{job='model-server'})"),
+                "served_user_id")
+    departments = {u: r["metric"].get("department", "") for r in query(
+        prometheus, f"count by (user_id, department) (llm_token_usage_total{{{client}}})")
+        for u in [r["metric"].get("user_id", "")]}
+    ratio = by(query(prometheus, "llm_quota:user_tokens:ratio"), "user_id")
+    table = Table(title=f"otel-tokens demo: token usage per user ({progress})")
+    sources: dict[str, set[str]] = {}
+    for r in query(prometheus, f"count by (user_id, llm_usage_source) (llm_token_usage_total{{{client}}})"):
+        sources.setdefault(r["metric"].get("user_id", ""), set()).add(r["metric"].get("llm_usage_source", ""))
+    for column in ("user", "department", "tokens", "counted how", "model server", "cost USD", "24h quota"):
+        table.add_column(column, justify="left" if column in ("user", "department", "counted how") else "right",
+                         no_wrap=True)
+    for user in USERS:
+        share = ratio.get(user)
+        table.add_row(user, departments.get(user, ""), f"{tokens.get(user, 0):,.0f}",
+                      "/".join(sorted(sources.get(user, ()))),
+                      f"{served[user]:,.0f}" if user in served else "-", f"{cost.get(user, 0):.4f}",
+                      f"{share:.0%}" if share is not None else "-")
+    for severity in ("warning", "critical"):
+        for alert in notifications.firing(severity)[:1]:
+            table.caption = (table.caption or "") + f"  [{severity.upper()}] {alert['annotations']['summary']}"
+    return table
+
+
+def write_configs(ports: dict[str, int], hook: str) -> None:
+    # a stream without a usage block is counted with the model's own tokenizer, from its folder
+    (RUN / "otel-tokens.yaml").write_text(yaml.safe_dump({**CONFIG, "tokenizers": {"tiny-chat-model": str(ensure())}}))
+    rules = RUN / "rules"
+    rules.mkdir()
+    (rules / "quotas.yml").write_text(render_text(parse_quotas(QUOTAS, "demo quotas"), for_="1s"))
+    shutil.copy(ROOT / "collector" / "rules" / "static.yml", rules / "static.yml")
+    alertmanager = yaml.safe_load(string.Template((ROOT / "collector" / "alertmanager.yml").read_text()).substitute(
+        SMTP_SMARTHOST=f"127.0.0.1:{free_port()}", SMTP_FROM="demo@localhost", SMTP_AUTH_USERNAME="",
+        SMTP_AUTH_PASSWORD="", SMTP_REQUIRE_TLS="false", ALERT_EMAIL_TO="oncall@localhost", ALERT_WEBHOOK_URL=hook))
+    alertmanager["route"].update(group_wait="1s", group_interval="1s")  # demo timers; shipped ones in README
+    (RUN / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager))
+    (RUN / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules / "*.yml")],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{ports['alertmanager']}"]}]}]},
+        "scrape_configs": [
+            {"job_name": "kb-chat", "static_configs": [{"targets": [f"127.0.0.1:{ports['traffic']}"]}]},
+            # The model server counts the same tokens again: keep its attribution under other label
+            # names so quotas count each token once, and the two sides can still be compared per user.
+            {"job_name": "model-server", "static_configs": [{"targets": [f"127.0.0.1:{ports['server']}"]}],
+             "metric_relabel_configs": [
+                 {"action": "labelmap", "regex": "(user_id|department)", "replacement": "served_$1"},
+                 {"action": "labeldrop", "regex": "user_id|department"}]},
+        ],
+    }))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="otel-tokens demo")
+    parser.add_argument("--fast", action="store_true", help="fewer rounds (what the test runs)")
+    parser.add_argument("--timeout", type=float, default=120)
+    args = parser.parse_args()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console(width=None if sys.stdout.isatty() else 110)
+    binaries = need_binaries()
+    model = ensure()
+    shutil.rmtree(RUN, ignore_errors=True)
+    RUN.mkdir(parents=True)
+    notifications = Notifications()
+    # openai: the model server's API; server / traffic: their metrics endpoints
+    ports = {name: free_port() for name in ("prometheus", "alertmanager", "openai", "server", "traffic")}
+    write_configs(ports, notifications.url)
+    stack = Stack()
+    started = time.monotonic()
+    try:
+        stack.start("alertmanager", [binaries["alertmanager"], f"--config.file={RUN / 'alertmanager.yml'}",
+                                     f"--storage.path={RUN / 'alertmanager-data'}", "--cluster.listen-address=",
+                                     f"--web.listen-address=127.0.0.1:{ports['alertmanager']}"])
+        prometheus = f"http://127.0.0.1:{ports['prometheus']}"
+        stack.start("prometheus", [binaries["prometheus"], f"--config.file={RUN / 'prometheus.yml'}",
+                                   f"--storage.tsdb.path={RUN / 'prometheus-data'}", "--web.enable-lifecycle",
+                                   f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
+                                   "--rules.alert.resend-delay=1s"])
+        agent = [str(BIN / "opentelemetry-instrument"), sys.executable]
+        telemetry = {"OTEL_METRICS_EXPORTER": "prometheus", "OTEL_TRACES_EXPORTER": "none",
+                     "OTEL_LOGS_EXPORTER": "none", "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+                     "OTEL_TOKENS_CONFIG": str(RUN / "otel-tokens.yaml")}
+        stack.start("model-server", [*agent, "examples/local_model_server.py", "--port", str(ports["openai"]),
+                                     "--model", str(model)],
+                    {**telemetry, "OTEL_SERVICE_NAME": "model-server",
+                     "OTEL_EXPORTER_PROMETHEUS_PORT": str(ports["server"])})
+        wait_ready(f"{prometheus}/-/ready")
+        openai_url = f"http://127.0.0.1:{ports['openai']}/v1"
+        traffic = stack.start("traffic", [*agent, "examples/demo_traffic.py"],
+                              {**telemetry, "OTEL_SERVICE_NAME": "kb-chat", "OPENAI_BASE_URL": openai_url,
+                               "OTEL_EXPORTER_PROMETHEUS_PORT": str(ports["traffic"]), "DEMO_MODEL": str(model),
+                               "DEMO_ROUNDS": "4" if args.fast else "6"},
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        progress = ["starting"]
+
+        def follow() -> None:
+            assert traffic.stdout is not None
+            for line in traffic.stdout:
+                progress[0] = line.strip()
+
+        threading.Thread(target=follow, daemon=True).start()
+        shown: set[str] = set()
+        with Live(console=console, refresh_per_second=2, transient=False) as live:
+            while True:
+                try:
+                    live.update(live_table(prometheus, notifications, progress[0]))
+                except OSError:
+                    pass
+                for severity in ("warning", "critical"):
+                    for alert in notifications.firing(severity):
+                        key = severity + alert["labels"].get("user_id", alert["labels"].get("department", ""))
+                        if key not in shown:
+                            shown.add(key)
+                            live.console.print(f"[bold {'yellow' if severity == 'warning' else 'red'}]"
+                                               f"{severity.upper()} alert received after "
+                                               f"{time.monotonic() - started:.0f}s:[/] "
+                                               f"{alert['annotations']['description']}")
+                done = progress[0] == "traffic done" and notifications.firing("critical")
+                if done or traffic.poll() is not None or time.monotonic() - started > args.timeout:
+                    break
+                time.sleep(0.5)
+            time.sleep(2)  # the last scrape and rule evaluation
+            live.update(live_table(prometheus, notifications, "done"))
+        if not (notifications.firing("warning") and notifications.firing("critical")):
+            console.print(f"[red]demo: expected a warning and a critical alert; logs are in {RUN}[/]")
+            return 1
+        # users whose calls the server answered with a usage block: both sides must agree exactly
+        client = by(query(prometheus, "sum by (user_id) (llm_token_usage_total{job='kb-chat',"
+                                      "gen_ai_provider_name='openai',llm_usage_source='reported'})"), "user_id")
+        served = by(query(prometheus, "sum by (served_user_id) (llm_token_usage_total{job='model-server'})"),
+                    "served_user_id")
+        agree = all(served.get(user) == tokens for user, tokens in client.items())
+        console.print(f"client side (openai SDK, usage reported by the server) vs server side (transformers, "
+                      f"counted from the generate tensors), per user: "
+                      f"{'they agree' if agree else 'they DIFFER'} ({', '.join(sorted(client))})")
+        report = [str(BIN / "otel-tokens"), "report", "--prometheus", prometheus, "--window", "1h",
+                  "--png", str(ROOT / ".demo" / "usage.png")]
+        if subprocess.run(report, cwd=ROOT).returncode == 0:
+            console.print(f"PNG: {ROOT / '.demo' / 'usage.png'}")
+        console.print(f"demo finished in {time.monotonic() - started:.0f}s; Prometheus data and logs in {RUN}")
+        return 0
+    except KeyboardInterrupt:
+        console.print("interrupted: stopping everything")
+        return 130
+    finally:
+        stack.stop()
+        notifications.httpd.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

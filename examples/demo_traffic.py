@@ -1,0 +1,64 @@
+"""Demo traffic: several users in three departments, run under `opentelemetry-instrument` (no
+telemetry code here beyond `usage_context`). Some call the local model in-process through a
+transformers pipeline, some go through the `openai` SDK to the local OpenAI-compatible server, and
+one batch job keeps going until it is far over its quota.
+
+Environment: OPENAI_BASE_URL (the local server), DEMO_MODEL (the model folder), DEMO_ROUNDS, DEMO_PAUSE.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import openai
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+from otel_tokens import usage_context
+
+QUESTIONS = ["How do I reset my password?", "Where is the refund policy?", "请总结这个工单。",
+             "Summarise this support ticket.", "退款政策在哪里？"]
+
+
+def main() -> None:
+    model_path = os.environ.get("DEMO_MODEL", ".demo/tiny-chat-model")
+    rounds = int(os.environ.get("DEMO_ROUNDS", "6"))
+    pause = float(os.environ.get("DEMO_PAUSE", "3"))
+    local = pipeline("text-generation", model=AutoModelForCausalLM.from_pretrained(model_path),
+                     tokenizer=AutoTokenizer.from_pretrained(model_path), device="cpu")
+    client = openai.OpenAI(api_key="local", max_retries=0)  # OPENAI_BASE_URL points at the local server
+    model = os.path.basename(model_path.rstrip("/"))
+
+    def chat(question: str, stream: bool = False, usage_chunk: bool = True, max_tokens: int = 24) -> None:
+        messages = [{"role": "system", "content": "You answer from the knowledge base."},
+                    {"role": "user", "content": question}]
+        if not stream:
+            client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens)
+            return
+        options = {"include_usage": True} if usage_chunk else None
+        for _ in client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+                                                stream=True, stream_options=options):
+            pass
+
+    for round_ in range(rounds):
+        question = QUESTIONS[round_ % len(QUESTIONS)]
+        with usage_context(user_id="alice", department="support", session_id=f"alice-{round_}"):
+            local([{"role": "user", "content": question}], max_new_tokens=20, do_sample=True)
+        with usage_context(user_id="bob", department="support"):
+            chat(question)
+        with usage_context(user_id="carol", department="research"):
+            chat(question, stream=True)
+        with usage_context(user_id="dave", department="research"):
+            chat(question, stream=True, usage_chunk=False)  # no usage block: counted with the local tokenizer
+        with usage_context(user_id="batch-bot", department="operations"):
+            for _ in range(4 + 2 * round_):  # a runaway script, speeding up
+                chat(question, max_tokens=48)
+        print(f"round {round_ + 1}/{rounds}", flush=True)
+        time.sleep(pause)  # lets the live view, and the warning before the critical, be seen
+    print("traffic done", flush=True)
+    sys.stdin.read()  # keep the metrics endpoint up for the last scrape, until the demo closes stdin
+
+
+if __name__ == "__main__":
+    main()
