@@ -24,7 +24,21 @@ def main(argv: list[str] | None = None) -> int:
                        "fires (default 15s; part of the delay budget in README)")
     rules.add_argument("--check", action="store_true", help="run `promtool check rules` on the result")
     rules.add_argument("--reload", metavar="URL", help="then ask the Prometheus at URL to reload (POST /-/reload)")
-    args = parser.parse_args(argv)
+    report_parser = commands.add_parser("report", help="usage digest from Prometheus: totals, top users, departments "
+                                        "and models, quota use; table, markdown, json, csv, png")
+    from .report import add_arguments, one_line_error
+
+    add_arguments(report_parser)
+    report_parser.error = one_line_error  # type: ignore[method-assign]  # one line, not usage + message
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if args.command == "report":
+            one_line_error(f"unrecognized arguments: {' '.join(unknown)}")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # what parse_args says
+    if args.command == "report":
+        from .report import run
+
+        return run(args)
     if args.command == "doctor":
         from .doctor import report
 

@@ -14,6 +14,7 @@ series that reset inside the window.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -41,7 +42,7 @@ def _number(value: float | None) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _usage_over(counter: str, label: str, window: str) -> str:
+def usage_over(counter: str, label: str, window: str, by: Sequence[str] = ()) -> str:
     """Sum by principal of what the counter grew by over the window, exactly where PromQL can.
 
     `increase()` extrapolates to the window's edges (+13 % seen for a user whose series is a few
@@ -59,7 +60,9 @@ def _usage_over(counter: str, label: str, window: str) -> str:
         f"(increase({c}[{window}]) + (min_over_time({c}[{window}]) unless {c} offset {window}))",
         f"increase({c}[{window}])",
     ]
-    return f"sum by ({label}) (\n  " + "\n  or ".join(branches) + "\n)"
+    return f"sum by ({', '.join(by or (label,))}) (\n  " + "\n  or ".join(branches) + "\n)"
+
+
 
 
 def _limit_rules(principal: str, label: str, kind: str, scope: Scope, usage: str) -> list[dict[str, Any]]:
@@ -129,7 +132,7 @@ def render(quotas: Quotas, for_: str = "15s") -> dict[str, Any]:
         rules: list[dict[str, Any]] = []
         for kind in quotas.users.kinds():
             usage = series("user", kind, "24h")
-            rules.append({"record": usage, "expr": _usage_over(_COUNTER[kind], "user_id", "24h")})
+            rules.append({"record": usage, "expr": usage_over(_COUNTER[kind], "user_id", "24h")})
             rules += _limit_rules("user", "user_id", kind, quotas.users, usage)
             rules += _alerts("user", "user_id", kind, "24h", usage, quotas.warning_ratio, for_)
         groups.append({"name": f"{PREFIX}_users", "rules": rules})
@@ -140,7 +143,7 @@ def render(quotas: Quotas, for_: str = "15s") -> dict[str, Any]:
         for kind in quotas.departments.kinds():
             bucket = series("department", kind, BUCKET)
             usage = series("department", kind, "month")
-            rules.append({"record": bucket, "expr": _usage_over(_COUNTER[kind], "department", BUCKET)})
+            rules.append({"record": bucket, "expr": usage_over(_COUNTER[kind], "department", BUCKET)})
             rules.append({"record": usage, "expr": (
                 f"sum by (department) (\n  sum_over_time(\n    (\n      {bucket}\n      and on()\n"
                 f"      (year({middle}) * 100 + month({middle}) == on() {month} @ end())\n"
