@@ -150,8 +150,7 @@ def live_table(prometheus: str, notifications: Notifications, progress: str) -> 
     client = "job='kb-chat'"
     tokens = by(query(prometheus, f"sum by (user_id) (llm_token_usage_total{{{client}}})"), "user_id")
     cost = by(query(prometheus, f"sum by (user_id) (llm_cost_total{{{client}}})"), "user_id")
-    served = by(query(prometheus, "sum by (served_user_id) (llm_token_usage_total{job='model-server'})"),
-                "served_user_id")
+    served = by(query(prometheus, "sum by (user_id) (served_llm_token_usage_total)"), "user_id")
     departments = {u: r["metric"].get("department", "") for r in query(
         prometheus, f"count by (user_id, department) (llm_token_usage_total{{{client}}})")
         for u in [r["metric"].get("user_id", "")]}
@@ -193,12 +192,12 @@ def write_configs(ports: dict[str, int], hook: str) -> None:
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{ports['alertmanager']}"]}]}]},
         "scrape_configs": [
             {"job_name": "kb-chat", "static_configs": [{"targets": [f"127.0.0.1:{ports['traffic']}"]}]},
-            # The model server counts the same tokens again: keep its attribution under other label
-            # names so quotas count each token once, and the two sides can still be compared per user.
+            # The model server counts the same tokens again: keep its accounting under other metric
+            # names so quotas and reports count each token once, and the two sides can still be compared.
             {"job_name": "model-server", "static_configs": [{"targets": [f"127.0.0.1:{ports['server']}"]}],
              "metric_relabel_configs": [
-                 {"action": "labelmap", "regex": "(user_id|department)", "replacement": "served_$1"},
-                 {"action": "labeldrop", "regex": "user_id|department"}]},
+                 {"source_labels": ["__name__"], "regex": "(llm_.*)", "target_label": "__name__",
+                  "replacement": "served_$1"}]},
         ],
     }))
 
@@ -284,8 +283,7 @@ def main() -> int:
         # users whose calls the server answered with a usage block: both sides must agree exactly
         client = by(query(prometheus, "sum by (user_id) (llm_token_usage_total{job='kb-chat',"
                                       "gen_ai_provider_name='openai',llm_usage_source='reported'})"), "user_id")
-        served = by(query(prometheus, "sum by (served_user_id) (llm_token_usage_total{job='model-server'})"),
-                    "served_user_id")
+        served = by(query(prometheus, "sum by (user_id) (served_llm_token_usage_total)"), "user_id")
         agree = all(served.get(user) == tokens for user, tokens in client.items())
         console.print(f"client side (openai SDK, usage reported by the server) vs server side (transformers, "
                       f"counted from the generate tensors), per user: "
