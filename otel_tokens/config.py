@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import names
+from .guard import GuardRule, GuardSettings
 from .safety import logger
 
 ENV_CONFIG = "OTEL_TOKENS_CONFIG"
@@ -57,6 +58,7 @@ class Settings:
     providers: Mapping[str, str] = field(default_factory=dict)  # server host glob -> provider name
     stream_include_usage: bool = False  # ask servers for a usage chunk, hidden from the caller
     propagate: bool = True  # send traceparent and baggage (user.id, department, session.id)
+    guard: GuardSettings = field(default_factory=GuardSettings)  # quota enforcement, off by default
     config_file: Path | None = None
     errors: tuple[str, ...] = ()  # what was wrong and fell back, for `doctor`
 
@@ -142,6 +144,36 @@ def _name(value: Any) -> str:
     return value.strip()
 
 
+def _guard(value: Any) -> GuardSettings:
+    if not isinstance(value, Mapping):
+        raise ValueError("is not a mapping (enabled, source, poll_interval, fail_closed, rules)")
+    unknown = set(value) - {"enabled", "source", "poll_interval", "fail_closed", "rules"}
+    if unknown:
+        raise ValueError(f"has an unknown field {sorted(map(str, unknown))[0]!r}")
+    rules = []
+    for i, raw in enumerate(value.get("rules") or []):
+        where = f"rules[{i}]"
+        if not isinstance(raw, Mapping) or set(raw) - {"quota", "action", "level", "downgrade"}:
+            raise ValueError(f"has {where} that is not a mapping of quota, action, level, downgrade")
+        if raw.get("quota") not in ("user", "department"):
+            raise ValueError(f"has {where}.quota {raw.get('quota')!r}, not user or department")
+        if raw.get("action") not in ("reject", "downgrade"):
+            raise ValueError(f"has {where}.action {raw.get('action')!r}, not reject or downgrade")
+        if raw.get("level", "critical") not in ("critical", "warning"):
+            raise ValueError(f"has {where}.level {raw.get('level')!r}, not critical or warning")
+        downgrade = raw.get("downgrade") or {}
+        if raw["action"] == "downgrade" and (not isinstance(downgrade, Mapping) or not downgrade):
+            raise ValueError(f"has {where}.downgrade that is not a mapping of model glob to cheaper model")
+        rules.append(GuardRule(raw["quota"], raw["action"], raw.get("level", "critical"),
+                               tuple((str(k), str(v)) for k, v in downgrade.items())))
+    enabled = _bool(value.get("enabled", True))
+    source = value.get("source")
+    if enabled and (not isinstance(source, str) or not source.startswith(("http://", "https://"))):
+        raise ValueError(f"has source {source!r}, not an http(s) URL of the guard state or Prometheus alerts")
+    return GuardSettings(enabled, source or "", _seconds(value.get("poll_interval", 2.0)) or 2.0,
+                         _bool(value.get("fail_closed", False)), tuple(rules))
+
+
 _FIELDS: dict[str, Callable[[Any], Any]] = {
     "currency": _currency,
     "exchange_rates": _rates,
@@ -158,6 +190,7 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "providers": _string_map,
     "stream_include_usage": _bool,
     "propagate": _bool,
+    "guard": _guard,
 }
 _ENV_FIELDS = {
     ENV_CURRENCY: "currency",

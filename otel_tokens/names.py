@@ -97,3 +97,13 @@ PROM_LLM_REQUESTS = prometheus_name(METRIC_LLM_REQUESTS, UNIT_REQUEST, monotonic
 PROM_TOKEN_USAGE = prometheus_name(METRIC_TOKEN_USAGE, UNIT_TOKEN)
 PROM_OPERATION_DURATION = prometheus_name(METRIC_OPERATION_DURATION, UNIT_SECONDS)
 PROM_TIME_TO_FIRST_CHUNK = prometheus_name(METRIC_TIME_TO_FIRST_CHUNK, UNIT_SECONDS)
+
+# --- quota enforcement (the guard) ---------------------------------------------------------------
+LLM_QUOTA_ACTION = "llm.quota.action"  # span attribute: allow_unverified | reject | downgrade
+LLM_QUOTA_ORIGINAL_MODEL = "llm.quota.original_model"
+METRIC_GUARD_DECISIONS = "llm.guard.decisions"  # Counter {decision}: non-allow decisions and fail-open
+UNIT_DECISION = "{decision}"
+PROM_GUARD_DECISIONS = prometheus_name(METRIC_GUARD_DECISIONS, UNIT_DECISION, monotonic_counter=True)
+QUOTA_ALERTNAMES = {"LLMUserTokenQuota": ("user", "24h"), "LLMUserCostQuota": ("user", "24h"),
+                    "LLMDepartmentTokenBudget": ("department", "month"),
+                    "LLMDepartmentCostBudget": ("department", "month")}

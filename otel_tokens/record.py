@@ -25,3 +25,5 @@ class CallRecord:
     server_address: str | None = None
     server_port: int | None = None
     streaming: bool = False
+    quota_action: str | None = None  # what the guard did: reject, downgrade, fail_open
+    original_model: str | None = None  # the model asked for, when the guard downgraded it

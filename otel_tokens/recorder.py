@@ -19,6 +19,7 @@ from . import names
 from .accounting import Accounting
 from .attribution import current_attribution
 from .config import DEFAULT_SERIES_LIMIT, Settings
+from .guard import Decision, Guard, QuotaExceededError, QuotaStateUnavailableError
 from .pricing import Cost, PriceBook
 from .record import CallRecord
 from .safety import internal_error
@@ -62,15 +63,40 @@ class Recorder:
         self.tokens = TokenCounter(settings.tokenizers, settings.allow_tokenizer_download)
         self.accounting = Accounting(meter, settings.metric_dimensions, settings.cardinality_limit,
                                      settings.series_limit or DEFAULT_SERIES_LIMIT, settings.currency)
+        self.guard = Guard(settings.guard)
+        self._decisions = meter.create_counter(
+            names.METRIC_GUARD_DECISIONS, unit=names.UNIT_DECISION,
+            description="Quota guard decisions other than allow: reject, downgrade, fail_open, fail_closed.")
         self.sources_seen: dict[str, int] = {}  # llm.usage.source -> calls, for doctor
         self.models_seen: set[tuple[str, str]] = set()
 
+    def decide(self, model: str | None, attribution: Mapping[str, str]) -> Decision | None:
+        """The guard's decision for a call about to start (None: allowed); counted when not None."""
+        decision = self.guard.decide(model, attribution)
+        if decision is not None:
+            try:
+                self._decisions.add(1, {"decision": decision.action, "quota": decision.kind or "none"})
+            except Exception:
+                internal_error("guard decision counter")
+        return decision
+
+    def refuse(self, decision: Decision, operation: str, provider: str, request_model: str,
+               kind: SpanKind, attribution: Mapping[str, str]) -> QuotaExceededError:
+        """Record a refused call (a span with the decision, a failed request) and return the error to raise."""
+        error = (QuotaStateUnavailableError(self.guard.settings.source) if decision.action == "fail_closed"
+                 else decision.error())
+        handle = self.start(operation, provider, request_model, kind, attribution=attribution)
+        handle.record.quota_action = decision.action
+        self.finish(handle, error=error)
+        return error
+
     def start(self, operation: str, provider: str, request_model: str, kind: SpanKind = SpanKind.CLIENT,
               server_address: str | None = None, server_port: int | None = None,
-              streaming: bool = False) -> CallHandle:
+              streaming: bool = False, attribution: Mapping[str, str] | None = None) -> CallHandle:
         record = CallRecord(operation=operation, provider=provider, request_model=request_model,
                             server_address=server_address, server_port=server_port, streaming=streaming)
-        attribution = current_attribution()
+        if attribution is None:
+            attribution = current_attribution()
         attributes: dict[str, Any] = {
             names.GEN_AI_OPERATION_NAME: operation,
             names.GEN_AI_PROVIDER_NAME: provider,
@@ -129,6 +155,7 @@ class Recorder:
                            record.cache_read_input_tokens)
 
     def close(self) -> None:
+        self.guard.stop()
         self.accounting.close()
 
 
@@ -140,7 +167,9 @@ def _span_attributes(record: CallRecord) -> dict[str, Any]:
                        (names.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, record.cache_read_input_tokens),
                        (names.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, record.reasoning_output_tokens),
                        (names.LLM_USAGE_SOURCE, record.usage_source),
-                       (names.ERROR_TYPE, record.error_type)):
+                       (names.ERROR_TYPE, record.error_type),
+                       (names.LLM_QUOTA_ACTION, record.quota_action),
+                       (names.LLM_QUOTA_ORIGINAL_MODEL, record.original_model)):
         if value is not None:
             attributes[key] = value
     return attributes

@@ -20,6 +20,8 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 from opentelemetry.trace import SpanKind
 
 from .. import names
+from ..attribution import current_attribution
+from ..guard import QuotaExceededError
 from ..recorder import CallHandle, Recorder
 from ..safety import internal_error
 from .openai_stream import AsyncStreamProxy, StreamProxy, StreamState
@@ -171,10 +173,20 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
     def start(instance: Any, kwargs: dict[str, Any], recorder: Recorder
               ) -> tuple[CallHandle, dict[str, Any], bool, object]:
         model = kwargs.get("model")
+        model = model if isinstance(model, str) and model else "unknown"
         address, port, provider = _server(instance, recorder)
         streaming = kwargs.get("stream") is True
-        handle = recorder.start(operation, provider, model if isinstance(model, str) and model else "unknown",
-                                SpanKind.CLIENT, address, port, streaming)
+        attribution = current_attribution()
+        decision = recorder.decide(model, attribution) if recorder.guard.settings.enabled else None
+        original = None
+        if decision is not None and decision.action in ("reject", "fail_closed"):
+            raise recorder.refuse(decision, operation, provider, model, SpanKind.CLIENT, attribution)
+        if decision is not None and decision.action == "downgrade":
+            original, model = model, decision.model
+            kwargs = {**kwargs, "model": model}
+        handle = recorder.start(operation, provider, model, SpanKind.CLIENT, address, port, streaming, attribution)
+        if decision is not None:
+            handle.record.quota_action, handle.record.original_model = decision.action, original
         call_kwargs, hide = kwargs, False
         if streaming and recorder.settings.stream_include_usage and ("messages" in kwargs or "prompt" in kwargs):
             call_kwargs, hide = _with_usage_chunk(kwargs)
@@ -198,6 +210,8 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
                 return await wrapped(*args, **kwargs)
             try:
                 handle, call_kwargs, hide, active = start(instance, kwargs, recorder)
+            except QuotaExceededError:
+                raise  # the guard refused this call: the one exception of ours the caller is meant to see
             except Exception:
                 internal_error("openai start")
                 return await wrapped(*args, **kwargs)
@@ -218,6 +232,8 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
             return wrapped(*args, **kwargs)
         try:
             handle, call_kwargs, hide, active = start(instance, kwargs, recorder)
+        except QuotaExceededError:
+            raise  # the guard refused this call: the one exception of ours the caller is meant to see
         except Exception:
             internal_error("openai start")
             return wrapped(*args, **kwargs)

@@ -16,6 +16,8 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 from opentelemetry.trace import SpanKind
 
 from .. import names
+from ..attribution import current_attribution
+from ..guard import QuotaExceededError
 from ..recorder import CallHandle, Recorder
 from ..safety import internal_error
 from .generation_counts import count_generate
@@ -80,8 +82,15 @@ def _generate(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         return wrapped(*args, **kwargs)
     try:
         name, encoder_decoder = _facts(instance)
+        attribution = current_attribution()
+        if recorder.guard.settings.enabled:
+            decision = recorder.decide(name, attribution)
+            # a local model cannot be swapped for another here: downgrade rules do not apply
+            if decision is not None and decision.action in ("reject", "fail_closed"):
+                raise recorder.refuse(decision, names.OPERATION_TEXT_COMPLETION, names.PROVIDER_TRANSFORMERS,
+                                      name, SpanKind.INTERNAL, attribution)
         handle = recorder.start(names.OPERATION_TEXT_COMPLETION, names.PROVIDER_TRANSFORMERS, name,
-                                SpanKind.INTERNAL)
+                                SpanKind.INTERNAL, attribution=attribution)
         call_kwargs = kwargs
         streamer = kwargs.get("streamer")
         if streamer is not None:
@@ -89,6 +98,8 @@ def _generate(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
             call_kwargs = {**kwargs, "streamer": _StreamerTap(streamer, handle)}
         nested = _in_generate.set(True)
         active = handle.activate()
+    except QuotaExceededError:
+        raise  # the guard refused this call: the one exception of ours the caller is meant to see
     except Exception:
         internal_error("transformers generate start")
         return wrapped(*args, **kwargs)

@@ -1,0 +1,234 @@
+"""Quota enforcement driven by the alerting stack, so alerts and enforcement share one source of truth.
+
+Server side, `otel-tokens guard` receives Alertmanager webhooks and answers which principals are
+over which quota (GET /state). In the app, a `Guard` polls that state (or Prometheus's
+`/api/v1/alerts`) in a background thread; before an instrumented call it does one dictionary
+lookup: `reject` raises QuotaExceededError (map it to HTTP 429), `downgrade` rewrites the model.
+When the state source cannot be reached the guard fails open (logged once, counted in
+`llm.guard.decisions{decision="fail_open"}`) unless `fail_closed` is set.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from . import names
+from .safety import log_once, logger
+
+_SEVERITY = {"warning": 1, "critical": 2}
+_PRINCIPAL_LABEL = {"user": "user_id", "department": "department"}
+_ATTRIBUTION_KEY = {"user": names.USER_ID, "department": names.DEPARTMENT}
+
+
+class QuotaExceededError(Exception):
+    """An instrumented call refused because its user or department is over quota (HTTP 429)."""
+
+    http_status = 429
+
+    def __init__(self, kind: str, principal: str, window: str, quota: str, usage: str | None, limit: str | None,
+                 severity: str) -> None:
+        self.kind, self.principal, self.window, self.quota = kind, principal, window, quota
+        self.usage, self.limit, self.severity = usage, limit, severity
+        detail = f" ({usage} of {limit})" if usage and limit else ""
+        super().__init__(f"{kind} {principal!r} is over the {window} {quota} quota{detail}")
+
+
+class QuotaStateUnavailableError(QuotaExceededError):
+    """fail_closed and the quota state could not be read."""
+
+    def __init__(self, source: str) -> None:
+        Exception.__init__(self, f"quota state unavailable from {source} and the guard fails closed")
+        self.kind, self.principal, self.window, self.quota = "unknown", "", "", ""
+        self.usage = self.limit = None
+        self.severity = "critical"
+
+
+@dataclass(frozen=True)
+class GuardRule:
+    quota: str  # "user" (daily) | "department" (monthly)
+    action: str  # "reject" | "downgrade"
+    level: str = "critical"  # act at "critical" only, or at "warning" too
+    downgrade: tuple[tuple[str, str], ...] = ()  # (source model glob, cheaper model)
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    enabled: bool = False
+    source: str = ""  # http://guard:9095/state, or a Prometheus base URL ending in /api/v1/alerts
+    poll_interval: float = 2.0
+    fail_closed: bool = False
+    rules: tuple[GuardRule, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # "reject" | "downgrade" | "fail_open"
+    kind: str = ""
+    principal: str = ""
+    entry: Mapping[str, Any] = field(default_factory=dict)
+    model: str | None = None  # the model to call instead, for downgrade
+
+    def error(self) -> QuotaExceededError:
+        e = self.entry
+        return QuotaExceededError(self.kind, self.principal, str(e.get("window", "")), str(e.get("quota", "")),
+                                  e.get("usage"), e.get("limit"), str(e.get("severity", "")))
+
+
+# --- state: what Alertmanager says is firing -------------------------------------------------------
+class GuardState:
+    """Principals over quota, from Alertmanager webhook payloads (version 4)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._firing: dict[tuple[str, str, str, str], dict[str, Any]] = {}  # (kind, name, quota, severity)
+
+    def update(self, payload: Mapping[str, Any]) -> None:
+        with self._lock:
+            for alert in payload.get("alerts", []):
+                labels = alert.get("labels", {})
+                kind_window = names.QUOTA_ALERTNAMES.get(labels.get("alertname", ""))
+                if kind_window is None:
+                    continue
+                kind, window = kind_window
+                principal = labels.get(_PRINCIPAL_LABEL[kind])
+                severity = labels.get("severity", "")
+                if not principal or severity not in _SEVERITY:
+                    continue
+                key = (kind, principal, labels.get("quota", ""), severity)
+                if alert.get("status") == "firing":
+                    annotations = alert.get("annotations", {})
+                    self._firing[key] = {"severity": severity, "window": labels.get("window", window),
+                                         "quota": labels.get("quota", ""), "usage": annotations.get("usage"),
+                                         "limit": annotations.get("limit"), "percent": annotations.get("percent")}
+                else:
+                    self._firing.pop(key, None)
+
+    def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """{"users": {name: worst firing entry}, "departments": {...}}"""
+        out: dict[str, dict[str, dict[str, Any]]] = {"users": {}, "departments": {}}
+        with self._lock:
+            for (kind, principal, _, severity), entry in self._firing.items():
+                scope = out["users" if kind == "user" else "departments"]
+                current = scope.get(principal)
+                if current is None or _SEVERITY[severity] > _SEVERITY[current["severity"]]:
+                    scope[principal] = entry
+        return out
+
+
+def serve(host: str, port: int, state: GuardState | None = None) -> ThreadingHTTPServer:
+    """The guard endpoint: POST /alertmanager (webhook), GET /state, GET /-/ready."""
+    state = state or GuardState()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            try:
+                payload = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                state.update(payload)
+            except (ValueError, AttributeError, TypeError) as error:
+                self._reply(400, {"error": f"not an Alertmanager webhook payload: {error}"})
+                return
+            self._reply(200, {"status": "ok"})
+
+        def do_GET(self) -> None:
+            if self.path.startswith("/state"):
+                self._reply(200, state.snapshot())
+            else:
+                self._reply(200, {"status": "ready"})
+
+        def _reply(self, status: int, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.state = state  # type: ignore[attr-defined]
+    return server
+
+
+def _from_prometheus_alerts(body: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    state = GuardState()
+    alerts = [{"status": "firing" if a.get("state") == "firing" else "pending", "labels": a.get("labels", {}),
+               "annotations": a.get("annotations", {})} for a in body.get("data", {}).get("alerts", [])]
+    state.update({"alerts": alerts})
+    return state.snapshot()
+
+
+# --- in the app: a cached copy and a dictionary lookup per call ------------------------------------
+class Guard:
+    def __init__(self, settings: GuardSettings, on_decision: Any = None) -> None:
+        self.settings = settings
+        self._users: dict[str, dict[str, Any]] = {}
+        self._departments: dict[str, dict[str, Any]] = {}
+        self.healthy = True
+        self.last_update = 0.0
+        self._on_decision = on_decision
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if not self.settings.enabled or self._thread is not None:
+            return
+        self.refresh()
+        self._thread = threading.Thread(target=self._loop, name="otel-tokens-guard", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.poll_interval):
+            self.refresh()
+
+    def refresh(self) -> None:
+        source = self.settings.source
+        try:
+            with urllib.request.urlopen(source, timeout=max(1.0, self.settings.poll_interval)) as response:
+                body = json.load(response)
+            state = _from_prometheus_alerts(body) if "/api/v1/alerts" in source else body
+            self._users = dict(state.get("users", {}))
+            self._departments = dict(state.get("departments", {}))
+            if not self.healthy:
+                logger.warning("otel-tokens: quota state from %s is reachable again", source)
+            self.healthy = True
+            self.last_update = time.monotonic()
+        except Exception as error:
+            if self.healthy:
+                log_once(f"guard-down:{source}", "otel-tokens: cannot read the quota state from %s (%s); the guard "
+                         "%s until it is back", source, error,
+                         "rejects every call" if self.settings.fail_closed else "lets calls through (fail open)")
+            self.healthy = False
+
+    def decide(self, model: str | None, attribution: Mapping[str, str]) -> Decision | None:
+        """None (the common case: allowed), or what to do with this call."""
+        if not self.healthy:
+            return Decision("fail_closed" if self.settings.fail_closed else "fail_open")
+        users, departments = self._users, self._departments
+        if not users and not departments:
+            return None
+        for rule in self.settings.rules:
+            scope = users if rule.quota == "user" else departments
+            principal = attribution.get(_ATTRIBUTION_KEY[rule.quota])
+            entry = scope.get(principal) if principal else None
+            if entry is None or _SEVERITY.get(entry.get("severity", ""), 0) < _SEVERITY[rule.level]:
+                continue
+            if rule.action == "reject":
+                return Decision("reject", rule.quota, principal, entry)  # type: ignore[arg-type]
+            target = next((cheap for glob, cheap in rule.downgrade if model and fnmatch.fnmatch(model, glob)), None)
+            if target is not None and target != model:
+                return Decision("downgrade", rule.quota, principal, entry, target)  # type: ignore[arg-type]
+        return None
