@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a model name to resolve (repeatable)")
     doctor.add_argument("--provider", default=names.PROVIDER_OPENAI,
                         help="gen_ai.provider.name the named models are called through (default: openai)")
+    guard = commands.add_parser("guard", help="serve the quota state for in-process guards: Alertmanager posts "
+                                "webhooks to /alertmanager, apps read GET /state")
+    guard.add_argument("--listen", default="127.0.0.1:9095", metavar="HOST:PORT")
     rules = commands.add_parser("rules", help="validate a quota file and render it into a Prometheus rule file")
     rules.add_argument("quota_file", type=Path)
     rules.add_argument("-o", "--output", type=Path, help="rule file to write (default: standard output)")
@@ -44,7 +47,27 @@ def main(argv: list[str] | None = None) -> int:
 
         print(report(args.model, args.provider))
         return 0
+    if args.command == "guard":
+        return _guard(args.listen)
     return _rules(args)
+
+
+def _guard(listen: str) -> int:
+    from .guard import serve
+
+    host, _, port = listen.rpartition(":")
+    try:
+        server = serve(host or "127.0.0.1", int(port))
+    except (ValueError, OSError) as error:
+        print(f"otel-tokens guard: cannot listen on {listen!r}: {error}", file=sys.stderr)
+        return 2
+    print(f"otel-tokens guard: Alertmanager webhook http://{listen}/alertmanager, state http://{listen}/state",
+          file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _rules(args: argparse.Namespace) -> int:

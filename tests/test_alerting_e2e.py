@@ -7,6 +7,7 @@ import json
 import string
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from otel_tokens.guard import serve
 from otel_tokens.quotas import parse_quotas
 from otel_tokens.rules import render_text
 from tests.alert_app import TOKENS_PER_CALL
@@ -54,6 +56,14 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         for receiver in config["receivers"]:  # tell the receivers apart by path
             for hook in receiver.get("webhook_configs", []):
                 hook["url"] = f"{webhook.url}/{receiver['name']}"
+        # the quota guard's state endpoint gets every alert too (continue: the other routes still apply)
+        guard = serve("127.0.0.1", 0)
+        threading.Thread(target=guard.serve_forever, daemon=True).start()
+        guard_url = f"http://127.0.0.1:{guard.server_address[1]}"
+        config["receivers"].append({"name": "guard", "webhook_configs": [
+            {"url": f"{guard_url}/alertmanager", "send_resolved": True}]})
+        config["route"]["routes"].insert(0, {"receiver": "guard", "continue": True,
+                                             "matchers": ['alertname=~"LLM.*"']})
         (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
         processes.append(start_process([alertmanager, f"--config.file={tmp_path / 'alertmanager.yml'}",
                                  f"--storage.path={tmp_path / 'am-data'}", f"--web.listen-address=127.0.0.1:{am_port}",
@@ -78,7 +88,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
         yield {"generate": generate, "webhook": webhook, "prometheus": prom_url,
                "alertmanager": f"http://127.0.0.1:{am_port}", "prom_process": prom, "quota_file": quota_file,
-               "rules": rules, "tmp": tmp_path}
+               "rules": rules, "tmp": tmp_path, "guard": guard_url}
     finally:
         for process in reversed(processes):
             process.terminate()
@@ -154,3 +164,56 @@ def test_quota_alerts_end_to_end(stack):
 
     print(f"\ncrossing -> notification: warning {warning_delay:.1f}s, critical {critical_delay:.1f}s "
           f"(test timers: scrape/eval 1s, for 1s, group_wait 1s); reload -> notification {reload_delay:.1f}s")
+
+
+def test_guard_rejects_over_quota_calls_within_seconds_and_allows_them_again(stack):
+    import openai
+
+    from otel_tokens import QuotaExceededError, TokenUsageInstrumentor, names, usage_context
+    from otel_tokens.config import Settings
+    from otel_tokens.guard import GuardRule, GuardSettings
+    from tests.conftest import make_telemetry
+    from tests.openai_server import OpenAIServer
+
+    tel, tracer_provider, meter_provider = make_telemetry()
+    instrumentor = TokenUsageInstrumentor()
+    guard = GuardSettings(True, stack["guard"] + "/state", 0.2, False, (GuardRule("user", "reject", "critical"),))
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
+                            settings=Settings(guard=guard))
+    try:
+        with OpenAIServer() as server:
+            client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+
+            def ask(user: str) -> bool:
+                """True when the call went through, False when the guard refused it."""
+                try:
+                    with usage_context(user_id=user, department="support"):
+                        client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+                    return True
+                except QuotaExceededError:
+                    return False
+
+            assert ask("alice")
+            crossed = stack["generate"]("alice", "support", 11)  # 1100 of 1000 tokens
+            while ask("alice"):
+                assert time.monotonic() - crossed < 90, "the guard never refused alice"
+                time.sleep(0.2)
+            reject_delay = time.monotonic() - crossed
+            assert ask("bob")  # other users are never affected
+
+            quotas = {"users": {"default": {"tokens": 100_000}, "overrides": {"alice": {"tokens": 5000}}}}
+            stack["quota_file"].write_text(yaml.safe_dump(quotas))
+            raised = time.monotonic()
+            subprocess.run([sys.executable, "-m", "otel_tokens.cli", "rules", str(stack["quota_file"]), "-o",
+                            str(stack["rules"] / "quotas.yml"), "--for", "1s", "--reload", stack["prometheus"]],
+                           check=True, capture_output=True, cwd=ROOT)
+            while not ask("alice"):
+                assert time.monotonic() - raised < 90, "alice was never allowed again"
+                time.sleep(0.2)
+            allow_delay = time.monotonic() - raised
+    finally:
+        instrumentor.uninstrument()
+    rejected = [s for s in tel.spans() if s.attributes.get(names.LLM_QUOTA_ACTION) == "reject"]
+    assert rejected and all(s.attributes[names.USER_ID] == "alice" for s in rejected)
+    print(f"\nguard: crossing -> first rejected call {reject_delay:.1f}s; limit raised -> allowed again "
+          f"{allow_delay:.1f}s (1 s timers, 0.2 s poll)")

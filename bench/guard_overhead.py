@@ -1,0 +1,34 @@
+"""Per-call cost of the quota guard for an allowed principal (the common case): the dictionary
+lookup in `Guard.decide`, with 1000 principals over quota in the state. Target (issue 8): < 2 us.
+Also the guard-enabled vs guard-disabled check the integrations do, for scale."""
+
+from __future__ import annotations
+
+import timeit
+
+from otel_tokens import names
+from otel_tokens.guard import Guard, GuardRule, GuardSettings
+
+RULES = (GuardRule("user", "reject", "critical"), GuardRule("department", "reject", "critical"),
+         GuardRule("user", "downgrade", "warning", (("gpt-4o*", "gpt-4o-mini"),)))
+
+
+def main() -> None:
+    guard = Guard(GuardSettings(True, "http://unused", 1.0, False, RULES))
+    guard._users = {f"user-{i}": {"severity": "critical"} for i in range(1000)}
+    guard._departments = {f"dept-{i}": {"severity": "warning"} for i in range(50)}
+    allowed = {names.USER_ID: "alice", names.DEPARTMENT: "support"}
+    refused = {names.USER_ID: "user-7", names.DEPARTMENT: "support"}
+    n = 200_000
+    best = min(timeit.repeat(lambda: guard.decide("gpt-4o", allowed), number=n, repeat=5)) / n
+    hit = min(timeit.repeat(lambda: guard.decide("gpt-4o", refused), number=n, repeat=5)) / n
+    off = Guard(GuardSettings())
+    disabled = min(timeit.repeat(lambda: off.settings.enabled, number=n, repeat=5)) / n
+    print("quota guard per call")
+    print(f"  allowed principal (1000 users over quota in the state): {best * 1e6:6.2f} us   (target < 2 us)")
+    print(f"  refused principal (decision built):                      {hit * 1e6:6.2f} us")
+    print(f"  guard disabled (the integrations' check):                {disabled * 1e6:6.2f} us")
+
+
+if __name__ == "__main__":
+    main()
