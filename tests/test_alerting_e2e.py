@@ -200,6 +200,13 @@ def test_guard_rejects_over_quota_calls_within_seconds_and_allows_them_again(sta
                 time.sleep(0.2)
             reject_delay = time.monotonic() - crossed
             assert ask("bob")  # other users are never affected
+            # the same state read straight from Prometheus's alerts API
+            from otel_tokens.guard import Guard
+
+            direct = Guard(GuardSettings(True, stack["prometheus"] + "/api/v1/alerts", 1.0, False, guard.rules))
+            direct.refresh()
+            assert direct.healthy and direct.decide("gpt-4", {names.USER_ID: "alice"}).action == "reject"
+            assert direct.decide("gpt-4", {names.USER_ID: "bob"}) is None
 
             quotas = {"users": {"default": {"tokens": 100_000}, "overrides": {"alice": {"tokens": 5000}}}}
             stack["quota_file"].write_text(yaml.safe_dump(quotas))
