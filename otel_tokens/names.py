@@ -103,6 +103,8 @@ LLM_QUOTA_ACTION = "llm.quota.action"  # span attribute: allow_unverified | reje
 LLM_QUOTA_ORIGINAL_MODEL = "llm.quota.original_model"
 METRIC_GUARD_DECISIONS = "llm.guard.decisions"  # Counter {decision}: non-allow decisions and fail-open
 UNIT_DECISION = "{decision}"
+GUARD_DECISION = "decision"  # llm.guard.decisions attribute: reject | downgrade | fail_open | fail_closed
+GUARD_QUOTA = "quota"  # llm.guard.decisions attribute: user | department | none
 PROM_GUARD_DECISIONS = prometheus_name(METRIC_GUARD_DECISIONS, UNIT_DECISION, monotonic_counter=True)
 QUOTA_ALERTNAMES = {"LLMUserTokenQuota": ("user", "24h"), "LLMUserCostQuota": ("user", "24h"),
                     "LLMDepartmentTokenBudget": ("department", "month"),

@@ -75,7 +75,8 @@ class Recorder:
         decision = self.guard.decide(model, attribution)
         if decision is not None:
             try:
-                self._decisions.add(1, {"decision": decision.action, "quota": decision.kind or "none"})
+                self._decisions.add(1, {names.GUARD_DECISION: decision.action,
+                                        names.GUARD_QUOTA: decision.kind or "none"})
             except Exception:
                 internal_error("guard decision counter")
         return decision

@@ -27,6 +27,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from otel_tokens import TokenUsageInstrumentor, usage_context
 from otel_tokens.config import Settings
+from otel_tokens.guard import GuardSettings
 from tests import tiny_models as tm
 from tests.openai_server import OpenAIServer
 from tests.tiny_models import forcing
@@ -102,7 +103,11 @@ def main() -> None:
     reader = PrometheusMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader], resource=Resource.create({"service.name": SERVICE_NAME}))
     TokenUsageInstrumentor().instrument(tracer_provider=TracerProvider(), meter_provider=meter_provider,
-                                        settings=Settings(builtin_prices=False, prices=PRICES))
+                                        settings=Settings(builtin_prices=False, prices=PRICES,
+                                                          # an unreachable quota state: every call is a
+                                                          # fail_open guard decision, for that panel
+                                                          guard=GuardSettings(True, "http://127.0.0.1:9/state",
+                                                                              60.0, False, ())))
     start_http_server(port, addr="127.0.0.1")
     models = [tm.gpt2(), tm.llama()]
     with OpenAIServer(usage_mode="never") as server:

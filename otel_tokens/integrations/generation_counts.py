@@ -48,6 +48,11 @@ def _array(tensor: Any) -> Any:
     return tensor
 
 
+def _is_torch(value: Any) -> bool:
+    """A torch tensor, tensor subclasses included (offloading and sharding wrappers), without importing torch."""
+    return any(cls.__module__.startswith("torch") for cls in type(value).__mro__)
+
+
 def _is_integer(tensor: Any) -> bool:
     dtype = getattr(tensor, "dtype", None)
     return dtype is not None and not getattr(dtype, "is_floating_point", False) and "float" not in str(dtype)
@@ -94,7 +99,7 @@ def _generated_count(generated: Any, eos: tuple[int, ...], pad: int | None, stop
         for other in eos[1:]:
             is_eos = is_eos | (generated == other)
         # the shortcut would be a host sync for device tensors: it is taken on numpy only
-        if type(is_eos).__module__.startswith("torch") or is_eos.any():
+        if _is_torch(is_eos) or is_eos.any():
             # strictly after the first EOS of the row: an EOS has been seen before this position
             excluded = is_eos.cumsum(1) > is_eos
     if stops_early and pad is not None and pad not in eos:
@@ -135,6 +140,10 @@ def count_generate(instance: Any, encoder_decoder: bool, args: tuple[Any, ...], 
     eos, pad = special_tokens(instance, kwargs)
 
     input_count = _input_count(ids, embeds, mask, eos, pad)
+    # no prompt at all (decoder-only): generate starts each row from one BOS, which the model reads
+    bos_only = not encoder_decoder and ids is None and embeds is None
+    if bos_only and input_count is None:
+        input_count = _bos_rows(kwargs)
 
     sequences = result if hasattr(result, "shape") else getattr(result, "sequences", None)
     output_count = None
@@ -144,6 +153,8 @@ def count_generate(instance: Any, encoder_decoder: bool, args: tuple[Any, ...], 
             prompt_len = decoder_ids.shape[1] if decoder_ids is not None else 1
         elif ids is not None and _is_integer(ids) and len(ids.shape) == 2:
             prompt_len = ids.shape[1]
+        elif bos_only:
+            prompt_len = 1  # the BOS generate started from comes back as the first column
         else:
             prompt_len = 0  # inputs_embeds only: generate returns just the new tokens
         config = kwargs.get("generation_config") or getattr(instance, "generation_config", None)
@@ -157,9 +168,25 @@ def count_generate(instance: Any, encoder_decoder: bool, args: tuple[Any, ...], 
     return _to_ints(input_count, output_count)
 
 
+def _bos_rows(kwargs: dict[str, Any]) -> int:
+    """Rows generate initialises with one BOS each when given no inputs: as transformers decides it,
+    the batch size of the first tensor among the model kwargs, else 1."""
+    for value in kwargs.values():
+        shape = getattr(value, "shape", None)
+        if _is_torch(value) and shape is not None and len(shape) >= 1:
+            return int(shape[0])
+    return 1
+
+
+def _on_meta(value: Any) -> bool:
+    return getattr(getattr(value, "device", None), "type", None) == "meta"
+
+
 def _to_ints(*values: Any) -> tuple[int | None, ...]:
-    """Python ints; torch values still on a device come over in a single transfer."""
-    on_device = [i for i, v in enumerate(values) if type(v).__module__.startswith("torch")]
+    """Python ints; torch values still on a device come over in a single transfer. Values on the
+    `meta` device have no data: they stay unknown (None)."""
+    values = tuple(None if _on_meta(v) else v for v in values)
+    on_device = [i for i, v in enumerate(values) if _is_torch(v)]
     out = [None if v is None or i in on_device else int(v) for i, v in enumerate(values)]
     if on_device:
         import torch  # only reached with torch tensors, so torch is importable
