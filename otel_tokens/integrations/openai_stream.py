@@ -76,21 +76,24 @@ class StreamState:
             if isinstance(model, str) and model:
                 self.response_model = model
         choices = getattr(item, "choices", None)
+        if not isinstance(choices, list):  # a broken server's `"choices": 5` / `{...}` is no list of choices
+            choices = None
         if getattr(item, "usage", None) is not None or (
                 choices and (extra := getattr(choices[0], "__pydantic_extra__", None)) and "usage" in extra):
             usage = find_usage(item)
             if usage is not None:
                 self.usage = usage
-                if self.hide_usage_chunk and not choices:
-                    return True
+            if self.hide_usage_chunk and not choices:  # the chunk we asked for, even when its block is garbage
+                return True
         if choices:
             for choice in choices:
                 delta = getattr(choice, "delta", None)
                 text = getattr(delta, "content", None) if delta is not None else getattr(choice, "text", None)
-                if text:
+                if text and isinstance(text, str):
                     self.parts.append(text)
-                if delta is not None:
-                    for call in getattr(delta, "tool_calls", None) or ():
+                calls = getattr(delta, "tool_calls", None) if delta is not None else None
+                if isinstance(calls, list):  # not `true` or `5` from a broken server
+                    for call in calls:
                         function = getattr(call, "function", None)
                         for piece in (getattr(function, "name", None), getattr(function, "arguments", None)):
                             if isinstance(piece, str):

@@ -117,7 +117,8 @@ def response_texts(operation: str, response: Any) -> list[str]:
         content = get(message, "content") if message is not None else get(choice, "text")
         if isinstance(content, str):
             texts.append(content)
-        for call in get(message, "tool_calls") or ():
+        calls = get(message, "tool_calls")
+        for call in calls if isinstance(calls, list) else ():  # not `true` or `5` from a broken server
             function = get(call, "function")
             texts.extend(str(get(function, k) or "") for k in ("name", "arguments"))
     return texts
