@@ -50,7 +50,8 @@ def _array(tensor: Any) -> Any:
 
 def _is_torch(value: Any) -> bool:
     """A torch tensor, tensor subclasses included (offloading and sharding wrappers), without importing torch."""
-    return any(cls.__module__.startswith("torch") for cls in type(value).__mro__)
+    cls = type(value)
+    return cls.__module__.startswith("torch") or any(c.__module__.startswith("torch") for c in cls.__mro__[1:])
 
 
 def _is_integer(tensor: Any) -> bool:
@@ -185,6 +186,8 @@ def _on_meta(value: Any) -> bool:
 def _to_ints(*values: Any) -> tuple[int | None, ...]:
     """Python ints; torch values still on a device come over in a single transfer. Values on the
     `meta` device have no data: they stay unknown (None)."""
+    if all(v is None or type(v) is int for v in values):  # the CPU paths count in Python ints
+        return values
     values = tuple(None if _on_meta(v) else v for v in values)
     on_device = [i for i, v in enumerate(values) if _is_torch(v)]
     out = [None if v is None or i in on_device else int(v) for i, v in enumerate(values)]
