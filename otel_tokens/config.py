@@ -27,6 +27,7 @@ ENV_PROVIDER_NAME = "OTEL_TOKENS_PROVIDER_NAME"
 ENV_STREAM_INCLUDE_USAGE = "OTEL_TOKENS_STREAM_INCLUDE_USAGE"
 ENV_PROPAGATE = "OTEL_TOKENS_PROPAGATE"
 ENV_ALLOW_TOKENIZER_DOWNLOAD = "OTEL_TOKENS_ALLOW_TOKENIZER_DOWNLOAD"
+ENV_CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"  # the GenAI instrumentations' switch
 
 OTHER_VALUE = "__other__"
 DEFAULT_SERIES_LIMIT = 2000  # the OTel SDK's default cardinality limit per metric stream
@@ -59,6 +60,7 @@ class Settings:
     stream_include_usage: bool = False  # ask servers for a usage chunk, hidden from the caller
     propagate: bool = True  # send traceparent and baggage (user.id, department, session.id)
     guard: GuardSettings = field(default_factory=GuardSettings)  # quota enforcement, off by default
+    capture_content: bool = False  # prompt and completion text on spans (gen_ai.*.messages): opt-in only
     config_file: Path | None = None
     errors: tuple[str, ...] = ()  # what was wrong and fell back, for `doctor`
 
@@ -100,6 +102,19 @@ def _bool(value: Any) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
         return value.strip().lower() in ("true", "1", "yes", "on")
     raise ValueError("is not true or false")
+
+
+_CAPTURE_MODES = {"span_only": True, "span_and_event": True, "event_only": True, "no_content": False}
+
+
+def _capture(value: Any) -> bool:
+    """true/false, or the newer GenAI instrumentations' modes (any mode with content records it on the span)."""
+    if isinstance(value, str) and value.strip().lower() in _CAPTURE_MODES:
+        return _CAPTURE_MODES[value.strip().lower()]
+    try:
+        return _bool(value)
+    except ValueError:
+        raise ValueError("is not true, false, SPAN_ONLY, SPAN_AND_EVENT, EVENT_ONLY or NO_CONTENT") from None
 
 
 def _dimensions(value: Any) -> tuple[str, ...]:
@@ -191,6 +206,7 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "stream_include_usage": _bool,
     "propagate": _bool,
     "guard": _guard,
+    "capture_content": _capture,
 }
 _ENV_FIELDS = {
     ENV_CURRENCY: "currency",
@@ -204,6 +220,7 @@ _ENV_FIELDS = {
     ENV_STREAM_INCLUDE_USAGE: "stream_include_usage",
     ENV_PROPAGATE: "propagate",
     ENV_ALLOW_TOKENIZER_DOWNLOAD: "allow_tokenizer_download",
+    ENV_CAPTURE_CONTENT: "capture_content",
 }
 
 

@@ -7,6 +7,7 @@ wrapper (DESIGN.md, "Data flow").
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -27,3 +28,7 @@ class CallRecord:
     streaming: bool = False
     quota_action: str | None = None  # what the guard did: reject, downgrade, fail_open
     original_model: str | None = None  # the model asked for, when the guard downgraded it
+    # content, filled only when capture is enabled: semconv message lists, serialized by the recorder
+    input_messages: list[dict[str, Any]] | None = None
+    output_messages: list[dict[str, Any]] | None = None
+    system_instructions: list[dict[str, Any]] | None = None

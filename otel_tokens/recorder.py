@@ -6,6 +6,7 @@ taken at start (who asked, not who happened to be current when a stream ended).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -173,4 +174,9 @@ def _span_attributes(record: CallRecord) -> dict[str, Any]:
                        (names.LLM_QUOTA_ORIGINAL_MODEL, record.original_model)):
         if value is not None:
             attributes[key] = value
+    for key, messages in ((names.GEN_AI_INPUT_MESSAGES, record.input_messages),
+                          (names.GEN_AI_OUTPUT_MESSAGES, record.output_messages),
+                          (names.GEN_AI_SYSTEM_INSTRUCTIONS, record.system_instructions)):
+        if messages is not None:  # only when content capture is on; JSON, as semconv says for spans
+            attributes[key] = json.dumps(messages, ensure_ascii=False, default=str)
     return attributes

@@ -7,10 +7,12 @@ every logger, an OTel LoggerProvider's exported log records, the OTLP protobuf e
 and logs (as bytes), `otel_tokens.doctor.report()`, and the headers of every outgoing request (the
 `baggage` header carries user.id, department and session.id only).
 
-otel-tokens captures no content at all, so the markers must appear nowhere whether
-OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT is unset, `false` or `true`: there are no documented
-content attributes for the opt-in to enable. A control test leaks a marker into each channel on purpose
-and checks that the search catches it, so a clean result means clean, not unsearched.
+With OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT unset or `false` the markers appear nowhere. With it
+`true` the prompt and completion markers appear on openai spans, and only in the documented attributes
+(`gen_ai.input.messages`, `gen_ai.output.messages`, `gen_ai.system_instructions`); everything else, metrics and
+logs included, stays clean, and exception messages never appear. transformers `generate` sees token ids only and
+captures nothing either way. A control test leaks a marker into each channel on purpose and checks that the search
+catches it, so a clean result means clean, not unsearched.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogR
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -78,11 +80,22 @@ class Channels:
     reader: InMemoryMetricReader
     logs: InMemoryLogRecordExporter
     python_logs: _Records
+    capture: bool = False
     servers: list[OpenAIServer] = field(default_factory=list)
 
+    def content(self) -> list[dict[str, str]]:
+        """The documented content attributes of every span (what the opt-in may add)."""
+        return [{k: v for k, v in (s.attributes or {}).items() if k in names.CONTENT_ATTRIBUTES}
+                for s in self.spans.get_finished_spans()]
+
     def assert_clean(self) -> None:
-        spans = self.spans.get_finished_spans()
-        assert spans, "nothing was recorded: the search below would prove nothing"
+        finished = self.spans.get_finished_spans()
+        assert finished, "nothing was recorded: the search below would prove nothing"
+        if not self.capture:
+            assert not any(self.content()), "content attributes without the opt-in"
+        for attributes in self.content():
+            assert ERROR_MARKER not in "".join(attributes.values())  # exception messages never, even opted in
+        spans = [_without_content(span) for span in finished]
         for span in spans:
             parts = [span.name, span.to_json(), str(span.status.description), str(dict(span.resource.attributes))]
             parts += [f"{k}={v}" for k, v in (span.attributes or {}).items()]
@@ -120,6 +133,15 @@ class Channels:
                 if "baggage" in request.headers:
                     entries = dict(item.split("=", 1) for item in request.headers["baggage"].split(","))
                     assert set(entries) <= {"user.id", "department", "session.id"}, entries
+
+
+def _without_content(span: ReadableSpan) -> ReadableSpan:
+    """The span as searched: the documented content attributes taken out (checked apart, above)."""
+    attributes = {k: v for k, v in (span.attributes or {}).items() if k not in names.CONTENT_ATTRIBUTES}
+    return ReadableSpan(name=span.name, context=span.context, parent=span.parent, resource=span.resource,
+                        attributes=attributes, events=span.events, links=span.links, kind=span.kind,
+                        status=span.status, start_time=span.start_time, end_time=span.end_time,
+                        instrumentation_scope=span.instrumentation_scope)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +190,8 @@ def channels(request, monkeypatch, tmp_path, tokenizer_dir):
     instrumentor = TokenUsageInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
     try:
-        yield Channels(tracer_provider, meter_provider, span_exporter, reader, log_exporter, python_logs)
+        yield Channels(tracer_provider, meter_provider, span_exporter, reader, log_exporter, python_logs,
+                       capture=request.param == "true")
     finally:
         instrumentor.uninstrument()
         for lg in attached:
@@ -258,6 +281,7 @@ def test_transformers_generate_streamer_pipeline_and_errors(channels, local_lm):
     assert failed.status.description == PromptEchoError.__qualname__
     assert not failed.events  # no exception event with the message
     assert len(channels.spans.get_finished_spans()) == 4
+    assert not any(channels.content())  # generate sees token ids: no content, opted in or not
     channels.assert_clean()
 
 
@@ -323,6 +347,15 @@ def test_openai_every_call_shape_streamed_and_not(channels, tokenizer_dir):
     assert len(server.requests) == len(channels.spans.get_finished_spans()) == 17
     baggage = {r.headers.get("baggage") for r in server.requests}
     assert baggage == {"user.id=alice,department=support,session.id=s-42"}  # never content, nor extra keys
+    if channels.capture:  # opted in: every chat and completion span carries its prompt and its reply
+        spans = channels.spans.get_finished_spans()
+        for span, content in zip(spans, channels.content(), strict=True):
+            if span.attributes[names.GEN_AI_OPERATION_NAME] == names.OPERATION_EMBEDDINGS:
+                assert not content
+                continue
+            assert PROMPT_MARKER in content[names.GEN_AI_INPUT_MESSAGES], span.name
+            assert COMPLETION_MARKER in content[names.GEN_AI_OUTPUT_MESSAGES], span.name
+        assert sum(CJK_MARKER in c.get(names.GEN_AI_SYSTEM_INSTRUCTIONS, "") for c in channels.content()) == 1
     channels.assert_clean()
 
 

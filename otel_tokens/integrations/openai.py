@@ -24,6 +24,7 @@ from ..attribution import current_attribution
 from ..guard import QuotaExceededError
 from ..recorder import CallHandle, Recorder
 from ..safety import internal_error
+from .openai_content import capture_request, capture_response
 from .openai_stream import AsyncStreamProxy, StreamProxy, StreamState
 from .openai_usage import apply_usage, count_locally, find_usage, get, response_texts
 
@@ -187,6 +188,11 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
         handle = recorder.start(operation, provider, model, SpanKind.CLIENT, address, port, streaming, attribution)
         if decision is not None:
             handle.record.quota_action, handle.record.original_model = decision.action, original
+        if recorder.settings.capture_content:
+            try:
+                capture_request(handle.record, kwargs)
+            except Exception:
+                internal_error("openai request content")
         call_kwargs, hide = kwargs, False
         if streaming and recorder.settings.stream_include_usage and ("messages" in kwargs or "prompt" in kwargs):
             call_kwargs, hide = _with_usage_chunk(kwargs)
@@ -291,6 +297,11 @@ def _record_response(response: Any, handle: CallHandle, kwargs: Mapping[str, Any
         apply_usage(record, usage, embeddings=operation == names.OPERATION_EMBEDDINGS)
     else:
         count_locally(record, recorder.tokens, kwargs, response_texts(operation, response))
+    if recorder.settings.capture_content:
+        try:
+            capture_response(record, response)
+        except Exception:
+            internal_error("openai response content")
 
 
 def _raw_response(raw: Any, handle: CallHandle, kwargs: dict[str, Any], hide: bool, recorder: Recorder,

@@ -19,6 +19,7 @@ from .. import names
 from ..recorder import CallHandle, Recorder
 from ..safety import internal_error
 from ..token_counting import TokenCounter
+from .openai_content import stream_output
 from .openai_usage import Usage, apply_usage, count_locally, find_usage, get
 
 _RESPONSE_DONE = ("response.completed", "response.incomplete", "response.failed")
@@ -36,9 +37,11 @@ class StreamState:
         "hide_usage_chunk",
         "kwargs",
         "parts",
+        "reasons",
         "recorder",
         "response_model",
         "responses_api",
+        "texts",
         "usage",
     )
 
@@ -52,6 +55,9 @@ class StreamState:
         self.response_model: str | None = None
         self.done = False
         self.finalizer: weakref.finalize | None = None
+        # content capture only: text deltas and finish reasons per choice index
+        self.texts: dict[int, list[str]] | None = {} if recorder.settings.capture_content else None
+        self.reasons: dict[int, str] = {}
 
     def on_item(self, item: Any) -> bool:
         """Take note of one chunk; True when it is the injected usage-only chunk to hide."""
@@ -64,6 +70,8 @@ class StreamState:
                 delta = getattr(item, "delta", None)
                 if isinstance(delta, str):
                     self.parts.append(delta)
+                    if self.texts is not None:
+                        self.texts.setdefault(0, []).append(delta)
             elif kind in _RESPONSE_DONE:
                 response = getattr(item, "response", None)
                 self.usage = find_usage(response) or self.usage
@@ -91,6 +99,8 @@ class StreamState:
                 text = getattr(delta, "content", None) if delta is not None else getattr(choice, "text", None)
                 if text and isinstance(text, str):
                     self.parts.append(text)
+                if self.texts is not None:
+                    self._capture(choice, text)
                 calls = getattr(delta, "tool_calls", None) if delta is not None else None
                 if isinstance(calls, list):  # not `true` or `5` from a broken server
                     for call in calls:
@@ -99,6 +109,15 @@ class StreamState:
                             if isinstance(piece, str):
                                 self.parts.append(piece)
         return False
+
+    def _capture(self, choice: Any, text: Any) -> None:
+        index = getattr(choice, "index", 0)
+        index = index if type(index) is int else 0
+        if text and isinstance(text, str):
+            self.texts.setdefault(index, []).append(text)  # type: ignore[union-attr]
+        reason = getattr(choice, "finish_reason", None)
+        if isinstance(reason, str):
+            self.reasons[index] = reason
 
     def finish(self, error: BaseException | None = None) -> None:
         if self.done:
@@ -116,6 +135,11 @@ class StreamState:
                 count_locally(record, self.counter, self.kwargs, ["".join(self.parts)])
         except Exception:
             internal_error("openai stream usage")
+        if self.texts is not None:
+            try:
+                record.output_messages = stream_output(self.texts, self.reasons)
+            except Exception:
+                internal_error("openai stream content")
         self.parts = []
         self.recorder.finish(self.handle, error=error)
 
