@@ -42,7 +42,7 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from otel_tokens import TokenUsageInstrumentor, names, safety
 from otel_tokens.config import Settings
-from tests.conftest import Telemetry, make_telemetry
+from tests.conftest import LogRecords, Telemetry, make_telemetry
 
 MAX = 2**31
 BASE_URL = "http://hostile.local/v1"
@@ -486,19 +486,10 @@ def run_async(client: openai.AsyncOpenAI, operation: str, model: str, stream: bo
     return asyncio.run(main())
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @dataclass
 class Harness:
     tel: Telemetry
-    logs: _Records = field(default_factory=_Records)
+    logs: LogRecords = field(default_factory=LogRecords)
 
     def reset(self) -> None:
         self.tel.spans_exporter.clear()

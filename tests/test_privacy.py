@@ -39,6 +39,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_tokens import TokenUsageInstrumentor, doctor, names, safety, usage_context
+from tests.conftest import LogRecords
 from tests.local_tokenizer import build_local_tokenizer
 from tests.openai_server import OpenAIServer
 from tests.tiny_models import ForceTokens, forcing
@@ -63,15 +64,6 @@ def markers_in(text: str | bytes) -> list[str]:
     return [m for m in MARKERS if m.lower() in lowered]
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @dataclass
 class Channels:
     tracer_provider: TracerProvider
@@ -79,7 +71,7 @@ class Channels:
     spans: InMemorySpanExporter
     reader: InMemoryMetricReader
     logs: InMemoryLogRecordExporter
-    python_logs: _Records
+    python_logs: LogRecords
     capture: bool = False
     servers: list[OpenAIServer] = field(default_factory=list)
 
@@ -173,7 +165,7 @@ def channels(request, monkeypatch, tmp_path, tokenizer_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the SDK's handler, deprecated but working
         otel_handler = LoggingHandler(level=logging.DEBUG, logger_provider=logger_provider)
-    python_logs = _Records()
+    python_logs = LogRecords()
 
     # every logger at DEBUG, and the handlers also on loggers that do not propagate (transformers')
     root = logging.getLogger()
