@@ -256,8 +256,11 @@ def test_content_regex_matches_content_keys_and_no_accounting_attribute() -> Non
     pattern = re.compile(patterns.pop())  # Go RE2 syntax; this pattern is also valid Python
     for key in CONTENT_KEYS:
         assert pattern.search(key), f"content key {key} is not dropped"
-    ours = [v for k, v in vars(names).items() if k.isupper() and isinstance(v, str) and "." in v]
+    ours = [v for k, v in vars(names).items() if k.isupper() and isinstance(v, str) and "." in v
+            and v not in names.CONTENT_ATTRIBUTES]
     assert names.GEN_AI_USAGE_INPUT_TOKENS in ours and names.USER_ID in ours
+    for key in names.CONTENT_ATTRIBUTES:  # our own opt-in content is dropped too, unless kept explicitly
+        assert pattern.search(key), f"content key {key} is not dropped"
     for key in (*ours, *LEGACY_ACCOUNTING_KEYS):
         assert not pattern.search(key), f"{key} would be deleted"
 
