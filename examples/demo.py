@@ -4,8 +4,9 @@ Starts, on free local ports: Alertmanager (the shipped routing, a webhook here t
 receives), Prometheus (the rendered quota rules and the shipped static rules), a local
 OpenAI-compatible model server and a traffic generator, both under `opentelemetry-instrument`
 exporting metrics for Prometheus to scrape. Shows per-user usage live, prints the warning and then
-the critical alert of the runaway batch job as Alertmanager delivers them, then the report and the
-PNG. Every process it started is stopped at the end, also on Ctrl-C.
+the critical alert of the runaway batch job as Alertmanager delivers them, the quota guard refusing
+that job's next calls (and still serving the others), then the report and the PNG. Every process it
+started is stopped at the end, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -159,7 +160,10 @@ def live_table(prometheus: str, notifications: Notifications, progress: str) -> 
     sources: dict[str, set[str]] = {}
     for r in query(prometheus, f"count by (user_id, llm_usage_source) (llm_token_usage_total{{{client}}})"):
         sources.setdefault(r["metric"].get("user_id", ""), set()).add(r["metric"].get("llm_usage_source", ""))
-    for column in ("user", "department", "tokens", "counted how", "model server", "cost USD", "24h quota"):
+    refused = by(query(prometheus, f"sum by (user_id) (llm_requests_total{{{client},"
+                                   f"error_type='QuotaExceededError'}})"), "user_id")
+    for column in ("user", "department", "tokens", "counted how", "model server", "cost USD", "24h quota",
+                   "refused"):
         table.add_column(column, justify="left" if column in ("user", "department", "counted how") else "right",
                          no_wrap=True)
     for user in USERS:
@@ -167,7 +171,7 @@ def live_table(prometheus: str, notifications: Notifications, progress: str) -> 
         table.add_row(user, departments.get(user, ""), f"{tokens.get(user, 0):,.0f}",
                       "/".join(sorted(sources.get(user, ()))),
                       f"{served[user]:,.0f}" if user in served else "-", f"{cost.get(user, 0):.4f}",
-                      f"{share:.0%}" if share is not None else "-")
+                      f"{share:.0%}" if share is not None else "-", f"{refused.get(user, 0):,.0f}")
     for severity in ("warning", "critical"):
         for alert in notifications.firing(severity)[:1]:
             table.caption = (table.caption or "") + f"  [{severity.upper()}] {alert['annotations']['summary']}"
@@ -176,7 +180,12 @@ def live_table(prometheus: str, notifications: Notifications, progress: str) -> 
 
 def write_configs(ports: dict[str, int], hook: str) -> None:
     # a stream without a usage block is counted with the model's own tokenizer, from its folder
-    (RUN / "otel-tokens.yaml").write_text(yaml.safe_dump({**CONFIG, "tokenizers": {"tiny-chat-model": str(ensure())}}))
+    config = {**CONFIG, "tokenizers": {"tiny-chat-model": str(ensure())}}
+    (RUN / "otel-tokens.yaml").write_text(yaml.safe_dump(config))
+    # the app enforces: a user whose critical quota alert fires is refused (state from Prometheus's alerts)
+    guard = {"source": f"http://127.0.0.1:{ports['prometheus']}/api/v1/alerts", "poll_interval": 1,
+             "rules": [{"quota": "user", "action": "reject", "level": "critical"}]}
+    (RUN / "otel-tokens-app.yaml").write_text(yaml.safe_dump({**config, "guard": guard}))
     rules = RUN / "rules"
     rules.mkdir()
     (rules / "quotas.yml").write_text(render_text(parse_quotas(QUOTAS, "demo quotas"), for_="1s"))
@@ -244,15 +253,20 @@ def main() -> int:
         openai_url = f"http://127.0.0.1:{ports['openai']}/v1"
         traffic = stack.start("traffic", [*agent, "examples/demo_traffic.py"],
                               {**telemetry, "OTEL_SERVICE_NAME": "kb-chat", "OPENAI_BASE_URL": openai_url,
+                               "OTEL_TOKENS_CONFIG": str(RUN / "otel-tokens-app.yaml"),
                                "OTEL_EXPORTER_PROMETHEUS_PORT": str(ports["traffic"]), "DEMO_MODEL": str(model),
                                "DEMO_ROUNDS": "4" if args.fast else "6"},
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         progress = ["starting"]
+        events: list[str] = []  # what the traffic says besides its progress: the guard's refusal
 
         def follow() -> None:
             assert traffic.stdout is not None
             for line in traffic.stdout:
-                progress[0] = line.strip()
+                if line.startswith(("refused", "served")):
+                    events.append(line.strip())
+                else:
+                    progress[0] = line.strip()
 
         threading.Thread(target=follow, daemon=True).start()
         shown: set[str] = set()
@@ -271,6 +285,10 @@ def main() -> int:
                                                f"{severity.upper()} alert received after "
                                                f"{time.monotonic() - started:.0f}s:[/] "
                                                f"{alert['annotations']['description']}")
+                while events:
+                    event = events.pop(0)
+                    style = "bold magenta" if event.startswith("refused") else "green"
+                    live.console.print(f"[{style}]GUARD after {time.monotonic() - started:.0f}s:[/] {event}")
                 done = progress[0] == "traffic done" and notifications.firing("critical")
                 if done or traffic.poll() is not None or time.monotonic() - started > args.timeout:
                     break

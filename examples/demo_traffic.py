@@ -1,7 +1,8 @@
 """Demo traffic: several users in three departments, run under `opentelemetry-instrument` (no
 telemetry code here beyond `usage_context`). Some call the local model in-process through a
 transformers pipeline, some go through the `openai` SDK to the local OpenAI-compatible server, and
-one batch job keeps going until it is far over its quota.
+one batch job keeps going until it is far over its quota, and then until the quota guard (enabled in
+this process's config, fed by Prometheus's alerts) refuses it.
 
 Environment: OPENAI_BASE_URL (the local server), DEMO_MODEL (the model folder), DEMO_ROUNDS, DEMO_PAUSE.
 """
@@ -11,11 +12,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 import openai
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from otel_tokens import usage_context
+from otel_tokens import QuotaExceededError, usage_context
 
 QUESTIONS = ["How do I reset my password?", "Where is the refund policy?", "请总结这个工单。",
              "Summarise this support ticket.", "退款政策在哪里？"]
@@ -53,11 +55,34 @@ def main() -> None:
             chat(question, stream=True, usage_chunk=False)  # no usage block: counted with the local tokenizer
         with usage_context(user_id="batch-bot", department="operations"):
             for _ in range(4 + 2 * round_):  # a runaway script, speeding up
-                chat(question, max_tokens=48)
+                if not runaway(chat, question):
+                    break
         print(f"round {round_ + 1}/{rounds}", flush=True)
         time.sleep(pause)  # lets the live view, and the warning before the critical, be seen
+    with usage_context(user_id="batch-bot", department="operations"):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and runaway(chat, QUESTIONS[0]):  # it keeps going until refused
+            time.sleep(0.3)
+    with usage_context(user_id="bob", department="support"):
+        chat(QUESTIONS[1])  # other users are not affected
+        print("served bob after the refusal", flush=True)
     print("traffic done", flush=True)
     sys.stdin.read()  # keep the metrics endpoint up for the last scrape, until the demo closes stdin
+
+
+_refused = [0]
+
+
+def runaway(chat: Any, question: str) -> bool:
+    """One call of the batch job; False once the guard refuses it (an app would answer HTTP 429)."""
+    try:
+        chat(question, max_tokens=48)
+        return True
+    except QuotaExceededError as error:
+        _refused[0] += 1
+        if _refused[0] == 1:
+            print(f"refused: {error}", flush=True)
+        return False
 
 
 if __name__ == "__main__":
