@@ -361,6 +361,27 @@ def test_a_model_server_attributes_its_counts_to_the_callers_user_in_the_same_tr
     assert totals[("transformers", "alice")] == 5
 
 
+def test_a_broken_propagator_loses_the_headers_only(server, tel, monkeypatch):
+    from opentelemetry import propagate
+
+    class Broken:
+        fields = frozenset()
+
+        def inject(self, *args, **kwargs):
+            raise RuntimeError("propagator bug")
+
+        def extract(self, *args, **kwargs):
+            raise RuntimeError("propagator bug")
+
+    monkeypatch.setattr(propagate, "get_global_textmap", lambda: Broken())
+    with usage_context(user_id="alice"):
+        response = client(server).chat.completions.create(model="gpt-4", messages=MESSAGES)
+    assert response.choices[0].message.content == server.reply
+    assert "traceparent" not in server.last_request.headers
+    span = tel.span()  # recorded and ended, with its usage
+    assert span.end_time is not None and span.attributes[names.GEN_AI_USAGE_INPUT_TOKENS] > 0
+
+
 def test_user_headers_win_and_propagation_can_be_turned_off(server, instrument):
     instrument(propagate=False)
     with usage_context(user_id="alice"):

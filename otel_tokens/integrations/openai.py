@@ -198,7 +198,10 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
             call_kwargs, hide = _with_usage_chunk(kwargs)
         active = handle.activate()
         if recorder.settings.propagate:
-            call_kwargs = _outgoing_headers(call_kwargs, handle)
+            try:
+                call_kwargs = _outgoing_headers(call_kwargs, handle)
+            except Exception:  # a broken propagator costs the trace link, never the span or the call
+                internal_error("openai propagation")
         return handle, call_kwargs, hide, active
 
     def done(result: Any, handle: CallHandle, kwargs: dict[str, Any], hide: bool, recorder: Recorder) -> Any:
