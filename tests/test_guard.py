@@ -146,3 +146,32 @@ def test_guard_overhead_for_an_allowed_principal_is_a_dictionary_lookup():
     per_call = (time.perf_counter() - start) / n
     print(f"\nguard decide() for an allowed principal: {per_call * 1e6:.2f} us")
     assert guard.decide("gpt-4o", attribution) is None
+
+
+def test_transformers_generate_is_refused_for_a_principal_over_quota(guard_server):
+    import torch
+
+    from tests import tiny_models as tm
+
+    state: GuardState = guard_server.state
+    url = f"http://127.0.0.1:{guard_server.server_address[1]}/state"
+    tel, tracer_provider, meter_provider = make_telemetry()
+    instrumentor = TokenUsageInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
+                            settings=Settings(guard=GuardSettings(True, url, 0.05, False, RULES)))
+    model = tm.gpt2()
+    try:
+        state.update({"alerts": [alert("LLMUserTokenQuota", "critical", user_id="alice")]})
+        instrumentor._recorder.guard.refresh()
+        with usage_context(user_id="alice"), pytest.raises(QuotaExceededError) as caught:
+            model.generate(torch.tensor([[5, 6]]), max_new_tokens=2, logits_processor=tm.forcing(2, [11, 12]))
+        assert caught.value.principal == "alice" and caught.value.http_status == 429
+        with usage_context(user_id="bob"):
+            out = model.generate(torch.tensor([[5, 6]]), max_new_tokens=2, logits_processor=tm.forcing(2, [11, 12]))
+        assert out.shape == (1, 4)
+    finally:
+        instrumentor.uninstrument()
+    refused, served = tel.spans()
+    assert refused.attributes[names.LLM_QUOTA_ACTION] == "reject" and refused.attributes[names.USER_ID] == "alice"
+    assert names.GEN_AI_USAGE_OUTPUT_TOKENS not in refused.attributes
+    assert served.attributes[names.GEN_AI_USAGE_OUTPUT_TOKENS] == 2 and names.LLM_QUOTA_ACTION not in served.attributes
