@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import names
 from ..record import CallRecord
-from .openai_usage import get
+from .openai_usage import get, responses_output_text, strings_or_ids
 
 Message = dict[str, Any]
 _TEXT_TYPES = ("text", "input_text", "output_text")
@@ -85,9 +85,7 @@ def capture_request(record: CallRecord, kwargs: Mapping[str, Any]) -> None:
         if isinstance(instructions, str):
             record.system_instructions = [_text(instructions)]
     elif "prompt" in kwargs:
-        prompt = kwargs["prompt"]
-        texts = [prompt] if isinstance(prompt, str) else [p for p in prompt if isinstance(p, str)] \
-            if isinstance(prompt, list) else []
+        texts, _ = strings_or_ids(kwargs["prompt"])  # token-id prompts have no text to capture
         record.input_messages = [{"role": "user", "parts": [_text(t) for t in texts]}]
 
 
@@ -95,11 +93,8 @@ def capture_response(record: CallRecord, response: Any) -> None:
     """Output messages of a non-streamed response: one per choice, with its finish reason."""
     if record.operation == names.OPERATION_EMBEDDINGS:
         return
-    try:
-        output_text = getattr(response, "output_text", None)  # Responses API (a property)
-    except Exception:
-        output_text = None
-    if isinstance(output_text, str):
+    output_text = responses_output_text(response)
+    if output_text is not None:
         status = get(response, "status")
         record.output_messages = [{"role": "assistant", "parts": [_text(output_text)],
                                    "finish_reason": status if isinstance(status, str) else "stop"}]

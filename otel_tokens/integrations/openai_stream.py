@@ -55,9 +55,10 @@ class StreamState:
         self.response_model: str | None = None
         self.done = False
         self.finalizer: weakref.finalize | None = None
-        # content capture only: text deltas and finish reasons per choice index
-        self.texts: dict[int, list[str]] | None = {} if recorder.settings.capture_content else None
-        self.reasons: dict[int, str] = {}
+        # content capture only (else None, nothing allocated): text deltas and finish reasons per choice index
+        capture = recorder.settings.capture_content
+        self.texts: dict[int, list[str]] | None = {} if capture else None
+        self.reasons: dict[int, str] | None = {} if capture else None
 
     def on_item(self, item: Any) -> bool:
         """Take note of one chunk; True when it is the injected usage-only chunk to hide."""
@@ -117,7 +118,7 @@ class StreamState:
             self.texts.setdefault(index, []).append(text)  # type: ignore[union-attr]
         reason = getattr(choice, "finish_reason", None)
         if isinstance(reason, str):
-            self.reasons[index] = reason
+            self.reasons[index] = reason  # type: ignore[index]
 
     def finish(self, error: BaseException | None = None) -> None:
         if self.done:
@@ -135,7 +136,7 @@ class StreamState:
                 count_locally(record, self.counter, self.kwargs, ["".join(self.parts)])
         except Exception:
             internal_error("openai stream usage")
-        if self.texts is not None:
+        if self.texts is not None and self.reasons is not None:
             try:
                 record.output_messages = stream_output(self.texts, self.reasons)
             except Exception:

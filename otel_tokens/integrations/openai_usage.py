@@ -100,15 +100,21 @@ def apply_usage(record: CallRecord, usage: Usage, embeddings: bool = False) -> N
     record.usage_source = names.SOURCE_REPORTED
 
 
+def responses_output_text(response: Any) -> str | None:
+    """The Responses API's `output_text` (a property that may raise on odd bodies); None for other responses."""
+    try:
+        text = getattr(response, "output_text", None)
+    except Exception:
+        return None
+    return text if isinstance(text, str) else None
+
+
 def response_texts(operation: str, response: Any) -> list[str]:
     """Generated text of a non-streamed response, for counting when there is no usage."""
     if operation == names.OPERATION_EMBEDDINGS:
         return []
-    try:
-        output_text = getattr(response, "output_text", None)  # Responses API (a property)
-    except Exception:
-        output_text = None
-    if isinstance(output_text, str):
+    output_text = responses_output_text(response)
+    if output_text is not None:
         return [output_text]
     texts = []
     choices = get(response, "choices")
@@ -124,7 +130,7 @@ def response_texts(operation: str, response: Any) -> list[str]:
     return texts
 
 
-def _strings_or_ids(value: Any) -> tuple[list[str], int]:
+def strings_or_ids(value: Any) -> tuple[list[str], int]:
     """Texts to tokenize and a count of token ids given directly (prompt/input as token arrays)."""
     if isinstance(value, str):
         return [value], 0
@@ -133,7 +139,7 @@ def _strings_or_ids(value: Any) -> tuple[list[str], int]:
             return [], len(value)
         texts, ids = [], 0
         for v in value:
-            t, i = _strings_or_ids(v)
+            t, i = strings_or_ids(v)
             texts.extend(t)
             ids += i
         return texts, ids
@@ -155,7 +161,7 @@ def count_request(counter: TokenCounter, operation: str, model: str, kwargs: Map
             items.extend(value)
         return counter.count_chat(model, items, kwargs.get("tools"))
     value = kwargs.get("prompt", kwargs.get("input"))
-    texts, ids = _strings_or_ids(value)
+    texts, ids = strings_or_ids(value)
     if not texts and not ids:
         return None, None
     count, source = counter.count_text(model, texts) if texts else (0, names.SOURCE_COUNTED)
