@@ -11,7 +11,7 @@ import pytest
 from otel_tokens import QuotaExceededError, TokenUsageInstrumentor, names, usage_context
 from otel_tokens.config import Settings, load_settings
 from otel_tokens.guard import Guard, GuardRule, GuardSettings, GuardState, serve
-from tests.conftest import make_telemetry
+from tests.conftest import Telemetry, make_telemetry
 from tests.openai_server import OpenAIServer
 
 
@@ -70,14 +70,18 @@ def test_decisions_per_user_and_department(guard_server):
     assert guard.decide("gpt-4o", {names.USER_ID: "bob", names.DEPARTMENT: "support"}) is None
 
 
-def test_guard_in_calls_reject_downgrade_and_fail_open(guard_server):
-    state: GuardState = guard_server.state
-    url = f"http://127.0.0.1:{guard_server.server_address[1]}/state"
+def _instrument_with_guard(server) -> tuple[GuardState, TokenUsageInstrumentor, Guard, Telemetry]:
+    """Instrumented, the guard polling `server`'s state (RULES); the caller uninstruments."""
+    url = f"http://127.0.0.1:{server.server_address[1]}/state"
     tel, tracer_provider, meter_provider = make_telemetry()
     instrumentor = TokenUsageInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
                             settings=Settings(guard=GuardSettings(True, url, 0.05, False, RULES)))
-    guard = instrumentor._recorder.guard
+    return server.state, instrumentor, instrumentor._recorder.guard, tel
+
+
+def test_guard_in_calls_reject_downgrade_and_fail_open(guard_server):
+    state, instrumentor, guard, tel = _instrument_with_guard(guard_server)
     try:
         with OpenAIServer() as server:
             client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
@@ -153,16 +157,11 @@ def test_transformers_generate_is_refused_for_a_principal_over_quota(guard_serve
 
     from tests import tiny_models as tm
 
-    state: GuardState = guard_server.state
-    url = f"http://127.0.0.1:{guard_server.server_address[1]}/state"
-    tel, tracer_provider, meter_provider = make_telemetry()
-    instrumentor = TokenUsageInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
-                            settings=Settings(guard=GuardSettings(True, url, 0.05, False, RULES)))
+    state, instrumentor, guard, tel = _instrument_with_guard(guard_server)
     model = tm.gpt2()
     try:
         state.update({"alerts": [alert("LLMUserTokenQuota", "critical", user_id="alice")]})
-        instrumentor._recorder.guard.refresh()
+        guard.refresh()
         with usage_context(user_id="alice"), pytest.raises(QuotaExceededError) as caught:
             model.generate(torch.tensor([[5, 6]]), max_new_tokens=2, logits_processor=tm.forcing(2, [11, 12]))
         assert caught.value.principal == "alice" and caught.value.http_status == 429
