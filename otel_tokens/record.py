@@ -32,3 +32,13 @@ class CallRecord:
     input_messages: list[dict[str, Any]] | None = None
     output_messages: list[dict[str, Any]] | None = None
     system_instructions: list[dict[str, Any]] | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class UsageEstimate:
+    """A call's worst case before it is sent, what a budget guard reserves: the prompt's tokens,
+    the most output tokens asked for (None: no limit given), and how many completions."""
+
+    input_tokens: int
+    max_output_tokens: int | None = None
+    choices: int = 1

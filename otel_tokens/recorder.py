@@ -1,51 +1,65 @@
-"""The one recorder: turns a CallRecord into span attributes and metric points.
+"""The one recorder: owns the whole life of an instrumented call and turns it into span attributes
+and metric points.
 
-Integrations call `start()` before the library call and `finish()` after it; attribution is
-taken at start (who asked, not who happened to be current when a stream ended).
+An integration calls `begin()` (attribution, the guard's decision, the span), runs the library call
+inside `with recorder.active(call):` and calls `finish()` once the result is consumed; the recorder
+does everything else. Modelled on opentelemetry-util-genai's start_inference / stop / fail.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.metrics import Meter
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode, Tracer
 
 from . import names
 from .accounting import Accounting
 from .attribution import current_attribution
 from .config import DEFAULT_SERIES_LIMIT, Settings
-from .guard import Decision, Guard, QuotaExceededError, QuotaStateUnavailableError
+from .guard import Decision, Guard, QuotaStateUnavailableError
 from .pricing import Cost, PriceBook
-from .record import CallRecord
+from .propagation import HeaderPropagation
+from .record import CallRecord, UsageEstimate
 from .safety import internal_error
 from .token_counting import TokenCounter
 
+_EMPTY: Mapping[str, str] = {}
 
-class CallHandle:
-    """One call in flight: its record, span and start time."""
 
-    __slots__ = ("_finished", "_start", "attribution", "record", "span")
+class Call:
+    """One call in flight. `model` is what the library must call (the guard may have downgraded it);
+    `record` is what the integration fills; everything else belongs to the recorder."""
 
-    def __init__(self, record: CallRecord, span: trace.Span, attribution: Mapping[str, str]) -> None:
+    __slots__ = ("_estimate", "_finished", "_recorder", "_start", "_token", "attribution", "model", "record", "span")
+
+    def __init__(self, recorder: Recorder, record: CallRecord, span: trace.Span, attribution: Mapping[str, str],
+                 estimate: Callable[[], UsageEstimate | None] | None = None, finished: bool = False) -> None:
+        self._recorder = recorder
         self.record = record
+        self.model = record.request_model
         self.span = span
         self.attribution = attribution
+        self._estimate = estimate
         self._start = time.perf_counter()
-        self._finished = False
+        self._finished = finished
+        self._token: object = None
 
-    def activate(self) -> object:
-        """Make the span current (so children and propagation see it); pass the result to deactivate."""
-        return otel_context.attach(trace.set_span_in_context(self.span))
-
-    @staticmethod
-    def deactivate(token: object) -> None:
-        otel_context.detach(token)  # type: ignore[arg-type]
+    def estimate(self) -> UsageEstimate | None:
+        """The call's worst case (for a budget reservation), computed on first use only."""
+        estimate = self._estimate
+        if callable(estimate):
+            try:
+                self._estimate = estimate()
+            except Exception:
+                internal_error("usage estimate")
+                self._estimate = None
+        return self._estimate  # type: ignore[return-value]
 
     def mark_first_chunk(self) -> None:
         if self.record.time_to_first_chunk_s is None:
@@ -53,6 +67,20 @@ class CallHandle:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._start
+
+    # `with recorder.active(call):` — the span is current inside; an exception leaving the block
+    # finishes the call with it (a result that is consumed later finishes when it is consumed).
+    def __enter__(self) -> Call:
+        if self.span is not INVALID_SPAN:
+            self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            otel_context.detach(token)  # type: ignore[arg-type]
+        if exc is not None:
+            self._recorder.finish(self, error=exc)
 
 
 class Recorder:
@@ -65,70 +93,82 @@ class Recorder:
         self.accounting = Accounting(meter, settings.metric_dimensions, settings.cardinality_limit,
                                      settings.series_limit or DEFAULT_SERIES_LIMIT, settings.currency)
         self.guard = Guard(settings.guard)
+        self._propagation = HeaderPropagation()
         self._decisions = meter.create_counter(
             names.METRIC_GUARD_DECISIONS, unit=names.UNIT_DECISION,
             description="Quota guard decisions other than allow: reject, downgrade, fail_open, fail_closed.")
         self.sources_seen: dict[str, int] = {}  # llm.usage.source -> calls, for doctor
         self.models_seen: set[tuple[str, str]] = set()
 
-    def decide(self, model: str | None, attribution: Mapping[str, str]) -> Decision | None:
-        """The guard's decision for a call about to start (None: allowed); counted when not None."""
-        decision = self.guard.decide(model, attribution)
-        if decision is not None:
-            try:
-                self._decisions.add(1, {names.GUARD_DECISION: decision.action,
-                                        names.GUARD_QUOTA: decision.kind or "none"})
-            except Exception:
-                internal_error("guard decision counter")
-        return decision
+    # --- the call lifecycle ------------------------------------------------------------------------
+    def begin(self, operation: str, provider: str, model: str, kind: SpanKind = SpanKind.CLIENT, *,
+              server_address: str | None = None, server_port: int | None = None, streaming: bool = False,
+              downgradable: bool = True, estimate: Callable[[], UsageEstimate | None] | None = None) -> Call:
+        """Start a call: who pays, the guard's decision, the span.
 
-    def refuse(self, decision: Decision, operation: str, provider: str, request_model: str,
-               kind: SpanKind, attribution: Mapping[str, str]) -> QuotaExceededError:
-        """Record a refused call (a span with the decision, a failed request) and return the error to raise."""
-        error = (QuotaStateUnavailableError(self.guard.settings.source) if decision.action == "fail_closed"
-                 else decision.error())
-        handle = self.start(operation, provider, request_model, kind, attribution=attribution)
-        handle.record.quota_action = decision.action
-        self.finish(handle, error=error)
-        return error
-
-    def start(self, operation: str, provider: str, request_model: str, kind: SpanKind = SpanKind.CLIENT,
-              server_address: str | None = None, server_port: int | None = None,
-              streaming: bool = False, attribution: Mapping[str, str] | None = None) -> CallHandle:
-        record = CallRecord(operation=operation, provider=provider, request_model=request_model,
-                            server_address=server_address, server_port=server_port, streaming=streaming)
-        if attribution is None:
+        Raises only the guard's refusal (a QuotaExceededError, already recorded as a failed call),
+        which the caller is meant to see. `downgradable=False` for a model that cannot be swapped
+        (in-process weights). `estimate` is called only by a guard that must reserve a worst case.
+        On an internal failure the call is inert: the library call goes ahead, unrecorded."""
+        refusal = None
+        try:
             attribution = current_attribution()
-        attributes: dict[str, Any] = {
-            names.GEN_AI_OPERATION_NAME: operation,
-            names.GEN_AI_PROVIDER_NAME: provider,
-            names.GEN_AI_REQUEST_MODEL: request_model,
-        }
-        if server_address is not None:
-            attributes[names.SERVER_ADDRESS] = server_address
-        if server_port is not None:
-            attributes[names.SERVER_PORT] = server_port
-        if attribution:
-            attributes.update(attribution)
-        span = self._tracer.start_span(f"{operation} {request_model}", kind=kind, attributes=attributes)
-        return CallHandle(record, span, attribution)
+            decision = None
+            if self.guard.settings.enabled:
+                decision = self._decide(model if downgradable else None, attribution)
+            request_model = model
+            if decision is not None:
+                if decision.action in ("reject", "fail_closed"):
+                    refusal = (QuotaStateUnavailableError(self.guard.settings.source)
+                               if decision.action == "fail_closed" else decision.error())
+                elif decision.model is not None:
+                    request_model = decision.model
+            call = self._start(operation, provider, request_model, kind, server_address, server_port, streaming,
+                               attribution, estimate)
+            if decision is not None:
+                call.record.quota_action = decision.action
+                if request_model != model:
+                    call.record.original_model = model
+        except Exception:
+            internal_error("call start")
+            return Call(self, CallRecord(operation, provider, model), INVALID_SPAN, _EMPTY, finished=True)
+        if refusal is not None:
+            self.finish(call, error=refusal)
+            raise refusal
+        return call
 
-    def finish(self, handle: CallHandle, error: BaseException | None = None) -> None:
-        """Record the call once; later calls for the same handle are ignored. Never raises."""
-        if handle._finished:
+    def active(self, call: Call) -> Call:
+        """`with recorder.active(call):` around the library call: the span is current inside (children
+        and propagation see it); an exception leaving the block finishes the call with it."""
+        return call
+
+    def outgoing_headers(self, call: Call) -> dict[str, str]:
+        """traceparent and baggage for the request this call sends ({} when propagation is off).
+        Never raises: a broken propagator costs the trace link, never the call."""
+        if not self.settings.propagate or call._finished:
+            return {}
+        try:
+            return self._propagation.headers(call.span, call.attribution)
+        except Exception:
+            internal_error("propagation")
+            return {}
+
+    def finish(self, call: Call, error: BaseException | None = None) -> None:
+        """Record the call once; later calls for the same call are ignored. Never raises."""
+        if call._finished:
             return
-        handle._finished = True
-        record = handle.record
+        call._finished = True
+        record = call.record
         cost = None
         try:
             if error is not None and record.error_type is None:
                 record.error_type = type(error).__qualname__
             if record.input_tokens is not None or record.output_tokens is not None:
                 cost = self._cost(record)
-            self.accounting.add(record, handle.elapsed(), handle.attribution, cost)
+            self.accounting.add(record, call.elapsed(), call.attribution, cost)
         except Exception:
             internal_error("metrics")
-        span = handle.span
+        span = call.span
         try:
             if span.is_recording():
                 attributes = _span_attributes(record)
@@ -142,6 +182,37 @@ class Recorder:
             span.end()
         except Exception:
             internal_error("span")
+
+    # --- inside the lifecycle --------------------------------------------------------------------
+    def _decide(self, model: str | None, attribution: Mapping[str, str]) -> Decision | None:
+        """The guard's decision (None: allowed); counted when not None."""
+        decision = self.guard.decide(model, attribution)
+        if decision is not None:
+            try:
+                self._decisions.add(1, {names.GUARD_DECISION: decision.action,
+                                        names.GUARD_QUOTA: decision.kind or "none"})
+            except Exception:
+                internal_error("guard decision counter")
+        return decision
+
+    def _start(self, operation: str, provider: str, request_model: str, kind: SpanKind,
+               server_address: str | None, server_port: int | None, streaming: bool,
+               attribution: Mapping[str, str], estimate: Callable[[], UsageEstimate | None] | None) -> Call:
+        record = CallRecord(operation=operation, provider=provider, request_model=request_model,
+                            server_address=server_address, server_port=server_port, streaming=streaming)
+        attributes: dict[str, Any] = {
+            names.GEN_AI_OPERATION_NAME: operation,
+            names.GEN_AI_PROVIDER_NAME: provider,
+            names.GEN_AI_REQUEST_MODEL: request_model,
+        }
+        if server_address is not None:
+            attributes[names.SERVER_ADDRESS] = server_address
+        if server_port is not None:
+            attributes[names.SERVER_PORT] = server_port
+        if attribution:
+            attributes.update(attribution)
+        span = self._tracer.start_span(f"{operation} {request_model}", kind=kind, attributes=attributes)
+        return Call(self, record, span, attribution, estimate)
 
     def _cost(self, record: CallRecord) -> Cost | None:
         model = record.response_model or record.request_model

@@ -22,7 +22,7 @@ def test_twenty_thousand_users_with_a_cap_of_one_thousand(caplog):
     with caplog.at_level(logging.WARNING, logger="otel_tokens"):
         for i in range(20_000):
             with usage_context(user_id=f"user-{i}", department=f"dept-{i % 7}"):
-                handle = recorder.start(names.OPERATION_CHAT, "openai", "m")
+                handle = recorder.begin(names.OPERATION_CHAT, "openai", "m")
                 handle.record.input_tokens, handle.record.output_tokens = i % 13 + 1, i % 5
                 handle.record.usage_source = names.SOURCE_REPORTED
                 recorder.finish(handle)
@@ -48,7 +48,7 @@ def test_spans_keep_the_real_value_past_the_cap():
                         Settings(cardinality_limit=1, builtin_prices=False))
     for user in ("first", "second"):
         with usage_context(user_id=user):
-            handle = recorder.start(names.OPERATION_CHAT, "openai", "m")
+            handle = recorder.begin(names.OPERATION_CHAT, "openai", "m")
             handle.record.input_tokens = 1
             recorder.finish(handle)
     assert [s.attributes[names.USER_ID] for s in tel.spans()] == ["first", "second"]
@@ -61,7 +61,7 @@ def test_configured_dimensions_become_the_labels():
     recorder = Recorder(tracer_provider.get_tracer("t"), meter_provider.get_meter("t"),
                         Settings(metric_dimensions=("tenant",), builtin_prices=False))
     with usage_context(user_id="u", department="d", tenant="acme"):
-        handle = recorder.start(names.OPERATION_CHAT, "openai", "m")
+        handle = recorder.begin(names.OPERATION_CHAT, "openai", "m")
         handle.record.output_tokens = 4
         recorder.finish(handle)
     (point,) = tel.metrics()[names.METRIC_LLM_TOKEN_USAGE]

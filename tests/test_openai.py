@@ -431,25 +431,22 @@ def test_fast_w3c_headers_equal_the_sdk_propagators(instrument):
     """The cached fast path writes exactly what opentelemetry's default propagators would."""
     from opentelemetry import baggage, context, propagate
 
-    from otel_tokens.integrations.openai import _propagated_headers, _w3c_headers
-
     instrument()
     recorder = TokenUsageInstrumentor()._recorder
     token = context.attach(baggage.set_baggage("tenant", "a b,c=d;é"))
     try:
         with usage_context(user_id="ünïcode user", department="R&D", session_id="s 1"):
-            handle = recorder.start(names.OPERATION_CHAT, "openai", "gpt-4")
-            active = handle.activate()
+            handle = recorder.begin(names.OPERATION_CHAT, "openai", "gpt-4")
             try:
-                fast = _w3c_headers(handle)
-                ctx = context.get_current()
-                for key in names.BAGGAGE_KEYS:
-                    ctx = baggage.set_baggage(key, handle.attribution[key], ctx)
-                expected: dict[str, str] = {}
-                propagate.inject(expected, context=ctx)
-                assert _propagated_headers(handle) == fast
+                with recorder.active(handle):
+                    fast = recorder._propagation.w3c_headers(handle.span, handle.attribution)
+                    ctx = context.get_current()
+                    for key in names.BAGGAGE_KEYS:
+                        ctx = baggage.set_baggage(key, handle.attribution[key], ctx)
+                    expected: dict[str, str] = {}
+                    propagate.inject(expected, context=ctx)
+                    assert recorder.outgoing_headers(handle) == fast
             finally:
-                handle.deactivate(active)
                 recorder.finish(handle)
     finally:
         context.detach(token)

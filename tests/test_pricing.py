@@ -43,7 +43,7 @@ def priced(tmp_path):
 
 def call(recorder: Recorder, model: str, input_tokens: int, output_tokens: int, cached: int | None = None,
          provider: str = "openai", source: str = names.SOURCE_REPORTED, response_model: str | None = None) -> None:
-    handle = recorder.start(names.OPERATION_CHAT, provider, model)
+    handle = recorder.begin(names.OPERATION_CHAT, provider, model)
     record = handle.record
     record.input_tokens, record.output_tokens, record.cache_read_input_tokens = input_tokens, output_tokens, cached
     record.usage_source, record.response_model = source, response_model or model

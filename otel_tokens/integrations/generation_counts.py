@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..record import UsageEstimate
+
 _SMALL = 1024  # CPU tensors up to this many ids are counted on Python lists (~1 us) instead of arrays
 
 
@@ -198,3 +200,24 @@ def _to_ints(*values: Any) -> tuple[int | None, ...]:
         for i, value in zip(on_device, host, strict=True):
             out[i] = value
     return tuple(out)
+
+
+def estimate_generate(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> UsageEstimate | None:
+    """The worst case of a generate call before it runs, from shapes and the generation config only
+    (no device sync): every prompt position, `max_new_tokens` (or what `max_length` leaves) per
+    returned sequence."""
+    ids = args[0] if args else kwargs.get("inputs")
+    if ids is None:
+        ids = kwargs.get("input_ids")
+    if ids is None:
+        ids = kwargs.get("inputs_embeds")
+    shape = tuple(getattr(ids, "shape", ()) or ())
+    rows, prompt = (int(shape[0]), int(shape[1])) if len(shape) >= 2 else (1, 0)
+    config = kwargs.get("generation_config") or getattr(instance, "generation_config", None)
+    limit = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+    if type(limit) is not int:
+        max_length = kwargs.get("max_length", getattr(config, "max_length", None))
+        limit = max(0, max_length - prompt) if type(max_length) is int else None
+    returned = kwargs.get("num_return_sequences", getattr(config, "num_return_sequences", None))
+    returned = returned if type(returned) is int and returned > 0 else 1
+    return UsageEstimate(rows * prompt, limit, rows * returned)

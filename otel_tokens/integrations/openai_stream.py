@@ -16,9 +16,8 @@ from typing import Any
 import wrapt
 
 from .. import names
-from ..recorder import CallHandle, Recorder
+from ..recorder import Call, Recorder
 from ..safety import internal_error
-from ..token_counting import TokenCounter
 from .openai_content import stream_output
 from .openai_usage import Usage, apply_usage, count_locally, find_usage, get
 
@@ -30,10 +29,10 @@ class StreamState:
 
     __slots__ = (
         "__weakref__",
+        "call",
         "counter",
         "done",
         "finalizer",
-        "handle",
         "hide_usage_chunk",
         "kwargs",
         "parts",
@@ -45,11 +44,10 @@ class StreamState:
         "usage",
     )
 
-    def __init__(self, recorder: Recorder, counter: TokenCounter, handle: CallHandle, kwargs: Mapping[str, Any],
-                 hide_usage_chunk: bool) -> None:
-        self.recorder, self.counter, self.handle, self.kwargs = recorder, counter, handle, kwargs
+    def __init__(self, recorder: Recorder, call: Call, kwargs: Mapping[str, Any], hide_usage_chunk: bool) -> None:
+        self.recorder, self.counter, self.call, self.kwargs = recorder, recorder.tokens, call, kwargs
         self.hide_usage_chunk = hide_usage_chunk
-        self.responses_api = "input" in kwargs and handle.record.operation == names.OPERATION_CHAT
+        self.responses_api = "input" in kwargs and call.record.operation == names.OPERATION_CHAT
         self.parts: list[str] = []
         self.usage: Usage | None = None
         self.response_model: str | None = None
@@ -62,9 +60,9 @@ class StreamState:
 
     def on_item(self, item: Any) -> bool:
         """Take note of one chunk; True when it is the injected usage-only chunk to hide."""
-        handle = self.handle
-        if handle.record.time_to_first_chunk_s is None:
-            handle.mark_first_chunk()
+        call = self.call
+        if call.record.time_to_first_chunk_s is None:
+            call.mark_first_chunk()
         if self.responses_api:
             kind = getattr(item, "type", None)
             if kind == "response.output_text.delta":
@@ -126,7 +124,7 @@ class StreamState:
         self.done = True
         if self.finalizer is not None:
             self.finalizer.detach()
-        record = self.handle.record
+        record = self.call.record
         try:
             if self.response_model:
                 record.response_model = self.response_model
@@ -142,7 +140,7 @@ class StreamState:
             except Exception:
                 internal_error("openai stream content")
         self.parts = []
-        self.recorder.finish(self.handle, error=error)
+        self.recorder.finish(self.call, error=error)
 
 
 class StreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]

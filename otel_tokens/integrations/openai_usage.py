@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from .. import names
-from ..record import CallRecord
+from ..record import CallRecord, UsageEstimate
 from ..token_counting import TokenCounter
 
 MAX_TOKENS = 1 << 31  # no single call uses two billion tokens: larger is garbage
@@ -179,3 +179,22 @@ def count_locally(record: CallRecord, counter: TokenCounter, kwargs: Mapping[str
     sources = {s for s in (input_source, output_source) if s is not None}
     if sources:
         record.usage_source = names.SOURCE_ESTIMATED if names.SOURCE_ESTIMATED in sources else names.SOURCE_COUNTED
+
+
+def _positive_int(value: Any) -> int | None:
+    return value if type(value) is int and value >= 0 else None
+
+
+def estimate_request(counter: TokenCounter, operation: str, model: str, kwargs: Mapping[str, Any]
+                     ) -> UsageEstimate:
+    """The worst case of a request before it is sent: its prompt counted locally, the output limit
+    it asked for (max_completion_tokens, max_tokens or max_output_tokens) and `n`."""
+    input_tokens, _ = count_request(counter, operation, model, kwargs)
+    if operation == names.OPERATION_EMBEDDINGS:
+        return UsageEstimate(input_tokens or 0, 0)
+    limit = None
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        limit = _positive_int(kwargs.get(key))
+        if limit is not None:
+            break
+    return UsageEstimate(input_tokens or 0, limit, _positive_int(kwargs.get("n")) or 1)

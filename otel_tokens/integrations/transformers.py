@@ -16,18 +16,24 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 from opentelemetry.trace import SpanKind
 
 from .. import names
-from ..attribution import current_attribution
-from ..guard import QuotaExceededError
-from ..recorder import CallHandle, Recorder
+from ..recorder import Call, Recorder
 from ..safety import internal_error
-from .generation_counts import count_generate
+from .generation_counts import count_generate, estimate_generate
 
 LIBRARY = "transformers"
 REQUIREMENT = "transformers >= 4.38"
 _MODULE = "transformers.generation.utils"
 
-_recorder: Recorder | None = None
-_hook_registered = False
+
+class _Instrumentation:
+    """This integration's state while instrumented (one per process: wrapt's import hooks are global)."""
+
+    def __init__(self) -> None:
+        self.recorder: Recorder | None = None
+        self.hook_registered = False
+
+
+_state = _Instrumentation()
 # Set while a generate runs: nested generates (assistant models, subclasses calling super)
 # belong to the outer call and are not recorded again.
 _in_generate: contextvars.ContextVar[bool] = contextvars.ContextVar("otel_tokens_in_generate", default=False)
@@ -64,68 +70,55 @@ def _facts(instance: Any) -> tuple[str, bool]:
 class _StreamerTap(wrapt.ObjectProxy):  # type: ignore[misc]
     """Notes the first generated chunk; generate's first put() is the prompt, the second the first token."""
 
-    def __init__(self, streamer: Any, handle: CallHandle) -> None:
+    def __init__(self, streamer: Any, call: Call) -> None:
         super().__init__(streamer)
-        self._self_handle = handle
+        self._self_call = call
         self._self_puts = 0
 
     def put(self, value: Any) -> Any:
         self._self_puts += 1
         if self._self_puts == 2:
-            self._self_handle.mark_first_chunk()
+            self._self_call.mark_first_chunk()
         return self.__wrapped__.put(value)
 
 
 def _generate(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    recorder = _recorder
+    recorder = _state.recorder
     if recorder is None or _in_generate.get() or not is_instrumentation_enabled():
         return wrapped(*args, **kwargs)
     try:
         name, encoder_decoder = _facts(instance)
-        attribution = current_attribution()
-        if recorder.guard.settings.enabled:
-            decision = recorder.decide(name, attribution)
-            # a local model cannot be swapped for another here: downgrade rules do not apply
-            if decision is not None and decision.action in ("reject", "fail_closed"):
-                raise recorder.refuse(decision, names.OPERATION_TEXT_COMPLETION, names.PROVIDER_TRANSFORMERS,
-                                      name, SpanKind.INTERNAL, attribution)
-        handle = recorder.start(names.OPERATION_TEXT_COMPLETION, names.PROVIDER_TRANSFORMERS, name,
-                                SpanKind.INTERNAL, attribution=attribution)
-        call_kwargs = kwargs
-        streamer = kwargs.get("streamer")
-        if streamer is not None:
-            handle.record.streaming = True
-            call_kwargs = {**kwargs, "streamer": _StreamerTap(streamer, handle)}
-        nested = _in_generate.set(True)
-        active = handle.activate()
-    except QuotaExceededError:
-        raise  # the guard refused this call: the one exception of ours the caller is meant to see
     except Exception:
-        internal_error("transformers generate start")
+        internal_error("transformers model facts")
         return wrapped(*args, **kwargs)
+    # in-process weights cannot be swapped for another model here: downgrade rules do not apply
+    call = recorder.begin(names.OPERATION_TEXT_COMPLETION, names.PROVIDER_TRANSFORMERS, name, SpanKind.INTERNAL,
+                          downgradable=False, estimate=lambda: estimate_generate(instance, args, kwargs))
+    call_kwargs = kwargs
+    streamer = kwargs.get("streamer")
+    if streamer is not None:
+        call.record.streaming = True
+        call_kwargs = {**kwargs, "streamer": _StreamerTap(streamer, call)}
+    nested = _in_generate.set(True)
     try:
-        result = wrapped(*args, **call_kwargs)
-    except BaseException as exc:
+        with recorder.active(call):
+            result = wrapped(*args, **call_kwargs)
+    finally:
         _in_generate.reset(nested)
-        handle.deactivate(active)
-        recorder.finish(handle, error=exc)
-        raise
-    _in_generate.reset(nested)
-    handle.deactivate(active)
     try:
-        record = handle.record
+        record = call.record
         record.input_tokens, record.output_tokens = count_generate(instance, encoder_decoder, args, kwargs, result)
         if record.input_tokens is not None or record.output_tokens is not None:
             record.usage_source = names.SOURCE_COUNTED
         record.response_model = record.request_model
     except Exception:
         internal_error("transformers token count")
-    recorder.finish(handle)
+    recorder.finish(call)
     return result
 
 
 def _patch(module: Any) -> None:
-    if _recorder is None:
+    if _state.recorder is None:
         return
     target = module.GenerationMixin.generate
     if isinstance(target, wrapt.FunctionWrapper):
@@ -134,10 +127,9 @@ def _patch(module: Any) -> None:
 
 
 def instrument(recorder: Recorder) -> None:
-    global _recorder, _hook_registered
-    _recorder = recorder
-    if not _hook_registered:
-        _hook_registered = True
+    _state.recorder = recorder
+    if not _state.hook_registered:
+        _state.hook_registered = True
         wrapt.register_post_import_hook(_patch, _MODULE)  # runs now if already imported
     else:
         import sys
@@ -148,8 +140,7 @@ def instrument(recorder: Recorder) -> None:
 
 
 def uninstrument() -> None:
-    global _recorder
-    _recorder = None
+    _state.recorder = None
     import sys
 
     module = sys.modules.get(_MODULE)
