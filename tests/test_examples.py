@@ -53,4 +53,5 @@ def test_demo_fast_mode_shows_users_both_alerts_and_agreeing_counts():
     # the quota guard refuses the runaway job once its critical alert fires, and keeps serving the others
     refused = out.index("GUARD after")
     assert "refused: user 'batch-bot' is over the 24h tokens quota" in out[refused:]
-    assert out.index("CRITICAL alert received") < refused < out.index("served bob after the refusal")
+    # the guard reads Prometheus's alert state, which can be ahead of Alertmanager's notification
+    assert out.index("WARNING alert received") < refused < out.index("served bob after the refusal")
