@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from tiny_local_model import ensure  # noqa: E402
 
+from otel_tokens.ops.rules import render_text  # noqa: E402
 from otel_tokens.quotas import parse_quotas  # noqa: E402
-from otel_tokens.rules import render_text  # noqa: E402
 
 QUOTAS = {
     "warning_ratio": 0.8,

@@ -1,7 +1,7 @@
 """Quota enforcement driven by the alerting stack, so alerts and enforcement share one source of truth.
 
-Server side, `otel-tokens guard` receives Alertmanager webhooks and answers which principals are
-over which quota (GET /state). In the app, a `Guard` polls that state (or Prometheus's
+The `otel-tokens guard` endpoint (ops/guard_server.py) receives Alertmanager webhooks and answers
+which principals are over which quota (GET /state). In the app, a `Guard` polls that state (or Prometheus's
 `/api/v1/alerts`) in a background thread; before an instrumented call it does one dictionary
 lookup: `reject` raises QuotaExceededError (map it to HTTP 429), `downgrade` rewrites the model.
 When the state source cannot be reached the guard fails open (logged once, counted in
@@ -11,16 +11,14 @@ When the state source cannot be reached the guard fails open (logged once, count
 from __future__ import annotations
 
 import fnmatch
-import json
 import threading
 import time
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from . import names
+from .prometheus_api import get_json
 from .safety import log_once, logger
 
 _SEVERITY = {"warning": 1, "critical": 2}
@@ -123,42 +121,6 @@ class GuardState:
         return out
 
 
-def serve(host: str, port: int, state: GuardState | None = None) -> ThreadingHTTPServer:
-    """The guard endpoint: POST /alertmanager (webhook), GET /state, GET /-/ready."""
-    state = state or GuardState()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            try:
-                payload = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
-                state.update(payload)
-            except (ValueError, AttributeError, TypeError) as error:
-                self._reply(400, {"error": f"not an Alertmanager webhook payload: {error}"})
-                return
-            self._reply(200, {"status": "ok"})
-
-        def do_GET(self) -> None:
-            if self.path.startswith("/state"):
-                self._reply(200, state.snapshot())
-            else:
-                self._reply(200, {"status": "ready"})
-
-        def _reply(self, status: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.state = state  # type: ignore[attr-defined]
-    return server
-
-
 def _from_prometheus_alerts(body: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     state = GuardState()
     alerts = [{"status": "firing" if a.get("state") == "firing" else "pending", "labels": a.get("labels", {}),
@@ -197,8 +159,7 @@ class Guard:
     def refresh(self) -> None:
         source = self.settings.source
         try:
-            with urllib.request.urlopen(source, timeout=max(1.0, self.settings.poll_interval)) as response:
-                body = json.load(response)
+            body = get_json(source, timeout=max(1.0, self.settings.poll_interval))
             state = _from_prometheus_alerts(body) if "/api/v1/alerts" in source else body
             self._users = dict(state.get("users", {}))
             self._departments = dict(state.get("departments", {}))

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from otel_tokens.guard import serve
+from otel_tokens.ops.guard_server import serve
+from otel_tokens.ops.rules import render_text
 from otel_tokens.quotas import parse_quotas
-from otel_tokens.rules import render_text
 from tests.alert_app import TOKENS_PER_CALL
 from tests.conftest import require_binary
 from tests.prometheus_stack import Webhook, free_port, start_process, start_prometheus, wait_http
@@ -154,7 +154,7 @@ def test_quota_alerts_end_to_end(stack):
                                                                        "bob": {"tokens": 350}}}}
     stack["quota_file"].write_text(yaml.safe_dump(quotas))
     reloaded = time.monotonic()
-    subprocess.run([sys.executable, "-m", "otel_tokens.cli", "rules", str(stack["quota_file"]), "-o",
+    subprocess.run([sys.executable, "-m", "otel_tokens.ops.cli", "rules", str(stack["quota_file"]), "-o",
                     str(stack["rules"] / "quotas.yml"), "--for", "1s", "--check", "--reload", stack["prometheus"]],
                    check=True, capture_output=True, cwd=ROOT)
     arrival, path, alert = webhook.wait_for(_is("LLMUserTokenQuota", "warning", "bob"), reloaded)
@@ -211,7 +211,7 @@ def test_guard_rejects_over_quota_calls_within_seconds_and_allows_them_again(sta
             quotas = {"users": {"default": {"tokens": 100_000}, "overrides": {"alice": {"tokens": 5000}}}}
             stack["quota_file"].write_text(yaml.safe_dump(quotas))
             raised = time.monotonic()
-            subprocess.run([sys.executable, "-m", "otel_tokens.cli", "rules", str(stack["quota_file"]), "-o",
+            subprocess.run([sys.executable, "-m", "otel_tokens.ops.cli", "rules", str(stack["quota_file"]), "-o",
                             str(stack["rules"] / "quotas.yml"), "--for", "1s", "--reload", stack["prometheus"]],
                            check=True, capture_output=True, cwd=ROOT)
             while not ask("alice"):

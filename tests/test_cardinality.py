@@ -8,7 +8,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from otel_tokens import names, usage_context
 from otel_tokens.config import OTHER_VALUE, Settings
-from otel_tokens.doctor import report
+from otel_tokens.ops.doctor import report
 from otel_tokens.recorder import Recorder
 from tests.conftest import make_telemetry
 

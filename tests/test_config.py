@@ -123,7 +123,7 @@ def _calls_keep_working(settings):
 
 
 def test_config_path_shown_by_doctor(tmp_path):
-    from otel_tokens.doctor import report
+    from otel_tokens.ops.doctor import report
 
     config = tmp_path / "c.yaml"
     config.write_text("cardinality_limit: 0\n")

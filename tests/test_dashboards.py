@@ -5,7 +5,7 @@ emits, a recorded llm_quota:* series of the rendered rules, or Prometheus's own)
 scraped tests/dashboard_app.py (the real package: several users, departments, two tiny transformers models, an
 OpenAI-style model with estimated counts, streams and errors), every query of every panel, variable and annotation
 with its variables substituted the way Grafana does. The quota panels are compared with the limits of a quota file
-rendered by otel_tokens.rules.render_text and loaded into that Prometheus.
+rendered by otel_tokens.ops.rules.render_text and loaded into that Prometheus.
 
 Department month-to-date is built from hourly buckets aligned to the hour, which a Prometheus started seconds ago
 cannot have: the app's first round of metrics is backfilled into the past hour (`promtool tsdb create-blocks-from
@@ -35,8 +35,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from otel_tokens import names
+from otel_tokens.ops.rules import render, render_text
 from otel_tokens.quotas import Quotas, load_quotas, parse_quotas
-from otel_tokens.rules import render, render_text
 from tests.conftest import require_binary
 from tests.dashboard_app import OPENAI_MODEL, USERS
 from tests.prometheus_stack import free_port, query, start_prometheus

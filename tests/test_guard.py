@@ -10,7 +10,8 @@ import pytest
 
 from otel_tokens import QuotaExceededError, TokenUsageInstrumentor, names, usage_context
 from otel_tokens.config import Settings, load_settings
-from otel_tokens.guard import Guard, GuardRule, GuardSettings, GuardState, serve
+from otel_tokens.guard import Guard, GuardRule, GuardSettings, GuardState
+from otel_tokens.ops.guard_server import serve
 from tests.conftest import Telemetry, make_telemetry
 from tests.openai_server import OpenAIServer
 

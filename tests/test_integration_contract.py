@@ -19,7 +19,8 @@ from opentelemetry.trace import SpanKind
 import otel_tokens.integrations as integrations_package
 from otel_tokens import QuotaExceededError, names, usage_context
 from otel_tokens.config import Settings
-from otel_tokens.guard import GuardRule, GuardSettings, serve
+from otel_tokens.guard import GuardRule, GuardSettings
+from otel_tokens.ops.guard_server import serve
 from otel_tokens.record import UsageEstimate
 from otel_tokens.recorder import Recorder
 from otel_tokens.safety import internal_error

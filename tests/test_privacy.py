@@ -4,7 +4,7 @@ Every integration runs with distinctive markers in its prompts, completions and 
 every channel the process has is searched for them: finished spans (names, attributes, events, links,
 status, resource, scope), metric data (every attribute, resource, scope), Python log records at DEBUG from
 every logger, an OTel LoggerProvider's exported log records, the OTLP protobuf encodings of spans, metrics
-and logs (as bytes), `otel_tokens.doctor.report()`, and the headers of every outgoing request (the
+and logs (as bytes), `otel_tokens.ops.doctor.report()`, and the headers of every outgoing request (the
 `baggage` header carries user.id, department and session.id only).
 
 With OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT unset or `false` the markers appear nowhere. With it
@@ -38,7 +38,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_tokens import TokenUsageInstrumentor, doctor, names, safety, usage_context
+from otel_tokens import TokenUsageInstrumentor, names, safety, usage_context
+from otel_tokens.ops import doctor
 from tests.conftest import LogRecords
 from tests.local_tokenizer import build_local_tokenizer
 from tests.openai_server import OpenAIServer

@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 
 from otel_tokens import names
-from otel_tokens.cli import main
+from otel_tokens.ops.cli import main
+from otel_tokens.ops.report import UNATTRIBUTED, format_money, token_timeline, usage_by
+from otel_tokens.ops.rules import render_text
+from otel_tokens.prometheus_api import Prometheus
 from otel_tokens.quotas import parse_quotas
-from otel_tokens.report import UNATTRIBUTED, Prometheus, format_money, token_timeline, usage_by
-from otel_tokens.rules import render_text
 from tests.conftest import require_binary
 from tests.prometheus_stack import free_port, query, start_prometheus
 from tests.report_app import PRICE_PER_TOKEN
@@ -425,10 +426,10 @@ def test_usage_errors(args, message, capsys):
 
 
 def test_missing_prometheus_url_and_the_real_entry_point():
-    result = subprocess.run([sys.executable, "-m", "otel_tokens.cli", "report", "--window", "24h"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "otel_tokens.ops.cli", "report", "--window", "24h"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--prometheus URL is required" in _one_line(result.stderr)
-    result = subprocess.run([sys.executable, "-m", "otel_tokens.cli", "report", "--prometheus",
+    result = subprocess.run([sys.executable, "-m", "otel_tokens.ops.cli", "report", "--prometheus",
                              f"http://127.0.0.1:{free_port()}", "--window", "7x"], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and "bad window '7x'" in _one_line(result.stderr)
@@ -436,7 +437,7 @@ def test_missing_prometheus_url_and_the_real_entry_point():
 
 def test_the_package_imports_without_the_report_extras():
     code = ("import sys; sys.modules['rich'] = None; sys.modules['matplotlib'] = None; "
-            "import otel_tokens, otel_tokens.cli, otel_tokens.report; print('ok')")
+            "import otel_tokens, otel_tokens.ops.cli, otel_tokens.ops.report; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "ok", result.stderr
 

@@ -13,8 +13,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from otel_tokens.ops.rules import render_text
 from otel_tokens.quotas import parse_quotas
-from otel_tokens.rules import render_text
 from tests.conftest import require_binary
 from tests.prometheus_stack import free_port, query, start_prometheus, wait_http
 from tests.workers_app import TOKENS_PER_REQUEST

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import names
+from .. import names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _guard(listen: str) -> int:
-    from .guard import serve
+    from .guard_server import serve
 
     host, _, port = listen.rpartition(":")
     try:
@@ -71,8 +71,8 @@ def _guard(listen: str) -> int:
 
 
 def _rules(args: argparse.Namespace) -> int:
-    from .config import ConfigError
-    from .quotas import load_quotas
+    from ..config import ConfigError
+    from ..quotas import load_quotas
     from .rules import render_text
 
     try:
@@ -120,15 +120,12 @@ def _promtool_check(path: Path) -> bool:
 
 
 def _reload(url: str) -> int:
-    import urllib.error
-    import urllib.request
+    from ..prometheus_api import Prometheus, PrometheusError
 
-    target = url.rstrip("/") + "/-/reload"
     try:
-        with urllib.request.urlopen(urllib.request.Request(target, method="POST"), timeout=10) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as error:
-        print(f"otel-tokens rules: reload failed: POST {target}: {error} "
+        Prometheus(url).reload()
+    except PrometheusError as error:
+        print(f"otel-tokens rules: reload failed: {error} "
               "(is Prometheus running with --web.enable-lifecycle?)", file=sys.stderr)
         return 3
     print(f"reloaded {url}", file=sys.stderr)

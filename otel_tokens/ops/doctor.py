@@ -11,12 +11,12 @@ import os
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 
-from . import names
-from .config import ENV_CONFIG, Settings, load_settings
-from .pricing import PriceBook
-from .recorder import Recorder
-from .token_counting import TokenCounter
-from .version import __version__
+from .. import names
+from ..config import ENV_CONFIG, Settings, load_settings
+from ..pricing import PriceBook
+from ..recorder import Recorder
+from ..token_counting import TokenCounter
+from ..version import __version__
 
 _EXPORT_VARIABLES = (
     ("OTEL_SERVICE_NAME", "unknown_service"),
@@ -38,7 +38,7 @@ def _installed(package: str) -> str | None:
 
 
 def _active_recorder() -> Recorder | None:
-    from .instrumentor import TokenUsageInstrumentor
+    from ..instrumentor import TokenUsageInstrumentor
 
     instrumentor = TokenUsageInstrumentor()
     return instrumentor._recorder if instrumentor.is_instrumented_by_opentelemetry else None
@@ -47,7 +47,7 @@ def _active_recorder() -> Recorder | None:
 def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
            settings: Settings | None = None, recorder: Recorder | None = None) -> str:
     """The doctor's report as text; uses the live recorder of this process when there is one."""
-    from .instrumentor import _INTEGRATIONS
+    from ..instrumentor import _INTEGRATIONS
 
     recorder = recorder or _active_recorder()
     settings = recorder.settings if recorder else (settings or load_settings())

@@ -1,0 +1,104 @@
+"""`otel-tokens report`: options, errors as one line and an exit status, the chosen format."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from typing import TextIO
+
+from ...prometheus_api import BAD_URL, NOT_PROMETHEUS, REFUSED, UNREACHABLE, Prometheus, PrometheusError
+from .model import CONNECTION_ERROR, DATA_ERROR, FORMATS, PROG, UNATTRIBUTED, USAGE_ERROR, ReportError, parse_window
+from .png import draw_png
+from .queries import build, token_timeline
+from .render import print_table, to_csv, to_json, to_markdown
+
+# --- command ----------------------------------------------------------------------------------------
+_PROMETHEUS_EXIT = {BAD_URL: USAGE_ERROR, REFUSED: DATA_ERROR, UNREACHABLE: CONNECTION_ERROR,
+                    NOT_PROMETHEUS: CONNECTION_ERROR}
+
+
+def _options(args: argparse.Namespace) -> tuple[Prometheus, float, float, int, str]:
+    fmt = (args.format or "table").lower()
+    if fmt not in FORMATS:
+        raise ReportError(f"unknown format {args.format!r}: choose one of {', '.join(FORMATS)}", USAGE_ERROR)
+    if not args.prometheus:
+        raise ReportError("--prometheus URL is required (e.g. --prometheus http://localhost:9090)", USAGE_ERROR)
+    window = parse_window(args.window)
+    try:
+        top = int(args.top)
+    except (TypeError, ValueError):
+        top = 0
+    if top < 1:
+        raise ReportError(f"bad --top {args.top!r}: use a whole number from 1", USAGE_ERROR)
+    if args.at is None:
+        at = time.time()
+    else:
+        try:
+            at = float(args.at)
+        except ValueError:
+            at = math.nan
+        if not math.isfinite(at) or at <= 0:
+            raise ReportError(f"bad --at {args.at!r}: use a unix time in seconds", USAGE_ERROR)
+    return Prometheus(args.prometheus), at, window, top, fmt
+
+
+def run(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """The `report` subcommand: print the digest; errors are one line on stderr and an exit status."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    try:
+        prom, at, window, top, fmt = _options(args)
+        report = build(prom, at, window, top, args.window.strip())
+        if args.png:
+            users = [r.name for r in report.rows["user"] if r.name != UNATTRIBUTED]
+            draw_png(args.png, report, *token_timeline(prom, report.at, report.window_seconds, users))
+        if fmt == "json":
+            stdout.write(to_json(report))
+        elif fmt == "csv":
+            stdout.write(to_csv(report))
+        elif fmt == "markdown":
+            stdout.write(to_markdown(report))
+        else:
+            try:
+                import rich  # noqa: F401
+            except ImportError:
+                print(f"{PROG}: the table needs rich (pip install 'otel-tokens[report]'); printing markdown",
+                      file=stderr)
+                stdout.write(to_markdown(report))
+            else:
+                print_table(report, stdout)
+        if args.png:
+            print(f"wrote {args.png}", file=stderr)
+    except ReportError as error:
+        print(f"{PROG}: {error}", file=stderr)
+        return error.code
+    except PrometheusError as error:
+        print(f"{PROG}: {error}", file=stderr)
+        return _PROMETHEUS_EXIT[error.kind]
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=stderr)
+        return 130
+    except Exception as error:  # never a traceback for a reporting tool; say what broke in one line
+        print(f"{PROG}: internal error: {type(error).__name__}: {error}", file=stderr)
+        return DATA_ERROR
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prometheus", metavar="URL", help="Prometheus base URL, e.g. http://localhost:9090")
+    parser.add_argument("--window", default="24h", help="Prometheus duration to report on (default 24h); the "
+                        "previous window of the same length is the comparison")
+    parser.add_argument("--top", default="5", metavar="N", help="users, departments and models to list (default 5)")
+    parser.add_argument("--format", default="table", metavar="FORMAT",
+                        help=f"{' | '.join(FORMATS)} (default table)")
+    parser.add_argument("--png", metavar="FILE", help="also draw tokens by top user and cost by department")
+    parser.add_argument("--at", metavar="UNIX_TIME", help="end of the window (default now)")
+
+
+def one_line_error(message: str) -> None:
+    """argparse's error(), as one line (argparse prints usage and the message on two)."""
+    print(f"{PROG}: {message}", file=sys.stderr)
+    raise SystemExit(USAGE_ERROR)
+

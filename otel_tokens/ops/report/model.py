@@ -1,0 +1,187 @@
+"""The report's vocabulary: what a report holds, its labels and windows, its errors."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from ... import names
+from ..rules import usage_over
+
+PROG = "otel-tokens report"
+FORMATS = ("table", "markdown", "json", "csv")
+USAGE_ERROR, DATA_ERROR, CONNECTION_ERROR = 2, 1, 3
+
+TOKENS, COST, REQUESTS = names.PROM_LLM_TOKEN_USAGE, names.PROM_LLM_COST, names.PROM_LLM_REQUESTS
+_COUNTER = {"tokens": TOKENS, "cost": COST}
+USER = names.prometheus_label(names.USER_ID)
+DEPARTMENT = names.prometheus_label(names.DEPARTMENT)
+MODEL = names.prometheus_label(names.GEN_AI_REQUEST_MODEL)
+TOKEN_TYPE = names.prometheus_label(names.GEN_AI_TOKEN_TYPE)
+SOURCE = names.prometheus_label(names.LLM_USAGE_SOURCE)
+OPERATION = names.prometheus_label(names.GEN_AI_OPERATION_NAME)
+ERROR = names.prometheus_label(names.ERROR_TYPE)
+CURRENCY = names.prometheus_label(names.CURRENCY)
+DIMENSIONS = {"user": USER, "department": DEPARTMENT, "model": MODEL}
+PRINCIPALS = {"user": USER, "department": DEPARTMENT}  # quota principals, as in otel_tokens.rules
+USER_QUOTA_WINDOW = "24h"  # users: rolling 24 h; departments: calendar month (UTC), see otel_tokens.rules
+UNATTRIBUTED = "(unattributed)"  # usage whose series carries no value for the dimension
+MAX_BUCKETS = 96  # points of the --png timeline
+
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_DURATION = re.compile(r"(?:\d+(?:ms|s|m|h|d|w|y))+")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+class ReportError(Exception):
+    """One line for stderr and the exit status: 2 usage, 1 data, 3 connection."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- durations ----------------------------------------------------------------------------------
+def parse_window(text: str) -> float:
+    """Seconds in a Prometheus duration such as 24h, 7d, 90m, 1h30m."""
+    if not isinstance(text, str) or not _DURATION.fullmatch(text.strip()):
+        raise ReportError(f"bad window {text!r}: use a Prometheus duration such as 24h, 7d, 90m or 1h30m",
+                          USAGE_ERROR)
+    seconds = sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text.strip()))
+    if seconds <= 0:
+        raise ReportError(f"bad window {text!r}: it must be longer than zero", USAGE_ERROR)
+    return float(seconds)
+
+
+def promql_duration(seconds: float) -> str:
+    """The shortest exact PromQL duration for a number of seconds (rounded to milliseconds)."""
+    ms = round(seconds * 1000)
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def human_duration(seconds: float) -> str:
+    text, rest = "", round(seconds * 1000)
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        if rest >= size:
+            text += f"{rest // size}{unit}"
+            rest %= size
+    return text or "0s"
+
+
+def usage_by(counter: str, labels: Sequence[str], window: str) -> str:
+    """`rules.usage_over` (exact per-series window sums, as the quota rules compute them) summed by
+    several labels, e.g. user x token type; series are filtered on the first label."""
+    return usage_over(counter, labels[0], window, by=labels)
+
+
+
+# --- the report -----------------------------------------------------------------------------------
+@dataclass
+class Totals:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float | None = None
+    cost_by_currency: dict[str, float] = field(default_factory=dict)
+    requests: int | None = None
+    errors: int | None = None
+    estimated_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def estimated_share(self) -> float:
+        return self.estimated_tokens / self.total_tokens if self.total_tokens else 0.0
+
+
+@dataclass
+class Row:
+    """One user, department or model in the window."""
+
+    kind: str
+    name: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float | None = None
+    requests: int | None = None
+    previous_total_tokens: int = 0
+    share: float = 0.0
+    rank: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def change(self) -> float | None:
+        return _change(self.total_tokens, self.previous_total_tokens)
+
+
+@dataclass
+class QuotaRow:
+    principal: str  # user | department
+    name: str
+    quota: str  # tokens | cost
+    window: str  # 24h | month
+    usage: float  # an int for tokens
+    limit: float
+
+    @property
+    def ratio(self) -> float:
+        return self.usage / self.limit
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.ratio
+
+
+@dataclass
+class Report:
+    prometheus: str
+    at: float
+    window_seconds: float
+    top: int
+    currency: str | None
+    totals: Totals
+    previous: Totals
+    rows: dict[str, list[Row]]  # kind -> top rows
+    counts: dict[str, int]  # kind -> how many had usage
+    quotas: list[QuotaRow]
+    quota_rules: bool
+    notes: list[str] = field(default_factory=list)
+    window_text: str | None = None  # the window as the user wrote it (24h rather than 1d)
+
+    @property
+    def window(self) -> str:
+        return self.window_text or human_duration(self.window_seconds)
+
+    @property
+    def start(self) -> float:
+        return self.at - self.window_seconds
+
+
+def _change(current: float | None, previous: float | None) -> float | None:
+    if current is None or previous is None or previous == 0:
+        return None
+    return current / previous - 1.0
+
+
+def _int(value: float) -> int:
+    return round(value)
+
+
+def _cost(value: float) -> float:
+    return round(value, 12)  # drop float noise from adding many small costs
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _pct(fraction: float | None) -> str:
+    return "—" if fraction is None else f"{100 * fraction:.1f} %"

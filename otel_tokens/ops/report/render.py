@@ -1,0 +1,286 @@
+"""The report as text: table (rich), markdown, JSON and CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, TextIO
+
+from .model import (
+    DIMENSIONS,
+    PRINCIPALS,
+    UNATTRIBUTED,
+    USER_QUOTA_WINDOW,
+    QuotaRow,
+    Report,
+    Row,
+    Totals,
+    _change,
+    _int,
+    _pct,
+    _utc,
+)
+
+# --- formatting -------------------------------------------------------------------------------------
+
+
+def _tokens(n: int | float | None) -> str:
+    return "—" if n is None else f"{_int(n):,}"
+
+
+def format_money(value: float | None) -> str:
+    """2 decimals from 1 up, else 4 significant digits (virtual prices of local models are small)."""
+    if value is None:
+        return "—"
+    if value == 0 or abs(value) >= 1:
+        return f"{value:,.2f}"
+    decimals = min(10, 3 - math.floor(math.log10(abs(value))))
+    text = f"{value:.{decimals}f}".rstrip("0")
+    return text + "0" * max(0, 2 - len(text.split(".")[1]))
+
+
+
+
+def _signed_pct(fraction: float | None, current: float | None = None) -> str:
+    if fraction is None:
+        return "new" if current else "—"
+    return f"{100 * fraction:+.1f} %"
+
+
+def headline(report: Report) -> str:
+    t, p = report.totals, report.previous
+    window = report.window
+    text = f"{window} ending {_utc(report.at)} UTC: {t.total_tokens:,} tokens"
+    if p.total_tokens:
+        text += f" ({_signed_pct(_change(t.total_tokens, p.total_tokens))} on the previous {window})"
+    else:
+        text += f" (none in the previous {window})"
+    if t.cost is not None:
+        text += f", {report.currency} {format_money(t.cost)}"
+    if t.requests is not None:
+        text += f", {t.requests:,} requests ({t.errors:,} error{'' if t.errors == 1 else 's'})"
+    leaders = []
+    for kind, word in (("department", "mostly department"), ("user", "top user")):
+        rows = report.rows[kind]
+        if rows:
+            leaders.append(f"{word} {rows[0].name} ({_pct(rows[0].share)})")
+    return text + ("; " + ", ".join(leaders) if leaders else "") + "."
+
+
+_TOTAL_LINES = ("input tokens", "output tokens", "total tokens", "cost", "requests", "errors", "estimated tokens")
+
+
+def _total_values(report: Report) -> list[tuple[str, str, str, str]]:
+    t, p = report.totals, report.previous
+    cost = f"cost ({report.currency})" if report.currency else "cost"
+    return [
+        ("input tokens", _tokens(t.input_tokens), _tokens(p.input_tokens),
+         _signed_pct(_change(t.input_tokens, p.input_tokens), t.input_tokens)),
+        ("output tokens", _tokens(t.output_tokens), _tokens(p.output_tokens),
+         _signed_pct(_change(t.output_tokens, p.output_tokens), t.output_tokens)),
+        ("total tokens", _tokens(t.total_tokens), _tokens(p.total_tokens),
+         _signed_pct(_change(t.total_tokens, p.total_tokens), t.total_tokens)),
+        (cost, format_money(t.cost), format_money(p.cost), _signed_pct(_change(t.cost, p.cost), t.cost)),
+        ("requests", _tokens(t.requests), _tokens(p.requests), _signed_pct(_change(t.requests, p.requests),
+                                                                           t.requests)),
+        ("errors", _tokens(t.errors), _tokens(p.errors), _signed_pct(_change(t.errors, p.errors), t.errors)),
+        ("estimated tokens", f"{t.estimated_tokens:,} ({_pct(t.estimated_share)})",
+         f"{p.estimated_tokens:,} ({_pct(p.estimated_share)})", ""),
+    ]
+
+
+_KIND_TITLE = {"user": "users", "department": "departments", "model": "models"}
+_ROW_HEADER = ("#", "{kind}", "input", "output", "total", "share", "cost{currency}", "requests", "vs previous")
+
+
+def _row_values(row: Row) -> tuple[str, ...]:
+    return (str(row.rank), row.name, _tokens(row.input_tokens), _tokens(row.output_tokens),
+            _tokens(row.total_tokens), _pct(row.share), format_money(row.cost), _tokens(row.requests),
+            _signed_pct(row.change, row.total_tokens))
+
+
+def _row_header(kind: str, currency: str | None) -> tuple[str, ...]:
+    return tuple(h.format(kind=kind, currency=f" ({currency})" if currency else "") for h in _ROW_HEADER)
+
+
+def _quota_values(q: QuotaRow, currency: str | None) -> tuple[str, ...]:
+    fmt = _tokens if q.quota == "tokens" else format_money
+    quota = "tokens" if q.quota == "tokens" else f"cost ({currency})" if currency else "cost"
+    return (q.name, quota, "rolling 24 h" if q.window == USER_QUOTA_WINDOW else "month to date (UTC)",
+            fmt(q.usage), fmt(q.limit), f"{q.percent:.1f} %")
+
+
+_QUOTA_HEADER = ("{principal}", "quota", "window", "usage", "limit", "used")
+
+
+def _kind_rows_title(report: Report, kind: str) -> str:
+    shown, count = len(report.rows[kind]), report.counts[kind]
+    return f"Top {_KIND_TITLE[kind]} by tokens" + (f" ({shown} of {count})" if count > shown else "")
+
+
+def to_markdown(report: Report) -> str:
+    def table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str) -> list[str]:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+        return lines
+
+    out = ["# LLM usage report", "", headline(report), "",
+           f"Window: {_utc(report.start)} → {_utc(report.at)} UTC ({report.window}); previous window: "
+           f"{_utc(report.start - report.window_seconds)} → {_utc(report.start)} UTC. Source: {report.prometheus}.",
+           "", "## Totals", ""]
+    out += table(("", "this window", "previous", "change"), _total_values(report), "lrrr")
+    for kind in DIMENSIONS:
+        out += ["", f"## {_kind_rows_title(report, kind)}", ""]
+        out += table(_row_header(kind, report.currency), map(_row_values, report.rows[kind]), "rlrrrrrrr")
+    out += ["", "## Quotas", ""]
+    if not report.quotas:
+        out.append("No principal has a recorded limit." if report.quota_rules else "No quota rules loaded.")
+    for principal in PRINCIPALS:
+        rows = [q for q in report.quotas if q.principal == principal]
+        if rows:
+            out += [f"### {principal.capitalize()}s", ""]
+            out += table([h.format(principal=principal) for h in _QUOTA_HEADER],
+                         (_quota_values(q, report.currency) for q in rows), "lllrrr")
+            out.append("")
+    if report.notes:
+        out += ["", "## Notes", ""] + [f"- {note}" for note in report.notes]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _row_dict(row: Row) -> dict[str, Any]:
+    return {"rank": row.rank, "name": row.name, "input_tokens": row.input_tokens,
+            "output_tokens": row.output_tokens, "total_tokens": row.total_tokens, "cost": row.cost,
+            "share": row.share, "requests": row.requests, "previous_total_tokens": row.previous_total_tokens,
+            "change": row.change}
+
+
+def _totals_dict(t: Totals) -> dict[str, Any]:
+    return {"input_tokens": t.input_tokens, "output_tokens": t.output_tokens, "total_tokens": t.total_tokens,
+            "cost": t.cost, "cost_by_currency": t.cost_by_currency, "requests": t.requests, "errors": t.errors,
+            "estimated_tokens": t.estimated_tokens, "estimated_share": t.estimated_share}
+
+
+def _window_dict(start: float, end: float) -> dict[str, Any]:
+    return {"start": _iso(start), "end": _iso(end), "start_unix": start, "end_unix": end}
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def to_dict(report: Report) -> dict[str, Any]:
+    t, p = report.totals, report.previous
+    return {
+        "prometheus": report.prometheus,
+        "window": {"duration": report.window, "seconds": report.window_seconds,
+                   **_window_dict(report.start, report.at)},
+        "previous_window": _window_dict(report.start - report.window_seconds, report.start),
+        "currency": report.currency,
+        "headline": headline(report),
+        "totals": {**_totals_dict(t), "previous": _totals_dict(p),
+                   "change": {k: _change(getattr(t, k), getattr(p, k))
+                              for k in ("input_tokens", "output_tokens", "total_tokens", "cost", "requests",
+                                        "errors")}},
+        "top": report.top,
+        **{_KIND_TITLE[kind]: [_row_dict(r) for r in report.rows[kind]] for kind in DIMENSIONS},
+        "counts": {_KIND_TITLE[kind]: report.counts[kind] for kind in DIMENSIONS},
+        "quota_rules": report.quota_rules,
+        "quotas": [{"principal": q.principal, "name": q.name, "quota": q.quota, "window": q.window,
+                    "usage": q.usage, "limit": q.limit, "ratio": q.ratio, "percent": q.percent}
+                   for q in report.quotas],
+        "notes": report.notes,
+    }
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(to_dict(report), indent=2, ensure_ascii=False) + "\n"
+
+
+CSV_COLUMNS = ("kind", "name", "input_tokens", "output_tokens", "total_tokens", "cost", "share", "currency", "rank",
+               "requests", "errors", "previous_total_tokens", "change", "quota", "window", "usage", "limit",
+               "percent")
+
+
+def to_csv(report: Report) -> str:
+    """One row per entity: the totals (kind `total`), the top users, departments and models, then one
+    row per quota (kind `user_quota` / `department_quota`). Numbers are plain, empty when unknown."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+
+    def plain(value: Any) -> Any:
+        if value is None:
+            return ""
+        if isinstance(value, float) and math.isfinite(value):
+            return format(Decimal(repr(value)), "f")  # 0.00004, not 4e-05
+        return value
+
+    t = report.totals
+    writer.writerow({k: plain(v) for k, v in {
+        "kind": "total", "name": "all", "input_tokens": t.input_tokens, "output_tokens": t.output_tokens,
+        "total_tokens": t.total_tokens, "cost": t.cost, "share": 1.0 if t.total_tokens else 0.0,
+        "currency": report.currency, "requests": t.requests, "errors": t.errors,
+        "previous_total_tokens": report.previous.total_tokens,
+        "change": _change(t.total_tokens, report.previous.total_tokens), "window": report.window}.items()})
+    for kind in DIMENSIONS:
+        for r in report.rows[kind]:
+            data = _row_dict(r)
+            writer.writerow({k: plain(v) for k, v in {**data, "kind": kind, "currency": report.currency,
+                                                      "window": report.window}.items()})
+    for q in report.quotas:
+        writer.writerow({k: plain(v) for k, v in {
+            "kind": f"{q.principal}_quota", "name": q.name, "quota": q.quota, "window": q.window,
+            "usage": q.usage, "limit": q.limit, "percent": q.percent,
+            "currency": report.currency if q.quota == "cost" else None}.items()})
+    return buffer.getvalue()
+
+
+def print_table(report: Report, file: TextIO) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    terminal = hasattr(file, "isatty") and file.isatty()
+    console = Console(file=file, width=None if terminal else 120, highlight=False, soft_wrap=False)
+    console.print(f"[bold]LLM usage[/bold] — {headline(report)}")
+    console.print(f"[dim]{_utc(report.start)} → {_utc(report.at)} UTC, previous "
+                  f"{_utc(report.start - report.window_seconds)} → {_utc(report.start)}; {report.prometheus}[/dim]")
+
+    totals = Table(box=box.SIMPLE_HEAD, title="Totals", title_justify="left", pad_edge=False)
+    for name, justify in (("", "left"), ("this window", "right"), ("previous", "right"), ("change", "right")):
+        totals.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for values in _total_values(report):
+        totals.add_row(*values)
+    console.print(totals)
+
+    for kind in DIMENSIONS:
+        table = Table(box=box.SIMPLE_HEAD, title=_kind_rows_title(report, kind), title_justify="left",
+                      pad_edge=False)
+        for i, header in enumerate(_row_header(kind, report.currency)):
+            table.add_column(header, justify="left" if i == 1 else "right", no_wrap=True,
+                             overflow="fold" if i == 1 else "ellipsis", max_width=40 if i == 1 else None)
+        for row in report.rows[kind]:
+            table.add_row(*_row_values(row), style="dim" if row.name == UNATTRIBUTED else None)
+        console.print(table)
+
+    if report.quotas:
+        quotas = Table(box=box.SIMPLE_HEAD, title="Quotas", title_justify="left", pad_edge=False)
+        for i, header in enumerate(("principal", *_QUOTA_HEADER[1:])):
+            quotas.add_column(header, justify="left" if i < 3 else "right", no_wrap=True)
+        for q in report.quotas:
+            values = _quota_values(q, report.currency)
+            style = "bold red" if q.ratio >= 1 else "yellow" if q.ratio >= 0.8 else None
+            quotas.add_row(f"{q.principal} {values[0]}", *values[1:], style=style)
+        console.print(quotas)
+    else:
+        console.print("Quotas: " + ("no principal has a recorded limit." if report.quota_rules
+                                    else "no quota rules loaded."))
+    for note in report.notes:
+        console.print(f"[dim]note: {note}[/dim]")
+
+

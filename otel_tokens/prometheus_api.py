@@ -1,0 +1,99 @@
+"""The one HTTP client for Prometheus (and Prometheus-compatible APIs): instant and range queries,
+metric presence, alert state, reload. Used in the app (the guard's refresh) and by the operations
+tools (report, rules --reload). Standard library only: nothing to install in the app."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+# PrometheusError.kind
+BAD_URL, REFUSED, UNREACHABLE, NOT_PROMETHEUS = "bad_url", "refused", "unreachable", "not_prometheus"
+
+
+class PrometheusError(Exception):
+    """One line that says what failed; `kind` says whose fault (the URL, the query, the network)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def get_json(url: str, timeout: float) -> Any:
+    """GET a JSON document (the guard's state endpoint, Prometheus's /api/v1/alerts)."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.load(response)
+
+
+def _timestamp(t: float) -> str:
+    return f"{t:.3f}"
+
+
+class Prometheus:
+    def __init__(self, url: str, timeout: float = 60.0) -> None:
+        url = url.strip()
+        if "://" not in url:
+            url = "http://" + url
+        if not url.startswith(("http://", "https://")):
+            raise PrometheusError(f"bad Prometheus URL {url!r}: use http://host:port", BAD_URL)
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def get(self, path: str, params: Sequence[tuple[str, str]]) -> Any:
+        target = f"{self.url}{path}?{urllib.parse.urlencode(list(params))}"
+        try:
+            with urllib.request.urlopen(target, timeout=self.timeout) as response:
+                body = response.read()
+        except urllib.error.HTTPError as error:
+            body = error.read()
+            try:
+                detail = json.loads(body).get("error") or error.reason
+            except (ValueError, AttributeError):
+                raise PrometheusError(f"{self.url} is not a Prometheus HTTP API (HTTP {error.code} for {path})",
+                                      NOT_PROMETHEUS) from None
+            raise PrometheusError(f"Prometheus at {self.url} refused {path}: {detail}", REFUSED) from None
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            reason = getattr(error, "reason", error)
+            raise PrometheusError(f"cannot reach Prometheus at {self.url}: {reason}", UNREACHABLE) from None
+        try:
+            payload = json.loads(body)
+            if payload["status"] != "success":
+                raise PrometheusError(f"Prometheus at {self.url} answered {path} with an error: "
+                                      f"{payload.get('error')}", REFUSED)
+            return payload["data"]
+        except (ValueError, KeyError, TypeError):
+            raise PrometheusError(f"{self.url} is not a Prometheus HTTP API (unreadable answer to {path})",
+                                  NOT_PROMETHEUS) from None
+
+    def instant(self, promql: str, at: float) -> list[tuple[dict[str, str], float]]:
+        data = self.get("/api/v1/query", [("query", promql), ("time", _timestamp(at))])
+        if data.get("resultType") != "vector":
+            return []
+        return [(item["metric"], float(item["value"][1])) for item in data["result"]]
+
+    def range(self, promql: str, start: float, end: float, step: float
+              ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+        data = self.get("/api/v1/query_range", [("query", promql), ("start", _timestamp(start)),
+                                                ("end", _timestamp(end)), ("step", _timestamp(step))])
+        return [(item["metric"], [(float(t), float(v)) for t, v in item["values"]]) for item in data["result"]]
+
+    def present(self, metrics: Iterable[str]) -> set[str]:
+        """Which of these metric names Prometheus holds any series of (at any time)."""
+        wanted = list(metrics)
+        matcher = '{__name__=~"' + "|".join(re.escape(m) for m in wanted) + '"}'
+        found = self.get("/api/v1/label/__name__/values", [("match[]", matcher)])
+        return {m for m in wanted if m in set(found or ())}
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """POST /-/reload (Prometheus started with --web.enable-lifecycle): new rule files, no restart."""
+        target = self.url + "/-/reload"
+        try:
+            with urllib.request.urlopen(urllib.request.Request(target, method="POST"), timeout=timeout) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as error:
+            raise PrometheusError(f"POST {target}: {error}", UNREACHABLE) from None

@@ -1,0 +1,55 @@
+"""The package's shape: what runs in the app never imports the operations tools, and every module
+stays small enough to read in one sitting."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import otel_tokens
+
+PACKAGE = pathlib.Path(otel_tokens.__file__).parent
+MAX_LINES = 400
+
+
+def _imported(path: pathlib.Path) -> set[str]:
+    """Absolute names of the modules a file imports (relative imports resolved)."""
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    package = parts[:-1]  # the package a relative import starts from (for __init__.py, its own)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            found.add(module)
+            found.update(f"{module}.{a.name}" for a in node.names)
+    return found
+
+
+def test_runtime_never_imports_operations():
+    runtime = [p for p in PACKAGE.rglob("*.py") if "ops" not in p.relative_to(PACKAGE).parts]
+    assert len(runtime) > 15
+    offenders = {str(p.relative_to(PACKAGE)): sorted(m for m in _imported(p) if m.startswith("otel_tokens.ops"))
+                 for p in runtime}
+    assert {k: v for k, v in offenders.items() if v} == {}
+    ops = [p for p in PACKAGE.rglob("*.py") if "ops" in p.relative_to(PACKAGE).parts]
+    assert any("otel_tokens.recorder" in _imported(p) or "otel_tokens.quotas" in _imported(p) for p in ops)
+
+
+def test_an_instrumented_app_loads_no_operations_module():
+    code = ("import sys, otel_tokens\n"
+            "from otel_tokens import TokenUsageInstrumentor\n"
+            "TokenUsageInstrumentor().instrument()\n"
+            "import openai\n"
+            "print(sorted(m for m in sys.modules if m.startswith('otel_tokens.ops')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_no_module_over_four_hundred_lines():
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
