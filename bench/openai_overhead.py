@@ -189,7 +189,7 @@ def _instrumentor(arm: str) -> Any:
 
 def _drain(instrumentor: Any) -> None:
     """Work ours defers off the call path (queued metric points) is done between blocks, like the spans."""
-    accounting = getattr(getattr(instrumentor, "_recorder", None), "accounting", None)
+    accounting = getattr(getattr(instrumentor, "recorder", None), "accounting", None)
     if accounting is not None and hasattr(accounting, "drain"):
         accounting.drain()
 

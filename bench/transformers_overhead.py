@@ -69,7 +69,7 @@ def main() -> None:
 
     def flush() -> None:
         tracer_provider.force_flush()
-        recorder = getattr(TokenUsageInstrumentor(), "_recorder", None)
+        recorder = getattr(TokenUsageInstrumentor(), "recorder", None)
         if recorder is not None:
             recorder.accounting.drain()
 
@@ -104,7 +104,7 @@ def main() -> None:
         for _ in range(1000):
             stand_in_wrapped()
         start = time.perf_counter()
-        instrumentor._recorder.accounting.drain()
+        instrumentor.recorder.accounting.drain()
         deferred = (time.perf_counter() - start) / 1000
         accounting._DRAIN_THRESHOLD = threshold
 

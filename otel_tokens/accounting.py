@@ -20,11 +20,11 @@ from typing import Any
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from . import names
-from .cardinality import LabelGuard
-from .config import DEFAULT_SERIES_LIMIT, OTHER_VALUE
+from .cardinality import DimensionValueCap, SeriesCap
+from .config import DEFAULT_SERIES_LIMIT
 from .pricing import Cost
 from .record import CallRecord
-from .safety import internal_error, log_once
+from .safety import internal_error
 
 _DRAIN_THRESHOLD = 512  # queued calls before the drain thread is woken
 
@@ -49,13 +49,8 @@ class Accounting:
                  currency: str = "USD") -> None:
         self._dimensions = tuple(dimensions)
         self._currency = currency
-        self.guard = LabelGuard(self._dimensions, cardinality_limit)
-        # The SDK keeps at most `series_limit` label sets per metric and lumps the rest into one
-        # unlabelled overflow series; folding the first dimension (user) before that keeps the
-        # other labels (department, model) right. The reserve leaves room for the folded series.
-        self.series_limit = series_limit
-        self._soft_series_limit = max(1, series_limit - min(100, series_limit // 10))
-        self.series_folded_calls = 0
+        self.labels = DimensionValueCap(self._dimensions, cardinality_limit)
+        self.series = SeriesCap(self._dimensions, series_limit)
         self._usage_keys = _USAGE_KEYS + self._dimensions
         self._request_keys = (*self._usage_keys, names.ERROR_TYPE)
         self._lock = threading.Lock()
@@ -104,9 +99,9 @@ class Accounting:
         input_tokens, output_tokens = record.input_tokens, record.output_tokens
         with self._lock:
             if dims:
-                dims = self.guard.apply(dims)
-                if 2 * len(self._usage) >= self._soft_series_limit or len(self._requests) >= self._soft_series_limit:
-                    dims = self._fit_series(base, record.error_type, dims)
+                dims = self.labels.apply(dims)
+                if self.series.near(len(self._usage), len(self._requests)):
+                    dims = self.series.fit(base, record.error_type, dims, self._usage, self._requests)
             key = base + dims
             entry = self._usage.get(key)
             if entry is None:
@@ -137,23 +132,24 @@ class Accounting:
         self._histogram_attrs[semconv] = attrs
         return attrs
 
-    def _fit_series(self, base: tuple[Any, ...], error_type: str | None, dims: tuple[Any, ...]) -> tuple[Any, ...]:
-        """dims, folded as little as needed so that no metric passes the series limit."""
-        candidates = [dims, (OTHER_VALUE, *dims[1:]), (OTHER_VALUE,) * len(dims)]
-        for i, candidate in enumerate(candidates):
-            limit = self._soft_series_limit if i == 0 else self.series_limit
-            key = base + candidate
-            fits = ((key in self._usage or 2 * len(self._usage) < limit)
-                    and ((*key, error_type) in self._requests or len(self._requests) < limit))
-            if fits or i == len(candidates) - 1:
-                if i:
-                    self.series_folded_calls += 1
-                    log_once("series-limit", "otel-tokens: accounting metrics reached %d label sets (the SDK "
-                             "metric reader's cardinality limit is %d); new %s values are counted as %r. Raise "
-                             "the reader's cardinality limit and series_limit if this is expected.",
-                             self._soft_series_limit, self.series_limit, self._dimensions[0], OTHER_VALUE)
-                return candidate
-        return dims
+    def calls_seen(self) -> tuple[tuple[tuple[str, str], ...], dict[str, int]]:
+        """((provider, request model) called, calls per llm.usage.source): read off the request counters."""
+        models: set[tuple[str, str]] = set()
+        sources: dict[str, int] = {}
+        with self._lock:
+            for key, calls in self._requests.items():
+                models.add((key[1], key[2]))
+                source = key[3] or "none"
+                sources[source] = sources.get(source, 0) + calls
+        return tuple(sorted(models)), sources
+
+    @property
+    def series_limit(self) -> int:
+        return self.series.limit
+
+    @property
+    def series_folded_calls(self) -> int:
+        return self.series.folded_calls
 
     # --- collection path -------------------------------------------------------------------------
     def drain(self) -> None:
@@ -252,8 +248,8 @@ class Accounting:
         self._pending = []
         self._drainer = None
         self._wake = threading.Event()
-        self.guard.reset()
-        self.series_folded_calls = 0
+        self.labels.reset()
+        self.series.folded_calls = 0
 
 
 _INPUT = ((names.GEN_AI_TOKEN_TYPE, names.TOKEN_TYPE_INPUT),)

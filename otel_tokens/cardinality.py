@@ -1,19 +1,42 @@
-"""Caps the distinct values of each attribution dimension that become metric labels.
+"""Keeps the accounting metrics' label sets bounded, in one place.
 
-A flood of distinct users must not blow up the metrics backend: past the cap, new values fold
-into `__other__` (one warning per dimension), so totals stay right. Spans keep the real values.
+Two limits: a cap on the distinct values of each attribution dimension (a flood of users must not
+blow up the metrics backend: past it new values fold into `__other__`, one warning per dimension),
+and the OTel SDK reader's cardinality limit per metric (past it the SDK lumps new label sets into
+one unlabelled overflow series, losing departments; folding the first dimension, the user, before
+that keeps the other labels right). Totals stay right either way; spans keep the real values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .config import OTHER_VALUE
+from .config import DEFAULT_SERIES_LIMIT, OTHER_VALUE
 from .safety import log_once
 
 
-class LabelGuard:
+def sdk_series_limit(meter_provider: Any = None) -> int:
+    """The smallest cardinality limit the SDK's metric readers apply to observable counters.
+
+    Read from SDK internals defensively: any surprise gives the SDK's documented default.
+    """
+    try:
+        from opentelemetry import metrics
+
+        provider = meter_provider or metrics.get_meter_provider()
+        readers = provider._metric_readers
+        from opentelemetry.sdk.metrics._internal.instrument import _ObservableCounter
+
+        limits = [reader._instrument_class_cardinality_limit[_ObservableCounter] for reader in readers]
+        return min(limits) if limits else DEFAULT_SERIES_LIMIT
+    except Exception:
+        return DEFAULT_SERIES_LIMIT
+
+
+class DimensionValueCap:
+    """At most `limit` distinct values per attribution dimension become labels."""
+
     def __init__(self, dimensions: Sequence[str], limit: int) -> None:
         self.dimensions = tuple(dimensions)
         self.limit = limit
@@ -52,3 +75,37 @@ class LabelGuard:
         for seen in self._seen:
             seen.clear()
         self.folded_calls = [0 for _ in self.dimensions]
+
+
+class SeriesCap:
+    """Keeps every accounting metric under the SDK reader's series limit, folding as little as needed:
+    the first dimension (user), then all of them. The reserve leaves room for the folded series."""
+
+    def __init__(self, dimensions: Sequence[str], limit: int = DEFAULT_SERIES_LIMIT) -> None:
+        self.dimensions = tuple(dimensions)
+        self.limit = limit
+        self.soft_limit = max(1, limit - min(100, limit // 10))
+        self.folded_calls = 0
+
+    def near(self, usage_series: int, request_series: int) -> bool:
+        """Whether a new label set may not fit any more (two token types per usage entry)."""
+        return 2 * usage_series >= self.soft_limit or request_series >= self.soft_limit
+
+    def fit(self, base: tuple[Any, ...], error_type: str | None, dims: tuple[Any, ...],
+            usage: Mapping[tuple[Any, ...], Any], requests: Mapping[tuple[Any, ...], Any]) -> tuple[Any, ...]:
+        """dims, folded as little as needed; callers hold the accounting lock."""
+        candidates = [dims, (OTHER_VALUE, *dims[1:]), (OTHER_VALUE,) * len(dims)]
+        for i, candidate in enumerate(candidates):
+            limit = self.soft_limit if i == 0 else self.limit
+            key = base + candidate
+            fits = ((key in usage or 2 * len(usage) < limit)
+                    and ((*key, error_type) in requests or len(requests) < limit))
+            if fits or i == len(candidates) - 1:
+                if i:
+                    self.folded_calls += 1
+                    log_once("series-limit", "otel-tokens: accounting metrics reached %d label sets (the SDK "
+                             "metric reader's cardinality limit is %d); new %s values are counted as %r. Raise "
+                             "the reader's cardinality limit and series_limit if this is expected.",
+                             self.soft_limit, self.limit, self.dimensions[0], OTHER_VALUE)
+                return candidate
+        return dims

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import names
+from . import names, quota_scopes
 from .guard import GuardRule, GuardSettings
 from .safety import logger
 
@@ -159,6 +159,10 @@ def _name(value: Any) -> str:
     return value.strip()
 
 
+def _either(choices: Any) -> str:
+    return " or ".join(choices)
+
+
 def _guard(value: Any) -> GuardSettings:
     if not isinstance(value, Mapping):
         raise ValueError("is not a mapping (enabled, source, poll_interval, fail_closed, rules)")
@@ -170,16 +174,16 @@ def _guard(value: Any) -> GuardSettings:
         where = f"rules[{i}]"
         if not isinstance(raw, Mapping) or set(raw) - {"quota", "action", "level", "downgrade"}:
             raise ValueError(f"has {where} that is not a mapping of quota, action, level, downgrade")
-        if raw.get("quota") not in ("user", "department"):
-            raise ValueError(f"has {where}.quota {raw.get('quota')!r}, not user or department")
-        if raw.get("action") not in ("reject", "downgrade"):
-            raise ValueError(f"has {where}.action {raw.get('action')!r}, not reject or downgrade")
-        if raw.get("level", "critical") not in ("critical", "warning"):
+        if raw.get("quota") not in quota_scopes.BY_NAME:
+            raise ValueError(f"has {where}.quota {raw.get('quota')!r}, not {_either(quota_scopes.BY_NAME)}")
+        if raw.get("action") not in quota_scopes.RULE_ACTIONS:
+            raise ValueError(f"has {where}.action {raw.get('action')!r}, not {_either(quota_scopes.RULE_ACTIONS)}")
+        if raw.get("level", quota_scopes.CRITICAL) not in quota_scopes.SEVERITY_RANK:
             raise ValueError(f"has {where}.level {raw.get('level')!r}, not critical or warning")
         downgrade = raw.get("downgrade") or {}
-        if raw["action"] == "downgrade" and (not isinstance(downgrade, Mapping) or not downgrade):
+        if raw["action"] == quota_scopes.DOWNGRADE and (not isinstance(downgrade, Mapping) or not downgrade):
             raise ValueError(f"has {where}.downgrade that is not a mapping of model glob to cheaper model")
-        rules.append(GuardRule(raw["quota"], raw["action"], raw.get("level", "critical"),
+        rules.append(GuardRule(raw["quota"], raw["action"], raw.get("level", quota_scopes.CRITICAL),
                                tuple((str(k), str(v)) for k, v in downgrade.items())))
     enabled = _bool(value.get("enabled", True))
     source = value.get("source")

@@ -17,13 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import names
+from . import quota_scopes
 from .prometheus_api import get_json
 from .safety import log_once, logger
 
-_SEVERITY = {"warning": 1, "critical": 2}
-_PRINCIPAL_LABEL = {"user": "user_id", "department": "department"}
-_ATTRIBUTION_KEY = {"user": names.USER_ID, "department": names.DEPARTMENT}
+_SEVERITY = quota_scopes.SEVERITY_RANK
 
 
 class QuotaExceededError(Exception):
@@ -51,9 +49,9 @@ class QuotaStateUnavailableError(QuotaExceededError):
 
 @dataclass(frozen=True)
 class GuardRule:
-    quota: str  # "user" (daily) | "department" (monthly)
-    action: str  # "reject" | "downgrade"
-    level: str = "critical"  # act at "critical" only, or at "warning" too
+    quota: str  # a quota_scopes scope name: "user" (daily) | "department" (monthly)
+    action: str  # one of quota_scopes.RULE_ACTIONS
+    level: str = quota_scopes.CRITICAL  # act at critical only, or at warning too
     downgrade: tuple[tuple[str, str], ...] = ()  # (source model glob, cheaper model)
 
 
@@ -68,7 +66,7 @@ class GuardSettings:
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # "reject" | "downgrade" | "fail_open"
+    action: str  # one of quota_scopes.ACTIONS
     kind: str = ""
     principal: str = ""
     entry: Mapping[str, Any] = field(default_factory=dict)
@@ -92,11 +90,12 @@ class GuardState:
         with self._lock:
             for alert in payload.get("alerts", []):
                 labels = alert.get("labels", {})
-                kind_window = names.QUOTA_ALERTNAMES.get(labels.get("alertname", ""))
-                if kind_window is None:
+                scope_kind = quota_scopes.ALERTS.get(labels.get("alertname", ""))
+                if scope_kind is None:
                     continue
-                kind, window = kind_window
-                principal = labels.get(_PRINCIPAL_LABEL[kind])
+                scope = scope_kind[0]
+                kind, window = scope.name, scope.window
+                principal = labels.get(scope.label)
                 severity = labels.get("severity", "")
                 if not principal or severity not in _SEVERITY:
                     continue
@@ -111,10 +110,10 @@ class GuardState:
 
     def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
         """{"users": {name: worst firing entry}, "departments": {...}}"""
-        out: dict[str, dict[str, dict[str, Any]]] = {"users": {}, "departments": {}}
+        out: dict[str, dict[str, dict[str, Any]]] = {scope.section: {} for scope in quota_scopes.SCOPES}
         with self._lock:
             for (kind, principal, _, severity), entry in self._firing.items():
-                scope = out["users" if kind == "user" else "departments"]
+                scope = out[quota_scopes.BY_NAME[kind].section]
                 current = scope.get(principal)
                 if current is None or _SEVERITY[severity] > _SEVERITY[current["severity"]]:
                     scope[principal] = entry
@@ -161,8 +160,8 @@ class Guard:
         try:
             body = get_json(source, timeout=max(1.0, self.settings.poll_interval))
             state = _from_prometheus_alerts(body) if "/api/v1/alerts" in source else body
-            self._users = dict(state.get("users", {}))
-            self._departments = dict(state.get("departments", {}))
+            self._users = dict(state.get(quota_scopes.USER.section, {}))
+            self._departments = dict(state.get(quota_scopes.DEPARTMENT.section, {}))
             if not self.healthy:
                 logger.warning("otel-tokens: quota state from %s is reachable again", source)
             self.healthy = True
@@ -177,19 +176,20 @@ class Guard:
     def decide(self, model: str | None, attribution: Mapping[str, str]) -> Decision | None:
         """None (the common case: allowed), or what to do with this call."""
         if not self.healthy:
-            return Decision("fail_closed" if self.settings.fail_closed else "fail_open")
+            return Decision(quota_scopes.FAIL_CLOSED if self.settings.fail_closed else quota_scopes.FAIL_OPEN)
         users, departments = self._users, self._departments
         if not users and not departments:
             return None
         for rule in self.settings.rules:
-            scope = users if rule.quota == "user" else departments
-            principal = attribution.get(_ATTRIBUTION_KEY[rule.quota])
-            entry = scope.get(principal) if principal else None
+            scope = quota_scopes.BY_NAME[rule.quota]
+            over = users if scope is quota_scopes.USER else departments
+            principal = attribution.get(scope.attribute)
+            entry = over.get(principal) if principal else None
             if entry is None or _SEVERITY.get(entry.get("severity", ""), 0) < _SEVERITY[rule.level]:
                 continue
-            if rule.action == "reject":
-                return Decision("reject", rule.quota, principal, entry)  # type: ignore[arg-type]
+            if rule.action == quota_scopes.REJECT:
+                return Decision(quota_scopes.REJECT, rule.quota, principal, entry)  # type: ignore[arg-type]
             target = next((cheap for glob, cheap in rule.downgrade if model and fnmatch.fnmatch(model, glob)), None)
             if target is not None and target != model:
-                return Decision("downgrade", rule.quota, principal, entry, target)  # type: ignore[arg-type]
+                return Decision(quota_scopes.DOWNGRADE, rule.quota, principal, entry, target)  # type: ignore[arg-type]
         return None

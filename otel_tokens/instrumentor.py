@@ -12,7 +12,8 @@ from opentelemetry.instrumentation.dependencies import DependencyConflict, get_d
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from . import names
-from .config import DEFAULT_SERIES_LIMIT, load_settings
+from .cardinality import sdk_series_limit
+from .config import load_settings
 from .integrations import openai as openai_integration
 from .integrations import transformers as transformers_integration
 from .recorder import Recorder
@@ -20,26 +21,10 @@ from .threads import instrument_threads, uninstrument_threads
 from .version import __version__
 
 # (integration module, import name); each instruments its library only when it is installed.
-_INTEGRATIONS = ((transformers_integration, "transformers"), (openai_integration, "openai"))
+INTEGRATIONS = ((transformers_integration, "transformers"), (openai_integration, "openai"))
 
 # Any one of these suffices (the `instruments-any` extra in pyproject.toml says the same).
-INSTRUMENTS_ANY: tuple[str, ...] = tuple(module.REQUIREMENT for module, _ in _INTEGRATIONS)
-
-
-def sdk_series_limit(meter_provider: Any = None) -> int:
-    """The smallest cardinality limit the SDK's metric readers apply to observable counters.
-
-    Read from SDK internals defensively: any surprise gives the SDK's documented default.
-    """
-    try:
-        provider = meter_provider or metrics.get_meter_provider()
-        readers = provider._metric_readers
-        from opentelemetry.sdk.metrics._internal.instrument import _ObservableCounter
-
-        limits = [reader._instrument_class_cardinality_limit[_ObservableCounter] for reader in readers]
-        return min(limits) if limits else DEFAULT_SERIES_LIMIT
-    except Exception:
-        return DEFAULT_SERIES_LIMIT
+INSTRUMENTS_ANY: tuple[str, ...] = tuple(module.REQUIREMENT for module, _ in INTEGRATIONS)
 
 
 class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -47,6 +32,11 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     _recorder: Recorder | None = None
     _active: list[Any] = []  # noqa: RUF012 - replaced, never mutated in place
+
+    @property
+    def recorder(self) -> Recorder | None:
+        """The recorder in force while instrumented (its settings, prices, `stats()`), else None."""
+        return self._recorder if self.is_instrumented_by_opentelemetry else None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return INSTRUMENTS_ANY
@@ -57,9 +47,9 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _instrument(self, **kwargs: Any) -> None:
         tracer = trace.get_tracer(names.INSTRUMENTATION_SCOPE, __version__,
-                                  tracer_provider=kwargs.get("tracer_provider"))
+                                  tracer_provider=kwargs.get("tracer_provider"), schema_url=names.SCHEMA_URL)
         meter = metrics.get_meter(names.INSTRUMENTATION_SCOPE, __version__,
-                                  meter_provider=kwargs.get("meter_provider"))
+                                  meter_provider=kwargs.get("meter_provider"), schema_url=names.SCHEMA_URL)
         settings = kwargs.get("settings") or load_settings()
         if settings.series_limit is None:
             settings = replace(settings, series_limit=sdk_series_limit(kwargs.get("meter_provider")))
@@ -67,7 +57,7 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         recorder.guard.start()
         self._recorder = recorder
         self._active = []
-        for module, import_name in _INTEGRATIONS:
+        for module, import_name in INTEGRATIONS:
             if find_spec(import_name) is not None:
                 module.instrument(recorder)
                 self._active.append(module)

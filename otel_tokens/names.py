@@ -1,12 +1,14 @@
 """Every telemetry name the package emits, in one place.
 
 Prometheus rules, Grafana dashboards and tests import these instead of repeating strings, so a
-future semantic-conventions rename (see ../shared/DESIGN.md) is a one-module change.
+future semantic-conventions rename (the README's "Telemetry names" lists them) is a one-module change.
 """
 
 from __future__ import annotations
 
 INSTRUMENTATION_SCOPE = "otel_tokens"
+# The semantic conventions these names follow (GenAI, as released in v1.41), on the tracer and meter.
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.41.0"
 
 # --- span / metric attributes (OTel GenAI semconv v1.41) ---------------------------------------
 GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
@@ -105,13 +107,11 @@ PROM_OPERATION_DURATION = prometheus_name(METRIC_OPERATION_DURATION, UNIT_SECOND
 PROM_TIME_TO_FIRST_CHUNK = prometheus_name(METRIC_TIME_TO_FIRST_CHUNK, UNIT_SECONDS)
 
 # --- quota enforcement (the guard) ---------------------------------------------------------------
-LLM_QUOTA_ACTION = "llm.quota.action"  # span attribute: allow_unverified | reject | downgrade
+LLM_QUOTA_ACTION = "llm.quota.action"  # span attribute: one of quota_scopes.ACTIONS
 LLM_QUOTA_ORIGINAL_MODEL = "llm.quota.original_model"
 METRIC_GUARD_DECISIONS = "llm.guard.decisions"  # Counter {decision}: non-allow decisions and fail-open
 UNIT_DECISION = "{decision}"
-GUARD_DECISION = "decision"  # llm.guard.decisions attribute: reject | downgrade | fail_open | fail_closed
-GUARD_QUOTA = "quota"  # llm.guard.decisions attribute: user | department | none
+GUARD_DECISION = "decision"  # llm.guard.decisions attribute: one of quota_scopes.ACTIONS
+GUARD_QUOTA = "quota"  # llm.guard.decisions attribute: a quota_scopes scope name, or none
 PROM_GUARD_DECISIONS = prometheus_name(METRIC_GUARD_DECISIONS, UNIT_DECISION, monotonic_counter=True)
-QUOTA_ALERTNAMES = {"LLMUserTokenQuota": ("user", "24h"), "LLMUserCostQuota": ("user", "24h"),
-                    "LLMDepartmentTokenBudget": ("department", "month"),
-                    "LLMDepartmentCostBudget": ("department", "month")}
+# The quota vocabulary (scopes, kinds, alert names, actions) is in quota_scopes.py.

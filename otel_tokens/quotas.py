@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, read_yaml
+from .quota_scopes import DEPARTMENT, KINDS, USER, QuotaScope
 
-KINDS = ("tokens", "cost")
 _PRINCIPAL = re.compile(r"^[^\"\\\n]+$")  # ends up inside PromQL label values and YAML strings
 
 
@@ -41,8 +41,8 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class Scope:
-    """The quotas of one principal kind (users or departments)."""
+class ScopeLimits:
+    """The limits of one quota scope (users or departments)."""
 
     default: Limits = field(default_factory=Limits)
     overrides: Mapping[str, Limits] = field(default_factory=dict)
@@ -56,9 +56,12 @@ class Scope:
 @dataclass(frozen=True)
 class Quotas:
     warning_ratio: float = 0.8
-    users: Scope = field(default_factory=Scope)
-    departments: Scope = field(default_factory=Scope)
+    users: ScopeLimits = field(default_factory=ScopeLimits)
+    departments: ScopeLimits = field(default_factory=ScopeLimits)
     source: str = "(inline)"
+
+    def limits(self, scope: QuotaScope) -> ScopeLimits:
+        return self.users if scope is USER else self.departments
 
 
 def _limits(raw: Any, source: str, where: str) -> Limits:
@@ -81,9 +84,9 @@ def _limits(raw: Any, source: str, where: str) -> Limits:
     return Limits(**values)
 
 
-def _scope(raw: Any, source: str, where: str) -> Scope:
+def _scope(raw: Any, source: str, where: str) -> ScopeLimits:
     if raw is None:
-        return Scope()
+        return ScopeLimits()
     if not isinstance(raw, Mapping):
         raise ConfigError(source, where, raw, "is not a mapping with `default` and/or `overrides`")
     unknown = set(raw) - {"default", "overrides"}
@@ -99,21 +102,22 @@ def _scope(raw: Any, source: str, where: str) -> Scope:
         if not isinstance(name, str) or not _PRINCIPAL.match(name):
             raise ConfigError(source, f"{where}.overrides", name, "is not a valid name (no quotes or backslashes)")
         overrides[name] = _limits(limits, source, f"{where}.overrides.{name}")
-    return Scope(default, overrides)
+    return ScopeLimits(default, overrides)
 
 
 def parse_quotas(data: Any, source: str) -> Quotas:
     if not isinstance(data, Mapping):
         raise ConfigError(source, "(top level)", type(data).__name__, "is not a mapping")
-    unknown = set(data) - {"warning_ratio", "users", "departments"}
+    known = ("warning_ratio", USER.section, DEPARTMENT.section)
+    unknown = set(data) - set(known)
     if unknown:
         key = sorted(map(str, unknown))[0]
-        raise ConfigError(source, str(key), data[key], "is not a known field (warning_ratio, users, departments)")
+        raise ConfigError(source, str(key), data[key], f"is not a known field ({', '.join(known)})")
     ratio = data.get("warning_ratio", 0.8)
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
         raise ConfigError(source, "warning_ratio", ratio, "is not a number between 0 and 1 (exclusive)")
-    quotas = Quotas(float(ratio), _scope(data.get("users"), source, "users"),
-                    _scope(data.get("departments"), source, "departments"), source)
+    quotas = Quotas(float(ratio), _scope(data.get(USER.section), source, USER.section),
+                    _scope(data.get(DEPARTMENT.section), source, DEPARTMENT.section), source)
     if not quotas.users.kinds() and not quotas.departments.kinds():
         raise ConfigError(source, "(top level)", dict(data), "sets no limit for users or departments")
     return quotas

@@ -26,7 +26,7 @@ class CallRecord:
     server_address: str | None = None
     server_port: int | None = None
     streaming: bool = False
-    quota_action: str | None = None  # what the guard did: reject, downgrade, fail_open
+    quota_action: str | None = None  # what the guard did: one of quota_scopes.ACTIONS
     original_model: str | None = None  # the model asked for, when the guard downgraded it
     # content, filled only when capture is enabled: semconv message lists, serialized by the recorder
     input_messages: list[dict[str, Any]] | None = None

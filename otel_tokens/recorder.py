@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -18,7 +19,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import Meter
 from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode, Tracer
 
-from . import names
+from . import names, quota_scopes
 from .accounting import Accounting
 from .attribution import current_attribution
 from .config import DEFAULT_SERIES_LIMIT, Settings
@@ -83,6 +84,16 @@ class Call:
             self._recorder.finish(self, error=exc)
 
 
+@dataclass(frozen=True)
+class RecorderStats:
+    models: tuple[tuple[str, str], ...]  # (provider, request model) called
+    calls_by_source: Mapping[str, int]  # llm.usage.source ("none": no count) -> calls
+    folded: Mapping[str, int]  # attribution dimension -> calls whose value was folded into __other__
+    cardinality_limit: int  # distinct values per dimension before folding
+    series_folded_calls: int  # calls folded to stay under the SDK reader's series limit
+    unpriced: tuple[tuple[str, str], ...]  # (provider, model) called without a price
+
+
 class Recorder:
     def __init__(self, tracer: Tracer, meter: Meter, settings: Settings | None = None) -> None:
         settings = settings or Settings()
@@ -97,8 +108,6 @@ class Recorder:
         self._decisions = meter.create_counter(
             names.METRIC_GUARD_DECISIONS, unit=names.UNIT_DECISION,
             description="Quota guard decisions other than allow: reject, downgrade, fail_open, fail_closed.")
-        self.sources_seen: dict[str, int] = {}  # llm.usage.source -> calls, for doctor
-        self.models_seen: set[tuple[str, str]] = set()
 
     # --- the call lifecycle ------------------------------------------------------------------------
     def begin(self, operation: str, provider: str, model: str, kind: SpanKind = SpanKind.CLIENT, *,
@@ -118,9 +127,9 @@ class Recorder:
                 decision = self._decide(model if downgradable else None, attribution)
             request_model = model
             if decision is not None:
-                if decision.action in ("reject", "fail_closed"):
+                if decision.action in quota_scopes.REFUSALS:
                     refusal = (QuotaStateUnavailableError(self.guard.settings.source)
-                               if decision.action == "fail_closed" else decision.error())
+                               if decision.action == quota_scopes.FAIL_CLOSED else decision.error())
                 elif decision.model is not None:
                     request_model = decision.model
             call = self._start(operation, provider, request_model, kind, server_address, server_port, streaming,
@@ -216,16 +225,18 @@ class Recorder:
 
     def _cost(self, record: CallRecord) -> Cost | None:
         model = record.response_model or record.request_model
-        key = (record.provider, model)
-        if key not in self.models_seen:
-            self.models_seen.add(key)
-        source = record.usage_source or "none"
-        self.sources_seen[source] = self.sources_seen.get(source, 0) + 1
         prices = self.prices
         if record.response_model and prices.lookup(record.provider, model) is None:
             model = record.request_model  # a dated snapshot may lack a price its alias has
         return prices.cost(record.provider, model, record.input_tokens, record.output_tokens,
                            record.cache_read_input_tokens)
+
+    def stats(self) -> RecorderStats:
+        """What this process has recorded so far, for `doctor` and health checks."""
+        accounting = self.accounting
+        models, sources = accounting.calls_seen()
+        return RecorderStats(models, sources, accounting.labels.folded(), accounting.labels.limit,
+                             accounting.series_folded_calls, tuple(sorted(self.prices.unpriced)))
 
     def close(self) -> None:
         self.guard.stop()

@@ -96,7 +96,7 @@ def test_series_limit_follows_the_sdk_reader_and_keeps_departments_right():
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
                             settings=Settings(builtin_prices=False))
     try:
-        recorder = instrumentor._recorder
+        recorder = instrumentor.recorder
         assert recorder.accounting.series_limit == 200  # read from the reader
         total = _calls(300, 3)
     finally:
@@ -113,7 +113,7 @@ def test_series_limit_follows_the_sdk_reader_and_keeps_departments_right():
 
 
 def test_sdk_reader_limit_is_detected():
-    from otel_tokens.instrumentor import sdk_series_limit
+    from otel_tokens.cardinality import sdk_series_limit
 
     _, _, default_provider = make_telemetry()
     _, _, raised_provider = make_telemetry(series_limit=50_000)

@@ -78,7 +78,7 @@ def _instrument_with_guard(server) -> tuple[GuardState, TokenUsageInstrumentor, 
     instrumentor = TokenUsageInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
                             settings=Settings(guard=GuardSettings(True, url, 0.05, False, RULES)))
-    return server.state, instrumentor, instrumentor._recorder.guard, tel
+    return server.state, instrumentor, instrumentor.recorder.guard, tel
 
 
 def test_guard_in_calls_reject_downgrade_and_fail_open(guard_server):

@@ -130,3 +130,15 @@ def test_disabled_instrumentations_variable_turns_it_off():
 def test_importing_the_package_imports_no_client_library(module):
     code = f"import sys, otel_tokens; otel_tokens.TokenUsageInstrumentor; assert {module!r} not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_spans_and_metrics_name_the_semconv_schema(telemetry):
+    from otel_tokens.recorder import Recorder
+
+    recorder = TokenUsageInstrumentor().recorder
+    assert isinstance(recorder, Recorder)
+    recorder.finish(recorder.begin(names.OPERATION_CHAT, "openai", "m"))
+    assert telemetry.span().instrumentation_scope.schema_url == names.SCHEMA_URL == (
+        "https://opentelemetry.io/schemas/1.41.0")
+    scopes = [sm.scope for rm in telemetry.reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics]
+    assert {s.schema_url for s in scopes if s.name == names.INSTRUMENTATION_SCOPE} == {names.SCHEMA_URL}

@@ -432,7 +432,7 @@ def test_fast_w3c_headers_equal_the_sdk_propagators(instrument):
     from opentelemetry import baggage, context, propagate
 
     instrument()
-    recorder = TokenUsageInstrumentor()._recorder
+    recorder = TokenUsageInstrumentor().recorder
     token = context.attach(baggage.set_baggage("tenant", "a b,c=d;é"))
     try:
         with usage_context(user_id="ünïcode user", department="R&D", session_id="s 1"):

@@ -92,7 +92,7 @@ def instrumented(tracer_provider: TracerProvider, meter_provider: MeterProvider,
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
                             settings=Settings(**fields))
     try:
-        recorder = instrumentor._recorder
+        recorder = instrumentor.recorder
         assert recorder is not None
         yield recorder
     finally:

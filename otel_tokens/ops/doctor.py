@@ -40,14 +40,13 @@ def _installed(package: str) -> str | None:
 def _active_recorder() -> Recorder | None:
     from ..instrumentor import TokenUsageInstrumentor
 
-    instrumentor = TokenUsageInstrumentor()
-    return instrumentor._recorder if instrumentor.is_instrumented_by_opentelemetry else None
+    return TokenUsageInstrumentor().recorder
 
 
 def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
            settings: Settings | None = None, recorder: Recorder | None = None) -> str:
     """The doctor's report as text; uses the live recorder of this process when there is one."""
-    from ..instrumentor import _INTEGRATIONS
+    from ..instrumentor import INTEGRATIONS
 
     recorder = recorder or _active_recorder()
     settings = recorder.settings if recorder else (settings or load_settings())
@@ -57,7 +56,7 @@ def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
     lines = [f"otel-tokens {__version__}", ""]
 
     lines.append("Instrumentation")
-    for module, import_name in _INTEGRATIONS:
+    for module, import_name in INTEGRATIONS:
         installed = _installed(import_name)
         if installed is None:
             state = "not installed: not instrumented"
@@ -86,8 +85,9 @@ def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
     warnings.extend(prices.errors)
     lines.append("")
 
+    stats = recorder.stats() if recorder else None
     named = [(provider, m) for m in models]
-    seen = sorted(recorder.models_seen) if recorder else []
+    seen = list(stats.models) if stats else []
     lines.append("Models (price per million tokens)")
     if not named and not seen:
         lines.append("  (none named or seen; name some with --model)")
@@ -113,16 +113,19 @@ def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
         if rate is None:
             warnings.append(f"no exchange rate from {price.currency} to {settings.currency}")
 
-    if recorder is not None:
-        estimated = recorder.sources_seen.get(names.SOURCE_ESTIMATED, 0)
-        total = sum(recorder.sources_seen.values())
+    if stats is not None:
+        estimated = stats.calls_by_source.get(names.SOURCE_ESTIMATED, 0)
+        total = sum(stats.calls_by_source.values())
         if estimated:
             warnings.append(f"{estimated} of {total} calls had estimated token counts (no tokenizer)")
-        for dimension, folded in recorder.accounting.guard.folded().items():
+        for dimension, folded in stats.folded.items():
             if folded:
                 warnings.append(f"{folded} calls had their {dimension} folded into '__other__' "
-                                f"(over {recorder.accounting.guard.limit} distinct values)")
-        for prov, model in sorted(recorder.prices.unpriced):
+                                f"(over {stats.cardinality_limit} distinct values)")
+        if stats.series_folded_calls:
+            warnings.append(f"{stats.series_folded_calls} calls were folded to stay under the metric reader's "
+                            "series limit (raise its cardinality limit and series_limit)")
+        for prov, model in stats.unpriced:
             warnings.append(f"model {model!r} ({prov}) was called and has no price")
     lines.append("")
     lines.append("Warnings" if warnings else "No warnings")

@@ -15,7 +15,6 @@ FORMATS = ("table", "markdown", "json", "csv")
 USAGE_ERROR, DATA_ERROR, CONNECTION_ERROR = 2, 1, 3
 
 TOKENS, COST, REQUESTS = names.PROM_LLM_TOKEN_USAGE, names.PROM_LLM_COST, names.PROM_LLM_REQUESTS
-_COUNTER = {"tokens": TOKENS, "cost": COST}
 USER = names.prometheus_label(names.USER_ID)
 DEPARTMENT = names.prometheus_label(names.DEPARTMENT)
 MODEL = names.prometheus_label(names.GEN_AI_REQUEST_MODEL)
@@ -25,8 +24,6 @@ OPERATION = names.prometheus_label(names.GEN_AI_OPERATION_NAME)
 ERROR = names.prometheus_label(names.ERROR_TYPE)
 CURRENCY = names.prometheus_label(names.CURRENCY)
 DIMENSIONS = {"user": USER, "department": DEPARTMENT, "model": MODEL}
-PRINCIPALS = {"user": USER, "department": DEPARTMENT}  # quota principals, as in otel_tokens.rules
-USER_QUOTA_WINDOW = "24h"  # users: rolling 24 h; departments: calendar month (UTC), see otel_tokens.rules
 UNATTRIBUTED = "(unattributed)"  # usage whose series carries no value for the dimension
 MAX_BUCKETS = 96  # points of the --png timeline
 
@@ -125,7 +122,7 @@ class Row:
 
 @dataclass
 class QuotaRow:
-    principal: str  # user | department
+    principal: str  # a quota scope name: user | department
     name: str
     quota: str  # tokens | cost
     window: str  # 24h | month

@@ -8,12 +8,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
-from ... import names
+from ... import names, quota_scopes
 from ...prometheus_api import Prometheus
-from ...quotas import KINDS
+from ...quota_scopes import KINDS
 from ..rules import series, usage_over
 from .model import (
-    _COUNTER,
     COST,
     CURRENCY,
     DATA_ERROR,
@@ -21,14 +20,12 @@ from .model import (
     ERROR,
     MAX_BUCKETS,
     OPERATION,
-    PRINCIPALS,
     REQUESTS,
     SOURCE,
     TOKEN_TYPE,
     TOKENS,
     UNATTRIBUTED,
     USER,
-    USER_QUOTA_WINDOW,
     QuotaRow,
     Report,
     ReportError,
@@ -166,40 +163,40 @@ def _quotas(prom: Prometheus, at: float) -> tuple[bool, list[QuotaRow]]:
     of the calendar month (UTC). The rules' own month-to-date is built from hourly buckets and lags
     by up to an hour, which suits an alert, not a report read at a given time.
     """
-    wanted = {series(p, k, what): (p, k, what) for p in PRINCIPALS for k in KINDS
+    wanted = {series(scope.name, k, what): (scope, k, what) for scope in quota_scopes.SCOPES for k in KINDS
               for what in ("limit_override", "limit_default")}
     matcher = '{__name__=~"' + "|".join(re.escape(n) for n in wanted) + '"}'
     overrides: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     defaults: dict[tuple[str, str], float] = {}
     for metric, value in prom.instant(matcher, at):
-        principal, kind, what = wanted[metric.get("__name__", "")]
+        scope, kind, what = wanted[metric.get("__name__", "")]
         if what == "limit_default":
-            defaults[principal, kind] = value
-        elif metric.get(PRINCIPALS[principal]):
-            overrides[principal, kind][metric[PRINCIPALS[principal]]] = value
+            defaults[scope.name, kind] = value
+        elif metric.get(scope.label):
+            overrides[scope.name, kind][metric[scope.label]] = value
     if not overrides and not defaults:
         return False, []
-    windows = {"user": (USER_QUOTA_WINDOW, USER_QUOTA_WINDOW),
-               "department": ("month", promql_duration(max(0.001, at - _month_start(at))))}
     rows: list[QuotaRow] = []
-    for principal, label in PRINCIPALS.items():
+    for scope in quota_scopes.SCOPES:
+        principal, label = scope.name, scope.label
+        window = scope.window if scope.rolling else promql_duration(max(0.001, at - _month_start(at)))
         for kind in KINDS:
             limits = overrides.get((principal, kind), {})
             default = defaults.get((principal, kind))
             if not limits and default is None:
                 continue
-            shown, window = windows[principal]
             usage = {metric.get(label, ""): value
-                     for metric, value in prom.instant(usage_over(_COUNTER[kind], label, window), at)}
+                     for metric, value in prom.instant(usage_over(quota_scopes.COUNTERS[kind], label, window), at)}
             who = set(limits) | ({n for n, v in usage.items() if v > 0} if default is not None else set())
             for name in who:
                 limit = limits.get(name, default)
                 if limit:
                     value = usage.get(name, 0.0)
-                    rows.append(QuotaRow(principal, name, kind, shown,
-                                         _int(value) if kind == "tokens" else _cost(value),
-                                         _int(limit) if kind == "tokens" and limit == int(limit) else limit))
-    rows.sort(key=lambda q: (q.principal != "user", KINDS.index(q.quota), -q.ratio, q.name))
+                    rows.append(QuotaRow(principal, name, kind, scope.window,
+                                         _int(value) if kind == quota_scopes.TOKENS else _cost(value),
+                                         _int(limit) if kind == quota_scopes.TOKENS and limit == int(limit) else limit))
+    order = [scope.name for scope in quota_scopes.SCOPES]
+    rows.sort(key=lambda q: (order.index(q.principal), KINDS.index(q.quota), -q.ratio, q.name))
     return True, rows
 
 

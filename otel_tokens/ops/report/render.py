@@ -11,11 +11,10 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, TextIO
 
+from ... import quota_scopes
 from .model import (
     DIMENSIONS,
-    PRINCIPALS,
     UNATTRIBUTED,
-    USER_QUOTA_WINDOW,
     QuotaRow,
     Report,
     Row,
@@ -111,7 +110,7 @@ def _row_header(kind: str, currency: str | None) -> tuple[str, ...]:
 def _quota_values(q: QuotaRow, currency: str | None) -> tuple[str, ...]:
     fmt = _tokens if q.quota == "tokens" else format_money
     quota = "tokens" if q.quota == "tokens" else f"cost ({currency})" if currency else "cost"
-    return (q.name, quota, "rolling 24 h" if q.window == USER_QUOTA_WINDOW else "month to date (UTC)",
+    return (q.name, quota, "rolling 24 h" if quota_scopes.BY_NAME[q.principal].rolling else "month to date (UTC)",
             fmt(q.usage), fmt(q.limit), f"{q.percent:.1f} %")
 
 
@@ -140,7 +139,7 @@ def to_markdown(report: Report) -> str:
     out += ["", "## Quotas", ""]
     if not report.quotas:
         out.append("No principal has a recorded limit." if report.quota_rules else "No quota rules loaded.")
-    for principal in PRINCIPALS:
+    for principal in (scope.name for scope in quota_scopes.SCOPES):
         rows = [q for q in report.quotas if q.principal == principal]
         if rows:
             out += [f"### {principal.capitalize()}s", ""]

@@ -1,0 +1,57 @@
+"""The quota vocabulary, defined once: who can be over quota (scopes: users over a rolling 24 h,
+departments per calendar month, UTC), in which kinds, under which alert names and severities, and
+what a guard can do about it. The rule renderer, the report, the guard and the config iterate over
+these instead of spelling them again."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from . import names
+
+TOKENS, COST = "tokens", "cost"
+KINDS = (TOKENS, COST)  # what a limit counts; the `quota` label of the alerts
+COUNTERS: Mapping[str, str] = {TOKENS: names.PROM_LLM_TOKEN_USAGE, COST: names.PROM_LLM_COST}
+
+WARNING, CRITICAL = "warning", "critical"
+SEVERITY_RANK: Mapping[str, int] = {WARNING: 1, CRITICAL: 2}
+
+# What the guard did with a call: the `llm.quota.action` span attribute and the `decision` label
+# of llm.guard.decisions (allowed calls are neither).
+REJECT, DOWNGRADE, FAIL_OPEN, FAIL_CLOSED = "reject", "downgrade", "fail_open", "fail_closed"
+ACTIONS = (REJECT, DOWNGRADE, FAIL_OPEN, FAIL_CLOSED)
+RULE_ACTIONS = (REJECT, DOWNGRADE)  # what a guard rule in the config may ask for
+REFUSALS = (REJECT, FAIL_CLOSED)  # the actions that refuse the call
+
+
+@dataclass(frozen=True)
+class QuotaScope:
+    name: str  # "user": a guard rule's `quota:`, the `quota` label of llm.guard.decisions
+    section: str  # "users": the quota file's key, the guard state's key
+    attribute: str  # who it is on a call: names.USER_ID
+    window: str  # the alerts' `window` label: "24h" (rolling) or "month" (calendar, UTC)
+    alerts: Mapping[str, str]  # kind -> alertname
+    titles: Mapping[str, str]  # kind -> what the alert text calls the limit
+
+    @property
+    def label(self) -> str:
+        """The Prometheus label that carries the principal: user_id, department."""
+        return names.prometheus_label(self.attribute)
+
+    @property
+    def rolling(self) -> bool:
+        return self.window != "month"
+
+
+USER = QuotaScope("user", "users", names.USER_ID, "24h",
+                  {TOKENS: "LLMUserTokenQuota", COST: "LLMUserCostQuota"},
+                  {TOKENS: "daily token quota", COST: "daily cost quota"})
+DEPARTMENT = QuotaScope("department", "departments", names.DEPARTMENT, "month",
+                        {TOKENS: "LLMDepartmentTokenBudget", COST: "LLMDepartmentCostBudget"},
+                        {TOKENS: "monthly token budget", COST: "monthly cost budget"})
+SCOPES = (USER, DEPARTMENT)
+BY_NAME: Mapping[str, QuotaScope] = {scope.name: scope for scope in SCOPES}
+# alertname -> (scope, kind), for reading alert state back
+ALERTS: Mapping[str, tuple[QuotaScope, str]] = {
+    alert: (scope, kind) for scope in SCOPES for kind, alert in scope.alerts.items()}
