@@ -20,9 +20,11 @@ import yaml
 from otel_tokens.ops.guard_server import serve
 from otel_tokens.ops.rules import render_text
 from otel_tokens.quotas import parse_quotas
-from tests.alert_app import TOKENS_PER_CALL
-from tests.conftest import require_binary
-from tests.prometheus_stack import Webhook, free_port, start_process, start_prometheus, wait_http
+from tests.support.alert_app import TOKENS_PER_CALL
+from tests.support.binaries import require_binary
+from tests.support.prometheus_stack import Webhook, free_port, start_process, start_prometheus, wait_http
+
+pytestmark = pytest.mark.e2e  # every test here starts a server or a binary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +40,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     webhook = Webhook()
     try:
         app_port, am_port = free_port(), free_port()
-        app = subprocess.Popen([sys.executable, "-m", "tests.alert_app", str(app_port)], cwd=ROOT, text=True,
+        app = subprocess.Popen([sys.executable, "-m", "tests.support.alert_app", str(app_port)], cwd=ROOT, text=True,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp_path / "app.log", "w"))
         processes.append(app)
         assert app.stdout is not None and app.stdout.readline().strip() == "ready"
@@ -172,8 +174,8 @@ def test_guard_rejects_over_quota_calls_within_seconds_and_allows_them_again(sta
     from otel_tokens import QuotaExceededError, TokenUsageInstrumentor, names, usage_context
     from otel_tokens.config import Settings
     from otel_tokens.guard import GuardRule, GuardSettings
-    from tests.conftest import make_telemetry
-    from tests.openai_server import OpenAIServer
+    from tests.support.openai_server import OpenAIServer
+    from tests.support.telemetry import make_telemetry
 
     tel, tracer_provider, meter_provider = make_telemetry()
     instrumentor = TokenUsageInstrumentor()

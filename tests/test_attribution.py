@@ -10,8 +10,8 @@ import torch
 from opentelemetry import baggage, context
 
 from otel_tokens import current_attribution, names, usage_context
-from tests import tiny_models as tm
-from tests.tiny_models import forcing
+from tests.support import tiny_models as tm
+from tests.support.tiny_models import forcing
 
 
 def test_concurrent_threads_and_tasks_attribute_every_token_to_the_right_user(telemetry):

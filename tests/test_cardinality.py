@@ -10,7 +10,7 @@ from otel_tokens import names, usage_context
 from otel_tokens.config import OTHER_VALUE, Settings
 from otel_tokens.ops.doctor import report
 from otel_tokens.recorder import Recorder
-from tests.conftest import make_telemetry
+from tests.support.telemetry import make_telemetry
 
 
 def test_twenty_thousand_users_with_a_cap_of_one_thousand(caplog):
@@ -74,8 +74,8 @@ def test_configured_dimensions_become_the_labels():
 def _calls(users: int, departments: int) -> int:
     import torch
 
-    from tests import tiny_models as tm
-    from tests.tiny_models import forcing
+    from tests.support import tiny_models as tm
+    from tests.support.tiny_models import forcing
 
     model = tm.gpt2()
     total = 0

@@ -266,6 +266,7 @@ def test_content_regex_matches_content_keys_and_no_accounting_attribute() -> Non
 
 
 # --- (b) ports agree -------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_ports_agree_across_collector_prometheus_and_compose() -> None:
     otelcol, prometheus, services = _otelcol(), _prometheus(), _compose()["services"]
     assert set(services) == SERVICES
@@ -342,6 +343,7 @@ def test_compose_mounts_match_the_paths_the_configs_use() -> None:
 
 
 # --- (c) pinned images -----------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_every_image_is_pinned_to_a_version() -> None:
     images = {name: service["image"] for name, service in _compose()["services"].items()}
     for name, image in images.items():
@@ -354,6 +356,7 @@ def test_every_image_is_pinned_to_a_version() -> None:
 
 
 # --- (d) promtool ----------------------------------------------------------------------------------
+@pytest.mark.e2e
 def test_promtool_check_config(tmp_path: Path) -> None:
     promtool = _binary("promtool")
     config = _prometheus()
@@ -365,6 +368,7 @@ def test_promtool_check_config(tmp_path: Path) -> None:
     assert f"{len(_rule_files())} rule files found" in output.stdout, output.stdout
 
 
+@pytest.mark.e2e
 def test_promtool_check_rules() -> None:
     promtool = _binary("promtool")
     assert not list(RULES.glob("*.test.yml")), "unit tests in rules/ would be loaded by Prometheus: use rules/tests/"
@@ -372,6 +376,7 @@ def test_promtool_check_rules() -> None:
     _run(promtool, "check", "rules", *map(str, _rule_files()))
 
 
+@pytest.mark.e2e
 def test_promtool_rule_unit_tests() -> None:
     promtool = _binary("promtool")
     tests = sorted(RULE_TESTS.glob("*.test.yml"))
@@ -398,6 +403,7 @@ def test_alertmanager_template_placeholders() -> None:
     assert config["global"]["smtp_require_tls"] == "${SMTP_REQUIRE_TLS}"
 
 
+@pytest.mark.e2e
 def test_amtool_check_config_and_routes(tmp_path: Path) -> None:
     amtool = _binary("amtool")
     path = _am_rendered(tmp_path)
@@ -421,6 +427,7 @@ def test_alertmanager_grouping_and_inhibition() -> None:
                        "equal": ["alertname", "user_id", "department", "window"]}
 
 
+@pytest.mark.e2e
 def test_compose_sed_rendering_equals_string_template(tmp_path: Path) -> None:
     """The alertmanager container's entrypoint (sed, busybox sh) renders exactly what tests render."""
     script = _compose()["services"]["alertmanager"]["command"][0]

@@ -9,9 +9,12 @@ import threading
 from collections import Counter
 
 import openai
+import pytest
 
 from otel_tokens import names, usage_context
-from tests.openai_server import OpenAIServer
+from tests.support.openai_server import OpenAIServer
+
+pytestmark = pytest.mark.e2e  # every test here starts a server or a binary
 
 MODEL = "gpt-4"
 CALLS = 24  # per worker

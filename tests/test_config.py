@@ -10,9 +10,9 @@ import torch
 
 from otel_tokens import TokenUsageInstrumentor, names
 from otel_tokens.config import load_settings
-from tests import tiny_models as tm
-from tests.conftest import make_telemetry
-from tests.tiny_models import forcing
+from tests.support import tiny_models as tm
+from tests.support.telemetry import make_telemetry
+from tests.support.tiny_models import forcing
 
 
 def test_file_values_and_environment_overrides(tmp_path):

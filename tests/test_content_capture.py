@@ -10,8 +10,8 @@ import pytest
 
 from otel_tokens import TokenUsageInstrumentor, names
 from otel_tokens.config import Settings, load_settings
-from tests.conftest import make_telemetry
-from tests.openai_server import OpenAIServer
+from tests.support.openai_server import OpenAIServer
+from tests.support.telemetry import make_telemetry
 
 REPLY = "Reset it under Settings."
 MESSAGES = [
@@ -53,6 +53,7 @@ def content(span) -> dict:
     return {k: json.loads(v) for k, v in span.attributes.items() if k in names.CONTENT_ATTRIBUTES}
 
 
+@pytest.mark.e2e
 def test_chat_plain_and_streamed_with_several_choices(captured):
     tel, client, _ = captured
     client.chat.completions.create(model="gpt-4", messages=MESSAGES, n=2)
@@ -65,6 +66,7 @@ def test_chat_plain_and_streamed_with_several_choices(captured):
     assert "AAAA" not in plain.attributes[names.GEN_AI_INPUT_MESSAGES]
 
 
+@pytest.mark.e2e
 def test_a_stream_cut_short_captures_what_the_caller_received(captured):
     tel, client, _ = captured
     stream = client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}], stream=True)
@@ -80,6 +82,7 @@ def test_a_stream_cut_short_captures_what_the_caller_received(captured):
     assert message["finish_reason"] == ""  # it never finished
 
 
+@pytest.mark.e2e
 def test_completions_responses_embeddings_and_async(captured):
     tel, client, _ = captured
     client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Write a line")
@@ -118,6 +121,7 @@ def test_off_by_default_and_read_from_the_standard_variable():
     assert "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT: 'maybe'" in settings.errors[0]
 
 
+@pytest.mark.e2e
 def test_nothing_captured_without_the_opt_in():
     tel, tracer_provider, meter_provider = make_telemetry()
     instrumentor = TokenUsageInstrumentor()

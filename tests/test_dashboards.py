@@ -2,7 +2,7 @@
 
 Structure (valid JSON, ids, layout, data sources, variables, units), names (every metric and label is one the package
 emits, a recorded llm_quota:* series of the rendered rules, or Prometheus's own) and, against a real Prometheus that
-scraped tests/dashboard_app.py (the real package: several users, departments, two tiny transformers models, an
+scraped tests/support/dashboard_app.py (the real package: several users, departments, two tiny transformers models, an
 OpenAI-style model with estimated counts, streams and errors), every query of every panel, variable and annotation
 with its variables substituted the way Grafana does. The quota panels are compared with the limits of a quota file
 rendered by otel_tokens.ops.rules.render_text and loaded into that Prometheus.
@@ -37,9 +37,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from otel_tokens import names
 from otel_tokens.ops.rules import render, render_text
 from otel_tokens.quotas import Quotas, load_quotas, parse_quotas
-from tests.conftest import require_binary
-from tests.dashboard_app import OPENAI_MODEL, USERS
-from tests.prometheus_stack import free_port, query, start_prometheus
+from tests.support.binaries import require_binary
+from tests.support.dashboard_app import OPENAI_MODEL, USERS
+from tests.support.prometheus_stack import free_port, query, start_prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "grafana"
@@ -280,6 +280,7 @@ def test_schema_version_matches_the_pinned_grafana() -> None:
             assert panel.get("pluginVersion") == tag, (name, panel["title"])
 
 
+@pytest.mark.e2e
 def test_datasources_have_fixed_uids_and_point_at_the_compose_services() -> None:
     compose = _compose()["services"]
     sources = _datasources()
@@ -640,7 +641,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     processes: list[subprocess.Popen[Any]] = []
     try:
         port = free_port()
-        app = subprocess.Popen([sys.executable, "-m", "tests.dashboard_app", str(port)], cwd=ROOT, text=True,
+        app = subprocess.Popen([sys.executable, "-m", "tests.support.dashboard_app", str(port)], cwd=ROOT, text=True,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp / "app.log", "w"))
         processes.append(app)
         assert app.stdout is not None and app.stdin is not None
@@ -760,6 +761,7 @@ def _substitutions(dashboard: dict[str, Any], options: dict[str, list[str]]) -> 
     return out
 
 
+@pytest.mark.e2e
 def test_variables_list_what_the_app_produced(stack: dict[str, Any]) -> None:
     for dashboard in _dashboards().values():
         options = _options(stack, dashboard)
@@ -776,6 +778,7 @@ def _department_month(expr: str) -> bool:
         "llm_quota:department_" in expr and ":limit" in expr)
 
 
+@pytest.mark.e2e
 def test_every_query_returns_data(stack: dict[str, Any]) -> None:
     url = stack["url"]
     ran = 0
@@ -810,6 +813,7 @@ def _selectors(expr: str) -> list[str]:
     return found
 
 
+@pytest.mark.e2e
 def test_every_selector_matches_series(stack: dict[str, Any]) -> None:
     """With every variable at All, each selector on its own matches series: a fallback such as `or ... * 0`
     cannot hide a selector that matches nothing (a misspelt label value)."""
@@ -827,6 +831,7 @@ def test_every_selector_matches_series(stack: dict[str, Any]) -> None:
     assert checked > 50
 
 
+@pytest.mark.e2e
 def test_tempo_traces_to_metrics_query_returns_data(stack: dict[str, Any]) -> None:
     links = _datasource("tempo")["jsonData"]["tracesToMetrics"]
     span = {"user.id": "alice", "gen_ai.request.model": "tiny-llama-chat"}
@@ -836,6 +841,7 @@ def test_tempo_traces_to_metrics_query_returns_data(stack: dict[str, Any]) -> No
         assert query(stack["url"], promql), promql
 
 
+@pytest.mark.e2e
 def test_names_in_queries_exist_on_the_live_series(stack: dict[str, Any]) -> None:
     """Each label a query filters or groups by is carried by one of the metrics it reads, in what the package
     (and the rules built on it) actually produced."""
@@ -859,6 +865,7 @@ def _limit(quotas: Quotas, principal: str, kind: str, name: str) -> float:
     return float(result)
 
 
+@pytest.mark.e2e
 def test_quota_panels_agree_with_the_rendered_rules(stack: dict[str, Any]) -> None:
     """Every quota panel query (All) returns, per user / department, the usage the app reported, the limit of the
     quota file and their ratio (x100 where the panel shows percent)."""
@@ -901,6 +908,7 @@ def test_quota_panels_agree_with_the_rendered_rules(stack: dict[str, Any]) -> No
     assert checked >= expected_kinds
 
 
+@pytest.mark.e2e
 def test_quota_alert_panel_shows_the_firing_alert(stack: dict[str, Any]) -> None:
     (alerts,) = [t for d in _dashboards().values() for p in _data_panels(d) for t in p["targets"]
                  if "ALERTS" in promql_names(t["expr"])[0]]

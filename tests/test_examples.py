@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests import console_output
-from tests.conftest import require_binary
-from tests.openai_server import OpenAIServer
+from tests.support import console_output
+from tests.support.binaries import require_binary
+from tests.support.openai_server import OpenAIServer
+
+pytestmark = pytest.mark.e2e  # every test here starts a server or a binary
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

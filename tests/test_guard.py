@@ -12,8 +12,8 @@ from otel_tokens import QuotaExceededError, TokenUsageInstrumentor, names, usage
 from otel_tokens.config import Settings, load_settings
 from otel_tokens.guard import Guard, GuardRule, GuardSettings, GuardState
 from otel_tokens.ops.guard_server import serve
-from tests.conftest import Telemetry, make_telemetry
-from tests.openai_server import OpenAIServer
+from tests.support.openai_server import OpenAIServer
+from tests.support.telemetry import Telemetry, make_telemetry
 
 
 def alert(name: str, severity: str, status: str = "firing", **labels: str) -> dict:
@@ -49,6 +49,7 @@ def guard_server():
     server.shutdown()
 
 
+@pytest.mark.e2e
 def test_decisions_per_user_and_department(guard_server):
     state: GuardState = guard_server.state
     url = f"http://127.0.0.1:{guard_server.server_address[1]}/state"
@@ -81,6 +82,7 @@ def _instrument_with_guard(server) -> tuple[GuardState, TokenUsageInstrumentor, 
     return server.state, instrumentor, instrumentor.recorder.guard, tel
 
 
+@pytest.mark.e2e
 def test_guard_in_calls_reject_downgrade_and_fail_open(guard_server):
     state, instrumentor, guard, tel = _instrument_with_guard(guard_server)
     try:
@@ -153,10 +155,11 @@ def test_guard_overhead_for_an_allowed_principal_is_a_dictionary_lookup():
     assert guard.decide("gpt-4o", attribution) is None
 
 
+@pytest.mark.e2e
 def test_transformers_generate_is_refused_for_a_principal_over_quota(guard_server):
     import torch
 
-    from tests import tiny_models as tm
+    from tests.support import tiny_models as tm
 
     state, instrumentor, guard, tel = _instrument_with_guard(guard_server)
     model = tm.gpt2()

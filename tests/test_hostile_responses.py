@@ -42,7 +42,9 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from otel_tokens import TokenUsageInstrumentor, names, safety
 from otel_tokens.config import Settings
-from tests.conftest import LogRecords, Telemetry, make_telemetry
+from tests.support.telemetry import LogRecords, Telemetry, make_telemetry
+
+pytestmark = pytest.mark.e2e  # every test here starts a server or a binary
 
 MAX = 2**31
 BASE_URL = "http://hostile.local/v1"

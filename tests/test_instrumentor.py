@@ -15,10 +15,10 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from otel_tokens import TokenUsageInstrumentor, names
 from otel_tokens.instrumentor import INSTRUMENTS_ANY
-from tests import console_output
-from tests import tiny_models as tm
-from tests.conftest import make_telemetry
-from tests.tiny_models import forcing
+from tests.support import console_output
+from tests.support import tiny_models as tm
+from tests.support.telemetry import make_telemetry
+from tests.support.tiny_models import forcing
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -67,6 +67,7 @@ def test_metrics_are_recorded_when_the_span_is_not_sampled():
     assert tel.metrics()[names.METRIC_OPERATION_DURATION][0].count == 1
 
 
+@pytest.mark.e2e
 def test_a_failure_in_our_code_never_reaches_the_app(telemetry, monkeypatch, caplog):
     from otel_tokens.integrations import transformers as integration
 
@@ -103,6 +104,7 @@ def _run_agent(extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           env=env, capture_output=True, text=True, timeout=300, check=True)
 
 
+@pytest.mark.e2e
 def test_opentelemetry_instrument_exports_spans_and_metrics():
     result = _run_agent({})
     spans = console_output.spans(result.stdout)
@@ -119,6 +121,7 @@ def test_opentelemetry_instrument_exports_spans_and_metrics():
     assert histogram[0]["explicit_bounds"] == list(names.TOKEN_USAGE_BUCKETS)
 
 
+@pytest.mark.e2e
 def test_disabled_instrumentations_variable_turns_it_off():
     result = _run_agent({"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "otel_tokens"})
     assert "bob" in result.stdout  # the app ran
@@ -126,6 +129,7 @@ def test_disabled_instrumentations_variable_turns_it_off():
     assert console_output.metric_points(result.stdout, names.METRIC_LLM_TOKEN_USAGE) == []
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("module", ["openai", "transformers", "torch", "tiktoken"])
 def test_importing_the_package_imports_no_client_library(module):
     code = f"import sys, otel_tokens; otel_tokens.TokenUsageInstrumentor; assert {module!r} not in sys.modules"

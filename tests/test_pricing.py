@@ -18,9 +18,9 @@ from otel_tokens.config import Settings
 from otel_tokens.ops.doctor import report
 from otel_tokens.pricing import PriceBook
 from otel_tokens.recorder import Recorder
-from tests import tiny_models as tm
-from tests.conftest import Telemetry, make_telemetry
-from tests.tiny_models import forcing
+from tests.support import tiny_models as tm
+from tests.support.telemetry import Telemetry, make_telemetry
+from tests.support.tiny_models import forcing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,6 +162,7 @@ def test_editing_the_price_file_changes_the_next_calls_cost(priced, tmp_path):
     assert any("is not valid YAML" in e and str(price_file) in e for e in recorder.prices.errors)
 
 
+@pytest.mark.e2e
 def test_doctor_command_resolves_named_models(tmp_path):
     price_file = tmp_path / "p.yaml"
     price_file.write_text("version: 1\nmodels:\n  - {match: 'qwen2.5-*', currency: CNY, input: 0.5, output: 1,"

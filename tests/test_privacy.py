@@ -40,10 +40,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from otel_tokens import TokenUsageInstrumentor, names, safety, usage_context
 from otel_tokens.ops import doctor
-from tests.conftest import LogRecords
-from tests.local_tokenizer import build_local_tokenizer
-from tests.openai_server import OpenAIServer
-from tests.tiny_models import ForceTokens, forcing
+from tests.support.local_tokenizer import build_local_tokenizer
+from tests.support.openai_server import OpenAIServer
+from tests.support.telemetry import LogRecords
+from tests.support.tiny_models import ForceTokens, forcing
 
 PROMPT_MARKER = "Qz7PromptMarkerXk"
 COMPLETION_MARKER = "Vb3CompletionMarkerWj"
@@ -298,6 +298,7 @@ def _chat_calls(c: openai.OpenAI) -> None:
             pass
 
 
+@pytest.mark.e2e
 def test_openai_every_call_shape_streamed_and_not(channels, tokenizer_dir):
     with OpenAIServer(REPLY, tokenizer_dir=tokenizer_dir) as server:
         channels.servers.append(server)
@@ -352,6 +353,7 @@ def test_openai_every_call_shape_streamed_and_not(channels, tokenizer_dir):
     channels.assert_clean()
 
 
+@pytest.mark.e2e
 def test_openai_errors_carry_the_type_only(channels, tokenizer_dir):
     def body(status: int) -> dict[str, Any]:
         return {"error": {"message": f"rejected {PROMPT} {ERROR_MARKER}", "type": "requests",

@@ -13,7 +13,7 @@ import yaml
 from otel_tokens.config import ConfigError
 from otel_tokens.ops.rules import render_text
 from otel_tokens.quotas import parse_quotas
-from tests.conftest import require_binary
+from tests.support.binaries import require_binary
 
 QUOTAS = {
     "warning_ratio": 0.8,
@@ -57,6 +57,7 @@ def tokens(user: str, values: str, token_type: str = "input", instance: str = "a
                       f'instance="{instance}",job="app"}}', "values": values}
 
 
+@pytest.mark.e2e
 def test_user_quotas_every_threshold_default_override_reset_cost_and_the_rolling_window(tmp_path):
     series = [
         tokens("below", "0+70x10 700x1500"),
@@ -112,6 +113,7 @@ def dept(name: str, values: str, metric: str = "llm_token_usage_total") -> dict:
                       f'instance="app:9464",job="app"}}', "values": values}
 
 
+@pytest.mark.e2e
 def test_department_budgets_follow_the_calendar_month(tmp_path):
     per_day = 96  # samples at 15m
     jan30_noon = int(29.5 * per_day)
@@ -170,6 +172,7 @@ def test_bad_quota_files_are_refused_naming_field_and_value(data, field, value):
     assert message.startswith("quota file q.yaml: ") and field in message and value in message, message
 
 
+@pytest.mark.e2e
 def test_rules_command_writes_checks_and_reports_errors(tmp_path):
     require_binary("promtool")
     quota_file = tmp_path / "q.yaml"

@@ -49,11 +49,10 @@ from otel_tokens import TokenUsageInstrumentor, names, usage_context
 from otel_tokens.config import Settings
 from otel_tokens.integrations.openai_stream import StreamProxy
 from otel_tokens.recorder import Recorder
-from tests import openai_server
-from tests import tiny_models as tm
-from tests.conftest import Telemetry
-from tests.openai_server import OpenAIServer, count_cl100k
-from tests.reliability_app import (
+from tests.support import openai_server
+from tests.support import tiny_models as tm
+from tests.support.openai_server import OpenAIServer, count_cl100k
+from tests.support.reliability_app import (
     Exports,
     HangingBackend,
     LogCounter,
@@ -65,6 +64,9 @@ from tests.reliability_app import (
     quiet_connection_resets,
     rss_mb,
 )
+from tests.support.telemetry import Telemetry
+
+pytestmark = pytest.mark.e2e  # every test here starts a server or a binary
 
 SOAK_CALLS = int(os.environ.get("OTEL_TOKENS_SOAK_CALLS", "2000"))
 HTTP_SOAK_CALLS = min(SOAK_CALLS, 2000)

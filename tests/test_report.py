@@ -1,4 +1,4 @@
-"""`otel-tokens report` against a real Prometheus scraping the real package (tests/report_app.py) with
+"""`otel-tokens report` against a real Prometheus scraping the real package (tests/support/report_app.py) with
 the rendered quota rules: every row of every format compared with the traffic the test drove."""
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from otel_tokens.ops.report import UNATTRIBUTED, format_money, token_timeline, u
 from otel_tokens.ops.rules import render_text
 from otel_tokens.prometheus_api import Prometheus
 from otel_tokens.quotas import parse_quotas
-from tests.conftest import require_binary
-from tests.prometheus_stack import free_port, query, start_prometheus
-from tests.report_app import PRICE_PER_TOKEN
+from tests.support.binaries import require_binary
+from tests.support.prometheus_stack import free_port, query, start_prometheus
+from tests.support.report_app import PRICE_PER_TOKEN
+
+pytestmark = pytest.mark.e2e  # every test here starts a server or a binary
 
 ROOT = Path(__file__).resolve().parents[1]
 PROG = "otel-tokens report: "
@@ -145,7 +147,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("report")
     began = time.time()
     app_port = free_port()
-    app = subprocess.Popen([sys.executable, "-m", "tests.report_app", str(app_port)], cwd=ROOT, text=True,
+    app = subprocess.Popen([sys.executable, "-m", "tests.support.report_app", str(app_port)], cwd=ROOT, text=True,
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp / "app.log", "w"))
     processes: list[subprocess.Popen[Any]] = [app]
     try:

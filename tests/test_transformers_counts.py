@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from otel_tokens import names
-from tests import tiny_models as tm
-from tests.tiny_models import EOS, EOS2, FILLER, PAD, forcing
+from tests.support import tiny_models as tm
+from tests.support.tiny_models import EOS, EOS2, FILLER, PAD, forcing
 
 A = names.GEN_AI_USAGE_INPUT_TOKENS
 

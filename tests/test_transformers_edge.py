@@ -14,8 +14,8 @@ from transformers import GPT2LMHeadModel, LogitsProcessorList
 
 from otel_tokens import names
 from otel_tokens.integrations import generation_counts
-from tests import tiny_models as tm
-from tests.tiny_models import BOS, EOS, PAD, forcing
+from tests.support import tiny_models as tm
+from tests.support.tiny_models import BOS, EOS, PAD, forcing
 
 IN, OUT = names.GEN_AI_USAGE_INPUT_TOKENS, names.GEN_AI_USAGE_OUTPUT_TOKENS
 
@@ -233,6 +233,7 @@ class _Offloaded(torch.Tensor):
         return _FakeCuda()
 
 
+@pytest.mark.e2e
 def test_offloaded_output_is_counted_on_device_with_one_transfer(telemetry, monkeypatch):
     model = tm.gpt2(pad_token_id=PAD)
     rows = [[5, 6, 7, 11, EOS, PAD, PAD], [8, 9, 10, 12, 13, 14, EOS], [5, 5, 5, 15, 16, 17, 18]]

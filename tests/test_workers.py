@@ -13,11 +13,15 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from otel_tokens.ops.rules import render_text
 from otel_tokens.quotas import parse_quotas
-from tests.conftest import require_binary
-from tests.prometheus_stack import free_port, query, start_prometheus, wait_http
-from tests.workers_app import TOKENS_PER_REQUEST
+from tests.support.binaries import require_binary
+from tests.support.prometheus_stack import free_port, query, start_prometheus, wait_http
+from tests.support.workers_app import TOKENS_PER_REQUEST
+
+pytestmark = pytest.mark.e2e  # every test here starts a server or a binary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,8 +39,9 @@ def test_multi_worker_server_sums_and_a_worker_restart(tmp_path):
     prometheus = require_binary("prometheus")
     port, base = free_port(), free_port() + 100
     env = {**os.environ, "METRICS_BASE_PORT": str(base)}
-    server = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-w", "2", "-c", "tests/workers_app.py",
-                               "-b", f"127.0.0.1:{port}", "--graceful-timeout", "1", "tests.workers_app:app"],
+    server = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-w", "2",
+                               "-c", "tests/support/workers_app.py", "-b", f"127.0.0.1:{port}",
+                               "--graceful-timeout", "1", "tests.support.workers_app:app"],
                               cwd=ROOT, env=env, stdout=open(tmp_path / "gunicorn.log", "w"), stderr=subprocess.STDOUT)
     prom = None
     try:

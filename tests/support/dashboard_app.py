@@ -28,9 +28,9 @@ from transformers.generation.streamers import BaseStreamer
 from otel_tokens import TokenUsageInstrumentor, usage_context
 from otel_tokens.config import Settings
 from otel_tokens.guard import GuardSettings
-from tests import tiny_models as tm
-from tests.openai_server import OpenAIServer
-from tests.tiny_models import forcing
+from tests.support import tiny_models as tm
+from tests.support.openai_server import OpenAIServer
+from tests.support.tiny_models import forcing
 
 SERVICE_NAME = "dashboard-app"
 # (user, department, plain calls per model per round): different totals per user and department.

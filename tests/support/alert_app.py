@@ -18,8 +18,8 @@ from prometheus_client import start_http_server
 
 from otel_tokens import TokenUsageInstrumentor, usage_context
 from otel_tokens.config import Settings
-from tests import tiny_models as tm
-from tests.tiny_models import forcing
+from tests.support import tiny_models as tm
+from tests.support.tiny_models import forcing
 
 TOKENS_PER_CALL = 100
 

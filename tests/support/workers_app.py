@@ -2,7 +2,7 @@
 instruments itself after the fork and serves its own metrics (port = base + the worker's age, so a
 restarted worker is a new target), and every request is one attributed generate of 50 tokens.
 
-    METRICS_BASE_PORT=9500 gunicorn -w 2 -c tests/workers_app.py tests.workers_app:app
+    METRICS_BASE_PORT=9500 gunicorn -w 2 -c tests/support/workers_app.py tests.support.workers_app:app
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ def post_fork(server: Any, worker: Any) -> None:  # gunicorn hook: runs in each 
     from opentelemetry.sdk.trace import TracerProvider
     from prometheus_client import start_http_server
 
-    import tests.workers_app as app_module
+    import tests.support.workers_app as app_module
     from otel_tokens import TokenUsageInstrumentor
     from otel_tokens.config import Settings
-    from tests import tiny_models as tm
+    from tests.support import tiny_models as tm
 
     TokenUsageInstrumentor().instrument(tracer_provider=TracerProvider(),
                                         meter_provider=MeterProvider(metric_readers=[PrometheusMetricReader()]),
@@ -38,7 +38,7 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     import torch
 
     from otel_tokens import usage_context
-    from tests.tiny_models import forcing
+    from tests.support.tiny_models import forcing
 
     query = parse_qs(environ.get("QUERY_STRING", ""))
     with usage_context(user_id=query["user"][0], department=query.get("department", ["eng"])[0]):

@@ -21,8 +21,8 @@ from prometheus_client import start_http_server
 
 from otel_tokens import TokenUsageInstrumentor, usage_context
 from otel_tokens.config import Settings
-from tests import tiny_models as tm
-from tests.tiny_models import forcing
+from tests.support import tiny_models as tm
+from tests.support.tiny_models import forcing
 
 PRICES = ({"match": "*", "provider": "transformers", "currency": "USD", "input": 1, "output": 2},)
 PRICE_PER_TOKEN = {"input": 1e-6, "output": 2e-6}

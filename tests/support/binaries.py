@@ -1,0 +1,19 @@
+"""Real binaries the tests start (Prometheus, Alertmanager, promtool, amtool...)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def require_binary(name: str) -> str:
+    """Path of a binary the test needs: in CI a missing one fails the test, elsewhere it skips."""
+    import os
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian: apt-get install -y prometheus prometheus-alertmanager)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
