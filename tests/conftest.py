@@ -7,7 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from otel_tokens import TokenUsageInstrumentor
+from otel_tokens.config import Settings
 from tests.support.binaries import require_binary
+from tests.support.hostile_harness import Harness, instrumented_harness
 from tests.support.telemetry import LogRecords, Telemetry, make_telemetry
 
 __all__ = ["LogRecords", "Telemetry", "make_telemetry", "require_binary"]
@@ -22,3 +24,15 @@ def telemetry() -> Iterator[Telemetry]:
         yield tel
     finally:
         instrumentor.uninstrument()
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    """For the hostile-response properties: default settings."""
+    yield from instrumented_harness(Settings())
+
+
+@pytest.fixture
+def harness_usage_chunk() -> Iterator[Harness]:
+    """For the hostile-response properties: the usage chunk asked for on every stream."""
+    yield from instrumented_harness(Settings(stream_include_usage=True))
