@@ -1,0 +1,98 @@
+"""The accounting on its own: per-label-set totals observed as cumulative counters, histogram points
+recorded in the same collection, and the label caps."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from otel_tokens import names
+from otel_tokens.accounting import Accounting
+from otel_tokens.config import OTHER_VALUE
+from otel_tokens.pricing import Cost
+from otel_tokens.record import CallRecord
+from tests.support.telemetry import make_telemetry
+
+
+def _record(model: str = "m", input_tokens: int | None = 10, output_tokens: int | None = 4,
+            error_type: str | None = None, source: str | None = names.SOURCE_REPORTED) -> CallRecord:
+    return CallRecord(names.OPERATION_CHAT, "openai", model, input_tokens=input_tokens, output_tokens=output_tokens,
+                      usage_source=source, error_type=error_type, server_address="127.0.0.1", server_port=8000)
+
+
+def _points(tel, metric):
+    return {tuple(sorted(p.attributes.items())): p.value for p in tel.metrics().get(metric, [])}
+
+
+def test_counters_are_cumulative_per_label_set_and_token_type():
+    tel, _, meter_provider = make_telemetry()
+    accounting = Accounting(meter_provider.get_meter("t"))
+    alice = {names.USER_ID: "alice", names.DEPARTMENT: "support"}
+    for _ in range(3):
+        accounting.add(_record(), 0.25, alice, Cost(0.001, 0.002, "USD"))
+    accounting.add(_record(error_type="APIError", input_tokens=None, output_tokens=None, source=None), 0.1, alice)
+    tokens = _points(tel, names.METRIC_LLM_TOKEN_USAGE)
+    base = {names.GEN_AI_OPERATION_NAME: "chat", names.GEN_AI_PROVIDER_NAME: "openai",
+            names.GEN_AI_REQUEST_MODEL: "m", names.LLM_USAGE_SOURCE: "reported", **alice}
+    assert tokens == {tuple(sorted({**base, names.GEN_AI_TOKEN_TYPE: "input"}.items())): 30,
+                      tuple(sorted({**base, names.GEN_AI_TOKEN_TYPE: "output"}.items())): 12}
+    costs = _points(tel, names.METRIC_LLM_COST)
+    assert sorted(costs.values()) == pytest.approx([0.003, 0.006])
+    assert all(dict(k)[names.CURRENCY] == "USD" for k in costs)
+    requests = {dict(k).get(names.ERROR_TYPE): v for k, v in _points(tel, names.METRIC_LLM_REQUESTS).items()}
+    assert requests == {None: 3, "APIError": 1}
+    # cumulative: a second collection reports the same totals, not the difference
+    assert sum(_points(tel, names.METRIC_LLM_TOKEN_USAGE).values()) == 42
+    assert accounting.totals()["requests"] == 4
+    accounting.close()
+
+
+def test_histogram_points_land_in_the_collection_that_follows_the_call():
+    tel, _, meter_provider = make_telemetry()
+    accounting = Accounting(meter_provider.get_meter("t"))
+    record = _record()
+    record.time_to_first_chunk_s = 0.05
+    accounting.add(record, 0.5, {})
+    metrics = tel.metrics()
+    usage = {p.attributes[names.GEN_AI_TOKEN_TYPE]: (p.count, p.sum) for p in metrics[names.METRIC_TOKEN_USAGE]}
+    assert usage == {"input": (1, 10), "output": (1, 4)}
+    (duration,) = metrics[names.METRIC_OPERATION_DURATION]
+    assert (duration.count, duration.sum) == (1, 0.5) and duration.attributes[names.SERVER_PORT] == 8000
+    assert names.USER_ID not in duration.attributes  # semconv histograms carry no attribution
+    (first,) = metrics[names.METRIC_TIME_TO_FIRST_CHUNK]
+    assert first.sum == 0.05
+    accounting.close()
+
+
+def test_a_flood_of_values_folds_past_the_cap_and_keeps_the_totals():
+    tel, _, meter_provider = make_telemetry()
+    accounting = Accounting(meter_provider.get_meter("t"), cardinality_limit=3)
+    for i in range(10):
+        accounting.add(_record(input_tokens=1, output_tokens=0), 0.01, {names.USER_ID: f"u{i}"})
+    users = {}
+    for key, value in _points(tel, names.METRIC_LLM_TOKEN_USAGE).items():
+        attrs = dict(key)
+        if attrs[names.GEN_AI_TOKEN_TYPE] == "input":
+            users[attrs[names.USER_ID]] = value
+    assert users == {"u0": 1, "u1": 1, "u2": 1, OTHER_VALUE: 7}
+    assert accounting.labels.folded() == {names.USER_ID: 7, names.DEPARTMENT: 0}
+    accounting.close()
+
+
+def test_concurrent_adds_lose_nothing():
+    tel, _, meter_provider = make_telemetry()
+    accounting = Accounting(meter_provider.get_meter("t"))
+
+    def work(user: str) -> None:
+        for _ in range(2000):
+            accounting.add(_record(input_tokens=2, output_tokens=1), 0.001, {names.USER_ID: user})
+
+    threads = [threading.Thread(target=work, args=(f"u{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(_points(tel, names.METRIC_LLM_TOKEN_USAGE).values()) == 4 * 2000 * 3
+    assert sum(p.count for p in tel.metrics()[names.METRIC_OPERATION_DURATION]) == 8000
+    accounting.close()
