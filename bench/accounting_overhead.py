@@ -1,4 +1,4 @@
-"""Per-call cost of the accounting path (tokens + cost + requests, with the cardinality guard and
+"""Per-call cost of the accounting path (tokens + cost + requests, with the cardinality caps and
 the price lookup) against the plain OTel SDK `add()` calls it replaces, measured in one run.
 
 Target (issue 4): under 5 us per call.

@@ -1,7 +1,7 @@
 """`otel-tokens doctor`: what would be instrumented, where telemetry goes, how each model is priced.
 
 Run as a command for the static picture (`otel-tokens doctor --model gpt-4o`), or call
-`otel_tokens.doctor.report()` inside the app to also see the models it has seen, the counts that
+`otel_tokens.ops.doctor.report()` inside the app to also see the models it has seen, the counts that
 were estimated and the label values that were folded.
 """
 
