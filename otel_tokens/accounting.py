@@ -54,6 +54,7 @@ class Accounting:
         self._usage_keys = _USAGE_KEYS + self._dimensions
         self._request_keys = (*self._usage_keys, names.ERROR_TYPE)
         self._lock = threading.Lock()
+        self._drain_lock = threading.Lock()
         self._usage: dict[tuple[Any, ...], list[Any]] = {}
         self._requests: dict[tuple[Any, ...], int] = {}
         # queued per call: (histogram attributes, input, output, duration, time to first chunk)
@@ -153,18 +154,21 @@ class Accounting:
 
     # --- collection path -------------------------------------------------------------------------
     def drain(self) -> None:
-        """Record queued histogram points into the SDK histograms."""
-        with self._lock:
-            pending, self._pending = self._pending, []
-        tokens, duration, ttfc = self._token_histogram, self._duration_histogram, self._ttfc_histogram
-        for attrs, input_tokens, output_tokens, duration_s, first_chunk_s in pending:
-            if input_tokens is not None:
-                tokens.record(input_tokens, attrs[0])
-            if output_tokens is not None:
-                tokens.record(output_tokens, attrs[1])
-            duration.record(duration_s, attrs[2])
-            if first_chunk_s is not None:
-                ttfc.record(first_chunk_s, attrs[2])
+        """Record queued histogram points into the SDK histograms. One drain at a time: a collection
+        that drains while the drain thread is recording waits for it, so no point taken off the queue
+        misses the collection that follows it."""
+        with self._drain_lock:
+            with self._lock:
+                pending, self._pending = self._pending, []
+            tokens, duration, ttfc = self._token_histogram, self._duration_histogram, self._ttfc_histogram
+            for attrs, input_tokens, output_tokens, duration_s, first_chunk_s in pending:
+                if input_tokens is not None:
+                    tokens.record(input_tokens, attrs[0])
+                if output_tokens is not None:
+                    tokens.record(output_tokens, attrs[1])
+                duration.record(duration_s, attrs[2])
+                if first_chunk_s is not None:
+                    ttfc.record(first_chunk_s, attrs[2])
 
     def _labels(self, key: tuple[Any, ...], extra: tuple[tuple[str, Any], ...] = ()) -> dict[str, Any]:
         cache_key = (key, extra)
@@ -243,6 +247,7 @@ class Accounting:
     def _after_fork_in_child(self) -> None:
         # A forked worker reports only its own calls; the parent's totals stay the parent's.
         self._lock = threading.Lock()
+        self._drain_lock = threading.Lock()
         self._usage.clear()
         self._requests.clear()
         self._pending = []

@@ -14,7 +14,7 @@ from tests.support.telemetry import make_telemetry
 
 
 def test_twenty_thousand_users_with_a_cap_of_one_thousand(caplog, monkeypatch):
-    monkeypatch.setattr(safety, "_reported", set())  # the fold warning is once per process: earlier tests may have had it
+    monkeypatch.setattr(safety, "_reported", set())  # the fold warning is once per process
     # a reader whose cardinality limit admits 1001 users x 7 departments x 2 token types
     tel, tracer_provider, meter_provider = make_telemetry(sampler=ALWAYS_OFF, series_limit=10_000)
     recorder = Recorder(tracer_provider.get_tracer("t"), meter_provider.get_meter("t"),
