@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint bench bench-peers clean system-deps
+.PHONY: test demo lint bench bench-peers bench-scale clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -45,6 +45,10 @@ bench: $(STAMP)
 # ours against OpenLLMetry and the official openai-v2 instrumentation, each in its own venv (.bench-venvs/)
 bench-peers: $(STAMP)
 	bash bench/run_openai_bench.sh
+
+# quota rule evaluation cost against users, on a real Prometheus over backfilled counters (minutes)
+bench-scale: system-deps $(STAMP)
+	$(PY) bench/quota_rules_scale.py $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -18,7 +18,7 @@ import pytest
 from otel_tokens.ops.rules import render_text
 from otel_tokens.quotas import parse_quotas
 from tests.support.binaries import require_binary
-from tests.support.prometheus_stack import free_port, query, start_prometheus, wait_http
+from tests.support.prometheus_stack import free_port, free_port_block, query, start_prometheus, wait_http
 from tests.support.workers_app import TOKENS_PER_REQUEST
 
 pytestmark = pytest.mark.e2e  # every test here starts a server or a binary
@@ -37,7 +37,7 @@ def _wait_for(url: str, promql: str, expected: dict[str, float], timeout: float 
 
 def test_multi_worker_server_sums_and_a_worker_restart(tmp_path):
     prometheus = require_binary("prometheus")
-    port, base = free_port(), free_port() + 100
+    port, base = free_port(), free_port_block(5)  # workers bind base + their age (1..5)
     env = {**os.environ, "METRICS_BASE_PORT": str(base)}
     server = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-w", "2",
                                "-c", "tests/support/workers_app.py", "-b", f"127.0.0.1:{port}",

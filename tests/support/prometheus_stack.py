@@ -20,6 +20,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_block(count: int, attempts: int = 50) -> int:
+    """A base port whose next `count` ports (base+1 .. base+count) are all free right now."""
+    for _ in range(attempts):
+        base = free_port() + 100
+        sockets = []
+        try:
+            for offset in range(1, count + 1):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError(f"no block of {count} free ports found")
+
+
 class Webhook:
     """Collects Alertmanager notifications with their arrival time."""
 

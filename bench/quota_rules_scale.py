@@ -1,0 +1,183 @@
+"""Cost of the quota rules per evaluation as users grow, on a real Prometheus (`make bench-scale`).
+
+    python bench/quota_rules_scale.py [--users 100 1000] [--series 4] [--hours 24.5] [--rules FILE]
+
+Per size: counters for N users x S series of llm_token_usage_total and of llm_cost_total (one sample
+every 10 s, as the shipped scrape interval gives, each series growing by a random amount) are
+written as OpenMetrics and imported with `promtool tsdb create-blocks-from openmetrics`; a real
+Prometheus then opens that TSDB with the rule file rendered by `otel-tokens rules` from a quota file
+with user and department limits (or --rules), evaluating every 10 s. Printed per size, after a few
+evaluations: each quota group's evaluation seconds (median of the last evaluations, from
+`prometheus_rule_group_last_duration_seconds`), the ratio of all user-quota groups together to one
+raw scan of the same data (`sum by (user_id) (count_over_time(llm_token_usage_total[24h]))`, the
+median of 5 instant queries), Prometheus's RSS, and the series the rules add.
+
+Ratios, not asserts: nothing here fails on a slow machine. Not part of `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from otel_tokens.ops.rules import render_text  # noqa: E402
+from otel_tokens.quotas import parse_quotas  # noqa: E402
+
+STEP = 10  # seconds between samples: the shipped scrape interval
+QUOTAS = {"warning_ratio": 0.8,
+          "users": {"default": {"tokens": 200_000, "cost": 5}, "overrides": {"user-0": {"tokens": 2_000_000}}},
+          "departments": {"default": {"tokens": 50_000_000, "cost": 1000}}}
+RAW_SCAN = "sum by (user_id) (count_over_time(llm_token_usage_total[24h]))"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_openmetrics(path: Path, users: int, series: int, start: int, end: int, seed: int = 7) -> int:
+    """Counters for every user x series from start to end; returns the number of samples written."""
+    rng = random.Random(seed)
+    samples = 0
+    with path.open("w") as out:
+        for metric, unit_scale in (("llm_token_usage", 1), ("llm_cost", 0.00001)):
+            out.write(f"# TYPE {metric} counter\n")
+            for user in range(users):
+                department = f"dept-{user % 20}"
+                for s in range(series):
+                    model, token_type = f"model-{s // 2}", ("input", "output")[s % 2]
+                    labels = (f'{{user_id="user-{user}",department="{department}",gen_ai_request_model="{model}",'
+                              f'gen_ai_token_type="{token_type}",job="app",instance="app:{s % 2}"}}')
+                    value = 0.0
+                    lines = []
+                    for t in range(start, end, STEP):
+                        value += rng.randint(0, 3) * unit_scale
+                        lines.append(f"{metric}_total{labels} {value:.6g} {t}\n")
+                    out.writelines(lines)
+                    samples += len(lines)
+        out.write("# EOF\n")
+    return samples
+
+
+def get(url: str, path: str, **params: str) -> dict:
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    with urllib.request.urlopen(f"{url}{path}{query}", timeout=300) as response:
+        return json.load(response)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(users: int, series: int, hours: float, rules_text: str, work: Path) -> dict:
+    end = int(time.time()) // STEP * STEP
+    start = end - int(hours * 3600)
+    data = work / f"data-{users}"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    text = work / f"raw-{users}.om"
+    t0 = time.monotonic()
+    samples = write_openmetrics(text, users, series, start, end)
+    subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(text), str(data)], check=True,
+                   capture_output=True)
+    text.unlink()
+    imported = time.monotonic() - t0
+    rules = work / "quotas.yml"
+    rules.write_text(rules_text)
+    port = free_port()
+    config = work / "prometheus.yml"
+    config.write_text(f"global:\n  scrape_interval: 10s\n  evaluation_interval: 10s\nrule_files: ['{rules}']\n"
+                      f"scrape_configs:\n  - job_name: self\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n")
+    log = (work / f"prometheus-{users}.log").open("w")
+    process = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={data}",
+                                f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=30d"],
+                               stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/-/ready", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Prometheus did not start; see {log.name}")
+            time.sleep(0.5)
+        durations: dict[str, list[float]] = {}
+        seen: set[tuple[str, str]] = set()
+        deadline = time.monotonic() + max(120, 30 + users * 0.05)
+        while time.monotonic() < deadline and (not durations or min(map(len, durations.values())) < 5):
+            for group in get(url, "/api/v1/rules")["data"]["groups"]:
+                key = (group["name"], group.get("lastEvaluation", ""))
+                if group.get("lastEvaluation", "").startswith("0001") or key in seen:
+                    continue
+                seen.add(key)
+                durations.setdefault(group["name"], []).append(float(group["evaluationTime"]))
+            time.sleep(2)
+        scans = []
+        for _ in range(5):
+            t = time.perf_counter()
+            get(url, "/api/v1/query", query=RAW_SCAN)
+            scans.append(time.perf_counter() - t)
+        added = get(url, "/api/v1/query", query='count({__name__=~"llm_quota:.*"})')["data"]["result"]
+        return {"users": users, "series": series, "samples": samples, "import_s": imported,
+                "groups": {name: statistics.median(values[1:] or values) for name, values in durations.items()},
+                "raw_scan_s": statistics.median(scans), "rss_mib": rss_mib(process.pid),
+                "rule_series": int(float(added[0]["value"][1])) if added else 0}
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--series", type=int, default=4, help="series per user, for each of tokens and cost")
+    parser.add_argument("--hours", type=float, default=24.5, help="raw history backfilled")
+    parser.add_argument("--rules", type=Path, help="a rendered rule file (default: render the bench quota file)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    for binary in ("prometheus", "promtool"):
+        if shutil.which(binary) is None:
+            print(f"{binary} is missing: apt-get install -y prometheus", file=sys.stderr)
+            return 1
+    rules_text = args.rules.read_text() if args.rules else render_text(parse_quotas(QUOTAS, "bench quotas"))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="otel-tokens-scale-") as tmp:
+        for users in args.users:
+            result = measure(users, args.series, args.hours, rules_text, Path(tmp))
+            results.append(result)
+            user_groups = sum(v for k, v in result["groups"].items() if "user" in k)
+            groups = ", ".join(f"{k} {v:.3f} s" for k, v in sorted(result["groups"].items()))
+            print(f"{users:>6} users x {args.series} series: {groups}; user groups / raw scan "
+                  f"{user_groups / result['raw_scan_s']:.2f} (raw scan {result['raw_scan_s']:.3f} s); "
+                  f"RSS {result['rss_mib']:.0f} MiB; rule series {result['rule_series']}; "
+                  f"{result['samples']:,} raw samples imported in {result['import_s']:.0f} s", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
