@@ -40,9 +40,9 @@ def _alert(principal: str, name: str, kind: str, severity: str, usage: str, limi
             "exp_annotations": _annotations(principal, name, kind, severity, usage, limit, percent)}
 
 
-def _promtool_test(tmp_path: Path, tests: dict) -> None:
+def _promtool_test(tmp_path: Path, tests: dict, quotas: dict = QUOTAS) -> None:
     promtool = require_binary("promtool")
-    (tmp_path / "quotas.yml").write_text(render_text(parse_quotas(QUOTAS, "test quotas")))
+    (tmp_path / "quotas.yml").write_text(render_text(parse_quotas(quotas, "test quotas")))
     (tmp_path / "quotas.test.yml").write_text(yaml.safe_dump({"rule_files": ["quotas.yml"], **tests},
                                                              sort_keys=False, allow_unicode=True))
     result = subprocess.run([promtool, "check", "rules", "quotas.yml"], cwd=tmp_path, capture_output=True, text=True)
@@ -201,3 +201,72 @@ def test_shipped_rule_file_is_the_rendering_of_the_shipped_quota_file():
     assert (root / "collector" / "rules" / "quotas.yml").read_text() == rendered, textwrap.dedent("""
         collector/rules/quotas.yml is stale: run
         otel-tokens rules collector/quotas.yaml -o collector/rules/quotas.yml --check""")
+
+
+def _usage(user: str, value: float) -> dict:
+    return {"labels": f'llm_quota:user_tokens:24h{{user_id="{user}"}}', "value": value}
+
+
+USER_TOKENS = {"users": {"default": {"tokens": 10**9}}}  # the window alone: no department rules to evaluate
+
+
+@pytest.mark.e2e
+def test_rolling_window_from_rollups_is_exact_at_and_between_bucket_edges(tmp_path):
+    """One sample every 10 s, +1 token each, for 25 h. The window starts on the latest 5-minute boundary
+    at least 24 h ago: at t it is (u - 24h, t] with u = t rounded down to 5 minutes. A series that died
+    mid-window, one born inside it, one that reset inside it and a user who stopped count exactly too. (Rules evaluated
+    every minute here, as the rollups are, so that 25 h evaluate in seconds.)"""
+    series = [
+        tokens("steady", "0+1x9100"),
+        tokens("worker", "0+1x5000 stale", instance="a:1"),  # killed at 50,000 s
+        tokens("worker", "_x6000 0+2x3100", instance="b:1"),  # its replacement, born at 60,000 s
+        tokens("restarted", "0+1x4000 0+1x5100"),  # reset at 40,010 s
+        tokens("gone", "0+1x3010 stale"),  # stopped at 30,100 s, mid-bucket: its buckets since have no rollup
+    ]
+
+    def expected(t: int) -> list[dict]:
+        start = t // 300 * 300 - 86400  # the window's first boundary
+        steady = (t - start) // 10
+        worker = (50000 - start) // 10 + 2 * ((t - 60000) // 10)
+        restarted = (40000 - start) // 10 + (t - 40010) // 10
+        gone = (30100 - start) // 10
+        return sorted([_usage("steady", steady), _usage("worker", worker), _usage("restarted", restarted),
+                       _usage("gone", gone)], key=lambda s: s["labels"])
+
+    at = [90000, 90060, 90120, 90240, 90300]  # on a boundary, just after, between, just before, the next
+    _promtool_test(tmp_path, {"evaluation_interval": "1m", "tests": [{
+        "interval": "10s", "input_series": series,
+        "promql_expr_test": [{"expr": "llm_quota:user_tokens:24h", "eval_time": f"{t}s", "exp_samples": expected(t)}
+                             for t in at],
+    }]}, USER_TOKENS)
+
+
+@pytest.mark.e2e
+def test_missed_rollup_evaluations_cost_nothing(tmp_path):
+    """The window read with the rollup series given by hand, one sample per bucket where the rules
+    record five (its group runs every minute): the sample 10 s before each boundary, the sparsest the
+    rollup can be and still be read there. Each bucket's usage differs, so a bucket read twice or
+    missed shows. The 24 h usage is still exact."""
+    promtool = require_binary("promtool")
+    rules = yaml.safe_load(render_text(parse_quotas(USER_TOKENS, "test quotas")))
+    rules["groups"] = [g for g in rules["groups"] if not g["name"].endswith("_rollups")]
+    (tmp_path / "quotas.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
+    rate = [i // 30 % 3 + 1 for i in range(9101)]  # tokens per 10 s: 1, 2 or 3, changing every bucket
+    raw = [sum(rate[1:i + 1]) for i in range(9101)]  # the counter at 10 i seconds
+    # bucket (300 (k-1), 300 k] written once, at 300 (k+1) - 10 s
+    rollup = ["_"] * 9101
+    for k in range(1, 302):
+        if 30 * (k + 1) - 1 <= 9100:
+            rollup[30 * (k + 1) - 1] = str(raw[30 * k] - raw[30 * (k - 1)])
+    tests = {"rule_files": ["quotas.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "10s",
+        "input_series": [tokens("steady", " ".join(map(str, raw))),
+                         {"series": 'llm_quota:user_tokens:5m{user_id="steady"}', "values": " ".join(rollup)}],
+        "promql_expr_test": [{"expr": "llm_quota:user_tokens:24h", "eval_time": f"{t}s",
+                              "exp_samples": [_usage("steady", raw[t // 10] - raw[(t // 300 * 300 - 86400) // 10])]}
+                             for t in (90000, 90120, 90240)],
+    }]}
+    (tmp_path / "quotas.test.yml").write_text(yaml.safe_dump(tests, sort_keys=False, width=10**9))
+    result = subprocess.run([promtool, "test", "rules", "quotas.test.yml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -27,6 +27,14 @@ def main(argv: list[str] | None = None) -> int:
                        "fires (default 15s; part of the delay budget in README)")
     rules.add_argument("--check", action="store_true", help="run `promtool check rules` on the result")
     rules.add_argument("--reload", metavar="URL", help="then ask the Prometheus at URL to reload (POST /-/reload)")
+    backfill = commands.add_parser("rules-backfill", help="write TSDB blocks of a rule file's first-level rollups "
+                                   "computed from the raw history, for rules deployed on existing data")
+    backfill.add_argument("--rules", type=Path, required=True, help="the rule file `otel-tokens rules` wrote")
+    backfill.add_argument("--prometheus", required=True, metavar="URL", help="a Prometheus holding the raw history")
+    backfill.add_argument("--start", type=int, required=True, metavar="UNIX", help="first second to backfill")
+    backfill.add_argument("--end", type=int, required=True, metavar="UNIX", help="last second to backfill")
+    backfill.add_argument("--output", type=Path, required=True, metavar="DIR", help="where to write the blocks")
+    backfill.add_argument("--eval-interval", default="60s", help="step for groups without an interval (default 60s)")
     report_parser = commands.add_parser("report", help="usage digest from Prometheus: totals, top users, departments "
                                         "and models, quota use; table, markdown, json, csv, png")
     from .report import add_arguments, one_line_error
@@ -49,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "guard":
         return _guard(args.listen)
+    if args.command == "rules-backfill":
+        return _backfill(args)
     return _rules(args)
 
 
@@ -67,6 +77,20 @@ def _guard(listen: str) -> int:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from ..config import ConfigError
+    from .backfill import backfill
+
+    try:
+        names_ = backfill(args.rules, args.prometheus, args.start, args.end, args.output, args.eval_interval)
+    except ConfigError as error:
+        print(f"otel-tokens rules-backfill: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote blocks of {', '.join(names_)} to {args.output}: move them into Prometheus's data directory "
+          "and restart it", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,65 @@
+"""`otel-tokens rules-backfill`: the first-level rollups of a rule file computed from raw history, as
+TSDB blocks, so that rules deployed on a Prometheus that already holds the raw data are right at once
+(no blind first day of the rolling window, no blind first month).
+
+Only rules over raw data can be backfilled from it (promtool does not chain recorded series), which
+is why the rollups are first-level and the window sums are computed live from them. The blocks go
+into Prometheus's data directory; Prometheus 2.42 merges overlapping blocks when it next starts.
+vmalert does the same with `-replay.timeFrom` / `-replay.timeTo` (README).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import ConfigError, read_yaml
+from ..quota_scopes import COUNTERS
+from .rules import PREFIX
+
+DEFAULT_EVAL_INTERVAL = "60s"
+
+
+def first_level(rule_file: dict[str, Any]) -> dict[str, Any]:
+    """The groups of a rule file reduced to their recording rules over the raw counters (no `llm_quota:`
+    input): the rollups. Limits and other constants are recorded live."""
+    groups = []
+    for group in rule_file.get("groups") or []:
+        rules = [r for r in group.get("rules") or [] if "record" in r and f"{PREFIX}:" not in str(r.get("expr"))
+                 and any(counter in str(r.get("expr")) for counter in COUNTERS.values())]
+        if rules:
+            groups.append({**{k: v for k, v in group.items() if k != "rules"}, "rules": rules})
+    return {"groups": groups}
+
+
+def backfill(rules_path: Path, prometheus: str, start: int, end: int, output: Path,
+             eval_interval: str = DEFAULT_EVAL_INTERVAL) -> list[str]:
+    """Write blocks of the first-level rollups over [start, end] into output; returns the rules backfilled."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        raise ConfigError(str(rules_path), "promtool", None, "is needed (Debian: apt-get install prometheus)")
+    data = read_yaml(rules_path, "rule file")
+    if not isinstance(data, dict):
+        raise ConfigError(str(rules_path), "(top level)", type(data).__name__, "is not a rule file")
+    selected = first_level(data)
+    names = [r["record"] for g in selected["groups"] for r in g["rules"]]
+    if not names:
+        raise ConfigError(str(rules_path), "groups", None, "hold no recording rule over raw data to backfill")
+    if not start < end:
+        raise ConfigError("--start/--end", "range", f"{start}..{end}", "is empty: --start must be before --end")
+    output.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="otel-tokens-backfill-") as tmp:
+        rollups = Path(tmp) / "rollups.yml"
+        rollups.write_text(yaml.safe_dump(selected, sort_keys=False))
+        result = subprocess.run([promtool, "tsdb", "create-blocks-from", "rules", f"--start={start}", f"--end={end}",
+                                 f"--url={prometheus}", f"--output-dir={output}", f"--eval-interval={eval_interval}",
+                                 str(rollups)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ConfigError("promtool", "create-blocks-from rules", result.returncode,
+                          f"failed: {(result.stderr or result.stdout).strip()[-2000:]}")
+    return names
