@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..quota_scopes import COUNTERS, QuotaScope
+from .durations import duration_seconds, human_duration
 
 BUCKET = "5m"
 BUCKET_SECONDS = 300
@@ -52,24 +53,6 @@ def usage_over(counter: str, label: str, window: str, by: Sequence[str] = ()) ->
     return f"sum by ({', '.join(by or (label,))}) (\n  " + "\n  or ".join(branches) + "\n)"
 
 
-def _duration(seconds: int) -> str:
-    out, rest = "", seconds
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
-        if rest >= size:
-            out += f"{rest // size}{unit}"
-            rest %= size
-    return out or "0s"
-
-
-def _seconds(duration: str) -> int:
-    return int(duration[:-1]) * {"h": 3600, "m": 60, "s": 1}[duration[-1]]
-
-
-def window_seconds(window: str) -> int:
-    units = {"h": 3600, "m": 60, "s": 1, "d": 86400}
-    return int(window[:-1]) * units[window[-1]]
-
-
 def rollup_series(scope: QuotaScope, kind: str) -> str:
     return f"llm_quota:{scope.name}_{kind}:{BUCKET}"
 
@@ -88,7 +71,7 @@ def rolling_usage(scope: QuotaScope, kind: str) -> str:
     label = scope.label
     c = f'{COUNTERS[kind]}{{{label}!=""}}'
     # left-closed ranges (Prometheus 2.x): one second short, so a boundary point is not read twice
-    buckets_range = _duration(window_seconds(scope.window) - BUCKET_SECONDS - 1)
+    buckets_range = human_duration(duration_seconds(scope.window) - BUCKET_SECONDS - 1)
     last = f"last_over_time({c}[{BUCKET}])"  # also a series that died since its last sample
     # each series' value at the latest boundary; ranges ignore staleness, so a series that died
     # shortly before the boundary still has its last value here (and adds nothing since)
@@ -99,7 +82,7 @@ def rolling_usage(scope: QuotaScope, kind: str) -> str:
              f"  or ({last} unless {at_boundary})\n  or {last}\n)")
     # at each aligned point only a rollup sample written since the previous boundary + OFFSET: a bucket
     # without usage has no rollup sample, and a plain lookup would read the previous bucket again
-    fresh = f"last_over_time({rollup_series(scope, kind)}[{_duration(BUCKET_SECONDS - _seconds(OFFSET))}])"
+    fresh = f"last_over_time({rollup_series(scope, kind)}[{human_duration(BUCKET_SECONDS - duration_seconds(OFFSET))}])"
     parts = ((f"sum_over_time({fresh}[{buckets_range}:{BUCKET}])", "buckets"),
              (newest, "newest"), (since, "since"))
     body = "\nor ".join(f'label_replace(\n{expr},\n"part", "{name}", "", "")' for expr, name in parts)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ... import names
+from ..durations import duration_seconds, human_duration
 from ..rules import usage_over
 
 PROG = "otel-tokens report"
@@ -27,9 +27,6 @@ DIMENSIONS = {"user": USER, "department": DEPARTMENT, "model": MODEL}
 UNATTRIBUTED = "(unattributed)"  # usage whose series carries no value for the dimension
 MAX_BUCKETS = 96  # points of the --png timeline
 
-_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
-_DURATION = re.compile(r"(?:\d+(?:ms|s|m|h|d|w|y))+")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
 
 class ReportError(Exception):
@@ -43,31 +40,14 @@ class ReportError(Exception):
 # --- durations ----------------------------------------------------------------------------------
 def parse_window(text: str) -> float:
     """Seconds in a Prometheus duration such as 24h, 7d, 90m, 1h30m."""
-    if not isinstance(text, str) or not _DURATION.fullmatch(text.strip()):
+    try:
+        seconds = duration_seconds(text)
+    except ValueError:
         raise ReportError(f"bad window {text!r}: use a Prometheus duration such as 24h, 7d, 90m or 1h30m",
-                          USAGE_ERROR)
-    seconds = sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text.strip()))
+                          USAGE_ERROR) from None
     if seconds <= 0:
         raise ReportError(f"bad window {text!r}: it must be longer than zero", USAGE_ERROR)
-    return float(seconds)
-
-
-def promql_duration(seconds: float) -> str:
-    """The shortest exact PromQL duration for a number of seconds (rounded to milliseconds)."""
-    ms = round(seconds * 1000)
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"
-
-
-def human_duration(seconds: float) -> str:
-    text, rest = "", round(seconds * 1000)
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
-        if rest >= size:
-            text += f"{rest // size}{unit}"
-            rest %= size
-    return text or "0s"
+    return seconds
 
 
 def usage_by(counter: str, labels: Sequence[str], window: str) -> str:

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from ... import names, quota_scopes
 from ...prometheus_api import Prometheus
 from ...quota_scopes import KINDS
+from ..durations import human_duration, promql_duration
 from ..rules import series, usage_over
 from .model import (
     COST,
@@ -35,8 +36,6 @@ from .model import (
     _int,
     _pct,
     _utc,
-    human_duration,
-    promql_duration,
     usage_by,
 )
 
