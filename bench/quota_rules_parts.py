@@ -1,8 +1,9 @@
-"""Where the rolling window's cost goes: each part of `llm_quota:user_tokens:24h` timed alone as an
-instant query, against the same steady state as bench/quota_rules_scale.py (counters imported,
-rollups backfilled). Prints medians of 5 queries next to one raw scan.
+"""Where the user rules' cost goes: every rule of the users' group, and each part of
+`llm_quota:user_tokens:24h`, timed alone as an instant query, against the same steady state as
+bench/quota_rules_scale.py (counters imported, rollups backfilled or synthesized). Prints medians
+of 5 queries next to one raw scan.
 
-    python bench/quota_rules_parts.py [--users 100]
+    python bench/quota_rules_parts.py [--users 100] [--raw-hours 24.5]
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from otel_tokens.quotas import parse_quotas
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--raw-hours", type=float, default=24.5)
+    parser.add_argument("--also", type=Path, help="a file of more PromQL expressions to time, one a line")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="otel-tokens-parts-") as tmp:
         work = Path(tmp)
@@ -34,7 +37,8 @@ def main() -> int:
         start = end - int(24.5 * 3600)
         data = work / "data"
         data.mkdir()
-        scale.write_openmetrics(work / "raw.om", args.users, 4, start, end)
+        raw_from = max(start, (end - int(args.raw_hours * 3600)) // scale.BUCKET * scale.BUCKET)
+        scale.write_openmetrics(work / "raw.om", args.users, 4, start, end, raw_from)
         subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(work / "raw.om"), str(data)],
                        check=True, capture_output=True)
         quotas = parse_quotas(scale.QUOTAS, "bench quotas")
@@ -48,7 +52,7 @@ def main() -> int:
         with (work / "prometheus.log").open("w") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             scale.wait_ready(url, process, log.name)
-            backfill(rules, url, start, end, work / "blocks")
+            backfill(rules, url, raw_from, end, work / "blocks")
             process.terminate()
             process.wait(timeout=120)
             for block in (work / "blocks").iterdir():
@@ -56,7 +60,8 @@ def main() -> int:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             try:
                 scale.wait_ready(url, process, log.name)
-                expr = next(r["expr"] for g in render(quotas)["groups"] for r in g["rules"]
+                groups = {g["name"]: g["rules"] for g in render(quotas)["groups"]}
+                expr = next(r["expr"] for r in groups["llm_quota_users"]
                             if r.get("record") == "llm_quota:user_tokens:24h")
                 parts = expr[len("sum by (user_id) (\n"):-2].split("\nor ")
 
@@ -69,13 +74,18 @@ def main() -> int:
                     return statistics.median(runs)
 
                 print(f"{args.users} users x 4 series, steady state; seconds per instant query (median of 5)")
-                print(f"  one raw scan                          {timed(scale.RAW_SCAN):.3f}")
-                print(f"  llm_quota:user_tokens:24h, whole      {timed(expr):.3f}")
+                print(f"  one raw scan ({args.raw_hours:g} h of raw data)  {timed(scale.RAW_SCAN):.3f}")
+                print(f"  empty query (the HTTP round trip)     {timed('vector(1)'):.3f}")
+                for name, rules_ in groups.items():
+                    for rule in rules_:
+                        what = rule.get("record") or f"{rule['alert']} ({rule['labels']['severity']})"
+                        print(f"  {name} {what:<40}{timed(rule['expr']):.3f}")
                 for part in parts:
                     name = part.rsplit('"part", "', 1)[1].split('"')[0]
-                    print(f"    part {name:<33}{timed(part):.3f}")
-                print(f"  bare 287-step lookup of the rollup    "
-                      f"{timed('sum_over_time(llm_quota:user_tokens:5m[23h54m59s:5m])'):.3f}")
+                    print(f"    llm_quota:user_tokens:24h part {name:<12}{timed(part):.3f}")
+                for line in (args.also.read_text().splitlines() if args.also else []):
+                    if line.strip():
+                        print(f"  {timed(line):.3f}  {line}")
             finally:
                 process.terminate()
                 process.wait(timeout=120)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import shutil
 import socket
 import statistics
@@ -37,13 +36,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from otel_tokens.ops.backfill import backfill, first_level  # noqa: E402
+from otel_tokens.ops.durations import duration_seconds, human_duration  # noqa: E402
 from otel_tokens.ops.rules import render_text  # noqa: E402
 from otel_tokens.quotas import parse_quotas  # noqa: E402
 
 STEP = 10  # seconds between samples: the shipped scrape interval
+BUCKET = 300
+CHECKED_USERS = 3
 QUOTAS = {"warning_ratio": 0.8,
           "users": {"default": {"tokens": 200_000, "cost": 5}, "overrides": {"user-0": {"tokens": 2_000_000}}},
           "departments": {"default": {"tokens": 50_000_000, "cost": 1000}}}
@@ -56,28 +59,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_openmetrics(path: Path, users: int, series: int, start: int, end: int, seed: int = 7) -> int:
-    """Counters for every user x series from start to end; returns the number of samples written."""
-    rng = random.Random(seed)
-    samples = 0
+def _labels(user: int, s: int) -> str:
+    model, token_type = f"model-{s // 2}", ("input", "output")[s % 2]
+    return (f'{{user_id="user-{user}",department="dept-{user % 20}",gen_ai_request_model="{model}",'
+            f'gen_ai_token_type="{token_type}",job="app",instance="app:{s % 2}"}}')
+
+
+def write_openmetrics(path: Path, users: int, series: int, start: int, end: int, raw_from: int,
+                      seed: int = 7) -> tuple[int, dict[int, list[tuple[int, int]]]]:
+    """Counters for every user x series, one sample every STEP from raw_from to end, each growing by
+    0-3 tokens a step (cost: 1e-5 a token). Before raw_from (the --raw-hours option), the rollups
+    the rules would have recorded from them instead: each user's usage per 5-minute bucket, stamped
+    60 s after the bucket's end (the counters start from zero at raw_from, as processes started then).
+    Returns the samples written and, for the first users, their token usage as (end of step or bucket,
+    tokens) pairs, to check the rules' result against."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(raw_from, end, STEP)
+    rollup_ends = np.arange(start // BUCKET * BUCKET + BUCKET, raw_from - BUCKET + 1, BUCKET)
+    rollup_ends = rollup_ends[rollup_ends > start]
+    samples, kept = 0, {user: [] for user in range(min(users, CHECKED_USERS))}
     with path.open("w") as out:
-        for metric, unit_scale in (("llm_token_usage", 1), ("llm_cost", 0.00001)):
+        for metric, scale in (("llm_token_usage", 1), ("llm_cost", 0.00001)):
             out.write(f"# TYPE {metric} counter\n")
+            rollups: list[str] = []
             for user in range(users):
-                department = f"dept-{user % 20}"
+                per_bucket = np.zeros(len(rollup_ends), dtype=np.int64)
                 for s in range(series):
-                    model, token_type = f"model-{s // 2}", ("input", "output")[s % 2]
-                    labels = (f'{{user_id="user-{user}",department="{department}",gen_ai_request_model="{model}",'
-                              f'gen_ai_token_type="{token_type}",job="app",instance="app:{s % 2}"}}')
-                    value = 0.0
-                    lines = []
-                    for t in range(start, end, STEP):
-                        value += rng.randint(0, 3) * unit_scale
-                        lines.append(f"{metric}_total{labels} {value:.6g} {t}\n")
-                    out.writelines(lines)
-                    samples += len(lines)
+                    if len(rollup_ends):
+                        per_bucket += rng.integers(0, 4, size=(len(rollup_ends), BUCKET // STEP)).sum(axis=1)
+                    grow = rng.integers(0, 4, size=len(steps))
+                    grow[0] = 0
+                    if metric == "llm_token_usage" and user in kept:
+                        kept[user] += zip(steps.tolist(), grow.tolist(), strict=True)
+                    labels = _labels(user, s)
+                    values = np.cumsum(grow) * scale
+                    out.write("".join(f"{metric}_total{labels} {v:.6g} {t}\n"
+                                      for v, t in zip(values, steps, strict=True)))
+                    samples += len(steps)
+                if metric == "llm_token_usage" and user in kept:
+                    kept[user] += zip(rollup_ends.tolist(), per_bucket.tolist(), strict=True)
+                if len(rollup_ends):
+                    name = f"llm_quota:user_{'tokens' if scale == 1 else 'cost'}:5m"
+                    rollups.append("".join(f'{name}{{user_id="user-{user}"}} {v * scale:.6g} {t + 60}\n'
+                                           for v, t in zip(per_bucket, rollup_ends, strict=True)))
+            if rollups:
+                out.write(f"# TYPE llm_quota:user_{'tokens' if scale == 1 else 'cost'}:5m gauge\n")
+                out.writelines(rollups)
+                samples += users * len(rollup_ends)
         out.write("# EOF\n")
-    return samples
+    return samples, kept
 
 
 def get(url: str, path: str, **params: str) -> dict:
@@ -106,15 +136,28 @@ def wait_ready(url: str, process: subprocess.Popen, log: str) -> None:
         time.sleep(0.5)
 
 
-def measure(users: int, series: int, hours: float, rules_text: str, work: Path) -> dict:
+def exact(url: str, kept: dict[int, list[tuple[int, int]]]) -> bool:
+    """The rules' rolling 24 h of the checked users against the truth at the latest boundary (or the one
+    before: it may pass between the evaluation and the query)."""
+    checked = "|".join(f"user-{u}" for u in kept)
+    answer = get(url, "/api/v1/query", query=f'llm_quota:user_tokens:24h{{user_id=~"{checked}"}}')
+    got = {r["metric"]["user_id"]: float(r["value"][1]) for r in answer["data"]["result"]}
+    boundary = int(time.time()) // BUCKET * BUCKET
+    truths = [{f"user-{u}": float(sum(v for t, v in pairs if t > b - 86400)) for u, pairs in kept.items()}
+              for b in (boundary, boundary - BUCKET)]
+    return bool(got) and got in truths
+
+
+def measure(users: int, series: int, hours: float, raw_hours: float, rules_text: str, work: Path) -> dict:
     end = int(time.time()) // STEP * STEP
     start = end - int(hours * 3600)
+    raw_from = max(start, (end - int(raw_hours * 3600)) // BUCKET * BUCKET)
     data = work / f"data-{users}"
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
     text = work / f"raw-{users}.om"
     t0 = time.monotonic()
-    samples = write_openmetrics(text, users, series, start, end)
+    samples, kept = write_openmetrics(text, users, series, start, end, raw_from)
     subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(text), str(data)], check=True,
                    capture_output=True)
     text.unlink()
@@ -135,7 +178,7 @@ def measure(users: int, series: int, hours: float, rules_text: str, work: Path) 
         # steady state: the rollups as if the rules had run all along (otel-tokens rules-backfill)
         wait_ready(url, process, log.name)
         t0 = time.monotonic()
-        backfill(rules, url, start, end, work / "blocks")
+        backfill(rules, url, raw_from, end, work / "blocks")
         backfilled = time.monotonic() - t0
         process.terminate()
         process.wait(timeout=120)
@@ -160,10 +203,11 @@ def measure(users: int, series: int, hours: float, rules_text: str, work: Path) 
             t = time.perf_counter()
             get(url, "/api/v1/query", query=RAW_SCAN)
             scans.append(time.perf_counter() - t)
+        exact_now = exact(url, kept)
         added = get(url, "/api/v1/query", query='count({__name__=~"llm_quota:.*"})')["data"]["result"]
         return {"users": users, "series": series, "samples": samples, "import_s": imported, "backfill_s": backfilled,
                 "groups": {name: statistics.median(values[1:] or values) for name, values in durations.items()},
-                "raw_scan_s": statistics.median(scans), "rss_mib": rss_mib(process.pid),
+                "raw_scan_s": statistics.median(scans), "rss_mib": rss_mib(process.pid), "exact": exact_now,
                 "rule_series": int(float(added[0]["value"][1])) if added else 0}
     finally:
         process.terminate()
@@ -176,7 +220,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--series", type=int, default=4, help="series per user, for each of tokens and cost")
-    parser.add_argument("--hours", type=float, default=24.5, help="raw history backfilled")
+    parser.add_argument("--hours", type=float, default=24.5, help="history backfilled")
+    parser.add_argument("--raw-hours", type=float, help="raw counters for the last RAW_HOURS only, the rollups the "
+                        "rules would have recorded synthesized for the rest (default: all raw)")
     parser.add_argument("--rules", type=Path, help="a rendered rule file (default: render the bench quota file)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -188,14 +234,21 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="otel-tokens-scale-") as tmp:
         for users in args.users:
-            result = measure(users, args.series, args.hours, rules_text, Path(tmp))
+            result = measure(users, args.series, args.hours, args.raw_hours or args.hours, rules_text, Path(tmp))
             results.append(result)
-            user_groups = sum(v for k, v in result["groups"].items() if "user" in k)
-            groups = ", ".join(f"{k} {v:.3f} s" for k, v in sorted(result["groups"].items()))
-            print(f"{users:>6} users x {args.series} series: {groups}; user groups / raw scan "
-                  f"{user_groups / result['raw_scan_s']:.2f} (raw scan {result['raw_scan_s']:.3f} s); "
+            every = {g["name"]: duration_seconds(g.get("interval", "10s"))
+                     for g in yaml.safe_load(rules_text)["groups"]}
+            users_each = sum(v for k, v in result["groups"].items() if "user" in k)
+            users_per_10s = sum(v * STEP / every.get(k, STEP) for k, v in result["groups"].items() if "user" in k)
+            groups = ", ".join(f"{k} {v:.3f} s every {human_duration(every.get(k, STEP))}"
+                               for k, v in sorted(result["groups"].items()))
+            raw = result["raw_scan_s"]
+            print(f"{users:>6} users x {args.series} series: {groups}; user groups {users_per_10s:.3f} s per 10 s "
+                  f"({users_each:.3f} s if every group ran every 10 s) = {users_per_10s / raw:.3f} "
+                  f"({users_each / raw:.3f}) of one raw scan ({raw:.3f} s over {args.raw_hours or args.hours:g} h of "
+                  f"raw data); rolling 24 h exact: {'yes' if result['exact'] else 'NO'}; "
                   f"RSS {result['rss_mib']:.0f} MiB; rule series {result['rule_series']}; "
-                  f"{result['samples']:,} raw samples imported in {result['import_s']:.0f} s"
+                  f"{result['samples']:,} samples imported in {result['import_s']:.0f} s"
                   + (f", rollups backfilled in {result['backfill_s']:.0f} s" if result["backfill_s"] else ""),
                   flush=True)
     if args.json:

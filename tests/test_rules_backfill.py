@@ -72,6 +72,7 @@ def test_backfilled_rollups_make_the_rolling_window_exact_at_once(tmp_path):
     rules_dir.mkdir()
     rules = rules_dir / "quotas.yml"
     rules.write_text(render_text(parse_quotas(QUOTAS, "q")))
+    deployed = int(time.time())
     url, prom = start_prometheus(tmp_path, prometheus, [], str(rules_dir / "*.yml"))
     try:
         window_start = now // 300 * 300 - 86400
@@ -79,8 +80,9 @@ def test_backfilled_rollups_make_the_rolling_window_exact_at_once(tmp_path):
         blind = _usage(url)
         assert all(blind.get(user, 0) < truth[user] / 10 for user in truth), (blind, truth)  # the blind first day
         out = subprocess.run([sys.executable, "-m", "otel_tokens.ops.cli", "rules-backfill", "--rules", str(rules),
-                              "--prometheus", url, "--start", str(start), "--end", str(now), "--output",
-                              str(tmp_path / "blocks")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                              "--prometheus", url, "--start", str(start), "--end", str(deployed),
+                              "--output", str(tmp_path / "blocks")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr
         assert "llm_quota:user_tokens:5m" in out.stderr and "llm_quota:department_tokens:1h" in out.stderr
     finally:
@@ -92,6 +94,13 @@ def test_backfilled_rollups_make_the_rolling_window_exact_at_once(tmp_path):
     try:
         got = _usage(url)
         assert got in _truths(end, rates), (got, _truths(end, rates))
+        # backfilling again would write every bucket a second time: refused, naming the first rollup held
+        again = subprocess.run([sys.executable, "-m", "otel_tokens.ops.cli", "rules-backfill", "--rules", str(rules),
+                                "--prometheus", url, "--start", str(start), "--end", str(deployed), "--output",
+                                str(tmp_path / "again")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 2, again.stderr
+        assert again.stderr.startswith(f"otel-tokens rules-backfill: --end: time: {deployed} is too late: ")
+        assert "count twice" in again.stderr and not (tmp_path / "again").exists()
     finally:
         prom.terminate()
         prom.wait(timeout=30)

@@ -6,6 +6,10 @@ Only rules over raw data can be backfilled from it (promtool does not chain reco
 is why the rollups are first-level and the window sums are computed live from them. The blocks go
 into Prometheus's data directory; Prometheus 2.42 merges overlapping blocks when it next starts.
 vmalert does the same with `-replay.timeFrom` / `-replay.timeTo` (README).
+
+A rollup is written once per bucket, at whatever second of its minute its evaluation falls; a bucket
+written both live and by the backfill (at two stamps) would count twice, so a range that already holds
+rollup samples (the rules were deployed before --end) is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import yaml
 
 from ..config import ConfigError, read_yaml
+from ..prometheus_api import Prometheus, PrometheusError
 from ..quota_scopes import COUNTERS
 from .rules import PREFIX
 
@@ -37,6 +42,16 @@ def first_level(rule_file: dict[str, Any]) -> dict[str, Any]:
     return {"groups": groups}
 
 
+def rollups_held(prometheus: str, names: list[str], start: int, end: int) -> int:
+    """How many samples of these recorded series Prometheus holds stamped in [start, end]."""
+    matcher = '{__name__=~"' + "|".join(names) + '"}'
+    try:
+        found = Prometheus(prometheus).instant(f"sum(count_over_time({matcher}[{end - start}s]))", end)
+    except PrometheusError as error:
+        raise ConfigError("--prometheus", "url", prometheus, f"cannot be read: {error}") from None
+    return int(found[0][1]) if found else 0
+
+
 def backfill(rules_path: Path, prometheus: str, start: int, end: int, output: Path,
              eval_interval: str = DEFAULT_EVAL_INTERVAL) -> list[str]:
     """Write blocks of the first-level rollups over [start, end] into output; returns the rules backfilled."""
@@ -52,6 +67,11 @@ def backfill(rules_path: Path, prometheus: str, start: int, end: int, output: Pa
         raise ConfigError(str(rules_path), "groups", None, "hold no recording rule over raw data to backfill")
     if not start < end:
         raise ConfigError("--start/--end", "range", f"{start}..{end}", "is empty: --start must be before --end")
+    held = rollups_held(prometheus, names, start, end)
+    if held:
+        raise ConfigError("--end", "time", end, f"is too late: {prometheus} already holds {held} rollup samples "
+                          "from --start to --end; end the backfill when the rules were deployed, or those buckets "
+                          "count twice")
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="otel-tokens-backfill-") as tmp:
         rollups = Path(tmp) / "rollups.yml"

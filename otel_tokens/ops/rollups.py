@@ -1,22 +1,27 @@
 """The rolling window's rules: exact usage over a rolling window at a cost that grows with the number
-of principals, not with the raw samples in the window.
+of principals, not with the raw samples in the window, and without subqueries over the window (a
+subquery evaluates its inner expression at every step: 288 lookups per user per evaluation).
 
-PromQL subquery steps are aligned to absolute multiples of the step, which makes aligned buckets
-possible without any state:
+- A first-level rollup, over raw data only (so `promtool tsdb create-blocks-from rules` can backfill
+  it), in its own group evaluated every minute, written once per aligned 5-minute bucket: only the
+  evaluation that falls WRITE_FROM..WRITE_UNTIL after a boundary writes the exact usage of the bucket
+  that ended on it (the other evaluations write nothing). So a rollup series holds one sample per
+  bucket, and the bucket ending at boundary E is the sample stamped in [E + 30 s, E + 90 s).
+- The window: a plain `sum_over_time(rollup[24h])` (one sample per bucket, no subquery), corrected at
+  its old edge, plus the newest complete bucket from raw data until its rollup is written, plus what
+  each series added since the latest boundary.
 
-- a first-level rollup, over raw data only (so `promtool tsdb create-blocks-from rules` can backfill
-  it), in its own group with a slow interval: the exact usage of the aligned 5-minute bucket that ended
-  at the latest boundary at least OFFSET ago (`last_over_time(<usage over 5m>[5m:5m] offset 30s)`);
-- the window: the rollup read at the aligned points of the window (`sum_over_time(rollup[W-5m:5m])`,
-  every complete bucket but the newest), plus, from raw data, the newest complete bucket (its usage at
-  the latest boundary) and what each series added since that boundary.
+The rolling 24 h starts on the latest 5-minute boundary at least 24 h ago (it spans 24 h to 24 h 5 m).
+At x seconds after a boundary B, `[24h]` reads samples stamped from B + x - 24 h: for x < EDGE_SWITCH it
+may still hold the bucket that ended at B - 24 h (outside the window; stamped within 90 s of it), which
+EDGE subtracts, read from the first 2 minutes of the range; from EDGE_SWITCH on it cannot. Likewise the
+newest bucket's rollup, if written, is stamped within [B + 30 s, B + x]: looked for in the last 2
+minutes before EDGE_SWITCH, in the last 4 m 30 s after. These hold for any phase of the rollup group
+within the minute, so backfilled and live rollups, or a group whose phase changed, add up exactly.
 
-So the rolling 24 h starts on the latest 5-minute boundary at least 24 h ago (it spans 24 h to 24 h 5 m)
-and a crossing is seen at the next evaluation of the 10 s group, from raw data. At the aligned point u,
-only a rollup sample written in [u-270 s, u] is read, and it holds the bucket that ended at u-5m (a bucket
-without usage has no sample, and an older one must not stand in for it): with a 1-minute rollup interval,
-up to three consecutive missed rollup evaluations cost nothing; a missed evaluation of
-the window's own group costs nothing either (the next one recomputes it all).
+One missed evaluation of the rollup group loses that bucket from the window for 24 h (its rollup is
+never written; the raw newest-bucket part stands in for it only until the next boundary). A missed
+evaluation of the window's own group costs nothing (the next one recomputes it all).
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ from .durations import duration_seconds, human_duration
 
 BUCKET = "5m"
 BUCKET_SECONDS = 300
-OFFSET = "30s"  # a rollup evaluated exactly on a boundary still means the bucket before it
 ROLLUP_INTERVAL = "1m"
+WRITE_FROM = 30  # seconds after a boundary: scrapes stamped before it have landed
+WRITE_UNTIL = WRITE_FROM + 60  # one rollup evaluation a minute falls in [30 s, 90 s)
+EDGE_SWITCH = 150  # seconds after a boundary; any value in [WRITE_UNTIL, BUCKET + WRITE_FROM - EDGE_RANGE]
+EDGE_RANGE = 120
 
 
 def usage_over(counter: str, label: str, window: str, by: Sequence[str] = ()) -> str:
@@ -57,34 +65,42 @@ def rollup_series(scope: QuotaScope, kind: str) -> str:
     return f"llm_quota:{scope.name}_{kind}:{BUCKET}"
 
 
+def _seconds_into_bucket(condition: str) -> str:
+    """A filter on the evaluation's time within the bucket, for `and on()`."""
+    return f"(vector(time() % {BUCKET_SECONDS}) {condition})"
+
+
 def rollup_rule(scope: QuotaScope, kind: str) -> dict[str, str]:
-    """The first-level rollup: reads raw data only."""
+    """The first-level rollup: reads raw data only; writes once per bucket."""
     bucket = usage_over(COUNTERS[kind], scope.label, BUCKET)
     return {"record": rollup_series(scope, kind),
-            "expr": f"last_over_time(\n(\n{bucket}\n)[{BUCKET}:{BUCKET}] offset {OFFSET}\n)"}
+            "expr": (f"last_over_time(\n(\n{bucket}\n)[{BUCKET}:{BUCKET}]\n)\n"
+                     f"and on() {_seconds_into_bucket(f'>= {WRITE_FROM} < {WRITE_UNTIL}')}")}
 
 
 def rolling_usage(scope: QuotaScope, kind: str) -> str:
-    """Usage over the rolling window: complete buckets from the rollup, the newest bucket and the
-    current partial one from raw data. Each part is labelled so that `sum by` adds them, a missing part
-    counting as zero."""
+    """Usage over the rolling window: complete buckets from the rollup, the newest bucket (until its
+    rollup is written) and the current partial one from raw data. Each part is labelled so that
+    `sum by` adds them, a missing part counting as zero."""
     label = scope.label
     c = f'{COUNTERS[kind]}{{{label}!=""}}'
-    # left-closed ranges (Prometheus 2.x): one second short, so a boundary point is not read twice
-    buckets_range = human_duration(duration_seconds(scope.window) - BUCKET_SECONDS - 1)
+    rollup = rollup_series(scope, kind)
+    window = duration_seconds(scope.window)
+    early, late = _seconds_into_bucket(f"< {EDGE_SWITCH}"), _seconds_into_bucket(f">= {EDGE_SWITCH}")
+    buckets = f"sum_over_time({rollup}[{scope.window}])"
+    edge = (f"-(\n  sum_over_time({rollup}[{human_duration(EDGE_RANGE)}] offset "
+            f"{human_duration(window - EDGE_RANGE)})\n  and on() {early}\n)")
+    written = (f"(last_over_time({rollup}[{human_duration(EDGE_SWITCH - WRITE_FROM)}]) and on() {early})\n"
+               f"  or (last_over_time({rollup}[{human_duration(BUCKET_SECONDS - WRITE_FROM)}]) and on() {late})")
+    newest = (f"last_over_time(\n(\n{usage_over(COUNTERS[kind], label, BUCKET)}\n)[{BUCKET}:{BUCKET}]\n)\n"
+              f"unless on({label}) (\n  {written}\n)")
     last = f"last_over_time({c}[{BUCKET}])"  # also a series that died since its last sample
     # each series' value at the latest boundary; ranges ignore staleness, so a series that died
     # shortly before the boundary still has its last value here (and adds nothing since)
     at_boundary = f"last_over_time({last}[{BUCKET}:{BUCKET}])"
-    newest = f"last_over_time(\n(\n{usage_over(COUNTERS[kind], label, BUCKET)}\n)[{BUCKET}:{BUCKET}]\n)"
     # per series since the latest boundary: grew since (alive or died since); born since; reset since
     since = (f"sum by ({label}) (\n  ({last} - {at_boundary} >= 0)\n"
              f"  or ({last} unless {at_boundary})\n  or {last}\n)")
-    # at each aligned point only a rollup sample written since the previous boundary + OFFSET: a bucket
-    # without usage has no rollup sample, and a plain lookup would read the previous bucket again
-    fresh = f"last_over_time({rollup_series(scope, kind)}[{human_duration(BUCKET_SECONDS - duration_seconds(OFFSET))}])"
-    parts = ((f"sum_over_time({fresh}[{buckets_range}:{BUCKET}])", "buckets"),
-             (newest, "newest"), (since, "since"))
+    parts = ((buckets, "buckets"), (edge, "edge"), (newest, "newest"), (since, "since"))
     body = "\nor ".join(f'label_replace(\n{expr},\n"part", "{name}", "", "")' for expr, name in parts)
     return f"sum by ({label}) (\n{body}\n)"
-
