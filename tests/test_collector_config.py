@@ -527,8 +527,9 @@ def test_worst_case_alert_delay_is_within_budget() -> None:
     jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
     scrape = _seconds(jobs["otel-collector"].get("scrape_interval", prometheus["global"]["scrape_interval"]))
     global_eval = _seconds(prometheus["global"]["evaluation_interval"])
-    # the rolling windows' first-level rollups run slower, off the crossing path: a crossing is read from
-    # raw data by the groups that hold the alerts (otel_tokens/ops/rollups.py)
+    # the first-level rollups run slower, off the crossing path: a user's crossing is read from raw data
+    # by the group that holds the alerts (otel_tokens/ops/rollups.py); a department's month counts
+    # completed hours anyway
     rollups = [r for _, g, r in _rules() if g["name"].endswith("_rollups")]
     assert rollups and all("record" in r and "llm_quota:" not in r["expr"] for r in rollups)
     evaluation = max([global_eval, *(_seconds(g.get("interval", global_eval)) for _, g, _ in _rules()

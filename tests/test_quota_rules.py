@@ -214,7 +214,8 @@ USER_TOKENS = {"users": {"default": {"tokens": 10**9}}}  # the window alone: no 
 def test_rolling_window_from_rollups_is_exact_at_and_between_bucket_edges(tmp_path):
     """One sample every 10 s, +1 token each, for 25 h. The window starts on the latest 5-minute boundary
     at least 24 h ago: at t it is (u - 24h, t] with u = t rounded down to 5 minutes. A series that died
-    mid-window, one born inside it, one that reset inside it and a user who stopped count exactly too. (Rules evaluated
+    mid-window, one born inside it, one that reset inside it, a user who stopped, one who stopped and one
+    who started in the bucket whose rollup is not yet written count exactly too. (Rules evaluated
     every minute here, as the rollups are, so that 25 h evaluate in seconds.)"""
     series = [
         tokens("steady", "0+1x9100"),
@@ -222,6 +223,8 @@ def test_rolling_window_from_rollups_is_exact_at_and_between_bucket_edges(tmp_pa
         tokens("worker", "_x6000 0+2x3100", instance="b:1"),  # its replacement, born at 60,000 s
         tokens("restarted", "0+1x4000 0+1x5100"),  # reset at 40,010 s
         tokens("gone", "0+1x3010 stale"),  # stopped at 30,100 s, mid-bucket: its buckets since have no rollup
+        tokens("killed", "0+1x8985 stale"),  # died at 89,850 s, in the bucket whose rollup is not written at 90,000 s
+        tokens("fresh", "_x8995 0+1x100"),  # born at 89,950 s, just before a boundary
     ]
 
     def expected(t: int) -> list[dict]:
@@ -230,8 +233,10 @@ def test_rolling_window_from_rollups_is_exact_at_and_between_bucket_edges(tmp_pa
         worker = (50000 - start) // 10 + 2 * ((t - 60000) // 10)
         restarted = (40000 - start) // 10 + (t - 40010) // 10
         gone = (30100 - start) // 10
+        killed, fresh = (89850 - start) // 10, (t - 89950) // 10
         return sorted([_usage("steady", steady), _usage("worker", worker), _usage("restarted", restarted),
-                       _usage("gone", gone)], key=lambda s: s["labels"])
+                       _usage("gone", gone), _usage("killed", killed), _usage("fresh", fresh)],
+                      key=lambda s: s["labels"])
 
     at = [90000, 90060, 90120, 90240, 90300]  # on a boundary, just after, between, just before, the next
     _promtool_test(tmp_path, {"evaluation_interval": "1m", "tests": [{

@@ -27,7 +27,7 @@ def test_only_rules_over_raw_data_are_backfilled():
     selected = first_level(render(parse_quotas(QUOTAS, "q")))
     records = [r["record"] for g in selected["groups"] for r in g["rules"]]
     assert records == ["llm_quota:user_tokens:5m", "llm_quota:department_tokens:1h"]
-    assert [g.get("interval") for g in selected["groups"]] == ["1m", None]
+    assert [g.get("interval") for g in selected["groups"]] == ["1m", "1m"]
 
 
 def _usage(url: str) -> dict[str, float]:

@@ -38,6 +38,7 @@ WRITE_FROM = 30  # seconds after a boundary: scrapes stamped before it have land
 WRITE_UNTIL = WRITE_FROM + 60  # one rollup evaluation a minute falls in [30 s, 90 s)
 EDGE_SWITCH = 150  # seconds after a boundary; any value in [WRITE_UNTIL, BUCKET + WRITE_FROM - EDGE_RANGE]
 EDGE_RANGE = 120
+LOOKBACK = "10m"  # for each raw series' latest value and its value at a boundary: longer than a bucket
 
 
 def usage_over(counter: str, label: str, window: str, by: Sequence[str] = ()) -> str:
@@ -79,9 +80,17 @@ def rollup_rule(scope: QuotaScope, kind: str) -> dict[str, str]:
 
 
 def rolling_usage(scope: QuotaScope, kind: str) -> str:
-    """Usage over the rolling window: complete buckets from the rollup, the newest bucket (until its
-    rollup is written) and the current partial one from raw data. Each part is labelled so that
-    `sum by` adds them, a missing part counting as zero."""
+    """Usage over the rolling window: complete buckets from the rollup, and from raw data what each
+    series added since the newest boundary whose bucket the rollup holds (the latest one, or the one
+    before until its rollup is written). Each part is labelled so that `sum by` adds them, a missing
+    part counting as zero.
+
+    The raw part is what every evaluation reads per raw series, so it is built from as few selectors
+    as exactness allows (5): each series' latest value, less its value at that boundary when it has
+    one no larger (a series born since counts from zero; one that reset since counts its value since
+    the reset, until the bucket's exact rollup replaces it). Both read with the same 10-minute
+    lookback, so a series that died in the last 10 minutes still adds what it grew by, and one that
+    died earlier is in neither."""
     label = scope.label
     c = f'{COUNTERS[kind]}{{{label}!=""}}'
     rollup = rollup_series(scope, kind)
@@ -92,15 +101,11 @@ def rolling_usage(scope: QuotaScope, kind: str) -> str:
             f"{human_duration(window - EDGE_RANGE)})\n  and on() {early}\n)")
     written = (f"(last_over_time({rollup}[{human_duration(EDGE_SWITCH - WRITE_FROM)}]) and on() {early})\n"
                f"  or (last_over_time({rollup}[{human_duration(BUCKET_SECONDS - WRITE_FROM)}]) and on() {late})")
-    newest = (f"last_over_time(\n(\n{usage_over(COUNTERS[kind], label, BUCKET)}\n)[{BUCKET}:{BUCKET}]\n)\n"
-              f"unless on({label}) (\n  {written}\n)")
-    last = f"last_over_time({c}[{BUCKET}])"  # also a series that died since its last sample
-    # each series' value at the latest boundary; ranges ignore staleness, so a series that died
-    # shortly before the boundary still has its last value here (and adds nothing since)
-    at_boundary = f"last_over_time({last}[{BUCKET}:{BUCKET}])"
-    # per series since the latest boundary: grew since (alive or died since); born since; reset since
-    since = (f"sum by ({label}) (\n  ({last} - {at_boundary} >= 0)\n"
-             f"  or ({last} unless {at_boundary})\n  or {last}\n)")
-    parts = ((buckets, "buckets"), (edge, "edge"), (newest, "newest"), (since, "since"))
+    last = f"last_over_time({c}[{LOOKBACK}])"
+    at_latest = f"last_over_time({last}[{BUCKET}:{BUCKET}])"  # at the latest boundary
+    at_previous = f"last_over_time({last}[{BUCKET}:{BUCKET}] offset {BUCKET})"  # at the one before
+    base = (f"-(\n  (sum by ({label}) ({at_latest} <= {last})\n   and on({label}) (\n  {written}\n  ))\n"
+            f"  or (sum by ({label}) ({at_previous} <= {last})\n   unless on({label}) (\n  {written}\n  ))\n)")
+    parts = ((buckets, "buckets"), (edge, "edge"), (f"sum by ({label}) ({last})", "latest"), (base, "base"))
     body = "\nor ".join(f'label_replace(\n{expr},\n"part", "{name}", "", "")' for expr, name in parts)
     return f"sum by ({label}) (\n{body}\n)"

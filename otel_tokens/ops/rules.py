@@ -5,7 +5,9 @@ Windows: users over a rolling 24 h; departments per calendar month (UTC). PromQL
 constant, so month-to-date is built from hourly buckets summed over a 32-day subquery, keeping only
 the buckets whose month (at the bucket's middle) is the month at evaluation time, pinned with
 `@ end()`. It lags by up to one hour (the current hour is counted when it completes), which a
-monthly budget tolerates; a bucket's edges move by up to the evaluation interval.
+monthly budget tolerates. The hourly buckets are first-level rollups in their own group evaluated
+every minute (they read an hour of every raw series: every 10 s would cost six times as much), so a
+bucket's edges move by up to a minute.
 
 Usage in a window is exact per series (last value minus the value at the window's start, or the
 whole value of a series born inside it); `increase()` with its edge extrapolation is used only for
@@ -111,6 +113,9 @@ def render(quotas: Quotas, for_: str = "15s") -> dict[str, Any]:
         if scope.rolling:
             groups.append({"name": f"{PREFIX}_{scope.name}_rollups", "interval": ROLLUP_INTERVAL,
                            "rules": [rollup_rule(scope, kind) for kind in limits.kinds()]})
+        else:
+            groups.append({"name": f"{PREFIX}_{scope.name}_rollups", "interval": ROLLUP_INTERVAL,
+                           "rules": [_hourly_bucket(scope, kind) for kind in limits.kinds()]})
         rules: list[dict[str, Any]] = [] if scope.rolling else [{"record": MONTH, "expr": "year() * 100 + month()"}]
         for kind in limits.kinds():
             usage = series(scope.name, kind, scope.window)
@@ -126,13 +131,17 @@ def _rolling_usage(scope: QuotaScope, kind: str, usage: str) -> list[dict[str, A
     return [{"record": usage, "expr": rolling_usage(scope, kind)}]
 
 
+def _hourly_bucket(scope: QuotaScope, kind: str) -> dict[str, Any]:
+    """Departments' first-level rollup: the usage of the hour before each evaluation."""
+    return {"record": series(scope.name, kind, BUCKET), "expr": usage_over(COUNTERS[kind], scope.label, BUCKET)}
+
+
 def _month_usage(scope: QuotaScope, kind: str, usage: str) -> list[dict[str, Any]]:
     """Departments: hourly buckets, summed over the buckets of the calendar month at evaluation time."""
     middle = f"vector(time() - {BUCKET_SECONDS // 2})"
     label = scope.label
     bucket = series(scope.name, kind, BUCKET)
-    return [{"record": bucket, "expr": usage_over(COUNTERS[kind], label, BUCKET)},
-            {"record": usage, "expr": (
+    return [{"record": usage, "expr": (
                 f"sum by ({label}) (\n  sum_over_time(\n    (\n      {bucket}\n      and on()\n"
                 f"      (year({middle}) * 100 + month({middle}) == on() {MONTH} @ end())\n"
                 f"    )[{MONTH_SUBQUERY}:{BUCKET}]\n  )\n)")}]
