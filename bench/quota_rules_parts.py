@@ -51,10 +51,12 @@ def main() -> int:
                    f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=30d"]
         with (work / "prometheus.log").open("w") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-            scale.wait_ready(url, process, log.name)
-            backfill(rules, url, raw_from, end, work / "blocks")
-            process.terminate()
-            process.wait(timeout=120)
+            try:
+                scale.wait_ready(url, process, log.name)
+                backfill(rules, url, raw_from, end, work / "blocks")
+            finally:
+                process.terminate()
+                process.wait(timeout=120)
             for block in (work / "blocks").iterdir():
                 shutil.move(str(block), data / block.name)
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

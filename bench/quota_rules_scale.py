@@ -176,12 +176,14 @@ def measure(users: int, series: int, hours: float, raw_hours: float, rules_text:
     backfilled = 0.0
     if first_level(yaml.safe_load(rules_text))["groups"]:
         # steady state: the rollups as if the rules had run all along (otel-tokens rules-backfill)
-        wait_ready(url, process, log.name)
         t0 = time.monotonic()
-        backfill(rules, url, raw_from, end, work / "blocks")
+        try:
+            wait_ready(url, process, log.name)
+            backfill(rules, url, raw_from, end, work / "blocks")
+        finally:
+            process.terminate()
+            process.wait(timeout=120)
         backfilled = time.monotonic() - t0
-        process.terminate()
-        process.wait(timeout=120)
         for block in (work / "blocks").iterdir():
             shutil.move(str(block), data / block.name)
         process = subprocess.Popen(process.args, stdout=log, stderr=subprocess.STDOUT)

@@ -8,8 +8,8 @@ subquery evaluates its inner expression at every step: 288 lookups per user per 
   that ended on it (the other evaluations write nothing). So a rollup series holds one sample per
   bucket, and the bucket ending at boundary E is the sample stamped in [E + 30 s, E + 90 s).
 - The window: a plain `sum_over_time(rollup[24h])` (one sample per bucket, no subquery), corrected at
-  its old edge, plus the newest complete bucket from raw data until its rollup is written, plus what
-  each series added since the latest boundary.
+  its old edge, plus from raw data what each series added since the newest boundary whose bucket the
+  rollup holds (the latest boundary, or the one before until the latest bucket's rollup is written).
 
 The rolling 24 h starts on the latest 5-minute boundary at least 24 h ago (it spans 24 h to 24 h 5 m).
 At x seconds after a boundary B, `[24h]` reads samples stamped from B + x - 24 h: for x < EDGE_SWITCH it
@@ -20,7 +20,7 @@ minutes before EDGE_SWITCH, in the last 4 m 30 s after. These hold for any phase
 within the minute, so backfilled and live rollups, or a group whose phase changed, add up exactly.
 
 One missed evaluation of the rollup group loses that bucket from the window for 24 h (its rollup is
-never written; the raw newest-bucket part stands in for it only until the next boundary). A missed
+never written; the raw part stands in for it only until the next boundary). A missed
 evaluation of the window's own group costs nothing (the next one recomputes it all).
 """
 
