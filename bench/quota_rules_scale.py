@@ -35,9 +35,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
+from _live_counters import LiveCounters  # noqa: E402
 
 from otel_tokens.ops.backfill import backfill, first_level  # noqa: E402
 from otel_tokens.ops.durations import duration_seconds, human_duration  # noqa: E402
@@ -148,7 +150,8 @@ def exact(url: str, kept: dict[int, list[tuple[int, int]]]) -> bool:
     return bool(got) and got in truths
 
 
-def measure(users: int, series: int, hours: float, raw_hours: float, rules_text: str, work: Path) -> dict:
+def measure(users: int, series: int, hours: float, raw_hours: float, rules_text: str, work: Path,
+            scrape_minutes: float = 0) -> dict:
     end = int(time.time()) // STEP * STEP
     start = end - int(hours * 3600)
     raw_from = max(start, (end - int(raw_hours * 3600)) // BUCKET * BUCKET)
@@ -166,8 +169,16 @@ def measure(users: int, series: int, hours: float, raw_hours: float, rules_text:
     rules.write_text(rules_text)
     port = free_port()
     config = work / "prometheus.yml"
+    scrape = ""
+    live = None
+    if scrape_minutes:
+        live = LiveCounters(users, series, CHECKED_USERS)
+        server = live.serve()
+        scrape = (f"  - job_name: app\n    honor_labels: true\n    scrape_timeout: 10s\n"
+                  f"    static_configs: [{{targets: ['127.0.0.1:{server.server_address[1]}']}}]\n")
     config.write_text(f"global:\n  scrape_interval: 10s\n  evaluation_interval: 10s\nrule_files: ['{rules}']\n"
-                      f"scrape_configs:\n  - job_name: self\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n")
+                      f"scrape_configs:\n  - job_name: self\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+                      + scrape)
     log = (work / f"prometheus-{users}.log").open("w")
     process = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={data}",
                                 f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=30d"],
@@ -189,6 +200,7 @@ def measure(users: int, series: int, hours: float, raw_hours: float, rules_text:
         process = subprocess.Popen(process.args, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_ready(url, process, log.name)
+        time.sleep(scrape_minutes * 60)  # the recent raw data in the head, as in production
         durations: dict[str, list[float]] = {}
         seen: set[tuple[str, str]] = set()
         deadline = time.monotonic() + max(120, 30 + users * 0.05)
@@ -205,6 +217,12 @@ def measure(users: int, series: int, hours: float, raw_hours: float, rules_text:
             t = time.perf_counter()
             get(url, "/api/v1/query", query=RAW_SCAN)
             scans.append(time.perf_counter() - t)
+        if live is not None:
+            live.frozen = True
+            time.sleep(3 * STEP)  # the last growth scraped and evaluated
+            with live.lock:
+                for user, pairs in live.usage.items():
+                    kept[user] += pairs
         exact_now = exact(url, kept)
         added = get(url, "/api/v1/query", query='count({__name__=~"llm_quota:.*"})')["data"]["result"]
         return {"users": users, "series": series, "samples": samples, "import_s": imported, "backfill_s": backfilled,
@@ -226,6 +244,8 @@ def main() -> int:
     parser.add_argument("--raw-hours", type=float, help="raw counters for the last RAW_HOURS only, the rollups the "
                         "rules would have recorded synthesized for the rest (default: all raw)")
     parser.add_argument("--rules", type=Path, help="a rendered rule file (default: render the bench quota file)")
+    parser.add_argument("--scrape-minutes", type=float, default=0, help="first scrape live counters of the same "
+                        "users for this long, so the recent raw data is in Prometheus's head (as in production)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     for binary in ("prometheus", "promtool"):
@@ -236,7 +256,8 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="otel-tokens-scale-") as tmp:
         for users in args.users:
-            result = measure(users, args.series, args.hours, args.raw_hours or args.hours, rules_text, Path(tmp))
+            result = measure(users, args.series, args.hours, args.raw_hours or args.hours, rules_text, Path(tmp),
+                             args.scrape_minutes)
             results.append(result)
             every = {g["name"]: duration_seconds(g.get("interval", "10s"))
                      for g in yaml.safe_load(rules_text)["groups"]}

@@ -86,7 +86,7 @@ def rolling_usage(scope: QuotaScope, kind: str) -> str:
     part counting as zero.
 
     The raw part is what every evaluation reads per raw series, so it is built from as few selectors
-    as exactness allows (5): each series' latest value, less its value at that boundary when it has
+    as exactness allows (4): each series' latest value, less its value at that boundary when it has
     one no larger (a series born since counts from zero; one that reset since counts its value since
     the reset, until the bucket's exact rollup replaces it). Both read with the same 10-minute
     lookback, so a series that died in the last 10 minutes still adds what it grew by, and one that
@@ -104,8 +104,10 @@ def rolling_usage(scope: QuotaScope, kind: str) -> str:
     last = f"last_over_time({c}[{LOOKBACK}])"
     at_latest = f"last_over_time({last}[{BUCKET}:{BUCKET}])"  # at the latest boundary
     at_previous = f"last_over_time({last}[{BUCKET}:{BUCKET}] offset {BUCKET})"  # at the one before
-    base = (f"-(\n  (sum by ({label}) ({at_latest} <= {last})\n   and on({label}) (\n  {written}\n  ))\n"
-            f"  or (sum by ({label}) ({at_previous} <= {last})\n   unless on({label}) (\n  {written}\n  ))\n)")
+    # per series, its value at the newest boundary whose bucket the rollup holds for its user
+    at_base = (f"(\n  ({at_latest} and on({label}) (\n  {written}\n  ))\n"
+               f"  or ({at_previous} unless on({label}) (\n  {written}\n  ))\n)")
+    base = f"-sum by ({label}) (\n{at_base}\n<= {last}\n)"
     parts = ((buckets, "buckets"), (edge, "edge"), (f"sum by ({label}) ({last})", "latest"), (base, "base"))
     body = "\nor ".join(f'label_replace(\n{expr},\n"part", "{name}", "", "")' for expr, name in parts)
     return f"sum by ({label}) (\n{body}\n)"
