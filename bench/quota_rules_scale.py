@@ -1,6 +1,7 @@
 """Cost of the quota rules per evaluation as users grow, on a real Prometheus (`make bench-scale`).
 
-    python bench/quota_rules_scale.py [--users 100 1000] [--series 4] [--hours 24.5] [--rules FILE]
+    python bench/quota_rules_scale.py [--users 100 1000] [--series 4] [--hours 24.5]
+        [--raw-hours H] [--scrape-minutes M] [--rules FILE] [--json FILE]
 
 Per size: counters for N users x S series of llm_token_usage_total and of llm_cost_total (one sample
 every 10 s, as the shipped scrape interval gives, each series growing by a random amount) are
@@ -8,12 +9,17 @@ written as OpenMetrics and imported with `promtool tsdb create-blocks-from openm
 Prometheus then opens that TSDB with the rule file rendered by `otel-tokens rules` from a quota file
 with user and department limits (or --rules), evaluating every 10 s; the rule file's first-level
 rollups are first backfilled over the history (`otel-tokens rules-backfill`), so what is measured is
-the steady state of rules that have run all along. Printed per size, after a few
-evaluations: each quota group's evaluation seconds (median of the last evaluations, from
-`/api/v1/rules`), the ratio of all user-quota groups together (the 1-minute rollup group counted as if it
-ran every 10 s too: conservative) to one
+the steady state of rules that have run all along. With --raw-hours, only the last H hours are raw
+counters and the users' rollups for the rest of the window are synthesized the way the rules record
+them (one sample per bucket), so 10,000 users are measured, not extrapolated. With
+--scrape-minutes, Prometheus first scrapes live counters of the same users for M minutes.
+
+Printed per size, after a few evaluations: each quota group's evaluation seconds (median of the last
+evaluations, from `/api/v1/rules`) and interval; the user groups' cost per 10 s (each group's
+seconds scaled by its interval; in brackets as if every group ran every 10 s) and its ratio to one
 raw scan of the same data (`sum by (user_id) (count_over_time(llm_token_usage_total[24h]))`, the
-median of 5 instant queries), Prometheus's RSS, and the series the rules add.
+median of 5 instant queries); whether the recorded rolling 24 h of the first users equals the truth
+from the generated data; Prometheus's RSS; the series the rules add.
 
 Ratios, not asserts: nothing here fails on a slow machine. Not part of `make test`.
 """
