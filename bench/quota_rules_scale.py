@@ -159,6 +159,25 @@ def exact(url: str, kept: dict[int, list[tuple[int, int]]]) -> bool:
     return bool(got) and got in truths
 
 
+def wait_compacted(url: str, limit_s: float = 1200) -> float:
+    """Wait until Prometheus has merged the backfilled blocks into the imported ones (vertical
+    compactions, once a minute), so that compaction does not run during the measurement."""
+    def count() -> float:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=60) as response:
+            text = response.read().decode()
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith(("prometheus_tsdb_compactions_total ",
+                                       "prometheus_tsdb_vertical_compactions_total ")))
+    t0 = time.monotonic()
+    last, still_since = count(), time.monotonic()
+    while time.monotonic() - still_since < 90 and time.monotonic() - t0 < limit_s:
+        time.sleep(10)
+        now = count()
+        if now != last:
+            last, still_since = now, time.monotonic()
+    return time.monotonic() - t0
+
+
 def measure(users: int, series: int, hours: float, raw_hours: float, rules_text: str, work: Path,
             scrape_minutes: float = 0) -> dict:
     end = int(time.time()) // STEP * STEP
@@ -189,9 +208,12 @@ def measure(users: int, series: int, hours: float, raw_hours: float, rules_text:
                       f"scrape_configs:\n  - job_name: self\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
                       + scrape)
     log = (work / f"prometheus-{users}.log").open("w")
+    # 2 h blocks only: no compaction of the imported history into larger blocks during the measurement
     process = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={data}",
-                                f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=30d"],
+                                f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=30d",
+                                "--storage.tsdb.max-block-duration=2h"],
                                stdout=log, stderr=subprocess.STDOUT)
+    deployed = int(time.time())
     url = f"http://127.0.0.1:{port}"
     backfilled = 0.0
     if first_level(yaml.safe_load(rules_text))["groups"]:
@@ -199,7 +221,7 @@ def measure(users: int, series: int, hours: float, raw_hours: float, rules_text:
         t0 = time.monotonic()
         try:
             wait_ready(url, process, log.name)
-            backfill(rules, url, raw_from, end, work / "blocks")
+            backfill(rules, url, raw_from, deployed, work / "blocks")  # up to the deploy, as documented
         finally:
             process.terminate()
             process.wait(timeout=120)
@@ -209,6 +231,7 @@ def measure(users: int, series: int, hours: float, raw_hours: float, rules_text:
         process = subprocess.Popen(process.args, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_ready(url, process, log.name)
+        quiet = wait_compacted(url)
         time.sleep(scrape_minutes * 60)  # the recent raw data in the head, as in production
         durations: dict[str, list[float]] = {}
         seen: set[tuple[str, str]] = set()
@@ -240,7 +263,7 @@ def measure(users: int, series: int, hours: float, raw_hours: float, rules_text:
         return {"users": users, "series": series, "samples": samples, "import_s": imported, "backfill_s": backfilled,
                 "groups": {name: statistics.median(values[1:] or values) for name, values in durations.items()},
                 "raw_scan_s": statistics.median(scans), "one_read_s": statistics.median(reads),
-                "rss_mib": rss_mib(process.pid), "exact": exact_now,
+                "rss_mib": rss_mib(process.pid), "exact": exact_now, "compaction_wait_s": quiet,
                 "rule_series": int(float(added[0]["value"][1])) if added else 0}
     finally:
         process.terminate()
