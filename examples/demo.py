@@ -135,6 +135,19 @@ def wait_ready(url: str, timeout: float = 60) -> None:
             time.sleep(0.3)
 
 
+def wait_listening(port: int, timeout: float = 120) -> None:
+    """The model server answers only POST; loading the model takes a while on a busy machine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo: the model server did not listen on port {port}; logs in {RUN}") from None
+            time.sleep(0.3)
+
+
 def query(prometheus: str, promql: str) -> list[dict[str, Any]]:
     url = f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
     with urllib.request.urlopen(url, timeout=10) as response:
@@ -250,6 +263,7 @@ def main() -> int:
                     {**telemetry, "OTEL_SERVICE_NAME": "model-server",
                      "OTEL_EXPORTER_PROMETHEUS_PORT": str(ports["server"])})
         wait_ready(f"{prometheus}/-/ready")
+        wait_listening(ports["openai"])  # the traffic's first call would be refused
         openai_url = f"http://127.0.0.1:{ports['openai']}/v1"
         traffic = stack.start("traffic", [*agent, "examples/demo_traffic.py"],
                               {**telemetry, "OTEL_SERVICE_NAME": "kb-chat", "OPENAI_BASE_URL": openai_url,
