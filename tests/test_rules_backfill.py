@@ -114,3 +114,16 @@ def test_a_rule_file_without_rollups_is_refused_with_a_clear_message(tmp_path):
                           str(tmp_path / "blocks")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert out.stderr.startswith(f"otel-tokens rules-backfill: {rules}: groups:") and "raw data" in out.stderr
+
+
+def test_a_record_name_that_is_not_a_metric_name_is_refused_before_any_query(tmp_path):
+    rules = tmp_path / "hostile.yml"
+    rules.write_text('groups:\n  - name: g\n    rules:\n      - record: \'x"}) or vector(1) or ({a="\'\n'
+                     "        expr: sum(llm_token_usage_total)\n")
+    out = subprocess.run([sys.executable, "-m", "otel_tokens.ops.cli", "rules-backfill", "--rules", str(rules),
+                          "--prometheus", "http://127.0.0.1:9", "--start", "1", "--end", "2", "--output",
+                          str(tmp_path / "blocks")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"otel-tokens rules-backfill: {rules}: record: ")
+    assert "is not a metric name" in out.stderr
+    assert not (tmp_path / "blocks").exists()

@@ -14,6 +14,7 @@ rollup samples (the rules were deployed before --end) is refused.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +29,7 @@ from ..quota_scopes import COUNTERS
 from .rules import PREFIX
 
 DEFAULT_EVAL_INTERVAL = "60s"
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 
 def first_level(rule_file: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +65,9 @@ def backfill(rules_path: Path, prometheus: str, start: int, end: int, output: Pa
         raise ConfigError(str(rules_path), "(top level)", type(data).__name__, "is not a rule file")
     selected = first_level(data)
     names = [r["record"] for g in selected["groups"] for r in g["rules"]]
+    for name in names:  # they go into a PromQL matcher: only metric names, nothing that could widen it
+        if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name):
+            raise ConfigError(str(rules_path), "record", name, "is not a metric name")
     if not names:
         raise ConfigError(str(rules_path), "groups", None, "hold no recording rule over raw data to backfill")
     if not start < end:
