@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from _live_counters import LiveCounters  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from otel_tokens.ops.backfill import backfill, first_level  # noqa: E402
 from otel_tokens.ops.durations import duration_seconds, human_duration  # noqa: E402
@@ -54,6 +55,7 @@ from otel_tokens.quotas import parse_quotas  # noqa: E402
 
 STEP = 10  # seconds between samples: the shipped scrape interval
 BUCKET = 300
+COMPACTIONS = {"prometheus_tsdb_compactions", "prometheus_tsdb_vertical_compactions"}  # counters, less _total
 CHECKED_USERS = 3
 QUOTAS = {"warning_ratio": 0.8,
           "users": {"default": {"tokens": 200_000, "cost": 5}, "overrides": {"user-0": {"tokens": 2_000_000}}},
@@ -164,10 +166,9 @@ def wait_compacted(url: str, limit_s: float = 1200) -> float:
     compactions, once a minute), so that compaction does not run during the measurement."""
     def count() -> float:
         with urllib.request.urlopen(f"{url}/metrics", timeout=60) as response:
-            text = response.read().decode()
-        return sum(float(line.split()[-1]) for line in text.splitlines()
-                   if line.startswith(("prometheus_tsdb_compactions_total ",
-                                       "prometheus_tsdb_vertical_compactions_total ")))
+            families = text_string_to_metric_families(response.read().decode())
+        return sum(sample.value for family in families if family.name in COMPACTIONS for sample in family.samples)
+
     t0 = time.monotonic()
     last, still_since = count(), time.monotonic()
     while time.monotonic() - still_since < 90 and time.monotonic() - t0 < limit_s:
