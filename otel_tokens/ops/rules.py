@@ -103,19 +103,16 @@ def _alerts(scope: QuotaScope, kind: str, usage: str, ratio: float, for_: str) -
 
 
 def render(quotas: Quotas, for_: str = "15s") -> dict[str, Any]:
-    """The rule file as a dict (yaml.safe_dump it): per quota scope with limits, its group (and for a
-    rolling window, the group of its first-level rollups, evaluated every ROLLUP_INTERVAL)."""
+    """The rule file as a dict (yaml.safe_dump it): per quota scope with limits, the group of its
+    first-level rollups (evaluated every ROLLUP_INTERVAL) and the group of its usage, limits and alerts."""
     groups = []
     for scope in SCOPES:
         limits = quotas.limits(scope)
         if not limits.kinds():
             continue
-        if scope.rolling:
-            groups.append({"name": f"{PREFIX}_{scope.name}_rollups", "interval": ROLLUP_INTERVAL,
-                           "rules": [rollup_rule(scope, kind) for kind in limits.kinds()]})
-        else:
-            groups.append({"name": f"{PREFIX}_{scope.name}_rollups", "interval": ROLLUP_INTERVAL,
-                           "rules": [_hourly_bucket(scope, kind) for kind in limits.kinds()]})
+        rollup = rollup_rule if scope.rolling else _hourly_bucket
+        groups.append({"name": f"{PREFIX}_{scope.name}_rollups", "interval": ROLLUP_INTERVAL,
+                       "rules": [rollup(scope, kind) for kind in limits.kinds()]})
         rules: list[dict[str, Any]] = [] if scope.rolling else [{"record": MONTH, "expr": "year() * 100 + month()"}]
         for kind in limits.kinds():
             usage = series(scope.name, kind, scope.window)
