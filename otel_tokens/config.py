@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ ENV_PROVIDER_NAME = "OTEL_TOKENS_PROVIDER_NAME"
 ENV_STREAM_INCLUDE_USAGE = "OTEL_TOKENS_STREAM_INCLUDE_USAGE"
 ENV_PROPAGATE = "OTEL_TOKENS_PROPAGATE"
 ENV_ALLOW_TOKENIZER_DOWNLOAD = "OTEL_TOKENS_ALLOW_TOKENIZER_DOWNLOAD"
+ENV_QUOTA_FILE = "OTEL_TOKENS_QUOTA_FILE"  # budget mode: the quota file (as `otel-tokens rules` reads)
+ENV_BUDGET_STORE = "OTEL_TOKENS_BUDGET_STORE"  # budget mode: redis://host:port/db
 ENV_CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"  # the GenAI instrumentations' switch
 
 OTHER_VALUE = "__other__"
@@ -163,12 +165,53 @@ def _either(choices: Any) -> str:
     return " or ".join(choices)
 
 
+_GUARD_FIELDS = ("enabled", "source", "poll_interval", "fail_closed", "rules", "quota_file", "store",
+                 "store_timeout", "reservation_ttl", "default_max_output_tokens", "quota_reload_interval")
+_STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _store(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(_STORE_SCHEMES):
+        raise ValueError("is not a redis://, rediss:// or unix:// URL of the budget store")
+    return value
+
+
+def _store_timeout(value: Any) -> float:
+    seconds = _seconds(value)
+    if not 0 < seconds <= 1:
+        raise ValueError("is not a timeout between 0 and 1 second (it is what a call may wait for the store)")
+    return seconds
+
+
+def _reservation_ttl(value: Any) -> float:
+    seconds = _seconds(value)
+    if not 10 <= seconds <= 3600:
+        raise ValueError("is not between 10 and 3600 seconds (the longest call a reservation outlives)")
+    return seconds
+
+
+def _budget_fields(value: Mapping[str, Any]) -> dict[str, Any]:
+    """The budget-mode fields of `guard:`, checked; each error names its field."""
+    checks: dict[str, Callable[[Any], Any]] = {
+        "quota_file": _path, "store": _store, "store_timeout": _store_timeout, "reservation_ttl": _reservation_ttl,
+        "default_max_output_tokens": _positive_int, "quota_reload_interval": _seconds}
+    out = {}
+    for key, check in checks.items():
+        if value.get(key) is not None:
+            try:
+                out[key] = check(value[key])
+            except ValueError as exc:
+                raise ValueError(f"has {key} {value[key]!r} that {exc}") from None
+    return out
+
+
 def _guard(value: Any) -> GuardSettings:
     if not isinstance(value, Mapping):
-        raise ValueError("is not a mapping (enabled, source, poll_interval, fail_closed, rules)")
-    unknown = set(value) - {"enabled", "source", "poll_interval", "fail_closed", "rules"}
+        raise ValueError(f"is not a mapping ({', '.join(_GUARD_FIELDS)})")
+    unknown = set(value) - set(_GUARD_FIELDS)
     if unknown:
         raise ValueError(f"has an unknown field {sorted(map(str, unknown))[0]!r}")
+    budget = _budget_fields(value)
     rules = []
     for i, raw in enumerate(value.get("rules") or []):
         where = f"rules[{i}]"
@@ -185,12 +228,12 @@ def _guard(value: Any) -> GuardSettings:
             raise ValueError(f"has {where}.downgrade that is not a mapping of model glob to cheaper model")
         rules.append(GuardRule(raw["quota"], raw["action"], raw.get("level", quota_scopes.CRITICAL),
                                tuple((str(k), str(v)) for k, v in downgrade.items())))
-    enabled = _bool(value.get("enabled", True))
     source = value.get("source")
+    enabled = _bool(value.get("enabled", source is not None or not budget))  # alert mode
     if enabled and (not isinstance(source, str) or not source.startswith(("http://", "https://"))):
         raise ValueError(f"has source {source!r}, not an http(s) URL of the guard state or Prometheus alerts")
     return GuardSettings(enabled, source or "", _seconds(value.get("poll_interval", 2.0)) or 2.0,
-                         _bool(value.get("fail_closed", False)), tuple(rules))
+                         _bool(value.get("fail_closed", False)), tuple(rules), **budget)
 
 
 _FIELDS: dict[str, Callable[[Any], Any]] = {
@@ -282,6 +325,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 continue
             if key == "price_file" and not value.is_absolute():
                 value = config_file.parent / value  # relative to the config file, not the cwd
+            if key == "guard" and value.quota_file is not None and not value.quota_file.is_absolute():
+                value = replace(value, quota_file=config_file.parent / value.quota_file)
             values[key] = value
     for variable, key in _ENV_FIELDS.items():
         raw = env.get(variable)
@@ -291,4 +336,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             values[key] = _FIELDS[key](raw)
         except ValueError as exc:
             _report(errors, ConfigError("environment", variable, raw, str(exc)), "using the default")
+    budget = {}
+    for variable, key, check in ((ENV_QUOTA_FILE, "quota_file", _path), (ENV_BUDGET_STORE, "store", _store)):
+        raw = env.get(variable)
+        if raw:
+            try:
+                budget[key] = check(raw)
+            except ValueError as exc:
+                _report(errors, ConfigError("environment", variable, raw, str(exc)), "budget mode stays off")
+    if budget:
+        values["guard"] = replace(values.get("guard", GuardSettings()), **budget)
     return Settings(**values, config_file=config_file, errors=tuple(errors))

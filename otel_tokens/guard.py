@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import quota_scopes
@@ -25,14 +26,19 @@ _SEVERITY = quota_scopes.SEVERITY_RANK
 
 
 class QuotaExceededError(Exception):
-    """An instrumented call refused because its user or department is over quota (HTTP 429)."""
+    """An instrumented call refused because its user or department is over quota (HTTP 429).
+    In budget mode `reserved` is what this call would have taken: usage + reserved > limit."""
 
     http_status = 429
 
     def __init__(self, kind: str, principal: str, window: str, quota: str, usage: str | None, limit: str | None,
-                 severity: str) -> None:
+                 severity: str, reserved: str | None = None) -> None:
         self.kind, self.principal, self.window, self.quota = kind, principal, window, quota
-        self.usage, self.limit, self.severity = usage, limit, severity
+        self.usage, self.limit, self.severity, self.reserved = usage, limit, severity, reserved
+        if reserved is not None:
+            super().__init__(f"{kind} {principal!r} would go over the {window} {quota} quota: {usage} used, "
+                             f"{reserved} reserved for this call, limit {limit}")
+            return
         detail = f" ({usage} of {limit})" if usage and limit else ""
         super().__init__(f"{kind} {principal!r} is over the {window} {quota} quota{detail}")
 
@@ -43,7 +49,7 @@ class QuotaStateUnavailableError(QuotaExceededError):
     def __init__(self, source: str) -> None:
         Exception.__init__(self, f"quota state unavailable from {source} and the guard fails closed")
         self.kind, self.principal, self.window, self.quota = "unknown", "", "", ""
-        self.usage = self.limit = None
+        self.usage = self.limit = self.reserved = None
         self.severity = "critical"
 
 
@@ -57,11 +63,22 @@ class GuardRule:
 
 @dataclass(frozen=True)
 class GuardSettings:
-    enabled: bool = False
+    enabled: bool = False  # alert mode (`source` set)
     source: str = ""  # http://guard:9095/state, or a Prometheus base URL ending in /api/v1/alerts
     poll_interval: float = 2.0
     fail_closed: bool = False
     rules: tuple[GuardRule, ...] = field(default_factory=tuple)
+    # budget mode (budget/): on when both the quota file and the store are set
+    quota_file: Path | None = None
+    store: str = ""  # redis://host:port/db, rediss://..., unix://...
+    store_timeout: float = 0.05  # seconds; the most a call waits for the store
+    reservation_ttl: float = 600.0  # a reservation never settled (process killed) is reclaimed after this
+    default_max_output_tokens: int = 4096  # reserved for a call that sets no output limit
+    quota_reload_interval: float = 1.0
+
+    @property
+    def budget(self) -> bool:
+        return self.quota_file is not None and bool(self.store)
 
 
 @dataclass(frozen=True)
@@ -74,8 +91,10 @@ class Decision:
 
     def error(self) -> QuotaExceededError:
         e = self.entry
+        if self.action == quota_scopes.FAIL_CLOSED:
+            return QuotaStateUnavailableError(str(e.get("source", "")))
         return QuotaExceededError(self.kind, self.principal, str(e.get("window", "")), str(e.get("quota", "")),
-                                  e.get("usage"), e.get("limit"), str(e.get("severity", "")))
+                                  e.get("usage"), e.get("limit"), str(e.get("severity", "")), e.get("reserved"))
 
 
 # --- state: what Alertmanager says is firing -------------------------------------------------------
@@ -176,7 +195,8 @@ class Guard:
     def decide(self, model: str | None, attribution: Mapping[str, str]) -> Decision | None:
         """None (the common case: allowed), or what to do with this call."""
         if not self.healthy:
-            return Decision(quota_scopes.FAIL_CLOSED if self.settings.fail_closed else quota_scopes.FAIL_OPEN)
+            return Decision(quota_scopes.FAIL_CLOSED if self.settings.fail_closed else quota_scopes.FAIL_OPEN,
+                            entry={"source": self.settings.source})
         users, departments = self._users, self._departments
         if not users and not departments:
             return None

@@ -54,7 +54,7 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if settings.series_limit is None:
             settings = replace(settings, series_limit=sdk_series_limit(kwargs.get("meter_provider")))
         recorder = Recorder(tracer, meter, settings)
-        recorder.guard.start()
+        recorder.start()
         self._recorder = recorder
         self._active = []
         for module, import_name in INTEGRATIONS:

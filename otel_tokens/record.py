@@ -36,8 +36,9 @@ class CallRecord:
 
 @dataclass(slots=True, frozen=True)
 class UsageEstimate:
-    """A call's worst case before it is sent, what a budget guard reserves: the prompt's tokens,
-    the most output tokens asked for (None: no limit given), and how many completions."""
+    """A call's worst case before it is sent, what a budget guard reserves: an upper bound of the
+    prompt's tokens (never below what the server will count), the most output tokens asked for
+    (None: no limit given), and how many completions."""
 
     input_tokens: int
     max_output_tokens: int | None = None

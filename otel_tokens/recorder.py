@@ -22,8 +22,9 @@ from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode, Trac
 from . import names, quota_scopes
 from .accounting import Accounting
 from .attribution import current_attribution
+from .budget.guard import BudgetGuard, Held
 from .config import DEFAULT_SERIES_LIMIT, Settings
-from .guard import Decision, Guard, QuotaStateUnavailableError
+from .guard import Decision, Guard
 from .pricing import Cost, PriceBook
 from .propagation import HeaderPropagation
 from .record import CallRecord, UsageEstimate
@@ -37,7 +38,8 @@ class Call:
     """One call in flight. `model` is what the library must call (the guard may have downgraded it);
     `record` is what the integration fills; everything else belongs to the recorder."""
 
-    __slots__ = ("_estimate", "_finished", "_recorder", "_start", "_token", "attribution", "model", "record", "span")
+    __slots__ = ("_estimate", "_finished", "_recorder", "_start", "_token", "attribution", "held", "model", "record",
+                 "span")
 
     def __init__(self, recorder: Recorder, record: CallRecord, span: trace.Span, attribution: Mapping[str, str],
                  estimate: Callable[[], UsageEstimate | None] | None = None, finished: bool = False) -> None:
@@ -50,6 +52,7 @@ class Call:
         self._start = time.perf_counter()
         self._finished = finished
         self._token: object = None
+        self.held: Held | None = None  # what budget mode reserved for this call
 
     def estimate(self) -> UsageEstimate | None:
         """The call's worst case (for a budget reservation), computed on first use only."""
@@ -103,7 +106,8 @@ class Recorder:
         self.tokens = TokenCounter(settings.tokenizers, settings.allow_tokenizer_download)
         self.accounting = Accounting(meter, settings.metric_dimensions, settings.cardinality_limit,
                                      settings.series_limit or DEFAULT_SERIES_LIMIT, settings.currency)
-        self.guard = Guard(settings.guard)
+        self.guard = Guard(settings.guard)  # alert mode
+        self.budget = BudgetGuard(settings.guard, self.prices) if settings.guard.budget else None
         self._propagation = HeaderPropagation()
         self._decisions = meter.create_counter(
             names.METRIC_GUARD_DECISIONS, unit=names.UNIT_DECISION,
@@ -119,27 +123,33 @@ class Recorder:
         which the caller is meant to see. `downgradable=False` for a model that cannot be swapped
         (in-process weights). `estimate` is called only by a guard that must reserve a worst case.
         On an internal failure the call is inert: the library call goes ahead, unrecorded."""
-        refusal = None
+        refusal, held = None, None
         try:
             attribution = current_attribution()
             decision = None
             if self.guard.settings.enabled:
                 decision = self._decide(model if downgradable else None, attribution)
             request_model = model
-            if decision is not None:
-                if decision.action in quota_scopes.REFUSALS:
-                    refusal = (QuotaStateUnavailableError(self.guard.settings.source)
-                               if decision.action == quota_scopes.FAIL_CLOSED else decision.error())
-                elif decision.model is not None:
+            if decision is not None and decision.model is not None:
+                request_model = decision.model
+            if self.budget is not None and (decision is None or decision.action not in quota_scopes.REFUSALS):
+                decision, held = self._reserve(provider, request_model, attribution, estimate, downgradable,
+                                               decision)
+                if decision is not None and decision.model is not None:
                     request_model = decision.model
+            if decision is not None and decision.action in quota_scopes.REFUSALS:
+                refusal = decision.error()
             call = self._start(operation, provider, request_model, kind, server_address, server_port, streaming,
                                attribution, estimate)
+            call.held = held
             if decision is not None:
                 call.record.quota_action = decision.action
                 if request_model != model:
                     call.record.original_model = model
         except Exception:
             internal_error("call start")
+            if held is not None and self.budget is not None:
+                self.budget.settle(held, 0, None)
             return Call(self, CallRecord(operation, provider, model), INVALID_SPAN, _EMPTY, finished=True)
         if refusal is not None:
             self.finish(call, error=refusal)
@@ -177,6 +187,12 @@ class Recorder:
             self.accounting.add(record, call.elapsed(), call.attribution, cost)
         except Exception:
             internal_error("metrics")
+        if call.held is not None and self.budget is not None:
+            try:
+                self.budget.settle(call.held, (record.input_tokens or 0) + (record.output_tokens or 0),
+                                   cost.total if cost is not None else None)
+            except Exception:
+                internal_error("budget settle")
         span = call.span
         try:
             if span.is_recording():
@@ -194,15 +210,33 @@ class Recorder:
 
     # --- inside the lifecycle --------------------------------------------------------------------
     def _decide(self, model: str | None, attribution: Mapping[str, str]) -> Decision | None:
-        """The guard's decision (None: allowed); counted when not None."""
+        """Alert mode's decision (None: allowed); counted when not None."""
         decision = self.guard.decide(model, attribution)
+        self._count(decision)
+        return decision
+
+    def _reserve(self, provider: str, model: str, attribution: Mapping[str, str],
+                 estimate: Callable[[], UsageEstimate | None] | UsageEstimate | None, downgradable: bool,
+                 earlier: Decision | None) -> tuple[Decision | None, Held | None]:
+        """Budget mode: the call's worst case reserved (or its refusal); counted when not None."""
+        assert self.budget is not None
+        worst = None
+        if callable(estimate):
+            try:
+                worst = estimate()
+            except Exception:
+                internal_error("usage estimate")
+        decision, held = self.budget.reserve(provider, model, attribution, worst, downgradable)
+        self._count(decision)
+        return (decision or earlier), held
+
+    def _count(self, decision: Decision | None) -> None:
         if decision is not None:
             try:
                 self._decisions.add(1, {names.GUARD_DECISION: decision.action,
                                         names.GUARD_QUOTA: decision.kind or "none"})
             except Exception:
                 internal_error("guard decision counter")
-        return decision
 
     def _start(self, operation: str, provider: str, request_model: str, kind: SpanKind,
                server_address: str | None, server_port: int | None, streaming: bool,
@@ -238,8 +272,16 @@ class Recorder:
         return RecorderStats(models, sources, accounting.labels.folded(), accounting.labels.limit,
                              accounting.series_folded_calls, tuple(sorted(self.prices.unpriced)))
 
+    def start(self) -> None:
+        """The guards' background work: alert mode's polling, budget mode's settlements and reloads."""
+        self.guard.start()
+        if self.budget is not None:
+            self.budget.start()
+
     def close(self) -> None:
         self.guard.stop()
+        if self.budget is not None:
+            self.budget.close()
         self.accounting.close()
 
 

@@ -10,6 +10,7 @@ from otel_tokens import TokenUsageInstrumentor
 from otel_tokens.config import Settings
 from tests.support.binaries import require_binary
 from tests.support.hostile_harness import Harness, instrumented_harness
+from tests.support.redis_server import RedisServer
 from tests.support.telemetry import LogRecords, Telemetry, make_telemetry
 
 __all__ = ["LogRecords", "Telemetry", "make_telemetry", "require_binary"]
@@ -36,3 +37,18 @@ def harness() -> Iterator[Harness]:
 def harness_usage_chunk() -> Iterator[Harness]:
     """For the hostile-response properties: the usage chunk asked for on every stream."""
     yield from instrumented_harness(Settings(stream_include_usage=True))
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session; `redis_url` empties it for each test."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()  # a test stopped it
+    redis_server.client().flushall()
+    return redis_server.url

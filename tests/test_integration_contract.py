@@ -221,11 +221,11 @@ def test_estimates_are_lazy_and_say_the_worst_case(guarded):
     assert call.estimate() == call.estimate() == UsageEstimate(4, 9) and asked == [1]
     recorder.finish(call)
     chat = {"model": "gpt-4", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 7, "n": 2}
-    estimate = estimate_request(recorder.tokens, names.OPERATION_CHAT, "gpt-4", chat)
+    estimate = estimate_request(names.OPERATION_CHAT, chat)
     assert estimate.input_tokens > 2 and (estimate.max_output_tokens, estimate.choices) == (7, 2)
-    assert estimate_request(recorder.tokens, names.OPERATION_CHAT, "gpt-4",
+    assert estimate_request(names.OPERATION_CHAT,
                             {**chat, "max_tokens": None, "max_completion_tokens": 3, "n": True}).choices == 1
-    embeddings = estimate_request(recorder.tokens, names.OPERATION_EMBEDDINGS, "e", {"input": [1, 2, 3]})
+    embeddings = estimate_request(names.OPERATION_EMBEDDINGS, {"input": [1, 2, 3]})
     assert embeddings == UsageEstimate(3, 0)
     model = tm.gpt2()
     batch = torch.tensor([[5, 6, 7], [5, 6, 7]])

@@ -113,9 +113,8 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
             internal_error("openai server")
             address, port, provider = None, None, recorder.settings.provider_name
         streaming = kwargs.get("stream") is True
-        tokens = recorder.tokens
         call = recorder.begin(operation, provider, model, SpanKind.CLIENT, server_address=address, server_port=port,
-                              streaming=streaming, estimate=lambda: estimate_request(tokens, operation, model, kwargs))
+                              streaming=streaming, estimate=lambda: estimate_request(operation, kwargs))
         if call.model != model:
             kwargs = {**kwargs, "model": call.model}
         return call, kwargs

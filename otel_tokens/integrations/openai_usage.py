@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from .. import names
+from ..budget import bounds
 from ..record import CallRecord, UsageEstimate
 from ..token_counting import TokenCounter
 
@@ -185,16 +186,26 @@ def _positive_int(value: Any) -> int | None:
     return value if type(value) is int and value >= 0 else None
 
 
-def estimate_request(counter: TokenCounter, operation: str, model: str, kwargs: Mapping[str, Any]
-                     ) -> UsageEstimate:
-    """The worst case of a request before it is sent: its prompt counted locally, the output limit
-    it asked for (max_completion_tokens, max_tokens or max_output_tokens) and `n`."""
-    input_tokens, _ = count_request(counter, operation, model, kwargs)
+def estimate_request(operation: str, kwargs: Mapping[str, Any]) -> UsageEstimate:
+    """The worst case of a request before it is sent, what a budget reservation holds: an upper
+    bound of its input tokens from the arguments' bytes (budget/bounds.py), the output limit it
+    asked for (max_completion_tokens, max_tokens or max_output_tokens) and `n`."""
+    messages = kwargs.get("messages")
+    if isinstance(messages, Iterable) and not isinstance(messages, (str, bytes, Mapping)):
+        input_bound = bounds.chat_bound(messages, kwargs.get("tools") or kwargs.get("functions"))
+    elif "input" in kwargs and operation == names.OPERATION_CHAT:  # Responses API
+        value = kwargs["input"]
+        items: list[Any] = [{"role": "system", "content": kwargs["instructions"]}] if kwargs.get("instructions") else []
+        items.extend([{"role": "user", "content": value}] if isinstance(value, str) else
+                     value if isinstance(value, list) else [])
+        input_bound = bounds.chat_bound(items, kwargs.get("tools"))
+    else:
+        input_bound = bounds.inputs_bound(kwargs.get("prompt", kwargs.get("input")))
     if operation == names.OPERATION_EMBEDDINGS:
-        return UsageEstimate(input_tokens or 0, 0)
+        return UsageEstimate(input_bound, 0)
     limit = None
     for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         limit = _positive_int(kwargs.get(key))
         if limit is not None:
             break
-    return UsageEstimate(input_tokens or 0, limit, _positive_int(kwargs.get("n")) or 1)
+    return UsageEstimate(input_bound, limit, _positive_int(kwargs.get("n")) or 1)

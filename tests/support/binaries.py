@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+PACKAGES = {"redis-server": "redis-server", "redis-cli": "redis-tools"}  # binary -> Debian package, when not Prometheus
+
 
 def require_binary(name: str) -> str:
     """Path of a binary the test needs: in CI a missing one fails the test, elsewhere it skips."""
@@ -12,7 +14,8 @@ def require_binary(name: str) -> str:
 
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (Debian: apt-get install -y prometheus prometheus-alertmanager)"
+        package = PACKAGES.get(name, "prometheus prometheus-alertmanager")
+        message = f"{name} is not installed (Debian: apt-get install -y {package}; `make test` installs it)"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)

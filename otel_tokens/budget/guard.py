@@ -1,0 +1,295 @@
+"""Budget mode on the recorder's lifecycle: `reserve` in begin (one round trip), `settle` in
+finish (queued; a background thread pipelines the settlements and reloads the quota file).
+
+Without `rules` in the guard config a call is refused when its worst case would take its user or
+its department past 100 %. With rules, each scope does what its rules say: `reject` at the rule's
+level (warning: the quota file's warning ratio), `downgrade` at its level to the cheaper model,
+reserved at that model's price; a scope with no rule is counted, never refused. A refusal is
+judged on the model asked for, before any downgrade.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fnmatch
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .. import quota_scopes
+from ..config import ConfigError
+from ..guard import Decision, GuardSettings
+from ..pricing import PriceBook
+from ..quotas import Quotas, load_quotas
+from ..record import UsageEstimate
+from ..safety import internal_error, log_once, logger
+from .store import (
+    DOWNGRADE,
+    NANO,
+    REFUSED,
+    RESERVED,
+    Charge,
+    RedisBudgetStore,
+    Settlement,
+    StoreUnavailableError,
+    redact,
+)
+
+UNATTRIBUTED = "__unattributed__"  # DESIGN.md: the principal of a call with no user (or no department)
+MAX_PENDING = 100_000  # settlements kept while the store is down; beyond, the oldest are dropped (logged)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one scope's rules ask for: refuse above `refuse` x limit, downgrade above a ratio."""
+
+    refuse: float | None
+    downgrades: tuple[tuple[float, str, str], ...] = ()  # (ratio, model glob, cheaper model), rule order
+
+    def downgrade_for(self, model: str | None) -> tuple[float, str] | None:
+        for ratio, glob, target in self.downgrades if model else ():
+            if fnmatch.fnmatch(model, glob) and target != model:  # type: ignore[arg-type]
+                return ratio, target
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What a reserved call holds in the store, per principal, until it is settled."""
+
+    parts: tuple[tuple[quota_scopes.QuotaScope, str, str], ...]  # (scope, principal, held member)
+
+
+def plans(settings: GuardSettings, quotas: Quotas) -> dict[str, Plan]:
+    if not settings.rules:
+        return {scope.name: Plan(1.0) for scope in quota_scopes.SCOPES}
+
+    def ratio(level: str) -> float:
+        return quotas.warning_ratio if level == quota_scopes.WARNING else 1.0
+
+    out = {}
+    for scope in quota_scopes.SCOPES:
+        rules = [r for r in settings.rules if r.quota == scope.name]
+        refuse = [ratio(r.level) for r in rules if r.action == quota_scopes.REJECT]
+        downgrades = tuple((ratio(r.level), glob, target) for r in rules if r.action == quota_scopes.DOWNGRADE
+                           for glob, target in r.downgrade)
+        out[scope.name] = Plan(min(refuse) if refuse else None, downgrades)
+    return out
+
+
+class BudgetGuard:
+    def __init__(self, settings: GuardSettings, prices: PriceBook, store: RedisBudgetStore | None = None) -> None:
+        self.settings = settings
+        self.prices = prices
+        self.store = store or RedisBudgetStore(settings.store, settings.store_timeout)
+        self.source = redact(settings.store)
+        self.quotas: Quotas | None = None
+        self._plans: dict[str, Plan] = {}
+        self._stamp: tuple[int, int] | None = None
+        self._next_reload = 0.0
+        self.healthy = True
+        self._pending: deque[list[Settlement]] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._reloading = threading.Lock()
+        self._flushing = threading.Lock()
+        self._unsettled = 0  # settlements queued or being sent
+        self._count_lock = threading.Lock()
+
+    # --- life --------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.reload()
+        if self.quotas is not None and not self.store.ping():
+            self._unavailable("cannot reach it")
+        self._start_worker()
+        atexit.register(self.close)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    def _start_worker(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="otel-tokens-budget", daemon=True)
+        self._thread.start()
+
+    def _after_fork(self) -> None:  # a pre-forking server's workers: the thread did not survive the fork
+        self._pending.clear()
+        self._start_worker()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Settles what is queued (bounded by `timeout`), then stops the thread."""
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self.flush()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.settings.quota_reload_interval)
+            self._wake.clear()
+            try:
+                self.flush()
+                if time.monotonic() >= self._next_reload:
+                    self.reload()
+            except Exception:
+                internal_error("budget worker")
+
+    # --- the quota file, reloaded off the call path ------------------------------------------------------
+    def reload(self) -> None:
+        path = self.settings.quota_file
+        assert path is not None
+        with self._reloading:
+            self._next_reload = time.monotonic() + self.settings.quota_reload_interval
+            try:
+                stat = path.stat()
+                stamp = (stat.st_mtime_ns, stat.st_size)
+            except OSError:
+                stamp = None
+            if stamp is not None and stamp == self._stamp:
+                return
+            self._stamp = stamp
+            try:
+                quotas = load_quotas(path)
+            except ConfigError as error:
+                if self.quotas is None:
+                    logger.warning("otel-tokens: %s; budget mode has no quotas and %s until the file is valid",
+                                   error, "refuses every call" if self.settings.fail_closed else "lets calls through")
+                else:
+                    logger.warning("otel-tokens: %s; keeping the quotas read earlier from %s", error, path)
+                return
+            self._plans = plans(self.settings, quotas)
+            if self.quotas is not None:
+                logger.info("otel-tokens: quotas reloaded from %s", path)
+            self.quotas = quotas
+
+    # --- the call path -----------------------------------------------------------------------------------
+    def reserve(self, provider: str, model: str, attribution: Mapping[str, str], estimate: UsageEstimate | None,
+                downgradable: bool = True) -> tuple[Decision | None, Held | None]:
+        """(None, held) for an allowed call; (a decision, held or None) otherwise."""
+        quotas = self.quotas
+        if quotas is None:
+            return self._fail(), None  # nothing to count against: the usage is not kept either
+        input_bound = estimate.input_tokens if estimate is not None else 0
+        output = estimate.max_output_tokens if estimate is not None else None
+        choices = estimate.choices if estimate is not None else 1
+        output_bound = (self.settings.default_max_output_tokens if output is None else output) * choices
+        who = [(scope, attribution.get(scope.attribute) or UNATTRIBUTED) for scope in quota_scopes.SCOPES]
+        reservation = os.urandom(8).hex()
+        try:
+            cost = self._cost(provider, model, input_bound, output_bound)
+            charges = self._charges(quotas, who, input_bound + output_bound, cost, model if downgradable else None)
+            unsettled = self._unsettled > 0  # read before: a settlement may land while we ask
+            verdict = self.store.reserve(reservation, self.settings.reservation_ttl, charges)
+            if verdict.status != RESERVED and unsettled:
+                # this process's own finished calls may still hold their worst case: settle them, ask again
+                self.flush()
+                verdict = self.store.reserve(reservation, self.settings.reservation_ttl, charges)
+            target, crossing = None, verdict.charge
+            if verdict.status == DOWNGRADE and crossing is not None:
+                found = self._plans[crossing.scope.name].downgrade_for(model)
+                assert found is not None
+                target = found[1]
+                cost = self._cost(provider, target, input_bound, output_bound)
+                charges = self._charges(quotas, who, input_bound + output_bound, cost, None)
+                verdict = self.store.reserve(reservation, self.settings.reservation_ttl, charges)
+        except StoreUnavailableError as error:
+            self._unavailable(str(error))
+            # nothing held, but the call's true usage is counted once the store is back
+            return self._fail(), Held(tuple((scope, principal, "") for scope, principal in who))
+        if not self.healthy:
+            self.healthy = True
+            logger.warning("otel-tokens: the budget store %s answers again; budget mode enforces again", self.source)
+        if verdict.status == REFUSED:
+            return self._refusal(quotas, verdict), None
+        held = Held(tuple((c.scope, c.principal, h) for c, h in zip(charges, verdict.held, strict=True)))
+        if target is None or crossing is None:
+            return None, held
+        return Decision(quota_scopes.DOWNGRADE, crossing.scope.name, crossing.principal, {}, target), held
+
+    def settle(self, held: Held, tokens: int, cost: float | None) -> None:
+        """Queued: the worker releases the reservation and counts the true usage."""
+        cost_nano = round(cost * NANO) if cost else 0
+        if not tokens and not cost_nano and not any(member for _, _, member in held.parts):
+            return
+        with self._count_lock:
+            self._unsettled += 1
+        self._pending.append([Settlement(scope, principal, member, tokens, cost_nano)
+                              for scope, principal, member in held.parts])
+        self._wake.set()
+
+    # --- inside ----------------------------------------------------------------------------------------------
+    def _cost(self, provider: str, model: str, input_tokens: int, output_tokens: int) -> int:
+        cost = self.prices.cost(provider, model, input_tokens, output_tokens)
+        return math.ceil(cost.total * NANO) if cost is not None else 0
+
+    def _charges(self, quotas: Quotas, who: list[tuple[quota_scopes.QuotaScope, str]], tokens: int, cost: int,
+                 model: str | None) -> list[Charge]:
+        charges = []
+        for scope, principal in who:
+            limits = quotas.limits(scope)
+            lim = limits.overrides.get(principal, limits.default)
+            plan = self._plans[scope.name]
+            downgrade = plan.downgrade_for(model)
+            charges.append(Charge(scope, principal, tokens, cost,
+                                  None if lim.tokens is None else int(lim.tokens),
+                                  None if lim.cost is None else round(lim.cost * NANO),
+                                  plan.refuse, downgrade[0] if downgrade else None))
+        return charges
+
+    def _refusal(self, quotas: Quotas, verdict: Any) -> Decision:
+        charge = verdict.charge
+        scope = charge.scope
+        plan = self._plans[scope.name]
+        severity = quota_scopes.CRITICAL if (plan.refuse or 1.0) >= 1.0 else quota_scopes.WARNING
+
+        def show(value: int) -> str:
+            if verdict.quota == quota_scopes.COST:
+                return f"{value / NANO:,.4f} {self.prices.currency}"
+            return f"{value:,}"
+
+        entry = {"window": scope.window, "quota": verdict.quota, "usage": show(verdict.used),
+                 "reserved": show(verdict.amount), "limit": show(verdict.limit), "severity": severity}
+        return Decision(quota_scopes.REJECT, scope.name, charge.principal, entry)
+
+    def _fail(self) -> Decision:
+        action = quota_scopes.FAIL_CLOSED if self.settings.fail_closed else quota_scopes.FAIL_OPEN
+        return Decision(action, entry={"source": self.source})
+
+    def _unavailable(self, why: str) -> None:
+        if self.healthy:
+            self.healthy = False
+            log_once(f"budget-down:{self.source}:{self.store.timeout}", "otel-tokens: the budget store %s is "
+                     "unavailable (%s); budget mode %s until it answers", self.source, why,
+                     "refuses every call" if self.settings.fail_closed else "lets calls through (fail open)")
+            logger.debug("%s", why)
+
+    def flush(self) -> None:
+        """Sends the queued settlements; returns once those queued before the call are in the store
+        (or the store failed), whichever thread was sending them."""
+        with self._flushing:
+            pending = self._pending
+            while pending:
+                batch = []
+                while pending and len(batch) < 500:
+                    batch.append(pending.popleft())
+                try:
+                    self.store.settle(batch)
+                except StoreUnavailableError as error:
+                    self._unavailable(str(error))
+                    pending.extendleft(reversed(batch))
+                    while len(pending) > MAX_PENDING:
+                        pending.pop()
+                        log_once("budget-pending-dropped", "otel-tokens: more than %d settlements wait for the "
+                                 "budget store %s; dropping the newest (their reservations expire)", MAX_PENDING,
+                                 self.source)
+                    return
+                finally:
+                    with self._count_lock:
+                        self._unsettled -= len(batch)

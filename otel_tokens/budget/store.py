@@ -1,0 +1,245 @@
+"""The budget store: Redis (or Valkey, or Redis Cluster) through redis-py, the only module that
+talks to it.
+
+One round trip per reservation: an EVALSHA of `lua.RESERVE` over the user's and the department's
+keys together. On Redis Cluster the two principals live in two slots, so the user is reserved,
+then the department, and the user's reservation is released if the department refuses: between
+the two, another call may see the user's reservation held (it can only be refused earlier, never
+let through). Keys are the SHA-256 of the principal inside a hash tag of ours, so no id, whatever
+braces or colons it holds, can reach another principal's keys or slot.
+
+Every command has a socket timeout (default 50 ms) and no retries; after a failure the store is
+not asked again for `backoff` seconds (calls get the fail-open / fail-closed answer at once), then
+the next call tries again, so a store that is down, slow, restarted or full never holds a call
+beyond one timeout and the guard recovers by itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..quota_scopes import KINDS, QuotaScope
+from . import lua
+
+NANO = 1_000_000_000  # cost is held in integer nano-units of the currency
+PREFIX = "otel-tokens:"
+_WINDOW = {True: "r", False: "m"}  # scope.rolling -> the scripts' window kind
+
+
+class StoreUnavailableError(Exception):
+    """The store could not answer in time (down, slow, full, restarting)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One principal's part of a reservation, with the limits it is checked against."""
+
+    scope: QuotaScope
+    principal: str
+    tokens: int
+    cost: int  # nano-units
+    token_limit: int | None = None
+    cost_limit: int | None = None  # nano-units
+    refuse: float | None = 1.0  # refused when usage + this call would exceed limit x refuse
+    downgrade: float | None = None  # asked to downgrade when it would exceed limit x downgrade
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    status: int  # RESERVED, REFUSED, DOWNGRADE
+    held: tuple[str, ...] = ()  # RESERVED: what each charge holds in the store, for its settlement
+    charge: Charge | None = None  # the principal that would cross
+    quota: str = ""  # tokens | cost
+    used: int = 0
+    amount: int = 0
+    limit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """One principal's part of a finished call: release what it held, count its true usage."""
+
+    scope: QuotaScope
+    principal: str
+    held: str  # Verdict.held's entry ('' when nothing was held)
+    tokens: int
+    cost: int  # nano-units
+
+
+RESERVED, REFUSED, DOWNGRADE = 0, 1, 2
+
+
+def redact(url: str) -> str:
+    """The store URL without its password, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def principal_keys(scope: QuotaScope, principal: str) -> tuple[str, str]:
+    digest = hashlib.sha256(principal.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    base = f"{PREFIX}{{{scope.name[0]}:{digest}}}"
+    return f"{base}:usage", f"{base}:held"
+
+
+class RedisBudgetStore:
+    def __init__(self, url: str, timeout: float = 0.05, backoff: float = 1.0,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.url, self.timeout, self.backoff = url, timeout, backoff
+        self.clock = clock  # None: Redis's own clock
+        self.cluster = False
+        self._client: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+        self._keys: dict[tuple[str, str], tuple[str, str]] = {}
+
+    # --- connection --------------------------------------------------------------------------------
+    def _connect(self) -> Any:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        options: dict[str, Any] = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
+                                   "retry": Retry(NoBackoff(), 0), "health_check_interval": 0}
+        client = redis.Redis.from_url(self.url, **options)
+        info = client.info("cluster")
+        if info.get("cluster_enabled"):
+            from redis.cluster import RedisCluster
+
+            client.close()
+            client = RedisCluster.from_url(self.url, socket_timeout=self.timeout,
+                                           socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0))
+            self.cluster = True
+        self._scripts = {name: client.register_script(source)
+                         for name, source in (("reserve", lua.RESERVE), ("settle", lua.SETTLE), ("read", lua.READ))}
+        return client
+
+    def _run(self, action: Callable[[Any], Any]) -> Any:
+        """Runs `action(client)`; StoreUnavailableError on any failure, and at once while backing off."""
+        if self._down_until and time.monotonic() < self._down_until:
+            raise StoreUnavailableError(f"{redact(self.url)} failed less than {self.backoff:g} s ago")
+        try:
+            client = self._client
+            if client is None:
+                with self._lock:
+                    if self._client is None:
+                        self._client = self._connect()
+                    client = self._client
+            result = action(client)
+        except Exception as error:
+            self._down_until = time.monotonic() + self.backoff
+            raise StoreUnavailableError(f"{redact(self.url)}: {type(error).__name__}: {error}") from error
+        self._down_until = 0.0
+        return result
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._run(lambda client: client.ping()))
+        except StoreUnavailableError:
+            return False
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+
+    # --- keys and arguments --------------------------------------------------------------------------
+    def keys(self, scope: QuotaScope, principal: str) -> tuple[str, str]:
+        key = (scope.name, principal)
+        found = self._keys.get(key)
+        if found is None:
+            if len(self._keys) > 100_000:  # bounded: ids come from outside
+                self._keys.clear()
+            found = self._keys[key] = principal_keys(scope, principal)
+        return found
+
+    def _now(self) -> str:
+        return "" if self.clock is None else repr(self.clock())
+
+    # --- the three operations ------------------------------------------------------------------------
+    def reserve(self, reservation: str, ttl: float, charges: Sequence[Charge]) -> Verdict:
+        if self._client is None:
+            self._run(lambda client: None)  # connects, and learns whether this is a cluster
+        if self.cluster:
+            return self._reserve_one_by_one(reservation, ttl, charges)
+        return self._run(lambda client: self._reserve(reservation, ttl, charges))
+
+    def _reserve(self, reservation: str, ttl: float, charges: Sequence[Charge]) -> Verdict:
+        keys: list[str] = []
+        args: list[Any] = [self._now(), reservation, ttl, len(charges)]
+        for c in charges:
+            keys.extend(self.keys(c.scope, c.principal))
+            args += [_WINDOW[c.scope.rolling], _shown(c.principal), c.tokens, c.cost, _opt(c.token_limit),
+                     _opt(c.cost_limit), _opt(c.refuse), _opt(c.downgrade)]
+        reply = self._scripts["reserve"](keys=keys, args=args)
+        if reply[0] == RESERVED:
+            return Verdict(RESERVED, tuple(f"{reservation}:{int(b)}:{c.tokens}:{c.cost}"
+                                           for b, c in zip(reply[1:], charges, strict=True)))
+        status, index, quota, used, amount, limit = (int(v) for v in reply)
+        return Verdict(status, charge=charges[index - 1], quota=KINDS[quota - 1], used=used, amount=amount, limit=limit)
+
+    def _reserve_one_by_one(self, reservation: str, ttl: float, charges: Sequence[Charge]) -> Verdict:
+        held: list[str] = []
+        for charge in charges:
+            verdict = self._run(lambda client, c=charge: self._reserve(reservation, ttl, [c]))
+            if verdict.status != RESERVED:
+                if held:  # release what the principals before this one hold
+                    self.settle([[Settlement(c.scope, c.principal, h, 0, 0)
+                                  for c, h in zip(charges, held, strict=False)]])
+                return verdict
+            held.extend(verdict.held)
+        return Verdict(RESERVED, tuple(held))
+
+    def settle(self, items: Sequence[Sequence[Settlement]]) -> None:
+        """Settles many reservations in one pipelined round trip (one script per principal on a cluster)."""
+        if self._client is None:
+            self._run(lambda client: None)
+        def run(client: Any) -> None:
+            script = self._scripts["settle"]
+            if self.cluster:
+                for parts in items:
+                    for part in parts:
+                        script(*self._settle_args([part]))
+                return
+            pipe = client.pipeline(transaction=False)
+            for parts in items:
+                script(*self._settle_args(parts), client=pipe)
+            pipe.execute()
+
+        self._run(run)
+
+    def _settle_args(self, parts: Sequence[Settlement]) -> tuple[list[str], list[Any]]:
+        keys: list[str] = []
+        args: list[Any] = [self._now(), len(parts)]
+        for part in parts:
+            keys.extend(self.keys(part.scope, part.principal))
+            args += [_WINDOW[part.scope.rolling], _shown(part.principal), part.held, part.tokens, part.cost]
+        return keys, args
+
+    def read(self, scope: QuotaScope, principal: str) -> tuple[int, int, int]:
+        """(tokens, cost nano-units, reservations in flight) of one principal's current window."""
+        keys = list(self.keys(scope, principal))
+        args = [self._now(), _WINDOW[scope.rolling], _shown(principal)]
+        reply = self._run(lambda client: self._scripts["read"](keys=keys, args=args))
+        return int(reply[0]), int(reply[1]), int(reply[2])
+
+
+def _shown(principal: str) -> bytes:
+    """The id kept beside a principal's usage for operators: any string, at most 256 bytes."""
+    return principal.encode("utf-8", "backslashreplace")[:256]
+
+
+def _opt(value: float | None) -> Any:
+    return "" if value is None else value

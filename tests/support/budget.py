@@ -1,0 +1,91 @@
+"""Budget mode in tests: an instrumented process-local app (the real openai SDK against the local
+OpenAI-compatible server), its quota file, and readers of what the store holds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+import yaml
+
+from otel_tokens import TokenUsageInstrumentor, usage_context
+from otel_tokens.budget.store import NANO
+from otel_tokens.config import Settings
+from otel_tokens.guard import GuardRule, GuardSettings
+from otel_tokens.quota_scopes import DEPARTMENT, USER
+from otel_tokens.recorder import Recorder
+from tests.support.openai_server import OpenAIServer
+from tests.support.telemetry import Telemetry, make_telemetry
+
+PRICES = ({"match": "gpt-4o", "currency": "USD", "input": 2.5, "output": 10.0},
+          {"match": "gpt-4o-mini", "currency": "USD", "input": 0.15, "output": 0.6})
+
+
+def write_quotas(path: Path, users: dict[str, Any], departments: dict[str, Any] | None = None,
+                 warning_ratio: float = 0.8) -> Path:
+    data: dict[str, Any] = {"warning_ratio": warning_ratio, "users": users}
+    if departments:
+        data["departments"] = departments
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@dataclass
+class BudgetApp:
+    recorder: Recorder
+    tel: Telemetry
+    server: OpenAIServer
+    client: openai.OpenAI
+    instrumentor: TokenUsageInstrumentor
+
+    def ask(self, user: str | None, department: str | None = "sales", model: str = "gpt-4o",
+            max_tokens: int | None = 30, **kwargs: Any) -> Any:
+        options = {"max_tokens": max_tokens} if max_tokens is not None else {}
+        with usage_context(user_id=user, department=department):
+            return self.client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "hi"}], **options, **kwargs)
+
+    def held(self, user: str, scope: Any = USER) -> tuple[int, float, int]:
+        """(tokens, cost, reservations in flight) in the store, after the queued settlements ran."""
+        budget = self.recorder.budget
+        assert budget is not None
+        budget.flush()
+        tokens, cost, flight = budget.store.read(scope, user)
+        return tokens, cost / NANO, flight
+
+    def department(self, name: str) -> tuple[int, float, int]:
+        return self.held(name, DEPARTMENT)
+
+    def metric_tokens(self, user: str) -> int:
+        return sum(v for (u,), v in self.tel.token_totals("user.id").items() if u == user)
+
+    def metric_cost(self, user: str) -> float:
+        from otel_tokens import names
+
+        return sum(p.value for p in self.tel.metrics().get(names.METRIC_LLM_COST, [])
+                   if p.attributes.get("user.id") == user)
+
+    def decisions(self) -> dict[tuple[str, str], int]:
+        from otel_tokens import names
+
+        return {(p.attributes[names.GUARD_DECISION], p.attributes[names.GUARD_QUOTA]): p.value
+                for p in self.tel.metrics().get(names.METRIC_GUARD_DECISIONS, [])}
+
+
+def budget_app(quota_file: Path, store: str, rules: tuple[GuardRule, ...] = (), fail_closed: bool = False,
+               **guard: Any) -> Iterator[BudgetApp]:
+    tel, tracer_provider, meter_provider = make_telemetry()
+    settings = Settings(prices=PRICES, guard=GuardSettings(
+        rules=rules, fail_closed=fail_closed, quota_file=quota_file, store=store,
+        **{"quota_reload_interval": 0.05, **guard}))
+    instrumentor = TokenUsageInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=settings)
+    try:
+        with OpenAIServer() as server:
+            client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+            yield BudgetApp(instrumentor.recorder, tel, server, client, instrumentor)
+    finally:
+        instrumentor.uninstrument()

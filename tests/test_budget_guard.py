@@ -1,0 +1,217 @@
+"""Budget mode in an app: the openai SDK over real HTTP, a real redis-server, the recorder's
+lifecycle reserving before each call and settling after it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from otel_tokens import QuotaExceededError, names
+from otel_tokens.budget.guard import UNATTRIBUTED
+from otel_tokens.config import load_settings
+from otel_tokens.guard import GuardRule, QuotaStateUnavailableError
+from tests.support.budget import budget_app, write_quotas
+from tests.support.telemetry import LogRecords
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def quotas(tmp_path):
+    return write_quotas(tmp_path / "quotas.yml", {"default": {"tokens": 400}, "overrides": {"bob": {"tokens": 100000}}})
+
+
+@pytest.fixture
+def app(quotas, redis_url):
+    yield from budget_app(quotas, redis_url)
+
+
+def run_until_refused(app, user: str, limit: int = 100, **kwargs) -> tuple[int, QuotaExceededError]:
+    for served in range(limit):
+        try:
+            app.ask(user, **kwargs)
+        except QuotaExceededError as refusal:
+            return served, refusal
+    raise AssertionError(f"{user} was never refused")
+
+
+def test_refused_at_the_call_that_would_cross_100_percent_and_others_go_on(app):
+    served, refusal = run_until_refused(app, "alice")
+    assert len(app.server.requests) == served  # the refused call never left the process
+    tokens, _, in_flight = app.held("alice")
+    assert in_flight == 0
+    assert tokens == app.metric_tokens("alice") <= 400  # the store and the exported metrics agree
+    assert served >= 1 and tokens + 116 > 400  # refused only when the worst case (bound 86 + 30) did not fit
+    assert (refusal.kind, refusal.principal, refusal.window, refusal.quota, refusal.http_status) == (
+        "user", "alice", "24h", "tokens", 429)
+    assert str(refusal) == (f"user 'alice' would go over the 24h tokens quota: {tokens:,} used, "
+                            f"{refusal.reserved} reserved for this call, limit 400")
+    app.ask("bob")  # other principals are not affected
+    assert app.decisions() == {("reject", "user"): 1}
+    refused_span = app.tel.spans()[-2]
+    assert refused_span.attributes[names.ERROR_TYPE] == "QuotaExceededError"
+    assert refused_span.attributes[names.LLM_QUOTA_ACTION] == "reject"
+    assert app.department("sales")[0] == app.metric_tokens("alice") + app.metric_tokens("bob")
+
+
+def test_the_department_budget_refuses_every_user_of_the_department(tmp_path, redis_url):
+    quota_file = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 100000}},
+                              {"default": {"tokens": 300}, "overrides": {"support": {"tokens": 100000}}})
+    for app in budget_app(quota_file, redis_url):
+        with pytest.raises(QuotaExceededError) as caught:
+            for i in range(50):
+                app.ask(f"user-{i % 3}", department="sales")
+        assert (caught.value.kind, caught.value.principal, caught.value.window) == ("department", "sales", "month")
+        assert app.department("sales")[0] <= 300
+        app.ask("user-0", department="support")
+        assert app.decisions() == {("reject", "department"): 1}
+
+
+def test_cost_quota_and_downgrade_reserved_at_the_cheaper_price(tmp_path, redis_url):
+    quota_file = write_quotas(tmp_path / "q.yml", {"default": {"cost": 0.01}}, warning_ratio=0.5)
+    rules = (GuardRule("user", "downgrade", "warning", (("gpt-4o", "gpt-4o-mini"),)),
+             GuardRule("user", "reject", "critical"))
+    for app in budget_app(quota_file, redis_url, rules):
+        models = []
+        for _ in range(30):
+            try:
+                app.ask("carol", max_tokens=200)
+            except QuotaExceededError as refusal:
+                assert refusal.quota == "cost" and refusal.severity == "critical"
+                break
+            models.append(app.server.requests[-1].body["model"])
+        assert models[0] == "gpt-4o" and "gpt-4o-mini" in models  # downgraded once past 50 %
+        assert models == sorted(models, key=lambda m: m == "gpt-4o-mini")  # and stays downgraded
+        _, cost, _ = app.held("carol")
+        assert cost == pytest.approx(app.metric_cost("carol"), abs=1e-9) and cost <= 0.01
+        downgraded = [s for s in app.tel.spans() if s.attributes.get(names.LLM_QUOTA_ACTION) == "downgrade"]
+        assert downgraded and downgraded[0].attributes[names.LLM_QUOTA_ORIGINAL_MODEL] == "gpt-4o"
+        assert app.decisions()[("downgrade", "user")] == len(downgraded)
+
+
+def test_a_warning_level_reject_refuses_at_the_warning_ratio(tmp_path, redis_url):
+    quota_file = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 1000}}, warning_ratio=0.5)
+    for app in budget_app(quota_file, redis_url, (GuardRule("user", "reject", "warning"),)):
+        _, refusal = run_until_refused(app, "dave")
+        assert refusal.severity == "warning" and app.held("dave")[0] <= 500
+
+
+def test_a_scope_without_rules_is_counted_never_refused(tmp_path, redis_url):
+    quota_file = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 100000}}, {"default": {"tokens": 50}})
+    for app in budget_app(quota_file, redis_url, (GuardRule("user", "reject", "critical"),)):
+        for _ in range(5):
+            app.ask("erin")
+        assert app.department("sales")[0] == app.metric_tokens("erin") > 50
+
+
+def test_a_stream_holds_its_reservation_until_it_is_consumed(app):
+    stream = app.ask("frank", stream=True, stream_options={"include_usage": True})
+    assert app.held("frank") == (86 + 30, pytest.approx(86 * 2.5e-6 + 30 * 10e-6), 1)  # the worst case
+    for _ in stream:
+        pass
+    tokens, _, in_flight = app.held("frank")
+    assert in_flight == 0 and tokens == app.metric_tokens("frank") < 86 + 30
+
+
+def test_no_output_limit_reserves_the_configured_default(tmp_path, redis_url, quotas):
+    for app in budget_app(quotas, redis_url, default_max_output_tokens=350):
+        app.ask("gina")  # 86 + 30 fit in 400
+        with pytest.raises(QuotaExceededError) as caught:
+            app.ask("gina", max_tokens=None)  # 86 + 350 do not, whatever was used
+        assert caught.value.reserved == f"{86 + 350:,}"
+        app.ask("gina")  # with a limit set it fits again
+
+
+def test_calls_with_no_user_share_the_unattributed_principal(app):
+    app.ask(None, department=None)
+    assert app.held(UNATTRIBUTED)[0] == app.department(UNATTRIBUTED)[0] > 0
+
+
+def test_the_quota_file_is_reloaded_and_a_bad_edit_keeps_the_last_good_one(app, quotas):
+    run_until_refused(app, "hana")
+    write_quotas(quotas, {"default": {"tokens": 100000}})
+    deadline = time.monotonic() + 10
+    while app.recorder.budget.quotas.users.default.tokens != 100000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    app.ask("hana")  # the raised limit applies without a restart
+    logs = LogRecords()
+    logging.getLogger("otel_tokens").addHandler(logs)
+    try:
+        quotas.write_text("users:\n  default: {tokens: -5}\n")
+        deadline = time.monotonic() + 10
+        while not logs.records and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        logging.getLogger("otel_tokens").removeHandler(logs)
+    message = logs.records[0].getMessage()
+    assert str(quotas) in message and "users.default.tokens" in message and "-5" in message
+    assert "keeping the quotas read earlier" in message
+    app.ask("hana")  # still the last good limits
+
+
+def test_budget_mode_from_the_two_variables_and_bad_values_named():
+    env = {"OTEL_TOKENS_QUOTA_FILE": "/etc/otel-tokens/quotas.yml", "OTEL_TOKENS_BUDGET_STORE": "redis://r:6379/2"}
+    guard = load_settings(env).guard
+    assert guard.budget and not guard.enabled and str(guard.quota_file) == "/etc/otel-tokens/quotas.yml"
+    bad = load_settings({**env, "OTEL_TOKENS_BUDGET_STORE": "http://r:6379"})
+    assert not bad.guard.budget
+    assert "OTEL_TOKENS_BUDGET_STORE: 'http://r:6379' is not a redis://" in bad.errors[0]
+
+
+# --- faults: down, slow, full, restarted --------------------------------------------------------------------------
+def test_store_down_fails_open_counted_logged_once_and_recovers_by_itself(app, redis_server, caplog):
+    app.ask("ivan")
+    first = app.metric_tokens("ivan")
+    app.held("ivan")
+    redis_server.stop()
+    with caplog.at_level(logging.WARNING, "otel_tokens"):
+        for _ in range(3):
+            app.ask("ivan")  # let through
+    assert app.decisions() == {("fail_open", "none"): 3}
+    down = [r for r in caplog.records if "budget store" in r.getMessage()]
+    assert len(down) == 1 and "lets calls through (fail open)" in down[0].getMessage()
+    assert "127.0.0.1" in down[0].getMessage()
+    redis_server.start()  # restarted empty (no persistence here): the scripts are loaded again
+    time.sleep(1.1)  # the store's backoff after a failure
+    app.ask("ivan")
+    assert app.decisions() == {("fail_open", "none"): 3}  # enforcing again
+    # what was let through is counted once the store is back; only what the restart wiped is gone
+    tokens, _, in_flight = app.held("ivan")
+    assert (tokens, in_flight) == (app.metric_tokens("ivan") - first, 0)
+def test_store_down_fails_closed_when_configured(quotas, redis_url, redis_server):
+    for app in budget_app(quotas, redis_url, fail_closed=True):
+        redis_server.stop()
+        with pytest.raises(QuotaStateUnavailableError) as caught:
+            app.ask("judy")
+        assert "fails closed" in str(caught.value) and len(app.server.requests) == 0
+        assert app.decisions() == {("fail_closed", "none"): 1}
+
+
+def test_a_slow_store_never_holds_a_call_beyond_its_timeout(app, redis_server):
+    app.ask("kim")
+    sleeper = threading.Thread(target=lambda: redis_server.client().execute_command("DEBUG", "SLEEP", "3"))
+    sleeper.start()
+    time.sleep(0.2)
+    app.ask("kim")  # the reservation times out (50 ms): let through
+    assert sleeper.is_alive()  # returned while the store was still asleep
+    sleeper.join()
+    assert app.decisions() == {("fail_open", "none"): 1}
+
+
+def test_a_full_store_fails_open_and_recovers(app, redis_server):
+    app.ask("lee")
+    client = redis_server.client()
+    client.config_set("maxmemory", "1")  # noeviction: every write is refused with OOM
+    try:
+        app.ask("lee")
+        assert app.decisions() == {("fail_open", "none"): 1}
+    finally:
+        client.config_set("maxmemory", "0")
+    time.sleep(1.1)
+    app.ask("lee")
+    assert app.decisions() == {("fail_open", "none"): 1}
+    tokens, _, in_flight = app.held("lee")
+    assert (tokens, in_flight) == (app.metric_tokens("lee"), 0)  # nothing lost: the let-through call is counted
