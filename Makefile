@@ -13,14 +13,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
-# Prometheus and Alertmanager from Debian: the tests start the real binaries.
+# Prometheus, Alertmanager and Redis (budget mode's store) from Debian: the tests start the real binaries.
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager redis-server
 system-deps:
 	@if command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null \
-	    && command -v amtool >/dev/null; then exit 0; fi; \
+	    && command -v amtool >/dev/null && command -v redis-server >/dev/null; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
-	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus prometheus-alertmanager; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(SYSTEM_PACKAGES); \
 	else \
-	  echo "Prometheus and Alertmanager are missing: sudo apt-get install -y prometheus prometheus-alertmanager" >&2; \
+	  echo "missing system packages: sudo apt-get install -y $(SYSTEM_PACKAGES)" >&2; \
 	  exit 1; \
 	fi
 

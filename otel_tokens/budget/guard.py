@@ -41,6 +41,8 @@ from .store import (
 )
 
 UNATTRIBUTED = "__unattributed__"  # DESIGN.md: the principal of a call with no user (or no department)
+IDLE_FLUSH = 0.05  # seconds a settlement waits for a reservation to carry it before the worker sends it
+CARRY = 16  # settlements one reservation carries at most
 MAX_PENDING = 100_000  # settlements kept while the store is down; beyond, the oldest are dropped (logged)
 
 
@@ -132,7 +134,9 @@ class BudgetGuard:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.settings.quota_reload_interval)
+            # no wake-up per settlement: the next reservation carries it in its own round trip; this
+            # thread sends only what waited IDLE_FLUSH (so it rarely competes with callers for the GIL)
+            self._wake.wait(min(IDLE_FLUSH, self.settings.quota_reload_interval))
             self._wake.clear()
             try:
                 self.flush()
@@ -185,8 +189,14 @@ class BudgetGuard:
         try:
             cost = self._cost(provider, model, input_bound, output_bound)
             charges = self._charges(quotas, who, input_bound + output_bound, cost, model if downgradable else None)
-            unsettled = self._unsettled > 0  # read before: a settlement may land while we ask
-            verdict = self.store.reserve(reservation, self.settings.reservation_ttl, charges)
+            carried = self._carry()
+            unsettled = self._unsettled > len(carried)  # read before: a settlement may land while we ask
+            try:
+                verdict = self.store.reserve(reservation, self.settings.reservation_ttl, charges, carried)
+            except StoreUnavailableError:
+                self._pending.extendleft(reversed(carried))  # the worker sends them once the store is back
+                raise
+            self._settled(len(carried))
             if verdict.status != RESERVED and unsettled:
                 # this process's own finished calls may still hold their worst case: settle them, ask again
                 self.flush()
@@ -222,7 +232,6 @@ class BudgetGuard:
             self._unsettled += 1
         self._pending.append([Settlement(scope, principal, member, tokens, cost_nano)
                               for scope, principal, member in held.parts])
-        self._wake.set()
 
     # --- inside ----------------------------------------------------------------------------------------------
     def _cost(self, provider: str, model: str, input_tokens: int, output_tokens: int) -> int:
@@ -270,15 +279,31 @@ class BudgetGuard:
                      "refuses every call" if self.settings.fail_closed else "lets calls through (fail open)")
             logger.debug("%s", why)
 
+    def _carry(self, most: int = CARRY) -> list[list[Settlement]]:
+        """Up to `most` queued settlements, taken for one round trip (a reservation carries CARRY)."""
+        carried: list[list[Settlement]] = []
+        pending = self._pending
+        try:
+            while pending and len(carried) < most:
+                carried.append(pending.popleft())
+        except IndexError:  # another thread took the last one
+            pass
+        return carried
+
+    def _settled(self, count: int) -> None:
+        if count:
+            with self._count_lock:
+                self._unsettled -= count
+
     def flush(self) -> None:
         """Sends the queued settlements; returns once those queued before the call are in the store
         (or the store failed), whichever thread was sending them."""
         with self._flushing:
             pending = self._pending
             while pending:
-                batch = []
-                while pending and len(batch) < 500:
-                    batch.append(pending.popleft())
+                batch = self._carry(500)
+                if not batch:
+                    return
                 try:
                     self.store.settle(batch)
                 except StoreUnavailableError as error:
@@ -286,10 +311,9 @@ class BudgetGuard:
                     pending.extendleft(reversed(batch))
                     while len(pending) > MAX_PENDING:
                         pending.pop()
+                        self._settled(1)
                         log_once("budget-pending-dropped", "otel-tokens: more than %d settlements wait for the "
                                  "budget store %s; dropping the newest (their reservations expire)", MAX_PENDING,
                                  self.source)
                     return
-                finally:
-                    with self._count_lock:
-                        self._unsettled -= len(batch)
+                self._settled(len(batch))

@@ -37,15 +37,15 @@ end
 local SPAN = {r = 288, m = 0}            -- buckets before the current one still in the window
 local KEEP = {r = 87000, m = 2764800}     -- key expiry after a bucket's first write: 24 h 10 min, 32 days
 
--- drops the buckets that left the window; returns the current bucket and the window's totals
--- (and whether this call opened a new bucket: the caller then refreshes the key expiry)
+-- drops the buckets that left the window; returns the current bucket, the window's totals, whether
+-- this call opened a new bucket (the caller then refreshes the key expiry) and the oldest bucket kept
 local function roll(U, kind, who)
   local b = kind == 'r' and math.floor(now / 300) or month_index(now)
   local lo_new = b - SPAN[kind]
   local row = redis.call('HMGET', U, 'lo', 'T', 'C')
   local lo = tonumber(row[1])
   if lo ~= nil and lo >= lo_new then  -- the common case; a clock that went back counts in the oldest bucket
-    return math.max(b, lo), tonumber(row[2]) or 0, tonumber(row[3]) or 0, false
+    return math.max(b, lo), tonumber(row[2]) or 0, tonumber(row[3]) or 0, false, lo
   end
   if lo ~= nil and lo_new - lo <= SPAN[kind] then
     for i = lo, lo_new - 1 do
@@ -60,7 +60,7 @@ local function roll(U, kind, who)
   redis.call('HSET', U, 'lo', lo_new, 'id', who)
   redis.call('EXPIRE', U, KEEP[kind])
   row = redis.call('HMGET', U, 'T', 'C')
-  return b, tonumber(row[1]) or 0, tonumber(row[2]) or 0, true
+  return b, tonumber(row[1]) or 0, tonumber(row[2]) or 0, true, lo_new
 end
 
 local function add(U, b, tokens, cost)
@@ -68,24 +68,52 @@ local function add(U, b, tokens, cost)
   if cost ~= 0 then redis.call('HINCRBY', U, 'c' .. b, cost); redis.call('HINCRBY', U, 'C', cost) end
 end
 
--- gives back what a reservation holds, from its own bucket if that is still in the window
-local function release(U, member)
+local function parse(member)
   local b, t, c = string.match(member, ':(-?%d+):(%d+):(%d+)$')
-  b, t, c = tonumber(b), tonumber(t), tonumber(c)
-  if b == nil then return 0, 0 end
-  local row = redis.call('HMGET', U, 'lo', 't' .. b, 'c' .. b)
-  if b < (tonumber(row[1]) or b) then return 0, 0 end
-  t, c = math.min(t, tonumber(row[2]) or 0), math.min(c, tonumber(row[3]) or 0)
+  return tonumber(b), tonumber(t), tonumber(c)
+end
+
+-- gives back what a reservation holds, from its own bucket if that is still in the window
+local function release(U, member, lo)
+  local b, t, c = parse(member)
+  if b == nil or b < lo then return 0, 0 end
   add(U, b, -t, -c)
   return t, c
 end
 
+-- a finished call: release its reservation (unless already reclaimed), count its true usage in the
+-- current bucket, where the metrics count it too (one increment of the difference when the
+-- reservation was made in the same bucket, the common case)
+local function settle_part(U, E, kind, who, member, tokens, cost)
+  local b, _, _, _, lo = roll(U, kind, who)
+  if member ~= '' and redis.call('ZREM', E, member) == 1 then
+    local rb, rt, rc = parse(member)
+    if rb == b then
+      tokens, cost = tokens - rt, cost - rc
+    else
+      release(U, member, lo)
+    end
+  end
+  add(U, b, tokens, cost)
+end
+
+-- settlements carried by a script call: count, then per part kind, id, member, tokens, cost;
+-- their keys (usage, held per part) start at KEYS[first]
+local function settle_parts(a, first)
+  local m = tonumber(ARGV[a])
+  for j = 1, m do
+    local p, k = a + (j - 1) * 5, first + (j - 1) * 2
+    settle_part(KEYS[k], KEYS[k + 1], ARGV[p + 1], ARGV[p + 2], ARGV[p + 3], tonumber(ARGV[p + 4]),
+                tonumber(ARGV[p + 5]))
+  end
+end
+
 -- reservations whose process never settled them (killed, hung) are reclaimed
-local function reclaim(U, E)
+local function reclaim(U, E, lo)
   local t, c = 0, 0
   local members = redis.call('ZRANGEBYSCORE', E, '-inf', now, 'LIMIT', 0, 100)
   for _, member in ipairs(members) do
-    local dt, dc = release(U, member)
+    local dt, dc = release(U, member, lo)
     t, c = t + dt, c + dc
     redis.call('ZREM', E, member)
   end
@@ -93,20 +121,23 @@ local function reclaim(U, E)
 end
 """
 
-# KEYS: usage, held per principal. ARGV: now ('' = Redis TIME), reservation id, ttl seconds,
-# principal count, then per principal: window kind (r|m), principal id, tokens, cost, token limit,
-# cost limit ('' = none), refuse ratio, downgrade ratio ('' = none).
+# KEYS: usage, held per principal, then usage, held per settlement part. ARGV: now ('' = Redis
+# TIME), reservation id, ttl seconds, principal count, then per principal: window kind (r|m),
+# principal id, tokens, cost, token limit, cost limit ('' = none), refuse ratio, downgrade ratio
+# ('' = none); then the settlements this call carries (see settle_parts), applied first, so a
+# caller's own finished calls count at their true usage and cost no round trip of their own.
 # Returns {0, bucket...} (reserved: the bucket each principal's part is held in),
 # {1, i, quota, used, amount, limit} (refused: principal i would cross), or
 # {2, i, quota, used, amount, limit} (crosses a downgrade level: nothing reserved, ask again cheaper).
 RESERVE = _PRELUDE + r"""
 local id, ttl, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+settle_parts(5 + n * 8, n * 2 + 1)
 local rows, verdict = {}, nil
 for i = 1, n do
   local a, k = 4 + (i - 1) * 8, (i - 1) * 2
   local U, E = KEYS[k + 1], KEYS[k + 2]
-  local b, T, C, opened = roll(U, ARGV[a + 1], ARGV[a + 2])
-  local rt, rc = reclaim(U, E)
+  local b, T, C, opened, lo = roll(U, ARGV[a + 1], ARGV[a + 2])
+  local rt, rc = reclaim(U, E, lo)
   local used = {T - rt, C - rc}
   local amount = {tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])}
   local limits = {tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])}
@@ -132,27 +163,16 @@ end
 return reply
 """
 
-# KEYS: usage, held per principal. ARGV: now, principal count, then per principal: window kind,
-# principal id, the reservation's member ('' = none), true tokens, true cost. Releases the
-# reservation (unless it was already reclaimed) and counts the true usage in the current bucket,
-# where the metrics count it too.
+# KEYS: usage, held per settlement part. ARGV: now, then the parts (see settle_parts).
 SETTLE = _PRELUDE + r"""
-local n = tonumber(ARGV[2])
-for i = 1, n do
-  local a, k = 2 + (i - 1) * 5, (i - 1) * 2
-  local U, E = KEYS[k + 1], KEYS[k + 2]
-  local b = roll(U, ARGV[a + 1], ARGV[a + 2])
-  local member = ARGV[a + 3]
-  if member ~= '' and redis.call('ZREM', E, member) == 1 then release(U, member) end
-  add(U, b, tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]))
-end
+settle_parts(2, 1)
 return 0
 """
 
 # KEYS: usage, held of one principal. ARGV: now, window kind, principal id.
 # Returns {tokens, cost, reservations in flight}.
 READ = _PRELUDE + r"""
-local b, T, C = roll(KEYS[1], ARGV[2], ARGV[3])
-local rt, rc = reclaim(KEYS[1], KEYS[2])
+local b, T, C, _, lo = roll(KEYS[1], ARGV[2], ARGV[3])
+local rt, rc = reclaim(KEYS[1], KEYS[2], lo)
 return {T - rt, C - rc, redis.call('ZCARD', KEYS[2])}
 """

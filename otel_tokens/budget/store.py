@@ -169,26 +169,33 @@ class RedisBudgetStore:
         return "" if self.clock is None else repr(self.clock())
 
     # --- the three operations ------------------------------------------------------------------------
-    def reserve(self, reservation: str, ttl: float, charges: Sequence[Charge]) -> Verdict:
+    def reserve(self, reservation: str, ttl: float, charges: Sequence[Charge],
+                settlements: Sequence[Sequence[Settlement]] = ()) -> Verdict:
+        """One round trip: the `settlements` carried (applied first), then the reservation."""
         if self._client is None:
             self._run(lambda client: None)  # connects, and learns whether this is a cluster
         if self.cluster:
+            if settlements:
+                self.settle(settlements)
             return self._reserve_one_by_one(reservation, ttl, charges)
-        return self._run(lambda client: self._reserve(reservation, ttl, charges))
+        return self._run(lambda client: self._reserve(reservation, ttl, charges, settlements))
 
-    def _reserve(self, reservation: str, ttl: float, charges: Sequence[Charge]) -> Verdict:
+    def _reserve(self, reservation: str, ttl: float, charges: Sequence[Charge],
+                 settlements: Sequence[Sequence[Settlement]] = ()) -> Verdict:
         keys: list[str] = []
         args: list[Any] = [self._now(), reservation, ttl, len(charges)]
         for c in charges:
             keys.extend(self.keys(c.scope, c.principal))
             args += [_WINDOW[c.scope.rolling], _shown(c.principal), c.tokens, c.cost, _opt(c.token_limit),
                      _opt(c.cost_limit), _opt(c.refuse), _opt(c.downgrade)]
+        self._parts([part for parts in settlements for part in parts], keys, args)
         reply = self._scripts["reserve"](keys=keys, args=args)
         if reply[0] == RESERVED:
             return Verdict(RESERVED, tuple(f"{reservation}:{int(b)}:{c.tokens}:{c.cost}"
                                            for b, c in zip(reply[1:], charges, strict=True)))
         status, index, quota, used, amount, limit = (int(v) for v in reply)
-        return Verdict(status, charge=charges[index - 1], quota=KINDS[quota - 1], used=used, amount=amount, limit=limit)
+        return Verdict(status, charge=charges[index - 1], quota=KINDS[quota - 1], used=used, amount=amount,
+                       limit=limit)
 
     def _reserve_one_by_one(self, reservation: str, ttl: float, charges: Sequence[Charge]) -> Verdict:
         held: list[str] = []
@@ -222,11 +229,15 @@ class RedisBudgetStore:
 
     def _settle_args(self, parts: Sequence[Settlement]) -> tuple[list[str], list[Any]]:
         keys: list[str] = []
-        args: list[Any] = [self._now(), len(parts)]
+        args: list[Any] = [self._now()]
+        self._parts(parts, keys, args)
+        return keys, args
+
+    def _parts(self, parts: Sequence[Settlement], keys: list[str], args: list[Any]) -> None:
+        args.append(len(parts))
         for part in parts:
             keys.extend(self.keys(part.scope, part.principal))
             args += [_WINDOW[part.scope.rolling], _shown(part.principal), part.held, part.tokens, part.cost]
-        return keys, args
 
     def read(self, scope: QuotaScope, principal: str) -> tuple[int, int, int]:
         """(tokens, cost nano-units, reservations in flight) of one principal's current window."""
