@@ -99,7 +99,7 @@ def main() -> int:
         on.start()
         trivial = client.register_script("return 0")
         rows = []
-        for round_ in range(2):  # interleaved, so a noisy neighbour hits both alike
+        for _round in range(2):  # interleaved, so a noisy neighbour hits both alike
             rows.append(("bare PING", percentiles(timed(lambda i: client.ping(), args.calls))))
             rows.append(("bare EVALSHA (return 0)", percentiles(timed(lambda i: trivial(keys=["k"], args=[i]),
                                                                         args.calls))))

@@ -1,11 +1,13 @@
 """`make demo`: the whole product on one machine, no Docker.
 
-Starts, on free local ports: Alertmanager (the shipped routing, a webhook here that prints what it
-receives), Prometheus (the rendered quota rules and the shipped static rules), a local
-OpenAI-compatible model server and a traffic generator, both under `opentelemetry-instrument`
-exporting metrics for Prometheus to scrape. Shows per-user usage live, prints the warning and then
-the critical alert of the runaway batch job as Alertmanager delivers them, the quota guard refusing
-that job's next calls (and still serving the others), then the report and the PNG. Every process it
+Starts, on free local ports: Redis (budget mode's store), Alertmanager (the shipped routing, a
+webhook here that prints what it receives), Prometheus (the rendered quota rules and the shipped
+static rules), a local OpenAI-compatible model server and two apps under `opentelemetry-instrument`
+exporting metrics for Prometheus to scrape: the knowledge-base app (several users; hard quotas,
+budget mode) and a nightly job (soft quotas, alert mode), each with a runaway user. Shows per-user
+usage live, the alerts as Alertmanager delivers them, the budget guard refusing the runaway batch
+job at the call that would cross its quota, the alert guard refusing the nightly job only after its
+critical alert, how far past its quota each got, then the report and the PNG. Every process it
 started is stopped at the end, also on Ctrl-C.
 """
 
@@ -36,12 +38,14 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from tiny_local_model import ensure  # noqa: E402
 
+from otel_tokens.budget.store import RedisBudgetStore  # noqa: E402
 from otel_tokens.ops.rules import render_text  # noqa: E402
+from otel_tokens.quota_scopes import USER  # noqa: E402
 from otel_tokens.quotas import parse_quotas  # noqa: E402
 
 QUOTAS = {
     "warning_ratio": 0.8,
-    "users": {"default": {"tokens": 50_000}, "overrides": {"batch-bot": {"tokens": 1500}}},
+    "users": {"default": {"tokens": 50_000}, "overrides": {"batch-bot": {"tokens": 1500}, "eve": {"tokens": 1500}}},
     "departments": {"default": {"tokens": 1_000_000, "cost": 100}},
 }
 CONFIG = {  # OTEL_TOKENS_CONFIG of both processes: prices, so the demo shows money too
@@ -52,7 +56,9 @@ CONFIG = {  # OTEL_TOKENS_CONFIG of both processes: prices, so the demo shows mo
                {"match": "*", "provider": "transformers", "currency": "USD", "input": 20, "output": 60,
                 "source": "demo: virtual price of local GPU time"}],
 }
-USERS = ["alice", "bob", "carol", "dave", "batch-bot"]
+USERS = ["alice", "bob", "carol", "dave", "batch-bot", "eve"]
+RUNAWAYS = {"batch-bot": "kb-chat (budget mode)", "eve": "nightly-job (alert mode)"}
+APPS = "job=~'kb-chat|nightly-job'"
 
 
 def free_port() -> int:
@@ -62,17 +68,18 @@ def free_port() -> int:
 
 
 def need_binaries() -> dict[str, str]:
-    names = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager"}
+    names = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager", "redis": "redis-server"}
     found = {key: shutil.which(name) for key, name in names.items()}
     if all(found.values()):
         return found  # type: ignore[return-value]
+    packages = ["prometheus", "prometheus-alertmanager", "redis-server"]
     if os.geteuid() == 0:
-        print("installing Prometheus and Alertmanager from Debian ...", flush=True)
+        print("installing Prometheus, Alertmanager and Redis from Debian ...", flush=True)
         subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "prometheus", "prometheus-alertmanager"], check=True,
+        subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
         return need_binaries()
-    sys.exit("make demo needs Prometheus and Alertmanager: sudo apt-get install -y prometheus prometheus-alertmanager")
+    sys.exit(f"make demo needs Prometheus, Alertmanager and Redis: sudo apt-get install -y {' '.join(packages)}")
 
 
 class Notifications:
@@ -158,10 +165,10 @@ def by(results: list[dict[str, Any]], label: str) -> dict[str, float]:
     return {r["metric"].get(label, ""): float(r["value"][1]) for r in results}
 
 
-def live_table(prometheus: str, notifications: Notifications, progress: str) -> Any:
+def live_table(prometheus: str, notifications: Notifications, progress: str, store: RedisBudgetStore) -> Any:
     from rich.table import Table
 
-    client = "job='kb-chat'"
+    client = APPS
     tokens = by(query(prometheus, f"sum by (user_id) (llm_token_usage_total{{{client}}})"), "user_id")
     cost = by(query(prometheus, f"sum by (user_id) (llm_cost_total{{{client}}})"), "user_id")
     served = by(query(prometheus, "sum by (user_id) (served_llm_token_usage_total)"), "user_id")
@@ -176,7 +183,7 @@ def live_table(prometheus: str, notifications: Notifications, progress: str) -> 
     refused = by(query(prometheus, f"sum by (user_id) (llm_requests_total{{{client},"
                                    f"error_type='QuotaExceededError'}})"), "user_id")
     for column in ("user", "department", "tokens", "counted how", "model server", "cost USD", "24h quota",
-                   "refused"):
+                   "in Redis", "refused"):
         table.add_column(column, justify="left" if column in ("user", "department", "counted how") else "right",
                          no_wrap=True)
     for user in USERS:
@@ -184,21 +191,35 @@ def live_table(prometheus: str, notifications: Notifications, progress: str) -> 
         table.add_row(user, departments.get(user, ""), f"{tokens.get(user, 0):,.0f}",
                       "/".join(sorted(sources.get(user, ()))),
                       f"{served[user]:,.0f}" if user in served else "-", f"{cost.get(user, 0):.4f}",
-                      f"{share:.0%}" if share is not None else "-", f"{refused.get(user, 0):,.0f}")
+                      f"{share:.0%}" if share is not None else "-", held(store, user), f"{refused.get(user, 0):,.0f}")
     for severity in ("warning", "critical"):
         for alert in notifications.firing(severity)[:1]:
             table.caption = (table.caption or "") + f"  [{severity.upper()}] {alert['annotations']['summary']}"
     return table
 
 
+def held(store: RedisBudgetStore, user: str) -> str:
+    """The user's rolling 24 h usage as budget mode's store holds it (only the budget-mode app counts there)."""
+    try:
+        tokens, _, in_flight = store.read(USER, user)
+    except Exception:
+        return "?"
+    return f"{tokens:,}" + (f" ({in_flight} in flight)" if in_flight else "")
+
+
 def write_configs(ports: dict[str, int], hook: str) -> None:
     # a stream without a usage block is counted with the model's own tokenizer, from its folder
     config = {**CONFIG, "tokenizers": {"tiny-chat-model": str(ensure())}}
     (RUN / "otel-tokens.yaml").write_text(yaml.safe_dump(config))
-    # the app enforces: a user whose critical quota alert fires is refused (state from Prometheus's alerts)
-    guard = {"source": f"http://127.0.0.1:{ports['prometheus']}/api/v1/alerts", "poll_interval": 1,
-             "rules": [{"quota": "user", "action": "reject", "level": "critical"}]}
-    (RUN / "otel-tokens-app.yaml").write_text(yaml.safe_dump({**config, "guard": guard}))
+    (RUN / "quotas.yml").write_text(yaml.safe_dump(QUOTAS))
+    # the knowledge-base app: hard user quotas in Redis (budget mode); department budgets only alert
+    budget = {"quota_file": str(RUN / "quotas.yml"), "store": f"redis://127.0.0.1:{ports['redis']}/0",
+              "rules": [{"quota": "user", "action": "reject", "level": "critical"}]}
+    (RUN / "otel-tokens-app.yaml").write_text(yaml.safe_dump({**config, "guard": budget}))
+    # the nightly job: refused once its user's critical alert fires (alert mode, Prometheus's alert state)
+    alerts = {"source": f"http://127.0.0.1:{ports['prometheus']}/api/v1/alerts", "poll_interval": 1,
+              "rules": [{"quota": "user", "action": "reject", "level": "critical"}]}
+    (RUN / "otel-tokens-job.yaml").write_text(yaml.safe_dump({**config, "guard": alerts}))
     rules = RUN / "rules"
     rules.mkdir()
     (rules / "quotas.yml").write_text(render_text(parse_quotas(QUOTAS, "demo quotas"), for_="1s"))
@@ -214,6 +235,7 @@ def write_configs(ports: dict[str, int], hook: str) -> None:
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{ports['alertmanager']}"]}]}]},
         "scrape_configs": [
             {"job_name": "kb-chat", "static_configs": [{"targets": [f"127.0.0.1:{ports['traffic']}"]}]},
+            {"job_name": "nightly-job", "static_configs": [{"targets": [f"127.0.0.1:{ports['job']}"]}]},
             # The model server counts the same tokens again: keep its accounting under other metric
             # names so quotas and reports count each token once, and the two sides can still be compared.
             {"job_name": "model-server", "static_configs": [{"targets": [f"127.0.0.1:{ports['server']}"]}],
@@ -241,11 +263,15 @@ def main() -> int:
     RUN.mkdir(parents=True)
     notifications = Notifications()
     # openai: the model server's API; server / traffic: their metrics endpoints
-    ports = {name: free_port() for name in ("prometheus", "alertmanager", "openai", "server", "traffic")}
+    ports = {name: free_port() for name in ("prometheus", "alertmanager", "openai", "server", "traffic", "job",
+                                            "redis")}
     write_configs(ports, notifications.url)
     stack = Stack()
     started = time.monotonic()
     try:
+        stack.start("redis", [binaries["redis"], "--port", str(ports["redis"]), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(RUN)])
+        store = RedisBudgetStore(f"redis://127.0.0.1:{ports['redis']}/0", timeout=1.0)
         stack.start("alertmanager", [binaries["alertmanager"], f"--config.file={RUN / 'alertmanager.yml'}",
                                      f"--storage.path={RUN / 'alertmanager-data'}", "--cluster.listen-address=",
                                      f"--web.listen-address=127.0.0.1:{ports['alertmanager']}"])
@@ -265,29 +291,35 @@ def main() -> int:
         wait_ready(f"{prometheus}/-/ready")
         wait_listening(ports["openai"])  # the traffic's first call would be refused
         openai_url = f"http://127.0.0.1:{ports['openai']}/v1"
-        traffic = stack.start("traffic", [*agent, "examples/demo_traffic.py"],
-                              {**telemetry, "OTEL_SERVICE_NAME": "kb-chat", "OPENAI_BASE_URL": openai_url,
-                               "OTEL_TOKENS_CONFIG": str(RUN / "otel-tokens-app.yaml"),
-                               "OTEL_EXPORTER_PROMETHEUS_PORT": str(ports["traffic"]), "DEMO_MODEL": str(model),
-                               "DEMO_ROUNDS": "4" if args.fast else "6"},
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        progress = ["starting"]
-        events: list[str] = []  # what the traffic says besides its progress: the guard's refusal
+        app_env = {**telemetry, "OPENAI_BASE_URL": openai_url, "DEMO_MODEL": str(model),
+                   "DEMO_ROUNDS": "4" if args.fast else "6"}
+        apps = {"kb-chat": stack.start("traffic", [*agent, "examples/demo_traffic.py"], {
+                    **app_env, "OTEL_SERVICE_NAME": "kb-chat", "OTEL_TOKENS_CONFIG": str(RUN / "otel-tokens-app.yaml"),
+                    "OTEL_EXPORTER_PROMETHEUS_PORT": str(ports["traffic"])},
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True),
+                "nightly-job": stack.start("job", [*agent, "examples/demo_traffic.py"], {
+                    **app_env, "OTEL_SERVICE_NAME": "nightly-job", "DEMO_ONLY_RUNAWAY": "eve:finance",
+                    "OTEL_TOKENS_CONFIG": str(RUN / "otel-tokens-job.yaml"),
+                    "OTEL_EXPORTER_PROMETHEUS_PORT": str(ports["job"])},
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)}
+        progress = {name: "starting" for name in apps}
+        events: list[str] = []  # what the apps say besides their progress: the guards' refusals
 
-        def follow() -> None:
-            assert traffic.stdout is not None
-            for line in traffic.stdout:
+        def follow(name: str, app: subprocess.Popen[str]) -> None:
+            assert app.stdout is not None
+            for line in app.stdout:
                 if line.startswith(("refused", "served")):
-                    events.append(line.strip())
+                    events.append(f"{name}: {line.strip()}")
                 else:
-                    progress[0] = line.strip()
+                    progress[name] = line.strip()
 
-        threading.Thread(target=follow, daemon=True).start()
+        for name, app in apps.items():
+            threading.Thread(target=follow, args=(name, app), daemon=True).start()
         shown: set[str] = set()
         with Live(console=console, refresh_per_second=2, transient=False) as live:
             while True:
                 try:
-                    live.update(live_table(prometheus, notifications, progress[0]))
+                    live.update(live_table(prometheus, notifications, progress["kb-chat"], store))
                 except OSError:
                     pass
                 for severity in ("warning", "critical"):
@@ -301,19 +333,29 @@ def main() -> int:
                                                f"{alert['annotations']['description']}")
                 while events:
                     event = events.pop(0)
-                    style = "bold magenta" if event.startswith("refused") else "green"
-                    live.console.print(f"[{style}]GUARD after {time.monotonic() - started:.0f}s:[/] {event}")
-                done = progress[0] == "traffic done" and notifications.firing("critical")
-                if done or traffic.poll() is not None or time.monotonic() - started > args.timeout:
+                    style = "bold magenta" if "refused" in event else "green"
+                    live.console.print(f"[{style}]GUARD after {time.monotonic() - started:.0f}s:[/] {event}",
+                                       soft_wrap=True)
+                done = all(p == "traffic done" for p in progress.values()) and notifications.firing("critical")
+                stopped = any(app.poll() is not None for app in apps.values())
+                if done or stopped or time.monotonic() - started > args.timeout:
                     break
                 time.sleep(0.5)
             time.sleep(2)  # the last scrape and rule evaluation
-            live.update(live_table(prometheus, notifications, "done"))
+            live.update(live_table(prometheus, notifications, "done", store))
         if not (notifications.firing("warning") and notifications.firing("critical")):
             console.print(f"[red]demo: expected a warning and a critical alert; logs are in {RUN}[/]")
             return 1
+        # how far past its quota each runaway got, hard (budget mode) against soft (alert mode)
+        used = by(query(prometheus, f"sum by (user_id) (llm_token_usage_total{{{APPS}}})"), "user_id")
+        console.print()
+        for user, where in RUNAWAYS.items():
+            limit = QUOTAS["users"]["overrides"][user]["tokens"]  # type: ignore[index]
+            store_view = f"; the budget store holds {held(store, user)}" if "budget" in where else ""
+            console.print(f"{user} in {where}: stopped at {used.get(user, 0) / limit:.1%} of its 24h quota "
+                          f"({used.get(user, 0):,.0f} of {limit:,} tokens by Prometheus{store_view})", soft_wrap=True)
         # users whose calls the server answered with a usage block: both sides must agree exactly
-        client = by(query(prometheus, "sum by (user_id) (llm_token_usage_total{job='kb-chat',"
+        client = by(query(prometheus, f"sum by (user_id) (llm_token_usage_total{{{APPS},"
                                       "gen_ai_provider_name='openai',llm_usage_source='reported'})"), "user_id")
         served = by(query(prometheus, "sum by (user_id) (served_llm_token_usage_total)"), "user_id")
         agree = all(served.get(user) == tokens for user, tokens in client.items())

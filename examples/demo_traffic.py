@@ -1,10 +1,14 @@
 """Demo traffic: several users in three departments, run under `opentelemetry-instrument` (no
 telemetry code here beyond `usage_context`). Some call the local model in-process through a
 transformers pipeline, some go through the `openai` SDK to the local OpenAI-compatible server, and
-one batch job keeps going until it is far over its quota, and then until the quota guard (enabled in
-this process's config, fed by Prometheus's alerts) refuses it.
+one batch job speeds up until the quota guard enabled in this process's config refuses it (budget
+mode in the demo: at the call that would cross its quota).
 
-Environment: OPENAI_BASE_URL (the local server), DEMO_MODEL (the model folder), DEMO_ROUNDS, DEMO_PAUSE.
+With DEMO_ONLY_RUNAWAY=user:department only that runaway runs, until refused (the demo's nightly
+job, in alert mode: refused once its critical alert fires, well past its quota).
+
+Environment: OPENAI_BASE_URL (the local server), DEMO_MODEL (the model folder), DEMO_ROUNDS, DEMO_PAUSE,
+DEMO_ONLY_RUNAWAY.
 """
 
 from __future__ import annotations
@@ -27,8 +31,6 @@ def main() -> None:
     model_path = os.environ.get("DEMO_MODEL", ".demo/tiny-chat-model")
     rounds = int(os.environ.get("DEMO_ROUNDS", "6"))
     pause = float(os.environ.get("DEMO_PAUSE", "3"))
-    local = pipeline("text-generation", model=AutoModelForCausalLM.from_pretrained(model_path),
-                     tokenizer=AutoTokenizer.from_pretrained(model_path), device="cpu")
     client = openai.OpenAI(api_key="local", max_retries=0)  # OPENAI_BASE_URL points at the local server
     model = os.path.basename(model_path.rstrip("/"))
 
@@ -43,6 +45,17 @@ def main() -> None:
                                                 stream=True, stream_options=options):
             pass
 
+    if os.environ.get("DEMO_ONLY_RUNAWAY"):
+        user, department = os.environ["DEMO_ONLY_RUNAWAY"].split(":")
+        with usage_context(user_id=user, department=department):
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and runaway(chat, QUESTIONS[2]):  # until refused
+                time.sleep(0.3)
+        print("traffic done", flush=True)
+        sys.stdin.read()
+        return
+    local = pipeline("text-generation", model=AutoModelForCausalLM.from_pretrained(model_path),
+                     tokenizer=AutoTokenizer.from_pretrained(model_path), device="cpu")
     for round_ in range(rounds):
         question = QUESTIONS[round_ % len(QUESTIONS)]
         with usage_context(user_id="alice", department="support", session_id=f"alice-{round_}"):

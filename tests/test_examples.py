@@ -4,6 +4,7 @@ OpenAI-compatible server; and the demo in its fast mode (the same path as `make 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,20 +41,26 @@ def test_openai_and_langchain_examples_record_attributed_usage(example, users):
     assert {s["name"] for s in spans} == {"chat gpt-4"}
 
 
-def test_demo_fast_mode_shows_users_both_alerts_and_agreeing_counts():
+def test_demo_fast_mode_shows_users_both_alerts_both_guards_and_agreeing_counts():
     require_binary("prometheus")
     require_binary("prometheus-alertmanager")
+    require_binary("redis-server")
     result = subprocess.run([sys.executable, "examples/demo.py", "--fast"], cwd=ROOT, capture_output=True,
                             text=True, timeout=300)
     out = result.stdout
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
     assert "WARNING alert received" in out and "CRITICAL alert received" in out
     assert out.index("WARNING alert received") < out.index("CRITICAL alert received")
-    for user in ("alice", "bob", "carol", "dave", "batch-bot"):
+    for user in ("alice", "bob", "carol", "dave", "batch-bot", "eve"):
         assert user in out
     assert "they agree" in out
-    # the quota guard refuses the runaway job once its critical alert fires, and keeps serving the others
-    refused = out.index("GUARD after")
-    assert "refused: user 'batch-bot' is over the 24h tokens quota" in out[refused:]
-    # the guard reads Prometheus's alert state, which can be ahead of Alertmanager's notification
-    assert out.index("WARNING alert received") < refused < out.index("served bob after the refusal")
+    # budget mode refuses the runaway batch job at the call that would cross 100 %, and serves the others
+    refused = out.index("kb-chat: refused: user 'batch-bot' would go over the 24h tokens quota")
+    assert refused < out.index("served bob after the refusal")
+    hard = re.search(r"batch-bot in kb-chat \(budget mode\): stopped at ([\d.]+)% of its 24h quota "
+                     r"\(([\d,]+) of 1,500 tokens by Prometheus; the budget store holds ([\d,]+)\)", out)
+    assert hard and float(hard[1]) <= 100 and hard[2] == hard[3], out[-3000:]
+    # alert mode refuses the nightly job only once its critical alert fires: past its quota
+    assert "nightly-job: refused: user 'eve' is over the 24h tokens quota" in out
+    soft = re.search(r"eve in nightly-job \(alert mode\): stopped at ([\d.]+)% of its 24h quota", out)
+    assert soft and float(soft[1]) >= 100
