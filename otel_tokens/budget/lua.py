@@ -8,8 +8,11 @@ Per principal, two keys share one hash tag (one Redis Cluster slot):
 Buckets: users 5 minutes, the window being the latest 5-minute boundary at least 24 h ago up to now
 (289 buckets, as the Prometheus rules count); departments one calendar month (UTC). Cost is held in
 integer nano-units of the currency so sums are exact. Time is Redis's own clock (`TIME`), one clock
-for every process, unless the caller passes one (tests). A reservation is one ZADD and two or four
-HINCRBYs per principal; bucket roll-over and key expiry run once per bucket, not per call.
+for every process, unless the caller passes one (tests).
+
+Each principal's usage hash is read once per script call (HMGET) and written once (HSET), however
+many settlements the call carries; bucket roll-over and key expiry run once per bucket, not per call.
+A reservation with one carried settlement for the same two principals is nine commands.
 """
 
 from __future__ import annotations
@@ -36,36 +39,62 @@ end
 
 local SPAN = {r = 288, m = 0}            -- buckets before the current one still in the window
 local KEEP = {r = 87000, m = 2764800}     -- key expiry after a bucket's first write: 24 h 10 min, 32 days
+local state = {}                          -- usage key -> what this script call knows of it
 
--- drops the buckets that left the window; returns the current bucket, the window's totals, whether
--- this call opened a new bucket (the caller then refreshes the key expiry) and the oldest bucket kept
-local function roll(U, kind, who)
+-- a principal's window, rolled to now: the buckets that left it dropped, totals T / C, the current
+-- bucket's values, whether this call opened the bucket (the caller refreshes the held key's expiry)
+local function load(U, kind, who)
+  local s = state[U]
+  if s then return s end
   local b = kind == 'r' and math.floor(now / 300) or month_index(now)
   local lo_new = b - SPAN[kind]
-  local row = redis.call('HMGET', U, 'lo', 'T', 'C')
+  local row = redis.call('HMGET', U, 'lo', 'T', 'C', 't' .. b, 'c' .. b)
   local lo = tonumber(row[1])
-  if lo ~= nil and lo >= lo_new then  -- the common case; a clock that went back counts in the oldest bucket
-    return math.max(b, lo), tonumber(row[2]) or 0, tonumber(row[3]) or 0, false, lo
-  end
-  if lo ~= nil and lo_new - lo <= SPAN[kind] then
-    for i = lo, lo_new - 1 do
-      local old = redis.call('HMGET', U, 't' .. i, 'c' .. i)
-      if old[1] then redis.call('HINCRBY', U, 'T', -tonumber(old[1])) end
-      if old[2] then redis.call('HINCRBY', U, 'C', -tonumber(old[2])) end
-      if old[1] or old[2] then redis.call('HDEL', U, 't' .. i, 'c' .. i) end
+  local opened = false
+  if lo ~= nil and lo > lo_new then  -- a clock that went back counts in the newest bucket it can
+    b = lo + SPAN[kind]
+    row = redis.call('HMGET', U, 'lo', 'T', 'C', 't' .. b, 'c' .. b)
+  elseif lo == nil or lo < lo_new then
+    opened = true
+    if lo ~= nil and lo_new - lo <= SPAN[kind] then
+      for i = lo, lo_new - 1 do
+        local old = redis.call('HMGET', U, 't' .. i, 'c' .. i)
+        if old[1] then redis.call('HINCRBY', U, 'T', string.format('%d', -tonumber(old[1]))) end
+        if old[2] then redis.call('HINCRBY', U, 'C', string.format('%d', -tonumber(old[2]))) end
+        if old[1] or old[2] then redis.call('HDEL', U, 't' .. i, 'c' .. i) end
+      end
+    elseif lo ~= nil then  -- every bucket held is out of the window
+      redis.call('DEL', U)
     end
-  elseif lo ~= nil then  -- every bucket held is out of the window
-    redis.call('DEL', U)
+    redis.call('HSET', U, 'lo', string.format('%d', lo_new), 'id', who)
+    redis.call('EXPIRE', U, KEEP[kind])
+    row = redis.call('HMGET', U, 'lo', 'T', 'C', 't' .. b, 'c' .. b)
   end
-  redis.call('HSET', U, 'lo', lo_new, 'id', who)
-  redis.call('EXPIRE', U, KEEP[kind])
-  row = redis.call('HMGET', U, 'T', 'C')
-  return b, tonumber(row[1]) or 0, tonumber(row[2]) or 0, true, lo_new
+  s = {b = b, lo = tonumber(row[1]), T = tonumber(row[2]) or 0, C = tonumber(row[3]) or 0,
+       t = tonumber(row[4]) or 0, c = tonumber(row[5]) or 0, opened = opened, dirty = false}
+  state[U] = s
+  return s
 end
 
-local function add(U, b, tokens, cost)
-  if tokens ~= 0 then redis.call('HINCRBY', U, 't' .. b, tokens); redis.call('HINCRBY', U, 'T', tokens) end
-  if cost ~= 0 then redis.call('HINCRBY', U, 'c' .. b, cost); redis.call('HINCRBY', U, 'C', cost) end
+local function add(U, s, b, tokens, cost)
+  if tokens == 0 and cost == 0 then return end
+  if b == s.b then
+    s.t, s.c = s.t + tokens, s.c + cost
+  else  -- an older bucket (a reservation made before the current one began)
+    if tokens ~= 0 then redis.call('HINCRBY', U, 't' .. b, string.format('%d', tokens)) end
+    if cost ~= 0 then redis.call('HINCRBY', U, 'c' .. b, string.format('%d', cost)) end
+  end
+  s.T, s.C, s.dirty = s.T + tokens, s.C + cost, true
+end
+
+-- writes what changed: one HSET per principal
+local function save()
+  for U, s in pairs(state) do
+    if s.dirty then  -- integers as text: Redis would write a Lua number 100 as '1e2'
+      redis.call('HSET', U, 'T', string.format('%d', s.T), 'C', string.format('%d', s.C),
+                 't' .. s.b, string.format('%d', s.t), 'c' .. s.b, string.format('%d', s.c))
+    end
+  end
 end
 
 local function parse(member)
@@ -74,46 +103,34 @@ local function parse(member)
 end
 
 -- gives back what a reservation holds, from its own bucket if that is still in the window
-local function release(U, member, lo)
+local function release(U, s, member)
   local b, t, c = parse(member)
-  if b == nil or b < lo then return 0, 0 end
-  add(U, b, -t, -c)
+  if b == nil or b < s.lo then return 0, 0 end
+  add(U, s, b, -t, -c)
   return t, c
 end
 
--- a finished call: release its reservation (unless already reclaimed), count its true usage in the
--- current bucket, where the metrics count it too (one increment of the difference when the
--- reservation was made in the same bucket, the common case)
-local function settle_part(U, E, kind, who, member, tokens, cost)
-  local b, _, _, _, lo = roll(U, kind, who)
-  if member ~= '' and redis.call('ZREM', E, member) == 1 then
-    local rb, rt, rc = parse(member)
-    if rb == b then
-      tokens, cost = tokens - rt, cost - rc
-    else
-      release(U, member, lo)
-    end
-  end
-  add(U, b, tokens, cost)
-end
-
--- settlements carried by a script call: count, then per part kind, id, member, tokens, cost;
--- their keys (usage, held per part) start at KEYS[first]
+-- settlements carried by a script call: count, then per part kind, id, member ('' = nothing held),
+-- true tokens, true cost; their keys (usage, held per part) start at KEYS[first]. Each releases its
+-- reservation (unless already reclaimed) and counts the true usage in the current bucket, where the
+-- metrics count it too.
 local function settle_parts(a, first)
   local m = tonumber(ARGV[a])
   for j = 1, m do
     local p, k = a + (j - 1) * 5, first + (j - 1) * 2
-    settle_part(KEYS[k], KEYS[k + 1], ARGV[p + 1], ARGV[p + 2], ARGV[p + 3], tonumber(ARGV[p + 4]),
-                tonumber(ARGV[p + 5]))
+    local U, E, member = KEYS[k], KEYS[k + 1], ARGV[p + 3]
+    local s = load(U, ARGV[p + 1], ARGV[p + 2])
+    if member ~= '' and redis.call('ZREM', E, member) == 1 then release(U, s, member) end
+    add(U, s, s.b, tonumber(ARGV[p + 4]), tonumber(ARGV[p + 5]))
   end
 end
 
 -- reservations whose process never settled them (killed, hung) are reclaimed
-local function reclaim(U, E, lo)
+local function reclaim(U, E, s)
   local t, c = 0, 0
   local members = redis.call('ZRANGEBYSCORE', E, '-inf', now, 'LIMIT', 0, 100)
   for _, member in ipairs(members) do
-    local dt, dc = release(U, member, lo)
+    local dt, dc = release(U, s, member)
     t, c = t + dt, c + dc
     redis.call('ZREM', E, member)
   end
@@ -132,47 +149,66 @@ end
 RESERVE = _PRELUDE + r"""
 local id, ttl, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 settle_parts(5 + n * 8, n * 2 + 1)
+
+-- the first limit principal i's call would cross: {status, i, quota, used, amount, limit} or nil
+-- (a refusal on any quota before a downgrade on any)
+local function check(i, row)
+  for status = 1, 2 do
+    local ratio = status == 1 and row.refuse or row.downgrade
+    for q = 1, 2 do
+      local limit = row.limits[q]
+      if ratio and limit and row.amount[q] > 0 and row.used[q] + row.amount[q] > limit * ratio then
+        return {status, i, q, row.used[q], row.amount[q], limit}
+      end
+    end
+  end
+  return nil
+end
+
 local rows, verdict = {}, nil
 for i = 1, n do
   local a, k = 4 + (i - 1) * 8, (i - 1) * 2
   local U, E = KEYS[k + 1], KEYS[k + 2]
-  local b, T, C, opened, lo = roll(U, ARGV[a + 1], ARGV[a + 2])
-  local rt, rc = reclaim(U, E, lo)
-  local used = {T - rt, C - rc}
-  local amount = {tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])}
-  local limits = {tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])}
-  local refuse, downgrade = tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
-  for q = 1, 2 do
-    local limit = limits[q]
-    if limit and amount[q] > 0 then
-      local after = used[q] + amount[q]
-      if refuse and after > limit * refuse then return {1, i, q, used[q], amount[q], limit} end
-      if downgrade and not verdict and after > limit * downgrade then verdict = {2, i, q, used[q], amount[q], limit} end
-    end
+  local s = load(U, ARGV[a + 1], ARGV[a + 2])
+  local row = {U = U, E = E, s = s, used = {s.T, s.C},
+               amount = {tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])},
+               limits = {tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])},
+               refuse = tonumber(ARGV[a + 7]), downgrade = tonumber(ARGV[a + 8])}
+  local crossing = check(i, row)
+  if crossing or s.opened then  -- expired reservations matter only here: reclaim them, judge again
+    reclaim(U, E, s)
+    row.used = {s.T, s.C}
+    crossing = check(i, row)
   end
-  rows[i] = {U = U, E = E, b = b, tokens = amount[1], cost = amount[2], opened = opened}
+  if crossing and crossing[1] == 1 then save(); return crossing end
+  verdict = verdict or crossing
+  rows[i] = row
 end
-if verdict then return verdict end
+if verdict then save(); return verdict end
 local reply = {0}
 for i, row in ipairs(rows) do
-  add(row.U, row.b, row.tokens, row.cost)
-  redis.call('ZADD', row.E, now + ttl, string.format('%s:%d:%d:%d', id, row.b, row.tokens, row.cost))
-  if row.opened then redis.call('EXPIRE', row.E, 87000) end  -- once per bucket, not per call
-  reply[i + 1] = row.b
+  local s = row.s
+  add(row.U, s, s.b, row.amount[1], row.amount[2])
+  redis.call('ZADD', row.E, string.format('%.3f', now + ttl), string.format('%s:%d:%d:%d', id, s.b, row.amount[1], row.amount[2]))
+  if s.opened then redis.call('EXPIRE', row.E, 87000) end  -- once per bucket, not per call
+  reply[i + 1] = s.b
 end
+save()
 return reply
 """
 
 # KEYS: usage, held per settlement part. ARGV: now, then the parts (see settle_parts).
 SETTLE = _PRELUDE + r"""
 settle_parts(2, 1)
+save()
 return 0
 """
 
 # KEYS: usage, held of one principal. ARGV: now, window kind, principal id.
 # Returns {tokens, cost, reservations in flight}.
 READ = _PRELUDE + r"""
-local b, T, C, _, lo = roll(KEYS[1], ARGV[2], ARGV[3])
-local rt, rc = reclaim(KEYS[1], KEYS[2], lo)
-return {T - rt, C - rc, redis.call('ZCARD', KEYS[2])}
+local s = load(KEYS[1], ARGV[2], ARGV[3])
+reclaim(KEYS[1], KEYS[2], s)
+save()
+return {s.T, s.C, redis.call('ZCARD', KEYS[2])}
 """
