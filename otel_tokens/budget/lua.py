@@ -189,7 +189,8 @@ local reply = {0}
 for i, row in ipairs(rows) do
   local s = row.s
   add(row.U, s, s.b, row.amount[1], row.amount[2])
-  redis.call('ZADD', row.E, string.format('%.3f', now + ttl), string.format('%s:%d:%d:%d', id, s.b, row.amount[1], row.amount[2]))
+  local member = string.format('%s:%d:%d:%d', id, s.b, row.amount[1], row.amount[2])
+  redis.call('ZADD', row.E, string.format('%.3f', now + ttl), member)
   if s.opened then redis.call('EXPIRE', row.E, 87000) end  -- once per bucket, not per call
   reply[i + 1] = s.b
 end
