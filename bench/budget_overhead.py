@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, (p50, p99) in best.items():
             print(f"  {name:<28} p50 {p50:8.1f} us   p99 {p99:8.1f} us")
         bare = best["bare EVALSHA (return 0)"]
-        print(f"  added by budget mode: p50 {added:.1f} us (target 150 us), {added / bare[0]:.2f}x a bare EVALSHA's p50 "
+        print(f"  added by budget mode: p50 {added:.1f} us (target 150 us), "
+              f"{added / bare[0]:.2f}x a bare EVALSHA p50 "
               f"here; p99 of a budget-mode call {best['call, budget mode'][1]:.0f} us (target for the added p99: "
               f"1000 us; a no-guard call's p99 is the SDK's batch thread taking the GIL)")
         held = redis.Redis(port=port).info("commandstats").get("cmdstat_evalsha", {})
