@@ -216,3 +216,28 @@ def test_a_full_store_fails_open_and_recovers(app, redis_server):
     assert app.decisions() == {("fail_open", "none"): 1}
     tokens, _, in_flight = app.held("lee")
     assert (tokens, in_flight) == (app.metric_tokens("lee"), 0)  # nothing lost: the let-through call is counted
+
+
+def test_doctor_shows_budget_mode_and_never_the_store_password(quotas, redis_url):
+    from otel_tokens.ops.doctor import report
+
+    env = {"OTEL_TOKENS_QUOTA_FILE": str(quotas), "OTEL_TOKENS_BUDGET_STORE": redis_url}
+    text = report(settings=load_settings(env))
+    assert "on, no rules (reject at 100 %)" in text and f"{redis_url} (answers)" in text
+    down = report(settings=load_settings({"OTEL_TOKENS_QUOTA_FILE": str(quotas),
+                                          "OTEL_TOKENS_BUDGET_STORE": "redis://app:s3cr3t@127.0.0.1:1/0"}))
+    assert "s3cr3t" not in down and "redis://app:***@127.0.0.1:1/0 (DOES NOT ANSWER)" in down
+    assert "does not answer; calls go through unchecked (fail open)" in down
+
+
+def test_the_package_imports_and_instruments_without_redis_installed():
+    """redis-py is an extra: imported only when budget mode connects."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['redis'] = None\n"
+            "from otel_tokens import TokenUsageInstrumentor\n"
+            "TokenUsageInstrumentor().instrument()\n"
+            "print('redis' in sys.modules and sys.modules['redis'] is not None)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -80,7 +80,7 @@ AM_EXAMPLE_ENV = {
 }
 
 BUDGET_LIMIT_S = 90.0
-SERVICES = frozenset({"collector", "prometheus", "alertmanager", "grafana", "tempo"})
+SERVICES = frozenset({"collector", "prometheus", "alertmanager", "grafana", "tempo", "redis"})
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -297,6 +297,8 @@ def test_ports_agree_across_collector_prometheus_and_compose() -> None:
     assert _host(tempo_otlp) == "0.0.0.0"  # Tempo >= 2.7 binds localhost unless told otherwise
     assert tempo["server"]["http_listen_port"] == 3200 and _published(services["tempo"]) == {3200: 3200}
     assert _published(services["grafana"]) == {3000: 3000}
+    assert _published(services["redis"]) == {6379: 6379}  # OTEL_TOKENS_BUDGET_STORE=redis://localhost:6379/0
+    assert "--appendonly" in services["redis"]["command"]  # a restarted store keeps the windows
     # no host port is published twice
     host_ports = [p for s in services.values() for p in _published(s).values()]
     assert len(host_ports) == len(set(host_ports)), host_ports

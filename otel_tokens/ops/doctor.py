@@ -12,8 +12,10 @@ from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 
 from .. import names
-from ..config import ENV_CONFIG, Settings, load_settings
+from ..budget.store import RedisBudgetStore, redact
+from ..config import ENV_BUDGET_STORE, ENV_CONFIG, ENV_QUOTA_FILE, ConfigError, Settings, load_settings
 from ..pricing import PriceBook
+from ..quotas import load_quotas
 from ..recorder import Recorder
 from ..token_counting import TokenCounter
 from ..version import __version__
@@ -41,6 +43,41 @@ def _active_recorder() -> Recorder | None:
     from ..instrumentor import TokenUsageInstrumentor
 
     return TokenUsageInstrumentor().recorder
+
+
+def _guard_lines(settings: Settings, recorder: Recorder | None, warnings: list[str]) -> list[str]:
+    """Both guard modes: what is on, and for budget mode whether its quota file and store answer."""
+    guard = settings.guard
+    lines = ["Quota guard"]
+    lines.append(f"  alert mode (Alertmanager / Prometheus state)       "
+                 f"{guard.source if guard.enabled else 'off'}")
+    if not guard.budget:
+        lines += [f"  budget mode (hard quotas)                          off (set {ENV_QUOTA_FILE} and "
+                  f"{ENV_BUDGET_STORE})", ""]
+        return lines
+    budget = recorder.budget if recorder is not None else None
+    store = budget.store if budget is not None else RedisBudgetStore(guard.store, max(guard.store_timeout, 0.5))
+    try:
+        quotas = budget.quotas if budget is not None and budget.quotas is not None else load_quotas(
+            guard.quota_file)  # type: ignore[arg-type]
+        file_state = f"{guard.quota_file} (warning ratio {quotas.warning_ratio:g})"
+    except ConfigError as error:
+        file_state = f"{guard.quota_file}: INVALID"
+        warnings.append(f"budget mode: {error}")
+    reachable = store.ping()
+    if not reachable:
+        warnings.append(f"budget mode: the store {redact(guard.store)} does not answer; calls "
+                        f"{'are refused' if guard.fail_closed else 'go through unchecked'} (fail "
+                        f"{'closed' if guard.fail_closed else 'open'})")
+    lines.append(f"  budget mode (hard quotas)                          on, {len(guard.rules) or 'no'} rules"
+                 f"{'' if guard.rules else ' (reject at 100 %)'}")
+    lines.append(f"  quota file                                         {file_state}")
+    lines.append(f"  store                                              {redact(guard.store)} "
+                 f"({'answers' if reachable else 'DOES NOT ANSWER'}{', cluster' if store.cluster else ''})")
+    lines.append(f"  store timeout / reservation ttl / default output   {guard.store_timeout * 1000:g} ms / "
+                 f"{guard.reservation_ttl:g} s / {guard.default_max_output_tokens} tokens")
+    lines.append("")
+    return lines
 
 
 def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
@@ -84,6 +121,7 @@ def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
     warnings.extend(settings.errors)
     warnings.extend(prices.errors)
     lines.append("")
+    lines.extend(_guard_lines(settings, recorder, warnings))
 
     stats = recorder.stats() if recorder else None
     named = [(provider, m) for m in models]
