@@ -21,6 +21,7 @@ from otel_tokens.budget.store import (
 from otel_tokens.quota_scopes import DEPARTMENT, USER
 from tests.support.redis_server import RedisServer
 
+pytestmark = pytest.mark.e2e  # a real redis-server
 B0 = calendar.timegm((2026, 11, 20, 12, 0, 0))  # a 5-minute boundary
 
 
