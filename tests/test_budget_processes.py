@@ -79,3 +79,36 @@ def test_without_max_tokens_the_overshoot_is_bounded_by_the_default_per_call_in_
     assert served["carol"] <= 1000 + 12 * (reply - 8)  # at most (true - reserved) per call in flight
     assert RedisBudgetStore(redis_url).read(USER, "carol")[0] == served["carol"] == sum(
         r["tokens"].get("carol", 0) for r in results)
+
+
+def test_a_killed_process_holds_its_reservations_only_until_their_ttl(tmp_path, redis_url):
+    """SIGKILL mid-call: nothing settles its reservations; after `reservation_ttl` they are reclaimed."""
+    import signal
+    import time
+
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 1000}})
+    config = tmp_path / "otel-tokens.yaml"
+    config.write_text(yaml.safe_dump({"guard": {"reservation_ttl": 10}}))
+    store = RedisBudgetStore(redis_url)
+    with OpenAIServer(delay_s=15) as server:  # every call hangs: the process dies holding its reservations
+        base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        proc = subprocess.Popen([sys.executable, "-m", "tests.support.budget_app"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={
+                                    **base, "OPENAI_BASE_URL": server.base_url, "OTEL_TOKENS_QUOTA_FILE": str(quotas),
+                                    "OTEL_TOKENS_BUDGET_STORE": redis_url, "OTEL_TOKENS_CONFIG": str(config),
+                                    "BUDGET_USER": "mallory", "OTHER_USER": "x", "CALLERS": "4", "MAX_TOKENS": "100",
+                                    "REFUSALS": "1", "OTHER_CALLS": "0"})
+        try:
+            deadline = time.monotonic() + 60
+            while store.read(USER, "mallory")[2] < 4 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            held_at = time.monotonic()
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            tokens, _, in_flight = store.read(USER, "mallory")
+            assert in_flight == 4 and tokens == 4 * (86 + 100)  # four worst cases held by a dead process
+            time.sleep(max(0.0, held_at + 10.5 - time.monotonic()))
+            assert store.read(USER, "mallory") == (0, 0, 0)  # reclaimed: the whole quota is free again
+        finally:
+            if proc.poll() is None:
+                proc.kill()
