@@ -190,11 +190,18 @@ def _reservation_ttl(value: Any) -> float:
     return seconds
 
 
+def _reload_interval(value: Any) -> float:
+    seconds = _seconds(value)
+    if seconds < 0.05:
+        raise ValueError("is under 0.05 seconds (the file would be checked in a busy loop)")
+    return seconds
+
+
 def _budget_fields(value: Mapping[str, Any]) -> dict[str, Any]:
     """The budget-mode fields of `guard:`, checked; each error names its field."""
     checks: dict[str, Callable[[Any], Any]] = {
         "quota_file": _path, "store": _store, "store_timeout": _store_timeout, "reservation_ttl": _reservation_ttl,
-        "default_max_output_tokens": _positive_int, "quota_reload_interval": _seconds}
+        "default_max_output_tokens": _positive_int, "quota_reload_interval": _reload_interval}
     out = {}
     for key, check in checks.items():
         if value.get(key) is not None:
@@ -285,6 +292,8 @@ def read_yaml(path: Path, what: str) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{what} {path}", "(file)", str(path), f"cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path}", f"byte {exc.start}", str(path), "is not UTF-8 text") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from otel_tokens import QuotaExceededError, names
+from otel_tokens import QuotaExceededError, names, usage_context
 from otel_tokens.budget.guard import UNATTRIBUTED
 from otel_tokens.config import load_settings
 from otel_tokens.guard import GuardRule, QuotaStateUnavailableError
@@ -241,3 +241,80 @@ def test_the_package_imports_and_instruments_without_redis_installed():
             "print('redis' in sys.modules and sys.modules['redis'] is not None)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+# --- what the reviewer broke (issue 16 review) ----------------------------------------------------------------
+def test_sdk_message_objects_are_bounded_by_their_content(app):
+    """The OpenAI docs append `response.choices[0].message` (a pydantic object) to `messages`."""
+    from openai.types.chat import ChatCompletionMessage
+
+    from otel_tokens.budget import bounds
+
+    long = "word " * 2000
+    as_object = ChatCompletionMessage(role="assistant", content=long)
+    assert bounds.message_bound(as_object) == bounds.message_bound({"role": "assistant", "content": long})
+    with pytest.raises(QuotaExceededError):  # 10,000 bytes of history do not fit in 400 tokens
+        with usage_context(user_id="olga"):
+            app.client.chat.completions.create(model="gpt-4o", messages=[as_object], max_tokens=5)
+    assert len(app.server.requests) == 0
+
+
+def test_a_generator_of_messages_still_reaches_the_server(app):
+    def history():
+        yield {"role": "system", "content": "be brief"}
+        yield {"role": "user", "content": "hi"}
+
+    with usage_context(user_id="pat"):
+        app.client.chat.completions.create(model="gpt-4o", messages=history(), max_tokens=5)
+    assert [m["content"] for m in app.server.requests[-1].body["messages"]] == ["be brief", "hi"]
+
+
+def test_a_negative_output_limit_reserves_nothing_rather_than_a_credit(app):
+    from otel_tokens.record import UsageEstimate
+
+    budget = app.recorder.budget
+    decision, held = budget.reserve("transformers", "m", {"user.id": "quinn"}, UsageEstimate(10, -999_999, -3))
+    assert decision is None and app.held("quinn") == (10, 0.0, 1)
+    budget.settle(held, 10, None)
+    assert app.held("quinn") == (10, 0.0, 0)
+
+
+def test_an_unpriced_request_model_under_a_cost_limit_is_reserved_at_the_dearest_price(tmp_path, redis_url):
+    """An Azure deployment name has no price, the reply names a priced model: the reservation must
+    not be free, or the cost quota would never refuse."""
+    quota_file = write_quotas(tmp_path / "q.yml", {"default": {"cost": 0.001}})
+    for app in budget_app(quota_file, redis_url):
+        app.server.response_model = "gpt-4o"
+        with pytest.raises(QuotaExceededError) as caught:
+            for _ in range(50):
+                app.ask("rita", model="my-deployment", max_tokens=20)
+        assert caught.value.quota == "cost"
+        _, cost, _ = app.held("rita")
+        assert cost == pytest.approx(app.metric_cost("rita"), abs=1e-9) and cost <= 0.001
+
+
+def test_bad_quota_values_and_reload_intervals_are_refused_with_their_field(tmp_path):
+    from otel_tokens.config import ConfigError
+    from otel_tokens.quotas import load_quotas
+
+    for value in (".inf", ".nan", "1e30"):
+        (tmp_path / "q.yml").write_text(f"users: {{default: {{tokens: {value}}}}}\n")
+        with pytest.raises(ConfigError, match=r"users\.default\.tokens"):
+            load_quotas(tmp_path / "q.yml")
+    (tmp_path / "q.yml").write_bytes(b"users: {default: {tokens: 5}}\n# \xff\xfe\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_quotas(tmp_path / "q.yml")
+    (tmp_path / "c.yml").write_text("guard: {quota_file: q.yml, store: 'redis://r/0', quota_reload_interval: 0}\n")
+    settings = load_settings({"OTEL_TOKENS_CONFIG": str(tmp_path / "c.yml")})
+    assert "quota_reload_interval 0 that is under 0.05 seconds" in settings.errors[0]
+
+
+def test_a_forked_child_never_inherits_a_held_lock_or_the_parents_queue(app):
+    budget = app.recorder.budget
+    budget._flushing.acquire()  # the parent's worker was mid-send when the fork happened
+    budget._unsettled = 5
+    budget._after_fork()
+    assert budget._unsettled == 0 and budget._flushing.acquire(timeout=0.1)
+    budget._flushing.release()
+    app.ask("sam")  # the child enforces
+    assert app.held("sam")[0] == app.metric_tokens("sam") > 0

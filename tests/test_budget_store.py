@@ -49,7 +49,8 @@ def charges(tokens: int, user_limit: int | None = 1000, dept_limit: int | None =
 
 
 def settle(store: RedisBudgetStore, held: tuple[str, ...], chs: list[Charge], tokens: int, cost: int = 0) -> None:
-    store.settle([[Settlement(c.scope, c.principal, h, tokens, cost) for c, h in zip(chs, held, strict=True)]])
+    store.settle([[Settlement(c.scope, c.principal, h, h.split(":")[0], tokens, cost)
+                   for c, h in zip(chs, held, strict=True)]])
 
 
 def test_reserve_holds_the_worst_case_and_settle_replaces_it_with_the_truth(store):
@@ -61,8 +62,8 @@ def test_reserve_holds_the_worst_case_and_settle_replaces_it_with_the_truth(stor
     settle(store, first.held, chs, 120, NANO // 2)
     assert store.read(USER, "alice") == (120, NANO // 2, 0)
     assert store.read(DEPARTMENT, "sales") == (120, NANO // 2, 0)
-    settle(store, first.held, chs, 120, NANO // 2)  # a settlement sent twice counts twice: sent once
-    assert store.read(USER, "alice")[0] == 240
+    settle(store, first.held, chs, 120, NANO // 2)  # sent again (its reply was lost): counts once
+    assert store.read(USER, "alice") == (120, NANO // 2, 0)
 
 
 def test_refused_at_the_call_that_would_cross_and_exactly_the_limit_is_allowed(store):
@@ -181,3 +182,42 @@ def test_on_redis_cluster_the_user_is_released_when_the_department_refuses():
         assert store.read(USER, "alice") == (100, 0, 1)  # r2's user part was given back
         settle(store, first.held, chs, 30)
         assert store.read(USER, "alice") == (30, 0, 0) and store.read(DEPARTMENT, "sales") == (30, 0, 0)
+
+
+def test_reservations_in_flight_at_the_month_boundary_move_into_the_new_month(store, clock):
+    """A call reserved at 23:59:59 on the last day is still in flight at midnight: the new month
+    holds its worst case, so nobody takes that room, and it settles there (where the metrics count it)."""
+    clock.t = calendar.timegm((2027, 1, 31, 23, 59, 59))
+    chs = charges(600, user_limit=None, dept_limit=1000)
+    late = store.reserve("late", 600, chs)
+    assert late.status == RESERVED
+    clock.t += 2  # February
+    refused = store.reserve("early", 600, charges(1000, user_limit=None, dept_limit=1000))
+    assert refused.status == REFUSED and refused.used == 600
+    settle(store, late.held, chs, 500)  # found by its id in February's bucket
+    assert store.read(DEPARTMENT, "sales") == (500, 0, 0)
+    assert store.reserve("fits", 600, charges(500, user_limit=None, dept_limit=1000)).status == RESERVED
+
+
+def test_a_settlement_counts_once_however_often_it_is_sent(store, clock):
+    chs = charges(300)
+    held = store.reserve("r1", 30, chs).held
+    clock.t += 31
+    assert store.read(USER, "alice") == (0, 0, 0)  # reclaimed: its process looked dead
+    for _ in range(3):  # then its settlement arrives, and again (a reply lost, a pipeline re-sent)
+        settle(store, held, chs, 120)
+    assert store.read(USER, "alice") == (120, 0, 0)
+    let_through = [Settlement(c.scope, c.principal, "", "open1", 40, 0) for c in chs]  # store was down
+    for _ in range(2):
+        store.settle([let_through])
+    assert store.read(USER, "alice") == (160, 0, 0)
+
+
+def test_a_reservation_whose_reply_was_lost_is_found_by_its_id(store):
+    """The script ran but the caller timed out: it let the call through holding nothing; its
+    settlement, with nothing held, finds the orphan by its id and releases it."""
+    chs = charges(400)
+    assert store.reserve("orphan", 600, chs).status == RESERVED  # the reply never reached the caller
+    for _ in range(2):
+        store.settle([[Settlement(c.scope, c.principal, "", "orphan", 90, 0) for c in chs]])
+    assert store.read(USER, "alice") == (90, 0, 0) and store.read(DEPARTMENT, "sales") == (90, 0, 0)

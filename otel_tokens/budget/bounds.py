@@ -26,19 +26,33 @@ def text_bound(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
+def _plain(value: Any) -> Any:
+    """A pydantic object (the SDK's own message and part types, which the OpenAI docs append to
+    `messages`) as the dict it sends; anything else unchanged."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        try:
+            return dump(exclude_none=True)
+        except Exception:
+            return value
+    return value
+
+
 def _json_bytes(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
 
 
 def _content_bound(content: Any) -> int:
+    content = _plain(content)
     if content is None:
         return 0
     if isinstance(content, str):
         return text_bound(content)
-    if not isinstance(content, Iterable) or isinstance(content, (bytes, Mapping)):
+    if not isinstance(content, (list, tuple)):
         return _json_bytes(content)
     total = 0
     for part in content:
+        part = _plain(part)
         if isinstance(part, str):
             total += text_bound(part)
         elif isinstance(part, Mapping) and part.get("type") in _TEXT_PARTS and isinstance(part.get("text"), str):
@@ -49,20 +63,22 @@ def _content_bound(content: Any) -> int:
 
 
 def message_bound(message: Any) -> int:
+    message = _plain(message)
     if not isinstance(message, Mapping):
         return PER_MESSAGE + _content_bound(message)
     total = PER_MESSAGE + _content_bound(message.get("content"))
     for key, value in message.items():
         if key == "content" or value is None:
             continue
-        total += text_bound(value) if isinstance(value, str) else _json_bytes(value)  # role, name, tool_calls
+        total += text_bound(value) if isinstance(value, str) else _json_bytes(_plain(value))  # role, tool_calls
     return total
 
 
 def chat_bound(messages: Iterable[Any], tools: Any = None) -> int:
+    """`messages` must be a list or tuple (an iterator would be used up before the SDK sends it)."""
     total = BASE + sum(message_bound(m) for m in messages)
     if tools:
-        total += TOOLS + _json_bytes(tools)
+        total += TOOLS + _json_bytes([_plain(t) for t in tools] if isinstance(tools, (list, tuple)) else tools)
     return total
 
 
@@ -70,7 +86,7 @@ def inputs_bound(value: Any) -> int:
     """A completions prompt or an embeddings input: text(s) or token id array(s)."""
     if isinstance(value, str):
         return PER_SEGMENT + text_bound(value)
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return len(value)
         return sum(inputs_bound(v) for v in value)

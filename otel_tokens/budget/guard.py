@@ -24,12 +24,13 @@ from typing import Any
 from .. import quota_scopes
 from ..config import ConfigError
 from ..guard import Decision, GuardSettings
-from ..pricing import PriceBook
+from ..pricing import PER, PriceBook
 from ..quotas import Quotas, load_quotas
 from ..record import UsageEstimate
 from ..safety import internal_error, log_once, logger
 from .store import (
     DOWNGRADE,
+    MAX_AMOUNT,
     NANO,
     REFUSED,
     RESERVED,
@@ -64,6 +65,7 @@ class Plan:
 class Held:
     """What a reserved call holds in the store, per principal, until it is settled."""
 
+    reservation: str  # the call's id, also what marks its settlement as applied
     parts: tuple[tuple[quota_scopes.QuotaScope, str, str], ...]  # (scope, principal, held member)
 
 
@@ -106,9 +108,12 @@ class BudgetGuard:
 
     # --- life --------------------------------------------------------------------------------------
     def start(self) -> None:
-        self.reload()
-        if self.quotas is not None and not self.store.ping():
-            self._unavailable("cannot reach it")
+        try:
+            self.reload()
+            if self.quotas is not None and not self.store.ping():
+                self._unavailable("cannot reach it")
+        except Exception:  # never into the app's instrument()
+            internal_error("budget start")
         self._start_worker()
         atexit.register(self.close)
         if hasattr(os, "register_at_fork"):
@@ -119,8 +124,13 @@ class BudgetGuard:
         self._thread = threading.Thread(target=self._loop, name="otel-tokens-budget", daemon=True)
         self._thread.start()
 
-    def _after_fork(self) -> None:  # a pre-forking server's workers: the thread did not survive the fork
+    def _after_fork(self) -> None:
+        """A pre-forking server's worker: no thread survived the fork, and a lock held by one would
+        stay held forever; what the parent had queued is the parent's to send."""
         self._pending.clear()
+        self._unsettled = 0
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._reloading, self._flushing, self._count_lock = threading.Lock(), threading.Lock(), threading.Lock()
         self._start_worker()
 
     def close(self, timeout: float = 2.0) -> None:
@@ -139,6 +149,7 @@ class BudgetGuard:
             self._wake.wait(min(IDLE_FLUSH, self.settings.quota_reload_interval))
             self._wake.clear()
             try:
+                self.store.maintain()
                 self.flush()
                 if time.monotonic() >= self._next_reload:
                     self.reload()
@@ -180,48 +191,69 @@ class BudgetGuard:
         quotas = self.quotas
         if quotas is None:
             return self._fail(), None  # nothing to count against: the usage is not kept either
-        input_bound = estimate.input_tokens if estimate is not None else 0
-        output = estimate.max_output_tokens if estimate is not None else None
-        choices = estimate.choices if estimate is not None else 1
-        output_bound = (self.settings.default_max_output_tokens if output is None else output) * choices
+        started = time.monotonic()
+        input_bound, output, choices = 0, None, 1
+        if estimate is not None:  # clamped: a negative max_new_tokens must not become a credit
+            input_bound, output, choices = max(0, estimate.input_tokens), estimate.max_output_tokens, estimate.choices
+        output = self.settings.default_max_output_tokens if output is None else max(0, output)
+        output_bound = min(output * max(0, choices), MAX_AMOUNT)
+        input_bound = min(input_bound, MAX_AMOUNT)
         who = [(scope, attribution.get(scope.attribute) or UNATTRIBUTED) for scope in quota_scopes.SCOPES]
         reservation = os.urandom(8).hex()
         try:
-            cost = self._cost(provider, model, input_bound, output_bound)
-            charges = self._charges(quotas, who, input_bound + output_bound, cost, model if downgradable else None)
+            charges = self._charges(quotas, who, provider, model, input_bound, output_bound,
+                                    model if downgradable else None)
             carried = self._carry()
             unsettled = self._unsettled > len(carried)  # read before: a settlement may land while we ask
-            try:
-                verdict = self.store.reserve(reservation, self.settings.reservation_ttl, charges, carried)
-            except StoreUnavailableError:
-                self._pending.extendleft(reversed(carried))  # the worker sends them once the store is back
-                raise
-            self._settled(len(carried))
-            if verdict.status != RESERVED and unsettled:
-                # this process's own finished calls may still hold their worst case: settle them, ask again
-                self.flush()
-                verdict = self.store.reserve(reservation, self.settings.reservation_ttl, charges)
+            verdict = self._send(reservation, charges, carried)
+            if verdict.status != RESERVED and unsettled and self._in_time(started):
+                # this process's own finished calls may still hold their worst case: ask again once
+                # the worker's batch in flight has landed, carrying what is still queued
+                if self._flushing.acquire(timeout=self._time_left(started)):
+                    self._flushing.release()
+                    verdict = self._send(reservation, charges, self._carry())
             target, crossing = None, verdict.charge
             if verdict.status == DOWNGRADE and crossing is not None:
                 found = self._plans[crossing.scope.name].downgrade_for(model)
                 assert found is not None
                 target = found[1]
-                cost = self._cost(provider, target, input_bound, output_bound)
-                charges = self._charges(quotas, who, input_bound + output_bound, cost, None)
-                verdict = self.store.reserve(reservation, self.settings.reservation_ttl, charges)
+                if not self._in_time(started):
+                    raise StoreUnavailableError(f"{self.source} too slow for a second round trip")
+                charges = self._charges(quotas, who, provider, target, input_bound, output_bound, None)
+                verdict = self._send(reservation, charges, [])
         except StoreUnavailableError as error:
             self._unavailable(str(error))
-            # nothing held, but the call's true usage is counted once the store is back
-            return self._fail(), Held(tuple((scope, principal, "") for scope, principal in who))
+            # nothing held (or a reservation whose reply was lost: its settlement finds it by id);
+            # the call's true usage is counted once the store is back
+            return self._fail(), Held(reservation, tuple((scope, principal, "") for scope, principal in who))
         if not self.healthy:
             self.healthy = True
             logger.warning("otel-tokens: the budget store %s answers again; budget mode enforces again", self.source)
         if verdict.status == REFUSED:
             return self._refusal(quotas, verdict), None
-        held = Held(tuple((c.scope, c.principal, h) for c, h in zip(charges, verdict.held, strict=True)))
+        held = Held(reservation, tuple((c.scope, c.principal, h) for c, h in zip(charges, verdict.held, strict=True)))
         if target is None or crossing is None:
             return None, held
         return Decision(quota_scopes.DOWNGRADE, crossing.scope.name, crossing.principal, {}, target), held
+
+    def _send(self, reservation: str, charges: list[Charge], carried: list[list[Settlement]]) -> Any:
+        """One round trip; the carried settlements go back to the queue when it fails (sent twice,
+        a settlement counts once)."""
+        try:
+            verdict = self.store.reserve(reservation, self.settings.reservation_ttl, charges, carried)
+        except StoreUnavailableError:
+            self._pending.extendleft(reversed(carried))
+            raise
+        self._settled(len(carried))
+        return verdict
+
+    def _time_left(self, started: float) -> float:
+        return max(0.0, self.settings.store_timeout / 2 - (time.monotonic() - started))
+
+    def _in_time(self, started: float) -> bool:
+        """A second round trip only while the first took under half the timeout: a call waits at
+        most 1.5 x store_timeout for the store, whatever path it takes."""
+        return self._time_left(started) > 0
 
     def settle(self, held: Held, tokens: int, cost: float | None) -> None:
         """Queued: the worker releases the reservation and counts the true usage."""
@@ -230,23 +262,34 @@ class BudgetGuard:
             return
         with self._count_lock:
             self._unsettled += 1
-        self._pending.append([Settlement(scope, principal, member, tokens, cost_nano)
+        tokens, cost_nano = min(max(0, tokens), MAX_AMOUNT), min(max(0, cost_nano), MAX_AMOUNT)
+        self._pending.append([Settlement(scope, principal, member, held.reservation, tokens, cost_nano)
                               for scope, principal, member in held.parts])
 
     # --- inside ----------------------------------------------------------------------------------------------
-    def _cost(self, provider: str, model: str, input_tokens: int, output_tokens: int) -> int:
+    def _cost(self, provider: str, model: str, input_tokens: int, output_tokens: int, limited: bool) -> int:
+        """The worst case's cost in nano-units. A model with no price under a cost limit is reserved
+        at the dearest price known (its reply may name a priced model: the settlement prices that)."""
         cost = self.prices.cost(provider, model, input_tokens, output_tokens)
-        return math.ceil(cost.total * NANO) if cost is not None else 0
+        if cost is None and limited:
+            rates = [(self.prices.rate(p.currency), p) for p in self.prices.entries()]
+            dearest_in = max((p.input * r for r, p in rates if r), default=0.0)
+            dearest_out = max((p.output * r for r, p in rates if r), default=0.0)
+            return min(math.ceil((input_tokens * dearest_in + output_tokens * dearest_out) * NANO / PER), MAX_AMOUNT)
+        return min(math.ceil(cost.total * NANO), MAX_AMOUNT) if cost is not None else 0
 
-    def _charges(self, quotas: Quotas, who: list[tuple[quota_scopes.QuotaScope, str]], tokens: int, cost: int,
-                 model: str | None) -> list[Charge]:
-        charges = []
+    def _charges(self, quotas: Quotas, who: list[tuple[quota_scopes.QuotaScope, str]], provider: str, model: str,
+                 input_bound: int, output_bound: int, downgradable_model: str | None) -> list[Charge]:
+        limits = []
         for scope, principal in who:
-            limits = quotas.limits(scope)
-            lim = limits.overrides.get(principal, limits.default)
+            scoped = quotas.limits(scope)
+            limits.append(scoped.overrides.get(principal, scoped.default))
+        cost = self._cost(provider, model, input_bound, output_bound, any(lim.cost is not None for lim in limits))
+        charges = []
+        for (scope, principal), lim in zip(who, limits, strict=True):
             plan = self._plans[scope.name]
-            downgrade = plan.downgrade_for(model)
-            charges.append(Charge(scope, principal, tokens, cost,
+            downgrade = plan.downgrade_for(downgradable_model)
+            charges.append(Charge(scope, principal, input_bound + output_bound, cost,
                                   None if lim.tokens is None else int(lim.tokens),
                                   None if lim.cost is None else round(lim.cost * NANO),
                                   plan.refuse, downgrade[0] if downgrade else None))
@@ -280,8 +323,11 @@ class BudgetGuard:
             logger.debug("%s", why)
 
     def _carry(self, most: int = CARRY) -> list[list[Settlement]]:
-        """Up to `most` queued settlements, taken for one round trip (a reservation carries CARRY)."""
+        """Up to `most` queued settlements, taken for one round trip (a reservation carries CARRY; on
+        Redis Cluster none: they would cost the caller one round trip per principal)."""
         carried: list[list[Settlement]] = []
+        if most == CARRY and self.store.cluster:
+            return carried
         pending = self._pending
         try:
             while pending and len(carried) < most:

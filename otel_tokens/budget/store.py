@@ -28,6 +28,8 @@ from ..quota_scopes import KINDS, QuotaScope
 from . import lua
 
 NANO = 1_000_000_000  # cost is held in integer nano-units of the currency
+MAX_AMOUNT = 2**50  # Lua numbers are doubles: amounts stay well inside their exact integers
+_SCRIPTS = {"reserve": lua.RESERVE, "settle": lua.SETTLE, "read": lua.READ}
 PREFIX = "otel-tokens:"
 _WINDOW = {True: "r", False: "m"}  # scope.rolling -> the scripts' window kind
 
@@ -68,6 +70,7 @@ class Settlement:
     scope: QuotaScope
     principal: str
     held: str  # Verdict.held's entry ('' when nothing was held)
+    reservation: str  # the call's reservation id: what makes a settlement sent twice count once
     tokens: int
     cost: int  # nano-units
 
@@ -84,10 +87,10 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def principal_keys(scope: QuotaScope, principal: str) -> tuple[str, str]:
+def principal_keys(scope: QuotaScope, principal: str) -> tuple[str, str, str]:
     digest = hashlib.sha256(principal.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     base = f"{PREFIX}{{{scope.name[0]}:{digest}}}"
-    return f"{base}:usage", f"{base}:held"
+    return f"{base}:usage", f"{base}:held", f"{base}:gone"
 
 
 class RedisBudgetStore:
@@ -97,10 +100,11 @@ class RedisBudgetStore:
         self.clock = clock  # None: Redis's own clock
         self.cluster = False
         self._client: Any = None
-        self._scripts: dict[str, Any] = {}
+        self._sha = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in _SCRIPTS.items()}
+        self._stale = True  # the scripts must be (re)loaded into the store before they can run
         self._down_until = 0.0
         self._lock = threading.Lock()
-        self._keys: dict[tuple[str, str], tuple[str, str]] = {}
+        self._keys: dict[tuple[str, str], tuple[str, str, str]] = {}
 
     # --- connection --------------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -119,9 +123,29 @@ class RedisBudgetStore:
             client = RedisCluster.from_url(self.url, socket_timeout=self.timeout,
                                            socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0))
             self.cluster = True
-        self._scripts = {name: client.register_script(source)
-                         for name, source in (("reserve", lua.RESERVE), ("settle", lua.SETTLE), ("read", lua.READ))}
+        self._load_scripts(client)
         return client
+
+    def _load_scripts(self, client: Any) -> None:
+        for source in _SCRIPTS.values():
+            client.script_load(source)
+        self._stale = False
+
+    def maintain(self) -> None:
+        """Off the call path (the worker): after a failure, reload the scripts (a restarted Redis has
+        none) and, when that works, end the backoff at once instead of waiting it out."""
+        if not (self._stale or self._down_until) or self._client is None:
+            return
+        try:
+            self._load_scripts(self._client)
+            self._down_until = 0.0
+        except Exception:
+            pass
+
+    def _eval(self, client: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA, never EVAL: a store without the script answers NOSCRIPT, which fails this call
+        (bounded by one timeout) and leaves the reload to `maintain`."""
+        return client.evalsha(self._sha[name], len(keys), *keys, *args)
 
     def _run(self, action: Callable[[Any], Any]) -> Any:
         """Runs `action(client)`; StoreUnavailableError on any failure, and at once while backing off."""
@@ -131,11 +155,17 @@ class RedisBudgetStore:
             client = self._client
             if client is None:
                 with self._lock:
+                    if self._down_until and time.monotonic() < self._down_until:  # another thread just failed
+                        raise StoreUnavailableError(f"{redact(self.url)} failed less than {self.backoff:g} s ago")
                     if self._client is None:
                         self._client = self._connect()
                     client = self._client
             result = action(client)
+        except StoreUnavailableError:
+            raise
         except Exception as error:
+            if "NOSCRIPT" in str(error):
+                self._stale = True
             self._down_until = time.monotonic() + self.backoff
             raise StoreUnavailableError(f"{redact(self.url)}: {type(error).__name__}: {error}") from error
         self._down_until = 0.0
@@ -156,7 +186,7 @@ class RedisBudgetStore:
                 pass
 
     # --- keys and arguments --------------------------------------------------------------------------
-    def keys(self, scope: QuotaScope, principal: str) -> tuple[str, str]:
+    def keys(self, scope: QuotaScope, principal: str) -> tuple[str, str, str]:
         key = (scope.name, principal)
         found = self._keys.get(key)
         if found is None:
@@ -189,7 +219,7 @@ class RedisBudgetStore:
             args += [_WINDOW[c.scope.rolling], _shown(c.principal), c.tokens, c.cost, _opt(c.token_limit),
                      _opt(c.cost_limit), _opt(c.refuse), _opt(c.downgrade)]
         self._parts([part for parts in settlements for part in parts], keys, args)
-        reply = self._scripts["reserve"](keys=keys, args=args)
+        reply = self._eval(self._client, "reserve", keys, args)
         if reply[0] == RESERVED:
             return Verdict(RESERVED, tuple(f"{reservation}:{int(b)}:{c.tokens}:{c.cost}"
                                            for b, c in zip(reply[1:], charges, strict=True)))
@@ -203,7 +233,7 @@ class RedisBudgetStore:
             verdict = self._run(lambda client, c=charge: self._reserve(reservation, ttl, [c]))
             if verdict.status != RESERVED:
                 if held:  # release what the principals before this one hold
-                    self.settle([[Settlement(c.scope, c.principal, h, 0, 0)
+                    self.settle([[Settlement(c.scope, c.principal, h, reservation, 0, 0)
                                   for c, h in zip(charges, held, strict=False)]])
                 return verdict
             held.extend(verdict.held)
@@ -214,16 +244,15 @@ class RedisBudgetStore:
         if self._client is None:
             self._run(lambda client: None)
         def run(client: Any) -> None:
-            script = self._scripts["settle"]
             if self.cluster:
                 for parts in items:
                     for part in parts:
-                        script(*self._settle_args([part]))
+                        self._eval(client, "settle", *self._settle_args([part]))
                 return
             pipe = client.pipeline(transaction=False)
             for parts in items:
-                script(*self._settle_args(parts), client=pipe)
-            pipe.execute()
+                self._eval(pipe, "settle", *self._settle_args(parts))
+            pipe.execute()  # a failure re-queues the batch: settlements sent twice count once
 
         self._run(run)
 
@@ -237,13 +266,14 @@ class RedisBudgetStore:
         args.append(len(parts))
         for part in parts:
             keys.extend(self.keys(part.scope, part.principal))
-            args += [_WINDOW[part.scope.rolling], _shown(part.principal), part.held, part.tokens, part.cost]
+            args += [_WINDOW[part.scope.rolling], _shown(part.principal), part.held, part.reservation, part.tokens,
+                     part.cost]
 
     def read(self, scope: QuotaScope, principal: str) -> tuple[int, int, int]:
         """(tokens, cost nano-units, reservations in flight) of one principal's current window."""
         keys = list(self.keys(scope, principal))
         args = [self._now(), _WINDOW[scope.rolling], _shown(principal)]
-        reply = self._run(lambda client: self._scripts["read"](keys=keys, args=args))
+        reply = self._run(lambda client: self._eval(client, "read", keys, args))
         return int(reply[0]), int(reply[1]), int(reply[2])
 
 

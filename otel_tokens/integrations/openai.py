@@ -113,6 +113,11 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
             internal_error("openai server")
             address, port, provider = None, None, recorder.settings.provider_name
         streaming = kwargs.get("stream") is True
+        messages = kwargs.get("messages")
+        if messages is not None and not isinstance(messages, (list, tuple, str, bytes, dict)):
+            # an iterator would be used up by our estimate or count before the SDK sends it; the
+            # SDK sends the same list (an exception the caller's iterator raises passes through)
+            kwargs = {**kwargs, "messages": list(messages)}
         call = recorder.begin(operation, provider, model, SpanKind.CLIENT, server_address=address, server_port=port,
                               streaming=streaming, estimate=lambda: estimate_request(operation, kwargs))
         if call.model != model:

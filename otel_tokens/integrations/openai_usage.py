@@ -191,7 +191,7 @@ def estimate_request(operation: str, kwargs: Mapping[str, Any]) -> UsageEstimate
     bound of its input tokens from the arguments' bytes (budget/bounds.py), the output limit it
     asked for (max_completion_tokens, max_tokens or max_output_tokens) and `n`."""
     messages = kwargs.get("messages")
-    if isinstance(messages, Iterable) and not isinstance(messages, (str, bytes, Mapping)):
+    if isinstance(messages, (list, tuple)):  # the wrapper turned any other iterable into a list
         input_bound = bounds.chat_bound(messages, kwargs.get("tools") or kwargs.get("functions"))
     elif "input" in kwargs and operation == names.OPERATION_CHAT:  # Responses API
         value = kwargs["input"]
@@ -208,4 +208,6 @@ def estimate_request(operation: str, kwargs: Mapping[str, Any]) -> UsageEstimate
         limit = _positive_int(kwargs.get(key))
         if limit is not None:
             break
-    return UsageEstimate(input_bound, limit, _positive_int(kwargs.get("n")) or 1)
+    # the server generates best_of completions (completions API) and bills every one
+    choices = max(_positive_int(kwargs.get("n")) or 1, _positive_int(kwargs.get("best_of")) or 1)
+    return UsageEstimate(input_bound, limit, choices)
