@@ -1,24 +1,24 @@
 """The Lua scripts of budget mode. Each runs atomically in Redis, so no two calls can both see room
 for themselves (the check-then-increment race of client-side budgets).
 
-Per principal, three keys share one hash tag (one Redis Cluster slot):
-  usage  hash   lo (oldest bucket in the window), T / C (tokens / cost in the window, reservations
-                included), t<bucket> / c<bucket> (per bucket), id (the principal, for operators)
-  held   zset   reservations in flight, "id:bucket:tokens:cost" -> when it is reclaimed
-  gone   zset   "x:id" reservations reclaimed unsettled, "n:id" settlements applied with nothing
-                held -> when the mark is dropped (1 h): what makes a settlement sent twice (a reply
-                lost to a timeout, a pipeline that failed half-way) count once
+Per principal one hash (one key, so one Redis Cluster slot):
+  lo (oldest bucket in the window), T / C (tokens / cost in the window, reservations included),
+  t<bucket> / c<bucket> (per bucket), id (the principal, for operators),
+  r:<reservation> = "bucket:tokens:cost:deadline" for each call in flight,
+  x:<reservation> / n:<reservation> = deadline: marks of a reservation reclaimed unsettled and of a
+  settlement applied with nothing held, kept an hour, so that a settlement sent twice (a reply lost
+  to a timeout, a pipeline that failed half-way) counts once.
 Buckets: users 5 minutes, the window being the latest 5-minute boundary at least 24 h ago up to now
 (289 buckets, as the Prometheus rules count); departments one calendar month (UTC). Cost is held in
 integer nano-units of the currency so sums are exact. Time is Redis's own clock (`TIME`), one clock
 for every process, unless the caller passes one (tests).
 
-Each principal's usage hash is read once per script call (HMGET) and written once (HSET), however
-many settlements the call carries; bucket roll-over and key expiry run once per bucket, not per call.
-A reservation with one carried settlement for the same two principals is eleven commands. A
-settlement is idempotent: its reservation is found by its exact member, else by its id (moved into
-a new month while in flight, or orphaned by a lost reply), else it was reclaimed (marked in gone:
-count the true usage), else it was already applied (skip).
+Each principal's hash is read once (HMGET) and written once (HSET, plus one HDEL when a settlement
+released something) per script call: a reservation carrying one settlement for the same two
+principals is seven commands. The first call of a bucket reads the whole hash once (HGETALL): it
+drops the buckets that left the window, recomputes the totals, moves reservations still in flight
+from a bucket that left (a department's month ended mid-call) into the current one, reclaims
+expired reservations and drops expired marks.
 """
 
 from __future__ import annotations
@@ -46,66 +46,17 @@ end
 local SPAN = {r = 288, m = 0}            -- buckets before the current one still in the window
 local KEEP = {r = 87000, m = 2764800}     -- key expiry after a bucket's first write: 24 h 10 min, 32 days
 local GONE = 3600                         -- seconds a settlement may be sent again and still count once
-local state = {}                          -- usage key -> what this script call knows of it
+local state = {}                          -- key -> what this script call knows of it, and will write
 
 local function int(x) return string.format('%d', x) end  -- Redis would write a Lua 100 as '1e2'
 
-local function parse(member)
-  local id, b, t, c = string.match(member, '^(.*):(-?%d+):(%d+):(%d+)$')
-  return id, tonumber(b), tonumber(t), tonumber(c)
+local function parse(v)  -- a reservation: bucket, tokens, cost, deadline
+  local b, t, c, d = string.match(v, '^(-?%d+):(%d+):(%d+):([%d.]+)$')
+  return tonumber(b), tonumber(t), tonumber(c), tonumber(d)
 end
 
--- a principal's window, rolled to now: the buckets that left it dropped, totals T / C, the current
--- bucket's values, whether this call opened the bucket. Reservations still in flight from a bucket
--- that left the window (a department's month ended mid-call) move into the current bucket.
-local function load(U, E, G, kind, who)
-  local s = state[U]
-  if s then return s end
-  local b = kind == 'r' and math.floor(now / 300) or month_index(now)
-  local lo_new = b - SPAN[kind]
-  local row = redis.call('HMGET', U, 'lo', 'T', 'C', 't' .. b, 'c' .. b)
-  local lo = tonumber(row[1])
-  local opened = false
-  if lo ~= nil and lo > lo_new then  -- a clock that went back counts in the newest bucket it can
-    b = lo + SPAN[kind]
-    row = redis.call('HMGET', U, 'lo', 'T', 'C', 't' .. b, 'c' .. b)
-  elseif lo == nil or lo < lo_new then
-    opened = true
-    if lo ~= nil and lo_new - lo <= SPAN[kind] then
-      for i = lo, lo_new - 1 do
-        local old = redis.call('HMGET', U, 't' .. i, 'c' .. i)
-        if old[1] then redis.call('HINCRBY', U, 'T', int(-tonumber(old[1]))) end
-        if old[2] then redis.call('HINCRBY', U, 'C', int(-tonumber(old[2]))) end
-        if old[1] or old[2] then redis.call('HDEL', U, 't' .. i, 'c' .. i) end
-      end
-    elseif lo ~= nil then  -- every bucket held is out of the window
-      redis.call('DEL', U)
-    end
-    local moved_t, moved_c = 0, 0
-    local flight = redis.call('ZRANGEBYSCORE', E, now, '+inf', 'WITHSCORES')
-    for i = 1, #flight, 2 do
-      local id, mb, mt, mc = parse(flight[i])
-      if mb and mb < lo_new then
-        redis.call('ZREM', E, flight[i])
-        redis.call('ZADD', E, flight[i + 1], string.format('%s:%d:%d:%d', id, b, mt, mc))
-        moved_t, moved_c = moved_t + mt, moved_c + mc
-      end
-    end
-    redis.call('HSET', U, 'lo', int(lo_new), 'id', who)
-    if moved_t ~= 0 or moved_c ~= 0 then
-      redis.call('HINCRBY', U, 't' .. b, int(moved_t)); redis.call('HINCRBY', U, 'T', int(moved_t))
-      redis.call('HINCRBY', U, 'c' .. b, int(moved_c)); redis.call('HINCRBY', U, 'C', int(moved_c))
-    end
-    redis.call('EXPIRE', U, KEEP[kind])
-    redis.call('ZREMRANGEBYSCORE', G, '-inf', now)
-    redis.call('EXPIRE', G, KEEP[kind])
-    row = redis.call('HMGET', U, 'lo', 'T', 'C', 't' .. b, 'c' .. b)
-  end
-  s = {b = b, lo = tonumber(row[1]), T = tonumber(row[2]) or 0, C = tonumber(row[3]) or 0,
-       t = tonumber(row[4]) or 0, c = tonumber(row[5]) or 0, opened = opened, dirty = false}
-  state[U] = s
-  return s
-end
+local function put(s, f, v) s.set[f] = v; s.del[f] = nil; s.dirty = true end
+local function drop(s, f) s.set[f] = nil; s.del[f] = true; s.dirty = true end
 
 local function add(U, s, b, tokens, cost)
   if tokens == 0 and cost == 0 then return end
@@ -118,77 +69,162 @@ local function add(U, s, b, tokens, cost)
   s.T, s.C, s.dirty = s.T + tokens, s.C + cost, true
 end
 
--- writes what changed: one HSET per principal
+-- gives back what a reservation holds, from its own bucket if that is still in the window
+local function release(U, s, v)
+  local b, t, c = parse(v)
+  if b == nil or b < s.lo then return end
+  add(U, s, b, -t, -c)
+end
+
+-- reservations whose process never settled them (killed, hung) are reclaimed and marked
+local function reclaim(U, s, fields)
+  fields = fields or redis.call('HGETALL', U)
+  local flight = 0
+  for i = 1, #fields, 2 do
+    local f = fields[i]
+    if string.sub(f, 1, 2) == 'r:' and not s.del[f] then
+      local v = s.set[f] or fields[i + 1]
+      local _, _, _, d = parse(v)
+      if d and d <= now then
+        release(U, s, v)
+        drop(s, f)
+        put(s, 'x:' .. string.sub(f, 3), int(now + GONE))
+      else
+        flight = flight + 1
+      end
+    end
+  end
+  return flight
+end
+
+-- the first call of a bucket: one pass over the whole hash
+local function open(U, s, kind, who, b, lo_new)
+  local fields = redis.call('HGETALL', U)
+  local T, C, moved = 0, 0, {}
+  for i = 1, #fields, 2 do
+    local f, v = fields[i], fields[i + 1]
+    local head, rest = string.sub(f, 1, 1), string.sub(f, 2)
+    local bucket = tonumber(rest)
+    if (head == 't' or head == 'c') and bucket then
+      if bucket < lo_new or bucket > b then
+        drop(s, f)
+      elseif head == 't' then
+        T = T + tonumber(v)
+      else
+        C = C + tonumber(v)
+      end
+    elseif head == 'r' then
+      local rb, rt, rc, d = parse(v)
+      if rb and rb < lo_new then  -- in flight from a bucket that left the window: into this one
+        moved[#moved + 1] = {f, string.format('%d:%d:%d:%.3f', b, rt, rc, d), rt, rc}
+      end
+    elseif (head == 'x' or head == 'n') and string.sub(f, 2, 2) == ':' and tonumber(v) <= now then
+      drop(s, f)
+    end
+  end
+  s.T, s.C, s.lo = T, C, lo_new
+  for _, m in ipairs(moved) do
+    put(s, m[1], m[2])
+    s.t, s.c, s.T, s.C = s.t + m[3], s.c + m[4], s.T + m[3], s.C + m[4]
+  end
+  put(s, 'lo', int(lo_new))
+  put(s, 'id', who)
+  s.expire = KEEP[kind]
+  reclaim(U, s, fields)
+end
+
+-- field values as this script call will leave them (what it set or deleted, over what it read)
+local function overlay(s, fields, values)
+  for i, f in ipairs(fields) do
+    if s.del[f] then values[i] = false elseif s.set[f] then values[i] = s.set[f] end
+  end
+  return values
+end
+
+-- a principal's window, rolled to now, and the values of `extra` fields, read in the same HMGET
+local function load(U, kind, who, extra)
+  local s = state[U]
+  if s then
+    return s, extra and overlay(s, extra, redis.call('HMGET', U, unpack(extra))) or {}
+  end
+  local b = kind == 'r' and math.floor(now / 300) or month_index(now)
+  local lo_new = b - SPAN[kind]
+  local fields = {'lo', 'T', 'C', 't' .. b, 'c' .. b}
+  for _, f in ipairs(extra or {}) do fields[#fields + 1] = f end
+  local row = redis.call('HMGET', U, unpack(fields))
+  local lo = tonumber(row[1])
+  if lo ~= nil and lo > lo_new then  -- a clock that went back counts in the newest bucket it can
+    b = lo + SPAN[kind]
+    fields[4], fields[5] = 't' .. b, 'c' .. b
+    row = redis.call('HMGET', U, unpack(fields))
+  end
+  s = {b = b, lo = lo or lo_new, T = tonumber(row[2]) or 0, C = tonumber(row[3]) or 0,
+       t = tonumber(row[4]) or 0, c = tonumber(row[5]) or 0, opened = false, dirty = false, set = {}, del = {}}
+  state[U] = s
+  if lo == nil or lo < lo_new then
+    s.opened = true
+    s.t, s.c = lo == nil and 0 or s.t, lo == nil and 0 or s.c
+    open(U, s, kind, who, b, lo_new)
+  end
+  local values = {}
+  for i = 6, #row do values[#values + 1] = row[i] end
+  return s, extra and overlay(s, extra, values) or {}
+end
+
+-- writes what changed: one HSET (and one HDEL) per principal
 local function save()
   for U, s in pairs(state) do
     if s.dirty then
-      redis.call('HSET', U, 'T', int(s.T), 'C', int(s.C), 't' .. s.b, int(s.t), 'c' .. s.b, int(s.c))
+      local args = {'T', int(s.T), 'C', int(s.C), 't' .. s.b, int(s.t), 'c' .. s.b, int(s.c)}
+      for f, v in pairs(s.set) do args[#args + 1] = f; args[#args + 1] = v end
+      redis.call('HSET', U, unpack(args))
+      local gone = {}
+      for f in pairs(s.del) do gone[#gone + 1] = f end
+      if #gone > 0 then redis.call('HDEL', U, unpack(gone)) end
     end
+    if s.expire then redis.call('EXPIRE', U, s.expire) end
   end
 end
 
--- gives back what a reservation holds, from its own bucket if that is still in the window
-local function release(U, s, member)
-  local _, b, t, c = parse(member)
-  if b == nil or b < s.lo then return 0, 0 end
-  add(U, s, b, -t, -c)
-  return t, c
-end
-
--- settlements carried by a script call: count, then per part kind, principal id, held member ('' =
--- nothing held), reservation id, true tokens, true cost; their keys (usage, held, gone per part)
--- start at KEYS[first]. Each releases its reservation and counts the true usage in the current
--- bucket, where the metrics count it too; sent twice, it counts once.
+-- settlements carried by a script call: count, then per part kind, principal id, held ('' =
+-- nothing held), reservation id, true tokens, true cost; their keys start at KEYS[first]. Each
+-- releases its reservation and counts the true usage in the current bucket, where the metrics
+-- count it too; sent twice, it counts once.
 local function settle_parts(a, first)
   local m = tonumber(ARGV[a])
   for j = 1, m do
-    local p, k = a + (j - 1) * 6, first + (j - 1) * 3
-    local U, E, G = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-    local member, id = ARGV[p + 3], ARGV[p + 4]
-    local s = load(U, E, G, ARGV[p + 1], ARGV[p + 2])
+    local p, U = a + (j - 1) * 6, KEYS[first + j - 1]
+    local held, id = ARGV[p + 3], ARGV[p + 4]
+    local mark = (held == '' and 'n:' or 'x:') .. id
+    local s, v = load(U, ARGV[p + 1], ARGV[p + 2], {'r:' .. id, mark})
     local apply = false
-    if member == '' then  -- nothing held: let through while the store was down, or its reply was lost
-      apply = redis.call('ZADD', G, 'NX', now + GONE, 'n:' .. id) == 1
-    elseif redis.call('ZREM', E, member) == 1 then
-      release(U, s, member)
+    if v[1] then  -- its reservation (or one whose reply was lost, when nothing was held)
+      release(U, s, v[1])
+      drop(s, 'r:' .. id)
       apply = true
-    end
-    if (apply and member == '') or (not apply and member ~= '') then
-      local found = redis.call('ZSCAN', E, 0, 'MATCH', id .. ':*', 'COUNT', 1000)[2][1]
-      if found then  -- moved into a new month while in flight, or held by a reservation whose reply was lost
-        redis.call('ZREM', E, found)
-        release(U, s, found)
-        apply = true
-      elseif member ~= '' then  -- reclaimed unsettled (counts now), or already applied (skip)
-        apply = redis.call('ZREM', G, 'x:' .. id) == 1
-      end
+      if held == '' then put(s, mark, int(now + GONE)) end
+    elseif held ~= '' then  -- reclaimed unsettled: counts now; else already applied: skip
+      if v[2] then drop(s, mark); apply = true end
+    elseif not v[2] then  -- nothing held, first time
+      put(s, mark, int(now + GONE))
+      apply = true
     end
     if apply then add(U, s, s.b, tonumber(ARGV[p + 5]), tonumber(ARGV[p + 6])) end
   end
 end
-
--- reservations whose process never settled them (killed, hung) are reclaimed
-local function reclaim(U, E, G, s)
-  local members = redis.call('ZRANGEBYSCORE', E, '-inf', now, 'LIMIT', 0, 100)
-  for _, member in ipairs(members) do
-    release(U, s, member)
-    redis.call('ZREM', E, member)
-    redis.call('ZADD', G, now + GONE, 'x:' .. parse(member))
-  end
-end
 """
 
-# KEYS: usage, held, gone per principal, then per settlement part. ARGV: now ('' = Redis TIME),
-# reservation id, ttl seconds, principal count, then per principal: window kind (r|m), principal
-# id, tokens, cost, token limit, cost limit ('' = none), refuse ratio, downgrade ratio ('' = none);
-# then the settlements this call carries (see settle_parts), applied first, so a caller's own
-# finished calls count at their true usage and cost no round trip of their own.
+# KEYS: one per principal, then one per settlement part. ARGV: now ('' = Redis TIME), reservation
+# id, ttl seconds, principal count, then per principal: window kind (r|m), principal id, tokens,
+# cost, token limit, cost limit ('' = none), refuse ratio, downgrade ratio ('' = none); then the
+# settlements this call carries (see settle_parts), applied first, so a caller's own finished calls
+# count at their true usage and cost no round trip of their own.
 # Returns {0, bucket...} (reserved: the bucket each principal's part is held in),
 # {1, i, quota, used, amount, limit} (refused: principal i would cross), or
 # {2, i, quota, used, amount, limit} (crosses a downgrade level: nothing reserved, ask again cheaper).
 RESERVE = _PRELUDE + r"""
 local id, ttl, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-settle_parts(5 + n * 8, n * 3 + 1)
+settle_parts(5 + n * 8, n + 1)
 
 -- the first limit principal i's call would cross: {status, i, quota, used, amount, limit} or nil
 -- (a refusal on any quota before a downgrade on any)
@@ -207,16 +243,15 @@ end
 
 local rows, verdict = {}, nil
 for i = 1, n do
-  local a, k = 4 + (i - 1) * 8, (i - 1) * 3
-  local U, E, G, kind = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a + 1]
-  local s = load(U, E, G, kind, ARGV[a + 2])
-  local row = {U = U, E = E, s = s, kind = kind, used = {s.T, s.C},
+  local a, U = 4 + (i - 1) * 8, KEYS[i]
+  local s = load(U, ARGV[a + 1], ARGV[a + 2])
+  local row = {U = U, s = s, used = {s.T, s.C},
                amount = {tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])},
                limits = {tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])},
                refuse = tonumber(ARGV[a + 7]), downgrade = tonumber(ARGV[a + 8])}
   local crossing = check(i, row)
-  if crossing or s.opened then  -- expired reservations matter only here: reclaim them, judge again
-    reclaim(U, E, G, s)
+  if crossing and not s.opened then  -- expired reservations matter only here: reclaim, judge again
+    reclaim(U, s)
     row.used = {s.T, s.C}
     crossing = check(i, row)
   end
@@ -229,27 +264,24 @@ local reply = {0}
 for i, row in ipairs(rows) do
   local s = row.s
   add(row.U, s, s.b, row.amount[1], row.amount[2])
-  local member = string.format('%s:%d:%d:%d', id, s.b, row.amount[1], row.amount[2])
-  redis.call('ZADD', row.E, string.format('%.3f', now + ttl), member)
-  redis.call('EXPIRE', row.E, KEEP[row.kind])  -- a zset emptied and made again has no expiry
+  put(s, 'r:' .. id, string.format('%d:%d:%d:%.3f', s.b, row.amount[1], row.amount[2], now + ttl))
   reply[i + 1] = s.b
 end
 save()
 return reply
 """
 
-# KEYS: usage, held, gone per settlement part. ARGV: now, then the parts (see settle_parts).
+# KEYS: one per settlement part. ARGV: now, then the parts (see settle_parts).
 SETTLE = _PRELUDE + r"""
 settle_parts(2, 1)
 save()
 return 0
 """
 
-# KEYS: usage, held, gone of one principal. ARGV: now, window kind, principal id.
-# Returns {tokens, cost, reservations in flight}.
+# KEYS: one principal. ARGV: now, window kind, principal id. Returns {tokens, cost, reservations in flight}.
 READ = _PRELUDE + r"""
-local s = load(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[3])
-reclaim(KEYS[1], KEYS[2], KEYS[3], s)
+local s = load(KEYS[1], ARGV[2], ARGV[3])
+local flight = reclaim(KEYS[1], s)
 save()
-return {s.T, s.C, redis.call('ZCARD', KEYS[2])}
+return {s.T, s.C, flight}
 """

@@ -55,7 +55,7 @@ class Charge:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     status: int  # RESERVED, REFUSED, DOWNGRADE
-    held: tuple[str, ...] = ()  # RESERVED: what each charge holds in the store, for its settlement
+    held: tuple[str, ...] = ()  # RESERVED: "reservation:bucket" each charge is held in
     charge: Charge | None = None  # the principal that would cross
     quota: str = ""  # tokens | cost
     used: int = 0
@@ -69,7 +69,7 @@ class Settlement:
 
     scope: QuotaScope
     principal: str
-    held: str  # Verdict.held's entry ('' when nothing was held)
+    held: str  # Verdict.held's entry ('' when nothing was held: the call was let through)
     reservation: str  # the call's reservation id: what makes a settlement sent twice count once
     tokens: int
     cost: int  # nano-units
@@ -87,10 +87,9 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def principal_keys(scope: QuotaScope, principal: str) -> tuple[str, str, str]:
+def principal_key(scope: QuotaScope, principal: str) -> str:
     digest = hashlib.sha256(principal.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    base = f"{PREFIX}{{{scope.name[0]}:{digest}}}"
-    return f"{base}:usage", f"{base}:held", f"{base}:gone"
+    return f"{PREFIX}{{{scope.name[0]}:{digest}}}"
 
 
 class RedisBudgetStore:
@@ -104,7 +103,7 @@ class RedisBudgetStore:
         self._stale = True  # the scripts must be (re)loaded into the store before they can run
         self._down_until = 0.0
         self._lock = threading.Lock()
-        self._keys: dict[tuple[str, str], tuple[str, str, str]] = {}
+        self._keys: dict[tuple[str, str], str] = {}
 
     # --- connection --------------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -186,13 +185,13 @@ class RedisBudgetStore:
                 pass
 
     # --- keys and arguments --------------------------------------------------------------------------
-    def keys(self, scope: QuotaScope, principal: str) -> tuple[str, str, str]:
-        key = (scope.name, principal)
-        found = self._keys.get(key)
+    def key(self, scope: QuotaScope, principal: str) -> str:
+        cached = (scope.name, principal)
+        found = self._keys.get(cached)
         if found is None:
             if len(self._keys) > 100_000:  # bounded: ids come from outside
                 self._keys.clear()
-            found = self._keys[key] = principal_keys(scope, principal)
+            found = self._keys[cached] = principal_key(scope, principal)
         return found
 
     def _now(self) -> str:
@@ -215,14 +214,13 @@ class RedisBudgetStore:
         keys: list[str] = []
         args: list[Any] = [self._now(), reservation, ttl, len(charges)]
         for c in charges:
-            keys.extend(self.keys(c.scope, c.principal))
+            keys.append(self.key(c.scope, c.principal))
             args += [_WINDOW[c.scope.rolling], _shown(c.principal), c.tokens, c.cost, _opt(c.token_limit),
                      _opt(c.cost_limit), _opt(c.refuse), _opt(c.downgrade)]
         self._parts([part for parts in settlements for part in parts], keys, args)
         reply = self._eval(self._client, "reserve", keys, args)
         if reply[0] == RESERVED:
-            return Verdict(RESERVED, tuple(f"{reservation}:{int(b)}:{c.tokens}:{c.cost}"
-                                           for b, c in zip(reply[1:], charges, strict=True)))
+            return Verdict(RESERVED, tuple(f"{reservation}:{int(b)}" for b in reply[1:]))
         status, index, quota, used, amount, limit = (int(v) for v in reply)
         return Verdict(status, charge=charges[index - 1], quota=KINDS[quota - 1], used=used, amount=amount,
                        limit=limit)
@@ -265,13 +263,13 @@ class RedisBudgetStore:
     def _parts(self, parts: Sequence[Settlement], keys: list[str], args: list[Any]) -> None:
         args.append(len(parts))
         for part in parts:
-            keys.extend(self.keys(part.scope, part.principal))
+            keys.append(self.key(part.scope, part.principal))
             args += [_WINDOW[part.scope.rolling], _shown(part.principal), part.held, part.reservation, part.tokens,
                      part.cost]
 
     def read(self, scope: QuotaScope, principal: str) -> tuple[int, int, int]:
         """(tokens, cost nano-units, reservations in flight) of one principal's current window."""
-        keys = list(self.keys(scope, principal))
+        keys = [self.key(scope, principal)]
         args = [self._now(), _WINDOW[scope.rolling], _shown(principal)]
         reply = self._run(lambda client: self._eval(client, "read", keys, args))
         return int(reply[0]), int(reply[1]), int(reply[2])
