@@ -76,8 +76,10 @@ def _limits(raw: Any, source: str, where: str) -> Limits:
         value = raw.get(kind)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e15:
-            raise ConfigError(source, f"{where}.{kind}", value, "is not a positive number below 10^15")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(source, f"{where}.{kind}", value, "is not a positive number")
+        if not value < 1e15:  # inf included: budget mode holds limits as exact integers
+            raise ConfigError(source, f"{where}.{kind}", value, "is not below 10^15")
         values[kind] = float(value)
     if not values:
         raise ConfigError(source, where, dict(raw), "sets neither tokens nor cost")

@@ -16,7 +16,7 @@ from otel_tokens.budget.store import (
     Charge,
     RedisBudgetStore,
     Settlement,
-    principal_key,
+    principal_keys,
 )
 from otel_tokens.quota_scopes import DEPARTMENT, USER
 from tests.support.redis_server import RedisServer
@@ -160,10 +160,10 @@ def test_hostile_ids_reach_only_their_own_keys(store, hostile):
     assert store.reserve("h", 600, chs).status == RESERVED
     assert store.read(USER, "alice")[0] == 900 and store.read(USER, hostile)[0] == 50
     assert store.read(DEPARTMENT, hostile)[0] == 50 and store.read(DEPARTMENT, "sales")[0] == 900
-    for key in (principal_key(USER, hostile), principal_key(DEPARTMENT, hostile)):
+    for key in principal_keys(USER, hostile) + principal_keys(DEPARTMENT, hostile):
         tag = key[key.index("{") + 1:key.index("}")]
         assert len(tag) == 34 and tag[0] in "ud" and all(c in "0123456789abcdef" for c in tag[2:])
-        assert key == f"otel-tokens:{{{tag}}}"
+        assert key in (f"otel-tokens:{{{tag}}}", f"otel-tokens:{{{tag}}}:marks")
 
 
 def test_on_redis_cluster_the_user_is_released_when_the_department_refuses():
@@ -171,7 +171,7 @@ def test_on_redis_cluster_the_user_is_released_when_the_department_refuses():
     with RedisServer(cluster=True) as server:
         store = RedisBudgetStore(server.url, timeout=1.0)
         client = server.client()
-        user_key, dept_key = principal_key(USER, "alice"), principal_key(DEPARTMENT, "sales")
+        user_key, dept_key = principal_keys(USER, "alice")[0], principal_keys(DEPARTMENT, "sales")[0]
         assert client.cluster("keyslot", user_key) != client.cluster("keyslot", dept_key)
         chs = charges(100, dept_limit=150)
         first = store.reserve("r1", 600, chs)
@@ -220,3 +220,28 @@ def test_a_reservation_whose_reply_was_lost_is_found_by_its_id(store):
     for _ in range(2):
         store.settle([[Settlement(c.scope, c.principal, "", "orphan", 90, 0) for c in chs]])
     assert store.read(USER, "alice") == (90, 0, 0) and store.read(DEPARTMENT, "sales") == (90, 0, 0)
+
+
+def test_a_refused_call_whose_reservation_reply_was_lost_gives_the_reservation_back(store):
+    """Fail closed after a timeout: nothing held as far as the caller knows, no usage: a cancel."""
+    chs = charges(400)
+    assert store.reserve("lost", 600, chs).status == RESERVED  # landed; the caller timed out
+    for _ in range(2):
+        store.settle([[Settlement(c.scope, c.principal, "", "lost", 0, 0) for c in chs]])
+    assert store.read(USER, "alice") == (0, 0, 0)
+    assert store.reserve("next", 600, charges(1000)).status == RESERVED
+
+
+def test_marks_live_beside_the_usage_and_a_late_settlement_still_counts(store, redis_server, clock):
+    """Settlements of calls let through during an outage leave marks, in their own zset: the usage
+    hash (read whole at each bucket's first call and on each refusal) stays buckets and calls in flight."""
+    chs = charges(5, user_limit=None, department="ops")
+    store.settle([[Settlement(c.scope, c.principal, "", f"open{i}", 5, 0) for c in chs] for i in range(500)])
+    client = redis_server.client()
+    usage, marks = principal_keys(DEPARTMENT, "ops")
+    assert client.zcard(marks) == 500 and client.hlen(usage) <= 8
+    held = store.reserve("long", 30, chs).held
+    clock.t += 31 + 5 * 3600  # reclaimed, then the call ends five hours later
+    assert store.read(DEPARTMENT, "ops")[0] == 2500
+    settle(store, held, chs, 7)
+    assert store.read(DEPARTMENT, "ops")[0] == 2507

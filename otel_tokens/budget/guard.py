@@ -257,9 +257,7 @@ class BudgetGuard:
 
     def settle(self, held: Held, tokens: int, cost: float | None) -> None:
         """Queued: the worker releases the reservation and counts the true usage."""
-        cost_nano = round(cost * NANO) if cost else 0
-        if not tokens and not cost_nano and not any(member for _, _, member in held.parts):
-            return
+        cost_nano = round(cost * NANO) if cost else 0  # nothing held and no usage: sent as a cancel
         with self._count_lock:
             self._unsettled += 1
         tokens, cost_nano = min(max(0, tokens), MAX_AMOUNT), min(max(0, cost_nano), MAX_AMOUNT)

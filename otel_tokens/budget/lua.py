@@ -1,24 +1,26 @@
 """The Lua scripts of budget mode. Each runs atomically in Redis, so no two calls can both see room
 for themselves (the check-then-increment race of client-side budgets).
 
-Per principal one hash (one key, so one Redis Cluster slot):
-  lo (oldest bucket in the window), T / C (tokens / cost in the window, reservations included),
-  t<bucket> / c<bucket> (per bucket), id (the principal, for operators),
-  r:<reservation> = "bucket:tokens:cost:deadline" for each call in flight,
-  x:<reservation> / n:<reservation> = deadline: marks of a reservation reclaimed unsettled and of a
-  settlement applied with nothing held, kept an hour, so that a settlement sent twice (a reply lost
-  to a timeout, a pipeline that failed half-way) counts once.
+Per principal two keys under one hash tag (one Redis Cluster slot):
+  usage  hash  lo (oldest bucket in the window), T / C (tokens / cost in the window, reservations
+               included), t<bucket> / c<bucket> (per bucket), id (the principal, for operators),
+               r:<reservation> = "bucket:tokens:cost:deadline" for each call in flight
+  marks  zset  x:<reservation> (reclaimed unsettled) and n:<reservation> (settled with nothing
+               held) -> when the mark is dropped (24 h), so that a settlement sent twice (a reply
+               lost to a timeout, a pipeline that failed half-way) counts once, and one that comes
+               after its reservation was reclaimed still counts. Touched only off the common path,
+               pruned whenever touched: the usage hash stays buckets and calls in flight.
 Buckets: users 5 minutes, the window being the latest 5-minute boundary at least 24 h ago up to now
 (289 buckets, as the Prometheus rules count); departments one calendar month (UTC). Cost is held in
-integer nano-units of the currency so sums are exact. Time is Redis's own clock (`TIME`), one clock
-for every process, unless the caller passes one (tests).
+integer nano-units of the currency, exact below 2^53 (9 million currency units per window). Time is
+Redis's own clock (`TIME`), one clock for every process, unless the caller passes one (tests).
 
 Each principal's hash is read once (HMGET) and written once (HSET, plus one HDEL when a settlement
 released something) per script call: a reservation carrying one settlement for the same two
 principals is seven commands. The first call of a bucket reads the whole hash once (HGETALL): it
 drops the buckets that left the window, recomputes the totals, moves reservations still in flight
-from a bucket that left (a department's month ended mid-call) into the current one, reclaims
-expired reservations and drops expired marks.
+from a bucket that left (a department's month ended mid-call) into the current one and reclaims
+expired reservations.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ end
 
 local SPAN = {r = 288, m = 0}            -- buckets before the current one still in the window
 local KEEP = {r = 87000, m = 2764800}     -- key expiry after a bucket's first write: 24 h 10 min, 32 days
-local GONE = 3600                         -- seconds a settlement may be sent again and still count once
+local GONE = 86400                        -- seconds a settlement may come late or again and count once
 local state = {}                          -- key -> what this script call knows of it, and will write
 
 local function int(x) return string.format('%d', x) end  -- Redis would write a Lua 100 as '1e2'
@@ -76,8 +78,14 @@ local function release(U, s, v)
   add(U, s, b, -t, -c)
 end
 
+local function mark(G, m)  -- a mark of this call, and the expired ones gone
+  redis.call('ZREMRANGEBYSCORE', G, '-inf', now)
+  redis.call('ZADD', G, now + GONE, m)
+  redis.call('EXPIRE', G, GONE + 600)
+end
+
 -- reservations whose process never settled them (killed, hung) are reclaimed and marked
-local function reclaim(U, s, fields)
+local function reclaim(U, G, s, fields)
   fields = fields or redis.call('HGETALL', U)
   local flight = 0
   for i = 1, #fields, 2 do
@@ -88,7 +96,7 @@ local function reclaim(U, s, fields)
       if d and d <= now then
         release(U, s, v)
         drop(s, f)
-        put(s, 'x:' .. string.sub(f, 3), int(now + GONE))
+        mark(G, 'x:' .. string.sub(f, 3))
       else
         flight = flight + 1
       end
@@ -98,7 +106,7 @@ local function reclaim(U, s, fields)
 end
 
 -- the first call of a bucket: one pass over the whole hash
-local function open(U, s, kind, who, b, lo_new)
+local function open(U, G, s, kind, who, b, lo_new)
   local fields = redis.call('HGETALL', U)
   local T, C, moved = 0, 0, {}
   for i = 1, #fields, 2 do
@@ -118,8 +126,6 @@ local function open(U, s, kind, who, b, lo_new)
       if rb and rb < lo_new then  -- in flight from a bucket that left the window: into this one
         moved[#moved + 1] = {f, string.format('%d:%d:%d:%.3f', b, rt, rc, d), rt, rc}
       end
-    elseif (head == 'x' or head == 'n') and string.sub(f, 2, 2) == ':' and tonumber(v) <= now then
-      drop(s, f)
     end
   end
   s.T, s.C, s.lo = T, C, lo_new
@@ -130,7 +136,7 @@ local function open(U, s, kind, who, b, lo_new)
   put(s, 'lo', int(lo_new))
   put(s, 'id', who)
   s.expire = KEEP[kind]
-  reclaim(U, s, fields)
+  reclaim(U, G, s, fields)
 end
 
 -- field values as this script call will leave them (what it set or deleted, over what it read)
@@ -142,7 +148,7 @@ local function overlay(s, fields, values)
 end
 
 -- a principal's window, rolled to now, and the values of `extra` fields, read in the same HMGET
-local function load(U, kind, who, extra)
+local function load(U, G, kind, who, extra)
   local s = state[U]
   if s then
     return s, extra and overlay(s, extra, redis.call('HMGET', U, unpack(extra))) or {}
@@ -164,7 +170,7 @@ local function load(U, kind, who, extra)
   if lo == nil or lo < lo_new then
     s.opened = true
     s.t, s.c = lo == nil and 0 or s.t, lo == nil and 0 or s.c
-    open(U, s, kind, who, b, lo_new)
+    open(U, G, s, kind, who, b, lo_new)
   end
   local values = {}
   for i = 6, #row do values[#values + 1] = row[i] end
@@ -187,34 +193,40 @@ local function save()
 end
 
 -- settlements carried by a script call: count, then per part kind, principal id, held ('' =
--- nothing held), reservation id, true tokens, true cost; their keys start at KEYS[first]. Each
--- releases its reservation and counts the true usage in the current bucket, where the metrics
--- count it too; sent twice, it counts once.
+-- nothing held), reservation id, true tokens, true cost; their keys (usage, marks per part) start
+-- at KEYS[first]. Each releases its reservation and counts the true usage in the current bucket,
+-- where the metrics count it too; sent twice, it counts once. Nothing held and no usage: a cancel
+-- (releases a reservation whose reply was lost, if there is one; leaves no mark).
 local function settle_parts(a, first)
   local m = tonumber(ARGV[a])
   for j = 1, m do
-    local p, U = a + (j - 1) * 6, KEYS[first + j - 1]
+    local p, k = a + (j - 1) * 6, first + (j - 1) * 2
+    local U, G = KEYS[k], KEYS[k + 1]
     local held, id = ARGV[p + 3], ARGV[p + 4]
-    local mark = (held == '' and 'n:' or 'x:') .. id
-    local s, v = load(U, ARGV[p + 1], ARGV[p + 2], {'r:' .. id, mark})
+    local tokens, cost = tonumber(ARGV[p + 5]), tonumber(ARGV[p + 6])
+    local s, v = load(U, G, ARGV[p + 1], ARGV[p + 2], {'r:' .. id})
     local apply = false
-    if v[1] then  -- its reservation (or one whose reply was lost, when nothing was held)
+    if held == '' and tokens == 0 and cost == 0 then  -- a cancel
+      if v[1] then release(U, s, v[1]); drop(s, 'r:' .. id) end
+    elseif held == '' then  -- let through while the store failed: count once
+      if redis.call('ZSCORE', G, 'n:' .. id) == false then
+        mark(G, 'n:' .. id)
+        if v[1] then release(U, s, v[1]); drop(s, 'r:' .. id) end  -- its reply was lost
+        apply = true
+      end
+    elseif v[1] then  -- the common case
       release(U, s, v[1])
       drop(s, 'r:' .. id)
       apply = true
-      if held == '' then put(s, mark, int(now + GONE)) end
-    elseif held ~= '' then  -- reclaimed unsettled: counts now; else already applied: skip
-      if v[2] then drop(s, mark); apply = true end
-    elseif not v[2] then  -- nothing held, first time
-      put(s, mark, int(now + GONE))
-      apply = true
+    else  -- reclaimed unsettled: counts now; else already applied: skip
+      apply = redis.call('ZREM', G, 'x:' .. id) == 1
     end
-    if apply then add(U, s, s.b, tonumber(ARGV[p + 5]), tonumber(ARGV[p + 6])) end
+    if apply then add(U, s, s.b, tokens, cost) end
   end
 end
 """
 
-# KEYS: one per principal, then one per settlement part. ARGV: now ('' = Redis TIME), reservation
+# KEYS: usage, marks per principal, then per settlement part. ARGV: now ('' = Redis TIME), reservation
 # id, ttl seconds, principal count, then per principal: window kind (r|m), principal id, tokens,
 # cost, token limit, cost limit ('' = none), refuse ratio, downgrade ratio ('' = none); then the
 # settlements this call carries (see settle_parts), applied first, so a caller's own finished calls
@@ -224,7 +236,7 @@ end
 # {2, i, quota, used, amount, limit} (crosses a downgrade level: nothing reserved, ask again cheaper).
 RESERVE = _PRELUDE + r"""
 local id, ttl, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-settle_parts(5 + n * 8, n + 1)
+settle_parts(5 + n * 8, n * 2 + 1)
 
 -- the first limit principal i's call would cross: {status, i, quota, used, amount, limit} or nil
 -- (a refusal on any quota before a downgrade on any)
@@ -243,15 +255,15 @@ end
 
 local rows, verdict = {}, nil
 for i = 1, n do
-  local a, U = 4 + (i - 1) * 8, KEYS[i]
-  local s = load(U, ARGV[a + 1], ARGV[a + 2])
-  local row = {U = U, s = s, used = {s.T, s.C},
+  local a, U, G = 4 + (i - 1) * 8, KEYS[i * 2 - 1], KEYS[i * 2]
+  local s = load(U, G, ARGV[a + 1], ARGV[a + 2])
+  local row = {U = U, G = G, s = s, used = {s.T, s.C},
                amount = {tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])},
                limits = {tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])},
                refuse = tonumber(ARGV[a + 7]), downgrade = tonumber(ARGV[a + 8])}
   local crossing = check(i, row)
   if crossing and not s.opened then  -- expired reservations matter only here: reclaim, judge again
-    reclaim(U, s)
+    reclaim(U, G, s)
     row.used = {s.T, s.C}
     crossing = check(i, row)
   end
@@ -271,17 +283,18 @@ save()
 return reply
 """
 
-# KEYS: one per settlement part. ARGV: now, then the parts (see settle_parts).
+# KEYS: usage, marks per settlement part. ARGV: now, then the parts (see settle_parts).
 SETTLE = _PRELUDE + r"""
 settle_parts(2, 1)
 save()
 return 0
 """
 
-# KEYS: one principal. ARGV: now, window kind, principal id. Returns {tokens, cost, reservations in flight}.
+# KEYS: usage, marks of one principal. ARGV: now, window kind, principal id.
+# Returns {tokens, cost, reservations in flight}.
 READ = _PRELUDE + r"""
-local s = load(KEYS[1], ARGV[2], ARGV[3])
-local flight = reclaim(KEYS[1], s)
+local s = load(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
+local flight = reclaim(KEYS[1], KEYS[2], s)
 save()
 return {s.T, s.C, flight}
 """

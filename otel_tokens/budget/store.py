@@ -17,6 +17,7 @@ beyond one timeout and the guard recovers by itself.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import threading
 import time
 import urllib.parse
@@ -87,9 +88,11 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def principal_key(scope: QuotaScope, principal: str) -> str:
+def principal_keys(scope: QuotaScope, principal: str) -> tuple[str, str]:
+    """(usage hash, marks zset): one hash tag of ours, whatever the id holds."""
     digest = hashlib.sha256(principal.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"{PREFIX}{{{scope.name[0]}:{digest}}}"
+    base = f"{PREFIX}{{{scope.name[0]}:{digest}}}"
+    return base, f"{base}:marks"
 
 
 class RedisBudgetStore:
@@ -103,7 +106,7 @@ class RedisBudgetStore:
         self._stale = True  # the scripts must be (re)loaded into the store before they can run
         self._down_until = 0.0
         self._lock = threading.Lock()
-        self._keys: dict[tuple[str, str], str] = {}
+        self._keys: dict[tuple[str, str], tuple[str, str]] = {}
 
     # --- connection --------------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -111,15 +114,18 @@ class RedisBudgetStore:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
+        # no CLIENT SETINFO on connect: two more round trips per new connection, each with its own timeout
+        quiet = ({"driver_info": None} if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
+                 else {"lib_name": None, "lib_version": None})
         options: dict[str, Any] = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
-                                   "retry": Retry(NoBackoff(), 0), "health_check_interval": 0}
+                                   "retry": Retry(NoBackoff(), 0), "health_check_interval": 0, **quiet}
         client = redis.Redis.from_url(self.url, **options)
         info = client.info("cluster")
         if info.get("cluster_enabled"):
             from redis.cluster import RedisCluster
 
             client.close()
-            client = RedisCluster.from_url(self.url, socket_timeout=self.timeout,
+            client = RedisCluster.from_url(self.url, socket_timeout=self.timeout, **quiet,
                                            socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0))
             self.cluster = True
         self._load_scripts(client)
@@ -185,13 +191,13 @@ class RedisBudgetStore:
                 pass
 
     # --- keys and arguments --------------------------------------------------------------------------
-    def key(self, scope: QuotaScope, principal: str) -> str:
+    def keys(self, scope: QuotaScope, principal: str) -> tuple[str, str]:
         cached = (scope.name, principal)
         found = self._keys.get(cached)
         if found is None:
             if len(self._keys) > 100_000:  # bounded: ids come from outside
                 self._keys.clear()
-            found = self._keys[cached] = principal_key(scope, principal)
+            found = self._keys[cached] = principal_keys(scope, principal)
         return found
 
     def _now(self) -> str:
@@ -214,9 +220,9 @@ class RedisBudgetStore:
         keys: list[str] = []
         args: list[Any] = [self._now(), reservation, ttl, len(charges)]
         for c in charges:
-            keys.append(self.key(c.scope, c.principal))
-            args += [_WINDOW[c.scope.rolling], _shown(c.principal), c.tokens, c.cost, _opt(c.token_limit),
-                     _opt(c.cost_limit), _opt(c.refuse), _opt(c.downgrade)]
+            keys.extend(self.keys(c.scope, c.principal))
+            args += [_WINDOW[c.scope.rolling], _shown(c.principal), _amount(c.tokens), _amount(c.cost),
+                     _opt(c.token_limit), _opt(c.cost_limit), _opt(c.refuse), _opt(c.downgrade)]
         self._parts([part for parts in settlements for part in parts], keys, args)
         reply = self._eval(self._client, "reserve", keys, args)
         if reply[0] == RESERVED:
@@ -263,13 +269,13 @@ class RedisBudgetStore:
     def _parts(self, parts: Sequence[Settlement], keys: list[str], args: list[Any]) -> None:
         args.append(len(parts))
         for part in parts:
-            keys.append(self.key(part.scope, part.principal))
-            args += [_WINDOW[part.scope.rolling], _shown(part.principal), part.held, part.reservation, part.tokens,
-                     part.cost]
+            keys.extend(self.keys(part.scope, part.principal))
+            args += [_WINDOW[part.scope.rolling], _shown(part.principal), part.held, part.reservation,
+                     _amount(part.tokens), _amount(part.cost)]
 
     def read(self, scope: QuotaScope, principal: str) -> tuple[int, int, int]:
         """(tokens, cost nano-units, reservations in flight) of one principal's current window."""
-        keys = [self.key(scope, principal)]
+        keys = list(self.keys(scope, principal))
         args = [self._now(), _WINDOW[scope.rolling], _shown(principal)]
         reply = self._run(lambda client: self._eval(client, "read", keys, args))
         return int(reply[0]), int(reply[1]), int(reply[2])
@@ -278,6 +284,10 @@ class RedisBudgetStore:
 def _shown(principal: str) -> bytes:
     """The id kept beside a principal's usage for operators: any string, at most 256 bytes."""
     return principal.encode("utf-8", "backslashreplace")[:256]
+
+
+def _amount(value: int) -> int:
+    return min(max(0, int(value)), MAX_AMOUNT)
 
 
 def _opt(value: float | None) -> Any:
