@@ -210,7 +210,8 @@ def held(store: RedisBudgetStore, user: str) -> str:
 def write_configs(ports: dict[str, int], hook: str) -> None:
     # a stream without a usage block is counted with the model's own tokenizer, from its folder
     config = {**CONFIG, "tokenizers": {"tiny-chat-model": str(ensure())}}
-    (RUN / "otel-tokens.yaml").write_text(yaml.safe_dump(config))
+    # the model server sits behind the apps: it may take who pays from their baggage
+    (RUN / "otel-tokens.yaml").write_text(yaml.safe_dump({**config, "trust_baggage": True}))
     (RUN / "quotas.yml").write_text(yaml.safe_dump(QUOTAS))
     # the knowledge-base app: hard user quotas in Redis (budget mode); department budgets only alert
     budget = {"quota_file": str(RUN / "quotas.yml"), "store": f"redis://127.0.0.1:{ports['redis']}/0",

@@ -4,11 +4,13 @@ when `stream_options.include_usage` is asked for).
 
 Run it under the agent and its own `generate` calls are counted and attributed too:
 
-    opentelemetry-instrument python examples/local_model_server.py --port 8000 --model .demo/tiny-chat-model
+    OTEL_TOKENS_TRUST_BAGGAGE=true opentelemetry-instrument python examples/local_model_server.py \
+        --port 8000 --model .demo/tiny-chat-model
 
-Clients instrumented with otel-tokens send `traceparent` and `baggage` (user.id, department); this
-server extracts them as an instrumented web framework (FastAPI, Flask) would, so the server-side
-counts land on the same user and in the same trace.
+Clients instrumented with otel-tokens send `traceparent` and `baggage` (user.id, department) to
+internal hosts; this server extracts them as an instrumented web framework (FastAPI, Flask) would,
+and, trusting its callers' baggage (it sits behind the apps, never on the internet), charges the
+server-side counts to the same user, in the same trace.
 """
 
 from __future__ import annotations

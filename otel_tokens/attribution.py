@@ -1,8 +1,10 @@
-"""Who caused a call: `usage_context` on contextvars, with OTel Baggage as the fallback.
+"""Who caused a call: `usage_context` on contextvars; OTel Baggage only where the operator trusts it.
 
 A contextvar (not a thread-local) so the value follows asyncio tasks and generators; threads
-started inside a context get it through `threads.py`. Baggage is read per key only when the
-context does not set it, so a gateway can set `user.id` once and it propagates over HTTP.
+started inside a context get it through `threads.py`. Inbound baggage is whatever an HTTP client
+chose to send, so it counts only with `trust_baggage` (an internal hop: a model server behind the
+app), and then only for the keys the app's own `usage_context` leaves unset. Values are made
+valid UTF-8 (a lone surrogate would break every export of the process).
 """
 
 from __future__ import annotations
@@ -19,14 +21,30 @@ from . import names
 
 _EMPTY: Mapping[str, str] = {}
 _CURRENT: ContextVar[Mapping[str, str]] = ContextVar("otel_tokens_attribution", default=_EMPTY)
+_TRUST_BAGGAGE = [False]  # set by the instrumentor from `trust_baggage`
+
+
+def trust_baggage(trusted: bool) -> None:
+    _TRUST_BAGGAGE[0] = trusted
+
+
+def safe_value(value: str) -> str:
+    """Valid UTF-8 text, whatever came in: lone surrogates written as \\udXXX escapes."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def current_attribution() -> Mapping[str, str]:
-    """The attribution in force: usage_context keys, completed from Baggage for the keys it lacks."""
+    """The attribution in force: usage_context keys, completed from trusted Baggage for the keys it lacks."""
     values = _CURRENT.get()
-    if len(values) >= 3 and all(k in values for k in names.BAGGAGE_KEYS):
+    if not _TRUST_BAGGAGE[0] or (len(values) >= 3 and all(k in values for k in names.BAGGAGE_KEYS)):
         return values
     try:
         bag = baggage.get_all()
@@ -39,7 +57,7 @@ def current_attribution() -> Mapping[str, str]:
         if key not in merged:
             value = bag.get(key)
             if value is not None:
-                merged[key] = str(value)
+                merged[key] = safe_value(str(value))
     return merged
 
 
@@ -59,7 +77,7 @@ class usage_context:  # noqa: N801 - reads as a function at call sites, like con
         for key, value in ((names.USER_ID, user_id), (names.DEPARTMENT, department),
                            (names.SESSION_ID, session_id), *extra.items()):
             if value is not None:
-                values[key] = str(value)
+                values[key] = safe_value(str(value))
         self._values = values
         self._tokens: list[Token[Mapping[str, str]]] = []
 

@@ -26,6 +26,7 @@ ENV_PRICE_RELOAD_INTERVAL = "OTEL_TOKENS_PRICE_RELOAD_INTERVAL"
 ENV_PROVIDER_NAME = "OTEL_TOKENS_PROVIDER_NAME"
 ENV_STREAM_INCLUDE_USAGE = "OTEL_TOKENS_STREAM_INCLUDE_USAGE"
 ENV_PROPAGATE = "OTEL_TOKENS_PROPAGATE"
+ENV_TRUST_BAGGAGE = "OTEL_TOKENS_TRUST_BAGGAGE"
 ENV_ALLOW_TOKENIZER_DOWNLOAD = "OTEL_TOKENS_ALLOW_TOKENIZER_DOWNLOAD"
 ENV_QUOTA_FILE = "OTEL_TOKENS_QUOTA_FILE"  # budget mode: the quota file (as `otel-tokens rules` reads)
 ENV_BUDGET_STORE = "OTEL_TOKENS_BUDGET_STORE"  # budget mode: redis://host:port/db
@@ -61,6 +62,8 @@ class Settings:
     providers: Mapping[str, str] = field(default_factory=dict)  # server host glob -> provider name
     stream_include_usage: bool = False  # ask servers for a usage chunk, hidden from the caller
     propagate: bool = True  # send traceparent and baggage (user.id, department, session.id)
+    propagate_hosts: tuple[str, ...] = ()  # globs of hosts that get baggage; () = loopback, private, internal names
+    trust_baggage: bool = False  # attribution from inbound baggage (internal hops only: a model server)
     guard: GuardSettings = field(default_factory=GuardSettings)  # quota enforcement, off by default
     capture_content: bool = False  # prompt and completion text on spans (gen_ai.*.messages): opt-in only
     config_file: Path | None = None
@@ -127,6 +130,14 @@ def _dimensions(value: Any) -> tuple[str, ...]:
     if names.SESSION_ID in value:
         raise ValueError(f"names {names.SESSION_ID}, which is never a metric label (unbounded)")
     return tuple(dict.fromkeys(value))
+
+
+def _host_globs(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError("is not a list of host globs (e.g. ['*.corp.example', '10.*'])")
+    return tuple(v.strip() for v in value)
 
 
 def _positive_int(value: Any) -> int:
@@ -259,6 +270,8 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "providers": _string_map,
     "stream_include_usage": _bool,
     "propagate": _bool,
+    "propagate_hosts": _host_globs,
+    "trust_baggage": _bool,
     "guard": _guard,
     "capture_content": _capture,
 }
@@ -273,6 +286,7 @@ _ENV_FIELDS = {
     ENV_PROVIDER_NAME: "provider_name",
     ENV_STREAM_INCLUDE_USAGE: "stream_include_usage",
     ENV_PROPAGATE: "propagate",
+    ENV_TRUST_BAGGAGE: "trust_baggage",
     ENV_ALLOW_TOKENIZER_DOWNLOAD: "allow_tokenizer_download",
     ENV_CAPTURE_CONTENT: "capture_content",
 }

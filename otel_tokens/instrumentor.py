@@ -11,7 +11,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.dependencies import DependencyConflict, get_dependency_conflicts
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from . import names
+from . import attribution, names
 from .cardinality import sdk_series_limit
 from .config import load_settings
 from .integrations import openai as openai_integration
@@ -54,6 +54,7 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if settings.series_limit is None:
             settings = replace(settings, series_limit=sdk_series_limit(kwargs.get("meter_provider")))
         recorder = Recorder(tracer, meter, settings)
+        attribution.trust_baggage(settings.trust_baggage)
         recorder.start()
         self._recorder = recorder
         self._active = []
@@ -68,6 +69,7 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             module.uninstrument()
         self._active = []
         uninstrument_threads()
+        attribution.trust_baggage(False)
         if self._recorder is not None:
             self._recorder.close()
             self._recorder = None

@@ -108,7 +108,7 @@ class Recorder:
                                      settings.series_limit or DEFAULT_SERIES_LIMIT, settings.currency)
         self.guard = Guard(settings.guard)  # alert mode
         self.budget = BudgetGuard(settings.guard, self.prices) if settings.guard.budget else None
-        self._propagation = HeaderPropagation()
+        self._propagation = HeaderPropagation(settings.propagate_hosts)
         self._decisions = meter.create_counter(
             names.METRIC_GUARD_DECISIONS, unit=names.UNIT_DECISION,
             description="Quota guard decisions other than allow: reject, downgrade, fail_open, fail_closed.")
@@ -167,7 +167,7 @@ class Recorder:
         if not self.settings.propagate or call._finished:
             return {}
         try:
-            return self._propagation.headers(call.span, call.attribution)
+            return self._propagation.headers(call.span, call.attribution, call.record.server_address)
         except Exception:
             internal_error("propagation")
             return {}

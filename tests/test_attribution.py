@@ -6,6 +6,7 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import torch
 from opentelemetry import baggage, context
 
@@ -61,7 +62,41 @@ def test_concurrent_threads_and_tasks_attribute_every_token_to_the_right_user(te
     assert per_span == {(user, out // 3) for user, (_, out) in expected.items()}
 
 
-def test_baggage_is_used_when_no_context_is_set(telemetry):
+def test_inbound_baggage_is_ignored_unless_trusted(telemetry):
+    """A client's `baggage: user.id=alice` must not bill alice, nor fill the department the app left unset."""
+    model = tm.gpt2()
+    forged = baggage.set_baggage(names.USER_ID, "alice", baggage.set_baggage(names.DEPARTMENT, "support"))
+    token = context.attach(forged)
+    try:
+        model.generate(torch.tensor([[5]]), max_new_tokens=1, logits_processor=forcing(1, [11]))
+        with usage_context(user_id="carol"):
+            model.generate(torch.tensor([[5]]), max_new_tokens=1, logits_processor=forcing(1, [11]))
+    finally:
+        context.detach(token)
+    first, second = telemetry.spans()
+    assert names.USER_ID not in first.attributes and names.DEPARTMENT not in first.attributes
+    assert second.attributes[names.USER_ID] == "carol" and names.DEPARTMENT not in second.attributes
+
+
+@pytest.fixture
+def trusting():
+    """Instrumented with trust_baggage on, as a model server behind the app runs."""
+    from otel_tokens import TokenUsageInstrumentor
+    from otel_tokens.config import Settings
+    from tests.support.telemetry import make_telemetry
+
+    tel, tracer_provider, meter_provider = make_telemetry()
+    instrumentor = TokenUsageInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
+                            settings=Settings(trust_baggage=True))
+    try:
+        yield tel
+    finally:
+        instrumentor.uninstrument()
+
+
+def test_trusted_baggage_is_used_when_no_context_is_set(trusting):
+    telemetry = trusting
     model = tm.gpt2()
     ctx = baggage.set_baggage(names.USER_ID, "bob", baggage.set_baggage(names.DEPARTMENT, "sales"))
     ctx = baggage.set_baggage(names.SESSION_ID, "s-1", ctx)
