@@ -81,18 +81,11 @@ def test_inbound_baggage_is_ignored_unless_trusted(telemetry):
 @pytest.fixture
 def trusting():
     """Instrumented with trust_baggage on, as a model server behind the app runs."""
-    from otel_tokens import TokenUsageInstrumentor
     from otel_tokens.config import Settings
-    from tests.support.telemetry import make_telemetry
+    from tests.support.telemetry import instrumented
 
-    tel, tracer_provider, meter_provider = make_telemetry()
-    instrumentor = TokenUsageInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
-                            settings=Settings(trust_baggage=True))
-    try:
+    with instrumented(Settings(trust_baggage=True)) as tel:
         yield tel
-    finally:
-        instrumentor.uninstrument()
 
 
 def test_trusted_baggage_is_used_when_no_context_is_set(trusting):

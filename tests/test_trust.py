@@ -3,15 +3,17 @@ default, only our three keys go out and only to internal hosts, label values are
 
 from __future__ import annotations
 
+import contextlib
+
 import openai
 import pytest
 from opentelemetry import baggage, context
 
-from otel_tokens import TokenUsageInstrumentor, names, usage_context
+from otel_tokens import names, usage_context
 from otel_tokens.config import Settings, load_settings
 from otel_tokens.propagation import internal_host
 from tests.support.openai_server import OpenAIServer
-from tests.support.telemetry import make_telemetry
+from tests.support.telemetry import instrumented
 
 
 @pytest.mark.parametrize(("host", "internal"), [
@@ -32,17 +34,8 @@ def test_configured_globs_replace_the_built_in_set():
 
 @pytest.fixture
 def app():
-    def make(**settings):
-        tel, tracer_provider, meter_provider = make_telemetry()
-        instrumentor = TokenUsageInstrumentor()
-        instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
-                                settings=Settings(**settings))
-        made.append(instrumentor)
-        return tel
-    made: list[TokenUsageInstrumentor] = []
-    yield make
-    for instrumentor in made:
-        instrumentor.uninstrument()
+    with contextlib.ExitStack() as stack:
+        yield lambda **settings: stack.enter_context(instrumented(Settings(**settings)))
 
 
 @pytest.mark.e2e

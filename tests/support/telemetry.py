@@ -3,8 +3,10 @@ and readers that sum what the package recorded."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,3 +76,17 @@ def make_telemetry(sampler: Sampler = ALWAYS_ON, series_limit: int | None = None
     reader = InMemoryMetricReader(cardinality_limits=limits)
     meter_provider = MeterProvider(metric_readers=[reader])
     return Telemetry(exporter, reader), tracer_provider, meter_provider
+
+
+@contextlib.contextmanager
+def instrumented(settings: Any = None) -> Iterator[Telemetry]:
+    """The package instrumented with `settings` (a config.Settings) on in-memory telemetry."""
+    from otel_tokens import TokenUsageInstrumentor
+
+    tel, tracer_provider, meter_provider = make_telemetry()
+    instrumentor = TokenUsageInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=settings)
+    try:
+        yield tel
+    finally:
+        instrumentor.uninstrument()
