@@ -42,7 +42,8 @@ class Call:
                  "span")
 
     def __init__(self, recorder: Recorder, record: CallRecord, span: trace.Span, attribution: Mapping[str, str],
-                 estimate: Callable[[], UsageEstimate | None] | None = None, finished: bool = False) -> None:
+                 estimate: Callable[[], UsageEstimate | None] | UsageEstimate | None = None,
+                 finished: bool = False) -> None:
         self._recorder = recorder
         self.record = record
         self.model = record.request_model
@@ -56,14 +57,8 @@ class Call:
 
     def estimate(self) -> UsageEstimate | None:
         """The call's worst case (for a budget reservation), computed on first use only."""
-        estimate = self._estimate
-        if callable(estimate):
-            try:
-                self._estimate = estimate()
-            except Exception:
-                internal_error("usage estimate")
-                self._estimate = None
-        return self._estimate  # type: ignore[return-value]
+        self._estimate = _worst_case(self._estimate)
+        return self._estimate
 
     def mark_first_chunk(self) -> None:
         if self.record.time_to_first_chunk_s is None:
@@ -133,6 +128,7 @@ class Recorder:
             if decision is not None and decision.model is not None:
                 request_model = decision.model
             if self.budget is not None and (decision is None or decision.action not in quota_scopes.REFUSALS):
+                estimate = _worst_case(estimate)  # once: the call keeps the value, not the function
                 decision, held = self._reserve(provider, request_model, attribution, estimate, downgradable,
                                                decision)
                 if decision is not None and decision.model is not None:
@@ -215,17 +211,10 @@ class Recorder:
         self._count(decision)
         return decision
 
-    def _reserve(self, provider: str, model: str, attribution: Mapping[str, str],
-                 estimate: Callable[[], UsageEstimate | None] | UsageEstimate | None, downgradable: bool,
-                 earlier: Decision | None) -> tuple[Decision | None, Held | None]:
+    def _reserve(self, provider: str, model: str, attribution: Mapping[str, str], worst: UsageEstimate | None,
+                 downgradable: bool, earlier: Decision | None) -> tuple[Decision | None, Held | None]:
         """Budget mode: the call's worst case reserved (or its refusal); counted when not None."""
         assert self.budget is not None
-        worst = None
-        if callable(estimate):
-            try:
-                worst = estimate()
-            except Exception:
-                internal_error("usage estimate")
         decision, held = self.budget.reserve(provider, model, attribution, worst, downgradable)
         self._count(decision)
         return (decision or earlier), held
@@ -240,7 +229,8 @@ class Recorder:
 
     def _start(self, operation: str, provider: str, request_model: str, kind: SpanKind,
                server_address: str | None, server_port: int | None, streaming: bool,
-               attribution: Mapping[str, str], estimate: Callable[[], UsageEstimate | None] | None) -> Call:
+               attribution: Mapping[str, str], estimate: Callable[[], UsageEstimate | None] | UsageEstimate | None
+               ) -> Call:
         record = CallRecord(operation=operation, provider=provider, request_model=request_model,
                             server_address=server_address, server_port=server_port, streaming=streaming)
         attributes: dict[str, Any] = {
@@ -283,6 +273,16 @@ class Recorder:
         if self.budget is not None:
             self.budget.close()
         self.accounting.close()
+
+
+def _worst_case(estimate: Callable[[], UsageEstimate | None] | UsageEstimate | None) -> UsageEstimate | None:
+    if not callable(estimate):
+        return estimate
+    try:
+        return estimate()
+    except Exception:
+        internal_error("usage estimate")
+        return None
 
 
 def _span_attributes(record: CallRecord) -> dict[str, Any]:

@@ -213,9 +213,9 @@ class RedisBudgetStore:
             if settlements:
                 self.settle(settlements)
             return self._reserve_one_by_one(reservation, ttl, charges)
-        return self._run(lambda client: self._reserve(reservation, ttl, charges, settlements))
+        return self._run(lambda client: self._reserve(client, reservation, ttl, charges, settlements))
 
-    def _reserve(self, reservation: str, ttl: float, charges: Sequence[Charge],
+    def _reserve(self, client: Any, reservation: str, ttl: float, charges: Sequence[Charge],
                  settlements: Sequence[Sequence[Settlement]] = ()) -> Verdict:
         keys: list[str] = []
         args: list[Any] = [self._now(), reservation, ttl, len(charges)]
@@ -224,7 +224,7 @@ class RedisBudgetStore:
             args += [_WINDOW[c.scope.rolling], _shown(c.principal), _amount(c.tokens), _amount(c.cost),
                      _opt(c.token_limit), _opt(c.cost_limit), _opt(c.refuse), _opt(c.downgrade)]
         self._parts([part for parts in settlements for part in parts], keys, args)
-        reply = self._eval(self._client, "reserve", keys, args)
+        reply = self._eval(client, "reserve", keys, args)
         if reply[0] == RESERVED:
             return Verdict(RESERVED, tuple(f"{reservation}:{int(b)}" for b in reply[1:]))
         status, index, quota, used, amount, limit = (int(v) for v in reply)
@@ -234,7 +234,7 @@ class RedisBudgetStore:
     def _reserve_one_by_one(self, reservation: str, ttl: float, charges: Sequence[Charge]) -> Verdict:
         held: list[str] = []
         for charge in charges:
-            verdict = self._run(lambda client, c=charge: self._reserve(reservation, ttl, [c]))
+            verdict = self._run(lambda client, c=charge: self._reserve(client, reservation, ttl, [c]))
             if verdict.status != RESERVED:
                 if held:  # release what the principals before this one hold
                     self.settle([[Settlement(c.scope, c.principal, h, reservation, 0, 0)

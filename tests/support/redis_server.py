@@ -4,7 +4,6 @@ there, as on any cluster)."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import tempfile
 import time
@@ -12,12 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.binaries import require_binary
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.prometheus_stack import free_port
 
 
 class RedisServer:
