@@ -174,6 +174,7 @@ class PriceBook:
         self._next_check = 0.0
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], Price | None] = {}
+        self._dearest: tuple[float, float] | None = None
         self.unpriced: set[tuple[str, str]] = set()
         self._reload_file()
 
@@ -202,6 +203,7 @@ class PriceBook:
         self.errors = [e for e in self.errors if str(self._file) not in e] + errors
         self._file_stamp = stamp
         self._cache = {}
+        self._dearest = None
 
     def _maybe_reload(self) -> None:
         now = time.monotonic()
@@ -246,6 +248,18 @@ class PriceBook:
         cost_in = ((input_tokens or 0) - cached) * price.input + cached * cached_price
         return Cost(input=cost_in * rate / PER, output=(output_tokens or 0) * price.output * rate / PER,
                     currency=self.currency)
+
+    def dearest(self) -> tuple[float, float]:
+        """The highest input and output price per million tokens of any entry, in the reporting
+        currency: what budget mode reserves for a model with no price under a cost limit."""
+        if self._file is not None:
+            self._maybe_reload()
+        dearest = self._dearest
+        if dearest is None:
+            rates = [(self.rate(p.currency), p) for p in self.entries()]
+            dearest = self._dearest = (max((p.input * r for r, p in rates if r), default=0.0),
+                                       max((p.output * r for r, p in rates if r), default=0.0))
+        return dearest
 
     def rate(self, currency: str) -> float | None:
         if currency == self.currency:

@@ -270,9 +270,7 @@ class BudgetGuard:
         at the dearest price known (its reply may name a priced model: the settlement prices that)."""
         cost = self.prices.cost(provider, model, input_tokens, output_tokens)
         if cost is None and limited:
-            rates = [(self.prices.rate(p.currency), p) for p in self.prices.entries()]
-            dearest_in = max((p.input * r for r, p in rates if r), default=0.0)
-            dearest_out = max((p.output * r for r, p in rates if r), default=0.0)
+            dearest_in, dearest_out = self.prices.dearest()
             return min(math.ceil((input_tokens * dearest_in + output_tokens * dearest_out) * NANO / PER), MAX_AMOUNT)
         return min(math.ceil(cost.total * NANO), MAX_AMOUNT) if cost is not None else 0
 
