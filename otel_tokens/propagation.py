@@ -3,9 +3,10 @@
 the same principal. Library-neutral: an integration only decides where the headers go.
 
 Only our three keys go out, with the app's values (inbound baggage entries, forged or foreign, are
-never forwarded by us), and only to internal hosts: loopback, private and link-local addresses,
-`localhost`, single-label names (a compose or Kubernetes service) and the usual internal suffixes,
-or the operator's `propagate_hosts` globs instead. A third-party API gets the traceparent only."""
+never forwarded by us), and only to internal hosts (DESIGN.md): loopback, private and link-local
+addresses and `localhost`, or the operator's `propagate_hosts` globs instead (a service name such as
+`vllm` or `*.svc.cluster.local` is named there: a name says nothing of where it resolves). A
+third-party API gets the traceparent only."""
 
 from __future__ import annotations
 
@@ -19,9 +20,6 @@ from opentelemetry import context as otel_context
 
 from . import names
 
-INTERNAL_SUFFIXES = (".local", ".internal", ".localdomain", ".lan", ".home.arpa", ".svc", ".cluster.local",
-                     ".svc.cluster.local")
-
 
 def internal_host(host: str | None, globs: Sequence[str] = ()) -> bool:
     """Whether attribution may go to `host`: the operator's globs, else the built-in internal set."""
@@ -33,7 +31,7 @@ def internal_host(host: str | None, globs: Sequence[str] = ()) -> bool:
     try:
         address = ipaddress.ip_address(name)
     except ValueError:
-        return name == "localhost" or "." not in name or name.endswith(INTERNAL_SUFFIXES)
+        return name == "localhost"
     return address.is_loopback or address.is_private or address.is_link_local
 
 

@@ -18,8 +18,8 @@ from tests.support.telemetry import instrumented
 
 @pytest.mark.parametrize(("host", "internal"), [
     ("127.0.0.1", True), ("::1", True), ("[::1]", True), ("10.1.2.3", True), ("192.168.0.7", True),
-    ("172.20.0.5", True), ("169.254.1.1", True), ("localhost", True), ("vllm", True), ("model-server", True),
-    ("qwen.internal", True), ("llm.svc.cluster.local", True), ("api.openai.com", False),
+    ("172.20.0.5", True), ("169.254.1.1", True), ("localhost", True), ("vllm", False), ("model-server", False),
+    ("qwen.internal", False), ("llm.svc.cluster.local", False), ("api.openai.com", False),
     ("api.deepseek.com", False), ("8.8.8.8", False), ("dashscope.aliyuncs.com", False), (None, False), ("", False)])
 def test_the_built_in_internal_hosts(host, internal):
     assert internal_host(host) is internal
@@ -27,6 +27,7 @@ def test_the_built_in_internal_hosts(host, internal):
 
 def test_configured_globs_replace_the_built_in_set():
     assert internal_host("llm.corp.example", ("*.corp.example",))
+    assert internal_host("vllm", ("vllm", "*.svc.cluster.local")) and internal_host("a.svc.cluster.local", ("*.svc*",))
     assert not internal_host("127.0.0.1", ("*.corp.example",))
     assert load_settings({"OTEL_TOKENS_CONFIG": ""}).propagate_hosts == ()
     assert Settings().trust_baggage is False
