@@ -145,14 +145,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
         first = run_round()
 
-        # The first round, backfilled 50 to 10 minutes before the last full hour, as the series a scrape of the app
-        # (job "app") makes: the hourly bucket that ends on that hour holds it.
+        # The first round, backfilled 50 to 20 minutes before the last full hour, as the series a scrape of the app
+        # (job "app") makes: the hourly bucket that ends on that hour holds it. It ends more than the rules' 10-minute
+        # raw lookback before any 5-minute boundary from that hour on: ending at 10 minutes before, a test run in the
+        # first minutes of an hour found it as the users' base value and their 24 h usage never matched.
         now = time.time()
         hour = int(now // 3600 * 3600)
         target = f"127.0.0.1:{port}"
         data = tmp / "prom-data"
         (tmp / "history.om").write_text(
-            _openmetrics(first, {"job": JOB, "instance": target}, list(range(hour - 3000, hour - 599, 60))))
+            _openmetrics(first, {"job": JOB, "instance": target}, list(range(hour - 3000, hour - 1199, 60))))
         subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(tmp / "history.om"), str(data)],
                        check=True, capture_output=True)
 
