@@ -91,13 +91,16 @@ class Accounting:
 
     # --- call path ------------------------------------------------------------------------------
     def add(self, record: CallRecord, duration_s: float, attribution: Mapping[str, str],
-            cost: Cost | None = None) -> None:
+            cost: Cost | None = None, refused: bool = False) -> None:
         semconv = (record.operation, record.provider, record.request_model, record.response_model,
                    record.server_address, record.server_port, record.error_type)
         hist_attrs = self._histogram_attrs.get(semconv) or self._new_histogram_attrs(semconv)
         base = (record.operation, record.provider, record.request_model, record.usage_source)
         dims = tuple(map(attribution.get, self._dimensions))
         input_tokens, output_tokens = record.input_tokens, record.output_tokens
+        if refused:
+            self._add_refused(base, dims, record.error_type)
+            return
         with self._lock:
             if dims:
                 dims = self.labels.apply(dims)
@@ -124,6 +127,18 @@ class Accounting:
             full = len(pending) >= _DRAIN_THRESHOLD
         if full:
             self._wake_drainer()
+
+    def _add_refused(self, base: tuple[Any, ...], dims: tuple[Any, ...], error_type: str | None) -> None:
+        """Count a refused call only under names that already hold their place under the cap (a user
+        blocked after spending shows as refused; made-up names add nothing, not even a place), and never
+        past the series limit. llm.guard.decisions counts every refusal anyway."""
+        rkey = (*base, *dims, error_type)
+        requests = self._requests
+        with self._lock:
+            if rkey in requests:
+                requests[rkey] += 1
+            elif self.labels.known(dims) and not self.series.near(len(self._usage), len(requests)):
+                requests[rkey] = 1
 
     def _new_histogram_attrs(self, semconv: tuple[Any, ...]) -> tuple[dict[str, Any], ...]:
         common = _attributes(_SEMCONV_KEYS, semconv[:-1])

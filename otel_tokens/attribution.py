@@ -29,7 +29,11 @@ def trust_baggage(trusted: bool) -> None:
 
 
 def safe_value(value: str) -> str:
-    """Valid UTF-8 text, whatever came in: lone surrogates written as \\udXXX escapes."""
+    """Valid UTF-8 text, whatever came in: lone surrogates written as \\udXXX escapes; a real id spelled
+    like one of our own principals (`__unattributed__`, `__other__`) gets a leading backslash, so no one
+    can pose as, or be merged into, those."""
+    if value.endswith("__") and value.lstrip("\\") in names.RESERVED_IDS:  # one more backslash: one-to-one
+        return "\\" + value
     if value.isascii():
         return value
     try:
@@ -37,6 +41,22 @@ def safe_value(value: str) -> str:
         return value
     except UnicodeEncodeError:
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def with_principals(values: Mapping[str, str]) -> Mapping[str, str]:
+    """`values` with user.id and department always set: `__unattributed__` for whichever is unknown,
+    so a call nobody claimed is charged, alerted on and enforced like any user's."""
+    if names.USER_ID in values and names.DEPARTMENT in values:
+        return values
+    last = _LAST_FILLED[0]
+    if last[0] is values:  # the same context as the last call (contexts are never mutated)
+        return last[1]
+    filled = {**values, **{key: names.UNATTRIBUTED for key in names.PRINCIPAL_KEYS if key not in values}}
+    _LAST_FILLED[0] = (values, filled)
+    return filled
+
+
+_LAST_FILLED: list[tuple[Mapping[str, str] | None, Mapping[str, str]]] = [(None, _EMPTY)]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,7 +76,7 @@ def current_attribution() -> Mapping[str, str]:
     for key in names.BAGGAGE_KEYS:
         if key not in merged:
             value = bag.get(key)
-            if value is not None:
+            if value is not None and value != "":
                 merged[key] = safe_value(str(value))
     return merged
 
@@ -76,10 +96,19 @@ class usage_context:  # noqa: N801 - reads as a function at call sites, like con
         values: dict[str, str] = {}
         for key, value in ((names.USER_ID, user_id), (names.DEPARTMENT, department),
                            (names.SESSION_ID, session_id), *extra.items()):
-            if value is not None:
+            if value is not None and value != "":  # an empty id is no id: the call is unattributed
                 values[key] = safe_value(str(value))
         self._values = values
         self._tokens: list[Token[Mapping[str, str]]] = []
+
+    @classmethod
+    def of(cls, values: Mapping[str, str]) -> usage_context:
+        """A context keyed by attribute names (user.id, department, session.id), as the web middleware reads
+        them, values already made safe by it (`safe_value` is not idempotent: escaping twice would split
+        one id in two)."""
+        context = cls()
+        context._values = {key: str(value) for key, value in values.items() if value}
+        return context
 
     def _enter(self) -> Token[Mapping[str, str]]:
         outer = _CURRENT.get()

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .config import DEFAULT_SERIES_LIMIT, OTHER_VALUE
+from .names import UNATTRIBUTED
 from .safety import log_once
 
 
@@ -44,10 +45,11 @@ class DimensionValueCap:
         self.folded_calls: list[int] = [0 for _ in self.dimensions]
 
     def apply(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
-        """The values to use as labels; callers hold the accounting lock."""
+        """The values to use as labels; callers hold the accounting lock. `__unattributed__` is never
+        folded nor counted: it must keep its own series for its quota to be enforced."""
         out: list[Any] | None = None
         for i, value in enumerate(values):
-            if value is None:
+            if value is None or value == UNATTRIBUTED:
                 continue
             seen = self._seen[i]
             if value in seen:
@@ -64,6 +66,11 @@ class DimensionValueCap:
                      "in metrics (spans keep the real value). Raise cardinality_limit if this is expected.",
                      self.limit, self.dimensions[i], OTHER_VALUE)
         return values if out is None else tuple(out)
+
+    def known(self, values: tuple[Any, ...]) -> bool:
+        """Whether every value already has its place (never taking one); callers hold the lock."""
+        return all(value is None or value == UNATTRIBUTED or value in seen
+                   for value, seen in zip(values, self._seen, strict=True))
 
     def distinct(self) -> dict[str, int]:
         return {dim: len(seen) for dim, seen in zip(self.dimensions, self._seen, strict=True)}
@@ -94,7 +101,7 @@ class SeriesCap:
     def fit(self, base: tuple[Any, ...], error_type: str | None, dims: tuple[Any, ...],
             usage: Mapping[tuple[Any, ...], Any], requests: Mapping[tuple[Any, ...], Any]) -> tuple[Any, ...]:
         """dims, folded as little as needed; callers hold the accounting lock."""
-        candidates = [dims, (OTHER_VALUE, *dims[1:]), (OTHER_VALUE,) * len(dims)]
+        candidates = [dims, (_fold(dims[0]), *dims[1:]), tuple(map(_fold, dims))]
         for i, candidate in enumerate(candidates):
             limit = self.soft_limit if i == 0 else self.limit
             key = base + candidate
@@ -109,3 +116,7 @@ class SeriesCap:
                              self.soft_limit, self.limit, self.dimensions[0], OTHER_VALUE)
                 return candidate
         return dims
+
+
+def _fold(value: Any) -> Any:
+    return value if value == UNATTRIBUTED else OTHER_VALUE

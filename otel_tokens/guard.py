@@ -53,6 +53,17 @@ class QuotaStateUnavailableError(QuotaExceededError):
         self.severity = "critical"
 
 
+class UnattributedCallError(QuotaExceededError):
+    """`unattributed: reject` and the call has no user: no one could be charged for it."""
+
+    def __init__(self) -> None:
+        Exception.__init__(self, "call refused: no user is attributed to it and `unattributed: reject` is set "
+                                 "(wrap it in usage_context(user_id=...) or map a trusted request header)")
+        self.kind, self.principal, self.window, self.quota = "user", "", "", quota_scopes.UNATTRIBUTED_CALLS
+        self.usage = self.limit = self.reserved = None
+        self.severity = "critical"
+
+
 @dataclass(frozen=True)
 class GuardRule:
     quota: str  # a quota_scopes scope name: "user" (daily) | "department" (monthly)
@@ -93,6 +104,8 @@ class Decision:
         e = self.entry
         if self.action == quota_scopes.FAIL_CLOSED:
             return QuotaStateUnavailableError(str(e.get("source", "")))
+        if self.kind == quota_scopes.UNATTRIBUTED_CALLS:
+            return UnattributedCallError()
         return QuotaExceededError(self.kind, self.principal, str(e.get("window", "")), str(e.get("quota", "")),
                                   e.get("usage"), e.get("limit"), str(e.get("severity", "")), e.get("reserved"))
 

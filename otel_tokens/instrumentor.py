@@ -19,6 +19,7 @@ from .integrations import transformers as transformers_integration
 from .recorder import Recorder
 from .threads import instrument_threads, uninstrument_threads
 from .version import __version__
+from .web import zero_code as web_zero_code
 
 # (integration module, import name); each instruments its library only when it is installed.
 INTEGRATIONS = ((transformers_integration, "transformers"), (openai_integration, "openai"))
@@ -55,6 +56,8 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             settings = replace(settings, series_limit=sdk_series_limit(kwargs.get("meter_provider")))
         recorder = Recorder(tracer, meter, settings)
         attribution.trust_baggage(settings.trust_baggage)
+        if settings.trusted_headers:
+            web_zero_code.instrument(settings.trusted_headers)
         recorder.start()
         self._recorder = recorder
         self._active = []
@@ -70,6 +73,7 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._active = []
         uninstrument_threads()
         attribution.trust_baggage(False)
+        web_zero_code.uninstrument()
         if self._recorder is not None:
             self._recorder.close()
             self._recorder = None

@@ -82,6 +82,13 @@ DEFAULT_METRIC_DIMENSIONS: tuple[str, ...] = (USER_ID, DEPARTMENT)
 # Baggage keys read when no usage_context is set.
 BAGGAGE_KEYS: tuple[str, ...] = (USER_ID, DEPARTMENT, SESSION_ID)
 
+# Principals of our own, never accepted as real ids (a real id spelled so is escaped with a backslash):
+# who pays for a call with no user (or no department), and where metrics fold values past the cap.
+UNATTRIBUTED = "__unattributed__"
+OTHER = "__other__"
+RESERVED_IDS: frozenset[str] = frozenset((UNATTRIBUTED, OTHER))
+PRINCIPAL_KEYS: tuple[str, ...] = (USER_ID, DEPARTMENT)  # always set on a call: UNATTRIBUTED when unknown
+
 
 def prometheus_name(otel_name: str, unit: str, monotonic_counter: bool = False) -> str:
     """The name Prometheus shows after the standard OTel translation (dots to `_`, `s` to

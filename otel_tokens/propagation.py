@@ -75,7 +75,7 @@ class HeaderPropagation:
         ctx = trace.set_span_in_context(span, otel_context.Context())  # none of the inbound baggage
         for key in names.BAGGAGE_KEYS:
             value = attribution.get(key)
-            if value is not None:
+            if value is not None and value != names.UNATTRIBUTED:  # our placeholder is no one's id
                 ctx = baggage.set_baggage(key, value, ctx)
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=ctx)
@@ -108,7 +108,7 @@ class HeaderPropagation:
         ctx = otel_context.Context()
         for name in names.BAGGAGE_KEYS:
             value = attribution.get(name)
-            if value is not None:
+            if value is not None and value != names.UNATTRIBUTED:
                 ctx = baggage.set_baggage(name, value, ctx)
         carrier: dict[str, str] = {}
         W3CBaggagePropagator().inject(carrier, context=ctx)

@@ -23,6 +23,10 @@ REJECT, DOWNGRADE, FAIL_OPEN, FAIL_CLOSED = "reject", "downgrade", "fail_open", 
 ACTIONS = (REJECT, DOWNGRADE, FAIL_OPEN, FAIL_CLOSED)
 RULE_ACTIONS = (REJECT, DOWNGRADE)  # what a guard rule in the config may ask for
 REFUSALS = (REJECT, FAIL_CLOSED)  # the actions that refuse the call
+# The `quota` of a refusal under `unattributed: reject` (a call with no user), beside the scope names.
+UNATTRIBUTED_CALLS = "unattributed"
+ALLOW = "allow"
+UNATTRIBUTED_POLICIES = (ALLOW, REJECT)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode, Trac
 
 from . import names, quota_scopes
 from .accounting import Accounting
-from .attribution import current_attribution
+from .attribution import current_attribution, with_principals
 from .budget.guard import BudgetGuard, Held
 from .config import DEFAULT_SERIES_LIMIT, Settings
 from .guard import Decision, Guard
@@ -104,6 +104,7 @@ class Recorder:
         self.guard = Guard(settings.guard)  # alert mode
         self.budget = BudgetGuard(settings.guard, self.prices) if settings.guard.budget else None
         self._propagation = HeaderPropagation(settings.propagate_hosts)
+        self._reject_unattributed = settings.unattributed == quota_scopes.REJECT
         self._decisions = meter.create_counter(
             names.METRIC_GUARD_DECISIONS, unit=names.UNIT_DECISION,
             description="Quota guard decisions other than allow: reject, downgrade, fail_open, fail_closed.")
@@ -120,9 +121,13 @@ class Recorder:
         On an internal failure the call is inert: the library call goes ahead, unrecorded."""
         refusal, held = None, None
         try:
-            attribution = current_attribution()
+            claimed = current_attribution()
+            attribution = with_principals(claimed)
             decision = None
-            if self.guard.settings.enabled:
+            if self._reject_unattributed and names.USER_ID not in claimed:
+                decision = Decision(quota_scopes.REJECT, quota_scopes.UNATTRIBUTED_CALLS)
+                self._count(decision)
+            elif self.guard.settings.enabled:
                 decision = self._decide(model if downgradable else None, attribution)
             request_model = model
             if decision is not None and decision.model is not None:
@@ -180,7 +185,10 @@ class Recorder:
                 record.error_type = type(error).__qualname__
             if record.input_tokens is not None or record.output_tokens is not None:
                 cost = self._cost(record)
-            self.accounting.add(record, call.elapsed(), call.attribution, cost)
+            # A refused call never ran: it may add to a request series that exists, never create one, so
+            # a flood of refusals under made-up names costs the metrics backend nothing.
+            self.accounting.add(record, call.elapsed(), call.attribution, cost,
+                                refused=record.quota_action in quota_scopes.REFUSALS)
         except Exception:
             internal_error("metrics")
         if call.held is not None and self.budget is not None:

@@ -122,9 +122,8 @@ def expected_quotas() -> list[dict[str, Any]]:
     for principal, scope in (("user", QUOTAS["users"]), ("department", QUOTAS["departments"])):
         for kind in ("tokens", "cost"):
             usage: dict[str, float] = defaultdict(float)
-            for c in everything:
-                if _name(principal, c) != UNATTRIBUTED:
-                    usage[_name(principal, c)] += c.input + c.output if kind == "tokens" else c.cost
+            for c in everything:  # __unattributed__ is a principal like any other: the default applies
+                usage[_name(principal, c)] += c.input + c.output if kind == "tokens" else c.cost
             overrides = {n: lim[kind] for n, lim in scope.get("overrides", {}).items() if kind in lim}
             default = scope.get("default", {}).get(kind)
             who = set(overrides) | (set(usage) if default is not None else set())
@@ -256,7 +255,7 @@ def test_json_every_number(stack, capsys):
     assert_close(data["quotas"], expected_quotas(), "quotas")
     assert_close([(q["name"], q["percent"]) for q in data["quotas"]],
                  [("alice", 80.0), ("zed", 0.0), ("bob", 24.0), ("support", 27.5), ("research", 26.0), ("sales", 3.0),
-                  ("support", 9.6)])
+                  (UNATTRIBUTED, 2.5), ("support", 9.6)])  # calls with no department: the default budget
     assert data["headline"].startswith(f"{stack['window']}s ending ")
 
 

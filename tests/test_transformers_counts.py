@@ -244,7 +244,7 @@ def test_streamers_record_time_to_first_chunk(telemetry):
     assert spans[1].attributes[names.USER_ID] == "streaming-user"  # thread started inside the context
     (ttfc,) = telemetry.metrics()[names.METRIC_TIME_TO_FIRST_CHUNK]
     assert ttfc.count == 2 and 0 < ttfc.sum
-    assert telemetry.token_totals(names.USER_ID) == {(None,): 6, ("streaming-user",): 6}
+    assert telemetry.token_totals(names.USER_ID) == {(names.UNATTRIBUTED,): 6, ("streaming-user",): 6}
 
 
 def test_output_without_eos_or_pad_counts_every_new_token(telemetry):

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .. import quota_scopes
+from .. import names, quota_scopes
 from ..config import ConfigError
 from ..guard import Decision, GuardSettings
 from ..pricing import PER, PriceBook
@@ -41,7 +41,7 @@ from .store import (
     redact,
 )
 
-UNATTRIBUTED = "__unattributed__"  # DESIGN.md: the principal of a call with no user (or no department)
+UNATTRIBUTED = names.UNATTRIBUTED  # DESIGN.md: the principal of a call with no user (or no department)
 IDLE_FLUSH = 0.05  # seconds a settlement waits for a reservation to carry it before the worker sends it
 CARRY = 16  # settlements one reservation carries at most
 MAX_PENDING = 100_000  # settlements kept while the store is down; beyond, the oldest are dropped (logged)

@@ -24,7 +24,7 @@ OPERATION = names.prometheus_label(names.GEN_AI_OPERATION_NAME)
 ERROR = names.prometheus_label(names.ERROR_TYPE)
 CURRENCY = names.prometheus_label(names.CURRENCY)
 DIMENSIONS = {"user": USER, "department": DEPARTMENT, "model": MODEL}
-UNATTRIBUTED = "(unattributed)"  # usage whose series carries no value for the dimension
+UNATTRIBUTED = names.UNATTRIBUTED  # usage no one claimed: the recorder's principal, and series with no value
 MAX_BUCKETS = 96  # points of the --png timeline
 
 

@@ -126,6 +126,8 @@ def _rows(kind: str, current: Sums, previous: Sums, totals: Totals, before: Tota
         if token_type in (names.TOKEN_TYPE_INPUT, names.TOKEN_TYPE_OUTPUT):
             previous_tokens[name] += _int(value)
 
+    # Series with no value for the dimension (an older version, another producer) join the calls the
+    # recorder charged to __unattributed__: one row for everything nobody claimed.
     rest = Row(kind, UNATTRIBUTED,
                input_tokens=totals.input_tokens - sum(r.input_tokens for r in rows.values()),
                output_tokens=totals.output_tokens - sum(r.output_tokens for r in rows.values()),
@@ -138,6 +140,15 @@ def _rows(kind: str, current: Sums, previous: Sums, totals: Totals, before: Tota
     if rest.cost is not None:
         rest.cost = _cost(rest.cost) if abs(rest.cost) > 1e-9 else 0.0
     if rest.total_tokens > 0 or (rest.requests or 0) > 0 or (rest.cost or 0.0) > 0:
+        claimed = rows.get(UNATTRIBUTED)
+        if claimed is not None:
+            rest.input_tokens += claimed.input_tokens
+            rest.output_tokens += claimed.output_tokens
+            rest.previous_total_tokens += claimed.previous_total_tokens
+            if rest.cost is not None:
+                rest.cost += claimed.cost or 0.0
+            if rest.requests is not None:
+                rest.requests += claimed.requests or 0
         rows[UNATTRIBUTED] = rest
     result = [r for r in rows.values() if r.total_tokens > 0 or (r.requests or 0) > 0 or (r.cost or 0.0) > 0]
     for r in result:
@@ -241,7 +252,7 @@ def _notes(report: Report, have: set[str]) -> list[str]:
         unattributed = next((r for r in rows if r.name == UNATTRIBUTED), None)
         if unattributed is not None and kind != "model":
             notes.append(f"{_pct(unattributed.share)} of the tokens carry no {DIMENSIONS[kind]} "
-                         "(no usage_context or baggage)")
+                         "(no usage_context, trusted header or trusted baggage)")
     if not report.quota_rules:
         notes.append("no quota rules loaded in this Prometheus (`otel-tokens rules`): quota section empty")
     elif any(q.principal == "department" for q in report.quotas):

@@ -1,0 +1,263 @@
+"""The config's field checkers: each returns the clean value or raises ValueError(reason), which
+config.py reports naming the file (or variable), the field and the value."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from . import names, quota_scopes
+from .guard import GuardRule, GuardSettings
+
+
+# --- field checkers: return the clean value or raise ValueError(reason) ----------------------------
+def _currency(value: Any) -> str:
+    if not (isinstance(value, str) and len(value) == 3 and value.isalpha()):
+        raise ValueError("is not a 3-letter currency code (e.g. USD, CNY)")
+    return value.upper()
+
+
+def _rates(value: Any) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise ValueError("is not a mapping of currency code to rate")
+    rates = {}
+    for code, rate in value.items():
+        code = _currency(code)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+            raise ValueError(f"has a rate for {code} that is not a positive number: {rate!r}")
+        rates[code] = float(rate)
+    return rates
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError("is not a file path")
+    return Path(value).expanduser()
+
+
+def _price_list(value: Any) -> tuple[Mapping[str, Any], ...]:
+    if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+        raise ValueError("is not a list of price entries")
+    return tuple(value)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    raise ValueError("is not true or false")
+
+
+_CAPTURE_MODES = {"span_only": True, "span_and_event": True, "event_only": True, "no_content": False}
+
+
+def _capture(value: Any) -> bool:
+    """true/false, or the newer GenAI instrumentations' modes (any mode with content records it on the span)."""
+    if isinstance(value, str) and value.strip().lower() in _CAPTURE_MODES:
+        return _CAPTURE_MODES[value.strip().lower()]
+    try:
+        return _bool(value)
+    except ValueError:
+        raise ValueError("is not true, false, SPAN_ONLY, SPAN_AND_EVENT, EVENT_ONLY or NO_CONTENT") from None
+
+
+def _dimensions(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("is not a list of attribute names")
+    if names.SESSION_ID in value:
+        raise ValueError(f"names {names.SESSION_ID}, which is never a metric label (unbounded)")
+    return tuple(dict.fromkeys(value))
+
+
+def _host_globs(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError("is not a list of host globs (e.g. ['*.corp.example', '10.*'])")
+    return tuple(v.strip() for v in value)
+
+
+_HEADER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+# Headers a client always controls or that carry credentials (which would become metric labels).
+_NEVER_TRUSTED = frozenset(("authorization", "proxy-authorization", "cookie", "set-cookie", "host", "baggage",
+                            "traceparent", "tracestate", "user-agent", "referer", "origin", "content-type",
+                            "content-length", "x-api-key", "api-key"))
+
+
+def _trusted_headers(value: Any) -> dict[str, str]:
+    """{attribute: header}; a string reads `user.id=X-Forwarded-User,department=X-Forwarded-Groups`."""
+    if isinstance(value, str):
+        pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
+        if not all(len(pair) == 2 for pair in pairs):
+            raise ValueError("is not a list of attribute=Header pairs (e.g. user.id=X-Forwarded-User)")
+        value = {k.strip(): v.strip() for k, v in pairs}
+        if len(value) < len(pairs):
+            raise ValueError("maps one attribute twice")
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError("is not a mapping of attribute to request header (e.g. {user.id: X-Forwarded-User})")
+    out = {}
+    for attribute, header in value.items():
+        if attribute not in names.BAGGAGE_KEYS:
+            raise ValueError(f"maps {attribute!r}, not one of {', '.join(names.BAGGAGE_KEYS)}")
+        if not isinstance(header, str) or not header or not set(header.lower()) <= _HEADER_CHARS:
+            raise ValueError(f"maps {attribute} to {header!r}, which is not an HTTP header name")
+        if header.lower() in _NEVER_TRUSTED:
+            raise ValueError(f"maps {attribute} to {header}, which every client sets or which carries "
+                             "credentials: name the header your authenticating proxy sets")
+        out[attribute] = header.lower()
+    if len(set(out.values())) < len(out):
+        raise ValueError("maps two attributes to the same header")
+    return out
+
+
+def _unattributed(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in quota_scopes.UNATTRIBUTED_POLICIES:
+        raise ValueError(f"is not {_either(quota_scopes.UNATTRIBUTED_POLICIES)}")
+    return value.strip().lower()
+
+
+# A security setting that cannot be read is taken at its safe reading, not at its default.
+FAIL_SAFE = {"unattributed": (quota_scopes.REJECT, "refusing calls with no user until it is fixed")}
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("is not a positive integer")
+    return value
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError("is not a number of seconds") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError("is not a non-negative number of seconds")
+    return float(value)
+
+
+def _string_map(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and k and isinstance(v, str) and v
+                                                 for k, v in value.items()):
+        raise ValueError("is not a mapping of non-empty names to non-empty strings")
+    return dict(value)
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("is not a non-empty name")
+    return value.strip()
+
+
+def _either(choices: Any) -> str:
+    return " or ".join(choices)
+
+
+_GUARD_FIELDS = ("enabled", "source", "poll_interval", "fail_closed", "rules", "quota_file", "store",
+                 "store_timeout", "reservation_ttl", "default_max_output_tokens", "quota_reload_interval")
+_STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _store(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(_STORE_SCHEMES):
+        raise ValueError("is not a redis://, rediss:// or unix:// URL of the budget store")
+    return value
+
+
+def _store_timeout(value: Any) -> float:
+    seconds = _seconds(value)
+    if not 0 < seconds <= 1:
+        raise ValueError("is not a timeout between 0 and 1 second (it is what a call may wait for the store)")
+    return seconds
+
+
+def _reservation_ttl(value: Any) -> float:
+    seconds = _seconds(value)
+    if not 10 <= seconds <= 3600:
+        raise ValueError("is not between 10 and 3600 seconds (the longest call a reservation outlives)")
+    return seconds
+
+
+def _reload_interval(value: Any) -> float:
+    seconds = _seconds(value)
+    if seconds < 0.05:
+        raise ValueError("is under 0.05 seconds (the file would be checked in a busy loop)")
+    return seconds
+
+
+def _budget_fields(value: Mapping[str, Any]) -> dict[str, Any]:
+    """The budget-mode fields of `guard:`, checked; each error names its field."""
+    checks: dict[str, Callable[[Any], Any]] = {
+        "quota_file": _path, "store": _store, "store_timeout": _store_timeout, "reservation_ttl": _reservation_ttl,
+        "default_max_output_tokens": _positive_int, "quota_reload_interval": _reload_interval}
+    out = {}
+    for key, check in checks.items():
+        if value.get(key) is not None:
+            try:
+                out[key] = check(value[key])
+            except ValueError as exc:
+                raise ValueError(f"has {key} {value[key]!r} that {exc}") from None
+    return out
+
+
+def _guard(value: Any) -> GuardSettings:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"is not a mapping ({', '.join(_GUARD_FIELDS)})")
+    unknown = set(value) - set(_GUARD_FIELDS)
+    if unknown:
+        raise ValueError(f"has an unknown field {sorted(map(str, unknown))[0]!r}")
+    budget = _budget_fields(value)
+    rules = []
+    for i, raw in enumerate(value.get("rules") or []):
+        where = f"rules[{i}]"
+        if not isinstance(raw, Mapping) or set(raw) - {"quota", "action", "level", "downgrade"}:
+            raise ValueError(f"has {where} that is not a mapping of quota, action, level, downgrade")
+        if raw.get("quota") not in quota_scopes.BY_NAME:
+            raise ValueError(f"has {where}.quota {raw.get('quota')!r}, not {_either(quota_scopes.BY_NAME)}")
+        if raw.get("action") not in quota_scopes.RULE_ACTIONS:
+            raise ValueError(f"has {where}.action {raw.get('action')!r}, not {_either(quota_scopes.RULE_ACTIONS)}")
+        if raw.get("level", quota_scopes.CRITICAL) not in quota_scopes.SEVERITY_RANK:
+            raise ValueError(f"has {where}.level {raw.get('level')!r}, not critical or warning")
+        downgrade = raw.get("downgrade") or {}
+        if raw["action"] == quota_scopes.DOWNGRADE and (not isinstance(downgrade, Mapping) or not downgrade):
+            raise ValueError(f"has {where}.downgrade that is not a mapping of model glob to cheaper model")
+        rules.append(GuardRule(raw["quota"], raw["action"], raw.get("level", quota_scopes.CRITICAL),
+                               tuple((str(k), str(v)) for k, v in downgrade.items())))
+    source = value.get("source")
+    enabled = _bool(value.get("enabled", source is not None or not budget))  # alert mode
+    if enabled and (not isinstance(source, str) or not source.startswith(("http://", "https://"))):
+        raise ValueError(f"has source {source!r}, not an http(s) URL of the guard state or Prometheus alerts")
+    return GuardSettings(enabled, source or "", _seconds(value.get("poll_interval", 2.0)) or 2.0,
+                         _bool(value.get("fail_closed", False)), tuple(rules), **budget)
+
+
+FIELDS: dict[str, Callable[[Any], Any]] = {
+    "currency": _currency,
+    "exchange_rates": _rates,
+    "price_file": _path,
+    "prices": _price_list,
+    "builtin_prices": _bool,
+    "metric_dimensions": _dimensions,
+    "cardinality_limit": _positive_int,
+    "series_limit": _positive_int,
+    "price_reload_interval": _seconds,
+    "tokenizers": _string_map,
+    "allow_tokenizer_download": _bool,
+    "provider_name": _name,
+    "providers": _string_map,
+    "stream_include_usage": _bool,
+    "propagate": _bool,
+    "propagate_hosts": _host_globs,
+    "trust_baggage": _bool,
+    "trusted_headers": _trusted_headers,
+    "unattributed": _unattributed,
+    "guard": _guard,
+    "capture_content": _capture,
+}

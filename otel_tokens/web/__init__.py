@@ -1,0 +1,8 @@
+"""Who is charged for a web request's LLM calls, taken from the authenticated request: an ASGI and a
+WSGI middleware, and (zero-code, under `opentelemetry-instrument`) the same mapping applied where
+OpenTelemetry's ASGI/WSGI instrumentation already wraps the app."""
+
+from .asgi import UsageContextMiddleware
+from .wsgi import UsageContextWSGIMiddleware
+
+__all__ = ["UsageContextMiddleware", "UsageContextWSGIMiddleware"]

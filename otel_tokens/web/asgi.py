@@ -1,0 +1,38 @@
+"""ASGI middleware: `app.add_middleware(UsageContextMiddleware, headers={"user.id": "X-Forwarded-User"})`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..attribution import usage_context
+from .headers import Identify, TrustedHeaders, identified, resolve
+from .headers import read_headers as _read
+
+
+class UsageContextMiddleware:
+    """Charges the LLM calls made while serving a request to the user the request was authenticated as:
+    from `identify(scope)` (your code: a session, a verified token) and/or the trusted headers an
+    authenticating proxy set. Your own `usage_context` inside a handler still wins."""
+
+    def __init__(self, app: Any, identify: Identify | None = None, headers: Mapping[str, str] | None = None) -> None:
+        self.app = app
+        self._identify = identify
+        self._headers = resolve(headers, identify, "UsageContextMiddleware")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        values = request_values(scope, self._headers, self._identify)
+        if not values:
+            await self.app(scope, receive, send)
+            return
+        with usage_context.of(values):
+            await self.app(scope, receive, send)
+
+
+def request_values(scope: Any, headers: TrustedHeaders | None, identify: Identify | None = None) -> dict[str, str]:
+    if not isinstance(scope, Mapping) or scope.get("type") not in ("http", "websocket"):
+        return {}
+    values = _read(lambda: headers.from_asgi(scope.get("headers") or ())) if headers is not None else {}
+    if identify is not None:
+        values.update(identified(identify, scope))
+    return values

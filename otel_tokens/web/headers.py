@@ -1,0 +1,133 @@
+"""Reading attribution from request headers that an authenticating proxy sets.
+
+Only headers the operator named are read, and a value is taken only when it is unambiguous: a header
+sent twice (a client's copy beside the proxy's) or longer than an id can be is ignored, so the call
+is unattributed rather than charged to whoever the client claimed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .. import names
+from ..attribution import safe_value
+from ..safety import internal_error, log_once
+
+MAX_ID_LENGTH = 256  # characters; a longer "id" is an attack on the metrics backend, not a user
+_KWARGS = {"user_id": names.USER_ID, "department": names.DEPARTMENT, "session_id": names.SESSION_ID}
+
+Identify = Callable[[Any], "Mapping[str, Any] | None"]
+
+
+def clean(header: str, raw: bytes | str) -> str | None:
+    """The id a header carries, or None when there is none or it cannot be one."""
+    if isinstance(raw, str):
+        raw = raw.encode("latin-1", "replace")  # WSGI gives headers as latin-1 text (PEP 3333)
+    value = raw.decode("utf-8", "backslashreplace").strip()
+    if not value:
+        return None
+    if "," in value:  # a client's copy merged with the proxy's by a server (WSGI) or a gateway: ambiguous
+        log_once(f"header-list:{header}", "otel-tokens: trusted header %s holds a list (a client's copy merged "
+                 "with the proxy's, or several groups); ignored (the call is unattributed): the proxy must "
+                 "replace the header and send one value", header)
+        return None
+    if len(value) > MAX_ID_LENGTH:
+        log_once(f"header-long:{header}", "otel-tokens: trusted header %s is longer than %d characters; "
+                 "ignored (the call is unattributed)", header, MAX_ID_LENGTH)
+        return None
+    return safe_value(value)
+
+
+class TrustedHeaders:
+    """attribute -> header name, as `trusted_headers` configures it."""
+
+    def __init__(self, mapping: Mapping[str, str]) -> None:
+        self.mapping = {attribute: header.lower() for attribute, header in mapping.items()}
+        self._asgi = {header.encode("latin-1"): attribute for attribute, header in self.mapping.items()}
+        self._wsgi = tuple((attribute, header, "HTTP_" + header.upper().replace("-", "_"))
+                           for attribute, header in self.mapping.items())
+
+    def from_asgi(self, headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+        found: dict[str, bytes] = {}
+        twice: set[str] = set()
+        wanted = self._asgi
+        for name, value in headers:
+            attribute = wanted.get(name.lower())
+            if attribute is None:
+                continue
+            if attribute in found:
+                twice.add(attribute)
+            found[attribute] = value
+        values = {}
+        for attribute, raw in found.items():
+            header = self.mapping[attribute]
+            if attribute in twice:
+                log_once(f"header-twice:{header}", "otel-tokens: trusted header %s arrived more than once (a "
+                         "client's copy beside the proxy's?); ignored: the proxy must replace it", header)
+                continue
+            value = clean(header, raw)
+            if value is not None:
+                values[attribute] = value
+        return values
+
+    def from_environ(self, environ: Mapping[str, Any]) -> dict[str, str]:
+        values = {}
+        for attribute, header, key in self._wsgi:
+            raw = environ.get(key)
+            if isinstance(raw, str):
+                value = clean(header, raw)
+                if value is not None:
+                    values[attribute] = value
+        return values
+
+
+def read_headers(read: Callable[[], dict[str, str]]) -> dict[str, str]:
+    """A malformed header list (not what a server sends) costs the attribution, never the request."""
+    try:
+        return read()
+    except Exception:
+        internal_error("trusted headers")
+        return {}
+
+
+def identified(identify: Identify, request: Any) -> dict[str, str]:
+    """What an app's `identify(scope or environ)` returns ({user_id, department, session_id}), made safe.
+    An exception inside `identify` is the app's own and reaches it; a return that is not a mapping of
+    names to str/int ids is logged and ignored."""
+    claimed = identify(request)
+    if not claimed:
+        return {}
+    if not isinstance(claimed, Mapping):
+        log_once("identify-type", "otel-tokens: identify() returned %s, not a mapping like {'user_id': ...}; "
+                 "ignored", type(claimed).__name__)
+        return {}
+    values = {}
+    for key, value in claimed.items():
+        attribute = _KWARGS.get(key, key)
+        if attribute not in names.BAGGAGE_KEYS or value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            log_once("identify-value", "otel-tokens: identify() gave %s a %s, not a str or int id; ignored",
+                     key, type(value).__name__)
+            continue
+        value = str(value).strip()
+        if value and len(value) <= MAX_ID_LENGTH:
+            values[attribute] = safe_value(value)
+    return values
+
+
+def resolve(headers: Mapping[str, str] | None, identify: Identify | None, who: str) -> TrustedHeaders | None:
+    """The headers a middleware reads: given, or `trusted_headers` from the config; one source is required."""
+    if not headers and identify is None:
+        from ..config import load_settings
+
+        headers = headers or load_settings().trusted_headers
+        if not headers:
+            raise ValueError(f"{who}: give identify= (a function of the request) or headers= (attribute -> "
+                             "header set by your authenticating proxy), or set OTEL_TOKENS_TRUSTED_HEADERS")
+    if not headers:
+        return None
+    from ..config_fields import _trusted_headers
+
+    return TrustedHeaders(_trusted_headers(dict(headers)))

@@ -1,0 +1,70 @@
+"""WSGI middleware: `app.wsgi_app = UsageContextWSGIMiddleware(app.wsgi_app)` (Flask), or around any WSGI app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from ..attribution import usage_context
+from .headers import Identify, TrustedHeaders, identified, resolve
+from .headers import read_headers as _read
+
+
+class UsageContextWSGIMiddleware:
+    """The WSGI twin of UsageContextMiddleware. A streamed body is produced while the server iterates
+    it, after the app returned, so the attribution is entered around every step of the iteration too."""
+
+    def __init__(self, app: Any, identify: Identify | None = None, headers: Mapping[str, str] | None = None) -> None:
+        self.app = app
+        self._identify = identify
+        self._headers = resolve(headers, identify, "UsageContextWSGIMiddleware")
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        values = environ_values(environ, self._headers, self._identify)
+        return call_in_context(values, self.app, environ, start_response)
+
+
+def environ_values(environ: Any, headers: TrustedHeaders | None, identify: Identify | None = None) -> dict[str, str]:
+    if not isinstance(environ, Mapping):
+        return {}
+    values = _read(lambda: headers.from_environ(environ)) if headers is not None else {}
+    if identify is not None:
+        values.update(identified(identify, environ))
+    return values
+
+
+def call_in_context(values: Mapping[str, str], app: Any, *args: Any, **kwargs: Any) -> Any:
+    if not values:
+        return app(*args, **kwargs)
+    context = usage_context.of(values)
+    with context:
+        body = app(*args, **kwargs)
+    environ = args[0] if args else kwargs.get("environ")
+    wrapper = environ.get("wsgi.file_wrapper") if isinstance(environ, Mapping) else None
+    if isinstance(body, (list, tuple)) or (isinstance(wrapper, type) and isinstance(body, wrapper)):
+        return body  # made already (or a file the server may sendfile): nothing left to attribute
+    return _InContext(body, context)
+
+
+class _InContext:
+    """The app's body iterable, each step (and close) run inside the request's attribution."""
+
+    def __init__(self, body: Iterable[bytes], context: usage_context) -> None:
+        self._body = body
+        self._context = context
+        self._iterator: Iterator[bytes] | None = None
+
+    def __iter__(self) -> _InContext:
+        return self
+
+    def __next__(self) -> bytes:
+        with self._context:
+            if self._iterator is None:
+                self._iterator = iter(self._body)
+            return next(self._iterator)
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            with self._context:
+                close()
