@@ -118,6 +118,12 @@ def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
     lines.append(f"  built-in prices                                    {'on' if settings.builtin_prices else 'off'}")
     lines.append(f"  metric dimensions                                  {', '.join(settings.metric_dimensions)}")
     lines.append(f"  cardinality limit per dimension                    {settings.cardinality_limit}")
+    headers = ", ".join(f"{a} <- {h}" for a, h in settings.trusted_headers.items()) or "(none)"
+    lines.append(f"  who pays: trusted request headers                  {headers}")
+    lines.append(f"  who pays: inbound baggage                          "
+                 f"{'trusted' if settings.trust_baggage else 'ignored (trust_baggage off)'}")
+    lines.append(f"  calls with no user                                 "
+                 f"{'refused' if settings.unattributed == 'reject' else 'charged to ' + names.UNATTRIBUTED}")
     warnings.extend(settings.errors)
     warnings.extend(prices.errors)
     lines.append("")
