@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) bench/accounting_overhead.py
 	$(PY) bench/openai_overhead.py --arm ours
 	$(PY) bench/guard_overhead.py
+	$(PY) bench/guard_poll.py
 
 # ours against OpenLLMetry and the official openai-v2 instrumentation, each in its own venv (.bench-venvs/)
 bench-peers: $(STAMP)

@@ -16,6 +16,7 @@ from . import names, quota_scopes
 from .config_fields import FAIL_SAFE, _path, _store
 from .config_fields import FIELDS as _FIELDS
 from .guard import GuardSettings
+from .guard_auth import ENV_GUARD_TOKEN, ENV_GUARD_TOKEN_FILE, token_from
 from .safety import logger
 
 ENV_CONFIG = "OTEL_TOKENS_CONFIG"
@@ -163,6 +164,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 value = config_file.parent / value  # relative to the config file, not the cwd
             if key == "guard" and value.quota_file is not None and not value.quota_file.is_absolute():
                 value = replace(value, quota_file=config_file.parent / value.quota_file)
+            if key == "guard" and value.token_file is not None and not value.token_file.is_absolute():
+                value = replace(value, token_file=config_file.parent / value.token_file)
             values[key] = value
     for variable, key in _ENV_FIELDS.items():
         raw = env.get(variable)
@@ -172,6 +175,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             values[key] = _FIELDS[key](raw)
         except ValueError as exc:
             _report(errors, ConfigError("environment", variable, raw, str(exc)), _fall_back(values, key))
+    guard = values.get("guard", GuardSettings())
+    if guard.token_file is not None or env.get(ENV_GUARD_TOKEN) or env.get(ENV_GUARD_TOKEN_FILE):
+        try:
+            values["guard"] = replace(guard, token=token_from(env, guard.token_file))
+        except ValueError as exc:
+            where = ("guard.token_file" if guard.token_file is not None else
+                     ENV_GUARD_TOKEN_FILE if env.get(ENV_GUARD_TOKEN_FILE) else ENV_GUARD_TOKEN)
+            _report(errors, ConfigError("config" if guard.token_file else "environment", where, "(secret)",
+                                        str(exc)), "the guard sends no token")
     budget = {}
     for variable, key, check in ((ENV_QUOTA_FILE, "quota_file", _path), (ENV_BUDGET_STORE, "store", _store)):
         raw = env.get(variable)

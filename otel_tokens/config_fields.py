@@ -161,7 +161,8 @@ def _either(choices: Any) -> str:
 
 
 _GUARD_FIELDS = ("enabled", "source", "poll_interval", "fail_closed", "rules", "quota_file", "store",
-                 "store_timeout", "reservation_ttl", "default_max_output_tokens", "quota_reload_interval")
+                 "store_timeout", "reservation_ttl", "default_max_output_tokens", "quota_reload_interval",
+                 "token_file")
 _STORE_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -234,8 +235,19 @@ def _guard(value: Any) -> GuardSettings:
     enabled = _bool(value.get("enabled", source is not None or not budget))  # alert mode
     if enabled and (not isinstance(source, str) or not source.startswith(("http://", "https://"))):
         raise ValueError(f"has source {source!r}, not an http(s) URL of the guard state or Prometheus alerts")
-    return GuardSettings(enabled, source or "", _seconds(value.get("poll_interval", 2.0)) or 2.0,
-                         _bool(value.get("fail_closed", False)), tuple(rules), **budget)
+    token_file = _path(value["token_file"]) if value.get("token_file") is not None else None
+    return GuardSettings(enabled, source or "", _poll_interval(value.get("poll_interval", 2.0)),
+                         _bool(value.get("fail_closed", False)), tuple(rules), **budget, token_file=token_file)
+
+
+def _poll_interval(value: Any) -> float:
+    try:
+        seconds = _seconds(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0.05 <= seconds <= 3600:
+        raise ValueError(f"has poll_interval {value!r} that is not between 0.05 and 3600 seconds")
+    return seconds
 
 
 FIELDS: dict[str, Callable[[Any], Any]] = {

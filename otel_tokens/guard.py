@@ -13,12 +13,14 @@ from __future__ import annotations
 import fnmatch
 import threading
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import quota_scopes
+from .guard_state import GuardState, parse_active
 from .prometheus_api import get_json
 from .safety import log_once, logger
 
@@ -86,6 +88,11 @@ class GuardSettings:
     reservation_ttl: float = 600.0  # a reservation never settled (process killed) is reclaimed after this
     default_max_output_tokens: int = 4096  # reserved for a call that sets no output limit
     quota_reload_interval: float = 1.0
+    token: str = field(default="", repr=False)  # bearer token for the guard endpoint (OTEL_TOKENS_GUARD_TOKEN)
+    token_file: Path | None = None  # where `token` is read from (guard.token_file, OTEL_TOKENS_GUARD_TOKEN_FILE)
+    # seconds of failed polls during which the last state is still enforced (a restart, a held connection
+    # cap): only then does the guard fail open or closed
+    stale_grace: float = 30.0
 
     @property
     def budget(self) -> bool:
@@ -110,63 +117,14 @@ class Decision:
                                   e.get("usage"), e.get("limit"), str(e.get("severity", "")), e.get("reserved"))
 
 
-# --- state: what Alertmanager says is firing -------------------------------------------------------
-class GuardState:
-    """Principals over quota, from Alertmanager webhook payloads (version 4)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._firing: dict[tuple[str, str, str, str], dict[str, Any]] = {}  # (kind, name, quota, severity)
-
-    def update(self, payload: Mapping[str, Any]) -> None:
-        with self._lock:
-            for alert in payload.get("alerts", []):
-                labels = alert.get("labels", {})
-                scope_kind = quota_scopes.ALERTS.get(labels.get("alertname", ""))
-                if scope_kind is None:
-                    continue
-                scope = scope_kind[0]
-                kind, window = scope.name, scope.window
-                principal = labels.get(scope.label)
-                severity = labels.get("severity", "")
-                if not principal or severity not in _SEVERITY:
-                    continue
-                key = (kind, principal, labels.get("quota", ""), severity)
-                if alert.get("status") == "firing":
-                    annotations = alert.get("annotations", {})
-                    self._firing[key] = {"severity": severity, "window": labels.get("window", window),
-                                         "quota": labels.get("quota", ""), "usage": annotations.get("usage"),
-                                         "limit": annotations.get("limit"), "percent": annotations.get("percent")}
-                else:
-                    self._firing.pop(key, None)
-
-    def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """{"users": {name: worst firing entry}, "departments": {...}}"""
-        out: dict[str, dict[str, dict[str, Any]]] = {scope.section: {} for scope in quota_scopes.SCOPES}
-        with self._lock:
-            for (kind, principal, _, severity), entry in self._firing.items():
-                scope = out[quota_scopes.BY_NAME[kind].section]
-                current = scope.get(principal)
-                if current is None or _SEVERITY[severity] > _SEVERITY[current["severity"]]:
-                    scope[principal] = entry
-        return out
-
-
-def _from_prometheus_alerts(body: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
-    state = GuardState()
-    alerts = [{"status": "firing" if a.get("state") == "firing" else "pending", "labels": a.get("labels", {}),
-               "annotations": a.get("annotations", {})} for a in body.get("data", {}).get("alerts", [])]
-    state.update({"alerts": alerts})
-    return state.snapshot()
-
-
 # --- in the app: a cached copy and a dictionary lookup per call ------------------------------------
 class Guard:
     def __init__(self, settings: GuardSettings, on_decision: Any = None) -> None:
         self.settings = settings
         self._users: dict[str, dict[str, Any]] = {}
         self._departments: dict[str, dict[str, Any]] = {}
-        self.healthy = True
+        self._tag = ""  # the version of the state we hold, as the guard endpoint names it
+        self.healthy = False  # until the first state arrives
         self.last_update = 0.0
         self._on_decision = on_decision
         self._thread: threading.Thread | None = None
@@ -174,9 +132,10 @@ class Guard:
         self._lock = threading.Lock()
 
     def start(self) -> None:
+        """Polls in a background thread, the first time at once: start-up never waits on the state
+        source. Until the first state arrives the guard acts as with the source down (fail open or closed)."""
         if not self.settings.enabled or self._thread is not None:
             return
-        self.refresh()
         self._thread = threading.Thread(target=self._loop, name="otel-tokens-guard", daemon=True)
         self._thread.start()
 
@@ -184,26 +143,63 @@ class Guard:
         self._stop.set()
 
     def _loop(self) -> None:
+        self.refresh()
         while not self._stop.wait(self.settings.poll_interval):
             self.refresh()
 
     def refresh(self) -> None:
         source = self.settings.source
+        prometheus = "/api/v1/alerts" in source
+        headers = {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
+        url = source
+        if self._tag and not prometheus:  # the guard endpoint: only what changed since our version
+            url += ("&" if "?" in source else "?") + urllib.parse.urlencode({"since": self._tag})
+            headers["If-None-Match"] = f'"{self._tag}"'
         try:
-            body = get_json(source, timeout=max(1.0, self.settings.poll_interval))
-            state = _from_prometheus_alerts(body) if "/api/v1/alerts" in source else body
-            self._users = dict(state.get(quota_scopes.USER.section, {}))
-            self._departments = dict(state.get(quota_scopes.DEPARTMENT.section, {}))
-            if not self.healthy:
+            status, body, _ = get_json(url, timeout=min(5.0, max(1.0, self.settings.poll_interval)),
+                                       headers=headers)
+            if status == 200:
+                self._apply(body, prometheus)
+            if not self.healthy and self.last_update:  # not the first answer: back after an outage
                 logger.warning("otel-tokens: quota state from %s is reachable again", source)
             self.healthy = True
             self.last_update = time.monotonic()
         except Exception as error:
-            if self.healthy:
+            self._tag = ""  # the next answer must be whole
+            if self.last_update and time.monotonic() - self.last_update < self.settings.stale_grace:
+                log_once(f"guard-stale:{source}", "otel-tokens: cannot read the quota state from %s (%s); "
+                         "enforcing the last state for up to %.0f s", source, error, self.settings.stale_grace)
+                return
+            if self.healthy or not self.last_update:
                 log_once(f"guard-down:{source}", "otel-tokens: cannot read the quota state from %s (%s); the guard "
                          "%s until it is back", source, error,
                          "rejects every call" if self.settings.fail_closed else "lets calls through (fail open)")
             self.healthy = False
+
+    def _apply(self, body: Any, prometheus: bool) -> None:
+        """A new state, in time proportional to what changed when the endpoint sends changes only."""
+        if prometheus:
+            state = GuardState()
+            state.replace(parse_active(body, prometheus=True))
+            body = state.snapshot()
+        if not isinstance(body, Mapping):
+            raise ValueError("the quota state is not a JSON object")
+        changes = body.get("changes")
+        if isinstance(changes, Mapping):
+            for section, current in ((quota_scopes.USER.section, self._users),
+                                     (quota_scopes.DEPARTMENT.section, self._departments)):
+                for name, entry in (changes.get(section) or {}).items():
+                    if isinstance(entry, Mapping):
+                        current[name] = dict(entry)
+                    else:
+                        current.pop(name, None)
+        else:
+            users, departments = body.get(quota_scopes.USER.section), body.get(quota_scopes.DEPARTMENT.section)
+            if not isinstance(users, Mapping) or not isinstance(departments, Mapping):
+                raise ValueError("the quota state has no users and departments")
+            self._users, self._departments = dict(users), dict(departments)
+        version = body.get("version")
+        self._tag = version if isinstance(version, str) and not prometheus else ""
 
     def decide(self, model: str | None, attribution: Mapping[str, str]) -> Decision | None:
         """None (the common case: allowed), or what to do with this call."""

@@ -9,7 +9,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 # PrometheusError.kind
@@ -24,10 +24,21 @@ class PrometheusError(Exception):
         self.kind = kind
 
 
-def get_json(url: str, timeout: float) -> Any:
-    """GET a JSON document (the guard's state endpoint, Prometheus's /api/v1/alerts)."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.load(response)
+def get_json(url: str, timeout: float, headers: Mapping[str, str] | None = None,
+             max_bytes: int = 64 << 20) -> tuple[int, Any, str | None]:
+    """GET a JSON document (the guard's state endpoint, Alertmanager's or Prometheus's alerts):
+    (status, body or None for 304, ETag). A body over `max_bytes` is an error, not a memory spike."""
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = response.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise ValueError(f"answer larger than {max_bytes} bytes")
+            return response.status, json.loads(data), response.headers.get("etag")
+    except urllib.error.HTTPError as error:
+        if error.code == 304:
+            return 304, None, error.headers.get("etag")
+        raise
 
 
 def _timestamp(t: float) -> str:

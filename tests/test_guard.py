@@ -78,7 +78,7 @@ def _instrument_with_guard(server) -> tuple[GuardState, TokenUsageInstrumentor, 
     tel, tracer_provider, meter_provider = make_telemetry()
     instrumentor = TokenUsageInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
-                            settings=Settings(guard=GuardSettings(True, url, 0.05, False, RULES)))
+                            settings=Settings(guard=GuardSettings(True, url, 0.05, False, RULES, stale_grace=0)))
     return server.state, instrumentor, instrumentor.recorder.guard, tel
 
 
@@ -145,6 +145,7 @@ def test_guard_config_is_read_and_checked(tmp_path):
 def test_guard_overhead_for_an_allowed_principal_is_a_dictionary_lookup():
     guard = Guard(GuardSettings(True, "http://unused", 1.0, False, RULES))
     guard._users = {f"user-{i}": {"severity": "critical"} for i in range(1000)}
+    guard.healthy = True  # as after its first refresh
     attribution = {names.USER_ID: "alice", names.DEPARTMENT: "support"}
     n = 20_000
     start = time.perf_counter()

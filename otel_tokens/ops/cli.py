@@ -19,7 +19,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="gen_ai.provider.name the named models are called through (default: openai)")
     guard = commands.add_parser("guard", help="serve the quota state for in-process guards: Alertmanager posts "
                                 "webhooks to /alertmanager, apps read GET /state")
-    guard.add_argument("--listen", default="127.0.0.1:9095", metavar="HOST:PORT")
+    guard.add_argument("--listen", default="127.0.0.1:9095", metavar="HOST:PORT",
+                       help="address to serve on (default 127.0.0.1:9095; other than loopback only with a token)")
+    guard.add_argument("--token-file", type=Path, help="bearer token required of Alertmanager and the apps "
+                       "(default: OTEL_TOKENS_GUARD_TOKEN_FILE, else OTEL_TOKENS_GUARD_TOKEN)")
+    guard.add_argument("--resync", metavar="URL", help="Alertmanager base URL (or Prometheus .../api/v1/alerts) "
+                       "to rebuild the state from at start and every --resync-interval")
+    guard.add_argument("--resync-interval", type=float, default=30.0, metavar="SECONDS",
+                       help="seconds between resyncs (default 30)")
     rules = commands.add_parser("rules", help="validate a quota file and render it into a Prometheus rule file")
     rules.add_argument("quota_file", type=Path)
     rules.add_argument("-o", "--output", type=Path, help="rule file to write (default: standard output)")
@@ -56,23 +63,41 @@ def main(argv: list[str] | None = None) -> int:
         print(report(args.model, args.provider))
         return 0
     if args.command == "guard":
-        return _guard(args.listen)
+        return _guard(args)
     if args.command == "rules-backfill":
         return _backfill(args)
     return _rules(args)
 
 
-def _guard(listen: str) -> int:
+def _guard(args: argparse.Namespace) -> int:
+    import os
+    import threading
+
+    from ..guard_auth import token_from
+    from .guard_resync import Resync
     from .guard_server import serve
 
+    listen = args.listen
     host, _, port = listen.rpartition(":")
+    if not 1 <= args.resync_interval <= 3600:
+        print(f"otel-tokens guard: --resync-interval {args.resync_interval} is not between 1 and 3600 seconds",
+              file=sys.stderr)
+        return 2
     try:
-        server = serve(host or "127.0.0.1", int(port))
+        token = token_from(os.environ, args.token_file)
+        server = serve(host or "127.0.0.1", int(port), token=token)
+    except ImportError:
+        print("otel-tokens guard: needs waitress: pip install 'otel-tokens[guard]'", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as error:
         print(f"otel-tokens guard: cannot listen on {listen!r}: {error}", file=sys.stderr)
         return 2
-    print(f"otel-tokens guard: Alertmanager webhook http://{listen}/alertmanager, state http://{listen}/state",
-          file=sys.stderr, flush=True)
+    if args.resync:
+        resync = Resync(server.state, args.resync, args.resync_interval)
+        threading.Thread(target=resync.once, daemon=True).start()  # start-up does not wait on Alertmanager
+        resync.start()
+    print(f"otel-tokens guard: Alertmanager webhook http://{listen}/alertmanager, state http://{listen}/state"
+          f"{'' if token else ' (no token: loopback only)'}", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -51,6 +51,9 @@ def _guard_lines(settings: Settings, recorder: Recorder | None, warnings: list[s
     lines = ["Quota guard"]
     lines.append(f"  alert mode (Alertmanager / Prometheus state)       "
                  f"{guard.source if guard.enabled else 'off'}")
+    if guard.enabled and "/api/v1/alerts" not in guard.source:
+        lines.append(f"  guard endpoint token                               "
+                     f"{'set' if guard.token else 'NONE (a guard endpoint with a token answers 401)'}")
     if not guard.budget:
         lines += [f"  budget mode (hard quotas)                          off (set {ENV_QUOTA_FILE} and "
                   f"{ENV_BUDGET_STORE})", ""]

@@ -1,0 +1,205 @@
+"""Who is over which quota, as the alerting stack says: the state `otel-tokens guard` keeps and serves,
+and the in-app guard reads back.
+
+Alert payloads arrive from outside (Alertmanager webhooks, its API, Prometheus's alerts), so each is
+validated whole before any of it is applied: a bad entry changes nothing. The state keeps a version
+and a bounded log of what changed, so a poller that has version V receives only the changes since V.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from . import quota_scopes
+
+_SEVERITY = quota_scopes.SEVERITY_RANK
+MAX_ID = 256  # characters of a principal's name
+MAX_TEXT = 128  # characters of an annotation kept (usage, limit, percent)
+MAX_ALERTS = 10_000  # alerts in one payload
+LOG_SIZE = 10_000  # changes kept for pollers that ask for changes only
+
+Key = tuple[str, str, str, str]  # (scope name, principal, quota kind, severity)
+Entry = dict[str, Any]
+
+
+class PayloadError(ValueError):
+    """An alert payload that is not what Alertmanager or Prometheus sends; says where."""
+
+
+def _text(value: Any, where: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise PayloadError(f"{where} is not a string")
+    return value[:limit]
+
+
+def _labels(value: Any, where: str) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise PayloadError(f"{where} is not a mapping")
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise PayloadError(f"{where}.{str(key)[:40]} is not a string")
+    return dict(value)
+
+
+def _quota_alert(alert: Any, where: str) -> tuple[Key, Entry] | None:
+    """(key, entry) of a quota alert; None for any other alert; PayloadError if malformed."""
+    if not isinstance(alert, Mapping):
+        raise PayloadError(f"{where} is not a mapping")
+    labels = _labels(alert.get("labels", {}), f"{where}.labels")
+    annotations = _labels(alert.get("annotations", {}) or {}, f"{where}.annotations")
+    scope_kind = quota_scopes.ALERTS.get(labels.get("alertname", ""))
+    if scope_kind is None:
+        return None
+    scope = scope_kind[0]
+    principal, severity = labels.get(scope.label, ""), labels.get("severity", "")
+    if not principal or severity not in _SEVERITY:
+        return None
+    if len(principal) > MAX_ID:
+        raise PayloadError(f"{where}.labels.{scope.label} is longer than {MAX_ID} characters")
+    quota = _text(labels.get("quota", ""), f"{where}.labels.quota", MAX_TEXT)
+    entry = {"severity": severity, "window": _text(labels.get("window", scope.window), f"{where}.labels.window",
+                                                    MAX_TEXT),
+             "quota": quota, **{k: annotations[k][:MAX_TEXT] if k in annotations else None
+                                for k in ("usage", "limit", "percent")}}
+    return (scope.name, principal, quota, severity), entry
+
+
+def parse_webhook(payload: Any) -> list[tuple[Key, Entry | None]]:
+    """An Alertmanager webhook (version 4): (key, entry) for each firing quota alert, (key, None) for
+    each resolved one. Raises PayloadError naming the first bad field; nothing is half-read."""
+    if not isinstance(payload, Mapping) or not isinstance(payload.get("alerts"), list):
+        raise PayloadError("the body is not a webhook payload: no 'alerts' list")
+    alerts = payload["alerts"]
+    if len(alerts) > MAX_ALERTS:
+        raise PayloadError(f"alerts holds {len(alerts)} entries, more than {MAX_ALERTS}")
+    changes: list[tuple[Key, Entry | None]] = []
+    for i, alert in enumerate(alerts):
+        found = _quota_alert(alert, f"alerts[{i}]")
+        status = alert.get("status")
+        if status not in ("firing", "resolved"):
+            raise PayloadError(f"alerts[{i}].status is {str(status)[:40]!r}, not firing or resolved")
+        if found is not None:
+            changes.append((found[0], found[1] if status == "firing" else None))
+    return changes
+
+
+def parse_active(alerts: Any, prometheus: bool = False) -> dict[Key, Entry]:
+    """Every firing quota alert of Alertmanager's GET /api/v2/alerts (a list), or of Prometheus's
+    GET /api/v1/alerts (`prometheus`: {"data": {"alerts": [...]}}, state "firing" only)."""
+    if prometheus:
+        data = alerts.get("data") if isinstance(alerts, Mapping) else None
+        alerts = data.get("alerts") if isinstance(data, Mapping) else None
+    if not isinstance(alerts, list):
+        raise PayloadError("the answer is not a list of alerts")
+    firing: dict[Key, Entry] = {}
+    for i, alert in enumerate(alerts):
+        if prometheus and isinstance(alert, Mapping) and alert.get("state") != "firing":
+            continue
+        found = _quota_alert(alert, f"alerts[{i}]")
+        if found is not None:
+            firing[found[0]] = found[1]
+    return firing
+
+
+class GuardState:
+    """Firing quota alerts; `view` is their worst entry per principal, what pollers see."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._firing: dict[tuple[str, str], dict[tuple[str, str], Entry]] = {}  # (kind, name) -> (quota, sev)
+        self._view: dict[str, dict[str, Entry]] = {scope.section: {} for scope in quota_scopes.SCOPES}
+        self.epoch = os.urandom(4).hex()  # a restarted guard's versions are not the old one's
+        self.version = 0
+        self._log: deque[tuple[int, str, str, Entry | None]] = deque(maxlen=LOG_SIZE)
+
+    def apply(self, changes: list[tuple[Key, Entry | None]]) -> None:
+        with self._lock:
+            touched = set()
+            for (kind, principal, quota, severity), entry in changes:
+                who = (kind, principal)
+                alerts = self._firing.get(who)
+                if entry is None:
+                    if alerts is not None:
+                        alerts.pop((quota, severity), None)
+                        if not alerts:
+                            del self._firing[who]
+                else:
+                    self._firing.setdefault(who, {})[quota, severity] = entry
+                touched.add(who)
+            self._refresh(touched)
+
+    def update(self, payload: Any) -> None:
+        """A webhook payload, validated whole (PayloadError) before any of it is applied."""
+        self.apply(parse_webhook(payload))
+
+    def replace(self, firing: dict[Key, Entry]) -> None:
+        """The whole firing set, as the alerting stack lists it (resync after a restart, a lost or forged
+        notification)."""
+        grouped: dict[tuple[str, str], dict[tuple[str, str], Entry]] = {}
+        for (kind, principal, quota, severity), entry in firing.items():
+            grouped.setdefault((kind, principal), {})[quota, severity] = entry
+        with self._lock:
+            touched = set(self._firing) | set(grouped)
+            self._firing = grouped
+            self._refresh(touched)
+
+    def _refresh(self, touched: set[tuple[str, str]]) -> None:
+        changed = []
+        for kind, principal in touched:
+            section = quota_scopes.BY_NAME[kind].section
+            worst = None
+            for entry in self._firing.get((kind, principal), {}).values():  # at most kinds x severities
+                if worst is None or _SEVERITY[entry["severity"]] > _SEVERITY[worst["severity"]]:
+                    worst = entry
+            view = self._view[section]
+            if view.get(principal) != worst:
+                if worst is None:
+                    view.pop(principal, None)
+                else:
+                    view[principal] = worst
+                changed.append((section, principal, worst))
+        if changed:
+            self.version += 1
+            self._log.extend((self.version, section, principal, worst) for section, principal, worst in changed)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.epoch}-{self.version}"
+
+    def snapshot(self, max_entries: int | None = None) -> dict[str, Any]:
+        """{"users": {name: worst firing entry}, "departments": {...}}, at most `max_entries` each
+        (critical first), with "truncated": how many were left out."""
+        with self._lock:
+            out: dict[str, Any] = {"version": self.tag}
+            left_out = 0
+            for section, view in self._view.items():
+                items = list(view.items())
+                if max_entries is not None and len(items) > max_entries:
+                    items.sort(key=lambda item: -_SEVERITY[item[1]["severity"]])
+                    left_out += len(items) - max_entries
+                    items = items[:max_entries]
+                out[section] = dict(items)
+            if left_out:
+                out["truncated"] = left_out
+            return out
+
+    def since(self, tag: str) -> dict[str, Any] | None:
+        """The changes after version `tag` ({section: {name: entry or None}}), or None when this state
+        cannot say (another epoch, or older than the log): the poller needs the whole snapshot."""
+        epoch, _, number = tag.partition("-")
+        if epoch != self.epoch or not number.isdigit():
+            return None
+        version = int(number)
+        with self._lock:
+            if version > self.version or (version < self.version and (not self._log or self._log[0][0] > version + 1)):
+                return None
+            changes: dict[str, dict[str, Entry | None]] = {scope.section: {} for scope in quota_scopes.SCOPES}
+            for number_, section, principal, entry in reversed(self._log):  # newest first: cost ~ changes
+                if number_ <= version:
+                    break
+                changes[section].setdefault(principal, entry)
+            return {"version": self.tag, "since": tag, "changes": changes}

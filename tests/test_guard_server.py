@@ -1,0 +1,206 @@
+"""`otel-tokens guard` as an attacker meets it (issue 18): only the token drives it, a body is applied
+whole or not at all, oversized, deep and slow requests cost bounded memory and no threads, polls are
+cheap (ETag, changes only), and the in-app guard never waits on it at start."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from otel_tokens import names
+from otel_tokens.guard import Guard, GuardRule, GuardSettings
+from otel_tokens.guard_state import GuardState
+from otel_tokens.ops.guard_server import GuardServer, serve
+
+pytestmark = pytest.mark.e2e  # every test here starts the endpoint
+
+TOKEN = "s3cret-guard-token-for-tests-0123"
+RULES = (GuardRule("user", "reject", "critical"),)
+
+
+def alert(user: str, severity: str = "critical", status: str = "firing") -> dict:
+    return {"status": status, "labels": {"alertname": "LLMUserTokenQuota", "user_id": user, "severity": severity,
+                                         "window": "24h", "quota": "tokens"},
+            "annotations": {"usage": "1.1k tokens", "limit": "1k tokens", "percent": "110%"}}
+
+
+@pytest.fixture
+def guard() -> Iterator[GuardServer]:
+    server = serve("127.0.0.1", 0, token=TOKEN)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+def _url(server: GuardServer, path: str) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}{path}"
+
+
+def _request(server: GuardServer, path: str, body: object = None, token: str | None = TOKEN, method: str | None = None,
+             headers: dict | None = None) -> tuple[int, bytes]:
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    request = urllib.request.Request(_url(server, path), data=data, method=method, headers=headers or {})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_only_the_token_drives_the_guard_and_only_on_its_paths(guard):
+    forged = {"alerts": [alert("victim")]}
+    assert _request(guard, "/alertmanager", forged, token=None)[0] == 401
+    assert _request(guard, "/alertmanager", forged, token="wrong-token-wrong-token")[0] == 401
+    assert _request(guard, "/elsewhere", forged)[0] == 404
+    assert _request(guard, "/state", forged)[0] == 405
+    assert _request(guard, "/alertmanager", method="GET")[0] == 405
+    assert guard.state.snapshot()["users"] == {}
+    assert _request(guard, "/state", token=None)[0] == 401  # who is over quota is nobody else's business
+    assert _request(guard, "/-/ready", token=None)[0] == 200
+    assert _request(guard, "/alertmanager", forged)[0] == 200
+    status, body = _request(guard, "/state")
+    assert status == 200 and json.loads(body)["users"]["victim"]["severity"] == "critical"
+
+
+def test_without_a_token_it_listens_on_loopback_only():
+    for host in ("0.0.0.0", "10.0.0.5", "::"):
+        with pytest.raises(ValueError, match=r"refusing to listen on .* without a token"):
+            serve(host, 0)
+    serve("127.0.0.1", 0).shutdown()
+    serve("0.0.0.0", 0, token=TOKEN).shutdown()
+
+
+def test_a_body_is_applied_whole_or_not_at_all(guard):
+    assert _request(guard, "/alertmanager", {"alerts": [alert("alice")]})[0] == 200
+    bad = {"alerts": [alert("alice", status="resolved"), alert("bob"), {"status": "firing", "labels": ["x"]}]}
+    status, body = _request(guard, "/alertmanager", bad)
+    assert status == 400 and b"alerts[2].labels is not a mapping" in body
+    assert set(guard.state.snapshot()["users"]) == {"alice"}  # neither the resolve nor bob applied
+    for junk in (b"not json", b"[]", b'{"alerts": 5}', json.dumps({"alerts": [dict(alert("x"), status="maybe")]})
+                 .encode()):
+        assert _request(guard, "/alertmanager", junk)[0] == 400
+
+
+def _raw(server: GuardServer, data: bytes, timeout: float = 5.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=timeout) as sock:
+        sock.sendall(data)
+        return sock.recv(4096)
+
+
+def test_oversized_and_deeply_nested_bodies_are_refused_cheaply(guard):
+    head = (f"POST /alertmanager HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 400000000\r\n\r\n").encode()
+    started = time.monotonic()
+    assert _raw(guard, head).startswith(b"HTTP/1.1 413")  # refused on the header, never read
+    assert time.monotonic() - started < 3
+    deep = b"[" * 200_000 + b"]" * 200_000
+    status, _ = _request(guard, "/alertmanager", deep)
+    assert status in (400, 413) and _request(guard, "/-/ready")[0] == 200
+
+
+def test_slow_clients_hold_sockets_not_threads_and_polls_are_still_answered(guard):
+    threads = threading.active_count()
+    sockets = []
+    try:
+        for _ in range(300):  # each promises a body it never sends
+            sock = socket.create_connection(("127.0.0.1", guard.server_address[1]), timeout=5)
+            sock.sendall(f"POST /alertmanager HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                         "Content-Length: 1000\r\n\r\n{".encode())
+            sockets.append(sock)
+        time.sleep(0.5)
+        assert threading.active_count() <= threads + 1  # waitress buffers: no thread per connection
+        started = time.monotonic()
+        assert _request(guard, "/state")[0] == 200
+        assert time.monotonic() - started < 2
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_polls_are_cheap_304_when_unchanged_and_changes_only_otherwise():
+    state = GuardState()
+    state.apply([(("user", f"forged-{i}", "tokens", "critical"), {"severity": "critical", "window": "24h",
+                                                                   "quota": "tokens"}) for i in range(100_000)])
+    server = serve("127.0.0.1", 0, state=state, token=TOKEN, max_entries=5000)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        status, body = _request(server, "/state")
+        full = json.loads(body)
+        assert status == 200 and len(full["users"]) == 5000 and full["truncated"] == 95_000
+        etag = f'"{full["version"]}"'
+        assert _request(server, "/state", headers={"If-None-Match": etag})[0] == 304
+        guard = Guard(GuardSettings(True, _url(server, "/state"), 1.0, False, RULES, token=TOKEN))
+        guard.refresh()
+        assert guard.healthy and len(guard._users) == 5000
+        state.apply([(("user", "alice", "tokens", "critical"), {"severity": "critical", "window": "24h",
+                                                                 "quota": "tokens"})])
+        status, body = _request(server, f"/state?since={full['version']}")
+        assert status == 200 and json.loads(body)["changes"] == {"users": {"alice": {
+            "severity": "critical", "window": "24h", "quota": "tokens"}}, "departments": {}}
+        assert len(body) < 300  # one change, not 100,000 entries
+        guard.refresh()  # applies the change alone
+        assert guard.decide("m", {names.USER_ID: "alice"}).action == "reject"
+        assert len(guard._users) == 5001
+    finally:
+        server.shutdown()
+
+
+class _Silent:
+    """Accepts connections and never answers: a state source that hangs."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+
+@pytest.mark.parametrize("fail_closed", [False, True])
+def test_start_up_never_waits_on_the_state_and_acts_as_configured_until_it_arrives(fail_closed):
+    from otel_tokens import QuotaExceededError, TokenUsageInstrumentor
+    from otel_tokens.config import Settings
+    from tests.support.telemetry import make_telemetry
+
+    silent = _Silent()
+    _, tracer_provider, meter_provider = make_telemetry()
+    instrumentor = TokenUsageInstrumentor()
+    started = time.monotonic()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=Settings(
+        guard=GuardSettings(True, f"http://127.0.0.1:{silent.port}/state", 2.0, fail_closed, RULES)))
+    try:
+        assert time.monotonic() - started < 0.5
+        decision = instrumentor.recorder.guard.decide("m", {names.USER_ID: "alice"})
+        assert decision.action == ("fail_closed" if fail_closed else "fail_open")
+        assert isinstance(decision.error(), QuotaExceededError) or not fail_closed
+    finally:
+        instrumentor.uninstrument()
+        silent.sock.close()
+
+
+def test_a_state_source_that_goes_away_keeps_the_last_state_for_the_grace(guard):
+    assert _request(guard, "/alertmanager", {"alerts": [alert("alice")]})[0] == 200
+    app = Guard(GuardSettings(True, _url(guard, "/state"), 1.0, False, RULES, token=TOKEN, stale_grace=30))
+    app.refresh()
+    guard.shutdown()
+    app.refresh()  # the source is gone: alice stays refused for the grace, bob is served
+    assert app.decide("m", {names.USER_ID: "alice"}).action == "reject"
+    assert app.decide("m", {names.USER_ID: "bob"}) is None
+    app.last_update -= 31
+    app.refresh()
+    assert app.decide("m", {names.USER_ID: "bob"}).action == "fail_open"
