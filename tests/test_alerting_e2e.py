@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 QUOTAS = {"users": {"default": {"tokens": 100_000}, "overrides": {"alice": {"tokens": 1000}}}}
+GUARD_TOKEN = "test-guard-token-0123456789abcdef"
 
 
 @pytest.fixture
@@ -45,27 +46,28 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         processes.append(app)
         assert app.stdout is not None and app.stdout.readline().strip() == "ready"
 
+        # the quota guard's state endpoint, with a token, as the shipped route and receiver reach it
+        token_file = tmp_path / "guard-token"
+        token_file.write_text(GUARD_TOKEN + "\n")
+        guard = serve("127.0.0.1", 0, token=GUARD_TOKEN)
+        threading.Thread(target=guard.serve_forever, daemon=True).start()
+        guard_url = f"http://127.0.0.1:{guard.server_address[1]}"
         # the shipped Alertmanager config, with this test's receivers and short timers
         template = string.Template((ROOT / "collector" / "alertmanager.yml").read_text())
         config = yaml.safe_load(template.substitute({
             "ALERT_WEBHOOK_URL": webhook.url + "/hook", "SMTP_SMARTHOST": f"127.0.0.1:{free_port()}",
             "SMTP_FROM": "alerts@example.test", "ALERT_EMAIL_TO": "oncall@example.test",
-            "SMTP_AUTH_USERNAME": "", "SMTP_AUTH_PASSWORD": "", "SMTP_REQUIRE_TLS": "false"}))
+            "SMTP_AUTH_USERNAME": "", "SMTP_AUTH_PASSWORD": "", "SMTP_REQUIRE_TLS": "false",
+            "GUARD_URL": guard_url, "GUARD_TOKEN_FILE": str(token_file)}))
         config["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1h")
         for route in config["route"].get("routes", []):
             route.pop("group_wait", None)
             route.pop("group_interval", None)
-        for receiver in config["receivers"]:  # tell the receivers apart by path
-            for hook in receiver.get("webhook_configs", []):
+            if route.get("receiver") == "guard":
+                route["repeat_interval"] = "3s"  # shipped: 1m
+        for receiver in config["receivers"]:  # tell the people's receivers apart by path
+            for hook in receiver.get("webhook_configs", []) if receiver["name"] != "guard" else []:
                 hook["url"] = f"{webhook.url}/{receiver['name']}"
-        # the quota guard's state endpoint gets every alert too (continue: the other routes still apply)
-        guard = serve("127.0.0.1", 0)
-        threading.Thread(target=guard.serve_forever, daemon=True).start()
-        guard_url = f"http://127.0.0.1:{guard.server_address[1]}"
-        config["receivers"].append({"name": "guard", "webhook_configs": [
-            {"url": f"{guard_url}/alertmanager", "send_resolved": True}]})
-        config["route"]["routes"].insert(0, {"receiver": "guard", "continue": True,
-                                             "matchers": ['alertname=~"LLM.*"']})
         (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
         processes.append(start_process([alertmanager, f"--config.file={tmp_path / 'alertmanager.yml'}",
                                  f"--storage.path={tmp_path / 'am-data'}", f"--web.listen-address=127.0.0.1:{am_port}",
@@ -90,7 +92,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
         yield {"generate": generate, "webhook": webhook, "prometheus": prom_url,
                "alertmanager": f"http://127.0.0.1:{am_port}", "prom_process": prom, "quota_file": quota_file,
-               "rules": rules, "tmp": tmp_path, "guard": guard_url}
+               "rules": rules, "tmp": tmp_path, "guard": guard_url, "guard_server": guard}
     finally:
         for process in reversed(processes):
             process.terminate()
@@ -100,6 +102,8 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
             except subprocess.TimeoutExpired:
                 process.kill()
         webhook.server.shutdown()
+        if "guard" in locals():
+            guard.shutdown()
 
 
 def _is(alertname: str, severity: str, user: str, status: str = "firing") -> Callable[[str, dict[str, Any]], bool]:
@@ -179,7 +183,8 @@ def test_guard_rejects_over_quota_calls_within_seconds_and_allows_them_again(sta
 
     tel, tracer_provider, meter_provider = make_telemetry()
     instrumentor = TokenUsageInstrumentor()
-    guard = GuardSettings(True, stack["guard"] + "/state", 0.2, False, (GuardRule("user", "reject", "critical"),))
+    guard = GuardSettings(True, stack["guard"] + "/state", 0.2, False, (GuardRule("user", "reject", "critical"),),
+                          token=GUARD_TOKEN)
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
                             settings=Settings(guard=guard))
     try:
@@ -226,3 +231,53 @@ def test_guard_rejects_over_quota_calls_within_seconds_and_allows_them_again(sta
     assert rejected and all(s.attributes[names.USER_ID] == "alice" for s in rejected)
     print(f"\nguard: crossing -> first rejected call {reject_delay:.1f}s; limit raised -> allowed again "
           f"{allow_delay:.1f}s (1 s timers, 0.2 s poll)")
+
+
+def test_the_guard_is_driven_only_by_alertmanager_and_recovers_its_state(stack):
+    """Forged webhooks without the token change nothing; a state lost (restart) or wiped (a forged
+    `resolved` with a stolen token) is back from Alertmanager: at once by resync, and by the guard
+    route's short repeat_interval without it."""
+    from otel_tokens.guard_state import GuardState
+    from otel_tokens.ops.guard_resync import Resync, resync
+
+    guard = stack["guard_server"]
+
+    def users(state: GuardState) -> dict[str, str]:
+        return {name: entry["severity"] for name, entry in state.snapshot()["users"].items()}
+
+    def post(body: dict, token: str | None) -> int:
+        request = urllib.request.Request(stack["guard"] + "/alertmanager", data=json.dumps(body).encode(),
+                                         headers={"Authorization": f"Bearer {token}"} if token else {})
+        try:
+            return urllib.request.urlopen(request, timeout=10).status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    stack["generate"]("alice", "support", 11)  # 1100 of 1000 tokens
+    deadline = time.monotonic() + 90
+    while users(guard.state).get("alice") != "critical":
+        assert time.monotonic() < deadline, "the guard never heard of alice's critical alert"
+        time.sleep(0.2)
+    resolved = {"alerts": [{"status": "resolved", "labels": {"alertname": "LLMUserTokenQuota", "user_id": "alice",
+                                                             "severity": "critical", "window": "24h",
+                                                             "quota": "tokens"}}]}
+    assert post(resolved, None) == 401 and users(guard.state).get("alice") == "critical"
+    # a wiped state comes back with the route's repeat (3 s here, 1 min shipped) plus grouping
+    assert post(resolved, GUARD_TOKEN) == 200 and users(guard.state).get("alice") != "critical"
+    wiped = time.monotonic()
+    while users(guard.state).get("alice") != "critical":
+        assert time.monotonic() - wiped < 30, "Alertmanager never repeated alice's alert to the guard"
+        time.sleep(0.2)
+    repeat_delay = time.monotonic() - wiped
+    # a restarted guard, empty: resync from Alertmanager's API restores it at once
+    restarted = GuardState()
+    assert resync(restarted, stack["alertmanager"]) >= 1 and users(restarted).get("alice") == "critical"
+    # and from Prometheus's alerts API, for setups without Alertmanager access
+    from_prometheus = GuardState()
+    resync(from_prometheus, stack["prometheus"] + "/api/v1/alerts")
+    assert users(from_prometheus).get("alice") == "critical"
+    # a resync thread keeps the webhook state honest: a forged resolve applied is undone by the next pass
+    resyncing = Resync(guard.state, stack["alertmanager"], 1.0)
+    assert post(resolved, GUARD_TOKEN) == 200
+    assert resyncing.once() and users(guard.state).get("alice") == "critical"
+    print(f"\nguard state wiped -> restored by Alertmanager's repeat in {repeat_delay:.1f}s (3 s repeat_interval)")

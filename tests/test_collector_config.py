@@ -71,16 +71,17 @@ KEEP_CONTENT_GUARD = '"${env:OTEL_TOKENS_COLLECTOR_KEEP_CONTENT:-false}" != "tru
 
 AM_PLACEHOLDERS = frozenset({
     "SMTP_SMARTHOST", "SMTP_FROM", "SMTP_AUTH_USERNAME", "SMTP_AUTH_PASSWORD", "SMTP_REQUIRE_TLS",
-    "ALERT_EMAIL_TO", "ALERT_WEBHOOK_URL",
+    "ALERT_EMAIL_TO", "ALERT_WEBHOOK_URL", "GUARD_URL", "GUARD_TOKEN_FILE",
 })
 AM_EXAMPLE_ENV = {
     "SMTP_SMARTHOST": "mail.example.test:587", "SMTP_FROM": "alertmanager@example.test",
     "SMTP_AUTH_USERNAME": "", "SMTP_AUTH_PASSWORD": "", "SMTP_REQUIRE_TLS": "false",
     "ALERT_EMAIL_TO": "oncall@example.test", "ALERT_WEBHOOK_URL": "http://127.0.0.1:9/hook",
+    "GUARD_URL": "http://127.0.0.1:9095", "GUARD_TOKEN_FILE": "/etc/alertmanager/guard-token",
 }
 
 BUDGET_LIMIT_S = 90.0
-SERVICES = frozenset({"collector", "prometheus", "alertmanager", "grafana", "tempo", "redis"})
+SERVICES = frozenset({"collector", "prometheus", "alertmanager", "grafana", "tempo", "redis", "guard"})
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -412,9 +413,12 @@ def test_amtool_check_config_and_routes(tmp_path: Path) -> None:
     _run(amtool, "check-config", str(path))
     for severity in ("critical", "warning"):
         result = _run(amtool, "config", "routes", "test", f"--config.file={path}",
-                      f"--verify.receivers={severity}", f"severity={severity}", "alertname=LLMUserTokenQuota",
+                      f"--verify.receivers=guard,{severity}", f"severity={severity}", "alertname=LLMUserTokenQuota",
                       "user_id=alice", "window=24h")
-        assert result.stdout.strip() == severity
+        assert result.stdout.strip() == f"guard,{severity}"  # the guard first, then the people
+    result = _run(amtool, "config", "routes", "test", f"--config.file={path}", "severity=warning",
+                  "alertname=LLMUsageSpike", "user_id=alice")
+    assert result.stdout.strip() == "warning"  # not a quota alert: not the guard's
 
 
 def test_alertmanager_grouping_and_inhibition() -> None:
@@ -422,6 +426,15 @@ def test_alertmanager_grouping_and_inhibition() -> None:
     assert config["route"]["group_by"] == ["alertname", "user_id", "department", "window"]
     assert _seconds(config["route"]["group_wait"]) <= 10
     receivers = {r["name"]: r for r in config["receivers"]}
+    # the guard: its own route, first, continue, a short repeat (a restarted guard or a forged
+    # 'resolved' is corrected within a minute) while the people's routes keep the root's 4h
+    guard, *others = config["route"]["routes"]
+    assert guard["receiver"] == "guard" and guard["continue"] is True and _seconds(guard["repeat_interval"]) <= 60
+    assert all("repeat_interval" not in r for r in others) and _seconds(config["route"]["repeat_interval"]) >= 3600
+    (hook,) = receivers["guard"]["webhook_configs"]
+    assert hook["url"] == "http://127.0.0.1:9095/alertmanager" and hook["send_resolved"] is True
+    assert hook["http_config"]["authorization"] == {"type": "Bearer",
+                                                    "credentials_file": "/etc/alertmanager/guard-token"}
     assert set(receivers["critical"]) == {"name", "email_configs", "webhook_configs"}
     assert set(receivers["warning"]) == {"name", "webhook_configs"}
     (inhibit,) = config["inhibit_rules"]
