@@ -9,6 +9,7 @@ Budget mode: the added latency per call against a real local redis-server (bench
 from __future__ import annotations
 
 import sys
+import time
 import timeit
 from pathlib import Path
 
@@ -23,7 +24,7 @@ def main() -> None:
     guard = Guard(GuardSettings(True, "http://unused", 1.0, False, RULES))
     guard._users = {f"user-{i}": {"severity": "critical"} for i in range(1000)}
     guard._departments = {f"dept-{i}": {"severity": "warning"} for i in range(50)}
-    guard.healthy = True  # as after its first refresh
+    guard.healthy, guard.last_update = True, time.monotonic()  # as after its first refresh
     allowed = {names.USER_ID: "alice", names.DEPARTMENT: "support"}
     refused = {names.USER_ID: "user-7", names.DEPARTMENT: "support"}
     n = 200_000

@@ -124,6 +124,7 @@ class Guard:
         self._users: dict[str, dict[str, Any]] = {}
         self._departments: dict[str, dict[str, Any]] = {}
         self._tag = ""  # the version of the state we hold, as the guard endpoint names it
+        self._stale_after = settings.stale_grace + settings.poll_interval + 2 * 5.0 + 1.0
         self.healthy = False  # until the first state arrives
         self.last_update = 0.0
         self._on_decision = on_decision
@@ -185,24 +186,30 @@ class Guard:
         if not isinstance(body, Mapping):
             raise ValueError("the quota state is not a JSON object")
         changes = body.get("changes")
-        if isinstance(changes, Mapping):
-            for section, current in ((quota_scopes.USER.section, self._users),
-                                     (quota_scopes.DEPARTMENT.section, self._departments)):
-                for name, entry in (changes.get(section) or {}).items():
-                    if isinstance(entry, Mapping):
-                        current[name] = dict(entry)
-                    else:
+        sections = (quota_scopes.USER.section, quota_scopes.DEPARTMENT.section)
+        if isinstance(changes, Mapping):  # checked whole before any is applied
+            updates = [(section, _entries(changes.get(section) or {}, allow_none=True)) for section in sections]
+            for section, entries in updates:
+                current = self._users if section == sections[0] else self._departments
+                for name, entry in entries.items():
+                    if entry is None:
                         current.pop(name, None)
+                    else:
+                        current[name] = entry
         else:
-            users, departments = body.get(quota_scopes.USER.section), body.get(quota_scopes.DEPARTMENT.section)
-            if not isinstance(users, Mapping) or not isinstance(departments, Mapping):
-                raise ValueError("the quota state has no users and departments")
-            self._users, self._departments = dict(users), dict(departments)
+            users, departments = (_entries(body.get(section), allow_none=False) for section in sections)
+            self._users, self._departments = users, departments
+            if body.get("truncated"):
+                log_once(f"guard-truncated:{self.settings.source}", "otel-tokens: the quota state from %s left "
+                         "out %s principals over quota (its cap); they are not refused", self.settings.source,
+                         body.get("truncated"))
         version = body.get("version")
         self._tag = version if isinstance(version, str) and not prometheus else ""
 
     def decide(self, model: str | None, attribution: Mapping[str, str]) -> Decision | None:
         """None (the common case: allowed), or what to do with this call."""
+        if self.healthy and time.monotonic() - self.last_update > self._stale_after:
+            self.healthy = False  # no answer for longer than a poll can take: a refresh is stuck
         if not self.healthy:
             return Decision(quota_scopes.FAIL_CLOSED if self.settings.fail_closed else quota_scopes.FAIL_OPEN,
                             entry={"source": self.settings.source})
@@ -222,3 +229,18 @@ class Guard:
             if target is not None and target != model:
                 return Decision(quota_scopes.DOWNGRADE, rule.quota, principal, entry, target)  # type: ignore[arg-type]
         return None
+
+
+def _entries(value: Any, allow_none: bool) -> dict[str, Any]:
+    """{principal: entry} from a state answer, each entry checked (a severity we know); ValueError otherwise."""
+    if not isinstance(value, Mapping):
+        raise ValueError("the quota state has no users and departments")
+    out: dict[str, Any] = {}
+    for name, entry in value.items():
+        if entry is None and allow_none:
+            out[str(name)] = None
+        elif isinstance(entry, Mapping) and isinstance(entry.get("severity"), str) and entry["severity"] in _SEVERITY:
+            out[str(name)] = dict(entry)
+        else:
+            raise ValueError(f"the quota state has an unreadable entry for {str(name)[:64]!r}")
+    return out

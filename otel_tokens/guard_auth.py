@@ -22,7 +22,7 @@ def read_token(path: Path) -> str:
 
 
 def check(token: str, where: str) -> str:
-    if len(token) < MIN_LENGTH or any(c.isspace() for c in token) or not token.isprintable():
+    if len(token) < MIN_LENGTH or not token.isascii() or any(c.isspace() for c in token) or not token.isprintable():
         raise ValueError(f"the guard token from {where} is not a bearer token of at least {MIN_LENGTH} printable "
                          "characters without spaces (e.g. `openssl rand -hex 32`)")
     return token
@@ -41,6 +41,7 @@ def token_from(environ: Mapping[str, str], path: Path | None = None) -> str:
 
 def authorized(header: str | None, token: str) -> bool:
     """Whether an Authorization header carries the token (constant-time comparison)."""
-    if not header or not header.startswith("Bearer "):
+    scheme, _, credentials = (header or "").partition(" ")
+    if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 7235)
         return False
-    return hmac.compare_digest(header[7:].strip().encode(), token.encode())
+    return hmac.compare_digest(credentials.strip().encode("latin-1", "replace"), token.encode())

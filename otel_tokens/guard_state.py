@@ -8,6 +8,7 @@ and a bounded log of what changed, so a poller that has version V receives only 
 
 from __future__ import annotations
 
+import heapq
 import os
 import threading
 from collections import deque
@@ -20,6 +21,7 @@ _SEVERITY = quota_scopes.SEVERITY_RANK
 MAX_ID = 256  # characters of a principal's name
 MAX_TEXT = 128  # characters of an annotation kept (usage, limit, percent)
 MAX_ALERTS = 10_000  # alerts in one payload
+MAX_PRINCIPALS = 200_000  # over quota at once; a payload that would go past it is refused whole
 LOG_SIZE = 10_000  # changes kept for pollers that ask for changes only
 
 Key = tuple[str, str, str, str]  # (scope name, principal, quota kind, severity)
@@ -115,9 +117,14 @@ class GuardState:
         self.epoch = os.urandom(4).hex()  # a restarted guard's versions are not the old one's
         self.version = 0
         self._log: deque[tuple[int, str, str, Entry | None]] = deque(maxlen=LOG_SIZE)
+        self._complete_after = 0  # the log holds every change of the versions after this one
 
     def apply(self, changes: list[tuple[Key, Entry | None]]) -> None:
+        """PayloadError, and no change, if it would hold more than MAX_PRINCIPALS."""
         with self._lock:
+            new = {(k[0], k[1]) for k, entry in changes if entry is not None} - set(self._firing)
+            if len(self._firing) + len(new) > MAX_PRINCIPALS:
+                raise PayloadError(f"the state would hold more than {MAX_PRINCIPALS} principals over quota")
             touched = set()
             for (kind, principal, quota, severity), entry in changes:
                 who = (kind, principal)
@@ -136,16 +143,24 @@ class GuardState:
         """A webhook payload, validated whole (PayloadError) before any of it is applied."""
         self.apply(parse_webhook(payload))
 
-    def replace(self, firing: dict[Key, Entry]) -> None:
+    def replace(self, firing: dict[Key, Entry], unless_changed_since: int | None = None) -> bool:
         """The whole firing set, as the alerting stack lists it (resync after a restart, a lost or forged
-        notification)."""
+        notification); not applied (False) if the version moved past `unless_changed_since` meanwhile."""
         grouped: dict[tuple[str, str], dict[tuple[str, str], Entry]] = {}
         for (kind, principal, quota, severity), entry in firing.items():
             grouped.setdefault((kind, principal), {})[quota, severity] = entry
+        if len(grouped) > MAX_PRINCIPALS:
+            raise PayloadError(f"more than {MAX_PRINCIPALS} principals over quota")
         with self._lock:
+            if unless_changed_since is not None and self.version != unless_changed_since:
+                return False
             touched = set(self._firing) | set(grouped)
             self._firing = grouped
             self._refresh(touched)
+            return True
+
+    def empty(self) -> bool:
+        return not self._firing
 
     def _refresh(self, touched: set[tuple[str, str]]) -> None:
         changed = []
@@ -164,6 +179,9 @@ class GuardState:
                 changed.append((section, principal, worst))
         if changed:
             self.version += 1
+            dropped = len(self._log) + len(changed) - LOG_SIZE
+            if dropped > 0:  # the log forgets whole or partial versions: no changes-only answer below them
+                self._complete_after = self.version if dropped > len(self._log) else self._log[dropped - 1][0]
             self._log.extend((self.version, section, principal, worst) for section, principal, worst in changed)
 
     @property
@@ -173,29 +191,28 @@ class GuardState:
     def snapshot(self, max_entries: int | None = None) -> dict[str, Any]:
         """{"users": {name: worst firing entry}, "departments": {...}}, at most `max_entries` each
         (critical first), with "truncated": how many were left out."""
-        with self._lock:
-            out: dict[str, Any] = {"version": self.tag}
-            left_out = 0
-            for section, view in self._view.items():
-                items = list(view.items())
-                if max_entries is not None and len(items) > max_entries:
-                    items.sort(key=lambda item: -_SEVERITY[item[1]["severity"]])
-                    left_out += len(items) - max_entries
-                    items = items[:max_entries]
-                out[section] = dict(items)
-            if left_out:
-                out["truncated"] = left_out
-            return out
+        with self._lock:  # copied under the lock, cut outside it
+            tag, views = self.tag, {section: list(view.items()) for section, view in self._view.items()}
+        out: dict[str, Any] = {"version": tag}
+        left_out = 0
+        for section, items in views.items():
+            if max_entries is not None and len(items) > max_entries:
+                left_out += len(items) - max_entries
+                items = heapq.nlargest(max_entries, items, key=lambda item: _SEVERITY[item[1]["severity"]])
+            out[section] = dict(items)
+        if left_out:
+            out["truncated"] = left_out
+        return out
 
     def since(self, tag: str) -> dict[str, Any] | None:
         """The changes after version `tag` ({section: {name: entry or None}}), or None when this state
         cannot say (another epoch, or older than the log): the poller needs the whole snapshot."""
         epoch, _, number = tag.partition("-")
-        if epoch != self.epoch or not number.isdigit():
+        if epoch != self.epoch or not (number.isascii() and number.isdigit()):
             return None
         version = int(number)
         with self._lock:
-            if version > self.version or (version < self.version and (not self._log or self._log[0][0] > version + 1)):
+            if version > self.version or version < self._complete_after:
                 return None
             changes: dict[str, dict[str, Entry | None]] = {scope.section: {} for scope in quota_scopes.SCOPES}
             for number_, section, principal, entry in reversed(self._log):  # newest first: cost ~ changes

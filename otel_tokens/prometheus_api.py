@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,12 +30,18 @@ def get_json(url: str, timeout: float, headers: Mapping[str, str] | None = None,
     """GET a JSON document (the guard's state endpoint, Alertmanager's or Prometheus's alerts):
     (status, body or None for 304, ETag). A body over `max_bytes` is an error, not a memory spike."""
     request = urllib.request.Request(url, headers=dict(headers or {}))
+    deadline = time.monotonic() + 2 * timeout  # a trickled answer must not hold the caller past this
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            data = response.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                raise ValueError(f"answer larger than {max_bytes} bytes")
-            return response.status, json.loads(data), response.headers.get("etag")
+            chunks, size = [], 0
+            while chunk := response.read1(1 << 16):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ValueError(f"answer larger than {max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"answer not complete within {2 * timeout:g} s")
+            return response.status, json.loads(b"".join(chunks)), response.headers.get("etag")
     except urllib.error.HTTPError as error:
         if error.code == 304:
             return 304, None, error.headers.get("etag")

@@ -145,7 +145,7 @@ def test_guard_config_is_read_and_checked(tmp_path):
 def test_guard_overhead_for_an_allowed_principal_is_a_dictionary_lookup():
     guard = Guard(GuardSettings(True, "http://unused", 1.0, False, RULES))
     guard._users = {f"user-{i}": {"severity": "critical"} for i in range(1000)}
-    guard.healthy = True  # as after its first refresh
+    guard.healthy, guard.last_update = True, time.monotonic()  # as after its first refresh
     attribution = {names.USER_ID: "alice", names.DEPARTMENT: "support"}
     n = 20_000
     start = time.perf_counter()

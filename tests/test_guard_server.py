@@ -4,6 +4,7 @@ cheap (ETag, changes only), and the in-app guard never waits on it at start."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -107,20 +108,50 @@ def test_oversized_and_deeply_nested_bodies_are_refused_cheaply(guard):
     assert status in (400, 413) and _request(guard, "/-/ready")[0] == 200
 
 
-def test_slow_clients_hold_sockets_not_threads_and_polls_are_still_answered(guard):
+def _poll_from(server: GuardServer, source: str) -> int:
+    """GET /state from another loopback address (127.0.0.0/8 is all ours): another peer."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=5,
+                                            source_address=(source, 0))
+    try:
+        connection.request("GET", "/state", headers={"Authorization": f"Bearer {TOKEN}"})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def _closed(sock: socket.socket) -> bool:
+    sock.settimeout(0.01)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def test_slow_clients_hold_sockets_not_threads_and_cannot_starve_the_polls(guard):
+    """The attack: hundreds of connections trickling a request (one byte before each silence ends)."""
     threads = threading.active_count()
     sockets = []
     try:
-        for _ in range(300):  # each promises a body it never sends
+        for _ in range(300):
             sock = socket.create_connection(("127.0.0.1", guard.server_address[1]), timeout=5)
-            sock.sendall(f"POST /alertmanager HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-                         "Content-Length: 1000\r\n\r\n{".encode())
+            sock.sendall(b"GET /state HTTP/1.1\r\nX-a: ")
             sockets.append(sock)
-        time.sleep(0.5)
+        time.sleep(1.5)
         assert threading.active_count() <= threads + 1  # waitress buffers: no thread per connection
+        assert sum(not _closed(s) for s in sockets) <= 32  # one peer holds at most 32 connections
         started = time.monotonic()
-        assert _request(guard, "/state")[0] == 200
+        assert _poll_from(guard, "127.0.0.2") == 200  # another peer is served at once
         assert time.monotonic() - started < 2
+        for _ in range(8):  # trickle for 8 s: the request deadline (5 s) closes them anyway
+            for sock in sockets:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"a")
+            time.sleep(1)
+        assert all(_closed(s) for s in sockets)
     finally:
         for sock in sockets:
             sock.close()
@@ -204,3 +235,96 @@ def test_a_state_source_that_goes_away_keeps_the_last_state_for_the_grace(guard)
     app.last_update -= 31
     app.refresh()
     assert app.decide("m", {names.USER_ID: "bob"}).action == "fail_open"
+
+
+def test_changes_only_answers_never_skip_what_the_log_forgot(monkeypatch):
+    import otel_tokens.guard_state as gs
+
+    monkeypatch.setattr(gs, "LOG_SIZE", 100)
+    state = GuardState()
+    state._log = gs.deque(maxlen=100)
+    entry = {"severity": "critical"}
+    state.apply([(("user", "a", "tokens", "critical"), entry)])
+    v1 = state.tag
+    state.apply([(("user", f"u{i}", "tokens", "critical"), entry) for i in range(100)])  # one version, 100 changes
+    state.apply([(("user", "a", "tokens", "critical"), None)])
+    assert state.since(v1) is None  # the log lost part of v2: only a whole snapshot is right
+    v3 = state.tag
+    state.apply([(("user", "b", "tokens", "critical"), entry)])
+    assert state.since(v3)["changes"]["users"] == {"b": entry}
+    for tag in (f"{state.epoch}-\u00b2", f"{state.epoch}--1", "other-1", f"{state.epoch}-99999"):
+        assert state.since(tag) is None
+
+
+def test_a_restarted_guard_answers_503_until_its_first_resync(guard):
+    assert _request(guard, "/alertmanager", {"alerts": [alert("alice")]})[0] == 200
+    guard.app.hold_until_synced(60)
+    assert _request(guard, "/state")[0] == 503 and _request(guard, "/-/ready", token=None)[0] == 503
+    assert _request(guard, "/alertmanager", {"alerts": [alert("bob")]})[0] == 200  # webhooks still land
+    guard.app.synced()
+    assert _request(guard, "/state")[0] == 200
+    assert _request(guard, f"/state?since={guard.state.epoch}-%C2%B2")[0] == 200  # odd versions: whole answer
+    assert _request(guard, "/state", token=None, headers={"Authorization": f"bearer {TOKEN}"})[0] == 200
+
+
+def test_over_the_principal_cap_a_payload_is_refused_whole(guard, monkeypatch):
+    import otel_tokens.guard_state as gs
+
+    monkeypatch.setattr(gs, "MAX_PRINCIPALS", 3)
+    assert _request(guard, "/alertmanager", {"alerts": [alert("a"), alert("b")]})[0] == 200
+    status, body = _request(guard, "/alertmanager", {"alerts": [alert("c"), alert("d")]})
+    assert status == 400 and b"more than 3 principals" in body
+    assert set(guard.state.snapshot()["users"]) == {"a", "b"}
+
+
+class _Fixed:
+    """An HTTP server answering every GET with one fixed body (a broken state source or Alertmanager)."""
+
+    def __init__(self, body: bytes, status: int = 200) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(self.server.body)))  # type: ignore[attr-defined]
+                self.end_headers()
+                self.wfile.write(self.server.body)  # type: ignore[attr-defined]
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.body = body  # type: ignore[attr-defined]
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize("body", [b'{"users": {"alice": 5}, "departments": {}}',
+                                  b'{"users": {"alice": {"severity": ["critical"]}}, "departments": {}}',
+                                  b'{"version": "x-2", "changes": {"users": {"bob": {"severity": {}}}}}',
+                                  b"<html>proxy error</html>", b"[" * 100_000])
+def test_an_unreadable_state_is_refused_whole_and_the_last_one_kept(body):
+    good = _Fixed(b'{"users": {"alice": {"severity": "critical"}}, "departments": {}}')
+    app = Guard(GuardSettings(True, good.url + "/state", 1.0, False, RULES))
+    app.refresh()
+    good.httpd.body = body
+    app.refresh()  # never raises; keeps alice refused, bob allowed
+    assert app.decide("m", {names.USER_ID: "alice"}).action == "reject"
+    assert app.decide("m", {names.USER_ID: "bob"}) is None
+    good.httpd.shutdown()
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[" * 100_000, b'{"data": 5}', b"[]"])
+def test_the_resync_thread_survives_any_answer(body):
+    from otel_tokens.ops.guard_resync import Resync
+
+    state = GuardState()
+    state.apply([(("user", "alice", "tokens", "critical"), {"severity": "critical"})])
+    broken = _Fixed(body)
+    resync = Resync(state, broken.url, 1.0)
+    assert resync.once() is False and not state.empty()  # kept: an error, or a first empty answer
+    if body == b"[]":  # a second empty answer is believed (everyone's alerts resolved)
+        assert resync.once() is True and state.empty()
+    else:
+        assert resync.once() is False and not state.empty()
+    broken.httpd.shutdown()

@@ -93,7 +93,8 @@ def _guard(args: argparse.Namespace) -> int:
         print(f"otel-tokens guard: cannot listen on {listen!r}: {error}", file=sys.stderr)
         return 2
     if args.resync:
-        resync = Resync(server.state, args.resync, args.resync_interval)
+        server.app.hold_until_synced(60.0)  # polls get 503 (apps keep their last state) until then
+        resync = Resync(server.state, args.resync, args.resync_interval, on_synced=server.app.synced)
         threading.Thread(target=resync.once, daemon=True).start()  # start-up does not wait on Alertmanager
         resync.start()
     print(f"otel-tokens guard: Alertmanager webhook http://{listen}/alertmanager, state http://{listen}/state"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
@@ -23,7 +24,9 @@ MAX_BODY = 1 << 20  # bytes of a webhook body; Alertmanager's largest groups are
 MAX_HEADERS = 16 << 10
 MAX_ENTRIES = 10_000  # principals per section in one answer
 CONNECTION_LIMIT = 500  # poll(), not select(): no 1,024-descriptor ceiling
-CHANNEL_TIMEOUT = 10  # seconds a connection may stay silent, request half-sent or not
+CHANNEL_TIMEOUT = 10  # seconds a connection may stay silent between requests
+REQUEST_DEADLINE = 5.0  # seconds from a request's first byte to its last: trickling does not extend it
+PER_PEER = 32  # connections one address may hold: one host cannot take the slots of the others
 
 StartResponse = Callable[..., Any]
 
@@ -43,11 +46,21 @@ class GuardApp:
     def __init__(self, state: GuardState, token: str = "", max_entries: int = MAX_ENTRIES) -> None:
         self.state, self.token, self.max_entries = state, token, max_entries
         self._snapshot: tuple[str, bytes] = ("", b"")  # (version, body): serialized once per change
+        self._hold_until = 0.0  # monotonic time until which /state waits for the first resync (503)
+
+    def hold_until_synced(self, seconds: float) -> None:
+        """A restarted guard knows nothing: answer 503 (the apps keep their last state) until the first
+        resync lands, at most `seconds`."""
+        self._hold_until = time.monotonic() + seconds
+
+    def synced(self) -> None:
+        self._hold_until = 0.0
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
+        held = self._hold_until and time.monotonic() < self._hold_until
         if path == "/-/ready":
-            return _reply(start_response, 200, {"status": "ready"})
+            return _reply(start_response, 503 if held else 200, {"status": "resyncing" if held else "ready"})
         if path not in ("/alertmanager", "/state"):
             return _reply(start_response, 404, {"error": "not found: POST /alertmanager, GET /state"})
         wanted = "POST" if path == "/alertmanager" else "GET"
@@ -58,6 +71,9 @@ class GuardApp:
                           [("WWW-Authenticate", 'Bearer realm="otel-tokens guard"')])
         if path == "/alertmanager":
             return self._webhook(environ, start_response)
+        if held:
+            return _reply(start_response, 503, {"error": "rebuilding the state from the alerting stack"},
+                          [("Retry-After", "5")])
         return self._state(environ, start_response)
 
     def _webhook(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -75,7 +91,10 @@ class GuardApp:
             return _reply(start_response, 400, {"error": "not an Alertmanager webhook payload: nested too deep"})
         except (ValueError, PayloadError) as error:  # PayloadError names the entry and field
             return _reply(start_response, 400, {"error": f"not an Alertmanager webhook payload: {error}"})
-        self.state.apply(changes)
+        try:
+            self.state.apply(changes)
+        except PayloadError as error:
+            return _reply(start_response, 400, {"error": str(error)})
         return _reply(start_response, 200, {"status": "ok"})
 
     def _state(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -103,7 +122,7 @@ def _reply(start_response: StartResponse, status: int, body: Any,
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-            413: "Payload Too Large"}
+            413: "Payload Too Large", 503: "Service Unavailable"}
 
 
 def _send(start_response: StartResponse, status: int, data: bytes,
@@ -130,6 +149,7 @@ class GuardServer:
             channel_timeout=CHANNEL_TIMEOUT, cleanup_interval=1, max_request_body_size=MAX_BODY,
             max_request_header_size=MAX_HEADERS, ident="otel-tokens-guard", expose_tracebacks=False,
             asyncore_loop_timeout=0.2, asyncore_use_poll=True)
+        _limit_slow_peers(self._server)
         self.server_address = (host, int(self._server.effective_port))
         self._stop, self._stopped = threading.Event(), threading.Event()
         self._running = False
@@ -160,6 +180,52 @@ class GuardServer:
 
     def server_close(self) -> None:
         """Kept for callers of the http.server-style interface: shutdown() already closed everything."""
+
+
+def _limit_slow_peers(server: Any) -> None:
+    """waitress closes connections that are silent too long; a client trickling one byte at a time is
+    never silent. So each request gets a deadline from its first byte, and each peer a connection cap."""
+    from waitress.channel import HTTPChannel
+
+    peers: dict[str, int] = {}
+
+    class Channel(HTTPChannel):  # type: ignore[misc]
+        def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
+            super().__init__(server, sock, addr, adj, map)
+            self.request_started: float | None = None
+            self._peer = str(addr[0]) if isinstance(addr, tuple) else str(addr)
+            peers[self._peer] = peers.get(self._peer, 0) + 1
+            self._counted = True
+            if peers[self._peer] > PER_PEER:
+                self.will_close = True
+
+        def received(self, data: bytes) -> bool:
+            if self.request is None and data and self.request_started is None:
+                self.request_started = time.monotonic()
+            result = super().received(data)
+            if self.request is None:  # nothing half-read: the next request starts its own clock
+                self.request_started = None
+            return bool(result)
+
+        def del_channel(self, map: Any = None) -> None:
+            if getattr(self, "_counted", False):
+                self._counted = False
+                left = peers.get(self._peer, 1) - 1
+                if left > 0:
+                    peers[self._peer] = left
+                else:
+                    peers.pop(self._peer, None)
+            super().del_channel(map)
+
+    def maintenance(now: float) -> None:
+        cutoff, late = now - server.adj.channel_timeout, time.monotonic() - REQUEST_DEADLINE
+        for channel in list(server.active_channels.values()):
+            started = getattr(channel, "request_started", None)
+            if (not channel.requests and channel.last_activity < cutoff) or (started is not None and started < late):
+                channel.will_close = True
+
+    server.channel_class = Channel
+    server.maintenance = maintenance
 
 
 def serve(host: str, port: int, state: GuardState | None = None, token: str = "",
