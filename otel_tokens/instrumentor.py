@@ -11,12 +11,13 @@ from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.dependencies import DependencyConflict, get_dependency_conflicts
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from . import attribution, names
-from .cardinality import sdk_series_limit
+from . import attribution, graceful_stop, names
+from .cardinality import delta_readers, sdk_series_limit
 from .config import load_settings
 from .integrations import openai as openai_integration
 from .integrations import transformers as transformers_integration
 from .recorder import Recorder
+from .safety import logger
 from .threads import instrument_threads, uninstrument_threads
 from .version import __version__
 from .web import zero_code as web_zero_code
@@ -55,6 +56,11 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if settings.series_limit is None:
             settings = replace(settings, series_limit=sdk_series_limit(kwargs.get("meter_provider")))
         recorder = Recorder(tracer, meter, settings)
+        if delta_readers(kwargs.get("meter_provider")):
+            logger.warning("otel-tokens: a metric reader exports counters with delta temporality; usage counted "
+                           "while the backend is unreachable is then lost when the export fails (cumulative "
+                           "loses nothing: the next export carries the totals). Set "
+                           "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=cumulative")
         attribution.trust_baggage(settings.trust_baggage)
         if settings.trusted_headers:
             web_zero_code.instrument(settings.trusted_headers)
@@ -66,12 +72,15 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 module.instrument(recorder)
                 self._active.append(module)
         instrument_threads()
+        graceful_stop.install(kwargs.get("meter_provider") or metrics.get_meter_provider(),
+                              kwargs.get("tracer_provider") or trace.get_tracer_provider())
 
     def _uninstrument(self, **kwargs: Any) -> None:
         for module in self._active:
             module.uninstrument()
         self._active = []
         uninstrument_threads()
+        graceful_stop.uninstall()
         attribution.trust_baggage(False)
         web_zero_code.uninstrument()
         if self._recorder is not None:

@@ -90,9 +90,9 @@ class _OTLPHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
-        if length:
-            self.rfile.read(length)
+        body = self.rfile.read(length) if length else b""
         self.server.owner.received += 1
+        self.server.owner.bodies.append((self.path, body))
         status = self.server.owner.status
         body = b"" if status == 200 else b"unavailable"
         self.send_response(status)
@@ -116,6 +116,7 @@ class OTLPBackend:
     def __init__(self, status: int = 200) -> None:
         self.status = status
         self.received = 0
+        self.bodies: list[tuple[str, bytes]] = []  # (path, body) of every export
         self._httpd = _OTLPServer(("127.0.0.1", 0), _OTLPHandler)
         self._httpd.owner = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -124,6 +125,32 @@ class OTLPBackend:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def cumulative(self, metric: str, key: str) -> dict[str, float]:
+        """The latest cumulative value of an OTLP sum per value of attribute `key`, over every export
+        received (each attribute set's highest value: a cumulative counter only grows)."""
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+        latest: dict[tuple[tuple[str, str], ...], float] = {}
+        for path, body in self.bodies:
+            if not path.endswith("/v1/metrics"):
+                continue
+            request = ExportMetricsServiceRequest()
+            request.ParseFromString(body)
+            for resource in request.resource_metrics:
+                for scope in resource.scope_metrics:
+                    for item in scope.metrics:
+                        if item.name != metric:
+                            continue
+                        for point in item.sum.data_points:
+                            labels = tuple(sorted((a.key, a.value.string_value) for a in point.attributes))
+                            value = point.as_int or point.as_double
+                            latest[labels] = max(latest.get(labels, 0), value)
+        totals: dict[str, float] = {}
+        for labels, value in latest.items():
+            name = dict(labels).get(key, "")
+            totals[name] = totals.get(name, 0) + value
+        return totals
 
     def __enter__(self) -> OTLPBackend:
         self._thread.start()
