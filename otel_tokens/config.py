@@ -112,12 +112,27 @@ def _fall_back(values: dict[str, Any], key: str) -> str:
     return "using the default"
 
 
+MAX_FILE_BYTES = 8 << 20  # a config, price or quota file larger than this is a mistake (or /dev/zero)
+
+
 def read_yaml(path: Path, what: str) -> Any:
-    """Parsed YAML, or ConfigError naming the file."""
+    """Parsed YAML, or ConfigError naming the file. Only a regular file, at most MAX_FILE_BYTES: a
+    device or a FIFO named by mistake must not hang start-up."""
+    import stat
+
     import yaml
 
     try:
-        text = path.read_text(encoding="utf-8")
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{what} {path}", "(file)", str(path), "is not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{what} {path}", "(file)", str(path), f"is larger than {MAX_FILE_BYTES} bytes")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise ConfigError(f"{what} {path}", "(file)", str(path), f"is larger than {MAX_FILE_BYTES} bytes")
+        text = data.decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{what} {path}", "(file)", str(path), f"cannot be read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:

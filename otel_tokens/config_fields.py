@@ -3,12 +3,15 @@ config.py reports naming the file (or variable), the field and the value."""
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from . import names, quota_scopes
 from .guard import GuardRule, GuardSettings
+from .safety import logger
 
 
 # --- field checkers: return the clean value or raise ValueError(reason) ----------------------------
@@ -63,11 +66,27 @@ def _capture(value: Any) -> bool:
         raise ValueError("is not true, false, SPAN_ONLY, SPAN_AND_EVENT, EVENT_ONLY or NO_CONTENT") from None
 
 
+_ATTRIBUTE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}")
+# what a typo of the attribution keys looks like; a custom usage_context(**extra) key is fine
+_NEAR = {"user": names.USER_ID, "user_id": names.USER_ID, "userid": names.USER_ID, "uid": names.USER_ID,
+         "dept": names.DEPARTMENT, "department_id": names.DEPARTMENT, "departement": names.DEPARTMENT,
+         "team": names.DEPARTMENT}
+
+
 def _dimensions(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError("is not a list of attribute names")
+    for name in value:
+        if not _ATTRIBUTE.fullmatch(name):
+            raise ValueError(f"has {name!r}, which is not an attribute name (letters, digits, _ . -)")
+        near = _NEAR.get(name.lower()) or next(iter(difflib.get_close_matches(
+            name, (names.USER_ID, names.DEPARTMENT), n=1, cutoff=0.75)), None)
+        if near is not None and near != name and near not in value:
+            logger.warning("otel-tokens: metric_dimensions names %r: did you mean %r? Without it the metrics "
+                           "carry no %s label, and quotas and dashboards see nobody (kept as a custom key)",
+                           name, near, names.prometheus_label(near))
     if names.SESSION_ID in value:
         raise ValueError(f"names {names.SESSION_ID}, which is never a metric label (unbounded)")
     return tuple(dict.fromkeys(value))
@@ -125,10 +144,10 @@ FAIL_SAFE = {"unattributed": (quota_scopes.REJECT, "refusing calls with no user 
 
 
 def _positive_int(value: Any) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError("is not a positive integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000_000:
+        raise ValueError("is not an integer between 1 and 10,000,000")
     return value
 
 
@@ -138,8 +157,8 @@ def _seconds(value: Any) -> float:
             value = float(value)
         except ValueError:
             raise ValueError("is not a number of seconds") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError("is not a non-negative number of seconds")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 86400:
+        raise ValueError("is not a number of seconds between 0 and 86400")  # nan and inf fail here too
     return float(value)
 
 

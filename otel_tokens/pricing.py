@@ -152,6 +152,21 @@ def load_price_file(path: Path, origin: str, errors: list[str]) -> list[Price]:
     return parse_entries(data["models"], source, origin, errors)
 
 
+def _warn_on_drops(path: Path, old: list[Price], new: list[Price]) -> None:
+    """A reload that loses entries or cuts a price more than tenfold is more often a bad edit than a
+    price change: say which models."""
+    after = {(p.provider, p.match): p for p in new}
+    dropped = sorted(p.match for p in old if (p.provider, p.match) not in after)
+    cut = sorted(p.match for p in old if (q := after.get((p.provider, p.match))) is not None
+                 and ((p.input > 0 and q.input * 10 < p.input) or (p.output > 0 and q.output * 10 < p.output)))
+    if dropped:
+        logger.warning("otel-tokens: price file %s no longer prices %s (their calls fall back to the next "
+                       "price source, or get no cost)", path, ", ".join(dropped[:20]))
+    if cut:
+        logger.warning("otel-tokens: price file %s cut the price of %s more than tenfold; intended?", path,
+                       ", ".join(cut[:20]))
+
+
 def builtin_prices() -> list[Price]:
     path = resources.files("otel_tokens") / "data" / "prices.yaml"
     with resources.as_file(path) as real_path:
@@ -171,6 +186,7 @@ class PriceBook:
         self._file_prices: list[Price] = []
         self._file_stamp: tuple[int, int] | None = None
         self._interval = settings.price_reload_interval
+        self._settle_ns = int(max(settings.price_reload_interval, 0.5) * 1e9)
         self._next_check = 0.0
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], Price | None] = {}
@@ -188,17 +204,27 @@ class PriceBook:
         return (stat.st_mtime_ns, stat.st_size)
 
     def _reload_file(self) -> None:
+        """Read the price file once it is stable: a file written in place (not written then renamed) may
+        be read half-written and still parse, so a file that changed within the last check interval, or
+        while it was read, is read again at a later check; the first read at start-up is taken at once."""
         if self._file is None:
             return
         stamp = self._stamp()
         if stamp == self._file_stamp and stamp is not None:
             return
+        first = self._file_stamp is None and not self._file_prices
+        if not first and stamp is not None and time.time_ns() - stamp[0] < self._settle_ns:
+            return  # changed just now: wait until it has stood still for one interval
         errors: list[str] = []
         prices = load_price_file(self._file, "price file", errors)
+        if self._stamp() != stamp:
+            return  # written while we read it
         if errors and not prices and self._file_prices:
             logger.warning("otel-tokens: keeping the %d prices read earlier from %s",
                            len(self._file_prices), self._file)
         else:
+            if not first:
+                _warn_on_drops(self._file, self._file_prices, prices)
             self._file_prices = prices
         self.errors = [e for e in self.errors if str(self._file) not in e] + errors
         self._file_stamp = stamp

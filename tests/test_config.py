@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,44 @@ def test_unreadable_files_are_named(tmp_path, caplog):
     settings = load_settings({"OTEL_TOKENS_PRICE_FILE": str(directory)})
     with caplog.at_level(logging.WARNING, logger="otel_tokens"):
         _calls_keep_working(settings)
-    assert any(str(directory) in r.getMessage() and "cannot be read" in r.getMessage() for r in caplog.records)
+    assert any(str(directory) in r.getMessage() and "is not a regular file" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_a_device_named_as_a_file_never_hangs_start_up(device, caplog):
+    started = time.monotonic()
+    settings = load_settings({"OTEL_TOKENS_PRICE_FILE": device, "OTEL_TOKENS_CONFIG": device})
+    with caplog.at_level(logging.WARNING, logger="otel_tokens"):
+        _calls_keep_working(settings)
+    assert time.monotonic() - started < 5
+    assert any(device in e and "is not a regular file" in e for e in settings.errors)
+    assert any(device in r.getMessage() and "is not a regular file" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("raw", "near"), [("user,dept", "user.id"), ("user_id,department", "user.id"),
+                                           ("user.id,dept", "department"), ("user.id,departmnt", "department")])
+def test_near_misses_of_the_attribution_keys_are_named(raw, near, caplog):
+    with caplog.at_level(logging.WARNING, logger="otel_tokens"):
+        settings = load_settings({"OTEL_TOKENS_METRIC_DIMENSIONS": raw})
+    assert settings.metric_dimensions == tuple(raw.split(","))  # custom keys stay legitimate
+    assert any(f"did you mean {near!r}" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("variable", "raw"), [
+    ("OTEL_TOKENS_METRIC_DIMENSIONS", "user.id,,;DROP"), ("OTEL_TOKENS_PRICE_RELOAD_INTERVAL", "nan"),
+    ("OTEL_TOKENS_PRICE_RELOAD_INTERVAL", "inf"), ("OTEL_TOKENS_CARDINALITY_LIMIT", "10000000000"),
+    ("OTEL_TOKENS_CARDINALITY_LIMIT", "\u0661")])
+def test_out_of_range_and_odd_values_are_refused_by_name(variable, raw):
+    settings = load_settings({variable: raw})
+    assert len(settings.errors) == 1 and variable in settings.errors[0] and repr(raw) in settings.errors[0]
+
+
+def test_a_guard_poll_interval_out_of_range_is_refused_by_name(tmp_path):
+    for value in (".nan", ".inf", "0.000001", "-1"):
+        config = tmp_path / "c.yaml"
+        config.write_text(f"guard:\n  source: http://guard:9095/state\n  poll_interval: {value}\n")
+        settings = load_settings({"OTEL_TOKENS_CONFIG": str(config)})
+        assert "poll_interval" in settings.errors[0] and "between 0.05 and 3600" in settings.errors[0], value
 
 
 def test_bad_environment_value_is_named(caplog):
@@ -128,5 +166,5 @@ def test_config_path_shown_by_doctor(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("cardinality_limit: 0\n")
     text = report(settings=load_settings({"OTEL_TOKENS_CONFIG": str(config)}))
-    assert str(config) in text and "cardinality_limit: 0 is not a positive integer" in text
+    assert str(config) in text and "cardinality_limit: 0 is not an integer between 1 and 10,000,000" in text
     assert Path(config).exists()
