@@ -122,13 +122,34 @@ def _kind_rows_title(report: Report, kind: str) -> str:
     return f"Top {_KIND_TITLE[kind]} by tokens" + (f" ({shown} of {count})" if count > shown else "")
 
 
+def _md(text: str) -> str:
+    """A name as markdown text: a table cell or a line stays one (pipes, newlines, markup escaped)."""
+    text = text.replace("\\", "\\\\").replace("\r", " ").replace("\n", " ")
+    for char in "|`*_[]<>#":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def _spreadsheet_safe(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR first) gets a leading quote
+    (OWASP's advice); numbers are never touched."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def _rounded(percent: float | None) -> float | None:
+    """Percentages and shares without float noise (54.50000000000001 -> 54.5); costs keep full precision."""
+    return None if percent is None else float(f"{percent:.12g}")  # 12 significant digits: the noise is in the 16th
+
+
 def to_markdown(report: Report) -> str:
     def table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str) -> list[str]:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+        lines += ["| " + " | ".join(map(_md, row)) + " |" for row in rows]
         return lines
 
-    out = ["# LLM usage report", "", headline(report), "",
+    out = ["# LLM usage report", "", _md(headline(report)), "",
            f"Window: {_utc(report.start)} → {_utc(report.at)} UTC ({report.window}); previous window: "
            f"{_utc(report.start - report.window_seconds)} → {_utc(report.start)} UTC. Source: {report.prometheus}.",
            "", "## Totals", ""]
@@ -154,14 +175,14 @@ def to_markdown(report: Report) -> str:
 def _row_dict(row: Row) -> dict[str, Any]:
     return {"rank": row.rank, "name": row.name, "input_tokens": row.input_tokens,
             "output_tokens": row.output_tokens, "total_tokens": row.total_tokens, "cost": row.cost,
-            "share": row.share, "requests": row.requests, "previous_total_tokens": row.previous_total_tokens,
-            "change": row.change}
+            "share": _rounded(row.share), "requests": row.requests,
+            "previous_total_tokens": row.previous_total_tokens, "change": _rounded(row.change)}
 
 
 def _totals_dict(t: Totals) -> dict[str, Any]:
     return {"input_tokens": t.input_tokens, "output_tokens": t.output_tokens, "total_tokens": t.total_tokens,
             "cost": t.cost, "cost_by_currency": t.cost_by_currency, "requests": t.requests, "errors": t.errors,
-            "estimated_tokens": t.estimated_tokens, "estimated_share": t.estimated_share}
+            "estimated_tokens": t.estimated_tokens, "estimated_share": _rounded(t.estimated_share)}
 
 
 def _window_dict(start: float, end: float) -> dict[str, Any]:
@@ -182,7 +203,7 @@ def to_dict(report: Report) -> dict[str, Any]:
         "currency": report.currency,
         "headline": headline(report),
         "totals": {**_totals_dict(t), "previous": _totals_dict(p),
-                   "change": {k: _change(getattr(t, k), getattr(p, k))
+                   "change": {k: _rounded(_change(getattr(t, k), getattr(p, k)))
                               for k in ("input_tokens", "output_tokens", "total_tokens", "cost", "requests",
                                         "errors")}},
         "top": report.top,
@@ -190,7 +211,7 @@ def to_dict(report: Report) -> dict[str, Any]:
         "counts": {_KIND_TITLE[kind]: report.counts[kind] for kind in DIMENSIONS},
         "quota_rules": report.quota_rules,
         "quotas": [{"principal": q.principal, "name": q.name, "quota": q.quota, "window": q.window,
-                    "usage": q.usage, "limit": q.limit, "ratio": q.ratio, "percent": q.percent}
+                    "usage": q.usage, "limit": q.limit, "ratio": _rounded(q.ratio), "percent": _rounded(q.percent)}
                    for q in report.quotas],
         "notes": report.notes,
     }
@@ -215,6 +236,8 @@ def to_csv(report: Report) -> str:
     def plain(value: Any) -> Any:
         if value is None:
             return ""
+        if isinstance(value, str):
+            return _spreadsheet_safe(value)
         if isinstance(value, float) and math.isfinite(value):
             return format(Decimal(repr(value)), "f")  # 0.00004, not 4e-05
         return value
@@ -225,7 +248,7 @@ def to_csv(report: Report) -> str:
         "total_tokens": t.total_tokens, "cost": t.cost, "share": 1.0 if t.total_tokens else 0.0,
         "currency": report.currency, "requests": t.requests, "errors": t.errors,
         "previous_total_tokens": report.previous.total_tokens,
-        "change": _change(t.total_tokens, report.previous.total_tokens), "window": report.window}.items()})
+        "change": _rounded(_change(t.total_tokens, report.previous.total_tokens)), "window": report.window}.items()})
     for kind in DIMENSIONS:
         for r in report.rows[kind]:
             data = _row_dict(r)
@@ -234,7 +257,7 @@ def to_csv(report: Report) -> str:
     for q in report.quotas:
         writer.writerow({k: plain(v) for k, v in {
             "kind": f"{q.principal}_quota", "name": q.name, "quota": q.quota, "window": q.window,
-            "usage": q.usage, "limit": q.limit, "percent": q.percent,
+            "usage": q.usage, "limit": q.limit, "percent": _rounded(q.percent),
             "currency": report.currency if q.quota == "cost" else None}.items()})
     return buffer.getvalue()
 
@@ -242,11 +265,13 @@ def to_csv(report: Report) -> str:
 def print_table(report: Report, file: TextIO) -> None:
     from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     terminal = hasattr(file, "isatty") and file.isatty()
     console = Console(file=file, width=None if terminal else 120, highlight=False, soft_wrap=False)
-    console.print(f"[bold]LLM usage[/bold] — {headline(report)}")
+    console.print(f"[bold]LLM usage[/bold] — {escape(headline(report))}")
     console.print(f"[dim]{_utc(report.start)} → {_utc(report.at)} UTC, previous "
                   f"{_utc(report.start - report.window_seconds)} → {_utc(report.start)}; {report.prometheus}[/dim]")
 
@@ -264,7 +289,8 @@ def print_table(report: Report, file: TextIO) -> None:
             table.add_column(header, justify="left" if i == 1 else "right", no_wrap=True,
                              overflow="fold" if i == 1 else "ellipsis", max_width=40 if i == 1 else None)
         for row in report.rows[kind]:
-            table.add_row(*_row_values(row), style="dim" if row.name == UNATTRIBUTED else None)
+            values = _row_values(row)
+            table.add_row(values[0], Text(values[1]), *values[2:], style="dim" if row.name == UNATTRIBUTED else None)
         console.print(table)
 
     if report.quotas:
@@ -274,12 +300,12 @@ def print_table(report: Report, file: TextIO) -> None:
         for q in report.quotas:
             values = _quota_values(q, report.currency)
             style = "bold red" if q.ratio >= 1 else "yellow" if q.ratio >= 0.8 else None
-            quotas.add_row(f"{q.principal} {values[0]}", *values[1:], style=style)
+            quotas.add_row(Text(f"{q.principal} {values[0]}"), *values[1:], style=style)
         console.print(quotas)
     else:
         console.print("Quotas: " + ("no principal has a recorded limit." if report.quota_rules
                                     else "no quota rules loaded."))
     for note in report.notes:
-        console.print(f"[dim]note: {note}[/dim]")
+        console.print(f"[dim]note: {escape(note)}[/dim]")
 
 

@@ -1,0 +1,61 @@
+"""The report trusts no name (issue 19): ids are whatever apps and proxies sent. Every format renders a
+hostile name as text: rich markup is not interpreted, markdown tables keep their shape, CSV cells a
+spreadsheet would run as formulas are quoted, and JSON percentages carry no float noise."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from otel_tokens.ops.report.model import QuotaRow, Report, Row, Totals
+from otel_tokens.ops.report.render import print_table, to_csv, to_json, to_markdown
+
+HOSTILE = ["[/]", "[bold red]boss[/bold red]", '=HYPERLINK("http://evil.example","x")', "+1-2", "@SUM(A1)",
+           "line\nbreak", "pipe|name", "__init__"]
+
+
+def _report() -> Report:
+    users = [Row("user", name, input_tokens=10, output_tokens=10 + i, cost=0.001, requests=1, share=0.125, rank=i + 1)
+             for i, name in enumerate(HOSTILE)]
+    quotas = [QuotaRow("user", name, "tokens", "24h", 109, 200) for name in HOSTILE]  # 54.50000000000001 %
+    totals = Totals(input_tokens=80, output_tokens=108, cost=0.008, requests=8, errors=0)
+    return Report("http://prometheus:9090", 1_764_633_600.0, 86400.0, 10, "USD", totals, Totals(),
+                  {"user": users, "department": [], "model": []}, {"user": 8, "department": 0, "model": 0},
+                  quotas, True)
+
+
+def test_the_table_prints_names_as_text_not_markup():
+    out = io.StringIO()
+    print_table(_report(), out)  # "[/]" made rich raise (exit 1) before
+    text = out.getvalue()
+    assert "[/]" in text and "[bold red]boss[/bold red]" in text
+
+
+def test_markdown_tables_keep_their_shape():
+    lines = to_markdown(_report()).splitlines()
+    rows = [line for line in lines if line.startswith("| ") and line[2:3].isdigit()]
+    assert len(rows) == len(HOSTILE)
+    assert all(line.count(" | ") == rows[0].count(" | ") for line in rows)  # no pipe or newline split a row
+    assert any("line break" in line for line in rows) and any("pipe\\|name" in line for line in rows)
+    assert any("\\_\\_init\\_\\_" in line for line in rows)
+
+
+def test_csv_quotes_formula_cells_and_keeps_numbers():
+    rows = list(csv.DictReader(io.StringIO(to_csv(_report()))))
+    names = [r["name"] for r in rows if r["kind"] == "user"]
+    assert "'=HYPERLINK(\"http://evil.example\",\"x\")" in names and "'+1-2" in names and "'@SUM(A1)" in names
+    assert "[/]" in names and "line\nbreak" in names  # only formula starts are touched
+    assert all(not n.startswith(("=", "+", "-", "@")) for n in names)
+    assert [r["percent"] for r in rows if r["kind"] == "user_quota"] == ["54.5"] * len(HOSTILE)
+    assert [r["cost"] for r in rows if r["kind"] == "user"] == ["0.001"] * len(HOSTILE)
+
+
+def test_json_keeps_names_exact_and_percentages_clean():
+    data = json.loads(to_json(_report()))
+    assert [u["name"] for u in data["users"]] == HOSTILE  # JSON escapes by itself: exact names
+    assert {q["percent"] for q in data["quotas"]} == {54.5}
+    assert {q["ratio"] for q in data["quotas"]} == {0.545}
+    assert data["users"][0]["cost"] == pytest.approx(0.001, rel=1e-12)
