@@ -50,6 +50,21 @@ class ConfigError(ValueError):
         super().__init__(f"{source}: {field}: {value!r} {reason}")
 
 
+class ConfigProblemsError(ConfigError):
+    """Every problem of one file at once (the first is also the error's own source/field/value)."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        first = problems[0]
+        super().__init__(first.source, first.field, first.value, first.reason)
+        self.problems = problems
+        if len(problems) > 1:
+            self.args = (f"{first.source}: {len(problems)} problems: "
+                         + "; ".join(f"{p.field}: {p.value!r} {p.reason}" for p in problems),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 @dataclass(frozen=True)
 class Settings:
     currency: str = "USD"

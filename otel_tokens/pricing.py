@@ -79,16 +79,16 @@ def _valid_glob(pattern: Any) -> bool:
     return depth == 0
 
 
-def parse_entries(raw: Any, source: str, origin: str, errors: list[str]) -> list[Price]:
+def parse_entries(raw: Any, source: str, origin: str, errors: list[str], field: str = "models") -> list[Price]:
     """Valid entries of a `models:` list; each bad entry is reported (file, field, value) and skipped."""
     if not isinstance(raw, list):
-        error = ConfigError(source, "models", raw, "is not a list of price entries")
+        error = ConfigError(source, field, raw, "is not a list of price entries")
         errors.append(f"otel-tokens: {error}; no prices read from it")
         logger.warning("%s", errors[-1])
         return []
     prices = []
     for i, entry in enumerate(raw):
-        where = f"models[{i}]"
+        where = f"{field}[{i}]"
         try:
             if not isinstance(entry, Mapping):
                 raise ConfigError(source, where, entry, "is not a mapping")
@@ -97,9 +97,10 @@ def parse_entries(raw: Any, source: str, origin: str, errors: list[str]) -> list
                 key = sorted(map(str, unknown))[0]
                 raise ConfigError(source, f"{where}.{key}", entry[key],
                                   f"is not a known field ({', '.join(sorted(_ENTRY_KEYS))})")
-            for key in _REQUIRED:
-                if key not in entry:
-                    raise ConfigError(source, f"{where}.{key}", None, "is missing")
+            missing = [key for key in _REQUIRED if key not in entry]
+            if missing:  # all of them at once
+                raise ConfigError(source, f"{where}.{', '.join(missing)}", None,
+                                  "is missing" if len(missing) == 1 else "are missing")
             match = entry["match"]
             if not _valid_glob(match):
                 raise ConfigError(source, f"{where}.match", match,
@@ -180,7 +181,8 @@ class PriceBook:
         self.currency = settings.currency
         self.rates = dict(settings.exchange_rates)
         self.errors: list[str] = []
-        self._inline = parse_entries(list(settings.prices), f"config {settings.config_file}", "config", self.errors)
+        self._inline = parse_entries(list(settings.prices), f"config {settings.config_file}", "config", self.errors,
+                                     field="prices")
         self._builtin = builtin_prices() if settings.builtin_prices else []
         self._file = settings.price_file
         self._file_prices: list[Price] = []

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, read_yaml
+from .config import ConfigError, ConfigProblemsError, read_yaml
 from .quota_scopes import DEPARTMENT, KINDS, USER, QuotaScope
 
 _PRINCIPAL = re.compile(r"^[^\"\\\n]+$")  # ends up inside PromQL label values and YAML strings
@@ -64,62 +64,71 @@ class Quotas:
         return self.users if scope is USER else self.departments
 
 
-def _limits(raw: Any, source: str, where: str) -> Limits:
+def _limits(raw: Any, source: str, where: str, problems: list[ConfigError]) -> Limits:
+    """The limits of one principal; every problem is added to `problems` (and that field left out)."""
     if not isinstance(raw, Mapping):
-        raise ConfigError(source, where, raw, "is not a mapping like {tokens: 100000, cost: 5}")
-    unknown = set(raw) - set(KINDS)
-    if unknown:
-        key = sorted(map(str, unknown))[0]
-        raise ConfigError(source, f"{where}.{key}", raw[key], "is not a known field (tokens, cost)")
+        problems.append(ConfigError(source, where, raw, "is not a mapping like {tokens: 100000, cost: 5}"))
+        return Limits()
+    for key in sorted(map(str, set(raw) - set(KINDS))):
+        problems.append(ConfigError(source, f"{where}.{key}", raw[key], "is not a known field (tokens, cost)"))
     values = {}
     for kind in KINDS:
         value = raw.get(kind)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ConfigError(source, f"{where}.{kind}", value, "is not a positive number")
-        if not value < 1e15:  # inf included: budget mode holds limits as exact integers
-            raise ConfigError(source, f"{where}.{kind}", value, "is not below 10^15")
-        values[kind] = float(value)
-    if not values:
-        raise ConfigError(source, where, dict(raw), "sets neither tokens nor cost")
+            problems.append(ConfigError(source, f"{where}.{kind}", value, "is not a positive number"))
+        elif not value < 1e15:  # inf included: budget mode holds limits as exact integers
+            problems.append(ConfigError(source, f"{where}.{kind}", value, "is not below 10^15"))
+        else:
+            values[kind] = float(value)
+    if not values and not set(raw) & set(KINDS):
+        problems.append(ConfigError(source, where, dict(raw), "sets neither tokens nor cost"))
     return Limits(**values)
 
 
-def _scope(raw: Any, source: str, where: str) -> ScopeLimits:
+def _scope(raw: Any, source: str, where: str, problems: list[ConfigError]) -> ScopeLimits:
     if raw is None:
         return ScopeLimits()
     if not isinstance(raw, Mapping):
-        raise ConfigError(source, where, raw, "is not a mapping with `default` and/or `overrides`")
-    unknown = set(raw) - {"default", "overrides"}
-    if unknown:
-        key = sorted(map(str, unknown))[0]
-        raise ConfigError(source, f"{where}.{key}", raw[key], "is not a known field (default, overrides)")
-    default = _limits(raw["default"], source, f"{where}.default") if raw.get("default") is not None else Limits()
+        problems.append(ConfigError(source, where, raw, "is not a mapping with `default` and/or `overrides`"))
+        return ScopeLimits()
+    for key in sorted(map(str, set(raw) - {"default", "overrides"})):
+        problems.append(ConfigError(source, f"{where}.{key}", raw[key], "is not a known field (default, overrides)"))
+    default = (_limits(raw["default"], source, f"{where}.default", problems) if raw.get("default") is not None
+               else Limits())
     overrides_raw = raw.get("overrides") or {}
     if not isinstance(overrides_raw, Mapping):
-        raise ConfigError(source, f"{where}.overrides", overrides_raw, "is not a mapping of name to limits")
+        problems.append(ConfigError(source, f"{where}.overrides", overrides_raw, "is not a mapping of name to limits"))
+        overrides_raw = {}
     overrides = {}
     for name, limits in overrides_raw.items():
         if not isinstance(name, str) or not _PRINCIPAL.match(name):
-            raise ConfigError(source, f"{where}.overrides", name, "is not a valid name (no quotes or backslashes)")
-        overrides[name] = _limits(limits, source, f"{where}.overrides.{name}")
+            problems.append(ConfigError(source, f"{where}.overrides", name,
+                                        "is not a valid name (no quotes or backslashes)"))
+            continue
+        overrides[name] = _limits(limits, source, f"{where}.overrides.{name}", problems)
     return ScopeLimits(default, overrides)
 
 
 def parse_quotas(data: Any, source: str) -> Quotas:
+    """The quotas, or ConfigProblemsError listing every problem of the file at once."""
+    if data is None:
+        raise ConfigError(source, "(file)", "", "is empty: a quota file sets `users:` and/or `departments:`")
     if not isinstance(data, Mapping):
         raise ConfigError(source, "(top level)", type(data).__name__, "is not a mapping")
+    problems: list[ConfigError] = []
     known = ("warning_ratio", USER.section, DEPARTMENT.section)
-    unknown = set(data) - set(known)
-    if unknown:
-        key = sorted(map(str, unknown))[0]
-        raise ConfigError(source, str(key), data[key], f"is not a known field ({', '.join(known)})")
+    for key in sorted(map(str, set(data) - set(known))):
+        problems.append(ConfigError(source, key, data[key], f"is not a known field ({', '.join(known)})"))
     ratio = data.get("warning_ratio", 0.8)
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
-        raise ConfigError(source, "warning_ratio", ratio, "is not a number between 0 and 1 (exclusive)")
-    quotas = Quotas(float(ratio), _scope(data.get(USER.section), source, USER.section),
-                    _scope(data.get(DEPARTMENT.section), source, DEPARTMENT.section), source)
+        problems.append(ConfigError(source, "warning_ratio", ratio, "is not a number between 0 and 1 (exclusive)"))
+        ratio = 0.8
+    quotas = Quotas(float(ratio), _scope(data.get(USER.section), source, USER.section, problems),
+                    _scope(data.get(DEPARTMENT.section), source, DEPARTMENT.section, problems), source)
+    if problems:
+        raise ConfigProblemsError(problems)
     if not quotas.users.kinds() and not quotas.departments.kinds():
         raise ConfigError(source, "(top level)", dict(data), "sets no limit for users or departments")
     return quotas

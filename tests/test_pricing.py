@@ -191,3 +191,12 @@ def test_a_price_file_is_applied_only_once_it_stands_still_and_bad_reloads_are_n
     assert tel.spans()[-1].attributes[names.LLM_COST] == pytest.approx(0.00001, rel=1e-12)
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "no longer prices other-model" in messages and "cut the price of house-model" in messages
+
+
+def test_inline_price_errors_name_the_config_field_and_every_missing_key():
+    from otel_tokens.pricing import PriceBook
+
+    book = PriceBook(Settings(prices=({"match": "m"}, {"match": "x", "currency": "USD", "input": 1, "output": -1})))
+    assert any("prices[0].currency, input, output" in e and "are missing" in e for e in book.errors), book.errors
+    assert any("prices[1].output" in e for e in book.errors), book.errors
+    assert not any("models[" in e for e in book.errors)

@@ -294,3 +294,21 @@ def test_rollups_of_any_phase_add_up_and_a_missed_one_loses_only_its_bucket(tmp_
     result = subprocess.run([promtool, "test", "rules", "quotas.test.yml"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_every_problem_of_a_quota_file_is_reported_at_once(tmp_path):
+    from otel_tokens.quotas import load_quotas
+
+    path = tmp_path / "q.yaml"
+    path.write_text("warning_ratio: 2\nusers:\n  default: {tokens: -5, cost: .inf}\n  overrides:\n"
+                    "    bob: {tokns: 10}\ndepartments: {defaults: {}}\nteams: {}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_quotas(path)
+    message = str(caught.value)
+    assert str(path) in message and "7 problems" in message, message
+    for part in ("warning_ratio: 2", "users.default.tokens: -5", "users.default.cost: inf",
+                 "users.overrides.bob.tokns: 10", "departments.defaults", "teams"):
+        assert part in message, (part, message)
+    path.write_text("")
+    with pytest.raises(ConfigError, match=r"is empty: a quota file sets `users:` and/or `departments:`"):
+        load_quotas(path)
