@@ -27,7 +27,7 @@ def _rates(value: Any) -> dict[str, float]:
     rates = {}
     for code, rate in value.items():
         code = _currency(code)
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1e9:
             raise ValueError(f"has a rate for {code} that is not a positive number: {rate!r}")
         rates[code] = float(rate)
     return rates

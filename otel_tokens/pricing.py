@@ -9,6 +9,7 @@ and listed by `doctor`.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 import threading
 import time
@@ -19,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .config import ConfigError, Settings, read_yaml
+from .config import ConfigError, ConfigProblemsError, Settings, read_yaml
 from .safety import log_once, logger
 
 _ENTRY_KEYS = {"match", "provider", "currency", "input", "output", "cached_input", "date", "source"}
@@ -57,12 +58,6 @@ class Cost(NamedTuple):
         return self.input + self.output
 
 
-def _number(source: str, field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
-        raise ConfigError(source, field, value, "is not a non-negative number (price per million tokens)")
-    return float(value)
-
-
 def _valid_glob(pattern: Any) -> bool:
     if not isinstance(pattern, str) or not pattern or pattern != pattern.strip() or "\n" in pattern:
         return False
@@ -88,47 +83,55 @@ def parse_entries(raw: Any, source: str, origin: str, errors: list[str], field: 
         return []
     prices = []
     for i, entry in enumerate(raw):
-        where = f"{field}[{i}]"
         try:
-            if not isinstance(entry, Mapping):
-                raise ConfigError(source, where, entry, "is not a mapping")
-            unknown = set(entry) - _ENTRY_KEYS
-            if unknown:
-                key = sorted(map(str, unknown))[0]
-                raise ConfigError(source, f"{where}.{key}", entry[key],
-                                  f"is not a known field ({', '.join(sorted(_ENTRY_KEYS))})")
-            missing = [key for key in _REQUIRED if key not in entry]
-            if missing:  # all of them at once
-                raise ConfigError(source, f"{where}.{', '.join(missing)}", None,
-                                  "is missing" if len(missing) == 1 else "are missing")
-            match = entry["match"]
-            if not _valid_glob(match):
-                raise ConfigError(source, f"{where}.match", match,
-                                  "is not a valid glob (non-empty, no spaces, every [ closed by ])")
-            currency = entry["currency"]
-            if not (isinstance(currency, str) and len(currency) == 3 and currency.isalpha()):
-                raise ConfigError(source, f"{where}.currency", currency, "is not a 3-letter currency code")
-            provider = entry.get("provider")
-            if provider is not None and (not isinstance(provider, str) or not provider):
-                raise ConfigError(source, f"{where}.provider", provider, "is not a provider name")
-            when = entry.get("date")
-            if when is not None:
-                try:
-                    when = date.fromisoformat(str(when)).isoformat()
-                except ValueError:
-                    raise ConfigError(source, f"{where}.date", when, "is not an ISO date (YYYY-MM-DD)") from None
-            cached = entry.get("cached_input")
-            prices.append(Price(
-                match=match, currency=currency.upper(), provider=provider,
-                input=_number(source, f"{where}.input", entry["input"]),
-                output=_number(source, f"{where}.output", entry["output"]),
-                cached_input=None if cached is None else _number(source, f"{where}.cached_input", cached),
-                date=when, source=None if entry.get("source") is None else str(entry["source"]), origin=origin,
-                _pattern=re.compile(fnmatch.translate(match.lower()))))
+            prices.append(_entry(entry, source, f"{field}[{i}]", origin))
         except ConfigError as error:
             errors.append(f"otel-tokens: {error}; entry skipped")
             logger.warning("%s", errors[-1])
     return prices
+
+
+def _entry(entry: Any, source: str, where: str, origin: str) -> Price:
+    """One price entry, or ConfigError (ConfigProblemsError: every problem of the entry at once)."""
+    if not isinstance(entry, Mapping):
+        raise ConfigError(source, where, entry, "is not a mapping")
+    problems: list[ConfigError] = [
+        ConfigError(source, f"{where}.{key}", entry[key], f"is not a known field ({', '.join(sorted(_ENTRY_KEYS))})")
+        for key in sorted(map(str, set(entry) - _ENTRY_KEYS))]
+    missing = [key for key in _REQUIRED if key not in entry]
+    if missing:
+        problems.append(ConfigError(source, f"{where}.{', '.join(missing)}", None,
+                                    "is missing" if len(missing) == 1 else "are missing"))
+
+    def check(key: str, ok: Any, reason: str) -> None:
+        if key in entry and not ok(entry[key]):
+            problems.append(ConfigError(source, f"{where}.{key}", entry[key], reason))
+
+    check("match", _valid_glob, "is not a valid glob (non-empty, no spaces, every [ closed by ])")
+    check("currency", lambda c: isinstance(c, str) and len(c) == 3 and c.isalpha(), "is not a 3-letter currency code")
+    check("provider", lambda p: p is None or (isinstance(p, str) and bool(p)), "is not a provider name")
+    for key in ("input", "output", "cached_input"):
+        check(key, lambda v, key=key: (v is None and key == "cached_input") or _price_number(v),
+              "is not a non-negative number (price per million tokens)")
+    when = entry.get("date")
+    if when is not None:
+        try:
+            when = date.fromisoformat(str(when)).isoformat()
+        except ValueError:
+            problems.append(ConfigError(source, f"{where}.date", when, "is not an ISO date (YYYY-MM-DD)"))
+    if problems:
+        raise problems[0] if len(problems) == 1 else ConfigProblemsError(problems)
+    cached = entry.get("cached_input")
+    match = entry["match"]
+    return Price(match=match, currency=entry["currency"].upper(), provider=entry.get("provider"),
+                 input=float(entry["input"]), output=float(entry["output"]),
+                 cached_input=None if cached is None else float(cached), date=when,
+                 source=None if entry.get("source") is None else str(entry["source"]), origin=origin,
+                 _pattern=re.compile(fnmatch.translate(match.lower())))
+
+
+def _price_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
 
 
 def load_price_file(path: Path, origin: str, errors: list[str]) -> list[Price]:
@@ -181,7 +184,8 @@ class PriceBook:
         self.currency = settings.currency
         self.rates = dict(settings.exchange_rates)
         self.errors: list[str] = []
-        self._inline = parse_entries(list(settings.prices), f"config {settings.config_file}", "config", self.errors,
+        self._inline = parse_entries(list(settings.prices), f"config {settings.config_file or '(settings)'}", "config",
+                                     self.errors,
                                      field="prices")
         self._builtin = builtin_prices() if settings.builtin_prices else []
         self._file = settings.price_file

@@ -200,3 +200,14 @@ def test_inline_price_errors_name_the_config_field_and_every_missing_key():
     assert any("prices[0].currency, input, output" in e and "are missing" in e for e in book.errors), book.errors
     assert any("prices[1].output" in e for e in book.errors), book.errors
     assert not any("models[" in e for e in book.errors)
+
+
+def test_every_problem_of_a_price_entry_is_reported_at_once():
+    from otel_tokens.pricing import PriceBook
+
+    book = PriceBook(Settings(prices=({"match": " a", "currency": "dollars", "input": -1, "output": float("inf"),
+                                       "colour": "red"},)))
+    (message,) = book.errors
+    assert "5 problems" in message, message
+    for part in ("prices[0].colour", "prices[0].match", "prices[0].currency", "prices[0].input", "prices[0].output"):
+        assert part in message, (part, message)
