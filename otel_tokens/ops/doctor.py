@@ -7,8 +7,9 @@ were estimated and the label values that were folded.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 
 from .. import names
@@ -17,6 +18,7 @@ from ..config import ENV_BUDGET_STORE, ENV_CONFIG, ENV_QUOTA_FILE, ConfigError, 
 from ..pricing import PriceBook
 from ..quotas import load_quotas
 from ..recorder import Recorder
+from ..safety import logger
 from ..token_counting import TokenCounter
 from ..version import __version__
 
@@ -83,6 +85,27 @@ def _guard_lines(settings: Settings, recorder: Recorder | None, warnings: list[s
     return lines
 
 
+@contextlib.contextmanager
+def _captured_warnings() -> Iterator[list[str]]:
+    """The package's log records inside the block, kept for the report instead of printed."""
+    import logging
+
+    said: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    handler, propagate = Keep(logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield said
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
            settings: Settings | None = None, recorder: Recorder | None = None) -> str:
     """The doctor's report as text; uses the live recorder of this process when there is one."""
@@ -143,7 +166,9 @@ def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
         if prov == names.PROVIDER_TRANSFORMERS:
             tokenizer = "exact, from the generate tensors"
         else:
-            counter.tokenizer(model)
+            with _captured_warnings() as said:  # what a call would log, said once, in the Warnings section
+                counter.tokenizer(model)
+            warnings.extend(said)
             tokenizer = f"server usage, else {counter.resolved.get(model, 'estimated')}"
         if price is None:
             lines.append(f"  {model} ({prov}): NO PRICE: calls get no cost; tokens: {tokenizer}")
