@@ -80,7 +80,8 @@ class Settings:
     allow_tokenizer_download: bool = False
     provider_name: str = names.PROVIDER_OPENAI  # gen_ai.provider.name of OpenAI-style clients
     providers: Mapping[str, str] = field(default_factory=dict)  # server host glob -> provider name
-    stream_include_usage: bool = False  # ask servers for a usage chunk, hidden from the caller
+    stream_include_usage: bool = True  # ask servers for a usage chunk, hidden from the caller (off per server
+    # that refuses it)
     propagate: bool = True  # send traceparent and baggage (user.id, department, session.id)
     propagate_hosts: tuple[str, ...] = ()  # globs of hosts that get baggage; () = loopback, private, internal names
     trust_baggage: bool = False  # attribution from inbound baggage (internal hops only: a model server)

@@ -29,8 +29,8 @@ def telemetry() -> Iterator[Telemetry]:
 
 @pytest.fixture
 def harness() -> Iterator[Harness]:
-    """For the hostile-response properties: default settings."""
-    yield from instrumented_harness(Settings())
+    """For the hostile-response properties: streams counted locally (no usage chunk asked for)."""
+    yield from instrumented_harness(Settings(stream_include_usage=False))
 
 
 @pytest.fixture

@@ -46,8 +46,9 @@ def test_threads_and_asyncio_tasks_account_exactly(telemetry):
                         messages = _messages(worker, i)
                         if i % 3 == 0:  # plain: reported by the server
                             client.chat.completions.create(model=MODEL, messages=messages)
-                        else:  # streamed without a usage chunk: counted locally
-                            for _ in client.chat.completions.create(model=MODEL, messages=messages, stream=True):
+                        else:  # streamed, the caller declining the usage chunk: counted locally
+                            for _ in client.chat.completions.create(model=MODEL, messages=messages, stream=True,
+                                                                    stream_options={"include_usage": False}):
                                 pass
                         expect(user, messages)
             except BaseException as error:  # surfaced below: a thread's failure must fail the test

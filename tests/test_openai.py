@@ -131,7 +131,7 @@ def test_async_calls(server, tel):
     chat, embeddings, stream = tel.spans()
     assert usage_of(chat) == (server.prompt_tokens("gpt-4", MESSAGES), count_cl100k(CHINESE), "reported")
     assert usage_of(embeddings) == (count_cl100k("向量"), None, "reported")
-    assert usage_of(stream) == (server.prompt_tokens("gpt-4", MESSAGES), count_cl100k(CHINESE), "counted")
+    assert usage_of(stream) == (server.prompt_tokens("gpt-4", MESSAGES), count_cl100k(CHINESE), "reported")
     assert tel.token_totals(names.USER_ID) == {("dave",): sum(
         (usage_of(s)[0] or 0) + (usage_of(s)[1] or 0) for s in (chat, embeddings, stream))}
 
@@ -477,3 +477,38 @@ def test_fast_w3c_headers_equal_the_sdk_propagators(instrument):
     assert fast["traceparent"] == expected["traceparent"]
     assert sorted(fast["baggage"].split(",")) == sorted(expected["baggage"].split(","))
     assert "tenant" not in fast["baggage"]
+
+
+@pytest.mark.e2e
+def test_usage_chunks_are_asked_for_by_default_and_a_server_that_refuses_them_costs_no_error(server, tel):
+    """Streams carry no usage unless asked; asking a server that rejects `stream_options` (older vLLM,
+    some gateways: HTTP 400 naming it) must not fail the caller's call: it is sent again as the caller
+    wrote it, and that server is not asked again."""
+    from otel_tokens.integrations import openai as integration
+
+    integration._state.no_stream_options.clear()
+    c = client(server)
+    chunks = [c for c in c.chat.completions.create(model="gpt-4", messages=MESSAGES, stream=True)]
+    assert all(chunk.choices for chunk in chunks)  # the usage chunk we asked for is hidden from the caller
+    assert server.requests[-1].body["stream_options"] == {"include_usage": True}
+    refusal = {"error": {"message": "Unrecognized request argument supplied: stream_options", "type":
+                         "invalid_request_error", "param": "stream_options", "code": None}}
+    server.fail_next(400, body=refusal)
+    before = len(server.requests)
+    text = "".join(ch.choices[0].delta.content or "" for ch in
+                   c.chat.completions.create(model="gpt-4", messages=MESSAGES, stream=True))
+    assert text == server.reply and len(server.requests) == before + 2  # refused, then sent as written
+    assert "stream_options" not in server.requests[-1].body
+    for _ in c.chat.completions.create(model="gpt-4", messages=MESSAGES, stream=True):
+        pass
+    assert len(server.requests) == before + 3 and "stream_options" not in server.requests[-1].body  # not again
+    # an error that is the caller's own still reaches the caller, unretried
+    server.fail_next(400, body={"error": {"message": "bad model", "type": "invalid_request_error"}})
+    with pytest.raises(openai.BadRequestError, match="bad model"):
+        c.chat.completions.create(model="gpt-4", messages=MESSAGES, stream=True)
+    first, refused_then_sent, not_asked, failed = tel.spans()
+    assert usage_of(first)[2] == "reported"
+    assert usage_of(refused_then_sent) == usage_of(not_asked) and usage_of(not_asked)[2] == "counted"
+    assert names.ERROR_TYPE not in refused_then_sent.attributes
+    assert failed.attributes[names.ERROR_TYPE] == "BadRequestError"
+    integration._state.no_stream_options.clear()

@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind
 
 from .. import names
 from ..recorder import Call, Recorder
-from ..safety import internal_error
+from ..safety import internal_error, log_once
 from .openai_content import capture_request, capture_response
 from .openai_stream import AsyncStreamProxy, StreamProxy, StreamState
 from .openai_usage import apply_usage, count_locally, estimate_request, find_usage, get, response_texts
@@ -54,6 +54,7 @@ class _Instrumentation:
         self.stream_types: tuple[type, ...] = ()
         self.async_stream_types: tuple[type, ...] = ()
         self.raw_types: tuple[type, ...] = ()
+        self.no_stream_options: set[str] = set()  # servers that refused stream_options: never asked again
 
 
 _state = _Instrumentation()
@@ -102,6 +103,29 @@ def _with_usage_chunk(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return {**kwargs, "stream_options": merged}, True
 
 
+def _server_key(call: Call) -> str:
+    return f"{call.record.server_address}:{call.record.server_port}"
+
+
+def _refused_stream_options(error: BaseException, call: Call) -> bool:
+    """Whether the server refused the `stream_options` we added (HTTP 400/422 naming it): then it is
+    never asked again and the call is sent as the caller wrote it, so asking costs no error the
+    uninstrumented call would not have had."""
+    try:
+        if getattr(error, "status_code", None) not in (400, 422):
+            return False
+        text = f"{error} {getattr(error, 'body', '')}".lower()
+        if "stream_options" not in text and "include_usage" not in text:
+            return False
+        _state.no_stream_options.add(_server_key(call))
+        log_once(f"no-stream-options:{_server_key(call)}", "otel-tokens: %s refused stream_options; its streams "
+                 "are counted locally from now on", _server_key(call))
+        return True
+    except Exception:
+        internal_error("openai stream_options fallback")
+        return False
+
+
 def _make_wrapper(operation: str, is_async: bool) -> Any:
     def begin(instance: Any, kwargs: dict[str, Any], recorder: Recorder) -> tuple[Call, dict[str, Any]]:
         """The call begun (the guard's refusal passes through) and the kwargs with the model it chose."""
@@ -131,7 +155,8 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
             if recorder.settings.capture_content:
                 capture_request(call.record, kwargs)
             if (call.record.streaming and recorder.settings.stream_include_usage
-                    and ("messages" in kwargs or "prompt" in kwargs)):
+                    and ("messages" in kwargs or "prompt" in kwargs)
+                    and _server_key(call) not in _state.no_stream_options):
                 call_kwargs, hide = _with_usage_chunk(kwargs)
             call_kwargs = _with_headers(call_kwargs, recorder.outgoing_headers(call))
         except Exception:
@@ -154,7 +179,13 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
             call, kwargs = begin(instance, kwargs, recorder)
             with recorder.active(call):
                 call_kwargs, hide = prepare(call, kwargs, recorder)
-                result = await wrapped(*args, **call_kwargs)
+                try:
+                    result = await wrapped(*args, **call_kwargs)
+                except Exception as error:
+                    if not (hide and _refused_stream_options(error, call)):
+                        raise
+                    call_kwargs, hide = prepare(call, kwargs, recorder)  # as the caller asked: no usage chunk
+                    result = await wrapped(*args, **call_kwargs)
             return done(result, call, kwargs, hide, recorder)
 
         return async_wrapper
@@ -166,7 +197,13 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
         call, kwargs = begin(instance, kwargs, recorder)
         with recorder.active(call):
             call_kwargs, hide = prepare(call, kwargs, recorder)
-            result = wrapped(*args, **call_kwargs)
+            try:
+                result = wrapped(*args, **call_kwargs)
+            except Exception as error:
+                if not (hide and _refused_stream_options(error, call)):
+                    raise
+                call_kwargs, hide = prepare(call, kwargs, recorder)  # as the caller asked: no usage chunk
+                result = wrapped(*args, **call_kwargs)
         return done(result, call, kwargs, hide, recorder)
 
     return wrapper
