@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -85,7 +86,10 @@ class TiktokenTokenizer(Tokenizer):
     def count_chat(self, messages: list[Any], tools: Any = None) -> tuple[int, bool]:
         # OpenAI's documented chat format: <|start|>{role/name}\n{content}<|end|>\n per message,
         # then <|start|>assistant<|message|> priming the reply.
-        total, exact = 3, not tools
+        total, exact = 3, True
+        if tools:
+            tool_tokens, exact = self._tools(tools)
+            total += tool_tokens
         for message in messages:
             text, message_exact = _message_text(message)
             exact = exact and message_exact
@@ -94,6 +98,51 @@ class TiktokenTokenizer(Tokenizer):
                 total += self.count(str(message.get("role", "")))
                 if message.get("name"):
                     total += self.per_name + self.count(str(message["name"]))
+        return total, exact
+
+
+    def _tools(self, tools: Any) -> tuple[int, bool]:
+        """Tool (function) definitions as OpenAI counts them into the prompt, after its cookbook's
+        documented accounting ("How to count tokens with tiktoken": per function, its name and
+        description, each property's name, type, description and enum values, plus fixed overheads,
+        which differ between the o200k and cl100k models). Exact for the flat schemas it documents;
+        nested schemas are counted from their JSON and called inexact."""
+        o200k = str(getattr(self.encoding, "name", "")).startswith("o200k")
+        func_init, prop_init, prop_key, enum_init, enum_item, func_end = (7 if o200k else 10), 3, 3, -3, 3, 12
+        total, exact = 0, True
+        items = tools if isinstance(tools, (list, tuple)) else []
+        for tool in items:
+            function = tool.get("function", tool) if isinstance(tool, Mapping) else None
+            if not isinstance(function, Mapping):
+                exact = False
+                continue
+            description = str(function.get("description") or "").removesuffix(".")
+            total += func_init + self.count(f"{function.get('name', '')}:{description}")
+            parameters = function.get("parameters")
+            properties = parameters.get("properties") if isinstance(parameters, Mapping) else None
+            if not isinstance(properties, Mapping) or not properties:
+                continue
+            total += prop_init
+            for key, schema in properties.items():
+                total += prop_key
+                if not isinstance(schema, Mapping):
+                    exact = False
+                    continue
+                flat = set(schema) <= {"type", "description", "enum"} and isinstance(schema.get("type", ""), str)
+                if not flat:  # nested objects, arrays, anyOf...: not in the documented accounting
+                    exact = False
+                    total += self.count(f"{key}:{json.dumps(schema, ensure_ascii=False, default=str)}")
+                    continue
+                if isinstance(schema.get("enum"), list):
+                    total += enum_init
+                    for item in schema["enum"]:
+                        total += enum_item + self.count(str(item))
+                type_ = schema.get("type", "")
+                total += self.count(f"{key}:{type_}:{str(schema.get('description') or '').removesuffix('.')}")
+        if items:
+            total += func_end
+        if len(items) != len(tools if isinstance(tools, (list, tuple)) else [None]):
+            exact = False
         return total, exact
 
 
