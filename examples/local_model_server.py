@@ -116,6 +116,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model", type=Path, default=Path(".demo/tiny-chat-model"))
     args = parser.parse_args()
+    if args.model == Path(".demo/tiny-chat-model") and not (args.model / "config.json").exists():
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).parent))
+        from tiny_local_model import ensure
+
+        ensure(args.model)  # the demo's tiny random-weight model, built from a config (no download)
+    elif not (args.model / "config.json").exists():
+        raise SystemExit(f"{args.model}: no transformers model there (config.json); give --model a local model "
+                         "folder, or leave it out for the tiny demo model")
     httpd = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(ModelServer(args.model)))
     print(f"serving {args.model} on http://127.0.0.1:{args.port}/v1", flush=True)
     httpd.serve_forever()
