@@ -190,9 +190,10 @@ class PriceBook:
         self._builtin = builtin_prices() if settings.builtin_prices else []
         self._file = settings.price_file
         self._file_prices: list[Price] = []
-        self._file_stamp: tuple[int, int] | None = None
+        self._file_stamp: tuple[int, int, int] | None = None
         self._interval = settings.price_reload_interval
         self._settle_ns = int(max(settings.price_reload_interval, 0.5) * 1e9)
+        self._pending: tuple[tuple[int, int, int], int] | None = None  # (stamp, monotonic ns first seen)
         self._next_check = 0.0
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], Price | None] = {}
@@ -201,13 +202,13 @@ class PriceBook:
         self._reload_file()
 
     # --- price file ---
-    def _stamp(self) -> tuple[int, int] | None:
+    def _stamp(self) -> tuple[int, int, int] | None:
         assert self._file is not None
         try:
             stat = self._file.stat()
         except OSError:
             return None
-        return (stat.st_mtime_ns, stat.st_size)
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)  # a rename over it is a new inode
 
     def _reload_file(self) -> None:
         """Read the price file once it is stable: a file written in place (not written then renamed) may
@@ -219,8 +220,14 @@ class PriceBook:
         if stamp == self._file_stamp and stamp is not None:
             return
         first = self._file_stamp is None and not self._file_prices
-        if not first and stamp is not None and time.time_ns() - stamp[0] < self._settle_ns:
-            return  # changed just now: wait until it has stood still for one interval
+        if not first and stamp is not None:  # wait until the same stamp has stood still for one interval
+            now = time.monotonic_ns()  # not the file's mtime: it may lie in the future (skew, tar, touch)
+            if self._pending is None or self._pending[0] != stamp:
+                self._pending = (stamp, now)
+                return
+            if now - self._pending[1] < self._settle_ns:
+                return
+        self._pending = None
         errors: list[str] = []
         prices = load_price_file(self._file, "price file", errors)
         if self._stamp() != stamp:

@@ -112,7 +112,14 @@ class TiktokenTokenizer(Tokenizer):
         total, exact = 0, True
         items = tools if isinstance(tools, (list, tuple)) else []
         for tool in items:
-            function = tool.get("function", tool) if isinstance(tool, Mapping) else None
+            if not isinstance(tool, Mapping):
+                exact = False
+                continue
+            if tool.get("type", "function") != "function":  # web search, custom tools...: not documented
+                exact = False
+                total += self.count(json.dumps(tool, ensure_ascii=False, default=str))
+                continue
+            function = tool.get("function", tool)
             if not isinstance(function, Mapping):
                 exact = False
                 continue
@@ -133,10 +140,12 @@ class TiktokenTokenizer(Tokenizer):
                     exact = False
                     total += self.count(f"{key}:{json.dumps(schema, ensure_ascii=False, default=str)}")
                     continue
-                if isinstance(schema.get("enum"), list):
+                if isinstance(schema.get("enum"), (list, tuple)):
                     total += enum_init
                     for item in schema["enum"]:
-                        total += enum_item + self.count(str(item))
+                        if not isinstance(item, str):
+                            exact = False  # the documented accounting has string enums only
+                        total += enum_item + self.count(item if isinstance(item, str) else json.dumps(item))
                 type_ = schema.get("type", "")
                 total += self.count(f"{key}:{type_}:{str(schema.get('description') or '').removesuffix('.')}")
         if items:

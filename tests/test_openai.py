@@ -512,3 +512,25 @@ def test_usage_chunks_are_asked_for_by_default_and_a_server_that_refuses_them_co
     assert names.ERROR_TYPE not in refused_then_sent.attributes
     assert failed.attributes[names.ERROR_TYPE] == "BadRequestError"
     integration._state.no_stream_options.clear()
+
+
+class _RefusalError(Exception):
+    def __init__(self, status: int, body: object) -> None:
+        super().__init__(str(body))
+        self.status_code, self.body = status, body
+
+
+@pytest.mark.parametrize(("status", "body", "refused"), [
+    (400, {"message": "Unrecognized request argument supplied: stream_options", "param": "stream_options"}, True),
+    (400, {"message": "stream_options.include_usage is not supported"}, True),
+    (422, {"detail": [{"loc": ["body", "stream_options"], "msg": "Extra inputs are not permitted"}]}, True),
+    # FastAPI echoes the whole request in `input`: a different field's error is not a refusal of ours
+    (422, {"detail": [{"loc": ["body", "messages"], "msg": "Field required",
+                       "input": {"stream": True, "stream_options": {"include_usage": True}}}]}, False),
+    (400, {"message": "tool_choice requires tools", "param": "tool_choice"}, False),
+    (500, {"message": "stream_options broke us"}, False),
+])
+def test_only_a_refusal_that_names_stream_options_turns_them_off(status, body, refused):
+    from otel_tokens.integrations.openai import _refused_stream_options
+
+    assert _refused_stream_options(_RefusalError(status, body)) is refused

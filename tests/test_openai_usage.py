@@ -88,8 +88,9 @@ def test_a_reply_counted_over_its_max_tokens_is_cut_to_it_and_called_estimated()
     long, short = "word " * 40, "ok then"
     for kwargs, texts, expected in (
             ({"max_tokens": 12}, [long], (12, names.SOURCE_ESTIMATED)),
-            ({"max_completion_tokens": 12, "n": 2}, [long, short], (12 + len(encoding.encode(short)),
-                                                                    names.SOURCE_ESTIMATED)),
+            ({"max_completion_tokens": 12, "n": 2}, [long, short], (24, names.SOURCE_ESTIMATED)),
+            ({"max_tokens": 12, "n": 5}, [long], (len(encoding.encode(long)), names.SOURCE_COUNTED)),  # 5 choices
+            ({"max_tokens": 0}, [long], (len(encoding.encode(long)), names.SOURCE_COUNTED)),  # 0: no limit
             ({"max_tokens": 100}, [long], (len(encoding.encode(long)), names.SOURCE_COUNTED)),
             ({}, [long], (len(encoding.encode(long)), names.SOURCE_COUNTED))):
         record = CallRecord(names.OPERATION_CHAT, "openai", "gpt-4")
@@ -121,3 +122,12 @@ def test_tool_definitions_count_as_openai_bills_them(model):
         "where": {"type": "object", "properties": {"city": {"type": "string"}}}}}}}]
     count, source = counter.count_chat(model, WEATHER_MESSAGES, nested)
     assert source == names.SOURCE_ESTIMATED and count > 34  # counted from its JSON, not exact, not ignored
+
+
+def test_tools_outside_the_documented_accounting_are_counted_and_called_estimated():
+    counter = TokenCounter()
+    for tools in ([{"type": "web_search_preview"}], [{"type": "custom", "custom": {"name": "grammar"}}],
+                  [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+                      "x": {"type": "integer", "description": "d", "enum": [1, 2]}}}}}]):
+        count, source = counter.count_chat("gpt-4", WEATHER_MESSAGES, tools)
+        assert source == names.SOURCE_ESTIMATED and count > 34, tools

@@ -149,14 +149,14 @@ def test_editing_the_price_file_changes_the_next_calls_cost(priced, tmp_path):
     recorder, tel = priced(price_file=price_file, price_reload_interval=0.0)
     call(recorder, "house-model", 1000, 1000)
     price_file.write_text("version: 1\nmodels:\n  - {match: 'house-model', currency: USD, input: 10, output: 20}\n")
-    os.utime(price_file, ns=(time.time_ns(), time.time_ns() - 2_000_000_000))  # written 2 s ago: stable
+    _stood_still(recorder)
     call(recorder, "house-model", 1000, 1000)
     first, second = tel.spans()
     assert first.attributes[names.LLM_COST] == pytest.approx(0.003, rel=1e-12)
     assert second.attributes[names.LLM_COST] == pytest.approx(0.03, rel=1e-12)
     # a broken edit keeps the prices read before, with one clear message
     price_file.write_text("version: 1\nmodels: [ {match: 'house-model'\n")
-    os.utime(price_file, ns=(time.time_ns(), time.time_ns() - 1_000_000_000))
+    _stood_still(recorder)
     call(recorder, "house-model", 1000, 1000)
     assert tel.spans()[2].attributes[names.LLM_COST] == pytest.approx(0.03, rel=1e-12)
     assert any("is not valid YAML" in e and str(price_file) in e for e in recorder.prices.errors)
@@ -175,6 +175,12 @@ def test_doctor_command_resolves_named_models(tmp_path):
     assert "transformers" in out and "OTEL_EXPORTER_OTLP_ENDPOINT" in out
 
 
+def _stood_still(recorder) -> None:
+    """Let the price file be seen twice, one settle interval (0.5 s) apart: it is then applied."""
+    recorder.prices._maybe_reload()
+    time.sleep(0.6)
+
+
 def test_a_price_file_is_applied_only_once_it_stands_still_and_bad_reloads_are_named(priced, tmp_path, caplog):
     """A file written in place can be read half-written and still parse (a custom price lost, the built-in
     one 333 times cheaper taken): a change is applied once the file stood still for one interval."""
@@ -185,7 +191,11 @@ def test_a_price_file_is_applied_only_once_it_stands_still_and_bad_reloads_are_n
     price_file.write_text("version: 1\nmodels:\n  - {match: 'house-model', currency: USD, input: 0.01, output: 2}\n")
     call(recorder, "house-model", 1000, 0)  # just written: the old price still holds
     assert tel.spans()[-1].attributes[names.LLM_COST] == pytest.approx(0.001, rel=1e-12)
-    os.utime(price_file, ns=(time.time_ns(), time.time_ns() - 2_000_000_000))
+    os.utime(price_file, ns=(time.time_ns() + 3600 * 10**9,) * 2)  # an mtime in the future (skew) delays nothing
+    recorder.prices._maybe_reload()
+    call(recorder, "house-model", 1000, 0)  # seen once more but not yet still for an interval
+    assert tel.spans()[-1].attributes[names.LLM_COST] == pytest.approx(0.001, rel=1e-12)
+    time.sleep(0.6)
     with caplog.at_level(logging.WARNING, logger="otel_tokens"):
         call(recorder, "house-model", 1000, 0)
     assert tel.spans()[-1].attributes[names.LLM_COST] == pytest.approx(0.00001, rel=1e-12)

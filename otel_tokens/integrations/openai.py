@@ -107,23 +107,32 @@ def _server_key(call: Call) -> str:
     return f"{call.record.server_address}:{call.record.server_port}"
 
 
-def _refused_stream_options(error: BaseException, call: Call) -> bool:
-    """Whether the server refused the `stream_options` we added (HTTP 400/422 naming it): then it is
-    never asked again and the call is sent as the caller wrote it, so asking costs no error the
-    uninstrumented call would not have had."""
+def _refused_stream_options(error: BaseException) -> bool:
+    """Whether the server refused the `stream_options` we added: HTTP 400/422 whose error names it (OpenAI's
+    `param`, its message, or a pydantic `loc`), never a body that merely echoes the request (FastAPI's
+    422 repeats the input, stream_options included)."""
     try:
         if getattr(error, "status_code", None) not in (400, 422):
             return False
-        text = f"{error} {getattr(error, 'body', '')}".lower()
-        if "stream_options" not in text and "include_usage" not in text:
-            return False
-        _state.no_stream_options.add(_server_key(call))
-        log_once(f"no-stream-options:{_server_key(call)}", "otel-tokens: %s refused stream_options; its streams "
-                 "are counted locally from now on", _server_key(call))
-        return True
+        body = getattr(error, "body", None)
+        details = body.get("detail") if isinstance(body, Mapping) else None
+        if isinstance(details, list):  # pydantic: [{"loc": [...], "msg": ..., "input": <the request>}]
+            return any(isinstance(d, Mapping) and "stream_options" in map(str, d.get("loc") or ()) for d in details)
+        inner = body.get("error", body) if isinstance(body, Mapping) else {}
+        inner = inner if isinstance(inner, Mapping) else {"message": inner}
+        named = f"{inner.get('param') or ''} {inner.get('message') or ''}" if inner else str(body or "")
+        return "stream_options" in named or "include_usage" in named
     except Exception:
         internal_error("openai stream_options fallback")
         return False
+
+
+def _without_stream_options(call: Call) -> None:
+    key = _server_key(call)
+    if len(_state.no_stream_options) < 10_000:
+        _state.no_stream_options.add(key)
+    log_once(f"no-stream-options:{key}", "otel-tokens: %s refused stream_options; its streams are counted "
+             "locally from now on", key)
 
 
 def _make_wrapper(operation: str, is_async: bool) -> Any:
@@ -180,10 +189,13 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
             with recorder.active(call):
                 call_kwargs, hide = prepare(call, kwargs, recorder)
                 try:
-                    result = await wrapped(*args, **call_kwargs)
+                    result, refused = await wrapped(*args, **call_kwargs), False
                 except Exception as error:
-                    if not (hide and _refused_stream_options(error, call)):
+                    if not (hide and _refused_stream_options(error)):
                         raise
+                    refused = True
+                if refused:  # outside the except: the caller's traceback carries none of our first try
+                    _without_stream_options(call)
                     call_kwargs, hide = prepare(call, kwargs, recorder)  # as the caller asked: no usage chunk
                     result = await wrapped(*args, **call_kwargs)
             return done(result, call, kwargs, hide, recorder)
@@ -198,10 +210,13 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
         with recorder.active(call):
             call_kwargs, hide = prepare(call, kwargs, recorder)
             try:
-                result = wrapped(*args, **call_kwargs)
+                result, refused = wrapped(*args, **call_kwargs), False
             except Exception as error:
-                if not (hide and _refused_stream_options(error, call)):
+                if not (hide and _refused_stream_options(error)):
                     raise
+                refused = True
+            if refused:  # outside the except: the caller's traceback carries none of our first try
+                _without_stream_options(call)
                 call_kwargs, hide = prepare(call, kwargs, recorder)  # as the caller asked: no usage chunk
                 result = wrapped(*args, **call_kwargs)
         return done(result, call, kwargs, hide, recorder)

@@ -185,23 +185,20 @@ def count_locally(record: CallRecord, counter: TokenCounter, kwargs: Mapping[str
 
 def _count_output(counter: TokenCounter, model: str, kwargs: Mapping[str, Any], texts: list[str]
                   ) -> tuple[int, str]:
-    """The output re-tokenized from its text, each choice at most the output limit the request set: a
+    """The output re-tokenized from its text, at most what the request's output limit allows (x `n`): a
     decoded text does not always re-tokenize to the tokens generated (23 counted for a stream capped at
     12), so a count over the limit is cut to it and called estimated, not counted."""
+    count, source = counter.count_text(model, texts)
     limit = output_limit(kwargs)
-    if limit is None:
-        return counter.count_text(model, texts)
-    total, sources = 0, set()
-    for text in texts:
-        count, source = counter.count_text(model, [text])
-        if count > limit:
-            count, source = limit, names.SOURCE_ESTIMATED
-            log_once(f"over-limit:{model}", "otel-tokens: %s: a reply re-tokenized to more tokens than its "
-                     "max_tokens; counted as the limit and marked estimated. Ask the server for usage "
-                     "(stream_options include_usage, or stream_include_usage: true)", model)
-        total += count
-        sources.add(source)
-    return total, names.SOURCE_ESTIMATED if names.SOURCE_ESTIMATED in sources else names.SOURCE_COUNTED
+    if not limit:  # none set, or 0 (which some servers read as no limit)
+        return count, source
+    choices = max(_positive_int(kwargs.get("n")) or 1, 1)  # a stream's text is every choice's, joined
+    if count > limit * choices:
+        log_once(f"over-limit:{model}", "otel-tokens: %s: a reply re-tokenized to more tokens than its "
+                 "max_tokens allows; counted as the limit and marked estimated. Ask the server for usage "
+                 "(stream_options include_usage, or stream_include_usage: true)", model)
+        return limit * choices, names.SOURCE_ESTIMATED
+    return count, source
 
 
 def output_limit(kwargs: Mapping[str, Any]) -> int | None:
