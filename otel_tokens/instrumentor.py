@@ -12,12 +12,12 @@ from opentelemetry.instrumentation.dependencies import DependencyConflict, get_d
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from . import attribution, graceful_stop, names
-from .cardinality import delta_readers, sdk_series_limit
 from .config import load_settings
 from .integrations import openai as openai_integration
 from .integrations import transformers as transformers_integration
 from .recorder import Recorder
 from .safety import logger
+from .sdk_readers import delta_readers, sdk_series_limit
 from .threads import instrument_threads, uninstrument_threads
 from .version import __version__
 from .web import zero_code as web_zero_code

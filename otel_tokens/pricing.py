@@ -159,10 +159,18 @@ def load_price_file(path: Path, origin: str, errors: list[str]) -> list[Price]:
 def _warn_on_drops(path: Path, old: list[Price], new: list[Price]) -> None:
     """A reload that loses entries or cuts a price more than tenfold is more often a bad edit than a
     price change: say which models."""
-    after = {(p.provider, p.match): p for p in new}
+    after: dict[tuple[str | None, str], Price] = {}
+    for price in new:
+        after.setdefault((price.provider, price.match), price)  # the first entry wins, as in lookups
     dropped = sorted(p.match for p in old if (p.provider, p.match) not in after)
+
+    def tenfold(before: float | None, now: float | None) -> bool:
+        return before is not None and now is not None and before > 0 and now * 10 < before
+
     cut = sorted(p.match for p in old if (q := after.get((p.provider, p.match))) is not None
-                 and ((p.input > 0 and q.input * 10 < p.input) or (p.output > 0 and q.output * 10 < p.output)))
+                 and q.currency == p.currency  # another currency is another scale: not compared
+                 and (tenfold(p.input, q.input) or tenfold(p.output, q.output)
+                      or tenfold(p.cached_input, q.cached_input)))
     if dropped:
         logger.warning("otel-tokens: price file %s no longer prices %s (their calls fall back to the next "
                        "price source, or get no cost)", path, ", ".join(dropped[:20]))

@@ -114,7 +114,7 @@ def test_series_limit_follows_the_sdk_reader_and_keeps_departments_right():
 
 
 def test_sdk_reader_limit_is_detected():
-    from otel_tokens.cardinality import sdk_series_limit
+    from otel_tokens.sdk_readers import sdk_series_limit
 
     _, _, default_provider = make_telemetry()
     _, _, raised_provider = make_telemetry(series_limit=50_000)

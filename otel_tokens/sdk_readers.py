@@ -1,0 +1,42 @@
+"""What the OpenTelemetry SDK's metric readers are set to, read from SDK internals defensively (any
+surprise gives the SDK's documented default): the series limit the accounting must stay under, and
+whether a reader exports counters as deltas (what an outage then loses)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import DEFAULT_SERIES_LIMIT
+
+
+def sdk_series_limit(meter_provider: Any = None) -> int:
+    """The smallest cardinality limit the SDK's metric readers apply to observable counters.
+
+    Read from SDK internals defensively: any surprise gives the SDK's documented default.
+    """
+    try:
+        from opentelemetry import metrics
+
+        provider = meter_provider or metrics.get_meter_provider()
+        readers = provider._metric_readers
+        from opentelemetry.sdk.metrics._internal.instrument import _ObservableCounter
+
+        limits = [reader._instrument_class_cardinality_limit[_ObservableCounter] for reader in readers]
+        return min(limits) if limits else DEFAULT_SERIES_LIMIT
+    except Exception:
+        return DEFAULT_SERIES_LIMIT
+
+
+def delta_readers(meter_provider: Any = None) -> int:
+    """How many of the SDK's metric readers ask for delta temporality on counters (read defensively)."""
+    try:
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics._internal.instrument import _Counter, _ObservableCounter
+        from opentelemetry.sdk.metrics.export import AggregationTemporality
+
+        provider = meter_provider or metrics.get_meter_provider()
+        return sum(1 for reader in provider._metric_readers
+                   if AggregationTemporality.DELTA in (reader._instrument_class_temporality.get(_ObservableCounter),
+                                                       reader._instrument_class_temporality.get(_Counter)))
+    except Exception:
+        return 0
