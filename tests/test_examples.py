@@ -50,7 +50,9 @@ def test_demo_fast_mode_shows_users_both_alerts_both_guards_and_agreeing_counts(
     out = result.stdout
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
     assert "WARNING alert received" in out and "CRITICAL alert received" in out
-    assert out.index("WARNING alert received") < out.index("CRITICAL alert received")
+    # which user's alert arrives first is timing (eve can cross 100 % before batch-bot nears 80 %): not checked
+    assert re.search(r"WARNING alert received after \d+s: User (batch-bot|eve) ", out), out[-3000:]
+    assert re.search(r"CRITICAL alert received after \d+s: User eve ", out), out[-3000:]
     for user in ("alice", "bob", "carol", "dave", "batch-bot", "eve"):
         assert user in out
     assert "they agree" in out
