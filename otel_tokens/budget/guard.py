@@ -41,6 +41,15 @@ from .store import (
     redact,
 )
 
+
+def _stamp(path: Any) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
 UNATTRIBUTED = names.UNATTRIBUTED  # DESIGN.md: the principal of a call with no user (or no department)
 IDLE_FLUSH = 0.05  # seconds a settlement waits for a reservation to carry it before the worker sends it
 CARRY = 16  # settlements one reservation carries at most
@@ -94,7 +103,8 @@ class BudgetGuard:
         self.source = redact(settings.store)
         self.quotas: Quotas | None = None
         self._plans: dict[str, Plan] = {}
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._edit_seen: tuple[tuple[int, int, int], float] | None = None  # a changed quota file, first seen
         self._next_reload = 0.0
         self.healthy = True
         self._pending: deque[list[Settlement]] = deque()
@@ -162,23 +172,32 @@ class BudgetGuard:
         assert path is not None
         with self._reloading:
             self._next_reload = time.monotonic() + self.settings.quota_reload_interval
-            try:
-                stat = path.stat()
-                stamp = (stat.st_mtime_ns, stat.st_size)
-            except OSError:
-                stamp = None
+            stamp = _stamp(path)
             if stamp is not None and stamp == self._stamp:
                 return
-            self._stamp = stamp
+            if self.quotas is not None and stamp is not None:  # an edit: read it once it stands still
+                now = time.monotonic()
+                if self._edit_seen is None or self._edit_seen[0] != stamp:
+                    self._edit_seen = (stamp, now)
+                    return
+                if now - self._edit_seen[1] < max(self.settings.quota_reload_interval, 0.25):
+                    return
+            self._edit_seen = None
             try:
                 quotas = load_quotas(path)
             except ConfigError as error:
+                if _stamp(path) != stamp:
+                    return  # written while read: the next check reads it again
+                self._stamp = stamp
                 if self.quotas is None:
                     logger.warning("otel-tokens: %s; budget mode has no quotas and %s until the file is valid",
                                    error, "refuses every call" if self.settings.fail_closed else "lets calls through")
                 else:
                     logger.warning("otel-tokens: %s; keeping the quotas read earlier from %s", error, path)
                 return
+            if _stamp(path) != stamp:
+                return  # written while read
+            self._stamp = stamp
             self._plans = plans(self.settings, quotas)
             if self.quotas is not None:
                 logger.info("otel-tokens: quotas reloaded from %s", path)
