@@ -13,6 +13,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from . import attribution, graceful_stop, names
 from .config import load_settings
+from .integrations import litellm as litellm_integration
 from .integrations import openai as openai_integration
 from .integrations import transformers as transformers_integration
 from .recorder import Recorder
@@ -23,7 +24,8 @@ from .version import __version__
 from .web import zero_code as web_zero_code
 
 # (integration module, import name); each instruments its library only when it is installed.
-INTEGRATIONS = ((transformers_integration, "transformers"), (openai_integration, "openai"))
+INTEGRATIONS = ((transformers_integration, "transformers"), (openai_integration, "openai"),
+                (litellm_integration, "litellm"))
 
 # Any one of these suffices (the `instruments-any` extra in pyproject.toml says the same).
 INSTRUMENTS_ANY: tuple[str, ...] = tuple(module.REQUIREMENT for module, _ in INTEGRATIONS)

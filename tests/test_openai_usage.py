@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import tiktoken
 
-from otel_tokens import names, safety
+from otel_tokens import names, safety, tiktoken_files
 from otel_tokens.integrations.openai_usage import Usage, count_request, find_usage, parse_usage
 from otel_tokens.token_counting import TokenCounter, estimate_text
 
@@ -55,17 +58,55 @@ def test_text_counts_are_exact_for_cl100k_models_and_token_arrays():
                          {"input": [[1, 2, 3], [4, 5]]}) == (5, names.SOURCE_COUNTED)
 
 
-def test_models_without_a_tokenizer_are_estimated_sensibly_for_cjk(caplog, monkeypatch):
+def test_models_without_a_tokenizer_are_estimated_sensibly_for_cjk(caplog, monkeypatch, tmp_path):
     monkeypatch.setattr(safety, "_reported", set())  # the warning is once per process: earlier tests may have had it
+    monkeypatch.setattr(tiktoken_files, "search_dirs", lambda: [str(tmp_path)])  # a machine without o200k's file
     counter = TokenCounter()
     chinese = "知识库问答系统需要准确地统计每个用户的令牌用量"  # 23 characters
     assert estimate_text(chinese) == 23
     assert estimate_text("hello world, this is English") == 7
     assert counter.count_text("some-unknown-model", [chinese]) == (23, names.SOURCE_ESTIMATED)
-    # o200k is not available offline here: gpt-4o is estimated rather than downloaded
+    # without o200k's file gpt-4o is estimated rather than downloaded, and the message says why and the fix
     _, source = counter.count_text("gpt-4o-mini", ["hello"])
     assert source == names.SOURCE_ESTIMATED
-    assert [r.getMessage() for r in caplog.records if "gpt-4o-mini" in r.getMessage()][:1]
+    (message,) = [r.getMessage() for r in caplog.records if "gpt-4o-mini" in r.getMessage()]
+    for part in (f"no file named {O200K_FILE} in {tmp_path}", "install litellm", "TIKTOKEN_CACHE_DIR"):
+        assert part in message, (part, message)
+
+
+O200K_FILE = "fb374d419588a4632f3f557e76b4b70aebbca790"  # sha1 of o200k_base's URL: tiktoken's cache name
+
+
+def test_o200k_models_are_counted_offline_from_the_file_litellm_ships(monkeypatch, tmp_path):
+    """OpenAI's cookbook ("How to count tokens with tiktoken") gives o200k_base's tokens of
+    "tiktoken is great!": [83, 8251, 2488, 382, 2212, 0]. Nothing is downloaded: the file is litellm's copy,
+    found without importing litellm, used only because its SHA-256 is the one tiktoken expects."""
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)  # litellm sets it when it runs
+    monkeypatch.setattr(tiktoken_files, "search_dirs", lambda: [str(tmp_path), tiktoken_files.litellm_dir()])
+    assert tiktoken_files.litellm_dir() is not None and os.path.isfile(
+        os.path.join(tiktoken_files.litellm_dir(), O200K_FILE))
+    encoding = tiktoken_files.load_offline("o200k_base")
+    assert encoding.encode("tiktoken is great!") == [83, 8251, 2488, 382, 2212, 0]
+    counter = TokenCounter()
+    for model in ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-5", "o3-mini"):
+        assert counter.count_text(model, ["tiktoken is great!"]) == (6, names.SOURCE_COUNTED), model
+        assert counter.resolved[model] == "tiktoken:o200k_base"
+
+
+def test_a_tampered_encoding_file_is_never_used(monkeypatch, tmp_path, caplog):
+    """An encoding file comes from the disk, and is hostile like anything else: a copy whose SHA-256 is not
+    tiktoken's is skipped (and named in the message), never parsed into wrong counts."""
+    monkeypatch.setattr(safety, "_reported", set())
+    good = Path(tiktoken_files.litellm_dir() or "", O200K_FILE).read_bytes()
+    (tmp_path / O200K_FILE).write_bytes(good.replace(b" 0\n", b" 1\n", 1))  # one rank changed
+    monkeypatch.setattr(tiktoken_files, "search_dirs", lambda: [str(tmp_path)])
+    with pytest.raises(tiktoken_files.NotOfflineError, match="another SHA-256"):
+        tiktoken_files.load_offline("o200k_base")
+    assert TokenCounter().count_text("gpt-4o", ["tiktoken is great!"])[1] == names.SOURCE_ESTIMATED
+    assert any("another SHA-256" in r.getMessage() for r in caplog.records)
+    # the real file next to it, later in the search order, is found
+    monkeypatch.setattr(tiktoken_files, "search_dirs", lambda: [str(tmp_path), tiktoken_files.litellm_dir()])
+    assert TokenCounter().count_text("gpt-4o", ["tiktoken is great!"]) == (6, names.SOURCE_COUNTED)
 
 
 def test_a_configured_glob_maps_a_model_to_a_tokenizer():
@@ -109,15 +150,16 @@ WEATHER_MESSAGES = [
     {"role": "user", "content": "What's the weather like in San Francisco?"}]
 
 
-@pytest.mark.parametrize("model", ["gpt-4", "gpt-3.5-turbo"])
-def test_tool_definitions_count_as_openai_bills_them(model):
+@pytest.mark.parametrize(("model", "billed"), [("gpt-4", 105), ("gpt-3.5-turbo", 105), ("gpt-4o", 101),
+                                               ("gpt-4o-mini", 101)])
+def test_tool_definitions_count_as_openai_bills_them(model, billed):
     """Ground truth: OpenAI's cookbook "How to count tokens with tiktoken" records the API's own
-    prompt_tokens for this request: 105 for gpt-3.5-turbo and gpt-4 (the o200k models, 101, need an
-    o200k encoding, which is not available offline). Tools were ignored before: 34 (68 % low)."""
+    prompt_tokens for this request: 105 for gpt-3.5-turbo and gpt-4, 101 for gpt-4o and gpt-4o-mini (o200k,
+    from litellm's copy of the file). Tools were ignored before: 34 (68 % low)."""
     counter = TokenCounter()
-    assert counter.count_chat(model, WEATHER_MESSAGES, WEATHER_TOOLS) == (105, names.SOURCE_COUNTED)
+    assert counter.count_chat(model, WEATHER_MESSAGES, WEATHER_TOOLS) == (billed, names.SOURCE_COUNTED)
     legacy = [tool["function"] for tool in WEATHER_TOOLS]  # the older `functions=` form, same accounting
-    assert counter.count_chat(model, WEATHER_MESSAGES, legacy) == (105, names.SOURCE_COUNTED)
+    assert counter.count_chat(model, WEATHER_MESSAGES, legacy) == (billed, names.SOURCE_COUNTED)
     nested = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
         "where": {"type": "object", "properties": {"city": {"type": "string"}}}}}}}]
     count, source = counter.count_chat(model, WEATHER_MESSAGES, nested)

@@ -160,6 +160,8 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
     def prepare(call: Call, kwargs: dict[str, Any], recorder: Recorder) -> tuple[dict[str, Any], bool]:
         """What is sent (usage chunk asked for, trace headers added) and whether to hide the usage chunk."""
         call_kwargs, hide = kwargs, False
+        if not call.live:  # inside a covering call (litellm's own SDK use): sent exactly as written
+            return call_kwargs, hide
         try:
             if recorder.settings.capture_content:
                 capture_request(call.record, kwargs)
