@@ -531,6 +531,6 @@ class _RefusalError(Exception):
     (500, {"message": "stream_options broke us"}, False),
 ])
 def test_only_a_refusal_that_names_stream_options_turns_them_off(status, body, refused):
-    from otel_tokens.integrations.openai import _refused_stream_options
+    from otel_tokens.integrations.openai_request import refused_stream_options
 
-    assert _refused_stream_options(_RefusalError(status, body)) is refused
+    assert refused_stream_options(_RefusalError(status, body)) is refused

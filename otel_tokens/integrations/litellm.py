@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind
 from .. import names
 from ..recorder import Call, Recorder
 from ..safety import internal_error
-from .openai import _with_headers, _with_usage_chunk
+from .openai_request import refused_stream_options, stop_asking, wants_usage_chunk, with_headers, with_usage_chunk
 from .openai_stream import AsyncStreamProxy, StreamProxy, StreamState
 from .openai_usage import Usage, apply_usage, count_locally, estimate_request, find_usage, get, response_texts
 
@@ -137,10 +137,10 @@ def _with_model(view: Mapping[str, Any], sent: str, chosen: str) -> str:
 class _Request:
     """One call's arguments: `view` to read (positional ones named), `args`/`kwargs` to send."""
 
-    __slots__ = ("args", "hide", "kwargs", "view")
+    __slots__ = ("args", "hide", "kwargs", "original", "view")
 
     def __init__(self, order: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.args, self.kwargs, self.hide = args, kwargs, False
+        self.args, self.kwargs, self.original, self.hide = args, kwargs, kwargs, False
         self.view = {**dict(zip(order, args, strict=False)), **kwargs} if args else kwargs
 
     def set_model(self, order: tuple[str, ...], model: str) -> None:
@@ -171,12 +171,22 @@ def _make_wrapper(operation: str, order: tuple[str, ...], is_async: bool) -> Any
         try:
             if call.model != model:
                 request.set_model(order, _with_model(view, model, call.model))
-            if streaming and recorder.settings.stream_include_usage and operation != names.OPERATION_EMBEDDINGS:
-                request.kwargs, request.hide = _with_usage_chunk(request.kwargs)
-            request.kwargs = _with_headers(request.kwargs, recorder.outgoing_headers(call))
+            request.kwargs = with_headers(request.kwargs, recorder.outgoing_headers(call))
+            request.original = request.kwargs  # what is sent again, as written, if the usage chunk is refused
+            if (streaming and recorder.settings.stream_include_usage and operation != names.OPERATION_EMBEDDINGS
+                    and wants_usage_chunk(call)):
+                request.kwargs, request.hide = with_usage_chunk(request.kwargs)
         except Exception:
             internal_error("litellm request options")
         return call, request
+
+    def retry_as_written(call: Call, request: _Request, error: Exception) -> bool:
+        """A server that refused the stream_options we added is sent the call as the caller wrote it."""
+        if not (request.hide and refused_stream_options(error)):
+            return False
+        stop_asking(call)
+        request.kwargs, request.hide = request.original, False
+        return True
 
     def done(result: Any, call: Call, request: _Request, recorder: Recorder) -> Any:
         try:
@@ -201,7 +211,14 @@ def _make_wrapper(operation: str, order: tuple[str, ...], is_async: bool) -> Any
             assert recorder is not None
             call, request = begin(args, kwargs, recorder)
             with recorder.active(call):
-                result = await wrapped(*request.args, **request.kwargs)
+                try:
+                    result, retry = await wrapped(*request.args, **request.kwargs), False
+                except Exception as error:
+                    if not retry_as_written(call, request, error):
+                        raise
+                    retry = True
+                if retry:  # outside the except: the caller's traceback carries none of our first try
+                    result = await wrapped(*request.args, **request.kwargs)
             return done(result, call, request, recorder)
 
         return async_wrapper
@@ -213,7 +230,14 @@ def _make_wrapper(operation: str, order: tuple[str, ...], is_async: bool) -> Any
         assert recorder is not None
         call, request = begin(args, kwargs, recorder)
         with recorder.active(call):
-            result = wrapped(*request.args, **request.kwargs)
+            try:
+                result, retry = wrapped(*request.args, **request.kwargs), False
+            except Exception as error:
+                if not retry_as_written(call, request, error):
+                    raise
+                retry = True
+            if retry:
+                result = wrapped(*request.args, **request.kwargs)
         return done(result, call, request, recorder)
 
     return wrapper

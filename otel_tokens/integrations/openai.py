@@ -19,8 +19,16 @@ from opentelemetry.trace import SpanKind
 
 from .. import names
 from ..recorder import Call, Recorder
-from ..safety import internal_error, log_once
+from ..safety import internal_error
 from .openai_content import capture_request, capture_response
+from .openai_request import (
+    NO_STREAM_OPTIONS,
+    refused_stream_options,
+    stop_asking,
+    wants_usage_chunk,
+    with_headers,
+    with_usage_chunk,
+)
 from .openai_stream import AsyncStreamProxy, StreamProxy, StreamState
 from .openai_usage import apply_usage, count_locally, estimate_request, find_usage, get, response_texts
 
@@ -54,7 +62,7 @@ class _Instrumentation:
         self.stream_types: tuple[type, ...] = ()
         self.async_stream_types: tuple[type, ...] = ()
         self.raw_types: tuple[type, ...] = ()
-        self.no_stream_options: set[str] = set()  # servers that refused stream_options: never asked again
+        self.no_stream_options = NO_STREAM_OPTIONS  # servers that refused stream_options: never asked again
 
 
 _state = _Instrumentation()
@@ -79,60 +87,6 @@ def _server(instance: Any, recorder: Recorder) -> tuple[str | None, int | None, 
                 break
         found = _state.servers[key] = (host, port, provider)
     return found
-
-
-def _with_headers(kwargs: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
-    """kwargs with the propagation headers in extra_headers; headers the caller set win."""
-    if not headers:
-        return kwargs
-    user_headers = kwargs.get("extra_headers")
-    if isinstance(user_headers, Mapping):
-        given = {k.lower() for k in user_headers}
-        merged = {**{k: v for k, v in headers.items() if k.lower() not in given}, **user_headers}
-    else:
-        merged = dict(headers)
-    return {**kwargs, "extra_headers": merged}
-
-
-def _with_usage_chunk(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Ask for the usage chunk when the caller did not; True when the chunk must be hidden."""
-    options = kwargs.get("stream_options")
-    if isinstance(options, Mapping) and options.get("include_usage") is not None:
-        return kwargs, False
-    merged = {**options, "include_usage": True} if isinstance(options, Mapping) else {"include_usage": True}
-    return {**kwargs, "stream_options": merged}, True
-
-
-def _server_key(call: Call) -> str:
-    return f"{call.record.server_address}:{call.record.server_port}"
-
-
-def _refused_stream_options(error: BaseException) -> bool:
-    """Whether the server refused the `stream_options` we added: HTTP 400/422 whose error names it (OpenAI's
-    `param`, its message, or a pydantic `loc`), never a body that merely echoes the request (FastAPI's
-    422 repeats the input, stream_options included)."""
-    try:
-        if getattr(error, "status_code", None) not in (400, 422):
-            return False
-        body = getattr(error, "body", None)
-        details = body.get("detail") if isinstance(body, Mapping) else None
-        if isinstance(details, list):  # pydantic: [{"loc": [...], "msg": ..., "input": <the request>}]
-            return any(isinstance(d, Mapping) and "stream_options" in map(str, d.get("loc") or ()) for d in details)
-        inner = body.get("error", body) if isinstance(body, Mapping) else {}
-        inner = inner if isinstance(inner, Mapping) else {"message": inner}
-        named = f"{inner.get('param') or ''} {inner.get('message') or ''}" if inner else str(body or "")
-        return "stream_options" in named or "include_usage" in named
-    except Exception:
-        internal_error("openai stream_options fallback")
-        return False
-
-
-def _without_stream_options(call: Call) -> None:
-    key = _server_key(call)
-    if len(_state.no_stream_options) < 10_000:
-        _state.no_stream_options.add(key)
-    log_once(f"no-stream-options:{key}", "otel-tokens: %s refused stream_options; its streams are counted "
-             "locally from now on", key)
 
 
 def _make_wrapper(operation: str, is_async: bool) -> Any:
@@ -167,9 +121,9 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
                 capture_request(call.record, kwargs)
             if (call.record.streaming and recorder.settings.stream_include_usage
                     and ("messages" in kwargs or "prompt" in kwargs)
-                    and _server_key(call) not in _state.no_stream_options):
-                call_kwargs, hide = _with_usage_chunk(kwargs)
-            call_kwargs = _with_headers(call_kwargs, recorder.outgoing_headers(call))
+                    and wants_usage_chunk(call)):
+                call_kwargs, hide = with_usage_chunk(kwargs)
+            call_kwargs = with_headers(call_kwargs, recorder.outgoing_headers(call))
         except Exception:
             internal_error("openai request options")
         return call_kwargs, hide
@@ -193,11 +147,11 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
                 try:
                     result, refused = await wrapped(*args, **call_kwargs), False
                 except Exception as error:
-                    if not (hide and _refused_stream_options(error)):
+                    if not (hide and refused_stream_options(error)):
                         raise
                     refused = True
                 if refused:  # outside the except: the caller's traceback carries none of our first try
-                    _without_stream_options(call)
+                    stop_asking(call)
                     call_kwargs, hide = prepare(call, kwargs, recorder)  # as the caller asked: no usage chunk
                     result = await wrapped(*args, **call_kwargs)
             return done(result, call, kwargs, hide, recorder)
@@ -214,11 +168,11 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
             try:
                 result, refused = wrapped(*args, **call_kwargs), False
             except Exception as error:
-                if not (hide and _refused_stream_options(error)):
+                if not (hide and refused_stream_options(error)):
                     raise
                 refused = True
             if refused:  # outside the except: the caller's traceback carries none of our first try
-                _without_stream_options(call)
+                stop_asking(call)
                 call_kwargs, hide = prepare(call, kwargs, recorder)  # as the caller asked: no usage chunk
                 result = wrapped(*args, **call_kwargs)
         return done(result, call, kwargs, hide, recorder)

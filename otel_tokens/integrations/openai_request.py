@@ -1,0 +1,71 @@
+"""What an OpenAI-style request gets from us, for every client speaking that wire format (the openai
+SDK, litellm): trace headers, the usage chunk of a stream, and the fallback for a server that
+refuses `stream_options` (remembered per server, so it is asked once)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..recorder import Call
+from ..safety import internal_error, log_once
+
+NO_STREAM_OPTIONS: set[str] = set()  # servers that refused stream_options: never asked again
+
+
+def wants_usage_chunk(call: Call) -> bool:
+    return server_key(call) not in NO_STREAM_OPTIONS
+
+
+def with_headers(kwargs: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
+    """kwargs with the propagation headers in extra_headers; headers the caller set win."""
+    if not headers:
+        return kwargs
+    user_headers = kwargs.get("extra_headers")
+    if isinstance(user_headers, Mapping):
+        given = {k.lower() for k in user_headers}
+        merged = {**{k: v for k, v in headers.items() if k.lower() not in given}, **user_headers}
+    else:
+        merged = dict(headers)
+    return {**kwargs, "extra_headers": merged}
+
+
+def with_usage_chunk(kwargs: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Ask for the usage chunk when the caller did not; True when the chunk must be hidden."""
+    options = kwargs.get("stream_options")
+    if isinstance(options, Mapping) and options.get("include_usage") is not None:
+        return kwargs, False
+    merged = {**options, "include_usage": True} if isinstance(options, Mapping) else {"include_usage": True}
+    return {**kwargs, "stream_options": merged}, True
+
+
+def server_key(call: Call) -> str:
+    return f"{call.record.server_address}:{call.record.server_port}"
+
+
+def refused_stream_options(error: BaseException) -> bool:
+    """Whether the server refused the `stream_options` we added: HTTP 400/422 whose error names it (OpenAI's
+    `param`, its message, or a pydantic `loc`), never a body that merely echoes the request (FastAPI's
+    422 repeats the input, stream_options included)."""
+    try:
+        if getattr(error, "status_code", None) not in (400, 422):
+            return False
+        body = getattr(error, "body", None)
+        details = body.get("detail") if isinstance(body, Mapping) else None
+        if isinstance(details, list):  # pydantic: [{"loc": [...], "msg": ..., "input": <the request>}]
+            return any(isinstance(d, Mapping) and "stream_options" in map(str, d.get("loc") or ()) for d in details)
+        inner = body.get("error", body) if isinstance(body, Mapping) else {}
+        inner = inner if isinstance(inner, Mapping) else {"message": inner}
+        named = f"{inner.get('param') or ''} {inner.get('message') or ''}" if inner else str(body or "")
+        return "stream_options" in named or "include_usage" in named
+    except Exception:
+        internal_error("stream_options fallback")
+        return False
+
+
+def stop_asking(call: Call) -> None:
+    key = server_key(call)
+    if len(NO_STREAM_OPTIONS) < 10_000:
+        NO_STREAM_OPTIONS.add(key)
+    log_once(f"no-stream-options:{key}", "otel-tokens: %s refused stream_options; its streams are counted "
+             "locally from now on", key)
