@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) bench/openai_overhead.py --arm ours
 	$(PY) bench/guard_overhead.py
 	$(PY) bench/guard_poll.py
+	$(PY) bench/stream_counts.py
 
 # ours against OpenLLMetry and the official openai-v2 instrumentation, each in its own venv (.bench-venvs/)
 bench-peers: $(STAMP)

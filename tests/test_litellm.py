@@ -216,3 +216,16 @@ def test_budget_mode_refuses_a_litellm_call_that_would_cross_the_quota(tmp_path,
         served_spans = [s for s in app.tel.spans() if names.ERROR_TYPE not in s.attributes]
         assert len(served_spans) == served - 1 and all(usage_of(s)[2] == "reported" for s in served_spans)
         assert tokens == sum(usage_of(s)[0] + usage_of(s)[1] for s in served_spans)  # what the server billed
+
+
+def test_completion_with_the_acompletion_flag_is_one_span_and_uninstrument_restores_litellm(server):
+    import litellm.chat_completions.dispatch as dispatch
+
+    original = dispatch.completion
+    with instrumented() as tel:
+        assert litellm.completion is not original and dispatch.completion is not original  # both names wrapped
+        asyncio.run(litellm.completion(**ask(server), acompletion=True))
+        assert len(tel.spans()) == 1 and len(server.requests) == 1
+    assert litellm.completion is original and dispatch.completion is original
+    litellm.completion(**ask(server))  # no longer recorded, and works
+    assert len(tel.spans()) == 1 and len(server.requests) == 2
