@@ -33,16 +33,43 @@ from .safety import internal_error
 from .token_counting import TokenCounter
 
 _EMPTY: Mapping[str, str] = {}
-# The call of a library that drives another instrumented one (litellm over the openai SDK) while its
-# library call runs: calls begun inside it are its own internals, not calls of their own.
+# The call of a library that drives another instrumented one (litellm over the openai SDK): calls begun
+# while its library call (or a step of its stream) runs are its own internals, not calls of their own.
+# The Call counts its open windows, so a task that copied the context inside one (a callback litellm
+# schedules) is not covered once the window has closed.
 _COVERING: ContextVar[Call | None] = ContextVar("otel_tokens_covering_call", default=None)
+
+
+def covered() -> bool:
+    call = _COVERING.get()
+    return call is not None and call._covering > 0
+
+
+class _Cover:
+    """`with call.cover():` one covering window (no span made current, nothing finished)."""
+
+    __slots__ = ("call", "token")
+
+    def __init__(self, call: Call) -> None:
+        self.call, self.token = call, None
+
+    def __enter__(self) -> None:
+        self.call._covering += 1
+        self.token = _COVERING.set(self.call)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.call._covering -= 1
+        try:
+            _COVERING.reset(self.token)  # type: ignore[arg-type]
+        except ValueError:  # exited in another context than entered: leave that context's value alone
+            pass
 
 
 class Call:
     """One call in flight. `model` is what the library must call (the guard may have downgraded it);
     `record` is what the integration fills; everything else belongs to the recorder."""
 
-    __slots__ = ("_covering_token", "_estimate", "_finished", "_recorder", "_start", "_token", "attribution",
+    __slots__ = ("_cover", "_covering", "_estimate", "_finished", "_recorder", "_start", "_token", "attribution",
                  "covers_inner", "held", "model", "record", "span")
 
     def __init__(self, recorder: Recorder, record: CallRecord, span: trace.Span, attribution: Mapping[str, str],
@@ -57,7 +84,8 @@ class Call:
         self._start = time.perf_counter()
         self._finished = finished
         self._token: object = None
-        self._covering_token: object = None
+        self._covering = 0  # open covering windows
+        self._cover: _Cover | None = None
         self.covers_inner = False  # calls begun inside this one's library call are not recorded again
         self.held: Held | None = None  # what budget mode reserved for this call
 
@@ -65,6 +93,10 @@ class Call:
     def live(self) -> bool:
         """False for an inert call (an internal failure, or a call inside a covering one): nothing to add."""
         return not self._finished
+
+    def cover(self) -> _Cover:
+        """A covering window around one step of this call's result (a stream's next chunk)."""
+        return _Cover(self)
 
     def estimate(self) -> UsageEstimate | None:
         """The call's worst case (for a budget reservation), computed on first use only."""
@@ -84,19 +116,17 @@ class Call:
         if self.span is not INVALID_SPAN:
             self._token = otel_context.attach(trace.set_span_in_context(self.span))
         if self.covers_inner and not self._finished:
-            self._covering_token = _COVERING.set(self)
+            self._cover = _Cover(self)
+            self._cover.__enter__()
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> None:
         token, self._token = self._token, None
         if token is not None:
             otel_context.detach(token)  # type: ignore[arg-type]
-        covering, self._covering_token = self._covering_token, None
-        if covering is not None:
-            try:
-                _COVERING.reset(covering)  # type: ignore[arg-type]
-            except ValueError:  # exited in another context than entered: leave that context's value alone
-                pass
+        cover, self._cover = self._cover, None
+        if cover is not None:
+            cover.__exit__()
         if exc is not None:
             self._recorder.finish(self, error=exc)
 
@@ -141,7 +171,7 @@ class Recorder:
         `covers_inner=True` for a library that drives another instrumented one: calls begun inside
         its library call are inert (one span, one charge per call). On an internal failure the call
         is inert: the library call goes ahead, unrecorded."""
-        if _COVERING.get() is not None:
+        if covered():
             return Call(self, CallRecord(operation, provider, model), INVALID_SPAN, _EMPTY, finished=True)
         refusal, held = None, None
         try:

@@ -59,7 +59,10 @@ def read_verified(url: str, expected_hash: str | None, dirs: list[str]) -> bytes
     for directory in dirs:
         path = os.path.join(directory, name)
         try:
+            if not os.path.lexists(path):
+                continue
             if not os.path.isfile(path) or os.path.getsize(path) > MAX_FILE_BYTES:
+                seen.append(f"{path} is not a regular file of at most {MAX_FILE_BYTES >> 20} MiB (not used)")
                 continue
             with open(path, "rb") as file:
                 data = file.read(MAX_FILE_BYTES + 1)
@@ -71,6 +74,18 @@ def read_verified(url: str, expected_hash: str | None, dirs: list[str]) -> bytes
         seen.append(f"{path} has another SHA-256 than tiktoken expects (not used)")
     detail = "; ".join(seen) if seen else f"no file named {name} in " + ", ".join(dirs)
     raise NotOfflineError(f"{url}: {detail}")
+
+
+_LOADERS = ("load_tiktoken_bpe", "data_gym_to_mergeable_bpe_ranks")
+
+
+def _check_reads_through(function: Any, readers: set[str]) -> None:
+    """Only code that reaches its file through the names we rebind is run: a function that could
+    reach tiktoken's downloader some other way (`tiktoken.load.read_file`) is refused."""
+    used = set(function.__code__.co_names)
+    if not used & readers or used & {"tiktoken", "load", "read_file", "blobfile", "requests"}:
+        raise NotOfflineError(f"tiktoken's {function.__name__} does not read its file the way this version expects "
+                              "(not run: it could download)")
 
 
 def _rebound(function: Any, namespace: dict[str, Any]) -> Any:
@@ -95,21 +110,28 @@ def _load(name: str, dirs: tuple[str, ...]) -> Any:
         return read_verified(blobpath, expected_hash, list(dirs))
 
     loaders: dict[str, Any] = {**vars(tiktoken.load), "read_file_cached": read_file_cached}
-    for loader in ("load_tiktoken_bpe", "data_gym_to_mergeable_bpe_ranks"):
+    for loader in _LOADERS:
         if loader in loaders:
+            _check_reads_through(loaders[loader], {"read_file_cached"})
             loaders[loader] = _rebound(loaders[loader], loaders)
     built: Any = None
     namespace: dict[str, Any] = dict(vars(openai_public))
     namespace.update({k: loaders[k] for k in ("load_tiktoken_bpe", "data_gym_to_mergeable_bpe_ranks")
                       if k in loaders})
-    for constructor_name, constructor in constructors.items():  # o200k_harmony builds on o200k_base
+    for constructor_name, constructor in constructors.items():
         if isinstance(constructor, types.FunctionType):
             namespace[constructor.__name__] = _rebound(constructor, namespace)
             if constructor_name == name:
+                _check_reads_through(constructor, set(_LOADERS))
                 built = namespace[constructor.__name__]
     if built is None:
         raise NotOfflineError(f"{name}: tiktoken's constructor is not a plain function here")
-    return tiktoken.Encoding(**built())
+    try:
+        return tiktoken.Encoding(**built())
+    except NotOfflineError:
+        raise
+    except Exception as exc:  # another tiktoken than this code knows: never fall back to a download
+        raise NotOfflineError(f"{name}: tiktoken's constructor failed offline ({type(exc).__name__}: {exc})") from exc
 
 
 def load_offline(name: str) -> Any:

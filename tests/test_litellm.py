@@ -229,3 +229,97 @@ def test_completion_with_the_acompletion_flag_is_one_span_and_uninstrument_resto
     assert litellm.completion is original and dispatch.completion is original
     litellm.completion(**ask(server))  # no longer recorded, and works
     assert len(tel.spans()) == 1 and len(server.requests) == 2
+
+
+# --- found by attacking the integration: each was a double count, a caller-visible error or a wrong charge ---
+
+def test_text_completion_streams_are_one_span_each_and_never_asked_for_stream_options(server, tel):
+    """litellm sends a text stream's request on its first chunk, after the call returned: read inside
+    the covering call, it is not recorded again by the SDK's wrapper; a refusal there could not be
+    retried, so no stream_options are added to text streams."""
+    for _ in range(2):
+        chunks = list(litellm.text_completion(prompt="Say hi", model="openai/gpt-3.5-turbo-instruct",
+                                              api_base=server.base_url, api_key="x", stream=True))
+        assert "".join(c.choices[0].text or "" for c in chunks) == server.reply
+        assert "stream_options" not in server.last_request.body
+    spans = tel.spans()
+    assert len(spans) == len(server.requests) == 2
+    assert all(usage_of(s) == (server.text_tokens("gpt-3.5-turbo-instruct", "Say hi"),
+                               server.completion_tokens("gpt-3.5-turbo-instruct", server.reply), "counted")
+               for s in spans)
+
+
+def test_a_stream_reads_and_closes_as_litellm_lets_it(server, tel):
+    """litellm's streams iterate both ways and close synchronously, from completion and acompletion alike."""
+    async def read_sync_stream_async() -> str:
+        stream = litellm.completion(**ask(server, stream=True))
+        return "".join([c.choices[0].delta.content or "" async for c in stream])
+
+    async def close_async_stream() -> None:
+        stream = await litellm.acompletion(**ask(server, stream=True))
+        await stream.__anext__()
+        assert stream.close() is None  # litellm's close is not a coroutine
+
+    assert asyncio.run(read_sync_stream_async()) == server.reply
+    asyncio.run(close_async_stream())
+    assert len(tel.spans()) == 2
+
+
+def test_what_runs_after_the_call_is_recorded_as_its_own(server, tel):
+    """A task litellm schedules inside the call (a success callback making its own LLM call) copied the
+    covering context; once the call returned it is no longer covered."""
+    import openai
+    from litellm.integrations.custom_logger import CustomLogger
+
+    class Judge(CustomLogger):
+        async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+                                          ) -> None:
+            judge = openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+            await judge.chat.completions.create(model=MODEL, messages=MESSAGES)
+
+    async def main() -> None:
+        await litellm.acompletion(**ask(server))
+        for _ in range(100):
+            if len(server.requests) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+
+    litellm.callbacks = [Judge()]
+    try:
+        asyncio.run(main())
+    finally:
+        litellm.callbacks = []
+    assert len(server.requests) >= 2 and len(tel.spans()) == len(server.requests)  # every request its own span
+
+
+def test_the_async_flags_the_server_set_in_config_and_the_callers_headers(server, tel, monkeypatch):
+    asyncio.run(litellm.embedding(model="openai/text-embedding-3-small", input=["hi"], api_base=server.base_url,
+                                  api_key="x", aembedding=True))
+    assert len(tel.spans()) == len(server.requests) == 1  # one span, recorded when awaited
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)  # the server named in configuration, not the call
+    with usage_context(user_id="alice"):
+        litellm.completion(model=f"openai/{MODEL}", messages=MESSAGES, api_key="x",
+                           headers={"traceparent": "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01"})
+    span = tel.spans()[-1]
+    assert (span.attributes[names.SERVER_ADDRESS], span.attributes[names.SERVER_PORT]) == ("127.0.0.1", server.port)
+    assert server.last_request.headers["traceparent"].startswith("00-0123456789abcdef")  # the caller's own wins
+    assert server.last_request.headers["baggage"] == "user.id=alice"
+    with usage_context(user_id="bob"):
+        litellm.completion(**ask(server), mock_response="no provider called")
+    assert len(tel.spans()) == 2 and len(server.requests) == 2  # a mock costs nobody anything
+
+
+def test_a_refusal_of_stream_options_is_recognised_on_litellms_own_http_routes(server, tel):
+    from otel_tokens.integrations.openai_request import NO_STREAM_OPTIONS
+
+    NO_STREAM_OPTIONS.clear()
+    refusal = {"error": {"message": "Unrecognized request argument supplied: stream_options",
+                         "type": "invalid_request_error", "param": "stream_options"}}
+    server.fail_next(400, body=refusal)
+    text = "".join(c.choices[0].delta.content or "" for c in litellm.completion(
+        model="hosted_vllm/qwen2.5-7b", messages=MESSAGES, api_base=server.base_url, api_key="x", stream=True)
+        if c.choices)
+    assert text == server.reply and "stream_options" not in server.last_request.body
+    assert len(tel.spans()) == 1 and names.ERROR_TYPE not in tel.spans()[0].attributes
+    NO_STREAM_OPTIONS.clear()

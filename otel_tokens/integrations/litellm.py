@@ -11,6 +11,7 @@ is litellm saying the provider reported none, and is counted locally instead.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +25,7 @@ from .. import names
 from ..recorder import Call, Recorder
 from ..safety import internal_error
 from .openai_request import refused_stream_options, stop_asking, wants_usage_chunk, with_headers, with_usage_chunk
-from .openai_stream import AsyncStreamProxy, StreamProxy, StreamState
+from .openai_stream import AsyncStreamProxy, DualStreamProxy, StreamProxy, StreamState
 from .openai_usage import Usage, apply_usage, count_locally, estimate_request, find_usage, get, response_texts
 
 LIBRARY = "litellm"
@@ -50,6 +51,11 @@ PROVIDERS = {
     "deepseek": "deepseek", "groq": "groq", "mistral": "mistral_ai", "perplexity": "perplexity", "xai": "x_ai",
     "watsonx": "ibm.watsonx.ai",
 }
+
+
+_OPENAI_ROUTES = ("openai", "text-completion-openai")
+# what litellm answers without calling any provider: nothing to record or charge
+_MOCKS = ("mock_response", "mock_tool_calls", "mock_timeout")
 
 
 class _Instrumentation:
@@ -81,8 +87,8 @@ class _LiteLLMStreamState(StreamState):
         super().finish(error)
 
     def _provider_reported(self) -> bool:
-        if not self.received:
-            return True  # nothing to tell by (another litellm version): litellm's usage is taken
+        if self.received is None:  # nothing to tell by (text streams): litellm may have counted it itself
+            return False
         try:
             return any(get(chunk, "usage") is not None for chunk in self.received)
         except Exception:
@@ -108,6 +114,11 @@ def _route(kwargs: Mapping[str, Any], recorder: Recorder) -> tuple[str, str, str
         api_base = api_base or found_base
     except Exception:  # litellm raises for a model it cannot route; the call itself will say why
         pass
+    if not api_base:  # set in litellm's configuration rather than in the call
+        api_base = getattr(litellm, "api_base", None)
+        if not api_base and provider in _OPENAI_ROUTES:
+            api_base = os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE") \
+                or "https://api.openai.com/v1"
     host, port = None, None
     if isinstance(api_base, str) and api_base:
         try:
@@ -171,9 +182,15 @@ def _make_wrapper(operation: str, order: tuple[str, ...], is_async: bool) -> Any
         try:
             if call.model != model:
                 request.set_model(order, _with_model(view, model, call.model))
-            request.kwargs = with_headers(request.kwargs, recorder.outgoing_headers(call))
+            headers = recorder.outgoing_headers(call)
+            given = view.get("headers")
+            if headers and isinstance(given, Mapping):  # litellm's `headers=` too: the caller's own win
+                taken = {str(k).lower() for k in given}
+                headers = {k: v for k, v in headers.items() if k.lower() not in taken}
+            request.kwargs = with_headers(request.kwargs, headers)
             request.original = request.kwargs  # what is sent again, as written, if the usage chunk is refused
-            if (streaming and recorder.settings.stream_include_usage and operation != names.OPERATION_EMBEDDINGS
+            # a text stream's request is sent on its first chunk, after a refusal could be retried: not asked
+            if (streaming and recorder.settings.stream_include_usage and operation == names.OPERATION_CHAT
                     and wants_usage_chunk(call)):
                 request.kwargs, request.hide = with_usage_chunk(request.kwargs)
         except Exception:
@@ -192,16 +209,20 @@ def _make_wrapper(operation: str, order: tuple[str, ...], is_async: bool) -> Any
         try:
             if not call.live:
                 return result
-            return _take_result(result, call, request, recorder, operation, is_async)
+            return _take_result(result, call, request, recorder, operation)
         except Exception:
             internal_error("litellm result")
             recorder.finish(call)
             return result
 
     def passes_through(recorder: Recorder | None, kwargs: Mapping[str, Any]) -> bool:
-        # `completion(..., acompletion=True)` returns acompletion's coroutine: acompletion records it
-        return recorder is None or not is_instrumentation_enabled() or (
-            not is_async and kwargs.get("acompletion") is True)
+        return recorder is None or not is_instrumentation_enabled() or any(kwargs.get(k) for k in _MOCKS)
+
+    async def deferred(awaitable: Any, call: Call, request: _Request, recorder: Recorder) -> Any:
+        """`completion(..., acompletion=True)`, `embedding(..., aembedding=True)`: the call runs when awaited."""
+        with recorder.active(call):
+            result = await awaitable
+        return done(result, call, request, recorder)
 
     if is_async:
         async def async_wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -238,20 +259,20 @@ def _make_wrapper(operation: str, order: tuple[str, ...], is_async: bool) -> Any
                 retry = True
             if retry:
                 result = wrapped(*request.args, **request.kwargs)
+        if call.live and inspect.iscoroutine(result):
+            return deferred(result, call, request, recorder)
         return done(result, call, request, recorder)
 
     return wrapper
 
 
-def _take_result(result: Any, call: Call, request: _Request, recorder: Recorder, operation: str,
-                 is_async: bool) -> Any:
+def _take_result(result: Any, call: Call, request: _Request, recorder: Recorder, operation: str) -> Any:
     kwargs = request.view
     if call.record.streaming and (hasattr(result, "__next__") or hasattr(result, "__anext__")):
         state = _LiteLLMStreamState(recorder, call, kwargs, request.hide, result)
-        if is_async and hasattr(result, "__anext__"):
-            return AsyncStreamProxy(result, state)
-        if hasattr(result, "__next__"):
-            return StreamProxy(result, state)
+        if hasattr(result, "__next__") and hasattr(result, "__anext__"):
+            return DualStreamProxy(result, state)  # litellm's streams may be read either way
+        return StreamProxy(result, state) if hasattr(result, "__next__") else AsyncStreamProxy(result, state)
     if inspect.isawaitable(result):  # not a response litellm documents: leave it unrecorded, never broken
         recorder.finish(call)
         return result

@@ -4,6 +4,7 @@ refuses `stream_options` (remembered per server, so it is asked once)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,6 +52,8 @@ def refused_stream_options(error: BaseException) -> bool:
         if getattr(error, "status_code", None) not in (400, 422):
             return False
         body = getattr(error, "body", None)
+        if body is None:  # litellm's own HTTP routes keep the server's answer only in the message
+            body = _body_of(str(getattr(error, "message", None) or error))
         details = body.get("detail") if isinstance(body, Mapping) else None
         if isinstance(details, list):  # pydantic: [{"loc": [...], "msg": ..., "input": <the request>}]
             return any(isinstance(d, Mapping) and "stream_options" in map(str, d.get("loc") or ()) for d in details)
@@ -61,6 +64,18 @@ def refused_stream_options(error: BaseException) -> bool:
     except Exception:
         internal_error("stream_options fallback")
         return False
+
+
+def _body_of(message: str) -> Any:
+    """The JSON object inside an error message (`... - {"error": ...}`), else the message."""
+    start = message.find("{")
+    if start >= 0:
+        try:
+            found, _ = json.JSONDecoder().raw_decode(message[start:start + 65536])
+            return found
+        except ValueError:
+            pass
+    return message
 
 
 def stop_asking(call: Call) -> None:

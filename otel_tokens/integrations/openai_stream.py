@@ -9,6 +9,7 @@ when the stream ends.
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -31,6 +32,7 @@ class StreamState:
         "__weakref__",
         "call",
         "counter",
+        "covered",
         "done",
         "finalizer",
         "hide_usage_chunk",
@@ -47,6 +49,7 @@ class StreamState:
     def __init__(self, recorder: Recorder, call: Call, kwargs: Mapping[str, Any], hide_usage_chunk: bool) -> None:
         self.recorder, self.counter, self.call, self.kwargs = recorder, recorder.tokens, call, kwargs
         self.hide_usage_chunk = hide_usage_chunk
+        self.covered = call.covers_inner  # a library that reads its stream through another instrumented one
         self.responses_api = "input" in kwargs and call.record.operation == names.OPERATION_CHAT
         self.parts: list[str] = []
         self.usage: Usage | None = None
@@ -143,6 +146,19 @@ class StreamState:
         self.recorder.finish(self.call, error=error)
 
 
+def _closed(result: Any, state: StreamState) -> Any:
+    """`close()`'s result, the stream recorded once it is closed (now, or when an async close is awaited)."""
+    if inspect.isawaitable(result):
+        async def awaited() -> Any:
+            try:
+                return await result
+            finally:
+                state.finish()
+        return awaited()
+    state.finish()
+    return result
+
+
 class StreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
     def __init__(self, stream: Any, state: StreamState) -> None:
         super().__init__(stream)
@@ -156,7 +172,11 @@ class StreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         state = self._self_state
         while True:
             try:
-                item = self.__wrapped__.__next__()
+                if state.covered:
+                    with state.call.cover():
+                        item = self.__wrapped__.__next__()
+                else:
+                    item = self.__wrapped__.__next__()
             except StopIteration:
                 state.finish()
                 raise
@@ -173,9 +193,11 @@ class StreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
 
     def close(self) -> Any:
         try:
-            return self.__wrapped__.close()
-        finally:
+            result = self.__wrapped__.close()
+        except BaseException:
             self._self_state.finish()
+            raise
+        return _closed(result, self._self_state)
 
     def __enter__(self) -> StreamProxy:
         self.__wrapped__.__enter__()
@@ -188,20 +210,24 @@ class StreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
             self._self_state.finish()
 
 
-class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
-    def __init__(self, stream: Any, state: StreamState) -> None:
-        super().__init__(stream)
-        self._self_state = state
-        state.finalizer = weakref.finalize(self, state.finish)
+class _AsyncIteration:
+    """`async for`, `aclose()`, `async with` of a proxied stream (the wrapped object has them)."""
 
-    def __aiter__(self) -> AsyncStreamProxy:
+    __wrapped__: Any
+    _self_state: StreamState
+
+    def __aiter__(self) -> Any:
         return self
 
     async def __anext__(self) -> Any:
         state = self._self_state
         while True:
             try:
-                item = await self.__wrapped__.__anext__()
+                if state.covered:
+                    with state.call.cover():
+                        item = await self.__wrapped__.__anext__()
+                else:
+                    item = await self.__wrapped__.__anext__()
             except StopAsyncIteration:
                 state.finish()
                 raise
@@ -216,19 +242,13 @@ class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
             if not hidden:
                 return item
 
-    async def close(self) -> Any:
-        try:
-            return await self.__wrapped__.close()
-        finally:
-            self._self_state.finish()
-
     async def aclose(self) -> Any:
         try:
             return await self.__wrapped__.aclose()
         finally:
             self._self_state.finish()
 
-    async def __aenter__(self) -> AsyncStreamProxy:
+    async def __aenter__(self) -> Any:
         await self.__wrapped__.__aenter__()
         return self
 
@@ -237,3 +257,22 @@ class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
             return await self.__wrapped__.__aexit__(*exc_info)
         finally:
             self._self_state.finish()
+
+
+class AsyncStreamProxy(_AsyncIteration, wrapt.ObjectProxy):  # type: ignore[misc]
+    def __init__(self, stream: Any, state: StreamState) -> None:
+        super().__init__(stream)
+        self._self_state = state
+        state.finalizer = weakref.finalize(self, state.finish)
+
+    def close(self) -> Any:  # the SDK's is a coroutine; litellm's async stream closes synchronously
+        try:
+            result = self.__wrapped__.close()
+        except BaseException:
+            self._self_state.finish()
+            raise
+        return _closed(result, self._self_state)
+
+
+class DualStreamProxy(_AsyncIteration, StreamProxy):
+    """A stream the library lets its caller read both ways (litellm's CustomStreamWrapper)."""

@@ -94,8 +94,11 @@ def start_process(args: list[str], tmp_path: Path, name: str, **kwargs: Any) -> 
 
 
 def start_prometheus(tmp_path: Path, binary: str, targets: list[str], rule_glob: str | None = None,
-                     alertmanager: str | None = None, interval: str = "1s") -> tuple[str, subprocess.Popen[Any]]:
-    """A real Prometheus on a free port scraping `targets` (host:port) as job `app`; returns (url, process)."""
+                     alertmanager: str | None = None, interval: str = "1s", remote_write: str | None = None
+                     ) -> tuple[str, subprocess.Popen[Any]]:
+    """A real Prometheus on a free port scraping `targets` (host:port) as job `app`; returns (url, process).
+    `remote_write`: also send what it scraped (not what its rules recorded) to that URL, as it would to
+    VictoriaMetrics, Mimir or Thanos Receive."""
     import yaml
 
     port = free_port()
@@ -107,6 +110,10 @@ def start_prometheus(tmp_path: Path, binary: str, targets: list[str], rule_glob:
         config["rule_files"] = [rule_glob]
     if alertmanager:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    if remote_write:
+        config["remote_write"] = [{"url": remote_write, "queue_config": {"batch_send_deadline": "1s"},
+                                   "write_relabel_configs": [{"source_labels": ["__name__"], "action": "drop",
+                                                              "regex": "llm_quota:.*|ALERTS|ALERTS_FOR_STATE"}]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     process = start_process([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
                              f"--storage.tsdb.path={tmp_path / 'prom-data'}", f"--web.listen-address=127.0.0.1:{port}",
