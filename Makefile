@@ -13,11 +13,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
-# Prometheus, Alertmanager and Redis (budget mode's store) from Debian: the tests start the real binaries.
-SYSTEM_PACKAGES := prometheus prometheus-alertmanager redis-server
+# Prometheus, Alertmanager, Redis (budget mode's store) and VictoriaMetrics + vmalert (the rules on a
+# horizontally scalable engine) from Debian: the tests start the real binaries.
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager redis-server victoria-metrics
 system-deps:
 	@if command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null \
-	    && command -v amtool >/dev/null && command -v redis-server >/dev/null; then exit 0; fi; \
+	    && command -v amtool >/dev/null && command -v redis-server >/dev/null \
+	    && command -v victoria-metrics >/dev/null && command -v vmalert >/dev/null; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(SYSTEM_PACKAGES); \
 	else \

@@ -52,3 +52,23 @@ def redis_url(redis_server: RedisServer) -> str:
         redis_server.start()  # a test stopped it
     redis_server.client().flushall()
     return redis_server.url
+
+
+VICTORIA_TEST = "tests/test_victoriametrics_e2e.py"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The VictoriaMetrics stack starts as soon as its test is selected, and runs while the others do:
+    the rules bucket usage every 5 minutes, so starting early is what keeps that test short."""
+    if any(item.nodeid.startswith(VICTORIA_TEST) for item in session.items):
+        from tests.support.victoria_stack import EARLY
+
+        EARLY.start_background()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests.support.victoria_stack import EARLY
+
+    if EARLY.started:
+        EARLY.ready.wait(60)
+        EARLY.stop()

@@ -4,7 +4,6 @@ the rendered quota rules, alerts routed by Alertmanager (the shipped config) to 
 from __future__ import annotations
 
 import json
-import string
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from otel_tokens.ops.rules import render_text
 from otel_tokens.quotas import parse_quotas
 from tests.support.alert_app import TOKENS_PER_CALL
 from tests.support.binaries import require_binary
-from tests.support.prometheus_stack import Webhook, free_port, start_process, start_prometheus, wait_http
+from tests.support.prometheus_stack import Webhook, free_port, start_prometheus, start_shipped_alertmanager
 
 pytestmark = pytest.mark.e2e  # every test here starts a server or a binary
 
@@ -40,7 +39,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     processes: list[subprocess.Popen[Any]] = []
     webhook = Webhook()
     try:
-        app_port, am_port = free_port(), free_port()
+        app_port = free_port()
         app = subprocess.Popen([sys.executable, "-m", "tests.support.alert_app", str(app_port)], cwd=ROOT, text=True,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp_path / "app.log", "w"))
         processes.append(app)
@@ -53,25 +52,9 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         threading.Thread(target=guard.serve_forever, daemon=True).start()
         guard_url = f"http://127.0.0.1:{guard.server_address[1]}"
         # the shipped Alertmanager config, with this test's receivers and short timers
-        template = string.Template((ROOT / "collector" / "alertmanager.yml").read_text())
-        config = yaml.safe_load(template.substitute({
-            "ALERT_WEBHOOK_URL": webhook.url + "/hook", "SMTP_SMARTHOST": f"127.0.0.1:{free_port()}",
-            "SMTP_FROM": "alerts@example.test", "ALERT_EMAIL_TO": "oncall@example.test",
-            "SMTP_AUTH_USERNAME": "", "SMTP_AUTH_PASSWORD": "", "SMTP_REQUIRE_TLS": "false",
-            "GUARD_URL": guard_url, "GUARD_TOKEN_FILE": str(token_file)}))
-        config["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1h")
-        for route in config["route"].get("routes", []):
-            route.pop("group_wait", None)
-            route.pop("group_interval", None)
-            if route.get("receiver") == "guard":
-                route["repeat_interval"] = "3s"  # shipped: 1m
-        for receiver in config["receivers"]:  # tell the people's receivers apart by path
-            for hook in receiver.get("webhook_configs", []) if receiver["name"] != "guard" else []:
-                hook["url"] = f"{webhook.url}/{receiver['name']}"
-        (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
-        processes.append(start_process([alertmanager, f"--config.file={tmp_path / 'alertmanager.yml'}",
-                                 f"--storage.path={tmp_path / 'am-data'}", f"--web.listen-address=127.0.0.1:{am_port}",
-                                 "--cluster.listen-address="], tmp_path, "alertmanager"))
+        am_address, am_process = start_shipped_alertmanager(tmp_path, alertmanager, webhook, guard_url, token_file)
+        am_port = int(am_address.rsplit(":", 1)[1])
+        processes.append(am_process)
 
         rules = tmp_path / "rules"
         rules.mkdir()
@@ -81,7 +64,6 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         prom_url, prom = start_prometheus(tmp_path, prometheus, [f"127.0.0.1:{app_port}"], str(rules / "*.yml"),
                                           f"127.0.0.1:{am_port}")
         processes.append(prom)
-        wait_http(f"http://127.0.0.1:{am_port}/-/ready")
 
         def generate(user: str, department: str, calls: int) -> float:
             assert app.stdin is not None and app.stdout is not None

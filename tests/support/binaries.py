@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-PACKAGES = {"redis-server": "redis-server", "redis-cli": "redis-tools"}  # binary -> Debian package, when not Prometheus
+# binary -> Debian package, when not Prometheus's
+PACKAGES = {"redis-server": "redis-server", "redis-cli": "redis-tools", "victoria-metrics": "victoria-metrics",
+            "vmalert": "victoria-metrics", "vmagent": "victoria-metrics"}
 
 
 def require_binary(name: str) -> str:

@@ -132,3 +132,36 @@ def query(url: str, promql: str, at: float | None = None) -> list[dict[str, Any]
         body = json.load(response)
     assert body["status"] == "success", body
     return body["data"]["result"]
+
+
+def start_shipped_alertmanager(tmp_path: Path, binary: str, webhook: Webhook, guard_url: str, guard_token_file: Path,
+                               guard_repeat: str = "3s") -> tuple[str, subprocess.Popen[Any]]:
+    """Alertmanager with the shipped collector/alertmanager.yml, its people's receivers pointed at `webhook`
+    (path = receiver name), the guard route at `guard_url`, and test timers; returns (host:port, process)."""
+    import string
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    template = string.Template((root / "collector" / "alertmanager.yml").read_text())
+    config = yaml.safe_load(template.substitute({
+        "ALERT_WEBHOOK_URL": webhook.url + "/hook", "SMTP_SMARTHOST": f"127.0.0.1:{free_port()}",
+        "SMTP_FROM": "alerts@example.test", "ALERT_EMAIL_TO": "oncall@example.test",
+        "SMTP_AUTH_USERNAME": "", "SMTP_AUTH_PASSWORD": "", "SMTP_REQUIRE_TLS": "false",
+        "GUARD_URL": guard_url, "GUARD_TOKEN_FILE": str(guard_token_file)}))
+    config["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1h")
+    for route in config["route"].get("routes", []):
+        route.pop("group_wait", None)
+        route.pop("group_interval", None)
+        if route.get("receiver") == "guard":
+            route["repeat_interval"] = guard_repeat  # shipped: 1m
+    for receiver in config["receivers"]:  # tell the people's receivers apart by path
+        for hook in receiver.get("webhook_configs", []) if receiver["name"] != "guard" else []:
+            hook["url"] = f"{webhook.url}/{receiver['name']}"
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    process = start_process([binary, f"--config.file={tmp_path / 'alertmanager.yml'}",
+                             f"--storage.path={tmp_path / 'am-data'}", f"--web.listen-address=127.0.0.1:{port}",
+                             "--cluster.listen-address="], tmp_path, "alertmanager")
+    wait_http(f"http://127.0.0.1:{port}/-/ready")
+    return f"127.0.0.1:{port}", process

@@ -3,7 +3,12 @@ start, wait; the flags are the ones the README's VictoriaMetrics setup names."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +46,121 @@ def start_vmalert(tmp_path: Path, binary: str, rule_file: Path, victoria: str, a
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/-/healthy")
     return url, process
+
+
+QUOTAS = {"users": {"default": {"tokens": 100_000}, "overrides": {"alice": {"tokens": 1000}}},
+          "departments": {"default": {"tokens": 1_000_000}, "overrides": {"support": {"tokens": 1500}}}}
+GUARD_TOKEN = "test-guard-token-0123456789abcdef"
+BINARIES = ("prometheus", "prometheus-alertmanager", "victoria-metrics", "vmalert")
+
+
+class VictoriaStack:
+    """The app (tests/support/alert_app.py) scraped by Prometheus, which runs the rendered rules and
+    remote-writes what it scraped to VictoriaMetrics, where vmalert runs the same rule file and
+    notifies the shipped Alertmanager. Started in the background when the test is collected (the
+    5-minute buckets of the rules are written once per 5 minutes: by the time the test runs, the first
+    traffic has usually been bucketed on both engines)."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.processes: list[subprocess.Popen[Any]] = []
+        self.lock = threading.Lock()
+        self.crossed: dict[str, float] = {}
+        self.values: dict[str, Any] = {}
+
+    def start_background(self) -> None:
+        if not self.started:
+            self.started = True
+            threading.Thread(target=self._start, name="victoria-stack", daemon=True).start()
+
+    def wait(self, timeout: float = 240.0) -> VictoriaStack:
+        self.start_background()
+        if not self.ready.wait(timeout):
+            raise AssertionError(f"the VictoriaMetrics stack did not start within {timeout}s")
+        if self.error is not None:
+            raise AssertionError(f"the VictoriaMetrics stack failed to start: {self.error!r}") from self.error
+        return self
+
+    def _start(self) -> None:
+        try:
+            self._launch()
+        except BaseException as exc:  # reported by wait(), in the test
+            self.error = exc
+        finally:
+            self.ready.set()
+
+    def _launch(self) -> None:
+        import yaml
+
+        from otel_tokens.ops.guard_server import serve
+        from otel_tokens.ops.rules import render_text
+        from otel_tokens.quotas import parse_quotas
+        from tests.support.prometheus_stack import Webhook, start_prometheus, start_shipped_alertmanager
+
+        paths = {name: shutil.which(name) for name in BINARIES}
+        if not all(paths.values()):
+            raise FileNotFoundError(f"missing binaries: {[n for n, p in paths.items() if not p]}")
+        tmp = Path(tempfile.mkdtemp(prefix="otel-tokens-victoria-"))
+        self.values["tmp"] = tmp
+        app_port = free_port()
+        root = Path(__file__).resolve().parents[2]
+        self.app = subprocess.Popen([sys.executable, "-m", "tests.support.alert_app", str(app_port)], cwd=root,
+                                    text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=open(tmp / "app.log", "w"))
+        self.processes.append(self.app)
+        assert self.app.stdout is not None and self.app.stdout.readline().strip() == "ready"
+        self.webhook = Webhook()
+        token_file = tmp / "guard-token"
+        token_file.write_text(GUARD_TOKEN + "\n")
+        self.guard = serve("127.0.0.1", 0, token=GUARD_TOKEN)
+        threading.Thread(target=self.guard.serve_forever, daemon=True).start()
+        guard_url = f"http://127.0.0.1:{self.guard.server_address[1]}"
+        am, process = start_shipped_alertmanager(tmp, str(paths["prometheus-alertmanager"]), self.webhook, guard_url,
+                                                 token_file)
+        self.processes.append(process)
+        rules = tmp / "rules"
+        rules.mkdir()
+        quota_file = tmp / "quotas.yaml"
+        quota_file.write_text(yaml.safe_dump(QUOTAS))
+        self.quotas = parse_quotas(QUOTAS, str(quota_file))
+        self.rule_file = rules / "quotas.yml"
+        self.rule_file.write_text(render_text(self.quotas, for_="1s"))
+        self.victoria, process = start_victoria(tmp, str(paths["victoria-metrics"]))
+        self.processes.append(process)
+        self.vmalert, process = start_vmalert(tmp, str(paths["vmalert"]), self.rule_file, self.victoria, am)
+        self.processes.append(process)
+        # Prometheus evaluates the same rules (without notifying: every notification is vmalert's)
+        self.prometheus, process = start_prometheus(tmp, str(paths["prometheus"]), [f"127.0.0.1:{app_port}"],
+                                                    str(rules / "*.yml"), remote_write=f"{self.victoria}/api/v1/write")
+        self.processes.append(process)
+        self.alertmanager = f"http://{am}"
+        self.generate("bob", "research", 3)
+        self.crossed["warning"] = self.generate("alice", "support", 9)  # 900 of 1000: the warning
+
+    def generate(self, user: str, department: str, calls: int) -> float:
+        with self.lock:
+            assert self.app.stdin is not None and self.app.stdout is not None
+            self.app.stdin.write(f"{user} {department} {calls}\n")
+            self.app.stdin.flush()
+            assert self.app.stdout.readline().strip() == "done"
+            return time.monotonic()
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if hasattr(self, "webhook"):
+            self.webhook.server.shutdown()
+        if hasattr(self, "guard"):
+            self.guard.shutdown()
+        if "tmp" in self.values:
+            shutil.rmtree(self.values["tmp"], ignore_errors=True)
+
+
+EARLY = VictoriaStack()

@@ -1,0 +1,154 @@
+"""The rendered quota rules and the dashboards on VictoriaMetrics + vmalert, against Prometheus on the
+same samples: the app's metrics scraped by Prometheus (which runs the rules itself) and remote-written
+to VictoriaMetrics, where vmalert evaluates the same rule file, writes the recorded series back and
+notifies the shipped Alertmanager. The stack starts when this module is collected (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import Any
+
+import pytest
+
+from otel_tokens.ops.rules import render
+from tests.support.alert_app import TOKENS_PER_CALL
+from tests.support.binaries import require_binary
+from tests.support.grafana import JOB, _dashboards, _queries, _variable_query
+from tests.support.prometheus_stack import query
+from tests.support.victoria_stack import BINARIES, EARLY, VictoriaStack
+from tests.test_dashboard_queries import _grafana_regex, _label_values, interpolate
+
+pytestmark = pytest.mark.e2e
+
+DELAYS: dict[str, float] = {}
+# MetricsQL's rate()/increase() do not extrapolate to the window's edges as PromQL's do, and count a series'
+# first sample as increase from zero (the requests a process made before its first scrape), which PromQL does
+# not: for these the series are compared, and that what Prometheus shows as > 0 is > 0 on VictoriaMetrics.
+_EXTRAPOLATED = re.compile(r"\b(rate|irate|increase|deriv|predict_linear|histogram_quantile)\s*\(")
+
+
+@pytest.fixture(scope="module")
+def stack() -> VictoriaStack:
+    for name in BINARIES:
+        require_binary(name)
+    return EARLY.wait()
+
+
+def _series(url: str, promql: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {tuple(sorted((k, v) for k, v in r["metric"].items() if k not in ("__name__", "alertgroup"))):
+            float(r["value"][1]) for r in query(url, promql)}
+
+
+def _numbers(series: dict[tuple[tuple[str, str], ...], float]) -> dict[tuple[tuple[str, str], ...], float]:
+    return {k: v for k, v in series.items() if not math.isnan(v)}
+
+
+def _alerts(url: str) -> set[tuple[str, str, str]]:
+    return {(labels["alertname"], labels["severity"], labels.get("user_id") or labels.get("department", ""))
+            for labels in (dict(k) for k in _series(url, 'ALERTS{alertstate="firing"}'))}
+
+
+def _is(severity: str, user: str) -> Any:
+    def match(path: str, alert: dict[str, Any]) -> bool:
+        labels = alert["labels"]
+        return (alert["status"] == "firing" and labels.get("alertname") == "LLMUserTokenQuota"
+                and labels.get("severity") == severity and labels.get("user_id") == user)
+    return match
+
+
+def test_vmalert_notifies_the_shipped_alertmanager_and_drives_the_guard(stack: VictoriaStack) -> None:
+    arrival, path, alert = stack.webhook.wait_for(_is("warning", "alice"), 0, timeout=120)
+    DELAYS["warning"] = arrival - stack.crossed["warning"]
+    assert path == "/warning"
+    assert {k: alert["annotations"][k] for k in ("usage", "limit", "percent")} == {
+        "usage": f"{9 * TOKENS_PER_CALL} tokens", "limit": "1k tokens", "percent": "90%"}  # vmalert's templates
+    crossed = stack.generate("alice", "support", 2)  # 1100 of 1000
+    arrival, path, alert = stack.webhook.wait_for(_is("critical", "alice"), crossed, timeout=120)
+    DELAYS["critical"] = arrival - crossed
+    assert path == "/critical" and alert["annotations"]["percent"] == "110%"
+    deadline = time.monotonic() + 30
+    while stack.guard.state.snapshot()["users"].get("alice", {}).get("severity") != "critical":
+        assert time.monotonic() < deadline, stack.guard.state.snapshot()  # the guard route, from vmalert's alert
+        time.sleep(0.2)
+    assert "bob" not in stack.guard.state.snapshot()["users"]
+    print(f"\nVictoriaMetrics + vmalert, crossing -> notification: warning {DELAYS['warning']:.1f}s, "
+          f"critical {DELAYS['critical']:.1f}s (test timers: scrape/eval 1s, for 1s, group_wait 1s, "
+          f"-search.latencyOffset=1s)")
+
+
+def _recorded() -> list[str]:
+    return sorted({rule["record"] for group in render(EARLY.quotas)["groups"] for rule in group["rules"]
+                   if "record" in rule})
+
+
+def _differences(stack: VictoriaStack) -> dict[str, tuple[Any, Any]]:
+    out = {}
+    for name in _recorded():
+        prometheus, victoria = _series(stack.prometheus, name), _series(stack.victoria, name)
+        if prometheus.keys() != victoria.keys() or any(
+                not math.isclose(prometheus[k], victoria[k], rel_tol=1e-9) for k in prometheus):
+            out[name] = (prometheus, victoria)
+    if _alerts(stack.prometheus) != _alerts(stack.victoria):
+        out["ALERTS"] = (_alerts(stack.prometheus), _alerts(stack.victoria))
+    return out
+
+
+def test_every_recorded_series_and_alert_equals_prometheus(stack: VictoriaStack) -> None:
+    """Compared once both engines have written a 5-minute bucket (vmalert's recorded series are read
+    back from VictoriaMetrics a moment after they are written) and the comparison stands still."""
+    deadline = time.monotonic() + 420
+    while not all(_series(url, 'llm_quota:user_tokens:5m{user_id="bob"}') for url in (stack.prometheus,
+                                                                                    stack.victoria)):
+        assert time.monotonic() < deadline, "no 5-minute bucket written on both engines"
+        time.sleep(2)
+    deadline = time.monotonic() + 90
+    while differences := _differences(stack):
+        assert time.monotonic() < deadline, differences
+        time.sleep(1)
+    users = {dict(k)["user_id"]: v for k, v in _series(stack.victoria, "llm_quota:user_tokens:24h").items()}
+    assert users == {"alice": 11 * TOKENS_PER_CALL, "bob": 3 * TOKENS_PER_CALL}
+    departments = {dict(k)["department"]: v for k, v in
+                   _series(stack.victoria, "llm_quota:department_tokens:1h").items()}
+    assert departments == {"support": 11 * TOKENS_PER_CALL, "research": 3 * TOKENS_PER_CALL}
+    assert {("LLMUserTokenQuota", "warning", "alice"), ("LLMUserTokenQuota", "critical", "alice")} <= _alerts(
+        stack.victoria)
+
+
+def test_every_dashboard_query_runs_on_victoriametrics_as_on_prometheus(stack: VictoriaStack) -> None:
+    ran = 0
+    for dashboard in _dashboards().values():
+        variables = dashboard["templating"]["list"]
+        options: dict[str, list[str]] = {}
+        values = {v["name"]: v["allValue"] for v in variables}
+        for variable in variables:
+            options[variable["name"]] = found = _label_values(stack.victoria, variable["definition"], values)
+            assert found == _label_values(stack.prometheus, variable["definition"], values), variable["name"]
+        assert options["user"] == ["alice", "bob"] and options["service"] == [JOB]
+        substitutions = [values, *({**values, name: _grafana_regex([value])}
+                                   for name, vals in options.items() for value in vals)]
+        for substitution in substitutions:
+            for where, expr in _queries(dashboard):
+                if expr.startswith("label_values("):
+                    assert _label_values(stack.victoria, _variable_query({"query": expr}), substitution) == \
+                        _label_values(stack.prometheus, _variable_query({"query": expr}), substitution), where
+                    continue
+                promql = interpolate(expr, substitution)
+                # MetricsQL drops NaN results (a quantile of no requests) where PromQL returns NaN: both show nothing
+                victoria, prometheus = (_numbers(_series(url, promql)) for url in (stack.victoria, stack.prometheus))
+                ran += 1
+                extrapolated = _EXTRAPOLATED.search(promql) is not None
+                # where PromQL saw no increase yet (0/0), MetricsQL may already have counted the first sample
+                assert victoria.keys() >= prometheus.keys() if extrapolated else victoria.keys() == prometheus.keys(), \
+                    f"{where}: {promql}\n{victoria}\n{prometheus}"
+                for key, value in victoria.items():
+                    if key not in prometheus:
+                        assert value >= 0 and math.isfinite(value), (where, promql, key, value)
+                    elif extrapolated:
+                        assert value >= 0 and (value > 0 or prometheus[key] <= 0), (where, promql, key, value,
+                                                                                     prometheus[key])
+                    else:
+                        assert math.isclose(value, prometheus[key], rel_tol=1e-6, abs_tol=1e-9), (
+                            where, promql, key, value, prometheus[key])
+    assert ran > 100
