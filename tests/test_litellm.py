@@ -272,8 +272,13 @@ def test_what_runs_after_the_call_is_recorded_as_its_own(server, tel):
     from litellm.integrations.custom_logger import CustomLogger
 
     class Judge(CustomLogger):
+        judged = False
+
         async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
                                           ) -> None:
+            if self.judged:  # litellm may call it from more than one of its callback lists
+                return
+            self.judged = True
             judge = openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0)
             await judge.chat.completions.create(model=MODEL, messages=MESSAGES)
 
@@ -285,12 +290,18 @@ def test_what_runs_after_the_call_is_recorded_as_its_own(server, tel):
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)
 
-    litellm.callbacks = [Judge()]
+    judge = Judge()
+    litellm.callbacks = [judge]
     try:
         asyncio.run(main())
-    finally:
+    finally:  # litellm copies callbacks into its own lists: take it out of every one, or later tests call it
         litellm.callbacks = []
-    assert len(server.requests) >= 2 and len(tel.spans()) == len(server.requests)  # every request its own span
+        for name in dir(litellm):
+            listed = getattr(litellm, name, None)
+            if name.endswith("callback") or name.endswith("callbacks"):
+                while isinstance(listed, list) and judge in listed:
+                    listed.remove(judge)
+    assert len(server.requests) == len(tel.spans()) == 2  # the litellm call and the judge's, each its own span
 
 
 def test_the_async_flags_the_server_set_in_config_and_the_callers_headers(server, tel, monkeypatch):
