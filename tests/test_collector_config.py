@@ -500,6 +500,7 @@ ALLOWED_LABELS = {
         names.GEN_AI_REQUEST_MODEL, names.GEN_AI_TOKEN_TYPE, names.LLM_USAGE_SOURCE, names.ERROR_TYPE,
         names.CURRENCY)),
     "job", "instance", "service_name", "window", "severity", "le",
+    "month",  # made by the month rollup itself (count_values), never read from a series
 }
 
 

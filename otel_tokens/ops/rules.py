@@ -3,11 +3,12 @@ rules, and one warning + one critical alert (same alertname) per principal kind 
 
 Windows: users over a rolling 24 h; departments per calendar month (UTC). PromQL ranges are
 constant, so month-to-date is built from hourly buckets summed over a 32-day subquery, keeping only
-the buckets whose month (at the bucket's middle) is the month at evaluation time, pinned with
-`@ end()`. It lags by up to one hour (the current hour is counted when it completes), which a
-monthly budget tolerates. The hourly buckets are first-level rollups in their own group evaluated
-every minute (they read an hour of every raw series: every 10 s would cost six times as much), so a
-bucket's edges move by up to a minute.
+the buckets whose month (at the bucket's middle) is the month at evaluation time (each bucket
+labelled with its month by `count_values`, the current month's label kept). It lags by up to one
+hour (the current hour is counted when it completes), which a monthly budget tolerates. The hourly
+buckets are first-level rollups in their own group evaluated every minute (they read an hour of
+every raw series: every 10 s would cost six times as much), so a bucket's edges move by up to a
+minute.
 
 Usage in a window is exact per series (last value minus the value at the window's start, or the
 whole value of a series born inside it); `increase()` with its edge extrapolation is used only for
@@ -138,10 +139,15 @@ def _month_usage(scope: QuotaScope, kind: str, usage: str) -> list[dict[str, Any
     middle = f"vector(time() - {BUCKET_SECONDS // 2})"
     label = scope.label
     bucket = series(scope.name, kind, BUCKET)
+    # Each bucket is labelled with its month (count_values turns the number into a label), and only the
+    # current month's label is kept: no `@ end()` inside the subquery, which VictoriaMetrics 1.79 evaluates
+    # at the subquery's own (future) end, so the month was empty there.
     return [{"record": usage, "expr": (
-                f"sum by ({label}) (\n  sum_over_time(\n    (\n      {bucket}\n      and on()\n"
-                f"      (year({middle}) * 100 + month({middle}) == on() {MONTH} @ end())\n"
-                f"    )[{MONTH_SUBQUERY}:{BUCKET}]\n  )\n)")}]
+                f"sum by ({label}) (\n  sum_over_time(\n    (\n      {bucket}\n"
+                f"      + on() group_left(month)\n"
+                f"      (0 * count_values(\"month\", year({middle}) * 100 + month({middle})))\n"
+                f"    )[{MONTH_SUBQUERY}:{BUCKET}]\n  )\n"
+                f"  and on(month)\n  count_values(\"month\", year(vector(time())) * 100 + month(vector(time())))\n)")}]
 
 
 class _Dumper(yaml.SafeDumper):
