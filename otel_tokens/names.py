@@ -122,3 +122,13 @@ GUARD_DECISION = "decision"  # llm.guard.decisions attribute: one of quota_scope
 GUARD_QUOTA = "quota"  # llm.guard.decisions attribute: a quota_scopes scope name, or none
 PROM_GUARD_DECISIONS = prometheus_name(METRIC_GUARD_DECISIONS, UNIT_DECISION, monotonic_counter=True)
 # The quota vocabulary (scopes, kinds, alert names, actions) is in quota_scopes.py.
+
+# litellm's provider names -> gen_ai.provider.name (the semantic conventions' well-known values)
+LITELLM_PROVIDERS = {
+    "openai": PROVIDER_OPENAI, "text-completion-openai": PROVIDER_OPENAI,
+    "azure": "azure.ai.openai", "azure_text": "azure.ai.openai", "azure_ai": "azure.ai.inference",
+    "anthropic": "anthropic", "bedrock": "aws.bedrock", "vertex_ai": "gcp.vertex_ai",
+    "vertex_ai_beta": "gcp.vertex_ai", "gemini": "gcp.gemini", "cohere": "cohere", "cohere_chat": "cohere",
+    "deepseek": "deepseek", "groq": "groq", "mistral": "mistral_ai", "perplexity": "perplexity", "xai": "x_ai",
+    "watsonx": "ibm.watsonx.ai",
+}

@@ -24,7 +24,14 @@ from opentelemetry.trace import SpanKind
 from .. import names
 from ..recorder import Call, Recorder
 from ..safety import internal_error
-from .openai_request import refused_stream_options, stop_asking, wants_usage_chunk, with_headers, with_usage_chunk
+from .openai_request import (
+    provider_for_host,
+    refused_stream_options,
+    stop_asking,
+    wants_usage_chunk,
+    with_headers,
+    with_usage_chunk,
+)
 from .openai_stream import AsyncStreamProxy, DualStreamProxy, StreamProxy, StreamState
 from .openai_usage import Usage, apply_usage, count_locally, estimate_request, find_usage, get, response_texts
 
@@ -41,17 +48,6 @@ _TARGETS = {
     "embedding": (names.OPERATION_EMBEDDINGS, _EMBED, False),
     "aembedding": (names.OPERATION_EMBEDDINGS, _EMBED, True),
 }
-
-# litellm's provider names -> gen_ai.provider.name (semantic conventions' well-known values)
-PROVIDERS = {
-    "openai": names.PROVIDER_OPENAI, "text-completion-openai": names.PROVIDER_OPENAI,
-    "azure": "azure.ai.openai", "azure_text": "azure.ai.openai", "azure_ai": "azure.ai.inference",
-    "anthropic": "anthropic", "bedrock": "aws.bedrock", "vertex_ai": "gcp.vertex_ai",
-    "vertex_ai_beta": "gcp.vertex_ai", "gemini": "gcp.gemini", "cohere": "cohere", "cohere_chat": "cohere",
-    "deepseek": "deepseek", "groq": "groq", "mistral": "mistral_ai", "perplexity": "perplexity", "xai": "x_ai",
-    "watsonx": "ibm.watsonx.ai",
-}
-
 
 _OPENAI_ROUTES = ("openai", "text-completion-openai")
 # what litellm answers without calling any provider: nothing to record or charge
@@ -126,14 +122,8 @@ def _route(kwargs: Mapping[str, Any], recorder: Recorder) -> tuple[str, str, str
             host, port = parts.hostname or None, parts.port or {"https": 443, "http": 80}.get(parts.scheme)
         except ValueError:
             pass
-    name = PROVIDERS.get(provider or "", provider or recorder.settings.provider_name)
-    if host:
-        import fnmatch
-
-        for pattern, mapped in recorder.settings.providers.items():
-            if fnmatch.fnmatch(host, pattern) or fnmatch.fnmatch(f"{host}:{port}", pattern):
-                name = mapped
-                break
+    name = provider_for_host(recorder.settings, host, port,
+                             names.LITELLM_PROVIDERS.get(provider or "", provider or recorder.settings.provider_name))
     return (model if isinstance(model, str) and model else requested), name, host, port
 
 

@@ -8,7 +8,6 @@ behind a proxy (openai_stream.py); usage comes from the server or is counted (op
 
 from __future__ import annotations
 
-import fnmatch
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +22,7 @@ from ..safety import internal_error
 from .openai_content import capture_request, capture_response
 from .openai_request import (
     NO_STREAM_OPTIONS,
+    provider_for_host,
     refused_stream_options,
     stop_asking,
     wants_usage_chunk,
@@ -79,12 +79,7 @@ def _server(instance: Any, recorder: Recorder) -> tuple[str | None, int | None, 
         port = getattr(url, "port", None)
         if port is None:
             port = {"https": 443, "http": 80}.get(getattr(url, "scheme", ""), None)
-        settings = recorder.settings
-        provider = settings.provider_name
-        for pattern, name in settings.providers.items():
-            if host and (fnmatch.fnmatch(host, pattern) or fnmatch.fnmatch(f"{host}:{port}", pattern)):
-                provider = name
-                break
+        provider = provider_for_host(recorder.settings, host, port, recorder.settings.provider_name)
         found = _state.servers[key] = (host, port, provider)
     return found
 

@@ -4,14 +4,25 @@ refuses `stream_options` (remembered per server, so it is asked once)."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from collections.abc import Mapping
 from typing import Any
 
+from ..config import Settings
 from ..recorder import Call
 from ..safety import internal_error, log_once
 
 NO_STREAM_OPTIONS: set[str] = set()  # servers that refused stream_options: never asked again
+
+
+def provider_for_host(settings: Settings, host: str | None, port: int | None, default: str) -> str:
+    """The provider a `providers:` host glob names for this server, else `default`."""
+    if host:
+        for pattern, name in settings.providers.items():
+            if fnmatch.fnmatch(host, pattern) or fnmatch.fnmatch(f"{host}:{port}", pattern):
+                return name
+    return default
 
 
 def wants_usage_chunk(call: Call) -> bool:

@@ -159,7 +159,23 @@ def _closed(result: Any, state: StreamState) -> Any:
     return result
 
 
-class StreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class _Closing:
+    """`close()` as the wrapped stream has it (the SDK's async one is a coroutine, litellm's is not),
+    the stream recorded once closed."""
+
+    __wrapped__: Any
+    _self_state: StreamState
+
+    def close(self) -> Any:
+        try:
+            result = self.__wrapped__.close()
+        except BaseException:
+            self._self_state.finish()
+            raise
+        return _closed(result, self._self_state)
+
+
+class StreamProxy(_Closing, wrapt.ObjectProxy):  # type: ignore[misc]
     def __init__(self, stream: Any, state: StreamState) -> None:
         super().__init__(stream)
         self._self_state = state
@@ -190,14 +206,6 @@ class StreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
                 hidden = False
             if not hidden:
                 return item
-
-    def close(self) -> Any:
-        try:
-            result = self.__wrapped__.close()
-        except BaseException:
-            self._self_state.finish()
-            raise
-        return _closed(result, self._self_state)
 
     def __enter__(self) -> StreamProxy:
         self.__wrapped__.__enter__()
@@ -259,19 +267,12 @@ class _AsyncIteration:
             self._self_state.finish()
 
 
-class AsyncStreamProxy(_AsyncIteration, wrapt.ObjectProxy):  # type: ignore[misc]
+class AsyncStreamProxy(_Closing, _AsyncIteration, wrapt.ObjectProxy):  # type: ignore[misc]
     def __init__(self, stream: Any, state: StreamState) -> None:
         super().__init__(stream)
         self._self_state = state
         state.finalizer = weakref.finalize(self, state.finish)
 
-    def close(self) -> Any:  # the SDK's is a coroutine; litellm's async stream closes synchronously
-        try:
-            result = self.__wrapped__.close()
-        except BaseException:
-            self._self_state.finish()
-            raise
-        return _closed(result, self._self_state)
 
 
 class DualStreamProxy(_AsyncIteration, StreamProxy):
