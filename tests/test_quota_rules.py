@@ -129,6 +129,8 @@ def test_department_budgets_follow_the_calendar_month(tmp_path):
         # support has its own 20000: 75 %, then 85 %, then 105 %
         dept("support", f"0x{jan20 - 1} 15000x{jan26 - jan20 - 1} 17000x{jan28 - jan26 - 1} 21000x800"),
         dept("ops", f"0x{jan20 - 1} 12x1000", "llm_cost_total"),
+        # 700 in January's last hour (Jan 31 23:30): never in January's month to date, all in its previous month
+        dept("late", f"0x{30 * per_day + 23 * 4 + 1} 700x400"),
     ]
     tests = {"evaluation_interval": "1h", "tests": [{
         "interval": "15m",
@@ -156,6 +158,20 @@ def test_department_budgets_follow_the_calendar_month(tmp_path):
             {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": "31d", "exp_samples": []},
             {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": "31d1h",
              "exp_samples": [{"labels": 'llm_quota:department_tokens:month{department="sales"}', "value": 0}]},
+            {"expr": 'llm_quota:department_tokens:month{department="late"}', "eval_time": "30d23h",
+             "exp_samples": [{"labels": 'llm_quota:department_tokens:month{department="late"}', "value": 0}]},
+            # the whole of January, once its last bucket is written, for the rest of February
+            # in January, the previous month is the hour before Jan 1 (the first bucket's), empty here
+            {"expr": "llm_quota:department_tokens:previous_month", "eval_time": "30d23h", "exp_samples": [
+                {"labels": f'llm_quota:department_tokens:previous_month{{department="{d}"}}', "value": 0}
+                for d in ("late", "sales", "support")]},
+            *({"expr": "llm_quota:department_tokens:previous_month", "eval_time": at, "exp_samples": [
+                {"labels": 'llm_quota:department_tokens:previous_month{department="late"}', "value": 700},
+                {"labels": 'llm_quota:department_tokens:previous_month{department="sales"}', "value": 9500},
+                {"labels": 'llm_quota:department_tokens:previous_month{department="support"}', "value": 21000}]}
+              for at in ("31d1h", "33d12h", "40d")),
+            {"expr": "llm_quota:department_cost:previous_month", "eval_time": "31d1h",
+             "exp_samples": [{"labels": 'llm_quota:department_cost:previous_month{department="ops"}', "value": 12}]},
         ],
     }]}
     _promtool_test(tmp_path, tests)

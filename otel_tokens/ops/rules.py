@@ -30,6 +30,7 @@ PREFIX = "llm_quota"
 BUCKET = "1h"
 BUCKET_SECONDS = 3600
 MONTH_SUBQUERY = "32d"
+PREVIOUS_MONTH_SUBQUERY = "62d"  # from the last day of a month back to the start of the one before
 MONTH = f"{PREFIX}:calendar_month"
 
 
@@ -135,19 +136,26 @@ def _hourly_bucket(scope: QuotaScope, kind: str) -> dict[str, Any]:
 
 
 def _month_usage(scope: QuotaScope, kind: str, usage: str) -> list[dict[str, Any]]:
-    """Departments: hourly buckets, summed over the buckets of the calendar month at evaluation time."""
+    """Departments: hourly buckets, summed over the buckets of the calendar month at evaluation time;
+    and the whole previous month, which the month-to-date never shows complete (its last bucket is
+    written after the month turned), for statements and dashboards to check against."""
     middle = f"vector(time() - {BUCKET_SECONDS // 2})"
+    previous = "(vector(time()) - day_of_month(vector(time())) * 86400)"  # a time in the previous month
     label = scope.label
     bucket = series(scope.name, kind, BUCKET)
+
     # Each bucket is labelled with its month (count_values turns the number into a label), and only the
-    # current month's label is kept: no `@ end()` inside the subquery, which VictoriaMetrics 1.79 evaluates
+    # wanted month's label is kept: no `@ end()` inside the subquery, which VictoriaMetrics 1.79 evaluates
     # at the subquery's own (future) end, so the month was empty there.
-    return [{"record": usage, "expr": (
-                f"sum by ({label}) (\n  sum_over_time(\n    (\n      {bucket}\n"
+    def months(subquery: str, when: str) -> str:
+        return (f"sum by ({label}) (\n  sum_over_time(\n    (\n      {bucket}\n"
                 f"      + on() group_left(month)\n"
                 f"      (0 * count_values(\"month\", year({middle}) * 100 + month({middle})))\n"
-                f"    )[{MONTH_SUBQUERY}:{BUCKET}]\n  )\n"
-                f"  and on(month)\n  count_values(\"month\", year(vector(time())) * 100 + month(vector(time())))\n)")}]
+                f"    )[{subquery}:{BUCKET}]\n  )\n"
+                f"  and on(month)\n  count_values(\"month\", year({when}) * 100 + month({when}))\n)")
+
+    return [{"record": usage, "expr": months(MONTH_SUBQUERY, "vector(time())")},
+            {"record": series(scope.name, kind, "previous_month"), "expr": months(PREVIOUS_MONTH_SUBQUERY, previous)}]
 
 
 class _Dumper(yaml.SafeDumper):
