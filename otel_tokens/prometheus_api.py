@@ -100,6 +100,31 @@ class Prometheus:
                                                 ("end", _timestamp(end)), ("step", _timestamp(step))])
         return [(item["metric"], [(float(t), float(v)) for t, v in item["values"]]) for item in data["result"]]
 
+    def samples(self, promql: str, at: float) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+        """The raw samples of a range selector (`metric[1h]`) ending at `at`, per series, oldest first."""
+        data = self.get("/api/v1/query", [("query", promql), ("time", _timestamp(at))])
+        if data.get("resultType") != "matrix":
+            return []
+        return [(item["metric"], [(float(t), float(v)) for t, v in item["values"]]) for item in data["result"]]
+
+    def oldest_sample(self) -> float | None:
+        """The oldest sample time the TSDB still holds (Prometheus's own
+        `prometheus_tsdb_lowest_timestamp_seconds` on its /metrics), or None where the server does not
+        say (VictoriaMetrics, Mimir, a proxy)."""
+        try:
+            with urllib.request.urlopen(self.url + "/metrics", timeout=self.timeout) as response:
+                text = response.read(32 << 20).decode("utf-8", "replace")
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        match = re.search(r"^prometheus_tsdb_lowest_timestamp_seconds\s+(\S+)\s*$", text, re.MULTILINE)
+        if match is None:
+            return None
+        try:
+            value = float(match.group(1))
+        except ValueError:
+            return None
+        return value if value == value and 0 < value < 1e11 else None
+
     def present(self, metrics: Iterable[str]) -> set[str]:
         """Which of these metric names Prometheus holds any series of (at any time)."""
         wanted = list(metrics)
