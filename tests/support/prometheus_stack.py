@@ -94,8 +94,8 @@ def start_process(args: list[str], tmp_path: Path, name: str, **kwargs: Any) -> 
 
 
 def start_prometheus(tmp_path: Path, binary: str, targets: list[str], rule_glob: str | None = None,
-                     alertmanager: str | None = None, interval: str = "1s", remote_write: str | None = None
-                     ) -> tuple[str, subprocess.Popen[Any]]:
+                     alertmanager: str | None = None, interval: str = "1s", remote_write: str | None = None,
+                     retention: str = "15d") -> tuple[str, subprocess.Popen[Any]]:
     """A real Prometheus on a free port scraping `targets` (host:port) as job `app`; returns (url, process).
     `remote_write`: also send what it scraped (not what its rules recorded) to that URL, as it would to
     VictoriaMetrics, Mimir or Thanos Receive."""
@@ -117,7 +117,8 @@ def start_prometheus(tmp_path: Path, binary: str, targets: list[str], rule_glob:
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     process = start_process([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
                              f"--storage.tsdb.path={tmp_path / 'prom-data'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--web.enable-lifecycle", "--rules.alert.resend-delay=1s"], tmp_path, "prometheus")
+                             "--web.enable-lifecycle", "--rules.alert.resend-delay=1s",
+                             f"--storage.tsdb.retention.time={retention}"], tmp_path, "prometheus")
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/-/ready")
     return url, process

@@ -9,10 +9,14 @@ import time
 from typing import TextIO
 
 from ...prometheus_api import BAD_URL, NOT_PROMETHEUS, REFUSED, UNREACHABLE, Prometheus, PrometheusError
+from . import statement_render
+from .focus import to_focus
 from .model import CONNECTION_ERROR, DATA_ERROR, FORMATS, PROG, UNATTRIBUTED, USAGE_ERROR, ReportError, parse_window
+from .period import Period, between, month
 from .png import draw_png
 from .queries import build, token_timeline
 from .render import print_table, to_csv, to_json, to_markdown
+from .statement import build_statement
 
 # --- command ----------------------------------------------------------------------------------------
 _PROMETHEUS_EXIT = {BAD_URL: USAGE_ERROR, REFUSED: DATA_ERROR, UNREACHABLE: CONNECTION_ERROR,
@@ -25,7 +29,7 @@ def _options(args: argparse.Namespace) -> tuple[Prometheus, float, float, int, s
         raise ReportError(f"unknown format {args.format!r}: choose one of {', '.join(FORMATS)}", USAGE_ERROR)
     if not args.prometheus:
         raise ReportError("--prometheus URL is required (e.g. --prometheus http://localhost:9090)", USAGE_ERROR)
-    window = parse_window(args.window)
+    window = parse_window(args.window or "24h")
     try:
         top = int(args.top)
     except (TypeError, ValueError):
@@ -44,13 +48,59 @@ def _options(args: argparse.Namespace) -> tuple[Prometheus, float, float, int, s
     return Prometheus(args.prometheus), at, window, top, fmt
 
 
+def _period(args: argparse.Namespace, fmt: str) -> Period | None:
+    """--month or --from/--to: a statement; neither: the digest over --window."""
+    chosen = [o for o, v in (("--month", args.month), ("--from", args.since)) if v is not None]
+    if len(chosen) > 1:
+        raise ReportError("use --month or --from/--to, not both", USAGE_ERROR)
+    if args.until is not None and args.since is None:
+        raise ReportError("--to needs --from", USAGE_ERROR)
+    if chosen and (args.window is not None or args.at is not None or args.png):
+        raise ReportError("--window, --at and --png are for the trailing-window digest, not a statement "
+                          "(--month, --from/--to)", USAGE_ERROR)
+    if not chosen:
+        if fmt == "focus":
+            raise ReportError("--format focus needs a period: --month YYYY-MM or --from/--to", USAGE_ERROR)
+        return None
+    return month(args.month) if args.month is not None else between(args.since, args.until, time.time())
+
+
+def _statement(args: argparse.Namespace, prom: Prometheus, period: Period, top: int, fmt: str,
+               stdout: TextIO, stderr: TextIO) -> None:
+    statement = build_statement(prom, period)
+    if fmt == "focus":
+        stdout.write(to_focus(statement, args.billing_account))
+    elif fmt == "json":
+        stdout.write(statement_render.to_json(statement))
+    elif fmt == "csv":
+        stdout.write(statement_render.to_csv(statement))
+    elif fmt == "markdown" or not _has_rich(stderr):
+        stdout.write(statement_render.to_markdown(statement, top))
+    else:
+        statement_render.print_table(statement, top, stdout)
+
+
+def _has_rich(stderr: TextIO) -> bool:
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        print(f"{PROG}: the table needs rich (pip install 'otel-tokens[report]'); printing markdown", file=stderr)
+        return False
+    return True
+
+
 def run(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
-    """The `report` subcommand: print the digest; errors are one line on stderr and an exit status."""
+    """The `report` subcommand: print the digest or a statement; errors are one line on stderr and an
+    exit status."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     try:
         prom, at, window, top, fmt = _options(args)
-        report = build(prom, at, window, top, args.window.strip())
+        period = _period(args, fmt)
+        if period is not None:
+            _statement(args, prom, period, top, fmt, stdout, stderr)
+            return 0
+        report = build(prom, at, window, top, (args.window or "24h").strip())
         if args.png:
             users = [r.name for r in report.rows["user"] if r.name != UNATTRIBUTED]
             draw_png(args.png, report, *token_timeline(prom, report.at, report.window_seconds, users))
@@ -58,17 +108,10 @@ def run(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO |
             stdout.write(to_json(report))
         elif fmt == "csv":
             stdout.write(to_csv(report))
-        elif fmt == "markdown":
+        elif fmt == "markdown" or not _has_rich(stderr):
             stdout.write(to_markdown(report))
         else:
-            try:
-                import rich  # noqa: F401
-            except ImportError:
-                print(f"{PROG}: the table needs rich (pip install 'otel-tokens[report]'); printing markdown",
-                      file=stderr)
-                stdout.write(to_markdown(report))
-            else:
-                print_table(report, stdout)
+            print_table(report, stdout)
         if args.png:
             print(f"wrote {args.png}", file=stderr)
     except ReportError as error:
@@ -88,13 +131,21 @@ def run(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO |
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prometheus", metavar="URL", help="Prometheus base URL, e.g. http://localhost:9090")
-    parser.add_argument("--window", default="24h", help="Prometheus duration to report on (default 24h); the "
+    parser.add_argument("--window", default=None, help="Prometheus duration to report on (default 24h); the "
                         "previous window of the same length is the comparison")
     parser.add_argument("--top", default="5", metavar="N", help="users, departments and models to list (default 5)")
     parser.add_argument("--format", default="table", metavar="FORMAT",
                         help=f"{' | '.join(FORMATS)} (default table)")
     parser.add_argument("--png", metavar="FILE", help="also draw tokens by top user and cost by department")
     parser.add_argument("--at", metavar="UNIX_TIME", help="end of the window (default now)")
+    statement = parser.add_argument_group("statements (exact, every row)")
+    statement.add_argument("--month", metavar="YYYY-MM", help="a calendar month (UTC), e.g. 2026-11")
+    statement.add_argument("--from", dest="since", metavar="WHEN",
+                           help="start: a UTC date (2026-11-01), an ISO timestamp or unix seconds")
+    statement.add_argument("--to", dest="until", metavar="WHEN",
+                           help="end (default now): a date is inclusive (--to 2026-11-30 ends at the next midnight)")
+    statement.add_argument("--billing-account", default="otel-tokens", metavar="ID",
+                           help="BillingAccountId of the FOCUS export (default otel-tokens)")
 
 
 def one_line_error(message: str) -> None:

@@ -11,7 +11,7 @@ from ..durations import duration_seconds, human_duration
 from ..rules import usage_over
 
 PROG = "otel-tokens report"
-FORMATS = ("table", "markdown", "json", "csv")
+FORMATS = ("table", "markdown", "json", "csv", "focus")
 USAGE_ERROR, DATA_ERROR, CONNECTION_ERROR = 2, 1, 3
 
 TOKENS, COST, REQUESTS = names.PROM_LLM_TOKEN_USAGE, names.PROM_LLM_COST, names.PROM_LLM_REQUESTS

@@ -138,6 +138,15 @@ def _spreadsheet_safe(value: Any) -> Any:
     return value
 
 
+def plain_number(value: Any) -> Any:
+    """A CSV cell: empty when unknown, floats in plain notation (0.00004, not 4e-05)."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isfinite(value):
+        return format(Decimal(repr(value)), "f")
+    return value
+
+
 def _rounded(percent: float | None) -> float | None:
     """Percentages and shares without float noise (54.50000000000001 -> 54.5); costs keep full precision."""
     return None if percent is None else float(f"{percent:.12g}")  # 12 significant digits: the noise is in the 16th
@@ -234,13 +243,7 @@ def to_csv(report: Report) -> str:
     writer.writeheader()
 
     def plain(value: Any) -> Any:
-        if value is None:
-            return ""
-        if isinstance(value, str):
-            return _spreadsheet_safe(value)
-        if isinstance(value, float) and math.isfinite(value):
-            return format(Decimal(repr(value)), "f")  # 0.00004, not 4e-05
-        return value
+        return _spreadsheet_safe(plain_number(value))
 
     t = report.totals
     writer.writerow({k: plain(v) for k, v in {
