@@ -326,7 +326,8 @@ def test_compose_mounts_match_the_paths_the_configs_use() -> None:
     mounts = _mounts(prometheus)
     assert mounts[flags["--config.file"]] == "./prometheus.yml"
     assert "--web.enable-lifecycle" in prometheus["command"]  # POST /-/reload after `otel-tokens rules`
-    assert _seconds(flags["--storage.tsdb.retention.time"]) > 31 * 86400  # calendar-month budgets
+    # calendar-month budgets, previous_month's 62 d subquery, and last month's statement held whole
+    assert _seconds(flags["--storage.tsdb.retention.time"]) > 62 * 86400
     (rule_glob,) = _prometheus()["rule_files"]
     assert mounts[str(Path(rule_glob).parent)] == "./rules" and Path(rule_glob).name == "*.yml"
 
@@ -419,6 +420,9 @@ def test_amtool_check_config_and_routes(tmp_path: Path) -> None:
     result = _run(amtool, "config", "routes", "test", f"--config.file={path}", "severity=warning",
                   "alertname=LLMUsageSpike", "user_id=alice")
     assert result.stdout.strip() == "warning"  # not a quota alert: not the guard's
+    result = _run(amtool, "config", "routes", "test", f"--config.file={path}", "severity=warning",
+                  "alertname=LLMDepartmentBudgetForecast", "department=research", "quota=tokens", "window=month")
+    assert result.stdout.strip() == "warning"  # a forecast is for people: the guard never sees it
 
 
 def test_alertmanager_grouping_and_inhibition() -> None:
@@ -437,9 +441,13 @@ def test_alertmanager_grouping_and_inhibition() -> None:
                                                     "credentials_file": "/etc/alertmanager/guard-token"}
     assert set(receivers["critical"]) == {"name", "email_configs", "webhook_configs"}
     assert set(receivers["warning"]) == {"name", "webhook_configs"}
-    (inhibit,) = config["inhibit_rules"]
+    inhibit, forecast = config["inhibit_rules"]
     assert inhibit == {"source_matchers": ['severity="critical"'], "target_matchers": ['severity="warning"'],
                        "equal": ["alertname", "user_id", "department", "window"]}
+    # a department's budget forecast is muted by that department's budget critical of the same kind
+    assert forecast == {"source_matchers": ['alertname=~"LLMDepartment(Token|Cost)Budget"', 'severity="critical"'],
+                        "target_matchers": ['alertname="LLMDepartmentBudgetForecast"'],
+                        "equal": ["department", "quota"]}
 
 
 @pytest.mark.e2e
@@ -551,7 +559,9 @@ def test_worst_case_alert_delay_is_within_budget() -> None:
     evaluation = max([global_eval, *(_seconds(g.get("interval", global_eval)) for _, g, _ in _rules()
                                      if not g["name"].endswith("_rollups"))])
     ordering = evaluation  # a recording rule in another group may be evaluated after the alert reading it
-    largest_for = max(_seconds(r.get("for")) for _, _, r in _rules() if "alert" in r)
+    # the budget forecast is a projection days ahead, not a crossing: its 30 m `for` is outside the budget
+    largest_for = max(_seconds(r.get("for")) for _, _, r in _rules()
+                      if "alert" in r and r["alert"] != "LLMDepartmentBudgetForecast")
     for_delay = math.ceil(largest_for / evaluation) * evaluation  # `for` is checked at evaluations only
 
     am = yaml.safe_load(string.Template(_am_template()).substitute(AM_EXAMPLE_ENV))["route"]

@@ -27,11 +27,13 @@ def test_state_follows_firing_and_resolved_alerts():
     state.update({"alerts": [alert("LLMUserTokenQuota", "warning", user_id="alice"),
                              alert("LLMUserTokenQuota", "critical", user_id="alice"),
                              alert("LLMDepartmentTokenBudget", "warning", department="support", window="month"),
-                             alert("LLMUsageSpike", "warning", user_id="bob")]})  # not a quota alert
+                             alert("LLMUsageSpike", "warning", user_id="bob"),  # not a quota alert
+                             # a forecast is not a quota reached: the guard never acts on it
+                             alert("LLMDepartmentBudgetForecast", "warning", department="research", window="month")]})
     snapshot = state.snapshot()
     assert snapshot["users"]["alice"]["severity"] == "critical"
     assert snapshot["departments"]["support"]["severity"] == "warning"
-    assert "bob" not in snapshot["users"]
+    assert "bob" not in snapshot["users"] and "research" not in snapshot["departments"]
     state.update({"alerts": [alert("LLMUserTokenQuota", "critical", "resolved", user_id="alice")]})
     assert state.snapshot()["users"]["alice"]["severity"] == "warning"
 

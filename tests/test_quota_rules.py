@@ -328,3 +328,83 @@ def test_every_problem_of_a_quota_file_is_reported_at_once(tmp_path):
     path.write_text("")
     with pytest.raises(ConfigError, match=r"is empty: a quota file sets `users:` and/or `departments:`"):
         load_quotas(path)
+
+
+FORECAST_QUOTAS = {"departments": {"default": {"tokens": 10000}, "overrides": {"ops": {"cost": 100}}}}
+
+
+def _forecast(name: str, exhaustion: str, usage: str, burn: str, forecast: str, percent: str,
+              kind: str = "tokens") -> dict:
+    unit, limit = (" tokens", "10k") if kind == "tokens" else ("", "100.00")
+    what = "token" if kind == "tokens" else "cost"
+    return {"exp_labels": {"department": name, "severity": "warning", "window": "month", "quota": kind},
+            "exp_annotations": {
+                "summary": f"Department {name} is on course to exhaust its monthly {what} budget on {exhaustion}",
+                "description": f"Department {name} has used {usage}{unit} of {limit}{unit} this calendar month (UTC); "
+                               f"at its current rate ({burn}{unit} an hour: the lower of the last 6 h's average and "
+                               f"the median hour of the last 24 h) it reaches the budget on {exhaustion} and would "
+                               f"end the month at {percent} of it.",
+                "exhaustion": exhaustion, "forecast": f"{forecast}{unit}", "burn_rate": f"{burn}{unit} per hour",
+                "percent": percent}}
+
+
+@pytest.mark.e2e
+def test_budget_forecasts_project_the_burn_rate_to_the_month_end(tmp_path):
+    per_day, per_hour = 96, 4  # samples at 15m
+    spike = 10 * per_day + 10 * per_hour  # Jan 11 10:00
+    series = [
+        # hot: 20 an hour from Jan 1, 14,880 by the month's end: the forecast fires long before the budget
+        dept("hot", "0+5x3300"),
+        # steady: 8 an hour, 5,952 by the month's end: never
+        dept("steady", "0+2x3300"),
+        # spike: 4 an hour and 3,000 in one hour on Jan 11: the median hour ignores it
+        dept("spike", f"0+1x{spike - 1} {spike + 2999}+1x2000"),
+        # quiet: 8,000 in the first 100 hours (80 an hour), then its process is gone: no recent traffic
+        dept("quiet", "0+20x400 _x2000"),
+        # ops: cost 0.2 an hour against its 100 (its tokens have no limit)
+        dept("ops", "0+0.05x3300", "llm_cost_total"),
+    ]
+    tests = {"evaluation_interval": "15m", "tests": [{
+        "interval": "15m",
+        "input_series": series,
+        "alert_rule_test": [
+            # Jan 3: quiet's 3,840 + 80 an hour reach 10,000 77 hours later; hot is on course too
+            {"eval_time": "2d", "alertname": "LLMDepartmentBudgetForecast", "exp_alerts": [
+                _forecast("hot", "1970-01-21 20:00:00 +0000 UTC", "960", "20", "14.88k", "148.8%"),
+                _forecast("ops", "1970-01-21 20:00:00 +0000 UTC", "9.60", "0.20", "148.80", "148.8%", "cost"),
+                _forecast("quiet", "1970-01-06 05:00:00 +0000 UTC", "3.84k", "80", "59.52k", "595.2%")]},
+            # Jan 11 12:00: hot's 5,040 + 20 an hour for 492 hours; spike's 3,000 two hours ago is not a rate
+            {"eval_time": "10d12h", "alertname": "LLMDepartmentBudgetForecast", "exp_alerts": [
+                _forecast("hot", "1970-01-21 20:00:00 +0000 UTC", "5.04k", "20", "14.88k", "148.8%"),
+                _forecast("ops", "1970-01-21 20:00:00 +0000 UTC", "50.40", "0.20", "148.80", "148.8%", "cost")]},
+            # the month turned: hot starts again from 0 and is on course again once February's burn is seen
+            # (ops's limit is its own, not the default's, so its forecast goes on: 0 so far, 0.2 an hour)
+            {"eval_time": "31d30m", "alertname": "LLMDepartmentBudgetForecast", "exp_alerts": [
+                _forecast("ops", "1970-02-21 20:30:00 +0000 UTC", "0", "0.20", "134.30", "134.3%", "cost")]},
+            {"eval_time": "33d", "alertname": "LLMDepartmentBudgetForecast", "exp_alerts": [
+                _forecast("hot", "1970-02-21 20:00:00 +0000 UTC", "960", "20", "13.44k", "134.4%"),
+                _forecast("ops", "1970-02-21 20:00:00 +0000 UTC", "9.60", "0.20", "134.40", "134.4%", "cost")]},
+        ],
+        "promql_expr_test": [
+            {"expr": "llm_quota:department_tokens:burn_rate", "eval_time": "10d12h", "exp_samples": [
+                {"labels": f'llm_quota:department_tokens:burn_rate{{department="{d}"}}', "value": v}
+                for d, v in (("hot", 20), ("spike", 4), ("steady", 8))]},
+            {"expr": "llm_quota:department_tokens:forecast_ratio", "eval_time": "10d12h", "exp_samples": [
+                {"labels": f'llm_quota:department_tokens:forecast_ratio{{department="{d}"}}', "value": v}
+                for d, v in (("hot", 1.488), ("quiet", 0.8), ("spike", (2999 + 252 * 4 + 492 * 4) / 10000),
+                             ("steady", 0.5952))]},
+            # quiet has had no traffic for 8 hours: it burns 0, reaches its budget never, stays at its 8,000
+            {"expr": 'llm_quota:department_tokens:burn_rate{department="quiet"}', "eval_time": "4d12h",
+             "exp_samples": [{"labels": 'llm_quota:department_tokens:burn_rate{department="quiet"}', "value": 0}]},
+            {"expr": 'llm_quota:department_tokens:exhaustion_time{department="quiet"}', "eval_time": "4d12h",
+             "exp_samples": []},
+            {"expr": 'llm_quota:department_tokens:forecast{department="quiet"}', "eval_time": "6d12h",
+             "exp_samples": [{"labels": 'llm_quota:department_tokens:forecast{department="quiet"}', "value": 8000}]},
+            # Feb 1 00:30: no February bucket yet, so no month-to-date and no default limit to page on
+            {"expr": "llm_quota:department_tokens:forecast_ratio", "eval_time": "31d30m", "exp_samples": []},
+            {"expr": "llm_quota:department_tokens:forecast", "eval_time": "31d30m", "exp_samples": [
+                {"labels": f'llm_quota:department_tokens:forecast{{department="{d}"}}', "value": v * (27 * 24 + 23.5)}
+                for d, v in (("hot", 20), ("spike", 4), ("steady", 8))]},
+        ],
+    }]}
+    _promtool_test(tmp_path, tests, FORECAST_QUOTAS)

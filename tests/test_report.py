@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,29 @@ def expected_quotas() -> list[dict[str, Any]]:
     return out
 
 
+def check_projection(stack: dict[str, Any], quotas: list[dict[str, Any]]) -> None:
+    """Users have no projection; a department has one where the rules' burn rate exists at `at` (it reads
+    hourly buckets at whole hours: present once the stack has run across an hour), built from it."""
+    at = stack["at"]
+    moment = datetime.fromtimestamp(at, timezone.utc)
+    month_end = datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=timezone.utc).timestamp()
+    for q in quotas:
+        burn = {r["metric"].get("department"): float(r["value"][1])
+                for r in query(stack["url"], f"llm_quota:department_{q['quota']}:burn_rate", at)}
+        if q["principal"] == "user" or q["name"] not in burn:
+            assert (q["burn_rate_per_hour"], q["month_end_percent"], q["runs_out_at"]) == (None, None, None), q
+            continue
+        rate = burn[q["name"]]
+        assert q["burn_rate_per_hour"] == pytest.approx(rate)
+        assert q["month_end_percent"] == pytest.approx(100 * (q["usage"] + rate * (month_end - at) / 3600)
+                                                       / q["limit"])
+        if q["month_end_percent"] >= 100 and q["usage"] < q["limit"]:
+            runs_out = round((at + 3600 * (q["limit"] - q["usage"]) / rate) / 60) * 60
+            assert q["runs_out_at"] == datetime.fromtimestamp(runs_out, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        else:
+            assert q["runs_out_at"] is None
+
+
 def _change_text(change: float | None) -> str:
     return "new" if change is None else f"{100 * change:+.1f} %"
 
@@ -252,7 +276,10 @@ def test_json_every_number(stack, capsys):
     assert [r["name"] for r in data["users"]] == ["alice", "bob", "carol", "dave", UNATTRIBUTED]
     assert [r["name"] for r in data["departments"]] == ["support", "research", "sales", UNATTRIBUTED]
     assert data["quota_rules"] is True
-    assert_close(data["quotas"], expected_quotas(), "quotas")
+    projection = ("burn_rate_per_hour", "month_end_percent", "runs_out_at")
+    assert_close([{k: v for k, v in q.items() if k not in projection} for q in data["quotas"]], expected_quotas(),
+                 "quotas")
+    check_projection(stack, data["quotas"])
     assert_close([(q["name"], q["percent"]) for q in data["quotas"]],
                  [("alice", 80.0), ("zed", 0.0), ("bob", 24.0), ("support", 27.5), ("research", 26.0), ("sales", 3.0),
                   (UNATTRIBUTED, 2.5), ("support", 9.6)])  # calls with no department: the default budget
@@ -328,7 +355,8 @@ def test_markdown_numbers(stack, capsys):
     assert "## Top users by tokens (5 of 7)" in lines
     for q in expected_quotas():
         cells = _quota_cells(q)
-        assert any(line.startswith(f"| {_md_name(q['name'])} |") and line.endswith(" | ".join(cells) + " |")
+        # then the month-end projection (empty for users; for a department once the rules' burn rate exists)
+        assert any(line.startswith(f"| {_md_name(q['name'])} |") and " | ".join(cells) + " | " in line
                    for line in lines), q
 
 

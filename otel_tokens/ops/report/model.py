@@ -108,6 +108,10 @@ class QuotaRow:
     window: str  # 24h | month
     usage: float  # an int for tokens
     limit: float
+    # departments: the rules' burn rate (per hour) and where it leads by the month's end (UTC)
+    burn_rate: float | None = None
+    runs_out_at: float | None = None  # unix time the limit is reached, when before the month's end
+    month_end_ratio: float | None = None  # usage / limit at the month's end at that rate
 
     @property
     def ratio(self) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -207,7 +208,35 @@ def _quotas(prom: Prometheus, at: float) -> tuple[bool, list[QuotaRow]]:
                                          _int(limit) if kind == quota_scopes.TOKENS and limit == int(limit) else limit))
     order = [scope.name for scope in quota_scopes.SCOPES]
     rows.sort(key=lambda q: (order.index(q.principal), KINDS.index(q.quota), -q.ratio, q.name))
+    _project(prom, at, [q for q in rows if not quota_scopes.BY_NAME[q.principal].rolling])
     return True, rows
+
+
+def _month_end(at: float) -> float:
+    moment = datetime.fromtimestamp(_month_start(at), timezone.utc)
+    return moment.replace(year=moment.year + moment.month // 12, month=moment.month % 12 + 1).timestamp()
+
+
+def _project(prom: Prometheus, at: float, rows: list[QuotaRow]) -> None:
+    """Month-end projection of calendar-month quotas at the rules' burn rate (`otel-tokens rules`
+    records it: the lower of the last 6 h's average and the median hour of the last 24 h), applied to
+    the exact month-to-date here, as the forecast alert applies it to the rules' own."""
+    if not rows:
+        return
+    burn: dict[tuple[str, str], float] = {}
+    for kind in {q.quota for q in rows}:
+        scope = quota_scopes.BY_NAME[rows[0].principal]
+        for metric, value in prom.instant(series(scope.name, kind, "burn_rate"), at):
+            burn[kind, metric.get(scope.label, "")] = value
+    hours_left = max(0.0, _month_end(at) - at) / 3600
+    for q in rows:
+        rate = burn.get((q.quota, q.name))
+        if rate is None or not math.isfinite(rate):
+            continue
+        q.burn_rate = rate
+        q.month_end_ratio = (q.usage + rate * hours_left) / q.limit
+        if rate > 0 and q.usage < q.limit and q.month_end_ratio >= 1:
+            q.runs_out_at = round((at + 3600 * (q.limit - q.usage) / rate) / 60) * 60  # to the minute, as the rule
 
 
 def build(prom: Prometheus, at: float, window_seconds: float, top: int, window_text: str | None = None) -> Report:
@@ -258,6 +287,11 @@ def _notes(report: Report, have: set[str]) -> list[str]:
     elif any(q.principal == "department" for q in report.quotas):
         notes.append("department usage is month to date (UTC) at the report time; the budget alerts count "
                      "whole hours and lag by up to an hour")
+    for q in report.quotas:
+        if q.runs_out_at is not None:
+            what = "token budget" if q.quota == quota_scopes.TOKENS else "cost budget"
+            notes.append(f"{q.principal} {q.name} runs out of its monthly {what} on "
+                         f"{_utc(q.runs_out_at)[:10]} at the current rate")
     return notes
 
 

@@ -111,10 +111,17 @@ def _quota_values(q: QuotaRow, currency: str | None) -> tuple[str, ...]:
     fmt = _tokens if q.quota == "tokens" else format_money
     quota = "tokens" if q.quota == "tokens" else f"cost ({currency})" if currency else "cost"
     return (q.name, quota, "rolling 24 h" if quota_scopes.BY_NAME[q.principal].rolling else "month to date (UTC)",
-            fmt(q.usage), fmt(q.limit), f"{q.percent:.1f} %")
+            fmt(q.usage), fmt(q.limit), f"{q.percent:.1f} %", _projection(q))
 
 
-_QUOTA_HEADER = ("{principal}", "quota", "window", "usage", "limit", "used")
+def _projection(q: QuotaRow) -> str:
+    """Where the current burn rate leads by the month's end: the day the limit is reached, or the use."""
+    if q.runs_out_at is not None:
+        return f"runs out {_utc(q.runs_out_at)[:10]}"
+    return "" if q.month_end_ratio is None else f"{100 * q.month_end_ratio:.1f} %"
+
+
+_QUOTA_HEADER = ("{principal}", "quota", "window", "usage", "limit", "used", "at month end")
 
 
 def _kind_rows_title(report: Report, kind: str) -> str:
@@ -174,7 +181,7 @@ def to_markdown(report: Report) -> str:
         if rows:
             out += [f"### {principal.capitalize()}s", ""]
             out += table([h.format(principal=principal) for h in _QUOTA_HEADER],
-                         (_quota_values(q, report.currency) for q in rows), "lllrrr")
+                         (_quota_values(q, report.currency) for q in rows), "lllrrrr")
             out.append("")
     if report.notes:
         out += ["", "## Notes", ""] + [f"- {note}" for note in report.notes]
@@ -220,7 +227,10 @@ def to_dict(report: Report) -> dict[str, Any]:
         "counts": {_KIND_TITLE[kind]: report.counts[kind] for kind in DIMENSIONS},
         "quota_rules": report.quota_rules,
         "quotas": [{"principal": q.principal, "name": q.name, "quota": q.quota, "window": q.window,
-                    "usage": q.usage, "limit": q.limit, "ratio": _rounded(q.ratio), "percent": _rounded(q.percent)}
+                    "usage": q.usage, "limit": q.limit, "ratio": _rounded(q.ratio), "percent": _rounded(q.percent),
+                    "burn_rate_per_hour": q.burn_rate,
+                    "month_end_percent": None if q.month_end_ratio is None else _rounded(100 * q.month_end_ratio),
+                    "runs_out_at": None if q.runs_out_at is None else _iso(q.runs_out_at)}
                    for q in report.quotas],
         "notes": report.notes,
     }
@@ -232,7 +242,7 @@ def to_json(report: Report) -> str:
 
 CSV_COLUMNS = ("kind", "name", "input_tokens", "output_tokens", "total_tokens", "cost", "share", "currency", "rank",
                "requests", "errors", "previous_total_tokens", "change", "quota", "window", "usage", "limit",
-               "percent")
+               "percent", "month_end_percent", "runs_out_at")
 
 
 def to_csv(report: Report) -> str:
@@ -261,6 +271,8 @@ def to_csv(report: Report) -> str:
         writer.writerow({k: plain(v) for k, v in {
             "kind": f"{q.principal}_quota", "name": q.name, "quota": q.quota, "window": q.window,
             "usage": q.usage, "limit": q.limit, "percent": _rounded(q.percent),
+            "month_end_percent": None if q.month_end_ratio is None else _rounded(100 * q.month_end_ratio),
+            "runs_out_at": None if q.runs_out_at is None else _iso(q.runs_out_at),
             "currency": report.currency if q.quota == "cost" else None}.items()})
     return buffer.getvalue()
 

@@ -1,0 +1,72 @@
+"""Department budget forecasts: month-to-date plus the current burn rate projected to the month's end,
+so a department hears "runs out on the 27th" days before its budget's critical alert fires.
+
+The burn rate is the lower of the last 6 hours' average and the median hour of the last 24 hours
+(from the same hourly buckets as the month-to-date): a spike of a few hours moves the average but
+not the median, so it does not page; a department that has gone quiet drops out of the 6 h average,
+and one with no bucket in the last 6 hours burns 0. A lasting rise shows in both within 12 hours.
+Linear projection; the month-to-date lags by up to an hour, as the budget's own rule does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..quota_scopes import QuotaScope
+
+ALERT = "LLMDepartmentBudgetForecast"
+FOR = "30m"  # a projection is not urgent; a burn that lasts half an hour is a trend
+SHORT, LONG = 6, 24  # hours of the two burn-rate windows
+# Hours from now to the end of the UTC month: the whole days after today and the rest of today.
+HOURS_LEFT = "scalar((days_in_month() - day_of_month()) * 24 + (86400 - time() % 86400) / 3600)"
+
+
+def forecast_rules(scope: QuotaScope, kind: str, name: Callable[[str], str]) -> list[dict[str, Any]]:
+    """Burn rate, projected month-end usage, its ratio to the limit, the exhaustion time, the alert;
+    `name("month")` is the recorded series of that name for this scope and kind."""
+    label = scope.label
+    bucket, usage, limit = name("1h"), name("month"), name("limit")
+    burn, forecast, ratio, exhaustion = (name(w) for w in ("burn_rate", "forecast", "forecast_ratio",
+                                                              "exhaustion_time"))
+    median = f"quantile_over_time(0.5, {bucket}[{LONG}h:1h])"
+    short_avg = f"(sum_over_time({bucket}[{SHORT}h:1h]) or 0 * {median}) / {SHORT}"
+    unit = " tokens" if kind == "tokens" else ""
+    # the month-to-date, 0 in a month's first hour (no complete bucket yet) for a department still burning
+    so_far = f"({usage} or 0 * {burn})"
+
+    amount = "humanize" if kind == "tokens" else 'printf "%.2f"'  # humanize writes 0.2 as "200m"
+
+    def value_of(metric: str, how: str = amount, missing: str = "") -> str:
+        return (f'{{{{ with printf "{metric}{{{label}=%q}}" $labels.{label} | query }}}}'
+                f"{{{{ . | first | value | {how} }}}}{{{{ else }}}}{missing}{{{{ end }}}}")
+
+    when = value_of(exhaustion, "humanizeTimestamp")
+    return [
+        {"record": burn, "expr": f"({short_avg}) < ({median})\nor\n{median}"},
+        {"record": forecast, "expr": f"({so_far} + {burn} * {HOURS_LEFT})\nor {usage}"},
+        {"record": ratio, "expr": f"{forecast}\n/ on({label}) {limit}"},
+        # when month-to-date plus the burn reaches the limit (past the month's end when the forecast is short),
+        # to the minute
+        {"record": exhaustion,
+         "expr": f"round(time() + 3600 * ({limit} - on({label}) {so_far}) / on({label}) ({burn} > 0), 60)"},
+        {
+            "alert": ALERT,
+            "expr": f"{ratio} >= 1",
+            "for": FOR,
+            "labels": {"severity": "warning", "window": scope.window, "quota": kind},
+            "annotations": {
+                "summary": f"Department {{{{ $labels.{label} }}}} is on course to exhaust its {scope.titles[kind]} "
+                           f"on {when}",
+                "description": f"Department {{{{ $labels.{label} }}}} has used {value_of(usage, missing='0')}{unit} of "
+                               f"{value_of(limit)}{unit} this calendar month (UTC); at its current rate "
+                               f"({value_of(burn)}{unit} an hour: the lower of the last {SHORT} h's average and "
+                               f"the median hour of the last {LONG} h) it reaches the budget on {when} and "
+                               f"would end the month at {{{{ $value | humanizePercentage }}}} of it.",
+                "exhaustion": when,
+                "forecast": value_of(forecast) + unit,
+                "burn_rate": value_of(burn) + unit + " per hour",
+                "percent": "{{ $value | humanizePercentage }}",
+            },
+        },
+    ]
