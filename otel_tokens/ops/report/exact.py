@@ -69,11 +69,17 @@ def _stats_query(selector: str, seconds: float) -> str:
 Stats = dict[SeriesKey, dict[float, dict[str, float]]]  # series -> chunk end -> stat -> value
 
 
-def _collect(stats: Stats, metric: dict[str, str], t: float, value: float) -> None:
+def _collect(stats: Stats, metric: dict[str, str], points: list[tuple[float, float]]) -> None:
+    """One result series' points into `stats` (the series key is built once, not once per point)."""
     metric = dict(metric)
     stat = metric.pop("__stat", "")
     if stat in _STATS:
-        stats[_key(metric)].setdefault(t, {})[stat] = value
+        by_end = stats[_key(metric)]
+        for t, value in points:
+            entry = by_end.get(t)
+            if entry is None:
+                entry = by_end[t] = {}
+            entry[stat] = value
 
 
 def _hour_stats(prom: Prometheus, selector: str, ends: list[float]) -> Stats:
@@ -87,14 +93,13 @@ def _hour_stats(prom: Prometheus, selector: str, ends: list[float]) -> Stats:
     with ThreadPoolExecutor(max_workers=4) as pool:
         for result in pool.map(run, pieces):
             for metric, values in result:
-                for t, v in values:
-                    _collect(stats, metric, t, v)
+                _collect(stats, metric, values)
     return stats
 
 
 def _edge_stats(prom: Prometheus, selector: str, chunk: Chunk, stats: Stats) -> None:
     for metric, value in prom.instant(_stats_query(selector, chunk.end - chunk.start), chunk.end):
-        _collect(stats, metric, chunk.end, value)
+        _collect(stats, metric, [(chunk.end, value)])
 
 
 def growth(prom: Prometheus, selector: str, start: float, end: float) -> dict[SeriesKey, dict[float, float]]:
