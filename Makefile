@@ -14,12 +14,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Prometheus, Alertmanager, Redis (budget mode's store) and VictoriaMetrics + vmalert (the rules on a
-# horizontally scalable engine) from Debian: the tests start the real binaries.
-SYSTEM_PACKAGES := prometheus prometheus-alertmanager redis-server victoria-metrics
+# horizontally scalable engine) from Debian: the tests start the real binaries; systemd for
+# systemd-analyze, which checks the shipped digest timer.
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager redis-server victoria-metrics systemd
 system-deps:
 	@if command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null \
 	    && command -v amtool >/dev/null && command -v redis-server >/dev/null \
-	    && command -v victoria-metrics >/dev/null && command -v vmalert >/dev/null; then exit 0; fi; \
+	    && command -v victoria-metrics >/dev/null && command -v vmalert >/dev/null \
+	    && command -v systemd-analyze >/dev/null; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(SYSTEM_PACKAGES); \
 	else \

@@ -81,7 +81,7 @@ AM_EXAMPLE_ENV = {
 }
 
 BUDGET_LIMIT_S = 90.0
-SERVICES = frozenset({"collector", "prometheus", "alertmanager", "grafana", "tempo", "redis", "guard"})
+SERVICES = frozenset({"collector", "prometheus", "alertmanager", "grafana", "tempo", "redis", "guard", "digest"})
 
 
 # --- helpers ------------------------------------------------------------------------------------------

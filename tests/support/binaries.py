@@ -6,7 +6,7 @@ import pytest
 
 # binary -> Debian package, when not Prometheus's
 PACKAGES = {"redis-server": "redis-server", "redis-cli": "redis-tools", "victoria-metrics": "victoria-metrics",
-            "vmalert": "victoria-metrics", "vmagent": "victoria-metrics"}
+            "vmalert": "victoria-metrics", "vmagent": "victoria-metrics", "systemd-analyze": "systemd"}
 
 
 def require_binary(name: str) -> str:

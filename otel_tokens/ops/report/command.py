@@ -5,13 +5,26 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import TextIO
 
 from ...prometheus_api import BAD_URL, NOT_PROMETHEUS, REFUSED, UNREACHABLE, Prometheus, PrometheusError
 from . import statement_render
 from .focus import to_focus
-from .model import CONNECTION_ERROR, DATA_ERROR, FORMATS, PROG, UNATTRIBUTED, USAGE_ERROR, ReportError, parse_window
+from .mail import SmtpSettings, build_message, recipients, send, smtp_settings
+from .model import (
+    CONNECTION_ERROR,
+    DATA_ERROR,
+    FORMATS,
+    PROG,
+    UNATTRIBUTED,
+    USAGE_ERROR,
+    Report,
+    ReportError,
+    parse_window,
+)
 from .period import Period, between, month
 from .png import draw_png
 from .queries import build, token_timeline
@@ -55,8 +68,8 @@ def _period(args: argparse.Namespace, fmt: str) -> Period | None:
         raise ReportError("use --month or --from/--to, not both", USAGE_ERROR)
     if args.until is not None and args.since is None:
         raise ReportError("--to needs --from", USAGE_ERROR)
-    if chosen and (args.window is not None or args.at is not None or args.png):
-        raise ReportError("--window, --at and --png are for the trailing-window digest, not a statement "
+    if chosen and (args.window is not None or args.at is not None or args.png or args.mail_to):
+        raise ReportError("--window, --at, --png and --mail-to are for the trailing-window digest, not a statement "
                           "(--month, --from/--to)", USAGE_ERROR)
     if not chosen:
         if fmt == "focus":
@@ -80,6 +93,24 @@ def _statement(args: argparse.Namespace, prom: Prometheus, period: Period, top: 
         statement_render.print_table(statement, top, stdout)
 
 
+def _mail(prom: Prometheus, report: Report, png_path: str | None, settings: SmtpSettings, to: list[str],
+          stderr: TextIO) -> None:
+    """Send the digest instead of printing it (a timer's job has no reader), the chart attached."""
+    png = None
+    if png_path:
+        png = Path(png_path).read_bytes()
+    else:
+        with tempfile.TemporaryDirectory(prefix="otel-tokens-report-") as tmp:
+            users = [r.name for r in report.rows["user"] if r.name != UNATTRIBUTED]
+            try:
+                draw_png(f"{tmp}/usage.png", report, *token_timeline(prom, report.at, report.window_seconds, users))
+                png = Path(tmp, "usage.png").read_bytes()
+            except ReportError as error:  # no matplotlib: the mail goes without its chart
+                print(f"{PROG}: {error}; mailing without the chart", file=stderr)
+    send(build_message(report, to, settings.sender, png), settings, to)
+    print(f"{PROG}: mailed the digest to {', '.join(to)} via {settings.smarthost}", file=stderr)
+
+
 def _has_rich(stderr: TextIO) -> bool:
     try:
         import rich  # noqa: F401
@@ -100,10 +131,14 @@ def run(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO |
         if period is not None:
             _statement(args, prom, period, top, fmt, stdout, stderr)
             return 0
+        mail = (smtp_settings(), recipients(args.mail_to)) if args.mail_to else None
         report = build(prom, at, window, top, (args.window or "24h").strip())
         if args.png:
             users = [r.name for r in report.rows["user"] if r.name != UNATTRIBUTED]
             draw_png(args.png, report, *token_timeline(prom, report.at, report.window_seconds, users))
+        if mail is not None:
+            _mail(prom, report, args.png, *mail, stderr)
+            return 0
         if fmt == "json":
             stdout.write(to_json(report))
         elif fmt == "csv":
@@ -138,6 +173,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"{' | '.join(FORMATS)} (default table)")
     parser.add_argument("--png", metavar="FILE", help="also draw tokens by top user and cost by department")
     parser.add_argument("--at", metavar="UNIX_TIME", help="end of the window (default now)")
+    parser.add_argument("--mail-to", action="append", metavar="ADDR",
+                        help="mail the digest (text + HTML, the chart attached) instead of printing it; repeat or "
+                        "comma-separate; the relay from SMTP_SMARTHOST, SMTP_FROM, SMTP_AUTH_USERNAME, "
+                        "SMTP_AUTH_PASSWORD, SMTP_REQUIRE_TLS (as alertmanager.yml)")
     statement = parser.add_argument_group("statements (exact, every row)")
     statement.add_argument("--month", metavar="YYYY-MM", help="a calendar month (UTC), e.g. 2026-11")
     statement.add_argument("--from", dest="since", metavar="WHEN",
