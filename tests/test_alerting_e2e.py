@@ -22,6 +22,7 @@ from otel_tokens.quotas import parse_quotas
 from tests.support.alert_app import TOKENS_PER_CALL
 from tests.support.binaries import require_binary
 from tests.support.prometheus_stack import Webhook, free_port, start_prometheus, start_shipped_alertmanager
+from tests.support.smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.e2e  # every test here starts a server or a binary
 
@@ -38,6 +39,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
     alertmanager = require_binary("prometheus-alertmanager")
     processes: list[subprocess.Popen[Any]] = []
     webhook = Webhook()
+    mail = SmtpSink().__enter__()
     try:
         app_port = free_port()
         app = subprocess.Popen([sys.executable, "-m", "tests.support.alert_app", str(app_port)], cwd=ROOT, text=True,
@@ -52,7 +54,8 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         threading.Thread(target=guard.serve_forever, daemon=True).start()
         guard_url = f"http://127.0.0.1:{guard.server_address[1]}"
         # the shipped Alertmanager config, with this test's receivers and short timers
-        am_address, am_process = start_shipped_alertmanager(tmp_path, alertmanager, webhook, guard_url, token_file)
+        am_address, am_process = start_shipped_alertmanager(tmp_path, alertmanager, webhook, guard_url, token_file,
+                                                            smtp=mail.smarthost)
         am_port = int(am_address.rsplit(":", 1)[1])
         processes.append(am_process)
 
@@ -74,7 +77,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
         yield {"generate": generate, "webhook": webhook, "prometheus": prom_url,
                "alertmanager": f"http://127.0.0.1:{am_port}", "prom_process": prom, "quota_file": quota_file,
-               "rules": rules, "tmp": tmp_path, "guard": guard_url, "guard_server": guard}
+               "rules": rules, "tmp": tmp_path, "guard": guard_url, "guard_server": guard, "mail": mail}
     finally:
         for process in reversed(processes):
             process.terminate()
@@ -84,6 +87,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
             except subprocess.TimeoutExpired:
                 process.kill()
         webhook.server.shutdown()
+        mail.__exit__()
         if "guard" in locals():
             guard.shutdown()
 
@@ -119,6 +123,15 @@ def test_quota_alerts_end_to_end(stack):
     critical_delay = arrival - crossed
     assert path == "/critical"
     assert alert["annotations"]["percent"] == "110%"
+    # the critical route's email, through a real SMTP server: the shipped template's relay and
+    # recipient, the alert's annotations in the body
+    (received,) = [m for m in stack["mail"].wait() if "LLMUserTokenQuota" in m.message["Subject"]][:1]
+    assert received.sender == "alerts@example.test" and received.recipients == ["oncall@example.test"]
+    assert received.message["Subject"].startswith("[FIRING:1] LLMUserTokenQuota")
+    body = received.message.get_body(("html", "plain")).get_content()
+    for text in (alert["annotations"]["summary"], alert["annotations"]["description"], "user_id = alice",
+                 "severity = critical"):
+        assert text in body, text
     deadline = time.monotonic() + 30
     while True:
         with urllib.request.urlopen(f"{stack['alertmanager']}/api/v2/alerts") as response:
@@ -263,3 +276,50 @@ def test_the_guard_is_driven_only_by_alertmanager_and_recovers_its_state(stack):
     assert post(resolved, GUARD_TOKEN) == 200
     assert resyncing.once() and users(guard.state).get("alice") == "critical"
     print(f"\nguard state wiped -> restored by Alertmanager's repeat in {repeat_delay:.1f}s (3 s repeat_interval)")
+
+
+def test_a_budget_forecast_reaches_people_not_the_guard_and_is_muted_by_the_budget_critical(stack):
+    """LLMDepartmentBudgetForecast through the shipped Alertmanager: research's forecast arrives on the
+    warning route; support's is inhibited while support's budget critical of the same kind fires; the
+    guard hears of neither forecast."""
+    from datetime import datetime, timedelta, timezone
+
+    webhook: Webhook = stack["webhook"]
+    now = datetime.now(timezone.utc)
+
+    def alert(name: str, severity: str, department: str) -> dict[str, Any]:
+        return {"labels": {"alertname": name, "severity": severity, "department": department, "window": "month",
+                           "quota": "tokens"},
+                "annotations": {"exhaustion": "2026-12-27 10:00:00 +0000 UTC"},
+                "startsAt": now.isoformat(), "endsAt": (now + timedelta(minutes=10)).isoformat()}
+
+    alerts = [alert("LLMDepartmentTokenBudget", "critical", "support"),
+              alert("LLMDepartmentBudgetForecast", "warning", "support"),
+              alert("LLMDepartmentBudgetForecast", "warning", "research")]
+    sent = time.monotonic()
+    request = urllib.request.Request(stack["alertmanager"] + "/api/v2/alerts", data=json.dumps(alerts).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    assert urllib.request.urlopen(request, timeout=10).status == 200
+
+    def forecast(department: str) -> Callable[[str, dict[str, Any]], bool]:
+        return lambda path, a: (a["labels"].get("alertname") == "LLMDepartmentBudgetForecast"
+                                and a["labels"].get("department") == department)
+
+    _, path, got = webhook.wait_for(forecast("research"), sent)
+    assert path == "/warning" and got["annotations"]["exhaustion"] == "2026-12-27 10:00:00 +0000 UTC"
+    deadline = time.monotonic() + 30
+    while True:
+        with urllib.request.urlopen(f"{stack['alertmanager']}/api/v2/alerts") as response:
+            state = {(a["labels"]["alertname"], a["labels"].get("department")): a["status"]
+                     for a in json.load(response)}
+        if state.get(("LLMDepartmentBudgetForecast", "support"), {}).get("state") == "suppressed":
+            break
+        assert time.monotonic() < deadline, state
+        time.sleep(0.5)
+    assert state[("LLMDepartmentBudgetForecast", "support")]["inhibitedBy"]
+    assert state[("LLMDepartmentBudgetForecast", "research")]["state"] == "active"
+    time.sleep(3)  # more than the test's group_wait and the guard route's repeat
+    assert not [a for _, _, a in webhook.alerts(sent) if forecast("support")("", a)]
+    snapshot = stack["guard_server"].state.snapshot()
+    assert snapshot["departments"].get("support", {}).get("severity") == "critical"  # the budget, not the forecast
+    assert "research" not in snapshot["departments"]

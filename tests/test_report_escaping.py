@@ -59,3 +59,30 @@ def test_json_keeps_names_exact_and_percentages_clean():
     assert {q["percent"] for q in data["quotas"]} == {54.5}
     assert {q["ratio"] for q in data["quotas"]} == {0.545}
     assert data["users"][0]["cost"] == pytest.approx(0.001, rel=1e-12)
+
+
+def test_the_mail_escapes_names_in_html_and_keeps_headers_whole():
+    from html.parser import HTMLParser
+
+    from otel_tokens.ops.report.html import to_html
+    from otel_tokens.ops.report.mail import build_message
+
+    report = _report()
+    report.rows["user"][0].name = "x\r\nBcc: victim@example.test"  # the headline (the subject) names the first
+    report.rows["user"][1].name = "<script>alert(1)</script>"
+    html = to_html(report)
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    tags: set[str] = set()
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            tags.add(tag)
+
+    Tags().feed(html)
+    assert tags <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "strong", "table", "thead",
+                    "tbody", "tr", "th", "td", "ul", "li"}
+    message = build_message(report, ["ops@example.test"], "otel-tokens@example.test", None)
+    raw = message.as_bytes()
+    headers = raw.split(b"\n\n", 1)[0].decode()
+    assert "Bcc" not in message and "\nBcc:" not in headers  # the name stayed inside the Subject
+    assert "x Bcc: victim@example.test" in message["Subject"]

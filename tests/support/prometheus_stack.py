@@ -136,9 +136,10 @@ def query(url: str, promql: str, at: float | None = None) -> list[dict[str, Any]
 
 
 def start_shipped_alertmanager(tmp_path: Path, binary: str, webhook: Webhook, guard_url: str, guard_token_file: Path,
-                               guard_repeat: str = "3s") -> tuple[str, subprocess.Popen[Any]]:
+                               guard_repeat: str = "3s", smtp: str | None = None) -> tuple[str, subprocess.Popen[Any]]:
     """Alertmanager with the shipped collector/alertmanager.yml, its people's receivers pointed at `webhook`
-    (path = receiver name), the guard route at `guard_url`, and test timers; returns (host:port, process)."""
+    (path = receiver name), the guard route at `guard_url`, its email at `smtp` (host:port; default a port
+    nobody listens on), and test timers; returns (host:port, process)."""
     import string
 
     import yaml
@@ -146,7 +147,7 @@ def start_shipped_alertmanager(tmp_path: Path, binary: str, webhook: Webhook, gu
     root = Path(__file__).resolve().parents[2]
     template = string.Template((root / "collector" / "alertmanager.yml").read_text())
     config = yaml.safe_load(template.substitute({
-        "ALERT_WEBHOOK_URL": webhook.url + "/hook", "SMTP_SMARTHOST": f"127.0.0.1:{free_port()}",
+        "ALERT_WEBHOOK_URL": webhook.url + "/hook", "SMTP_SMARTHOST": smtp or f"127.0.0.1:{free_port()}",
         "SMTP_FROM": "alerts@example.test", "ALERT_EMAIL_TO": "oncall@example.test",
         "SMTP_AUTH_USERNAME": "", "SMTP_AUTH_PASSWORD": "", "SMTP_REQUIRE_TLS": "false",
         "GUARD_URL": guard_url, "GUARD_TOKEN_FILE": str(guard_token_file)}))
