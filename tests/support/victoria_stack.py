@@ -19,13 +19,14 @@ from tests.support.prometheus_stack import free_port, start_process, wait_http
 LATENCY_OFFSET = "1s"
 
 
-def start_victoria(tmp_path: Path, binary: str, latency_offset: str = LATENCY_OFFSET
+def start_victoria(tmp_path: Path, binary: str, latency_offset: str = LATENCY_OFFSET, retention: str = "1"
                    ) -> tuple[str, subprocess.Popen[Any]]:
     """Single-node VictoriaMetrics on a free port; returns (url, process). Prometheus remote-writes to
     `{url}/api/v1/write`; PromQL/MetricsQL queries go to `{url}/api/v1/query`."""
     port = free_port()
     process = start_process([binary, f"-storageDataPath={tmp_path / 'vm-data'}", f"-httpListenAddr=127.0.0.1:{port}",
                              f"-search.latencyOffset={latency_offset}", "-search.disableCache",
+                             f"-retentionPeriod={retention}",
                              "-loggerLevel=WARN"], tmp_path, "victoria-metrics")
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health")
