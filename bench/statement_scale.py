@@ -9,7 +9,7 @@ OpenMetrics and imported with `promtool tsdb create-blocks-from openmetrics`. Th
 `build_statement` for that month (median of 3), checked against the generated truth (exact or not),
 and beside it the naive query a dashboard would use for the same numbers,
 `sum by (user_id) (increase(llm_token_usage_total[<month>]))` at the month's end: its seconds and
-how far its total is off. Prometheus's RSS after the statement.
+how far its total is off. Prometheus's RSS after the statements, and after the naive query.
 
 Ratios, not asserts: nothing here fails on a slow machine. Not part of `make test`.
 """
@@ -105,15 +105,14 @@ def measure(users: int, step_minutes: int, restarts: float, profile: bool = Fals
                 profiler = cProfile.Profile()
                 profiler.runcall(build_statement, prom, period, now)
                 pstats.Stats(profiler).sort_stats("cumulative").print_stats(18)
+            rss_statement = _rss(url)
             naive = []
             for _ in range(3):
                 t = time.perf_counter()
                 result = query(url, f"sum by (user_id) (increase(llm_token_usage_total[{end - start}s]))", end)
                 naive.append(time.perf_counter() - t)
             naive_total = sum(float(r["value"][1]) for r in result)
-            rss = next(float(line.split()[1]) for line in
-                       __import__("urllib.request").request.urlopen(f"{url}/metrics").read().decode().splitlines()
-                       if line.startswith("process_resident_memory_bytes "))
+            rss = _rss(url)
         finally:
             process.terminate()
             process.wait(timeout=60)
@@ -121,7 +120,17 @@ def measure(users: int, step_minutes: int, restarts: float, profile: bool = Fals
             "prepare_s": round(prepared, 1), "statement_s": round(statistics.median(seconds), 3),
             "exact": s.totals.total_tokens == truth, "rows": len(s.rows["user"]), "lines": len(s.lines),
             "naive_increase_s": round(statistics.median(naive), 3),
-            "naive_error_pct": round(100 * (naive_total / truth - 1), 3), "rss_mib": round(rss / 2**20)}
+            "naive_error_pct": round(100 * (naive_total / truth - 1), 3),
+            "rss_after_statement_mib": round(rss_statement / 2**20), "rss_after_naive_mib": round(rss / 2**20)}
+
+
+def _rss(url: str) -> float:
+    """Prometheus's resident memory, from its own /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics") as response:
+        return next(float(line.split()[1]) for line in response.read().decode().splitlines()
+                    if line.startswith("process_resident_memory_bytes "))
 
 
 def main() -> None:

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from ...prometheus_api import Prometheus
 
 HOUR = 3600
-MAX_STEPS = 10_000  # Prometheus answers at most 11,000 points per series and query_range
+# Hours per query_range request (Prometheus answers at most 11,000 points per series): a day, so one
+# request loads a day of raw samples, not the whole period's (memory), and four run at once.
+MAX_STEPS = 24
 _STATS = ("last", "min", "resets")
 SeriesKey = tuple[tuple[str, str], ...]
 
