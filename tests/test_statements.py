@@ -270,7 +270,7 @@ def test_a_month_prometheus_no_longer_holds_is_refused(stack):
     (["--to", "2026-11-01"], "--to needs --from"),
     (["--month", "2026-11", "--from", "2026-11-01"], "use --month or --from/--to, not both"),
     (["--from", "2026-11-02", "--to", "2026-11-01T00:00:00Z"], "empty period"),
-    (["--month", "2026-11", "--window", "7d"], "--window, --at and --png are for the trailing-window digest"),
+    (["--month", "2026-11", "--window", "7d"], "--window, --at, --png and --mail-to are for the trailing-window"),
     (["--format", "focus"], "--format focus needs a period"),
 ])
 def test_bad_periods_are_one_line_usage_errors(args, message):
