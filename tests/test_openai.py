@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
+import httpx
 import openai
 import pytest
 
@@ -278,7 +279,8 @@ def test_errors_pass_through_as_the_same_object(server, tel, monkeypatch):
     assert span.attributes[names.ERROR_TYPE] == "RateLimitError"
     assert caught.value.status_code == 429
 
-    sentinel = openai.APIConnectionError(request=None)  # type: ignore[arg-type]
+    # A real request: newer SDKs read the request's headers when building the error.
+    sentinel = openai.APIConnectionError(request=httpx.Request("POST", server.base_url))
 
     def refuse(*args, **kwargs):
         raise sentinel
