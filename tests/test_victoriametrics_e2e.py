@@ -86,18 +86,43 @@ def _recorded() -> list[str]:
 # Forecasts read time() (the hours left in the month): two engines evaluating seconds apart differ by
 # the burn of those seconds, under 1e-4 of a month's projection.
 _TIME_DEPENDENT = (":forecast", ":forecast_ratio", ":exhaustion_time")
+_HOURLY_SUBQUERY = re.compile(r"\[\w+:1h\]")
+
+
+def _hour_aligned() -> set[str]:
+    """The recorded series read at hour boundaries (`[32d:1h]` subqueries over the hourly rollup), and
+    every series and department alert built on them. Each engine reads the rollup sample *it* recorded
+    last before the boundary; the two engines' rule groups run at different phases, so traffic that
+    lands between the two samples is in one engine's month and not yet in the other's, until the next
+    boundary an hour later. tests/test_forecast_victoriametrics.py compares these exactly on VM's engine
+    over the same recorded samples."""
+    rules = [rule for group in render(EARLY.quotas)["groups"] for rule in group["rules"]]
+    found = {rule["record"] for rule in rules if "record" in rule and _HOURLY_SUBQUERY.search(rule["expr"])}
+    while more := {rule.get("record") or rule["alert"] for rule in rules
+                   if (rule.get("record") or rule["alert"]) not in found
+                   and any(re.search(rf"{re.escape(name)}\b", rule["expr"]) for name in found)}:
+        found |= more
+    return found
+
+
+def _straddles_an_hour(stack: VictoriaStack) -> bool:
+    return int(stack.values["launched_at"] // 3600) != int(time.time() // 3600)
 
 
 def _differences(stack: VictoriaStack) -> dict[str, tuple[Any, Any]]:
     out = {}
-    for name in _recorded():
+    # Before the stack's first hour boundary no engine has an hour-aligned sample: both are empty, compared.
+    skipped = _hour_aligned() if _straddles_an_hour(stack) else set()
+    for name in sorted(set(_recorded()) - skipped):
         prometheus, victoria = _series(stack.prometheus, name), _series(stack.victoria, name)
         tolerance = 1e-4 if name.endswith(_TIME_DEPENDENT) else 1e-9
         if prometheus.keys() != victoria.keys() or any(
                 not math.isclose(prometheus[k], victoria[k], rel_tol=tolerance) for k in prometheus):
             out[name] = (prometheus, victoria)
-    if _alerts(stack.prometheus) != _alerts(stack.victoria):
-        out["ALERTS"] = (_alerts(stack.prometheus), _alerts(stack.victoria))
+    prometheus_alerts, victoria_alerts = ({a for a in _alerts(url) if a[0] not in skipped}
+                                          for url in (stack.prometheus, stack.victoria))
+    if prometheus_alerts != victoria_alerts:
+        out["ALERTS"] = (prometheus_alerts, victoria_alerts)
     return out
 
 
@@ -130,6 +155,7 @@ def test_every_recorded_series_and_alert_equals_prometheus(stack: VictoriaStack)
 
 def test_every_dashboard_query_runs_on_victoriametrics_as_on_prometheus(stack: VictoriaStack) -> None:
     ran = 0
+    skipped = _hour_aligned() if _straddles_an_hour(stack) else set()
     for dashboard in _dashboards().values():
         variables = dashboard["templating"]["list"]
         options: dict[str, list[str]] = {}
@@ -150,6 +176,11 @@ def test_every_dashboard_query_runs_on_victoriametrics_as_on_prometheus(stack: V
                 # MetricsQL drops NaN results (a quantile of no requests) where PromQL returns NaN: both show nothing
                 victoria, prometheus = (_numbers(_series(url, promql)) for url in (stack.victoria, stack.prometheus))
                 ran += 1
+                if skipped:  # an hour boundary has passed: see _hour_aligned (both ran, without error)
+                    if any(re.search(rf"{re.escape(name)}\b", promql) for name in skipped):
+                        continue
+                    victoria, prometheus = ({k: v for k, v in found.items() if dict(k).get("alertname") not in skipped}
+                                            for found in (victoria, prometheus))
                 extrapolated = _EXTRAPOLATED.search(promql) is not None
                 # where PromQL saw no increase yet (0/0), MetricsQL may already have counted the first sample
                 assert victoria.keys() >= prometheus.keys() if extrapolated else victoria.keys() == prometheus.keys(), \

@@ -105,6 +105,7 @@ class VictoriaStack:
             raise FileNotFoundError(f"missing binaries: {[n for n, p in paths.items() if not p]}")
         tmp = Path(tempfile.mkdtemp(prefix="otel-tokens-victoria-"))
         self.values["tmp"] = tmp
+        self.values["launched_at"] = time.time()  # wall clock: the hour-aligned rules read hour boundaries
         app_port = free_port()
         root = Path(__file__).resolve().parents[2]
         self.app = subprocess.Popen([sys.executable, "-m", "tests.support.alert_app", str(app_port)], cwd=root,
