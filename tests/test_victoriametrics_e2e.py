@@ -5,9 +5,11 @@ notifies the shipped Alertmanager. The stack starts when this module is collecte
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
+from collections.abc import Collection
 from typing import Any
 
 import pytest
@@ -78,9 +80,13 @@ def test_vmalert_notifies_the_shipped_alertmanager_and_drives_the_guard(stack: V
           f"-search.latencyOffset=1s)")
 
 
+@functools.cache
+def _rules() -> tuple[dict[str, Any], ...]:
+    return tuple(rule for group in render(EARLY.quotas)["groups"] for rule in group["rules"])
+
+
 def _recorded() -> list[str]:
-    return sorted({rule["record"] for group in render(EARLY.quotas)["groups"] for rule in group["rules"]
-                   if "record" in rule})
+    return sorted({rule["record"] for rule in _rules() if "record" in rule})
 
 
 # Forecasts read time() (the hours left in the month): two engines evaluating seconds apart differ by
@@ -89,30 +95,35 @@ _TIME_DEPENDENT = (":forecast", ":forecast_ratio", ":exhaustion_time")
 _HOURLY_SUBQUERY = re.compile(r"\[\w+:1h\]")
 
 
-def _hour_aligned() -> set[str]:
+def _reads(expr: str, names: Collection[str]) -> bool:
+    return any(re.search(rf"{re.escape(name)}\b", expr) for name in names)
+
+
+@functools.cache
+def _hour_aligned() -> frozenset[str]:
     """The recorded series read at hour boundaries (`[32d:1h]` subqueries over the hourly rollup), and
     every series and department alert built on them. Each engine reads the rollup sample *it* recorded
     last before the boundary; the two engines' rule groups run at different phases, so traffic that
     lands between the two samples is in one engine's month and not yet in the other's, until the next
     boundary an hour later. tests/test_forecast_victoriametrics.py compares these exactly on VM's engine
     over the same recorded samples."""
-    rules = [rule for group in render(EARLY.quotas)["groups"] for rule in group["rules"]]
-    found = {rule["record"] for rule in rules if "record" in rule and _HOURLY_SUBQUERY.search(rule["expr"])}
-    while more := {rule.get("record") or rule["alert"] for rule in rules
-                   if (rule.get("record") or rule["alert"]) not in found
-                   and any(re.search(rf"{re.escape(name)}\b", rule["expr"]) for name in found)}:
+    named = [(rule.get("record") or rule["alert"], rule["expr"]) for rule in _rules()]  # an alert per severity
+    found = {name for name, expr in named if _HOURLY_SUBQUERY.search(expr)}
+    while more := {name for name, expr in named if name not in found and _reads(expr, found)}:
         found |= more
-    return found
+    return frozenset(found)
 
 
-def _straddles_an_hour(stack: VictoriaStack) -> bool:
-    return int(stack.values["launched_at"] // 3600) != int(time.time() // 3600)
+def _not_comparable(stack: VictoriaStack) -> frozenset[str]:
+    """Before the stack's first hour boundary no engine has an hour-aligned sample: both are empty and
+    compared; after it, see _hour_aligned."""
+    straddles = int(stack.values["launched_at"] // 3600) != int(time.time() // 3600)
+    return _hour_aligned() if straddles else frozenset()
 
 
 def _differences(stack: VictoriaStack) -> dict[str, tuple[Any, Any]]:
     out = {}
-    # Before the stack's first hour boundary no engine has an hour-aligned sample: both are empty, compared.
-    skipped = _hour_aligned() if _straddles_an_hour(stack) else set()
+    skipped = _not_comparable(stack)
     for name in sorted(set(_recorded()) - skipped):
         prometheus, victoria = _series(stack.prometheus, name), _series(stack.victoria, name)
         tolerance = 1e-4 if name.endswith(_TIME_DEPENDENT) else 1e-9
@@ -155,7 +166,7 @@ def test_every_recorded_series_and_alert_equals_prometheus(stack: VictoriaStack)
 
 def test_every_dashboard_query_runs_on_victoriametrics_as_on_prometheus(stack: VictoriaStack) -> None:
     ran = 0
-    skipped = _hour_aligned() if _straddles_an_hour(stack) else set()
+    skipped = _not_comparable(stack)
     for dashboard in _dashboards().values():
         variables = dashboard["templating"]["list"]
         options: dict[str, list[str]] = {}
@@ -176,8 +187,8 @@ def test_every_dashboard_query_runs_on_victoriametrics_as_on_prometheus(stack: V
                 # MetricsQL drops NaN results (a quantile of no requests) where PromQL returns NaN: both show nothing
                 victoria, prometheus = (_numbers(_series(url, promql)) for url in (stack.victoria, stack.prometheus))
                 ran += 1
-                if skipped:  # an hour boundary has passed: see _hour_aligned (both ran, without error)
-                    if any(re.search(rf"{re.escape(name)}\b", promql) for name in skipped):
+                if skipped:  # an hour boundary has passed (both ran, without error)
+                    if _reads(promql, skipped):
                         continue
                     victoria, prometheus = ({k: v for k, v in found.items() if dict(k).get("alertname") not in skipped}
                                             for found in (victoria, prometheus))
