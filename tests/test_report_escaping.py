@@ -1,6 +1,7 @@
 """The report trusts no name (issue 19): ids are whatever apps and proxies sent. Every format renders a
 hostile name as text: rich markup is not interpreted, markdown tables keep their shape, CSV cells a
-spreadsheet would run as formulas are quoted, and JSON percentages carry no float noise."""
+spreadsheet would run as formulas are quoted (the statements and the FOCUS export too), and JSON percentages
+carry no float noise."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ import json
 
 import pytest
 
+from otel_tokens.ops.report.focus import to_focus
 from otel_tokens.ops.report.model import QuotaRow, Report, Row, Totals
+from otel_tokens.ops.report.period import month
 from otel_tokens.ops.report.render import print_table, to_csv, to_json, to_markdown
+from otel_tokens.ops.report.statement import Line, Statement, _summaries
+from otel_tokens.ops.report.statement_render import to_csv as statement_csv
 
 HOSTILE = ["[/]", "[bold red]boss[/bold red]", '=HYPERLINK("http://evil.example","x")', "+1-2", "@SUM(A1)",
            "line\nbreak", "pipe|name", "__init__"]
@@ -86,3 +91,29 @@ def test_the_mail_escapes_names_in_html_and_keeps_headers_whole():
     headers = raw.split(b"\n\n", 1)[0].decode()
     assert "Bcc" not in message and "\nBcc:" not in headers  # the name stayed inside the Subject
     assert "x Bcc: victim@example.test" in message["Subject"]
+
+
+def _statement() -> Statement:
+    """A month's statement in which every user, department and model name is hostile."""
+    period = month("2026-11")
+    lines = [Line(period.start, period.start + 86400, user=name, department=name, model=name, provider="openai",
+                  token_type="input", tokens=100, cost={"USD": 0.25}) for name in HOSTILE]
+    totals, rows = _summaries(lines, None, False)
+    return Statement("http://prometheus:9090", period, period.end, True, period.start, "USD", totals, rows, lines,
+                     [], period.end + 3600)
+
+
+def test_statement_csv_and_focus_quote_formula_cells_and_keep_names():
+    rows = list(csv.DictReader(io.StringIO(statement_csv(_statement()))))
+    for kind in ("user", "department", "model"):
+        names = [r["name"] for r in rows if r["kind"] == kind]
+        assert len(names) == len(HOSTILE) and "'=HYPERLINK(\"http://evil.example\",\"x\")" in names, kind
+        assert all(not n.startswith(("=", "+", "-", "@")) for n in names) and "line\nbreak" in names
+    focus = list(csv.DictReader(io.StringIO(to_focus(_statement(), "acme"))))
+    assert len(focus) == len(HOSTILE)
+    for column in ("x_UserId", "x_Department", "SkuId", "ChargeDescription"):
+        assert all(not r[column].startswith(("=", "+", "-", "@")) for r in focus), column
+    assert "'@SUM(A1)" in [r["x_UserId"] for r in focus]
+    # Tags is JSON: the name inside it is exact (it starts with "{", no spreadsheet runs it)
+    assert sorted(json.loads(r["Tags"])["user_id"] for r in focus) == sorted(HOSTILE)
+    assert [r["BilledCost"] for r in focus] == ["0.25"] * len(HOSTILE)
