@@ -114,8 +114,10 @@ def render(quotas: Quotas, for_: str = "15s") -> dict[str, Any]:
         if not limits.kinds():
             continue
         rollup = rollup_rule if scope.rolling else _hourly_bucket
+        # The closed month changes once an hour at most: read once a minute, not at every evaluation.
+        closed = [] if scope.rolling else [_previous_month(scope, kind) for kind in limits.kinds()]
         groups.append({"name": f"{PREFIX}_{scope.name}_rollups", "interval": ROLLUP_INTERVAL,
-                       "rules": [rollup(scope, kind) for kind in limits.kinds()]})
+                       "rules": [rollup(scope, kind) for kind in limits.kinds()] + closed})
         rules: list[dict[str, Any]] = [] if scope.rolling else [{"record": MONTH, "expr": "year() * 100 + month()"}]
         for kind in limits.kinds():
             usage = series(scope.name, kind, scope.window)
@@ -138,27 +140,31 @@ def _hourly_bucket(scope: QuotaScope, kind: str) -> dict[str, Any]:
     return {"record": series(scope.name, kind, BUCKET), "expr": usage_over(COUNTERS[kind], scope.label, BUCKET)}
 
 
-def _month_usage(scope: QuotaScope, kind: str, usage: str) -> list[dict[str, Any]]:
-    """Departments: hourly buckets, summed over the buckets of the calendar month at evaluation time;
-    and the whole previous month, which the month-to-date never shows complete (its last bucket is
-    written after the month turned), for statements and dashboards to check against."""
+def _months(scope: QuotaScope, kind: str, subquery: str, when: str) -> str:
+    """The hourly buckets of the subquery whose month (at the bucket's middle) is the month of `when`.
+
+    Each bucket is labelled with its month (count_values turns the number into a label), and only the
+    wanted month's label is kept: no `@ end()` inside the subquery, which VictoriaMetrics 1.79 evaluates
+    at the subquery's own (future) end, so the month was empty there."""
     middle = f"vector(time() - {BUCKET_SECONDS // 2})"
+    return (f"sum by ({scope.label}) (\n  sum_over_time(\n    (\n      {series(scope.name, kind, BUCKET)}\n"
+            f"      + on() group_left(month)\n"
+            f"      (0 * count_values(\"month\", year({middle}) * 100 + month({middle})))\n"
+            f"    )[{subquery}:{BUCKET}]\n  )\n"
+            f"  and on(month)\n  count_values(\"month\", year({when}) * 100 + month({when}))\n)")
+
+
+def _month_usage(scope: QuotaScope, kind: str, usage: str) -> list[dict[str, Any]]:
+    """Departments: hourly buckets, summed over the buckets of the calendar month at evaluation time."""
+    return [{"record": usage, "expr": _months(scope, kind, MONTH_SUBQUERY, "vector(time())")}]
+
+
+def _previous_month(scope: QuotaScope, kind: str) -> dict[str, Any]:
+    """The whole previous month, which the month-to-date never shows complete (its last bucket is written
+    after the month turned), for statements and dashboards to check against."""
     previous = "(vector(time()) - day_of_month(vector(time())) * 86400)"  # a time in the previous month
-    label = scope.label
-    bucket = series(scope.name, kind, BUCKET)
-
-    # Each bucket is labelled with its month (count_values turns the number into a label), and only the
-    # wanted month's label is kept: no `@ end()` inside the subquery, which VictoriaMetrics 1.79 evaluates
-    # at the subquery's own (future) end, so the month was empty there.
-    def months(subquery: str, when: str) -> str:
-        return (f"sum by ({label}) (\n  sum_over_time(\n    (\n      {bucket}\n"
-                f"      + on() group_left(month)\n"
-                f"      (0 * count_values(\"month\", year({middle}) * 100 + month({middle})))\n"
-                f"    )[{subquery}:{BUCKET}]\n  )\n"
-                f"  and on(month)\n  count_values(\"month\", year({when}) * 100 + month({when}))\n)")
-
-    return [{"record": usage, "expr": months(MONTH_SUBQUERY, "vector(time())")},
-            {"record": series(scope.name, kind, "previous_month"), "expr": months(PREVIOUS_MONTH_SUBQUERY, previous)}]
+    return {"record": series(scope.name, kind, "previous_month"),
+            "expr": _months(scope, kind, PREVIOUS_MONTH_SUBQUERY, previous)}
 
 
 class _Dumper(yaml.SafeDumper):
