@@ -181,7 +181,7 @@ def _either(choices: Any) -> str:
 
 _GUARD_FIELDS = ("enabled", "source", "poll_interval", "fail_closed", "rules", "quota_file", "store",
                  "store_timeout", "reservation_ttl", "default_max_output_tokens", "quota_reload_interval",
-                 "token_file")
+                 "token_file", "block_hold")
 _STORE_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -256,7 +256,19 @@ def _guard(value: Any) -> GuardSettings:
         raise ValueError(f"has source {source!r}, not an http(s) URL of the guard state or Prometheus alerts")
     token_file = _path(value["token_file"]) if value.get("token_file") is not None else None
     return GuardSettings(enabled, source or "", _poll_interval(value.get("poll_interval", 2.0)),
-                         _bool(value.get("fail_closed", False)), tuple(rules), **budget, token_file=token_file)
+                         _bool(value.get("fail_closed", False)), tuple(rules), **budget, token_file=token_file,
+                         block_hold=_block_hold(value.get("block_hold", 3600.0)))
+
+
+def _block_hold(value: Any) -> float:
+    try:
+        seconds = _seconds(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86400:
+        raise ValueError(f"has block_hold {value!r} that is not between 0 and 86400 seconds (how long what the last "
+                         "good state blocked stays blocked while the state cannot be read)")
+    return seconds
 
 
 def _poll_interval(value: Any) -> float:

@@ -1,11 +1,14 @@
 """Quota enforcement driven by the alerting stack, so alerts and enforcement share one source of truth.
 
-The `otel-tokens guard` endpoint (ops/guard_server.py) receives Alertmanager webhooks and answers
-which principals are over which quota (GET /state). In the app, a `Guard` polls that state (or Prometheus's
-`/api/v1/alerts`) in a background thread; before an instrumented call it does one dictionary
-lookup: `reject` raises QuotaExceededError (map it to HTTP 429), `downgrade` rewrites the model.
-When the state source cannot be reached the guard fails open (logged once, counted in
-`llm.guard.decisions{decision="fail_open"}`) unless `fail_closed` is set.
+The `otel-tokens guard` endpoint (ops/guard_server.py) follows the rule engines' own alert state and
+answers which principals are over which quota (GET /state). In the app, a `Guard` polls that state (or
+a ruler's `/api/v1/alerts` directly, ruler.py) in a background thread; before an instrumented call it
+does one dictionary lookup: `reject` raises QuotaExceededError (map it to HTTP 429), `downgrade`
+rewrites the model. When the state source cannot be reached the last state is enforced for
+`stale_grace`; after that the guard fails open (logged once, counted in
+`llm.guard.decisions{decision="fail_open"}`) unless `fail_closed` is set, except for the principals the
+last state blocked: they stay blocked for `block_hold` (a flood of connections that starves the polls
+must not unblock anyone).
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from . import quota_scopes
-from .guard_state import GuardState, parse_active
+from .guard_state import GuardState
 from .prometheus_api import get_json
+from .ruler import ALERTS_PATH, Rulers
 from .safety import log_once, logger
 
 _SEVERITY = quota_scopes.SEVERITY_RANK
@@ -93,6 +97,9 @@ class GuardSettings:
     # seconds of failed polls during which the last state is still enforced (a restart, a held connection
     # cap): only then does the guard fail open or closed
     stale_grace: float = 30.0
+    # seconds after the last good state during which what it blocked stays blocked, whatever the source
+    # does meanwhile (down, flooded, a ruler restarting)
+    block_hold: float = 3600.0
 
     @property
     def budget(self) -> bool:
@@ -131,6 +138,10 @@ class Guard:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        # a ruler's /api/v1/alerts read directly: its answers merged into a state of our own, so a ruler
+        # restart lifts no block (ruler.py)
+        self._rulers = Rulers(settings.source) if settings.enabled and ALERTS_PATH in settings.source else None
+        self._ruler_state = GuardState()
 
     def start(self) -> None:
         """Polls in a background thread, the first time at once: start-up never waits on the state
@@ -148,19 +159,29 @@ class Guard:
         while not self._stop.wait(self.settings.poll_interval):
             self.refresh()
 
-    def refresh(self) -> None:
+    def _read(self) -> tuple[int, Any]:
+        if self._rulers is not None:
+            answer = self._rulers.read(held=self._ruler_state.firing())
+            self._ruler_state.follow(answer.firing, answer.may_lift, self.settings.block_hold)
+            if answer.held_because:
+                log_once(f"guard-held:{self.settings.source}", "otel-tokens: keeping the blocks the rule "
+                         "engine's answer left out: %s", "; ".join(answer.held_because))
+            return 200, self._ruler_state.snapshot()
         source = self.settings.source
-        prometheus = "/api/v1/alerts" in source
         headers = {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
         url = source
-        if self._tag and not prometheus:  # the guard endpoint: only what changed since our version
+        if self._tag:  # the guard endpoint: only what changed since our version
             url += ("&" if "?" in source else "?") + urllib.parse.urlencode({"since": self._tag})
             headers["If-None-Match"] = f'"{self._tag}"'
+        status, body, _ = get_json(url, timeout=min(5.0, max(1.0, self.settings.poll_interval)), headers=headers)
+        return status, body
+
+    def refresh(self) -> None:
+        source = self.settings.source
         try:
-            status, body, _ = get_json(url, timeout=min(5.0, max(1.0, self.settings.poll_interval)),
-                                       headers=headers)
+            status, body = self._read()
             if status == 200:
-                self._apply(body, prometheus)
+                self._apply(body)
             if not self.healthy and self.last_update:  # not the first answer: back after an outage
                 logger.warning("otel-tokens: quota state from %s is reachable again", source)
             self.healthy = True
@@ -177,12 +198,8 @@ class Guard:
                          "rejects every call" if self.settings.fail_closed else "lets calls through (fail open)")
             self.healthy = False
 
-    def _apply(self, body: Any, prometheus: bool) -> None:
+    def _apply(self, body: Any) -> None:
         """A new state, in time proportional to what changed when the endpoint sends changes only."""
-        if prometheus:
-            state = GuardState()
-            state.replace(parse_active(body, prometheus=True))
-            body = state.snapshot()
         if not isinstance(body, Mapping):
             raise ValueError("the quota state is not a JSON object")
         changes = body.get("changes")
@@ -204,15 +221,21 @@ class Guard:
                          "out %s principals over quota (its cap); they are not refused", self.settings.source,
                          body.get("truncated"))
         version = body.get("version")
-        self._tag = version if isinstance(version, str) and not prometheus else ""
+        self._tag = version if isinstance(version, str) and self._rulers is None else ""
 
     def decide(self, model: str | None, attribution: Mapping[str, str]) -> Decision | None:
         """None (the common case: allowed), or what to do with this call."""
         if self.healthy and time.monotonic() - self.last_update > self._stale_after:
             self.healthy = False  # no answer for longer than a poll can take: a refresh is stuck
         if not self.healthy:
-            return Decision(quota_scopes.FAIL_CLOSED if self.settings.fail_closed else quota_scopes.FAIL_OPEN,
-                            entry={"source": self.settings.source})
+            held = None
+            if self.last_update and time.monotonic() - self.last_update < self.settings.block_hold:
+                held = self._from_state(model, attribution)  # what the last good state blocked stays blocked
+            return held or Decision(quota_scopes.FAIL_CLOSED if self.settings.fail_closed else quota_scopes.FAIL_OPEN,
+                                    entry={"source": self.settings.source})
+        return self._from_state(model, attribution)
+
+    def _from_state(self, model: str | None, attribution: Mapping[str, str]) -> Decision | None:
         users, departments = self._users, self._departments
         if not users and not departments:
             return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -95,6 +96,9 @@ def parse_active(alerts: Any, prometheus: bool = False) -> dict[Key, Entry]:
     if prometheus:
         data = alerts.get("data") if isinstance(alerts, Mapping) else None
         alerts = data.get("alerts") if isinstance(data, Mapping) else None
+        if not isinstance(alerts, list):
+            raise PayloadError("the answer is not a rule engine's alert list (Prometheus or vmalert "
+                               "/api/v1/alerts: data.alerts); Alertmanager is not a source")
     if not isinstance(alerts, list):
         raise PayloadError("the answer is not a list of alerts")
     firing: dict[Key, Entry] = {}
@@ -113,6 +117,7 @@ class GuardState:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._firing: dict[tuple[str, str], dict[tuple[str, str], Entry]] = {}  # (kind, name) -> (quota, sev)
+        self._confirmed: dict[Key, float] = {}  # when a ruler last said each alert fires (monotonic)
         self._view: dict[str, dict[str, Entry]] = {scope.section: {} for scope in quota_scopes.SCOPES}
         self.epoch = os.urandom(4).hex()  # a restarted guard's versions are not the old one's
         self.version = 0
@@ -158,6 +163,27 @@ class GuardState:
             self._firing = grouped
             self._refresh(touched)
             return True
+
+    def firing(self) -> dict[Key, Entry]:
+        with self._lock:
+            return {(scope, principal, quota, severity): entry for (scope, principal), alerts in self._firing.items()
+                    for (quota, severity), entry in alerts.items()}
+
+    def follow(self, firing: dict[Key, Entry], may_lift: bool, hold: float, now: float | None = None) -> None:
+        """What the rulers say is firing. When their answer may not lift blocks (a ruler just restarted,
+        one of several did not answer), the blocks it leaves out are kept while a ruler confirmed them
+        within `hold` seconds: a restart or a flood lifts no block, and none outlives the hold."""
+        now = time.monotonic() if now is None else now
+        current = self.firing()
+        confirmed = {key: now for key in firing}
+        merged = dict(firing)
+        if not may_lift:
+            for key, entry in current.items():
+                seen = self._confirmed.get(key, now)
+                if key not in merged and now - seen < hold:
+                    merged[key], confirmed[key] = entry, seen
+        self.replace(merged)
+        self._confirmed = confirmed
 
     def empty(self) -> bool:
         return not self._firing

@@ -1,10 +1,17 @@
 """The one HTTP client for Prometheus (and Prometheus-compatible APIs): instant and range queries,
 metric presence, alert state, reload. Used in the app (the guard's refresh) and by the operations
-tools (report, rules --reload). Standard library only: nothing to install in the app."""
+tools (report, rules --reload). Standard library only: nothing to install in the app.
+
+Prometheus and Alertmanager behind `--web.config.file` basic auth: credentials come from the URL's
+userinfo (`http://user:pass@prometheus:9090`) or, for every Prometheus-compatible URL the operator
+configured, from OTEL_TOKENS_PROMETHEUS_USER with OTEL_TOKENS_PROMETHEUS_PASSWORD_FILE (or
+OTEL_TOKENS_PROMETHEUS_PASSWORD). They are sent as a header, never left in a URL that is logged."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 import time
 import urllib.error
@@ -15,6 +22,52 @@ from typing import Any
 
 # PrometheusError.kind
 BAD_URL, REFUSED, UNREACHABLE, NOT_PROMETHEUS = "bad_url", "refused", "unreachable", "not_prometheus"
+
+
+ENV_USER = "OTEL_TOKENS_PROMETHEUS_USER"
+ENV_PASSWORD = "OTEL_TOKENS_PROMETHEUS_PASSWORD"
+ENV_PASSWORD_FILE = "OTEL_TOKENS_PROMETHEUS_PASSWORD_FILE"
+
+
+def with_credentials(url: str, environ: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """(the URL without userinfo, the Authorization header to send with it: {} when none is configured).
+    ValueError names the variable when the password file cannot be read."""
+    environ = os.environ if environ is None else environ
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None:
+        user, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+        host = parts.netloc.rpartition("@")[2]
+        url = urllib.parse.urlunsplit(parts._replace(netloc=host))
+    elif environ.get(ENV_USER):
+        user = environ[ENV_USER]
+        if environ.get(ENV_PASSWORD_FILE):
+            try:
+                with open(environ[ENV_PASSWORD_FILE], encoding="utf-8") as file:
+                    password = file.read().strip()
+            except OSError as error:
+                raise ValueError(f"{ENV_PASSWORD_FILE}: cannot read {environ[ENV_PASSWORD_FILE]}: "
+                                 f"{error.strerror}") from None
+        else:
+            password = environ.get(ENV_PASSWORD, "")
+    else:
+        return url, {}
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return url, {"Authorization": f"Basic {token}"}
+
+
+def unauthorized(url: str, status: int, sent: bool) -> str:
+    """The one-line message for a 401/403 from a Prometheus-compatible API."""
+    if sent:
+        return f"{url} refused the credentials sent (HTTP {status}): check {ENV_USER} / {ENV_PASSWORD_FILE}"
+    return (f"{url} asks for credentials (HTTP {status}): set {ENV_USER} and {ENV_PASSWORD_FILE} "
+            "(or put user:password@ in the URL)")
+
+
+def redacted(url: str) -> str:
+    """A URL fit for a log line: userinfo removed."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])) if "@" in parts.netloc \
+        else url
 
 
 class PrometheusError(Exception):
@@ -58,16 +111,26 @@ class Prometheus:
         if "://" not in url:
             url = "http://" + url
         if not url.startswith(("http://", "https://")):
-            raise PrometheusError(f"bad Prometheus URL {url!r}: use http://host:port", BAD_URL)
+            raise PrometheusError(f"bad Prometheus URL {redacted(url)!r}: use http://host:port", BAD_URL)
+        try:
+            url, self.headers = with_credentials(url)
+        except ValueError as error:
+            raise PrometheusError(str(error), BAD_URL) from None
         self.url = url.rstrip("/")
         self.timeout = timeout
+
+    def _open(self, target: str, method: str | None = None, timeout: float | None = None) -> Any:
+        request = urllib.request.Request(target, headers=self.headers, method=method)
+        return urllib.request.urlopen(request, timeout=self.timeout if timeout is None else timeout)
 
     def get(self, path: str, params: Sequence[tuple[str, str]]) -> Any:
         target = f"{self.url}{path}?{urllib.parse.urlencode(list(params))}"
         try:
-            with urllib.request.urlopen(target, timeout=self.timeout) as response:
+            with self._open(target) as response:
                 body = response.read()
         except urllib.error.HTTPError as error:
+            if error.code in (401, 403):
+                raise PrometheusError(unauthorized(self.url, error.code, bool(self.headers)), REFUSED) from None
             body = error.read()
             try:
                 detail = json.loads(body).get("error") or error.reason
@@ -112,7 +175,7 @@ class Prometheus:
         `prometheus_tsdb_lowest_timestamp_seconds` on its /metrics), or None where the server does not
         say (VictoriaMetrics, Mimir, a proxy)."""
         try:
-            with urllib.request.urlopen(self.url + "/metrics", timeout=self.timeout) as response:
+            with self._open(self.url + "/metrics") as response:
                 text = response.read(32 << 20).decode("utf-8", "replace")
         except (urllib.error.URLError, OSError, ValueError):
             return None
@@ -136,7 +199,7 @@ class Prometheus:
         """POST /-/reload (Prometheus started with --web.enable-lifecycle): new rule files, no restart."""
         target = self.url + "/-/reload"
         try:
-            with urllib.request.urlopen(urllib.request.Request(target, method="POST"), timeout=timeout) as response:
+            with self._open(target, method="POST", timeout=timeout) as response:
                 response.read()
         except (urllib.error.URLError, OSError) as error:
             raise PrometheusError(f"POST {target}: {error}", UNREACHABLE) from None

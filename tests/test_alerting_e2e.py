@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,12 +16,18 @@ from typing import Any
 import pytest
 import yaml
 
-from otel_tokens.ops.guard_server import serve
 from otel_tokens.ops.rules import render_text
 from otel_tokens.quotas import parse_quotas
 from tests.support.alert_app import TOKENS_PER_CALL
 from tests.support.binaries import require_binary
-from tests.support.prometheus_stack import Webhook, free_port, start_prometheus, start_shipped_alertmanager
+from tests.support.guard_endpoint import GuardEndpoint
+from tests.support.prometheus_stack import (
+    Webhook,
+    free_port,
+    start_process,
+    start_prometheus,
+    start_shipped_alertmanager,
+)
 from tests.support.smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.e2e  # every test here starts a server or a binary
@@ -50,9 +56,8 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         # the quota guard's state endpoint, with a token, as the shipped route and receiver reach it
         token_file = tmp_path / "guard-token"
         token_file.write_text(GUARD_TOKEN + "\n")
-        guard = serve("127.0.0.1", 0, token=GUARD_TOKEN)
-        threading.Thread(target=guard.serve_forever, daemon=True).start()
-        guard_url = f"http://127.0.0.1:{guard.server_address[1]}"
+        guard = GuardEndpoint(GUARD_TOKEN)
+        guard_url = guard.url
         # the shipped Alertmanager config, with this test's receivers and short timers
         am_address, am_process = start_shipped_alertmanager(tmp_path, alertmanager, webhook, guard_url, token_file,
                                                             smtp=mail.smarthost)
@@ -67,6 +72,14 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         prom_url, prom = start_prometheus(tmp_path, prometheus, [f"127.0.0.1:{app_port}"], str(rules / "*.yml"),
                                           f"127.0.0.1:{am_port}")
         processes.append(prom)
+        guard.follow([prom_url])  # the ruler's own alert state; Alertmanager's webhook prompts a re-read
+
+        def restart_prometheus() -> None:
+            """The same Prometheus (port, data, rules) stopped and started again."""
+            old = processes[2]
+            old.terminate()
+            old.wait(timeout=30)
+            processes[2] = start_process(list(old.args), tmp_path, "prometheus-restarted")  # type: ignore[arg-type]
 
         def generate(user: str, department: str, calls: int) -> float:
             assert app.stdin is not None and app.stdout is not None
@@ -76,7 +89,8 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
             return time.monotonic()
 
         yield {"generate": generate, "webhook": webhook, "prometheus": prom_url,
-               "alertmanager": f"http://127.0.0.1:{am_port}", "prom_process": prom, "quota_file": quota_file,
+               "alertmanager": f"http://127.0.0.1:{am_port}", "prom_process": prom,
+               "restart_prometheus": restart_prometheus, "quota_file": quota_file,
                "rules": rules, "tmp": tmp_path, "guard": guard_url, "guard_server": guard, "mail": mail}
     finally:
         for process in reversed(processes):
@@ -228,21 +242,24 @@ def test_guard_rejects_over_quota_calls_within_seconds_and_allows_them_again(sta
           f"{allow_delay:.1f}s (1 s timers, 0.2 s poll)")
 
 
-def test_the_guard_is_driven_only_by_alertmanager_and_recovers_its_state(stack):
-    """Forged webhooks without the token change nothing; a state lost (restart) or wiped (a forged
-    `resolved` with a stolen token) is back from Alertmanager: at once by resync, and by the guard
-    route's short repeat_interval without it."""
-    from otel_tokens.guard_state import GuardState
-    from otel_tokens.ops.guard_resync import Resync, resync
+def test_alert_mode_believes_only_the_ruler_and_a_ruler_restart_lifts_no_block(stack):
+    """Alertmanager's API takes alerts from anyone who reaches it: a forged firing alert for carol and
+    forged resolutions of alice's critical, posted there and (with the guard's token) to the guard's
+    webhook, change no enforcement; the guard follows Prometheus's own /api/v1/alerts. A Prometheus
+    restart, whose alert list is empty until `for:` has passed again, keeps alice blocked."""
+    from datetime import datetime, timedelta, timezone
+
+    from otel_tokens.ops.guard_resync import sync
+    from otel_tokens.ruler import Rulers
 
     guard = stack["guard_server"]
 
-    def users(state: GuardState) -> dict[str, str]:
-        return {name: entry["severity"] for name, entry in state.snapshot()["users"].items()}
+    def users() -> dict[str, str]:
+        return {name: entry["severity"] for name, entry in guard.state.snapshot()["users"].items()}
 
-    def post(body: dict, token: str | None) -> int:
-        request = urllib.request.Request(stack["guard"] + "/alertmanager", data=json.dumps(body).encode(),
-                                         headers={"Authorization": f"Bearer {token}"} if token else {})
+    def post(url: str, body: Any, token: str | None = None) -> int:
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
         try:
             return urllib.request.urlopen(request, timeout=10).status
         except urllib.error.HTTPError as error:
@@ -250,32 +267,46 @@ def test_the_guard_is_driven_only_by_alertmanager_and_recovers_its_state(stack):
 
     stack["generate"]("alice", "support", 11)  # 1100 of 1000 tokens
     deadline = time.monotonic() + 90
-    while users(guard.state).get("alice") != "critical":
-        assert time.monotonic() < deadline, "the guard never heard of alice's critical alert"
+    while users().get("alice") != "critical":
+        assert time.monotonic() < deadline, "the guard never saw alice's critical alert in Prometheus"
         time.sleep(0.2)
-    resolved = {"alerts": [{"status": "resolved", "labels": {"alertname": "LLMUserTokenQuota", "user_id": "alice",
-                                                             "severity": "critical", "window": "24h",
-                                                             "quota": "tokens"}}]}
-    assert post(resolved, None) == 401 and users(guard.state).get("alice") == "critical"
-    # a wiped state comes back with the route's repeat (3 s here, 1 min shipped) plus grouping
-    assert post(resolved, GUARD_TOKEN) == 200 and users(guard.state).get("alice") != "critical"
-    wiped = time.monotonic()
-    while users(guard.state).get("alice") != "critical":
-        assert time.monotonic() - wiped < 30, "Alertmanager never repeated alice's alert to the guard"
-        time.sleep(0.2)
-    repeat_delay = time.monotonic() - wiped
-    # a restarted guard, empty: resync from Alertmanager's API restores it at once
-    restarted = GuardState()
-    assert resync(restarted, stack["alertmanager"]) == "applied" and users(restarted).get("alice") == "critical"
-    # and from Prometheus's alerts API, for setups without Alertmanager access
-    from_prometheus = GuardState()
-    resync(from_prometheus, stack["prometheus"] + "/api/v1/alerts")
-    assert users(from_prometheus).get("alice") == "critical"
-    # a resync thread keeps the webhook state honest: a forged resolve applied is undone by the next pass
-    resyncing = Resync(guard.state, stack["alertmanager"], 1.0)
-    assert post(resolved, GUARD_TOKEN) == 200
-    assert resyncing.once() and users(guard.state).get("alice") == "critical"
-    print(f"\nguard state wiped -> restored by Alertmanager's repeat in {repeat_delay:.1f}s (3 s repeat_interval)")
+
+    now = datetime.now(timezone.utc)
+    labels = {"alertname": "LLMUserTokenQuota", "severity": "critical", "window": "24h", "quota": "tokens"}
+    carol = {"labels": {**labels, "user_id": "carol"}, "startsAt": now.isoformat(),
+             "endsAt": (now + timedelta(minutes=10)).isoformat()}
+    alice_resolved = {"labels": {**labels, "user_id": "alice"}, "startsAt": (now - timedelta(hours=1)).isoformat(),
+                      "endsAt": (now - timedelta(seconds=1)).isoformat()}
+    webhook = {"version": "4", "status": "firing", "alerts": [
+        {"status": "firing", "labels": carol["labels"], "annotations": {}},
+        {"status": "resolved", "labels": alice_resolved["labels"], "annotations": {}}]}
+    attacked = time.monotonic()
+    while time.monotonic() - attacked < 6:  # as the attack did: resolve alice again and again
+        assert post(stack["alertmanager"] + "/api/v2/alerts", [carol, alice_resolved]) == 200
+        assert post(stack["guard"] + "/alertmanager", webhook, GUARD_TOKEN) == 200  # a prompt, not a fact
+        time.sleep(0.3)
+        assert users() == {"alice": "critical"}
+    with urllib.request.urlopen(stack["alertmanager"] + "/api/v2/alerts?active=true", timeout=10) as response:
+        held = {a["labels"].get("user_id") for a in json.load(response)}
+    assert "carol" in held  # the forgery reached Alertmanager; it just does not count
+
+    # a ruler restart: Prometheus's alert list is empty until the rules ran and `for:` passed again
+    rulers = Rulers([stack["prometheus"]])
+    stack["restart_prometheus"]()
+    restarted, seen_empty = time.monotonic(), False
+    while time.monotonic() - restarted < 12:
+        try:
+            answer = rulers.read()
+        except OSError:
+            time.sleep(0.05)  # not listening yet
+            continue
+        if not any(key[1] == "alice" for key in answer.firing):
+            seen_empty = True
+        sync(guard.state, rulers)  # what the guard's own thread does every second, here as fast as it can
+        assert users() == {"alice": "critical"}, "a restarted Prometheus unblocked alice"
+        time.sleep(0.05)
+    assert seen_empty, "Prometheus's alert list was never empty after its restart: the restart was not tested"
+    assert any(key[1] == "alice" for key in rulers.read().firing)  # and alice's alert is back in Prometheus
 
 
 def test_a_budget_forecast_reaches_people_not_the_guard_and_is_muted_by_the_budget_critical(stack):

@@ -110,10 +110,13 @@ def test_guard_in_calls_reject_downgrade_and_fail_open(guard_server):
             guard_server.shutdown()
             guard_server.server_close()
             guard.refresh()
-            ask("alice")  # the state source is down: fail open
+            ask("carol")  # the state source is down: fail open for whoever the last state did not block
+            with pytest.raises(QuotaExceededError):
+                ask("alice")  # and what it blocked stays blocked (block_hold): an outage unblocks nobody
     finally:
         instrumentor.uninstrument()
-    downgraded, rejected, bob, fail_open = tel.spans()
+    downgraded, rejected, bob, fail_open, held = tel.spans()
+    assert held.attributes[names.LLM_QUOTA_ACTION] == "reject" and held.attributes[names.USER_ID] == "alice"
     assert downgraded.attributes[names.LLM_QUOTA_ACTION] == "downgrade"
     assert downgraded.attributes[names.LLM_QUOTA_ORIGINAL_MODEL] == "gpt-4"
     assert downgraded.attributes[names.GEN_AI_REQUEST_MODEL] == "gpt-3.5-turbo"
@@ -122,7 +125,7 @@ def test_guard_in_calls_reject_downgrade_and_fail_open(guard_server):
     assert names.LLM_QUOTA_ACTION not in bob.attributes
     assert fail_open.attributes[names.LLM_QUOTA_ACTION] == "fail_open"
     decisions = {p.attributes["decision"]: p.value for p in tel.metrics()[names.METRIC_GUARD_DECISIONS]}
-    assert decisions == {"downgrade": 1, "reject": 1, "fail_open": 1}
+    assert decisions == {"downgrade": 1, "reject": 2, "fail_open": 1}
 
 
 def test_fail_closed_rejects_when_the_state_is_unreachable():

@@ -1,6 +1,8 @@
-"""`otel-tokens guard` as an attacker meets it (issue 18): only the token drives it, a body is applied
-whole or not at all, oversized, deep and slow requests cost bounded memory and no threads, polls are
-cheap (ETag, changes only), and the in-app guard never waits on it at start."""
+"""`otel-tokens guard` as an attacker meets it: it believes only the rule engines' own alert state (a
+webhook, even with the token, is a prompt to re-read, never a fact), a ruler restart or a silent shard
+lifts no block, oversized, deep and slow requests cost bounded memory and no threads, a flood of
+connections that starves the polls unblocks nobody, polls are cheap (ETag, changes only), and the
+in-app guard never waits on it at start."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from otel_tokens import names
 from otel_tokens.guard import Guard, GuardRule, GuardSettings
 from otel_tokens.guard_state import GuardState
 from otel_tokens.ops.guard_server import GuardServer, serve
+from tests.support.ruler_stub import RulerStub
 
 pytestmark = pytest.mark.e2e  # every test here starts the endpoint
 
@@ -35,9 +38,17 @@ def alert(user: str, severity: str = "critical", status: str = "firing") -> dict
 @pytest.fixture
 def guard() -> Iterator[GuardServer]:
     server = serve("127.0.0.1", 0, token=TOKEN)
+    server.prompts = []  # type: ignore[attr-defined]
+    server.app.on_webhook = lambda: server.prompts.append(time.monotonic())  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.shutdown()
+
+
+def _block(state: GuardState, *users: str) -> None:
+    """What a ruler's answer puts in the state: these users' critical token alerts."""
+    state.apply([(("user", user, "tokens", "critical"), {"severity": "critical", "window": "24h", "quota": "tokens"})
+                 for user in users])
 
 
 def _url(server: GuardServer, path: str) -> str:
@@ -57,19 +68,23 @@ def _request(server: GuardServer, path: str, body: object = None, token: str | N
         return error.code, error.read()
 
 
-def test_only_the_token_drives_the_guard_and_only_on_its_paths(guard):
+def test_only_the_token_reaches_the_guard_and_a_webhook_is_a_prompt_never_a_fact(guard):
     forged = {"alerts": [alert("victim")]}
     assert _request(guard, "/alertmanager", forged, token=None)[0] == 401
     assert _request(guard, "/alertmanager", forged, token="wrong-token-wrong-token")[0] == 401
     assert _request(guard, "/elsewhere", forged)[0] == 404
     assert _request(guard, "/state", forged)[0] == 405
     assert _request(guard, "/alertmanager", method="GET")[0] == 405
-    assert guard.state.snapshot()["users"] == {}
     assert _request(guard, "/state", token=None)[0] == 401  # who is over quota is nobody else's business
     assert _request(guard, "/-/ready", token=None)[0] == 200
-    assert _request(guard, "/alertmanager", forged)[0] == 200
+    assert guard.prompts == []
+    _block(guard.state, "alice")
+    # with the token (Alertmanager's, or stolen): a firing alert for the victim, a resolution for alice
+    webhook = {"alerts": [alert("victim"), alert("alice", status="resolved")]}
+    assert _request(guard, "/alertmanager", webhook)[0] == 200
     status, body = _request(guard, "/state")
-    assert status == 200 and json.loads(body)["users"]["victim"]["severity"] == "critical"
+    assert status == 200 and set(json.loads(body)["users"]) == {"alice"}  # neither applied
+    assert len(guard.prompts) == 1  # only: read the rulers again
 
 
 def test_without_a_token_it_listens_on_loopback_only():
@@ -80,15 +95,11 @@ def test_without_a_token_it_listens_on_loopback_only():
     serve("0.0.0.0", 0, token=TOKEN).shutdown()
 
 
-def test_a_body_is_applied_whole_or_not_at_all(guard):
-    assert _request(guard, "/alertmanager", {"alerts": [alert("alice")]})[0] == 200
-    bad = {"alerts": [alert("alice", status="resolved"), alert("bob"), {"status": "firing", "labels": ["x"]}]}
-    status, body = _request(guard, "/alertmanager", bad)
-    assert status == 400 and b"alerts[2].labels is not a mapping" in body
-    assert set(guard.state.snapshot()["users"]) == {"alice"}  # neither the resolve nor bob applied
+def test_a_webhook_body_is_checked_and_junk_prompts_nothing(guard):
     for junk in (b"not json", b"[]", b'{"alerts": 5}', json.dumps({"alerts": [dict(alert("x"), status="maybe")]})
-                 .encode()):
+                 .encode(), json.dumps({"alerts": [alert("a"), {"status": "firing", "labels": ["x"]}]}).encode()):
         assert _request(guard, "/alertmanager", junk)[0] == 400
+    assert guard.prompts == [] and guard.state.empty()
 
 
 def _raw(server: GuardServer, data: bytes, timeout: float = 5.0) -> bytes:
@@ -227,7 +238,7 @@ def test_start_up_never_waits_on_the_state_and_acts_as_configured_until_it_arriv
 
 
 def test_a_state_source_that_goes_away_keeps_the_last_state_for_the_grace(guard):
-    assert _request(guard, "/alertmanager", {"alerts": [alert("alice")]})[0] == 200
+    _block(guard.state, "alice")
     app = Guard(GuardSettings(True, _url(guard, "/state"), 1.0, False, RULES, token=TOKEN, stale_grace=30))
     app.refresh()
     guard.shutdown()
@@ -237,6 +248,9 @@ def test_a_state_source_that_goes_away_keeps_the_last_state_for_the_grace(guard)
     app.last_update -= 31
     app.refresh()
     assert app.decide("m", {names.USER_ID: "bob"}).action == "fail_open"
+    assert app.decide("m", {names.USER_ID: "alice"}).action == "reject"  # blocked stays blocked: block_hold
+    app.last_update -= 3600
+    assert app.decide("m", {names.USER_ID: "alice"}).action == "fail_open"  # for at most the hold
 
 
 def test_changes_only_answers_never_skip_what_the_log_forgot(monkeypatch):
@@ -258,25 +272,28 @@ def test_changes_only_answers_never_skip_what_the_log_forgot(monkeypatch):
         assert state.since(tag) is None
 
 
-def test_a_restarted_guard_answers_503_until_its_first_resync(guard):
-    assert _request(guard, "/alertmanager", {"alerts": [alert("alice")]})[0] == 200
-    guard.app.hold_until_synced(60)
+def test_the_state_is_served_only_while_the_rulers_confirm_it(guard):
+    _block(guard.state, "alice")
+    guard.app.require_sync(0.5)  # as the CLI does: a restarted guard knows nothing until the rulers answer
     assert _request(guard, "/state")[0] == 503 and _request(guard, "/-/ready", token=None)[0] == 503
-    assert _request(guard, "/alertmanager", {"alerts": [alert("bob")]})[0] == 200  # webhooks still land
     guard.app.synced()
-    assert _request(guard, "/state")[0] == 200
+    assert _request(guard, "/state")[0] == 200 and _request(guard, "/-/ready", token=None)[0] == 200
+    time.sleep(0.6)  # the rulers have not answered since: the apps must not read an old state as current
+    assert _request(guard, "/state")[0] == 503
+    guard.app.synced()
     assert _request(guard, f"/state?since={guard.state.epoch}-%C2%B2")[0] == 200  # odd versions: whole answer
     assert _request(guard, "/state", token=None, headers={"Authorization": f"bearer {TOKEN}"})[0] == 200
 
 
-def test_over_the_principal_cap_a_payload_is_refused_whole(guard, monkeypatch):
+def test_over_the_principal_cap_an_answer_is_refused_whole(monkeypatch):
     import otel_tokens.guard_state as gs
 
     monkeypatch.setattr(gs, "MAX_PRINCIPALS", 3)
-    assert _request(guard, "/alertmanager", {"alerts": [alert("a"), alert("b")]})[0] == 200
-    status, body = _request(guard, "/alertmanager", {"alerts": [alert("c"), alert("d")]})
-    assert status == 400 and b"more than 3 principals" in body
-    assert set(guard.state.snapshot()["users"]) == {"a", "b"}
+    state = GuardState()
+    _block(state, "a", "b")
+    with pytest.raises(gs.PayloadError, match="more than 3 principals"):
+        _block(state, "c", "d")
+    assert set(state.snapshot()["users"]) == {"a", "b"}
 
 
 class _Fixed:
@@ -316,17 +333,98 @@ def test_an_unreadable_state_is_refused_whole_and_the_last_one_kept(body):
     good.httpd.shutdown()
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[" * 100_000, b'{"data": 5}', b"[]"])
+@pytest.mark.parametrize("body", [b"not json", b"[" * 100_000, b'{"data": 5}', b"[]",
+                                  b'{"status": "success", "data": []}'])  # the last: Alertmanager's v1 shape
 def test_the_resync_thread_survives_any_answer(body):
     from otel_tokens.ops.guard_resync import Resync
+    from otel_tokens.ruler import Rulers
 
     state = GuardState()
-    state.apply([(("user", "alice", "tokens", "critical"), {"severity": "critical"})])
+    _block(state, "alice")
     broken = _Fixed(body)
-    resync = Resync(state, broken.url, 1.0)
-    assert resync.once() is False and not state.empty()  # kept: an error, or a first empty answer
-    if body == b"[]":  # a second empty answer is believed (everyone's alerts resolved)
-        assert resync.once() is True and state.empty()
-    else:
-        assert resync.once() is False and not state.empty()
+    resync = Resync(state, Rulers([broken.url]), 1.0)
+    assert resync.once() is False and not state.empty()  # kept: not a ruler's answer
     broken.httpd.shutdown()
+
+
+def test_a_ruler_answer_lifts_blocks_only_after_its_warm_up():
+    """A restarted ruler's alert list is empty until its rules ran and `for:` passed again: 15 s + two
+    10 s evaluations here. Its answers add blocks at once but lift none before that."""
+    from otel_tokens.ops.guard_resync import sync
+    from otel_tokens.ruler import Rulers
+
+    ruler = RulerStub(alert_for=15, interval=10)
+    rulers, state = Rulers([ruler.url]), GuardState()
+    try:
+        ruler.firing = [("alice", "critical")]
+        assert sync(state, rulers) == [] and set(state.snapshot()["users"]) == {"alice"}
+        ruler.restart()
+        ruler.firing = [("bob", "critical")]  # a young ruler's new alerts count at once
+        held = sync(state, rulers)
+        assert set(state.snapshot()["users"]) == {"alice", "bob"}
+        assert "restarted 0 s ago; its quota alerts need 35 s" in held[0]
+        ruler.started -= 36
+        assert sync(state, rulers) == [] and set(state.snapshot()["users"]) == {"bob"}  # now its word lifts
+    finally:
+        ruler.stop()
+
+
+def test_several_rulers_are_a_union_and_a_silent_one_lifts_nothing_for_at_most_the_hold():
+    from otel_tokens.ops.guard_resync import sync
+    from otel_tokens.ruler import Rulers
+
+    first, second = RulerStub(), RulerStub()
+    rulers, state = Rulers([first.url, second.url]), GuardState()
+    try:
+        first.firing, second.firing = [("alice", "critical")], [("bob", "critical")]
+        sync(state, rulers)
+        assert set(state.snapshot()["users"]) == {"alice", "bob"}  # shards: each holds its own alerts
+        first.stop()
+        second.firing = []
+        held = sync(state, rulers, hold=3)
+        assert set(state.snapshot()["users"]) == {"alice", "bob"} and "did not answer" in held[0]
+        time.sleep(3.1)
+        sync(state, rulers, hold=3)
+        assert state.empty()  # no ruler confirmed them for longer than the hold
+    finally:
+        second.stop()
+
+
+def test_a_flood_of_connections_from_many_addresses_unblocks_nobody(guard):
+    """The attack: 60 addresses x 32 idle connections (each within the per-peer cap) take every slot of
+    the endpoint, the apps' polls fail, and the grace passes. alice was blocked: she stays blocked."""
+    _block(guard.state, "alice")
+    app = Guard(GuardSettings(True, _url(guard, "/state"), 0.2, False, RULES, token=TOKEN, stale_grace=1.0))
+    app.refresh()
+    assert app.healthy and app.decide("m", {names.USER_ID: "alice"}).action == "reject"
+    sockets: list[socket.socket] = []
+    try:
+        for peer in range(60):
+            for _ in range(32):
+                with contextlib.suppress(OSError):
+                    sock = socket.socket()
+                    sock.setblocking(False)
+                    sock.bind((f"127.0.1.{peer + 1}", 0))
+                    with contextlib.suppress(BlockingIOError):
+                        sock.connect(("127.0.0.1", guard.server_address[1]))
+                    sockets.append(sock)
+        started = time.monotonic()
+        while app.healthy or time.monotonic() - started < 2:
+            app.refresh()  # each poll waits up to its 1 s timeout and fails
+            assert time.monotonic() - started < 30, "the flood never starved the polls"
+        assert not app.healthy  # the polls failed for longer than the grace
+        assert app.decide("m", {names.USER_ID: "alice"}).action == "reject"
+        assert app.decide("m", {names.USER_ID: "bob"}).action == "fail_open"
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+
+
+def test_the_guard_command_refuses_alertmanager_as_its_source(capsys):
+    from otel_tokens.ops.cli import main
+
+    for argv in (["--resync", "http://alertmanager:9093"], ["--ruler", "http://am:9093/api/v2/alerts"], []):
+        assert main(["guard", *argv]) == 2
+        assert "give --ruler URL, the Prometheus or vmalert" in capsys.readouterr().err

@@ -72,7 +72,7 @@ def test_vmalert_notifies_the_shipped_alertmanager_and_drives_the_guard(stack: V
     assert path == "/critical" and alert["annotations"]["percent"] == "110%"
     deadline = time.monotonic() + 30
     while stack.guard.state.snapshot()["users"].get("alice", {}).get("severity") != "critical":
-        assert time.monotonic() < deadline, stack.guard.state.snapshot()  # the guard route, from vmalert's alert
+        assert time.monotonic() < deadline, stack.guard.state.snapshot()  # the guard follows vmalert's alert state
         time.sleep(0.2)
     assert "bob" not in stack.guard.state.snapshot()["users"]
     print(f"\nVictoriaMetrics + vmalert, crossing -> notification: warning {DELAYS['warning']:.1f}s, "

@@ -17,16 +17,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="a model name to resolve (repeatable)")
     doctor.add_argument("--provider", default=names.PROVIDER_OPENAI,
                         help="gen_ai.provider.name the named models are called through (default: openai)")
-    guard = commands.add_parser("guard", help="serve the quota state for in-process guards: Alertmanager posts "
-                                "webhooks to /alertmanager, apps read GET /state")
+    guard = commands.add_parser("guard", help="serve the rule engine's quota alerts to in-process guards: apps "
+                                "read GET /state; Alertmanager's webhook on /alertmanager prompts a re-read")
     guard.add_argument("--listen", default="127.0.0.1:9095", metavar="HOST:PORT",
                        help="address to serve on (default 127.0.0.1:9095; other than loopback only with a token)")
     guard.add_argument("--token-file", type=Path, help="bearer token required of Alertmanager and the apps "
                        "(default: OTEL_TOKENS_GUARD_TOKEN_FILE, else OTEL_TOKENS_GUARD_TOKEN)")
-    guard.add_argument("--resync", metavar="URL", help="Alertmanager base URL (or Prometheus .../api/v1/alerts) "
-                       "to rebuild the state from at start and every --resync-interval")
+    guard.add_argument("--ruler", action="append", default=[], metavar="URL",
+                       help="Prometheus or vmalert base URL (or its .../api/v1/alerts) whose own alert state the "
+                            "guard follows; repeat for an HA pair or shards (their union). Credentials: "
+                            "OTEL_TOKENS_PROMETHEUS_USER / _PASSWORD_FILE, or user:password@ in the URL")
+    guard.add_argument("--resync", action="append", default=[], metavar="URL", help=argparse.SUPPRESS)
     guard.add_argument("--resync-interval", type=float, default=30.0, metavar="SECONDS",
-                       help="seconds between resyncs (default 30)")
+                       help="seconds between two reads of the rulers besides the webhook's prompts (default 30)")
+    guard.add_argument("--stale-after", type=float, metavar="SECONDS",
+                       help="answer 503 (the apps keep their blocks and act as configured) when the rulers "
+                            "have not answered for this long (default 3 x --resync-interval, at least 60)")
+    guard.add_argument("--hold", type=float, default=3600.0, metavar="SECONDS",
+                       help="the longest a block outlives the rulers' last word on it while they cannot lift "
+                            "it (a ruler restarting, one of several down; default 3600)")
     rules = commands.add_parser("rules", help="validate a quota file and render it into a Prometheus rule file")
     rules.add_argument("quota_file", type=Path)
     rules.add_argument("-o", "--output", type=Path, help="rule file to write (default: standard output)")
@@ -71,17 +80,34 @@ def main(argv: list[str] | None = None) -> int:
 
 def _guard(args: argparse.Namespace) -> int:
     import os
-    import threading
 
     from ..guard_auth import token_from
+    from ..ruler import Rulers
     from .guard_resync import Resync
     from .guard_server import serve
 
     listen = args.listen
     host, _, port = listen.rpartition(":")
-    if not 1 <= args.resync_interval <= 3600:
-        print(f"otel-tokens guard: --resync-interval {args.resync_interval} is not between 1 and 3600 seconds",
-              file=sys.stderr)
+    urls = args.ruler + args.resync  # --resync: the old name, for rule engines only
+    stale_after = args.stale_after if args.stale_after is not None else max(60.0, 3 * args.resync_interval)
+    for name, value, low, high in (("--resync-interval", args.resync_interval, 1, 3600),
+                                   ("--stale-after", stale_after, 5, 86400), ("--hold", args.hold, 0, 86400)):
+        if not low <= value <= high:
+            print(f"otel-tokens guard: {name} {value} is not between {low} and {high} seconds", file=sys.stderr)
+            return 2
+    # --resync once took Alertmanager's base URL too: such a deployment must stop here, not run on a
+    # source it can never read (its apps would fail open without a word)
+    refused = [url for url in urls if "/api/v2/" in url] + [
+        url for url in args.resync if not url.rstrip("/").endswith("/api/v1/alerts")]
+    if not urls or refused:
+        print("otel-tokens guard: give --ruler URL, the Prometheus or vmalert whose /api/v1/alerts the guard "
+              "follows" + (f" ({refused[0]!r} looks like Alertmanager, whose API takes alerts and resolutions "
+                           "from anyone who reaches it)" if refused else ""), file=sys.stderr)
+        return 2
+    try:
+        rulers = Rulers(urls)
+    except ValueError as error:
+        print(f"otel-tokens guard: {error}", file=sys.stderr)
         return 2
     try:
         token = token_from(os.environ, args.token_file)
@@ -92,17 +118,18 @@ def _guard(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         print(f"otel-tokens guard: cannot listen on {listen!r}: {error}", file=sys.stderr)
         return 2
-    if args.resync:
-        server.app.hold_until_synced(60.0)  # polls get 503 (apps keep their last state) until then
-        resync = Resync(server.state, args.resync, args.resync_interval, on_synced=server.app.synced)
-        threading.Thread(target=resync.once, daemon=True).start()  # start-up does not wait on Alertmanager
-        resync.start()
-    print(f"otel-tokens guard: Alertmanager webhook http://{listen}/alertmanager, state http://{listen}/state"
-          f"{'' if token else ' (no token: loopback only)'}", file=sys.stderr, flush=True)
+    server.app.require_sync(stale_after)  # polls get 503 (apps keep their blocks) until the rulers answer
+    resync = Resync(server.state, rulers, args.resync_interval, args.hold, on_synced=server.app.synced)
+    server.app.on_webhook = resync.prompt
+    resync.start()  # its first read runs in that thread: start-up does not wait on the rulers
+    print(f"otel-tokens guard: following {rulers}; Alertmanager webhook http://{listen}/alertmanager (a prompt to "
+          f"read again), state http://{listen}/state{'' if token else ' (no token: loopback only)'}",
+          file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+    resync.stopped.set()
     return 0
 
 

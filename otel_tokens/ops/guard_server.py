@@ -1,7 +1,10 @@
-"""`otel-tokens guard`: the quota-state endpoint, a sidecar beside Alertmanager.
+"""`otel-tokens guard`: the quota-state endpoint, a sidecar beside the rule engine.
 
-Alertmanager posts its webhooks to POST /alertmanager; in-app guards poll GET /state (see
-otel_tokens/guard.py for the in-app half). Both need the bearer token when one is configured, and
+Its state is what the rule engines' own `/api/v1/alerts` says (guard_resync.py, ruler.py); Alertmanager's
+webhook on POST /alertmanager only prompts an earlier read, its content is never applied. In-app guards
+poll GET /state (see otel_tokens/guard.py for the in-app half); a state the rulers have not confirmed for
+`stale_after` seconds is answered 503, so the apps act as with the guard down (they keep what they
+blocked, for a bounded time). Both paths need the bearer token when one is configured, and
 without one the endpoint listens on loopback only. Served by waitress: it reads whole requests
 before a worker thread sees them (a slow client holds a socket, never a thread) and caps body and
 header sizes, idle connections and the number of connections.
@@ -43,24 +46,32 @@ def loopback(host: str) -> bool:
 class GuardApp:
     """The WSGI application: three paths, nothing else."""
 
-    def __init__(self, state: GuardState, token: str = "", max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(self, state: GuardState, token: str = "", max_entries: int = MAX_ENTRIES,
+                 on_webhook: Callable[[], None] | None = None) -> None:
         self.state, self.token, self.max_entries = state, token, max_entries
+        self.on_webhook = on_webhook  # Alertmanager said something changed: read the rulers soon
         self._snapshot: tuple[str, bytes] = ("", b"")  # (version, body): serialized once per change
-        self._hold_until = 0.0  # monotonic time until which /state waits for the first resync (503)
+        self._stale_after: float | None = None  # None: the state is set by the embedding code, never stale
+        self._synced_at: float | None = None
 
-    def hold_until_synced(self, seconds: float) -> None:
-        """A restarted guard knows nothing: answer 503 (the apps keep their last state) until the first
-        resync lands, at most `seconds`."""
-        self._hold_until = time.monotonic() + seconds
+    def require_sync(self, stale_after: float) -> None:
+        """Answer 503 on /state and /-/ready until the rulers were read, and again whenever their last
+        answer is older than `stale_after` seconds: an empty or old state must not read as "nobody over"."""
+        self._stale_after = stale_after
 
     def synced(self) -> None:
-        self._hold_until = 0.0
+        self._synced_at = time.monotonic()
+
+    def stale(self) -> bool:
+        if self._stale_after is None:
+            return False
+        return self._synced_at is None or time.monotonic() - self._synced_at > self._stale_after
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
-        held = self._hold_until and time.monotonic() < self._hold_until
+        held = self.stale()
         if path == "/-/ready":
-            return _reply(start_response, 503 if held else 200, {"status": "resyncing" if held else "ready"})
+            return _reply(start_response, 503 if held else 200, {"status": "stale" if held else "ready"})
         if path not in ("/alertmanager", "/state"):
             return _reply(start_response, 404, {"error": "not found: POST /alertmanager, GET /state"})
         wanted = "POST" if path == "/alertmanager" else "GET"
@@ -72,7 +83,7 @@ class GuardApp:
         if path == "/alertmanager":
             return self._webhook(environ, start_response)
         if held:
-            return _reply(start_response, 503, {"error": "rebuilding the state from the alerting stack"},
+            return _reply(start_response, 503, {"error": "the rule engine's alert state is not current"},
                           [("Retry-After", "5")])
         return self._state(environ, start_response)
 
@@ -85,17 +96,14 @@ class GuardApp:
             return _reply(start_response, 413 if length > MAX_BODY else 400,
                           {"error": f"a webhook body of 1 to {MAX_BODY} bytes is required"})
         try:
-            payload = json.loads(environ["wsgi.input"].read(length))
-            changes = parse_webhook(payload)  # all of it, before any of it is applied
+            parse_webhook(json.loads(environ["wsgi.input"].read(length)))  # checked, never applied
         except RecursionError:
             return _reply(start_response, 400, {"error": "not an Alertmanager webhook payload: nested too deep"})
         except (ValueError, PayloadError) as error:  # PayloadError names the entry and field
             return _reply(start_response, 400, {"error": f"not an Alertmanager webhook payload: {error}"})
-        try:
-            self.state.apply(changes)
-        except PayloadError as error:
-            return _reply(start_response, 400, {"error": str(error)})
-        return _reply(start_response, 200, {"status": "ok"})
+        if self.on_webhook is not None:
+            self.on_webhook()
+        return _reply(start_response, 200, {"status": "the rule engine's alerts will be read again"})
 
     def _state(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         tag = self.state.tag
@@ -136,14 +144,15 @@ class GuardServer:
     """The endpoint on host:port (0: a free port), served in the calling thread by `serve_forever`."""
 
     def __init__(self, host: str, port: int, state: GuardState | None = None, token: str = "",
-                 max_entries: int = MAX_ENTRIES, threads: int = 4) -> None:
+                 max_entries: int = MAX_ENTRIES, threads: int = 4, on_webhook: Callable[[], None] | None = None
+                 ) -> None:
         from waitress.server import create_server
 
         if not token and not loopback(host):
             raise ValueError(f"refusing to listen on {host} without a token: set OTEL_TOKENS_GUARD_TOKEN(_FILE) "
                              "or --token-file, or listen on 127.0.0.1")
         self.state = state or GuardState()
-        self.app = GuardApp(self.state, token, max_entries)
+        self.app = GuardApp(self.state, token, max_entries, on_webhook)
         self._server = create_server(
             self.app, host=host, port=port, threads=threads, connection_limit=CONNECTION_LIMIT,
             channel_timeout=CHANNEL_TIMEOUT, cleanup_interval=1, max_request_body_size=MAX_BODY,
@@ -229,6 +238,6 @@ def _limit_slow_peers(server: Any) -> None:
 
 
 def serve(host: str, port: int, state: GuardState | None = None, token: str = "",
-          max_entries: int = MAX_ENTRIES) -> GuardServer:
+          max_entries: int = MAX_ENTRIES, on_webhook: Callable[[], None] | None = None) -> GuardServer:
     """The guard endpoint: POST /alertmanager (webhook), GET /state, GET /-/ready."""
-    return GuardServer(host, port, state, token, max_entries)
+    return GuardServer(host, port, state, token, max_entries, on_webhook=on_webhook)

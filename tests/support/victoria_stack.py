@@ -95,9 +95,9 @@ class VictoriaStack:
     def _launch(self) -> None:
         import yaml
 
-        from otel_tokens.ops.guard_server import serve
         from otel_tokens.ops.rules import render_text
         from otel_tokens.quotas import parse_quotas
+        from tests.support.guard_endpoint import GuardEndpoint
         from tests.support.prometheus_stack import Webhook, start_prometheus, start_shipped_alertmanager
 
         paths = {name: shutil.which(name) for name in BINARIES}
@@ -116,11 +116,9 @@ class VictoriaStack:
         self.webhook = Webhook()
         token_file = tmp / "guard-token"
         token_file.write_text(GUARD_TOKEN + "\n")
-        self.guard = serve("127.0.0.1", 0, token=GUARD_TOKEN)
-        threading.Thread(target=self.guard.serve_forever, daemon=True).start()
-        guard_url = f"http://127.0.0.1:{self.guard.server_address[1]}"
-        am, process = start_shipped_alertmanager(tmp, str(paths["prometheus-alertmanager"]), self.webhook, guard_url,
-                                                 token_file)
+        self.guard = GuardEndpoint(GUARD_TOKEN)
+        am, process = start_shipped_alertmanager(tmp, str(paths["prometheus-alertmanager"]), self.webhook,
+                                                 self.guard.url, token_file)
         self.processes.append(process)
         rules = tmp / "rules"
         rules.mkdir()
@@ -133,6 +131,7 @@ class VictoriaStack:
         self.processes.append(process)
         self.vmalert, process = start_vmalert(tmp, str(paths["vmalert"]), self.rule_file, self.victoria, am)
         self.processes.append(process)
+        self.guard.follow([self.vmalert])  # alert mode believes the ruler, here vmalert
         # Prometheus evaluates the same rules (without notifying: every notification is vmalert's)
         self.prometheus, process = start_prometheus(tmp, str(paths["prometheus"]), [f"127.0.0.1:{app_port}"],
                                                     str(rules / "*.yml"), remote_write=f"{self.victoria}/api/v1/write")
