@@ -576,3 +576,69 @@ def test_worst_case_alert_delay_is_within_budget() -> None:
     assert documented_total and float(documented_total.group(1)) == total, (
         f"prometheus.yml documents {documented_total and documented_total.group(1)}s, the files add up to {total}s")
     assert total <= BUDGET_LIMIT_S
+
+
+# --- (e) the scrape keeps only our names -------------------------------------------------------------
+FORGED_EXPOSITION = """\
+# TYPE llm_token_usage_total counter
+llm_token_usage_total{job="kb-chat",user_id="mallory",gen_ai_token_type="input"} 5
+# TYPE ALERTS gauge
+ALERTS{alertname="LLMUserTokenQuota",alertstate="firing",severity="critical",user_id="alice",window="24h"} 1
+# TYPE ALERTS_FOR_STATE gauge
+ALERTS_FOR_STATE{alertname="LLMUserTokenQuota",user_id="alice"} 1.7e9
+# TYPE llm_quota:user_tokens:limit_override gauge
+llm_quota:user_tokens:limit_override{user_id="mallory"} 1e12
+# TYPE llm_quota:user_tokens:24h gauge
+llm_quota:user_tokens:24h{user_id="alice"} 1e12
+# TYPE target_info gauge
+target_info{job="kb-chat",service_name="kb-chat"} 1
+"""
+
+
+@pytest.mark.e2e
+def test_the_collector_scrape_drops_forged_alerts_and_forged_rule_series(tmp_path: Path) -> None:
+    """A collector's exporter page as an OTLP producer could shape it (the collector keeps `:` and the
+    name ALERTS as sent), scraped by a real Prometheus with the shipped job: only our metric names land."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.support.prometheus_stack import free_port, query, start_process, wait_http
+
+    class Exporter(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = FORGED_EXPOSITION.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    exporter = ThreadingHTTPServer(("127.0.0.1", 0), Exporter)
+    threading.Thread(target=exporter.serve_forever, daemon=True).start()
+    (job,) = [j for j in _prometheus()["scrape_configs"] if j["job_name"] == "otel-collector"]
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{exporter.server_address[1]}"]}]
+    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "scrape_configs": [job]}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    process = start_process([_binary("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            tmp_path, "prometheus")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/-/ready")
+        deadline = time.monotonic() + 30
+        while not query(url, "llm_token_usage_total"):
+            assert time.monotonic() < deadline, "the scrape never landed"
+            time.sleep(0.2)
+        time.sleep(1.5)  # a second scrape too
+        landed = {r["metric"]["__name__"] for r in query(url, '{__name__=~".+", job="kb-chat"}')}
+        assert landed == {"llm_token_usage_total", "target_info"}
+        assert query(url, '{__name__=~"ALERTS.*|llm_quota:.*"}') == []
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        exporter.shutdown()
