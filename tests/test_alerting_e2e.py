@@ -24,9 +24,11 @@ from tests.support.guard_endpoint import GuardEndpoint
 from tests.support.prometheus_stack import (
     Webhook,
     free_port,
+    open_url,
     start_process,
     start_prometheus,
     start_shipped_alertmanager,
+    web_auth,
 )
 from tests.support.smtp_sink import SmtpSink
 
@@ -59,8 +61,11 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         guard = GuardEndpoint(GUARD_TOKEN)
         guard_url = guard.url
         # the shipped Alertmanager config, with this test's receivers and short timers
+        # basic auth on Prometheus and Alertmanager, as the shipped compose runs them: every client of theirs
+        # here (Prometheus itself, the guard, `otel-tokens rules --reload`, these tests) sends the password
+        auth = web_auth(tmp_path)
         am_address, am_process = start_shipped_alertmanager(tmp_path, alertmanager, webhook, guard_url, token_file,
-                                                            smtp=mail.smarthost)
+                                                            smtp=mail.smarthost, auth=auth)
         am_port = int(am_address.rsplit(":", 1)[1])
         processes.append(am_process)
 
@@ -70,7 +75,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         quota_file.write_text(yaml.safe_dump(QUOTAS))
         (rules / "quotas.yml").write_text(render_text(parse_quotas(QUOTAS, str(quota_file)), for_="1s"))
         prom_url, prom = start_prometheus(tmp_path, prometheus, [f"127.0.0.1:{app_port}"], str(rules / "*.yml"),
-                                          f"127.0.0.1:{am_port}")
+                                          f"127.0.0.1:{am_port}", auth=auth)
         processes.append(prom)
         guard.follow([prom_url])  # the ruler's own alert state; Alertmanager's webhook prompts a re-read
 
@@ -89,7 +94,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
             return time.monotonic()
 
         yield {"generate": generate, "webhook": webhook, "prometheus": prom_url,
-               "alertmanager": f"http://127.0.0.1:{am_port}", "prom_process": prom,
+               "alertmanager": prom_url.rsplit("@", 1)[0] + f"@127.0.0.1:{am_port}", "prom_process": prom,
                "restart_prometheus": restart_prometheus, "quota_file": quota_file,
                "rules": rules, "tmp": tmp_path, "guard": guard_url, "guard_server": guard, "mail": mail}
     finally:
@@ -148,7 +153,7 @@ def test_quota_alerts_end_to_end(stack):
         assert text in body, text
     deadline = time.monotonic() + 30
     while True:
-        with urllib.request.urlopen(f"{stack['alertmanager']}/api/v2/alerts") as response:
+        with open_url(f"{stack['alertmanager']}/api/v2/alerts") as response:
             alerts = json.load(response)
         warning = [a for a in alerts if a["labels"].get("severity") == "warning"
                    and a["labels"].get("user_id") == "alice"]
@@ -259,9 +264,8 @@ def test_alert_mode_believes_only_the_ruler_and_a_ruler_restart_lifts_no_block(s
 
     def post(url: str, body: Any, token: str | None = None) -> int:
         headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-        request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
         try:
-            return urllib.request.urlopen(request, timeout=10).status
+            return open_url(url, data=json.dumps(body).encode(), method="POST", headers=headers, timeout=10).status
         except urllib.error.HTTPError as error:
             return error.code
 
@@ -286,7 +290,7 @@ def test_alert_mode_believes_only_the_ruler_and_a_ruler_restart_lifts_no_block(s
         assert post(stack["guard"] + "/alertmanager", webhook, GUARD_TOKEN) == 200  # a prompt, not a fact
         time.sleep(0.3)
         assert users() == {"alice": "critical"}
-    with urllib.request.urlopen(stack["alertmanager"] + "/api/v2/alerts?active=true", timeout=10) as response:
+    with open_url(stack["alertmanager"] + "/api/v2/alerts?active=true", timeout=10) as response:
         held = {a["labels"].get("user_id") for a in json.load(response)}
     assert "carol" in held  # the forgery reached Alertmanager; it just does not count
 
@@ -328,9 +332,8 @@ def test_a_budget_forecast_reaches_people_not_the_guard_and_is_muted_by_the_budg
               alert("LLMDepartmentBudgetForecast", "warning", "support"),
               alert("LLMDepartmentBudgetForecast", "warning", "research")]
     sent = time.monotonic()
-    request = urllib.request.Request(stack["alertmanager"] + "/api/v2/alerts", data=json.dumps(alerts).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    assert urllib.request.urlopen(request, timeout=10).status == 200
+    assert open_url(stack["alertmanager"] + "/api/v2/alerts", data=json.dumps(alerts).encode(), method="POST",
+                    headers={"Content-Type": "application/json"}).status == 200
 
     def forecast(department: str) -> Callable[[str, dict[str, Any]], bool]:
         return lambda path, a: (a["labels"].get("alertname") == "LLMDepartmentBudgetForecast"
@@ -340,7 +343,7 @@ def test_a_budget_forecast_reaches_people_not_the_guard_and_is_muted_by_the_budg
     assert path == "/warning" and got["annotations"]["exhaustion"] == "2026-12-27 10:00:00 +0000 UTC"
     deadline = time.monotonic() + 30
     while True:
-        with urllib.request.urlopen(f"{stack['alertmanager']}/api/v2/alerts") as response:
+        with open_url(f"{stack['alertmanager']}/api/v2/alerts") as response:
             state = {(a["labels"]["alertname"], a["labels"].get("department")): a["status"]
                      for a in json.load(response)}
         if state.get(("LLMDepartmentBudgetForecast", "support"), {}).get("state") == "suppressed":
@@ -351,6 +354,5 @@ def test_a_budget_forecast_reaches_people_not_the_guard_and_is_muted_by_the_budg
     assert state[("LLMDepartmentBudgetForecast", "research")]["state"] == "active"
     time.sleep(3)  # more than the test's group_wait and the guard route's repeat
     assert not [a for _, _, a in webhook.alerts(sent) if forecast("support")("", a)]
-    snapshot = stack["guard_server"].state.snapshot()
-    assert snapshot["departments"].get("support", {}).get("severity") == "critical"  # the budget, not the forecast
-    assert "research" not in snapshot["departments"]
+    # the guard acts on neither forecast, nor on the budget critical posted here: Prometheus does not hold it
+    assert stack["guard_server"].state.snapshot()["departments"] == {}

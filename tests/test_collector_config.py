@@ -12,12 +12,15 @@ skipped (`make system-deps` installs them).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import shutil
 import string
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -299,16 +302,25 @@ def test_ports_agree_across_collector_prometheus_and_compose() -> None:
     assert tempo["server"]["http_listen_port"] == 3200 and _published(services["tempo"]) == {3200: 3200}
     assert _published(services["grafana"]) == {3000: 3000}
     assert _published(services["redis"]) == {6379: 6379}  # OTEL_TOKENS_BUDGET_STORE=redis://localhost:6379/0
-    assert "--appendonly" in services["redis"]["command"]  # a restarted store keeps the windows
+    assert "--appendonly yes" in services["redis"]["command"][0]  # a restarted store keeps the windows
     # no host port is published twice
     host_ports = [p for s in services.values() for p in _published(s).values()]
     assert len(host_ports) == len(set(host_ports)), host_ports
 
 
+REQUIRED_SECRETS = {"OTEL_TOKENS_OTLP_TOKEN", "OTEL_TOKENS_GUARD_TOKEN", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
+
+
 def test_compose_variables_have_defaults_and_are_documented() -> None:
     text = (COLLECTOR / "docker-compose.yml").read_text().replace("$$", "")
-    variables = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-)?[^}]*\}", text)
-    assert variables and all(default == ":-" for _, default in variables), "every variable needs a :- default"
+    variables = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:[-?])?[^}]*\}", text)
+    required = {name for name, default in variables if default == ":?"}
+    assert required == REQUIRED_SECRETS, "a secret has no default: compose refuses to start without it"
+    assert variables and all(default == ":-" for name, default in variables if name not in required), \
+        "every other variable needs a :- default"
+    from otel_tokens.ops.stack_secrets import ENV_SECRETS
+
+    assert set(ENV_SECRETS) == REQUIRED_SECRETS  # `otel-tokens stack-secrets` makes each of them
     example = {line.split("=", 1)[0] for line in (COLLECTOR / ".env.example").read_text().splitlines()
                if line and not line.startswith("#")}
     assert {name for name, _ in variables} == example
@@ -340,9 +352,16 @@ def test_compose_mounts_match_the_paths_the_configs_use() -> None:
     grafana = _mounts(services["grafana"])
     assert grafana["/etc/grafana/provisioning"] == "../grafana/provisioning"
     assert grafana["/var/lib/grafana/dashboards"] == "../grafana/dashboards"
+    from otel_tokens.ops.stack_secrets import PASSWORD_FILE, WEB_CONFIG
+
+    made = {PASSWORD_FILE, WEB_CONFIG}  # what `otel-tokens stack-secrets` writes to ./secrets
     for name, service in services.items():
         for target, source in _mounts(service).items():
-            if source.startswith("./"):
+            if source == "./secrets":
+                text = yaml.safe_dump(service) + (COLLECTOR / "prometheus.yml").read_text() * (name == "prometheus")
+                used = set(re.findall(re.escape(target) + r"/([A-Za-z0-9_.-]+)", text))
+                assert used <= made, f"{name} reads {used - made} from ./secrets, which nothing makes"
+            elif source.startswith("./"):
                 assert (COLLECTOR / source).exists(), f"{name}: {source} -> {target} is missing"
 
 
@@ -642,3 +661,125 @@ def test_the_collector_scrape_drops_forged_alerts_and_forged_rule_series(tmp_pat
         process.terminate()
         process.wait(timeout=10)
         exporter.shutdown()
+
+
+# --- (f) who may reach what ----------------------------------------------------------------------------
+PUBLISH = "${OTEL_TOKENS_PUBLISH_ADDRESS:-127.0.0.1}"
+
+
+def test_compose_publishes_nothing_beyond_loopback_without_auth() -> None:
+    """Every port is bound to 127.0.0.1, except on OTEL_TOKENS_PUBLISH_ADDRESS the services that
+    authenticate every request, each checked here for its authentication."""
+    services, otelcol = _compose()["services"], _otelcol()
+    opened = set()
+    for name, service in services.items():
+        for entry in service.get("ports", []):
+            host = str(entry).rsplit(":", 2)[0]
+            assert host in ("127.0.0.1", PUBLISH), f"{name} publishes {entry} beyond loopback"
+            if host == PUBLISH:
+                opened.add(f"{name}:{str(entry).rsplit(':', 1)[1]}")
+    assert opened == {"collector:4317", "collector:4318", "guard:9095", "grafana:3000", "redis:6379"}
+    # OTLP: both receivers need the bearer token, whose value compose requires
+    for protocol in ("grpc", "http"):
+        assert otelcol["receivers"]["otlp"]["protocols"][protocol]["auth"] == {"authenticator": "bearertokenauth"}
+    assert "bearertokenauth" in otelcol["service"]["extensions"]
+    assert otelcol["extensions"]["bearertokenauth"]["token"] == "${env:OTEL_TOKENS_OTLP_TOKEN}"
+    assert services["collector"]["environment"]["OTEL_TOKENS_OTLP_TOKEN"].startswith("${OTEL_TOKENS_OTLP_TOKEN:?")
+    # the guard refuses to listen beyond loopback without its token, which compose requires
+    assert "--listen 0.0.0.0:9095" in " ".join(services["guard"]["command"])
+    assert services["guard"]["environment"]["OTEL_TOKENS_GUARD_TOKEN"].startswith("${OTEL_TOKENS_GUARD_TOKEN:?")
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")  # no admin/admin
+    assert "requirepass" in services["redis"]["command"][0]
+    assert services["redis"]["environment"]["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    # loopback-only, and basic auth all the same
+    assert "--web.config.file=/etc/prometheus/secrets/web.yml" in services["prometheus"]["command"]
+    assert "--web.config.file=/etc/alertmanager/secrets/web.yml" in services["alertmanager"]["command"][0]
+    # their clients send the password: Prometheus itself (Alertmanager, self-scrape), Grafana, guard, digest
+    prometheus = _prometheus()
+    auth = {"username": "otel-tokens", "password_file": "/etc/prometheus/secrets/prometheus-password"}
+    assert [am["basic_auth"] for am in prometheus["alerting"]["alertmanagers"]] == [auth]
+    assert next(j for j in prometheus["scrape_configs"] if j["job_name"] == "prometheus")["basic_auth"] == auth
+    datasources = {d["uid"]: d for d in _load(ROOT / "grafana/provisioning/datasources/otel-tokens.yaml")
+                   ["datasources"]}
+    for uid in ("prometheus", "alertmanager"):
+        assert datasources[uid]["basicAuth"] is True and datasources[uid]["basicAuthUser"] == "otel-tokens"
+        assert datasources[uid]["secureJsonData"]["basicAuthPassword"] == \
+            "$__file{/etc/grafana/secrets/prometheus-password}"
+    for name in ("guard", "digest"):
+        environment = services[name]["environment"]
+        assert environment["OTEL_TOKENS_PROMETHEUS_USER"] == "otel-tokens"
+        assert _mounts(services[name])[str(Path(environment["OTEL_TOKENS_PROMETHEUS_PASSWORD_FILE"]).parent)] \
+            == "./secrets"
+
+
+@pytest.mark.e2e
+def test_stack_secrets_lock_prometheus_and_alertmanager(tmp_path: Path) -> None:
+    """`otel-tokens stack-secrets` as the README runs it, then the real Prometheus and Alertmanager on
+    the web config it wrote: no client gets in without the password, ours do with it, and a second run
+    keeps every value."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from tests.support.prometheus_stack import free_port, start_process, wait_http
+
+    (tmp_path / "docker-compose.yml").write_text((COLLECTOR / "docker-compose.yml").read_text())
+    (tmp_path / ".env").write_text("SMTP_FROM=me@example.test\nREDIS_PASSWORD=kept-as-it-was\n")
+    made = _run(sys.executable, "-m", "otel_tokens.ops.cli", "stack-secrets", str(tmp_path))
+    assert "created" in made.stdout
+    env = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text().splitlines())
+    assert env["REDIS_PASSWORD"] == "kept-as-it-was" and env["SMTP_FROM"] == "me@example.test"
+    assert all(len(env[name]) == 64 for name in REQUIRED_SECRETS - {"REDIS_PASSWORD"})
+    assert (tmp_path / ".env").stat().st_mode & 0o077 == 0
+
+    def files() -> dict[str, str]:
+        return {p.name: p.read_text() for p in [*(tmp_path / "secrets").iterdir(), tmp_path / ".env"]}
+
+    before = files()
+    again = _run(sys.executable, "-m", "otel_tokens.ops.cli", "stack-secrets", str(tmp_path))
+    assert again.stdout.strip() == "every secret is already there" and files() == before
+
+    password = (tmp_path / "secrets" / "prometheus-password").read_text().strip()
+    web = str(tmp_path / "secrets" / "web.yml")
+    prom_port, am_port = free_port(), free_port()
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}}))
+    processes = [
+        start_process([_binary("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+                       f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
+                       "--web.enable-lifecycle", f"--web.config.file={web}"], tmp_path, "prometheus"),
+        start_process([_binary("prometheus-alertmanager"), f"--config.file={_am_rendered(tmp_path)}",
+                       f"--storage.path={tmp_path / 'am'}", f"--web.listen-address=127.0.0.1:{am_port}",
+                       "--cluster.listen-address=", f"--web.config.file={web}"], tmp_path, "alertmanager")]
+    good = "Basic " + base64.b64encode(f"otel-tokens:{password}".encode()).decode()
+    bad = "Basic " + base64.b64encode(b"otel-tokens:guess").decode()
+
+    def status(url: str, authorization: str | None, method: str = "GET", body: bytes | None = None) -> int:
+        headers = {"Content-Type": "application/json", **({"Authorization": authorization} if authorization else {})}
+        request = urllib.request.Request(url, data=body, method=method, headers=headers)
+        try:
+            return urllib.request.urlopen(request, timeout=10).status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    try:
+        for port in (prom_port, am_port):
+            wait_http(f"http://otel-tokens:{password}@127.0.0.1:{port}/-/ready")
+        prometheus, alertmanager = f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}"
+        forged = json.dumps([{"labels": {"alertname": "LLMUserTokenQuota", "user_id": "alice"}}]).encode()
+        for url, method, body in ((prometheus + "/api/v1/query?query=up", "GET", None),
+                                  (prometheus + "/-/reload", "POST", b""),
+                                  (alertmanager + "/api/v2/alerts", "POST", forged)):
+            assert status(url, None, method, body) == 401 and status(url, bad, method, body) == 401, url
+        assert status(alertmanager + "/api/v2/alerts", good, "POST", forged) == 200
+        # our own client: credentials from the environment or the URL
+        from otel_tokens.prometheus_api import Prometheus, PrometheusError
+
+        with pytest.raises(PrometheusError, match="asks for credentials"):
+            Prometheus(prometheus).instant("up", time.time())
+        assert Prometheus(f"http://otel-tokens:{password}@127.0.0.1:{prom_port}").instant("vector(1)", time.time())
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=10)

@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     guard.add_argument("--hold", type=float, default=3600.0, metavar="SECONDS",
                        help="the longest a block outlives the rulers' last word on it while they cannot lift "
                             "it (a ruler restarting, one of several down; default 3600)")
+    stack = commands.add_parser("stack-secrets", help="make the credentials the shipped compose stack requires "
+                                "(DIR/.env and DIR/secrets/; existing ones are kept)")
+    stack.add_argument("directory", type=Path, nargs="?", default=Path("collector"),
+                       help="the folder of docker-compose.yml (default: collector)")
     rules = commands.add_parser("rules", help="validate a quota file and render it into a Prometheus rule file")
     rules.add_argument("quota_file", type=Path)
     rules.add_argument("-o", "--output", type=Path, help="rule file to write (default: standard output)")
@@ -73,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "guard":
         return _guard(args)
+    if args.command == "stack-secrets":
+        return _stack_secrets(args.directory)
     if args.command == "rules-backfill":
         return _backfill(args)
     return _rules(args)
@@ -130,6 +136,21 @@ def _guard(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     resync.stopped.set()
+    return 0
+
+
+def _stack_secrets(directory: Path) -> int:
+    from .stack_secrets import write
+
+    if not (directory / "docker-compose.yml").is_file():
+        print(f"otel-tokens stack-secrets: {directory} holds no docker-compose.yml", file=sys.stderr)
+        return 2
+    try:
+        created = write(directory)
+    except ImportError:
+        print("otel-tokens stack-secrets: needs bcrypt: pip install 'otel-tokens[stack]'", file=sys.stderr)
+        return 2
+    print("\n".join(f"created {what}" for what in created) or "every secret is already there")
     return 0
 
 

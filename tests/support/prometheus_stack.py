@@ -76,11 +76,21 @@ class Webhook:
         raise AssertionError(f"no matching notification within {timeout}s; got {self.alerts(since)}")
 
 
+def open_url(url: str, data: bytes | None = None, method: str | None = None, timeout: float = 30.0,
+             headers: dict[str, str] | None = None) -> Any:
+    """urlopen for the stack's URLs, which may carry basic-auth credentials as user:password@."""
+    from otel_tokens.prometheus_api import with_credentials
+
+    url, auth = with_credentials(url, environ={})
+    request = urllib.request.Request(url, data=data, method=method, headers={**(headers or {}), **auth})
+    return urllib.request.urlopen(request, timeout=timeout)
+
+
 def wait_http(url: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2):
+            with open_url(url, timeout=2):
                 return
         except OSError:
             if time.monotonic() > deadline:
@@ -93,12 +103,28 @@ def start_process(args: list[str], tmp_path: Path, name: str, **kwargs: Any) -> 
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, **kwargs)
 
 
+def web_auth(tmp_path: Path) -> tuple[Path, str]:
+    """(web config, password) as `otel-tokens stack-secrets` makes them, for Prometheus and Alertmanager
+    with basic auth on, as the shipped compose runs them."""
+    from otel_tokens.ops.stack_secrets import PASSWORD_FILE, WEB_CONFIG, write
+
+    write(tmp_path)
+    return tmp_path / "secrets" / WEB_CONFIG, (tmp_path / "secrets" / PASSWORD_FILE).read_text().strip()
+
+
+def _credentials(url: str, auth: tuple[Path, str] | None) -> str:
+    from otel_tokens.ops.stack_secrets import WEB_USER
+
+    return url.replace("http://", f"http://{WEB_USER}:{auth[1]}@") if auth else url
+
+
 def start_prometheus(tmp_path: Path, binary: str, targets: list[str], rule_glob: str | None = None,
                      alertmanager: str | None = None, interval: str = "1s", remote_write: str | None = None,
-                     retention: str = "15d") -> tuple[str, subprocess.Popen[Any]]:
+                     retention: str = "15d", auth: tuple[Path, str] | None = None) -> tuple[str, subprocess.Popen[Any]]:
     """A real Prometheus on a free port scraping `targets` (host:port) as job `app`; returns (url, process).
     `remote_write`: also send what it scraped (not what its rules recorded) to that URL, as it would to
-    VictoriaMetrics, Mimir or Thanos Receive."""
+    VictoriaMetrics, Mimir or Thanos Receive. `auth` (web_auth()): basic auth on Prometheus and on the
+    Alertmanager it notifies; the URL returned then carries the credentials."""
     import yaml
 
     port = free_port()
@@ -110,6 +136,11 @@ def start_prometheus(tmp_path: Path, binary: str, targets: list[str], rule_glob:
         config["rule_files"] = [rule_glob]
     if alertmanager:
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+        if auth:
+            from otel_tokens.ops.stack_secrets import PASSWORD_FILE, WEB_USER
+
+            config["alerting"]["alertmanagers"][0]["basic_auth"] = {
+                "username": WEB_USER, "password_file": str(auth[0].parent / PASSWORD_FILE)}
     if remote_write:
         config["remote_write"] = [{"url": remote_write, "queue_config": {"batch_send_deadline": "1s"},
                                    "write_relabel_configs": [{"source_labels": ["__name__"], "action": "drop",
@@ -118,8 +149,9 @@ def start_prometheus(tmp_path: Path, binary: str, targets: list[str], rule_glob:
     process = start_process([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
                              f"--storage.tsdb.path={tmp_path / 'prom-data'}", f"--web.listen-address=127.0.0.1:{port}",
                              "--web.enable-lifecycle", "--rules.alert.resend-delay=1s",
-                             f"--storage.tsdb.retention.time={retention}"], tmp_path, "prometheus")
-    url = f"http://127.0.0.1:{port}"
+                             f"--storage.tsdb.retention.time={retention}",
+                             *([f"--web.config.file={auth[0]}"] if auth else [])], tmp_path, "prometheus")
+    url = _credentials(f"http://127.0.0.1:{port}", auth)
     wait_http(f"{url}/-/ready")
     return url, process
 
@@ -129,17 +161,18 @@ def query(url: str, promql: str, at: float | None = None) -> list[dict[str, Any]
     from urllib.parse import urlencode
 
     params = {"query": promql, **({"time": str(at)} if at is not None else {})}
-    with urllib.request.urlopen(f"{url}/api/v1/query?{urlencode(params)}", timeout=30) as response:
+    with open_url(f"{url}/api/v1/query?{urlencode(params)}", timeout=30) as response:
         body = json.load(response)
     assert body["status"] == "success", body
     return body["data"]["result"]
 
 
 def start_shipped_alertmanager(tmp_path: Path, binary: str, webhook: Webhook, guard_url: str, guard_token_file: Path,
-                               guard_repeat: str = "3s", smtp: str | None = None) -> tuple[str, subprocess.Popen[Any]]:
+                               guard_repeat: str = "3s", smtp: str | None = None, auth: tuple[Path, str] | None = None
+                               ) -> tuple[str, subprocess.Popen[Any]]:
     """Alertmanager with the shipped collector/alertmanager.yml, its people's receivers pointed at `webhook`
     (path = receiver name), the guard route at `guard_url`, its email at `smtp` (host:port; default a port
-    nobody listens on), and test timers; returns (host:port, process)."""
+    nobody listens on), test timers, and basic auth with `auth` (web_auth()); returns (host:port, process)."""
     import string
 
     import yaml
@@ -164,6 +197,7 @@ def start_shipped_alertmanager(tmp_path: Path, binary: str, webhook: Webhook, gu
     port = free_port()
     process = start_process([binary, f"--config.file={tmp_path / 'alertmanager.yml'}",
                              f"--storage.path={tmp_path / 'am-data'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--cluster.listen-address="], tmp_path, "alertmanager")
-    wait_http(f"http://127.0.0.1:{port}/-/ready")
+                             "--cluster.listen-address=", *([f"--web.config.file={auth[0]}"] if auth else [])],
+                            tmp_path, "alertmanager")
+    wait_http(_credentials(f"http://127.0.0.1:{port}/-/ready", auth))
     return f"127.0.0.1:{port}", process
