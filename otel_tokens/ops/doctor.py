@@ -16,6 +16,7 @@ from .. import names
 from ..budget.store import RedisBudgetStore, redact
 from ..config import ENV_BUDGET_STORE, ENV_CONFIG, ENV_QUOTA_FILE, ConfigError, Settings, load_settings
 from ..pricing import PriceBook
+from ..prometheus_api import ENV_USER, redacted
 from ..quotas import load_quotas
 from ..recorder import Recorder
 from ..safety import logger
@@ -51,8 +52,12 @@ def _guard_lines(settings: Settings, recorder: Recorder | None, warnings: list[s
     """Both guard modes: what is on, and for budget mode whether its quota file and store answer."""
     guard = settings.guard
     lines = ["Quota guard"]
-    lines.append(f"  alert mode (Alertmanager / Prometheus state)       "
-                 f"{guard.source if guard.enabled else 'off'}")
+    lines.append(f"  alert mode (the rule engine's alert state)         "
+                 f"{redacted(guard.source) if guard.enabled else 'off'}")
+    if guard.enabled and "/api/v1/alerts" in guard.source:
+        credentials = ("in the URL" if "@" in guard.source else f"from {ENV_USER}" if os.environ.get(ENV_USER)
+                       else "none")
+        lines.append(f"  ruler credentials                                  {credentials}")
     if guard.enabled and "/api/v1/alerts" not in guard.source:
         lines.append(f"  guard endpoint token                               "
                      f"{'set' if guard.token else 'NONE (a guard endpoint with a token answers 401)'}")
