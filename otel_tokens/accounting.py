@@ -24,7 +24,7 @@ from .cardinality import DimensionValueCap, SeriesCap
 from .config import DEFAULT_SERIES_LIMIT
 from .pricing import Cost
 from .record import CallRecord
-from .safety import internal_error
+from .safety import internal_error, valid_text
 
 _DRAIN_THRESHOLD = 512  # queued calls before the drain thread is woken
 
@@ -40,7 +40,10 @@ _live: weakref.WeakSet[Accounting] = weakref.WeakSet()
 
 
 def _attributes(keys: Sequence[str], values: Iterable[Any]) -> dict[str, Any]:
-    return {k: v for k, v in zip(keys, values, strict=False) if v is not None}
+    """Label values made valid text (model names, provider, server address come from responses and
+    callers): built once per label set, never per call."""
+    return {k: valid_text(v) if isinstance(v, str) else v for k, v in zip(keys, values, strict=False)
+            if v is not None}
 
 
 class Accounting:

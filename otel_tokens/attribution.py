@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from opentelemetry import baggage
 
 from . import names
+from .safety import valid_text
 
 _EMPTY: Mapping[str, str] = {}
 _CURRENT: ContextVar[Mapping[str, str]] = ContextVar("otel_tokens_attribution", default=_EMPTY)
@@ -34,13 +35,7 @@ def safe_value(value: str) -> str:
     can pose as, or be merged into, those."""
     if value.endswith("__") and value.lstrip("\\") in names.RESERVED_IDS:  # one more backslash: one-to-one
         return "\\" + value
-    if value.isascii():
-        return value
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return valid_text(value)
 
 
 def with_principals(values: Mapping[str, str]) -> Mapping[str, str]:

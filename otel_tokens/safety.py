@@ -9,6 +9,19 @@ logger = logging.getLogger("otel_tokens")
 _reported: set[str] = set()
 
 
+def valid_text(value: str) -> str:
+    """`value` as valid UTF-8: a lone surrogate (from a server's JSON `\\ud800`, or a caller's string)
+    written as its \\udXXX escape. One such label value makes the Prometheus exporter answer 500 for
+    every scrape of the process, so every value that becomes a label goes through here."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def log_once(key: str, message: str, *args: object, level: int = logging.WARNING, exc_info: bool = False) -> None:
     """Log `message` the first time `key` is seen in this process, so a broken path costs one line,
     not one line per call."""

@@ -179,8 +179,19 @@ def _error_body(status: int, message: str) -> JSONDict:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
+def _json(value: Any) -> str:
+    """UTF-8 JSON as servers write it; a lone surrogate (a knob set to one) as its \\uXXXX escape, as a
+    server whose JSON library escapes non-ASCII sends it."""
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return json.dumps(value)
+
+
 def _sse(event: str | None, data: JSONDict | str) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    payload = data if isinstance(data, str) else _json(data)
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {payload}\n\n".encode()
 
@@ -472,7 +483,7 @@ class OpenAIServer:
 
     def _send_json(self, h: _Handler, status: int, payload: JSONDict, extra_headers: dict[str, str] | None = None,
                    *, truncate: bool = False) -> None:
-        data = json.dumps(payload, ensure_ascii=False).encode()
+        data = _json(payload).encode()
         self._send_raw(h, status, data, "application/json", extra_headers, truncate=truncate)
 
     def _send_stream(self, h: _Handler, events: list[tuple[str | None, JSONDict]], *, done_marker: bool,
