@@ -28,6 +28,9 @@ class CallRecord:
     streaming: bool = False
     quota_action: str | None = None  # what the guard did: one of quota_scopes.ACTIONS
     original_model: str | None = None  # the model asked for, when the guard downgraded it
+    # a stream closed, abandoned or cut before its end with no usage block: what was read is counted,
+    # but the server may have generated up to the request's limit (budget mode settles at its reservation)
+    unfinished: bool = False
     # content, filled only when capture is enabled: semconv message lists, serialized by the recorder
     input_messages: list[dict[str, Any]] | None = None
     output_messages: list[dict[str, Any]] | None = None

@@ -249,7 +249,7 @@ class Recorder:
         if call.held is not None and self.budget is not None:
             try:
                 self.budget.settle(call.held, (record.input_tokens or 0) + (record.output_tokens or 0),
-                                   cost.total if cost is not None else None)
+                                   cost.total if cost is not None else None, at_least_reserved=record.unfinished)
             except Exception:
                 internal_error("budget settle")
         span = call.span

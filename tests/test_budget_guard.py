@@ -318,3 +318,56 @@ def test_a_forked_child_never_inherits_a_held_lock_or_the_parents_queue(app):
     budget._flushing.release()
     app.ask("sam")  # the child enforces
     assert app.held("sam")[0] == app.metric_tokens("sam") > 0
+
+
+# --- what the server will really do (issue: ways around the hard quota) -------------------------------------------
+HARD = 10_000  # tokens a day for alice
+GENERATES_WITHOUT_LIMIT = 3_000  # what the server below generates when told no limit (0, negative, none)
+
+
+def _generated(server) -> int:
+    """Tokens the server generated and billed, from its own replies' requests (prompt + completion)."""
+    return sum(server.prompt_tokens(r.body["model"], r.body["messages"]) + server._asked(r.body, r.path)
+               * int((r.body.get("n") or 1)) for r in server.requests)
+
+
+@pytest.mark.parametrize("how", [
+    {"max_tokens": 0},  # servers that read 0 as "no limit"
+    {"max_tokens": -5},
+    {"max_tokens": 10, "extra_body": {"max_tokens": 1500}},  # the SDK sends the extra body's value
+    {"max_tokens": 10, "extra_query": {"max_tokens": "1500"}},
+    {"max_tokens": 100, "extra_body": {"n": 8}},
+    {"max_tokens": 100, "n": 8},
+], ids=["max_tokens=0", "negative", "extra_body", "extra_query", "extra_body_n", "n"])
+def test_a_request_never_takes_a_user_past_the_hard_limit_by_what_it_really_asks(tmp_path, redis_url, how):
+    quota_file = write_quotas(tmp_path / "q.yml", {"default": {"tokens": HARD}})
+    for app in budget_app(quota_file, redis_url, server={"generate_as_asked": GENERATES_WITHOUT_LIMIT}):
+        served, _ = run_until_refused(app, "alice", **how)
+        tokens, _, in_flight = app.held("alice")
+        assert served >= 1 and in_flight == 0
+        assert tokens == _generated(app.server) <= HARD  # the store holds what the server did, never past the limit
+        assert app.metric_tokens("alice") == tokens
+
+
+def test_a_stream_left_after_two_chunks_is_settled_at_what_the_server_can_have_generated(tmp_path, redis_url):
+    """Read two chunks, close: the server generated its whole reply (here the 2,000 tokens it was asked
+    for) while the client saw a few. The store settles at the reservation; the metrics keep what was
+    counted, marked estimated."""
+    quota_file = write_quotas(tmp_path / "q.yml", {"default": {"tokens": HARD}})
+    for app in budget_app(quota_file, redis_url, server={"generate_as_asked": GENERATES_WITHOUT_LIMIT}):
+        def stalled() -> None:
+            stream = app.ask("alice", max_tokens=2000, stream=True)
+            next(stream)
+            next(stream)
+            stream.close()
+
+        served = 0
+        with pytest.raises(QuotaExceededError):
+            for served in range(20):  # noqa: B007 - how many got through is the point
+                stalled()
+        tokens, _, in_flight = app.held("alice")
+        assert in_flight == 0 and served >= 1
+        assert _generated(app.server) <= tokens <= HARD  # the conservative book: never below what was generated
+        assert app.metric_tokens("alice") < tokens  # the observed book: what the client read
+        spans = [s for s in app.tel.spans() if s.attributes.get(names.GEN_AI_USAGE_OUTPUT_TOKENS) is not None]
+        assert spans and all(s.attributes[names.LLM_USAGE_SOURCE] == "estimated" for s in spans)

@@ -126,9 +126,9 @@ def test_a_stream_is_recorded_once_however_it_ends(server, tel):
     list(litellm.completion(**ask(server, model=model, stream=True, stream_options={"include_usage": True})))
     spans = tel.spans()
     assert len(spans) == 4
-    for span in spans[:3]:  # counted locally: the input is the prompt, exactly, the output what was received
-        inputs, _, source = usage_of(span)
-        assert inputs == prompt and source == "counted"
+    for span in spans[:3]:  # counted locally: the input is the prompt, exactly, the output what was received,
+        inputs, _, source = usage_of(span)  # an estimate: the server may have generated more than was read
+        assert inputs == prompt and source == "estimated"
     assert names.ERROR_TYPE in spans[2].attributes
     assert usage_of(spans[3]) == (prompt, completion, "reported")
 

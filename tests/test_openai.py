@@ -206,10 +206,9 @@ def test_every_way_a_sync_stream_ends_records_exactly_once(server, tel):
     assert outputs[0] == count_cl100k(ENGLISH)
     assert outputs[1] == count_cl100k(first.choices[0].delta.content or "")  # what was received
     assert spans[3].attributes[names.ERROR_TYPE] == type(caught.value).__qualname__
-    assert all(s.attributes[names.LLM_USAGE_SOURCE] == "counted" for s in spans)
-    assert tel.metrics()[names.METRIC_LLM_REQUESTS][0].value + (
-        tel.metrics()[names.METRIC_LLM_REQUESTS][1].value if len(tel.metrics()[names.METRIC_LLM_REQUESTS]) > 1
-        else 0) == 5
+    # only the exhausted stream is an exact count; one left before its end may have been generated further
+    assert [s.attributes[names.LLM_USAGE_SOURCE] for s in spans] == ["counted"] + ["estimated"] * 4
+    assert sum(point.value for point in tel.metrics()[names.METRIC_LLM_REQUESTS]) == 5
 
 
 @pytest.mark.e2e

@@ -76,6 +76,8 @@ class Held:
 
     reservation: str  # the call's id, also what marks its settlement as applied
     parts: tuple[tuple[quota_scopes.QuotaScope, str, str], ...]  # (scope, principal, held member)
+    tokens: int = 0  # the worst case reserved, what an unfinished stream is settled at (at least)
+    cost: int = 0  # nano-units
 
 
 def plans(settings: GuardSettings, quotas: Quotas) -> dict[str, Plan]:
@@ -250,7 +252,8 @@ class BudgetGuard:
             logger.warning("otel-tokens: the budget store %s answers again; budget mode enforces again", self.source)
         if verdict.status == REFUSED:
             return self._refusal(quotas, verdict), None
-        held = Held(reservation, tuple((c.scope, c.principal, h) for c, h in zip(charges, verdict.held, strict=True)))
+        held = Held(reservation, tuple((c.scope, c.principal, h) for c, h in zip(charges, verdict.held, strict=True)),
+                    charges[0].tokens if charges else 0, charges[0].cost if charges else 0)
         if target is None or crossing is None:
             return None, held
         return Decision(quota_scopes.DOWNGRADE, crossing.scope.name, crossing.principal, {}, target), held
@@ -274,9 +277,13 @@ class BudgetGuard:
         most 1.5 x store_timeout for the store, whatever path it takes."""
         return self._time_left(started) > 0
 
-    def settle(self, held: Held, tokens: int, cost: float | None) -> None:
-        """Queued: the worker releases the reservation and counts the true usage."""
+    def settle(self, held: Held, tokens: int, cost: float | None, at_least_reserved: bool = False) -> None:
+        """Queued: the worker releases the reservation and counts the true usage. A stream left before its
+        end without a usage block (`at_least_reserved`) counts its whole reservation: the server may have
+        generated all of it. The store is the conservative book for enforcement, the metrics the observed one."""
         cost_nano = round(cost * NANO) if cost else 0  # nothing held and no usage: sent as a cancel
+        if at_least_reserved:
+            tokens, cost_nano = max(tokens, held.tokens), max(cost_nano, held.cost)
         with self._count_lock:
             self._unsettled += 1
         tokens, cost_nano = min(max(0, tokens), MAX_AMOUNT), min(max(0, cost_nano), MAX_AMOUNT)

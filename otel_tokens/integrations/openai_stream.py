@@ -34,6 +34,7 @@ class StreamState:
         "counter",
         "covered",
         "done",
+        "ended",
         "finalizer",
         "hide_usage_chunk",
         "kwargs",
@@ -55,6 +56,7 @@ class StreamState:
         self.usage: Usage | None = None
         self.response_model: str | None = None
         self.done = False
+        self.ended = False  # the server's stream reached its end (not closed, abandoned or cut before it)
         self.finalizer: weakref.finalize | None = None
         # content capture only (else None, nothing allocated): text deltas and finish reasons per choice index
         capture = recorder.settings.capture_content
@@ -135,6 +137,11 @@ class StreamState:
                 apply_usage(record, self.usage)
             else:
                 count_locally(record, self.counter, self.kwargs, ["".join(self.parts)])
+                # closed, abandoned or cut before its end: the server may have generated more than was read,
+                # so what was read is an estimate of the call's output, never an exact count
+                record.unfinished = not self.ended
+                if record.unfinished and record.usage_source == names.SOURCE_COUNTED:
+                    record.usage_source = names.SOURCE_ESTIMATED
         except Exception:
             internal_error("openai stream usage")
         if self.texts is not None and self.reasons is not None:
@@ -194,6 +201,7 @@ class StreamProxy(_Closing, wrapt.ObjectProxy):  # type: ignore[misc]
                 else:
                     item = self.__wrapped__.__next__()
             except StopIteration:
+                state.ended = True
                 state.finish()
                 raise
             except BaseException as exc:
@@ -237,6 +245,7 @@ class _AsyncIteration:
                 else:
                     item = await self.__wrapped__.__anext__()
             except StopAsyncIteration:
+                state.ended = True
                 state.finish()
                 raise
             except BaseException as exc:

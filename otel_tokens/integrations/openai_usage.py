@@ -201,13 +201,40 @@ def _count_output(counter: TokenCounter, model: str, kwargs: Mapping[str, Any], 
     return count, source
 
 
+_OUTPUT_LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
+def _sent(kwargs: Mapping[str, Any], key: str) -> list[Any]:
+    """What the server receives for `key`: the body's value (`extra_body` wins over the argument, as the
+    SDK merges it last) and the query's (`extra_query`), each present one."""
+    values = []
+    body, query = kwargs.get("extra_body"), kwargs.get("extra_query")
+    if isinstance(body, Mapping) and key in body:
+        values.append(body[key])
+    elif key in kwargs and kwargs[key] is not None and type(kwargs[key]).__name__ != "NotGiven":
+        values.append(kwargs[key])
+    if isinstance(query, Mapping) and key in query:
+        values.append(query[key])
+    return values
+
+
+def _request_count(value: Any) -> int | None:
+    """A positive count as a server reads it (a query string's "1500" included); None otherwise."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    return value if type(value) is int and value > 0 else None
+
+
 def output_limit(kwargs: Mapping[str, Any]) -> int | None:
-    """The output limit a request set (max_completion_tokens, max_tokens or max_output_tokens)."""
-    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        limit = _positive_int(kwargs.get(key))
-        if limit is not None:
-            return limit
-    return None
+    """The most output a request can make the server generate per choice: the largest output limit it
+    sends (max_completion_tokens, max_tokens or max_output_tokens; arguments, `extra_body`, `extra_query`).
+    None, so the reservation's default applies, when it sends none, or any that is not a positive count
+    (0, negative, null: servers read 0 as "no limit")."""
+    values = [value for key in _OUTPUT_LIMITS for value in _sent(kwargs, key)]
+    counts = [_request_count(value) for value in values]
+    if not counts or None in counts:
+        return None
+    return max(counts)  # type: ignore[type-var]
 
 
 def _positive_int(value: Any) -> int | None:
@@ -233,5 +260,5 @@ def estimate_request(operation: str, kwargs: Mapping[str, Any]) -> UsageEstimate
         return UsageEstimate(input_bound, 0)
     limit = output_limit(kwargs)
     # the server generates best_of completions (completions API) and bills every one
-    choices = max(_positive_int(kwargs.get("n")) or 1, _positive_int(kwargs.get("best_of")) or 1)
+    choices = max((_request_count(value) or 1 for key in ("n", "best_of") for value in _sent(kwargs, key)), default=1)
     return UsageEstimate(input_bound, limit, choices)

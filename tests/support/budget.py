@@ -76,7 +76,7 @@ class BudgetApp:
 
 
 def budget_app(quota_file: Path, store: str, rules: tuple[GuardRule, ...] = (), fail_closed: bool = False,
-               **guard: Any) -> Iterator[BudgetApp]:
+               server: dict[str, Any] | None = None, **guard: Any) -> Iterator[BudgetApp]:
     tel, tracer_provider, meter_provider = make_telemetry()
     settings = Settings(prices=PRICES, guard=GuardSettings(
         rules=rules, fail_closed=fail_closed, quota_file=quota_file, store=store,
@@ -84,8 +84,8 @@ def budget_app(quota_file: Path, store: str, rules: tuple[GuardRule, ...] = (), 
     instrumentor = TokenUsageInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=settings)
     try:
-        with OpenAIServer() as server:
-            client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
-            yield BudgetApp(instrumentor.recorder, tel, server, client, instrumentor)
+        with OpenAIServer(**(server or {})) as local:
+            client = openai.OpenAI(base_url=local.base_url, api_key="x", max_retries=0)
+            yield BudgetApp(instrumentor.recorder, tel, local, client, instrumentor)
     finally:
         instrumentor.uninstrument()

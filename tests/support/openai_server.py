@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import itertools
 import json
 import socket
@@ -221,6 +222,7 @@ class OpenAIServer:
         delay_s: float = 0.0,
         chunk_chars: int = 4,
         on_request: OnRequest | None = None,
+        generate_as_asked: int | None = None,
     ) -> None:
         self.reply = reply
         self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
@@ -231,6 +233,9 @@ class OpenAIServer:
         self.delay_s = delay_s
         self.chunk_chars = chunk_chars
         self.on_request = on_request
+        # a server that generates what it is asked: a reply of as many cl100k tokens (" a" each) as the
+        # output limit it received (body or query, a positive count), else this many ("no limit": 0 or none)
+        self.generate_as_asked = generate_as_asked
         self.requests: list[RecordedRequest] = []
         self.errors: list[BaseException] = []  # exceptions raised while answering (on_request's included)
         self._lock = threading.Lock()
@@ -396,6 +401,19 @@ class OpenAIServer:
                       reasoning_tokens=int(self.reasoning_tokens), response_model=self.response_model,
                       chunk_chars=int(self.chunk_chars))
 
+    def _asked(self, body: JSONDict, path: str) -> int:
+        """The output limit the server reads: max_completion_tokens, else max_tokens, the query's before the
+        body's (as a proxy that maps query parameters onto the request would); 0, negative or null is no limit."""
+        from urllib.parse import parse_qs
+
+        query = {key: values[-1] for key, values in parse_qs(urlsplit(path).query).items()}
+        for key in ("max_completion_tokens", "max_tokens"):
+            value = query.get(key, body.get(key))
+            if value is not None:
+                value = int(value)
+                return value if value > 0 else int(self.generate_as_asked or 0)
+        return int(self.generate_as_asked or 0)
+
     def _new_id(self, prefix: str) -> str:
         return f"{prefix}-local{next(self._ids):06d}"
 
@@ -411,6 +429,8 @@ class OpenAIServer:
         with self._lock:
             self.requests.append(RecordedRequest(h.command, path, headers, body))
         knobs = self._knobs()
+        if self.generate_as_asked is not None and isinstance(body, dict):
+            knobs = dataclasses.replace(knobs, reply=" a" * self._asked(body, path))
         if self.delay_s > 0:
             time.sleep(self.delay_s)
 
