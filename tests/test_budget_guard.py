@@ -327,8 +327,8 @@ GENERATES_WITHOUT_LIMIT = 3_000  # what the server below generates when told no 
 
 def _generated(server) -> int:
     """Tokens the server generated and billed, from its own replies' requests (prompt + completion)."""
-    return sum(server.prompt_tokens(r.body["model"], r.body["messages"]) + server._asked(r.body, r.path)
-               * int((r.body.get("n") or 1)) for r in server.requests)
+    return sum(server.prompt_tokens(r.body["model"], r.body["messages"]) + server.asked(r.body, r.path)
+               * int(r.body.get("n") or 1) for r in server.requests)
 
 
 @pytest.mark.parametrize("how", [
@@ -355,7 +355,7 @@ def test_a_stream_left_after_two_chunks_is_settled_at_what_the_server_can_have_g
     counted, marked estimated."""
     quota_file = write_quotas(tmp_path / "q.yml", {"default": {"tokens": HARD}})
     for app in budget_app(quota_file, redis_url, server={"generate_as_asked": GENERATES_WITHOUT_LIMIT}):
-        def stalled() -> None:
+        def stalled(app=app) -> None:
             stream = app.ask("alice", max_tokens=2000, stream=True)
             next(stream)
             next(stream)

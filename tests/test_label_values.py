@@ -28,7 +28,7 @@ def test_metrics_stay_200_with_a_lone_surrogate_in_every_label_value():
     # the provider name from the operator's `providers` map, the rest from the server and the caller
     instrumentor.instrument(tracer_provider=TracerProvider(), meter_provider=meter_provider,
                             settings=Settings(providers={"127.0.0.1": "local\udfff"}, builtin_prices=False))
-    http, thread = start_http_server(0, addr="127.0.0.1")
+    http, _thread = start_http_server(0, addr="127.0.0.1")
     try:
         with OpenAIServer(response_model="gpt-4o-mini\ud800") as server:
             client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)

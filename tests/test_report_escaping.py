@@ -19,7 +19,8 @@ from otel_tokens.ops.report.statement import Line, Statement, _summaries
 from otel_tokens.ops.report.statement_render import to_csv as statement_csv
 
 HOSTILE = ["[/]", "[bold red]boss[/bold red]", '=HYPERLINK("http://evil.example","x")', "+1-2", "@SUM(A1)",
-           "line\nbreak", "pipe|name", "__init__"]
+           "line\nbreak", "pipe|name", "__init__", "ops\r@SUM(1)", " =2+2", "\x01=2+2", "\t-3", "$\\invalidcmd{$"]
+FORMULA_STARTS = ("=", "+", "-", "@", " ", "\x01", "\t", "\r")
 
 
 def _report() -> Report:
@@ -52,8 +53,10 @@ def test_csv_quotes_formula_cells_and_keeps_numbers():
     rows = list(csv.DictReader(io.StringIO(to_csv(_report()))))
     names = [r["name"] for r in rows if r["kind"] == "user"]
     assert "'=HYPERLINK(\"http://evil.example\",\"x\")" in names and "'+1-2" in names and "'@SUM(A1)" in names
-    assert "[/]" in names and "line\nbreak" in names  # only formula starts are touched
-    assert all(not n.startswith(("=", "+", "-", "@")) for n in names)
+    assert "[/]" in names and "line\nbreak" in names and "ops\r@SUM(1)" in names  # only formula starts are touched
+    assert "' =2+2" in names and "'\x01=2+2" in names and "'\t-3" in names  # after whitespace or control chars too
+    assert all(not n.startswith(FORMULA_STARTS) for n in names)
+    assert len([r for r in rows if r["kind"] == "user"]) == len(HOSTILE)  # a CR inside a name split no row
     assert [r["percent"] for r in rows if r["kind"] == "user_quota"] == ["54.5"] * len(HOSTILE)
     assert [r["cost"] for r in rows if r["kind"] == "user"] == ["0.001"] * len(HOSTILE)
 
@@ -108,12 +111,34 @@ def test_statement_csv_and_focus_quote_formula_cells_and_keep_names():
     for kind in ("user", "department", "model"):
         names = [r["name"] for r in rows if r["kind"] == kind]
         assert len(names) == len(HOSTILE) and "'=HYPERLINK(\"http://evil.example\",\"x\")" in names, kind
-        assert all(not n.startswith(("=", "+", "-", "@")) for n in names) and "line\nbreak" in names
+        assert all(not n.startswith(FORMULA_STARTS) for n in names) and "line\nbreak" in names
+        assert "ops\r@SUM(1)" in names
     focus = list(csv.DictReader(io.StringIO(to_focus(_statement(), "acme"))))
     assert len(focus) == len(HOSTILE)
     for column in ("x_UserId", "x_Department", "SkuId", "ChargeDescription"):
-        assert all(not r[column].startswith(("=", "+", "-", "@")) for r in focus), column
+        assert all(not r[column].startswith(FORMULA_STARTS) for r in focus), column
     assert "'@SUM(A1)" in [r["x_UserId"] for r in focus]
     # Tags is JSON: the name inside it is exact (it starts with "{", no spreadsheet runs it)
     assert sorted(json.loads(r["Tags"])["user_id"] for r in focus) == sorted(HOSTILE)
     assert [r["BilledCost"] for r in focus] == ["0.25"] * len(HOSTILE)
+
+
+def test_every_csv_cell_is_quoted_so_a_cr_inside_a_name_stays_in_its_cell():
+    """Python's csv module quotes a field with a CR only when the line terminator holds one: `ops\\r@SUM(1)`
+    went out bare, and a spreadsheet started a row at the CR with a formula."""
+    for text in (to_csv(_report()), statement_csv(_statement()), to_focus(_statement(), "acme")):
+        assert '"ops\r@SUM(1)"' in text
+        assert all(line.startswith('"') for line in text.split("\n") if line and not line.startswith("break"))
+
+
+def test_the_chart_and_the_digest_take_names_as_text_not_mathtext(tmp_path):
+    from otel_tokens.ops.report.mail import build_message
+    from otel_tokens.ops.report.png import draw_png
+
+    report = _report()
+    path = tmp_path / "usage.png"
+    draw_png(str(path), report, [1_764_633_600.0, 1_764_637_200.0],
+             {name: [1, 2] for name in HOSTILE})  # `$\\invalidcmd{$` made matplotlib raise: exit 1, no digest
+    assert path.read_bytes().startswith(b"\x89PNG")
+    message = build_message(report, ["ops@example.test"], "otel-tokens@example.test", path.read_bytes())
+    assert any(part.get_content_type() == "image/png" for part in message.walk())

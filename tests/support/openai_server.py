@@ -401,7 +401,7 @@ class OpenAIServer:
                       reasoning_tokens=int(self.reasoning_tokens), response_model=self.response_model,
                       chunk_chars=int(self.chunk_chars))
 
-    def _asked(self, body: JSONDict, path: str) -> int:
+    def asked(self, body: JSONDict, path: str) -> int:
         """The output limit the server reads: max_completion_tokens, else max_tokens, the query's before the
         body's (as a proxy that maps query parameters onto the request would); 0, negative or null is no limit."""
         from urllib.parse import parse_qs
@@ -430,7 +430,7 @@ class OpenAIServer:
             self.requests.append(RecordedRequest(h.command, path, headers, body))
         knobs = self._knobs()
         if self.generate_as_asked is not None and isinstance(body, dict):
-            knobs = dataclasses.replace(knobs, reply=" a" * self._asked(body, path))
+            knobs = dataclasses.replace(knobs, reply=" a" * self.asked(body, path))
         if self.delay_s > 0:
             time.sleep(self.delay_s)
 

@@ -87,7 +87,7 @@ def to_focus(s: Statement, account: str) -> str:
                           "BillingCurrency; set one reporting currency in every app", USAGE_ERROR)
     currency = currencies[0] if currencies else "USD"
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n", restval="")
+    writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n", restval="", quoting=csv.QUOTE_ALL)
     writer.writeheader()
     for x in s.lines:
         if x.tokens or x.cost:

@@ -13,10 +13,18 @@ from .render import format_money, headline
 def draw_png(path: str, report: Report, times: Sequence[float], lines: Mapping[str, Sequence[int]]) -> None:
     """The figure from a built report and its timeline (queried beforehand: see queries.token_timeline)."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        import matplotlib
     except ImportError:
         raise ReportError("--png needs matplotlib: pip install 'otel-tokens[report]'", USAGE_ERROR) from None
+    # names are text, never mathtext: a user named `$\\invalidcmd{$` made the whole digest fail
+    with matplotlib.rc_context({"text.parse_math": False}):
+        _draw(path, report, times, lines)
+
+
+def _draw(path: str, report: Report, times: Sequence[float], lines: Mapping[str, Sequence[int]]) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     users = [r.name for r in report.rows["user"] if r.name != UNATTRIBUTED]
     moments = [datetime.fromtimestamp(t, timezone.utc) for t in times]
     figure = Figure(figsize=(13, 5), dpi=100, layout="constrained")

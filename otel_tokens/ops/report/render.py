@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -137,10 +138,14 @@ def _md(text: str) -> str:
     return text
 
 
+_FORMULA = re.compile(r"[\s\x00-\x1f\x7f]*[=+\-@]|[\t\r]")
+
+
 def _spreadsheet_safe(value: Any) -> Any:
-    """A text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR first) gets a leading quote
-    (OWASP's advice); numbers are never touched."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    """A text cell a spreadsheet would run as a formula (=, +, -, @ first, also after leading whitespace or
+    control characters; a tab or CR first) gets a leading quote (OWASP's advice); numbers are never touched.
+    The writers quote every cell too (QUOTE_ALL), so a CR inside a name cannot start a row of its own."""
+    if isinstance(value, str) and _FORMULA.match(value):
         return "'" + value
     return value
 
@@ -249,11 +254,11 @@ def to_csv(report: Report) -> str:
     """One row per entity: the totals (kind `total`), the top users, departments and models, then one
     row per quota (kind `user_quota` / `department_quota`). Numbers are plain, empty when unknown."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writeheader()
 
     def plain(value: Any) -> Any:
-        return _spreadsheet_safe(plain_number(value))
+        return plain_number(_spreadsheet_safe(value))  # text checked, numbers (a negative change) never
 
     t = report.totals
     writer.writerow({k: plain(v) for k, v in {

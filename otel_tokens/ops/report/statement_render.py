@@ -69,7 +69,7 @@ CSV_COLUMNS = ("kind", "name", "input_tokens", "output_tokens", "total_tokens", 
 def to_csv(s: Statement) -> str:
     """The total, then every department, user and model (no --top cap)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writeheader()
     common = {"currency": s.currency, "period": s.period.label, "period_start": _iso(s.period.start),
               "period_end": _iso(s.end), "complete": "true" if s.complete else "false"}
@@ -79,7 +79,7 @@ def to_csv(s: Statement) -> str:
                                    "cost": t.cost, "requests": t.requests, "share": 1.0 if t.total_tokens else 0.0}]
     rows += [{"kind": kind, **_row(r)} for kind in ORDER for r in s.rows[kind]]
     for row in rows:
-        writer.writerow({k: _spreadsheet_safe(plain_number(v)) for k, v in {**row, **common}.items()})
+        writer.writerow({k: plain_number(_spreadsheet_safe(v)) for k, v in {**row, **common}.items()})
     return buffer.getvalue()
 
 
