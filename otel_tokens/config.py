@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import names, quota_scopes
-from .config_fields import FAIL_SAFE, _path, _store
+from .config_fields import FAIL_SAFE, _path, _store, parse_bool
 from .config_fields import FIELDS as _FIELDS
 from .guard import GuardSettings
 from .guard_auth import ENV_GUARD_TOKEN, ENV_GUARD_TOKEN_FILE, token_from
@@ -120,6 +120,24 @@ def _report(errors: list[str], error: ConfigError, consequence: str) -> None:
     logger.warning("%s", message)
 
 
+def _guard_refused(values: dict[str, Any], raw: Any, source: str) -> str:
+    """A `guard:` section with a bad field is refused whole, but a `fail_closed: true` in it still holds:
+    an operator who asked to refuse calls when enforcement cannot work must not get an open door because
+    of a typo elsewhere in the section. With a `source` (alert mode asked for), every call is refused
+    until the file is fixed; budget mode from the environment fails closed too."""
+    try:
+        fail_closed = isinstance(raw, Mapping) and bool(raw.get("fail_closed")) and parse_bool(raw["fail_closed"])
+    except ValueError:
+        fail_closed = False
+    if not fail_closed:
+        return "the guard section is off"
+    alert_mode = isinstance(raw, Mapping) and raw.get("source") is not None
+    values["guard"] = GuardSettings(enabled=alert_mode, source=f"(the guard section of {source} is invalid)"
+                                    if alert_mode else "", fail_closed=True)
+    return ("the guard section is off but fail_closed holds: every call is refused until it is fixed"
+            if alert_mode else "the guard section is off but fail_closed holds for budget mode")
+
+
 def _fall_back(values: dict[str, Any], key: str) -> str:
     """What a field that cannot be read becomes: its default, or for a security setting its safe reading."""
     if key in FAIL_SAFE:
@@ -189,7 +207,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             try:
                 value = check(raw)
             except ValueError as exc:
-                _report(errors, ConfigError(source, key, raw, str(exc)), _fall_back(values, key))
+                consequence = _guard_refused(values, raw, source) if key == "guard" else _fall_back(values, key)
+                _report(errors, ConfigError(source, key, raw, str(exc)), consequence)
                 continue
             if key == "price_file" and not value.is_absolute():
                 value = config_file.parent / value  # relative to the config file, not the cwd

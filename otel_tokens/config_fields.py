@@ -53,6 +53,9 @@ def _bool(value: Any) -> bool:
     raise ValueError("is not true or false")
 
 
+parse_bool = _bool  # for config.py: a section refused whole still reads its fail_closed
+
+
 _CAPTURE_MODES = {"span_only": True, "span_and_event": True, "event_only": True, "no_content": False}
 
 

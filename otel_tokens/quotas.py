@@ -138,3 +138,23 @@ def load_quotas(path: Path) -> Quotas:
     """The quota file, validated; raises ConfigError naming file, field and value."""
     source = f"quota file {path}"
     return parse_quotas(read_yaml(path, "quota file"), source)
+
+
+def suspicious_changes(old: Quotas, new: Quotas) -> list[str]:
+    """What a reload does that is more often a bad edit (a file cut short, a digit too many) than a
+    decision: overrides that vanished (those principals fall back to the default) and limits raised more
+    than tenfold. Each item names the scope, the principal and the numbers, for one warning line."""
+    found = []
+    for scope in (USER, DEPARTMENT):
+        before, after = old.limits(scope), new.limits(scope)
+        for name in sorted(set(before.overrides) - set(after.overrides)):
+            found.append(f"{scope.section} override {name!r} dropped (now the default)")
+        pairs = [("default", before.default, after.default)] + [
+            (repr(name), before.overrides[name], after.overrides[name])
+            for name in sorted(set(before.overrides) & set(after.overrides))]
+        for who, was, now in pairs:
+            for kind in KINDS:
+                a, b = was.get(kind), now.get(kind)
+                if a is not None and (b is None or b > 10 * a):
+                    found.append(f"{scope.section} {who} {kind} limit {a:g} -> {'none' if b is None else f'{b:g}'}")
+    return found

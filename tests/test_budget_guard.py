@@ -371,3 +371,20 @@ def test_a_stream_left_after_two_chunks_is_settled_at_what_the_server_can_have_g
         assert app.metric_tokens("alice") < tokens  # the observed book: what the client read
         spans = [s for s in app.tel.spans() if s.attributes.get(names.GEN_AI_USAGE_OUTPUT_TOKENS) is not None]
         assert spans and all(s.attributes[names.LLM_USAGE_SOURCE] == "estimated" for s in spans)
+
+
+def test_a_reload_that_drops_an_override_or_raises_a_limit_tenfold_is_named(app, quotas):
+    """A quota file left truncated but valid dropped mallory's 500 to the default with an INFO line."""
+    logs = LogRecords()
+    logging.getLogger("otel_tokens").addHandler(logs)
+    try:
+        write_quotas(quotas, {"default": {"tokens": 400_000}})  # bob's override gone, the default x1000
+        deadline = time.monotonic() + 10
+        while not [r for r in logs.records if r.levelno == logging.WARNING] and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        logging.getLogger("otel_tokens").removeHandler(logs)
+    (warning,) = [r.getMessage() for r in logs.records if r.levelno == logging.WARNING]
+    assert str(quotas) in warning and "users override 'bob' dropped (now the default)" in warning
+    assert "users default tokens limit 400 -> 400000" in warning and warning.endswith("intended?")
+    assert app.recorder.budget.quotas.users.default.tokens == 400_000  # applied all the same: it may be meant

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from otel_tokens import TokenUsageInstrumentor, names
 from otel_tokens.config import load_settings
@@ -168,3 +169,31 @@ def test_config_path_shown_by_doctor(tmp_path):
     text = report(settings=load_settings({"OTEL_TOKENS_CONFIG": str(config)}))
     assert str(config) in text and "cardinality_limit: 0 is not an integer between 1 and 10,000,000" in text
     assert Path(config).exists()
+
+
+@pytest.mark.parametrize("alert_mode", [True, False])
+def test_a_bad_guard_field_refuses_the_section_but_keeps_fail_closed(tmp_path, alert_mode):
+    """A `nan` poll interval turned the whole section off, `fail_closed: true` included: an open door."""
+    from otel_tokens.guard import Guard
+
+    section = {"poll_interval": "nan", "fail_closed": True}
+    if alert_mode:
+        section["source"] = "http://prometheus:9090/api/v1/alerts"
+    else:
+        section["enabled"] = False  # alert mode off: budget mode only
+    config = tmp_path / "otel-tokens.yaml"
+    config.write_text(yaml.safe_dump({"guard": section}))
+    env = {"OTEL_TOKENS_CONFIG": str(config), "OTEL_TOKENS_QUOTA_FILE": str(tmp_path / "q.yml"),
+           "OTEL_TOKENS_BUDGET_STORE": "redis://127.0.0.1:9/0"}  # budget mode from the environment
+    settings = load_settings(env)
+    (error,) = [e for e in settings.errors if ": guard: " in e]
+    assert f"config {config}: guard:" in error and "poll_interval 'nan'" in error and "fail_closed holds" in error
+    guard = settings.guard
+    assert guard.fail_closed and guard.budget and guard.enabled is alert_mode
+    if alert_mode:  # every call is refused until the file is fixed, with a message that says why
+        decision = Guard(guard).decide("gpt-4o", {names.USER_ID: "alice"})
+        assert decision.action == "fail_closed" and "guard section of config" in str(decision.error())
+    section["fail_closed"] = False
+    config.write_text(yaml.safe_dump({"guard": section}))
+    settings = load_settings(env)
+    assert not settings.guard.fail_closed and not settings.guard.enabled  # off, as before, when it did not ask

@@ -25,7 +25,7 @@ from .. import names, quota_scopes
 from ..config import ConfigError
 from ..guard import Decision, GuardSettings
 from ..pricing import PER, PriceBook
-from ..quotas import Quotas, load_quotas
+from ..quotas import Quotas, load_quotas, suspicious_changes
 from ..record import UsageEstimate
 from ..safety import internal_error, log_once, logger
 from .store import (
@@ -203,6 +203,10 @@ class BudgetGuard:
             self._plans = plans(self.settings, quotas)
             if self.quotas is not None:
                 logger.info("otel-tokens: quotas reloaded from %s", path)
+                changes = suspicious_changes(self.quotas, quotas)
+                if changes:
+                    logger.warning("otel-tokens: quota file %s: %s; intended?", path, "; ".join(changes[:20]) +
+                                   (f" and {len(changes) - 20} more" if len(changes) > 20 else ""))
             self.quotas = quotas
 
     # --- the call path -----------------------------------------------------------------------------------
