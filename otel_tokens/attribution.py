@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from opentelemetry import baggage
 
 from . import names
-from .safety import valid_text
+from .safety import normalize_id, valid_text
 
 _EMPTY: Mapping[str, str] = {}
 _CURRENT: ContextVar[Mapping[str, str]] = ContextVar("otel_tokens_attribution", default=_EMPTY)
@@ -30,9 +30,12 @@ def trust_baggage(trusted: bool) -> None:
 
 
 def safe_value(value: str) -> str:
-    """Valid UTF-8 text, whatever came in: lone surrogates written as \\udXXX escapes; a real id spelled
-    like one of our own principals (`__unattributed__`, `__other__`) gets a leading backslash, so no one
-    can pose as, or be merged into, those."""
+    """Valid UTF-8 text in one spelling, whatever came in: NFKC with invisible characters removed
+    (`normalize_id`, the same for every source: the app, a proxy's header under any server, baggage),
+    lone surrogates written as \\udXXX escapes; a real id spelled like one of our own principals
+    (`__unattributed__`, `__other__`) gets a leading backslash, so no one can pose as, or be merged into,
+    those."""
+    value = normalize_id(value)
     if value.endswith("__") and value.lstrip("\\") in names.RESERVED_IDS:  # one more backslash: one-to-one
         return "\\" + value
     return valid_text(value)

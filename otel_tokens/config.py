@@ -31,6 +31,7 @@ ENV_STREAM_INCLUDE_USAGE = "OTEL_TOKENS_STREAM_INCLUDE_USAGE"
 ENV_PROPAGATE = "OTEL_TOKENS_PROPAGATE"
 ENV_TRUST_BAGGAGE = "OTEL_TOKENS_TRUST_BAGGAGE"
 ENV_TRUSTED_HEADERS = "OTEL_TOKENS_TRUSTED_HEADERS"
+ENV_TRUSTED_PROXIES = "OTEL_TOKENS_TRUSTED_PROXIES"
 ENV_UNATTRIBUTED = "OTEL_TOKENS_UNATTRIBUTED"
 ENV_ALLOW_TOKENIZER_DOWNLOAD = "OTEL_TOKENS_ALLOW_TOKENIZER_DOWNLOAD"
 ENV_QUOTA_FILE = "OTEL_TOKENS_QUOTA_FILE"  # budget mode: the quota file (as `otel-tokens rules` reads)
@@ -87,6 +88,8 @@ class Settings:
     trust_baggage: bool = False  # attribution from inbound baggage (internal hops only: a model server)
     # attribute (user.id, department, session.id) -> request header an authenticating proxy sets; none by default
     trusted_headers: Mapping[str, str] = field(default_factory=dict)
+    # the peers whose trusted headers count (the authenticating proxy); () = any peer, warned at start
+    trusted_proxies: tuple[str, ...] = ()
     unattributed: str = quota_scopes.ALLOW  # a call with no user: allow (charged to __unattributed__) | reject
     guard: GuardSettings = field(default_factory=GuardSettings)  # quota enforcement, off by default
     capture_content: bool = False  # prompt and completion text on spans (gen_ai.*.messages): opt-in only
@@ -108,6 +111,7 @@ _ENV_FIELDS = {
     ENV_PROPAGATE: "propagate",
     ENV_TRUST_BAGGAGE: "trust_baggage",
     ENV_TRUSTED_HEADERS: "trusted_headers",
+    ENV_TRUSTED_PROXIES: "trusted_proxies",
     ENV_UNATTRIBUTED: "unattributed",
     ENV_ALLOW_TOKENIZER_DOWNLOAD: "allow_tokenizer_download",
     ENV_CAPTURE_CONTENT: "capture_content",

@@ -110,6 +110,27 @@ _NEVER_TRUSTED = frozenset(("authorization", "proxy-authorization", "cookie", "s
                             "content-length", "x-api-key", "api-key"))
 
 
+def trusted_proxies(value: Any) -> tuple[str, ...]:
+    """CIDRs (or addresses) of the authenticating proxy, and `unix` for a proxy on a Unix socket; a string
+    reads `10.0.0.5,10.1.0.0/16`. Checked here, parsed where requests are read."""
+    import ipaddress
+
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError("is not a list of the proxy's addresses or CIDRs (e.g. [10.0.0.5, 10.1.0.0/16])")
+    out = []
+    for item in value:
+        if item == "unix":
+            out.append(item)
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(str(item), strict=False)))
+        except ValueError:
+            raise ValueError(f"holds {item!r}, not an IP address or CIDR (or unix)") from None
+    return tuple(out)
+
+
 def _trusted_headers(value: Any) -> dict[str, str]:
     """{attribute: header}; a string reads `user.id=X-Forwarded-User,department=X-Forwarded-Groups`."""
     if isinstance(value, str):
@@ -143,7 +164,8 @@ def _unattributed(value: Any) -> str:
 
 
 # A security setting that cannot be read is taken at its safe reading, not at its default.
-FAIL_SAFE = {"unattributed": (quota_scopes.REJECT, "refusing calls with no user until it is fixed")}
+FAIL_SAFE = {"unattributed": (quota_scopes.REJECT, "refusing calls with no user until it is fixed"),
+             "trusted_proxies": (("none",), "no peer's trusted headers count until it is fixed")}
 
 
 def _positive_int(value: Any) -> int:
@@ -303,6 +325,7 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "propagate_hosts": _host_globs,
     "trust_baggage": _bool,
     "trusted_headers": _trusted_headers,
+    "trusted_proxies": trusted_proxies,
     "unattributed": _unattributed,
     "guard": _guard,
     "capture_content": _capture,

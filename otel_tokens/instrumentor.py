@@ -65,7 +65,7 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=cumulative")
         attribution.trust_baggage(settings.trust_baggage)
         if settings.trusted_headers:
-            web_zero_code.instrument(settings.trusted_headers)
+            web_zero_code.instrument(settings.trusted_headers, settings.trusted_proxies)
         recorder.start()
         self._recorder = recorder
         self._active = []

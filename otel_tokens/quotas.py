@@ -27,6 +27,7 @@ from typing import Any
 
 from .config import ConfigError, ConfigProblemsError, read_yaml
 from .quota_scopes import DEPARTMENT, KINDS, USER, QuotaScope
+from .safety import normalize_id
 
 _PRINCIPAL = re.compile(r"^[^\"\\\n]+$")  # ends up inside PromQL label values and YAML strings
 
@@ -107,7 +108,12 @@ def _scope(raw: Any, source: str, where: str, problems: list[ConfigError]) -> Sc
             problems.append(ConfigError(source, f"{where}.overrides", name,
                                         "is not a valid name (no quotes or backslashes)"))
             continue
-        overrides[name] = _limits(limits, source, f"{where}.overrides.{name}", problems)
+        normal = normalize_id(name)  # the spelling calls are charged under (attribution.safe_value)
+        if normal in overrides:
+            problems.append(ConfigError(source, f"{where}.overrides", name,
+                                        f"is the same id as another override once normalized ({normal!r})"))
+            continue
+        overrides[normal] = _limits(limits, source, f"{where}.overrides.{name}", problems)
     return ScopeLimits(default, overrides)
 
 

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import logging
+import unicodedata
 
 logger = logging.getLogger("otel_tokens")
 
 _reported: set[str] = set()
+
+
+# invisible characters that make one person two ids: zero-width space/joiners, word joiner, BOM, soft hyphen
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"))
+
+
+def normalize_id(value: str) -> str:
+    """One spelling per id: Unicode NFKC (fullwidth `ａｌｉｃｅ` is `alice`, compatibility forms folded) with
+    invisible characters removed. ASCII is already normal. Look-alikes from other scripts (a Cyrillic `а`)
+    stay distinct: telling them from real names in that script is a policy, not a normalization."""
+    if value.isascii():
+        return value
+    return unicodedata.normalize("NFKC", value).translate(_INVISIBLE)
 
 
 def valid_text(value: str) -> str:

@@ -169,3 +169,20 @@ def test_thread_pool_tasks_use_the_submitters_attribution(telemetry):
         with usage_context(user_id="second"):
             assert pool.submit(who).result() == "second"
         assert pool.submit(who).result() is None
+
+
+def test_ids_have_one_spelling_whatever_the_source():
+    """Look-alikes that are the same id to a person (fullwidth, an invisible character, a decomposed
+    accent) are one principal; a Chinese name stays as it is; so do quota overrides, which must match."""
+    from otel_tokens.quotas import parse_quotas
+
+    for spelled, normal in (("\uff41\uff4c\uff49\uff43\uff45", "alice"), ("al\u200bice", "alice"),
+                            ("\u00adalice\u2060", "alice"), ("Jose\u0301", "Jos\u00e9"),
+                            ("\u5f20\u4e09", "\u5f20\u4e09"),
+                            ("\uff3f\uff3fother\uff3f\uff3f", "\\__other__")):  # no one poses as our principals
+        with usage_context(user_id=spelled):
+            assert current_attribution()[names.USER_ID] == normal, spelled
+    quotas = parse_quotas({"users": {"overrides": {"\uff42\uff4f\uff42": {"tokens": 5}}}}, "q.yml")
+    assert set(quotas.users.overrides) == {"bob"}
+    with pytest.raises(Exception, match="same id as another override once normalized"):
+        parse_quotas({"users": {"overrides": {"bob": {"tokens": 5}, "b\u200bob": {"tokens": 9}}}}, "q.yml")

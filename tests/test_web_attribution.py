@@ -62,7 +62,7 @@ U = names.UNATTRIBUTED
     ([(b"x-forwarded-user", b"")], (U, U)),
     ([(b"x-forwarded-user", b"__other__")], ("\\__other__", U)),  # no one poses as our principals
     ([(b"x-forwarded-user", b"__unattributed__")], ("\\__unattributed__", U)),
-    ([(b"x-forwarded-user", b"mal\xffory")], ("mal\\xffory", U)),  # invalid UTF-8 made valid text
+    ([(b"x-forwarded-user", b"mal\xffory")], (U, U)),  # not UTF-8: nobody's id, not one per server
     ([(b"baggage", b"user.id=alice"), (b"x-user", b"alice")], (U, U)),  # only the named headers count
 ])
 def test_the_asgi_middleware_charges_the_proxy_s_user(telemetry, headers, charged):
@@ -146,6 +146,7 @@ def web_app():
                "OTEL_TRACES_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "prometheus",
                "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1", "OTEL_EXPORTER_PROMETHEUS_PORT": str(metrics_port),
                "OTEL_TOKENS_TRUSTED_HEADERS": "user.id=X-Forwarded-User,department=X-Forwarded-Groups",
+               "OTEL_TOKENS_TRUSTED_PROXIES": "127.0.0.1",  # the proxy; 127.0.0.2 below is a client on its own
                "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "openai_v2"}
         process = subprocess.Popen([str(BIN / "opentelemetry-instrument"), str(BIN / "uvicorn"),
                                     "tests.support.web_app:app", "--host", "127.0.0.1", "--port", str(port),
@@ -179,12 +180,21 @@ def test_zero_code_fastapi_charges_the_proxy_s_user_never_the_client_s_baggage(w
                                   ("baggage", forged)]) == 200
     assert _post(f"{base}/chat", [("baggage", forged)]) == 200  # no proxy header: nobody's, not mallory's
     assert _post(f"{base}/chat-as-app", [("X-Forwarded-User", "alice"), ("baggage", forged)]) == 200
+    # a client reaching the app directly, not through the proxy: its X-Forwarded-User bills nobody
+    import http.client
+
+    direct = http.client.HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=30,
+                                        source_address=("127.0.0.2", 0))
+    direct.request("POST", "/chat", body=b"{}", headers={"X-Forwarded-User": "alice"})
+    assert direct.getresponse().status == 200
+    direct.close()
     sent = [r.headers.get("baggage", "") for r in model.requests[before:]]
     usage = _tokens(metrics)
     per_call = next(iter(usage.values())) if usage else 0
     assert per_call > 0
-    assert usage == {("alice", "sales"): per_call, (U, U): per_call, ("service-account", "platform"): per_call}
-    assert sent == ["user.id=alice,department=sales", "", "user.id=service-account,department=platform"]
+    assert usage == {("alice", "sales"): per_call, (U, U): 2 * per_call,
+                     ("service-account", "platform"): per_call}
+    assert sent == ["user.id=alice,department=sales", "", "user.id=service-account,department=platform", ""]
     assert all("SECRET123" not in b and "mallory" not in b for b in sent)
 
 
@@ -219,3 +229,103 @@ def test_client_set_and_credential_headers_are_refused_as_trusted(header):
 def test_an_unreadable_unattributed_policy_means_reject():
     settings = load_settings({"OTEL_TOKENS_UNATTRIBUTED": "alow"})
     assert settings.unattributed == "reject" and "refusing calls with no user" in settings.errors[0]
+
+
+# --- who may name a user, and in which spelling -----------------------------------------------------------
+def _asgi_from(app, client: tuple[str, int] | None, headers: list[tuple[bytes, bytes]]) -> None:
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def send(message):
+        pass
+
+    asyncio.run(app({"type": "http", "headers": headers, "path": "/", "client": client}, receive, send))
+
+
+def test_trusted_headers_count_only_from_the_trusted_proxies(telemetry, caplog):
+    """A client reaching the app directly sent `X-Forwarded-User: alice` and was billed as alice."""
+    proxied = [(b"x-forwarded-user", b"alice"), (b"x-forwarded-groups", b"sales")]
+    app = UsageContextMiddleware(_endpoint, headers=HEADERS, proxies=["10.0.0.5", "10.1.0.0/16", "unix"])
+    _asgi_from(app, ("10.0.0.5", 40000), proxied)  # the proxy
+    _asgi_from(app, ("10.1.2.3", 40000), proxied)  # one of the proxy's pool
+    _asgi_from(app, None, proxied)  # the proxy over a Unix socket
+    _asgi_from(app, ("203.0.113.9", 40000), proxied)  # a client reaching the app directly
+    assert _charged(telemetry) == [("alice", "sales")] * 3 + [(U, U)]
+    assert "203.0.113.9, which is not in trusted_proxies" in caplog.text
+
+    wsgi = UsageContextWSGIMiddleware(lambda environ, start: [_generate()] and [b""], headers=HEADERS,
+                                      proxies=["10.0.0.5"])
+    for peer in ("10.0.0.5", "10.0.0.6"):
+        list(wsgi({"REMOTE_ADDR": peer, "HTTP_X_FORWARDED_USER": "bob", "REQUEST_METHOD": "GET"}, lambda *a: None))
+    assert _charged(telemetry)[-2:] == [("bob", U), (U, U)]
+
+
+def test_without_trusted_proxies_the_start_says_any_client_can_name_its_user(caplog):
+    UsageContextMiddleware(_endpoint, headers=HEADERS)
+    from otel_tokens import safety
+
+    safety._reported.discard("trusted-any-peer")
+    UsageContextMiddleware(_endpoint, headers=HEADERS, proxies=[])
+    assert "a client that reaches the app directly can name its user" in caplog.text
+    settings = load_settings({"OTEL_TOKENS_TRUSTED_PROXIES": "10.0.0.0/8, unix"})
+    assert settings.trusted_proxies == ("10.0.0.0/8", "unix")
+    bad = load_settings({"OTEL_TOKENS_TRUSTED_PROXIES": "10.0.0.0/8,proxy.internal"})
+    assert bad.trusted_proxies == ("none",) and "'proxy.internal', not an IP address" in bad.errors[0]
+
+
+HOSTILE_IDS = [  # raw header bytes -> the one id they are
+    ("\uff41\uff4c\uff49\uff43\uff45".encode(), "alice"),  # fullwidth
+    ("al\u200bice".encode(), "alice"),  # a zero-width space
+    ("\ufeffalice".encode(), "alice"),  # a BOM
+    ("Jose\u0301".encode(), "Jos\u00e9"),  # decomposed accent: the composed one
+    ("\u5f20\u4e09".encode(), "\u5f20\u4e09"),  # a Chinese name, as it is
+]
+NOBODY = [b"mal\xffory", "\uff41\uff4c\uff49\uff43\uff45".encode()[:-1]]  # not UTF-8, or cut mid-character
+
+
+@pytest.mark.e2e
+def test_the_same_header_bytes_give_the_same_id_under_every_server():
+    """wsgiref and gunicorn (real servers, real sockets) and the ASGI path: NFKC, invisible characters
+    removed, the same id from the same bytes whichever server the app runs under."""
+    import json
+    import socket
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from otel_tokens.web.asgi import request_values
+    from tests.support.id_echo_app import TRUSTED, app
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    wsgiref = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    threading.Thread(target=wsgiref.serve_forever, daemon=True).start()
+    port = free_port()
+    gunicorn = subprocess.Popen([str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "-w", "1",
+                                 "tests.support.id_echo_app:app"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+    def ask(server_port: int, raw: bytes) -> dict:
+        with socket.create_connection(("127.0.0.1", server_port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\nHost: x\r\nX-Forwarded-User: " + raw + b"\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        return json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        for raw, expected in HOSTILE_IDS:
+            asgi = request_values({"type": "http", "headers": [(b"x-forwarded-user", raw)]}, TRUSTED)
+            found = {"wsgiref": ask(wsgiref.server_address[1], raw), "gunicorn": ask(port, raw), "asgi": asgi}
+            if raw.endswith(b"\x85") and found["wsgiref"] == {}:  # wsgiref cut it at 0x85: nobody's, not another id
+                found.pop("wsgiref")
+            assert all(values == {"user.id": expected} for values in found.values()), (raw, found)
+        for raw in NOBODY:
+            asgi = request_values({"type": "http", "headers": [(b"x-forwarded-user", raw)]}, TRUSTED)
+            assert ask(wsgiref.server_address[1], raw) == ask(port, raw) == asgi == {}, raw
+    finally:
+        wsgiref.shutdown()
+        gunicorn.terminate()
+        gunicorn.wait(timeout=10)

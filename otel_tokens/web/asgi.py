@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..attribution import usage_context
@@ -15,10 +15,11 @@ class UsageContextMiddleware:
     from `identify(scope)` (your code: a session, a verified token) and/or the trusted headers an
     authenticating proxy set. Your own `usage_context` inside a handler still wins."""
 
-    def __init__(self, app: Any, identify: Identify | None = None, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, app: Any, identify: Identify | None = None, headers: Mapping[str, str] | None = None,
+                 proxies: Sequence[str] | None = None) -> None:
         self.app = app
         self._identify = identify
-        self._headers = resolve(headers, identify, "UsageContextMiddleware")
+        self._headers = resolve(headers, identify, "UsageContextMiddleware", proxies)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         values = request_values(scope, self._headers, self._identify)
@@ -32,7 +33,12 @@ class UsageContextMiddleware:
 def request_values(scope: Any, headers: TrustedHeaders | None, identify: Identify | None = None) -> dict[str, str]:
     if not isinstance(scope, Mapping) or scope.get("type") not in ("http", "websocket"):
         return {}
-    values = _read(lambda: headers.from_asgi(scope.get("headers") or ())) if headers is not None else {}
+    values = {}
+    if headers is not None:
+        client = scope.get("client")
+        peer = str(client[0]) if isinstance(client, (list, tuple)) and client else None
+        if headers.trusts(peer):
+            values = _read(lambda: headers.from_asgi(scope.get("headers") or ()))
     if identify is not None:
         values.update(identified(identify, scope))
     return values

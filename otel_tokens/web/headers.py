@@ -7,7 +7,8 @@ is unattributed rather than charged to whoever the client claimed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .. import names
@@ -24,7 +25,14 @@ def clean(header: str, raw: bytes | str) -> str | None:
     """The id a header carries, or None when there is none or it cannot be one."""
     if isinstance(raw, str):
         raw = raw.encode("latin-1", "replace")  # WSGI gives headers as latin-1 text (PEP 3333)
-    value = raw.decode("utf-8", "backslashreplace").strip()
+    try:
+        value = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        # not what a proxy sends, or cut by the server: wsgiref reads headers as text lines and cuts at
+        # bytes such as 0x85 (`ｅ`, U+FF45, ends in it). Nobody's id rather than a different one per server.
+        log_once(f"header-utf8:{header}", "otel-tokens: trusted header %s is not UTF-8 (or the server cut it); "
+                 "ignored (the call is unattributed)", header)
+        return None
     if not value:
         return None
     if "," in value:  # a client's copy merged with the proxy's by a server (WSGI) or a gateway: ambiguous
@@ -40,13 +48,35 @@ def clean(header: str, raw: bytes | str) -> str | None:
 
 
 class TrustedHeaders:
-    """attribute -> header name, as `trusted_headers` configures it."""
+    """attribute -> header name, as `trusted_headers` configures it, read only from the peers in
+    `trusted_proxies` (CIDRs, `unix` for a Unix socket; none given: any peer, which start() warns about)."""
 
-    def __init__(self, mapping: Mapping[str, str]) -> None:
+    def __init__(self, mapping: Mapping[str, str], proxies: Sequence[str] = ()) -> None:
         self.mapping = {attribute: header.lower() for attribute, header in mapping.items()}
+        self.any_peer = not proxies
+        self.unix = "unix" in proxies
+        self.networks = tuple(ipaddress.ip_network(p, strict=False) for p in proxies if p not in ("unix", "none"))
         self._asgi = {header.encode("latin-1"): attribute for attribute, header in self.mapping.items()}
         self._wsgi = tuple((attribute, header, "HTTP_" + header.upper().replace("-", "_"))
                            for attribute, header in self.mapping.items())
+
+    def trusts(self, peer: str | None) -> bool:
+        """Whether a request from `peer` (its address; None or "" over a Unix socket) may name its user."""
+        if self.any_peer:
+            return True
+        if not peer:
+            ok = self.unix
+        else:
+            try:
+                address = ipaddress.ip_address(peer.strip("[]").split("%")[0])
+                ok = any(address in network for network in self.networks)
+            except ValueError:
+                ok = False
+        if not ok:
+            log_once(f"untrusted-peer:{str(peer)[:64]}", "otel-tokens: trusted headers from %s, which is not in "
+                     "trusted_proxies; ignored (the call is unattributed): a client reaching the app directly "
+                     "must not name its user", peer or "a Unix socket")
+        return ok
 
     def from_asgi(self, headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
         found: dict[str, bytes] = {}
@@ -117,17 +147,34 @@ def identified(identify: Identify, request: Any) -> dict[str, str]:
     return values
 
 
-def resolve(headers: Mapping[str, str] | None, identify: Identify | None, who: str) -> TrustedHeaders | None:
-    """The headers a middleware reads: given, or `trusted_headers` from the config; one source is required."""
-    if not headers and identify is None:
-        from ..config import load_settings
+def resolve(headers: Mapping[str, str] | None, identify: Identify | None, who: str,
+            proxies: Sequence[str] | None = None) -> TrustedHeaders | None:
+    """The headers a middleware reads: given, or `trusted_headers` from the config; one source is required.
+    `proxies`: given, or `trusted_proxies` from the config."""
+    from ..config import load_settings
 
-        headers = headers or load_settings().trusted_headers
+    settings = load_settings() if (not headers and identify is None) or (headers and proxies is None) else None
+    if not headers and identify is None:
+        headers = settings.trusted_headers if settings is not None else None
         if not headers:
             raise ValueError(f"{who}: give identify= (a function of the request) or headers= (attribute -> "
                              "header set by your authenticating proxy), or set OTEL_TOKENS_TRUSTED_HEADERS")
     if not headers:
         return None
-    from ..config_fields import _trusted_headers
+    from ..config_fields import _trusted_headers, trusted_proxies
 
-    return TrustedHeaders(_trusted_headers(dict(headers)))
+    if proxies is None:
+        proxies = settings.trusted_proxies if settings is not None else ()
+    elif proxies:
+        proxies = trusted_proxies(list(proxies))
+    return checked(TrustedHeaders(_trusted_headers(dict(headers)), proxies or ()))
+
+
+def checked(trusted: TrustedHeaders) -> TrustedHeaders:
+    """Says once, at start, when any client reaching the app can name its user."""
+    if trusted.any_peer:
+        log_once("trusted-any-peer", "otel-tokens: trusted_headers (%s) are read from any peer: a client that "
+                 "reaches the app directly can name its user. Bind the app where only the authenticating proxy "
+                 "reaches it, or set trusted_proxies (OTEL_TOKENS_TRUSTED_PROXIES) to the proxy's addresses",
+                 ", ".join(trusted.mapping.values()))
+    return trusted

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..attribution import usage_context
@@ -14,10 +14,11 @@ class UsageContextWSGIMiddleware:
     """The WSGI twin of UsageContextMiddleware. A streamed body is produced while the server iterates
     it, after the app returned, so the attribution is entered around every step of the iteration too."""
 
-    def __init__(self, app: Any, identify: Identify | None = None, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, app: Any, identify: Identify | None = None, headers: Mapping[str, str] | None = None,
+                 proxies: Sequence[str] | None = None) -> None:
         self.app = app
         self._identify = identify
-        self._headers = resolve(headers, identify, "UsageContextWSGIMiddleware")
+        self._headers = resolve(headers, identify, "UsageContextWSGIMiddleware", proxies)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         values = environ_values(environ, self._headers, self._identify)
@@ -27,7 +28,9 @@ class UsageContextWSGIMiddleware:
 def environ_values(environ: Any, headers: TrustedHeaders | None, identify: Identify | None = None) -> dict[str, str]:
     if not isinstance(environ, Mapping):
         return {}
-    values = _read(lambda: headers.from_environ(environ)) if headers is not None else {}
+    values = {}
+    if headers is not None and headers.trusts(str(environ.get("REMOTE_ADDR") or "")):
+        values = _read(lambda: headers.from_environ(environ))
     if identify is not None:
         values.update(identified(identify, environ))
     return values

@@ -5,7 +5,7 @@ not matter; uninstrumenting turns the hooks into pass-throughs."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import wrapt
@@ -13,7 +13,7 @@ import wrapt
 from ..attribution import usage_context
 from ..safety import internal_error
 from .asgi import request_values
-from .headers import TrustedHeaders
+from .headers import TrustedHeaders, checked
 from .wsgi import call_in_context, environ_values
 
 _TRUSTED: list[TrustedHeaders | None] = [None]
@@ -21,8 +21,8 @@ _HOOKED = [False]
 TARGETS = (("opentelemetry.instrumentation.asgi", "asgi"), ("opentelemetry.instrumentation.wsgi", "wsgi"))
 
 
-def instrument(mapping: Mapping[str, str]) -> None:
-    _TRUSTED[0] = TrustedHeaders(mapping)
+def instrument(mapping: Mapping[str, str], proxies: Sequence[str] = ()) -> None:
+    _TRUSTED[0] = checked(TrustedHeaders(mapping, proxies))
     if _HOOKED[0]:
         return
     _HOOKED[0] = True
