@@ -19,6 +19,7 @@ from .integrations import transformers as transformers_integration
 from .recorder import Recorder
 from .safety import logger
 from .sdk_readers import delta_readers, sdk_series_limit
+from .sdk_setup import nothing_exported_warning
 from .threads import instrument_threads, uninstrument_threads
 from .version import __version__
 from .web import zero_code as web_zero_code
@@ -54,6 +55,10 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                                   tracer_provider=kwargs.get("tracer_provider"), schema_url=names.SCHEMA_URL)
         meter = metrics.get_meter(names.INSTRUMENTATION_SCOPE, __version__,
                                   meter_provider=kwargs.get("meter_provider"), schema_url=names.SCHEMA_URL)
+        if kwargs.get("tracer_provider") is None and kwargs.get("meter_provider") is None:
+            said = nothing_exported_warning()
+            if said:
+                logger.warning("%s", said)
         settings = kwargs.get("settings") or load_settings()
         if settings.series_limit is None:
             settings = replace(settings, series_limit=sdk_series_limit(kwargs.get("meter_provider")))

@@ -29,6 +29,7 @@ from .config import ConfigError, ConfigProblemsError, read_yaml
 from .quota_scopes import DEPARTMENT, KINDS, USER, QuotaScope
 from .safety import normalize_id
 
+_NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?")
 _PRINCIPAL = re.compile(r"^[^\"\\\n]+$")  # ends up inside PromQL label values and YAML strings
 
 
@@ -77,8 +78,11 @@ def _limits(raw: Any, source: str, where: str, problems: list[ConfigError]) -> L
         value = raw.get(kind)
         if value is None:
             continue
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip().replace("_", "")):
+            value = float(value.strip().replace("_", ""))  # YAML 1.1 reads `1e6` (no dot) as text
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            problems.append(ConfigError(source, f"{where}.{kind}", value, "is not a positive number"))
+            problems.append(ConfigError(source, f"{where}.{kind}", value, "is not a positive number (write 200000, "
+                                        "2e5 or 200_000)"))
         elif not value < 1e15:  # inf included: budget mode holds limits as exact integers
             problems.append(ConfigError(source, f"{where}.{kind}", value, "is not below 10^15"))
         else:

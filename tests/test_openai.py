@@ -535,3 +535,27 @@ def test_only_a_refusal_that_names_stream_options_turns_them_off(status, body, r
     from otel_tokens.integrations.openai_request import refused_stream_options
 
     assert refused_stream_options(_RefusalError(status, body)) is refused
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("model", "chat", "responses", "reasoning"), [
+    ("gpt-5-nano", {}, {}, True), ("o3-mini", {}, {}, True), ("openai/o4-mini", {}, {}, True),
+    ("gpt-4o", {"reasoning_effort": "low"}, {"reasoning": {"effort": "low"}}, True),  # the request asks for it
+    ("gpt-4o", {"extra_body": {"reasoning_effort": "low"}}, {"extra_body": {"reasoning": {"effort": "low"}}}, True),
+    ("gpt-4", {}, {}, False), ("gpt-4o-mini", {}, {}, False),
+])
+def test_a_reasoning_model_without_usage_is_estimated_never_counted(server, tel, caplog, model, chat, responses,
+                                                                      reasoning):
+    """OpenAI's recorded traffic, usage stripped: gpt-5-nano's text re-tokenized to 27 of 228 billed output
+    tokens (192 of them reasoning), and was called `counted`. Both SDK shapes."""
+    from otel_tokens import safety
+
+    safety._reported.discard(f"reasoning:{model}")
+    server.reply, server.usage_mode = ENGLISH, "never"
+    client(server).chat.completions.create(model=model, messages=MESSAGES, **chat)
+    client(server).responses.create(model=model, input="hi", **responses)
+    sources = [s.attributes[names.LLM_USAGE_SOURCE] for s in tel.spans()]
+    assert sources == (["estimated"] * 2 if reasoning else ["counted"] * 2), model
+    warned = [r for r in caplog.records if "is a reasoning model" in r.getMessage()]
+    assert len(warned) == (1 if reasoning else 0)  # once per model, naming it
+    assert not reasoning or model in warned[0].getMessage()

@@ -8,6 +8,7 @@ is dropped, never recorded: what we record is right or absent.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -177,10 +178,31 @@ def count_locally(record: CallRecord, counter: TokenCounter, kwargs: Mapping[str
     output_tokens, output_source = None, None
     if record.operation != names.OPERATION_EMBEDDINGS:
         output_tokens, output_source = _count_output(counter, model, kwargs, texts)
+    if output_tokens is not None and reasons(model, kwargs):
+        output_source = names.SOURCE_ESTIMATED
+        log_once(f"reasoning:{model}", "otel-tokens: %s is a reasoning model: the output tokens it bills include "
+                 "reasoning its reply text does not show, so without a usage block they are estimated (too low: "
+                 "27 counted for 228 billed, seen on gpt-5-nano). Ask the server for usage (stream_include_usage)",
+                 model)
     record.input_tokens, record.output_tokens = input_tokens, output_tokens
     sources = {s for s in (input_source, output_source) if s is not None}
     if sources:
         record.usage_source = names.SOURCE_ESTIMATED if names.SOURCE_ESTIMATED in sources else names.SOURCE_COUNTED
+
+
+_REASONING_MODEL = re.compile(r"(?:^|/)(?:o[1-9](?:$|[-.])|gpt-5|gpt-oss|deepseek-r1|deepseek-reasoner|qwq)",
+                              re.IGNORECASE)
+
+
+def reasons(model: str, kwargs: Mapping[str, Any]) -> bool:
+    """Whether the call's output includes reasoning tokens that are not in its reply text: a reasoning
+    model family (o1/o3/o4, gpt-5, gpt-oss, DeepSeek-R1, QwQ), or a request that asks for reasoning."""
+    if kwargs.get("reasoning_effort") is not None or kwargs.get("reasoning") is not None:
+        return True
+    body = kwargs.get("extra_body")
+    if isinstance(body, Mapping) and (body.get("reasoning_effort") is not None or body.get("reasoning") is not None):
+        return True
+    return bool(_REASONING_MODEL.search(model or ""))
 
 
 def _count_output(counter: TokenCounter, model: str, kwargs: Mapping[str, Any], texts: list[str]

@@ -20,6 +20,7 @@ from ..prometheus_api import ENV_USER, redacted
 from ..quotas import load_quotas
 from ..recorder import Recorder
 from ..safety import logger
+from ..sdk_setup import agent_protocol, fix_for, missing_exporters, wanted_exporters
 from ..token_counting import TokenCounter
 from ..version import __version__
 
@@ -28,7 +29,6 @@ _EXPORT_VARIABLES = (
     ("OTEL_TRACES_EXPORTER", "otlp"),
     ("OTEL_METRICS_EXPORTER", "otlp"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318 (http) / :4317 (grpc)"),
-    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
     ("OTEL_METRIC_EXPORT_INTERVAL", "60000 ms"),
     ("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "(none)"),
     ("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "false"),
@@ -139,6 +139,15 @@ def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
     for variable, default in _EXPORT_VARIABLES:
         value = os.environ.get(variable)
         lines.append(f"  {variable:50s} {value if value is not None else default + ' (default)'}")
+    protocol, why = agent_protocol()
+    lines.append(f"  {'OTLP protocol under opentelemetry-instrument':50s} {protocol} ({why})")
+    wanted, missing = wanted_exporters(), missing_exporters()
+    for signal, components in wanted.items():
+        shown = ", ".join(c + (" MISSING" if (signal, c) in missing else "") for c in components) or "none"
+        lines.append(f"  {signal + ' exporter the agent loads':50s} {shown}")
+    if missing:
+        warnings.append("opentelemetry-instrument would fail to configure the SDK and export nothing (it stops "
+                        f"before loading any instrumentation): {fix_for(missing)}")
     lines.append("")
 
     lines.append("Configuration")
