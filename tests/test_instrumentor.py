@@ -146,3 +146,30 @@ def test_spans_and_metrics_name_the_semconv_schema(telemetry):
         "https://opentelemetry.io/schemas/1.41.0")
     scopes = [sm.scope for rm in telemetry.reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics]
     assert {s.schema_url for s in scopes if s.name == names.INSTRUMENTATION_SCOPE} == {names.SCHEMA_URL}
+
+
+@pytest.mark.e2e
+def test_instrument_without_an_sdk_says_nothing_will_be_exported_and_the_fix():
+    """`TokenUsageInstrumentor().instrument()` with no SDK configured showed nothing and said nothing."""
+    code = ("import logging; logging.basicConfig(); from otel_tokens import TokenUsageInstrumentor; "
+            "TokenUsageInstrumentor().instrument()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "no OpenTelemetry SDK is configured, so nothing is exported" in result.stderr
+    assert "pip install 'otel-tokens[otlp]'" in result.stderr
+
+
+def test_doctor_names_the_agent_s_protocol_and_a_missing_exporter(monkeypatch):
+    from otel_tokens.ops.doctor import report
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_PROTOCOL", raising=False)
+    monkeypatch.setenv("OTEL_LOGS_EXPORTER", "no_such_exporter")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    text = report()
+    assert "OTLP protocol under opentelemetry-instrument       grpc (opentelemetry-distro's default)" in text
+    assert "metrics exporter the agent loads                   otlp_proto_grpc\n" in text  # [otlp] brings it
+    assert "logs exporter the agent loads                      no_such_exporter MISSING" in text
+    assert "traces exporter the agent loads                    none" in text
+    assert "opentelemetry-instrument would fail to configure the SDK" in text and "OTEL_LOGS_EXPORTER=none" in text
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    assert "otlp_proto_http" in report() and "OTEL_EXPORTER_OTLP_PROTOCOL)" in report()

@@ -408,3 +408,13 @@ def test_budget_forecasts_project_the_burn_rate_to_the_month_end(tmp_path):
         ],
     }]}
     _promtool_test(tmp_path, tests, FORECAST_QUOTAS)
+
+
+def test_limits_written_as_yaml_reads_them_are_numbers():
+    """`tokens: 1e3` is text to YAML 1.1 (no dot): it said "is not a positive number"."""
+    quotas = parse_quotas(yaml.safe_load("users:\n  default: {tokens: 1e3, cost: 2_000}\n"
+                                         "  overrides: {bob: {tokens: 2.5E+4}}\n"), "q.yml")
+    assert quotas.users.default.tokens == 1000 and quotas.users.default.cost == 2000
+    assert quotas.users.overrides["bob"].tokens == 25_000
+    with pytest.raises(ConfigError, match=r"'lots' is not a positive number \(write 200000, 2e5 or 200_000\)"):
+        parse_quotas({"users": {"default": {"tokens": "lots"}}}, "q.yml")
