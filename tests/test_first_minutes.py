@@ -1,0 +1,73 @@
+"""The first five minutes, as a new user has them: the README's install line and its zero-code line, read
+from the README itself, run in a clean virtual environment. The distro's defaults (OTLP over gRPC, a logs
+exporter too) must find what they ask for, and nothing may pull torch."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+
+import pytest
+
+from tests.support.openai_server import OpenAIServer
+
+pytestmark = pytest.mark.e2e  # a new venv, pip, a real gRPC OTLP receiver, a local OpenAI-compatible server
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _readme_line(pattern: str) -> str:
+    """The first line of the README that matches, without its comment: what a reader copies first."""
+    return next(line.split("   #")[0].strip() for line in README.splitlines() if re.match(pattern, line))
+
+
+def test_the_readme_install_and_zero_code_line_export_spans_and_metrics_in_a_clean_venv(tmp_path):
+    from tests.support.otlp_grpc_receiver import OtlpGrpcReceiver
+
+    install = _readme_line(r"pip install '/path/to/otel-tokens\[")
+    zero_code = _readme_line(r"opentelemetry-instrument --service_name kb-chat python app\.py")
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    env = {"PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}", "HOME": os.environ.get("HOME", str(tmp_path)),
+           "VIRTUAL_ENV": str(env_dir), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_CONFIG_FILE", "PIP_TRUSTED_HOST"):
+        if name in os.environ:  # how this machine reaches the registry, nothing of the project's
+            env[name] = os.environ[name]
+    command = install.replace("/path/to/otel-tokens", str(ROOT))
+    started = time.monotonic()
+    pip = subprocess.run(command + " -q", shell=True, cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    installed = subprocess.run([str(env_dir / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
+                               env=env, capture_output=True, text=True, check=True).stdout
+    assert not re.search(r"^torch==", installed, re.MULTILINE), "an extra pulled torch (a CUDA wheel)"
+    install_s = time.monotonic() - started
+
+    shutil.copy(ROOT / "examples" / "openai_client.py", tmp_path / "app.py")
+    receiver = OtlpGrpcReceiver()
+    try:
+        with OpenAIServer() as server:
+            run_env = {**env, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "local",
+                       "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}"}
+            result = subprocess.run(zero_code, shell=True, cwd=tmp_path, env=run_env, capture_output=True,
+                                    text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        for failure in ("Configuration of configurator failed", "Failed to auto initialize", "not found in entry point",
+                        "Traceback"):
+            assert failure not in result.stderr, result.stderr[-3000:]
+        names_ = {span.name for span in receiver.spans}
+        assert "chat tiny-chat-model" in names_, names_
+        totals = receiver.token_totals()
+        assert totals[("alice", "input")] > 0 and totals[("alice", "output")] > 0, totals
+    finally:
+        receiver.stop()
+    print(f"\nREADME install in a clean venv: {install_s:.0f} s; zero-code line exported "
+          f"{len(receiver.spans)} spans and llm.token.usage {totals} over OTLP/gRPC")
+    assert sys.executable  # the test's own interpreter untouched
