@@ -353,12 +353,13 @@ def soak_call(i: int, never: openai.OpenAI, auto: openai.OpenAI, truth: Ground, 
             chunks = list(live.track(auto.chat.completions.create(model=MODEL, messages=messages, stream=True)))
             assert all(chunk.choices for chunk in chunks) and _text(chunks) == reply
             truth.add(user, "reported", truth.prompt(i), truth.reply())
-        elif kind == 5:  # closed early: the usage chunk never arrives, the received text is counted
+        elif kind == 5:  # closed early: the usage chunk never arrives, the received text is counted, and called
+            # estimated (the server may have generated more than was read)
             stream = live.track(auto.chat.completions.create(
                 model=MODEL, messages=messages, stream=True, stream_options={"include_usage": True}))
             chunks = [next(stream) for _ in range(take)]
             stream.close()
-            truth.add(user, "counted", truth.prompt(i), count_cl100k(_text(chunks)))
+            truth.add(user, "estimated", truth.prompt(i), count_cl100k(_text(chunks)))
         elif kind == 6:  # `with` block left early
             with live.track(never.chat.completions.create(model=MODEL, messages=messages, stream=True)) as stream:
                 chunks = []
@@ -366,7 +367,7 @@ def soak_call(i: int, never: openai.OpenAI, auto: openai.OpenAI, truth: Ground, 
                     chunks.append(chunk)
                     if len(chunks) == take:
                         break
-            truth.add(user, "counted", truth.prompt(i), count_cl100k(_text(chunks)))
+            truth.add(user, "estimated", truth.prompt(i), count_cl100k(_text(chunks)))
         elif kind in (7, 8):  # abandoned mid-stream: break, no close, dropped; recorded when collected
             client = never if kind == 7 else auto
             stream = live.track(client.chat.completions.create(model=MODEL, messages=messages, stream=True))
@@ -380,7 +381,7 @@ def soak_call(i: int, never: openai.OpenAI, auto: openai.OpenAI, truth: Ground, 
                 holder.append(holder)
                 del holder
             del stream
-            truth.add(user, "counted", truth.prompt(i), count_cl100k(_text(chunks)))
+            truth.add(user, "estimated", truth.prompt(i), count_cl100k(_text(chunks)))
         else:  # text completion, counted
             completion = never.completions.create(model="gpt-3.5-turbo-instruct", prompt=TEXT_PROMPT)
             assert completion.choices[0].text == reply
