@@ -559,3 +559,43 @@ def test_a_reasoning_model_without_usage_is_estimated_never_counted(server, tel,
     warned = [r for r in caplog.records if "is a reasoning model" in r.getMessage()]
     assert len(warned) == (1 if reasoning else 0)  # once per model, naming it
     assert not reasoning or model in warned[0].getMessage()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_call_reply_without_usage_is_estimated_and_the_server_s_usage_is_reported(server, tel, stream):
+    """A reply that calls a tool bills its name and arguments and the provider's framing around them
+    (gpt-4o: 16 billed, 9 in the name and arguments): counted from the text it is an estimate, never
+    `counted`; with the server's usage it is exact."""
+    from tests.support.openai_server import TOOL_CALL_FRAMING
+
+    server.tool_call = ("get_weather", '{"city": "Paris", "unit": "celsius"}')
+    truth = count_cl100k("get_weather") + count_cl100k('{"city": "Paris", "unit": "celsius"}') + TOOL_CALL_FRAMING
+    for mode in ("never", "auto"):
+        server.usage_mode = mode
+        reply = client(server).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=stream)
+        if stream:
+            list(reply)
+    without, with_usage = tel.spans()
+    assert usage_of(without)[1:] == (truth - TOOL_CALL_FRAMING, "estimated")
+    assert usage_of(with_usage)[1:] == (truth, "reported")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_local_model_s_reply_counts_the_eos_its_server_bills(server, tel, stream):
+    """vLLM, TGI and transformers count the EOS that ended a choice (examples/local_model_server.py does
+    the same from its generate tensors); its text does not show it. Re-tokenized, it was one short per
+    choice (a legacy completion 2 against 3); with a stop string, whose tokens are billed and not
+    returned, the count is an estimate."""
+    server.reply, server.usage_mode = ENGLISH, "never"
+    model = "local-qwen2.5-chat"
+    truth = server.completion_tokens(model, ENGLISH)  # the text's tokens + the EOS
+    for extra in ({}, {"n": 2}, {"stop": ["\n\n"]}):
+        reply = client(server).chat.completions.create(model=model, messages=MESSAGES, stream=stream, **extra)
+        if stream:
+            list(reply)
+    plain, two, stopped = tel.spans()
+    assert usage_of(plain)[1:] == (truth, "counted")
+    assert usage_of(two)[1:] == (2 * truth, "counted")
+    assert usage_of(stopped)[1:] == (truth, "estimated")

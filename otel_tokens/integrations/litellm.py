@@ -33,7 +33,16 @@ from .openai_request import (
     with_usage_chunk,
 )
 from .openai_stream import AsyncStreamProxy, DualStreamProxy, StreamProxy, StreamState
-from .openai_usage import Usage, apply_usage, count_locally, estimate_request, find_usage, get, response_texts
+from .openai_usage import (
+    Usage,
+    apply_usage,
+    count_locally,
+    estimate_request,
+    find_usage,
+    get,
+    response_ending,
+    response_texts,
+)
 
 LIBRARY = "litellm"
 REQUIREMENT = "litellm >= 1.110"
@@ -274,7 +283,7 @@ def _take_result(result: Any, call: Call, request: _Request, recorder: Recorder,
     if usage is not None and not _blank(usage):
         apply_usage(record, usage, embeddings=operation == names.OPERATION_EMBEDDINGS)
     else:
-        count_locally(record, recorder.tokens, kwargs, response_texts(operation, result))
+        count_locally(record, recorder.tokens, kwargs, response_texts(operation, result), response_ending(result))
     recorder.finish(call)
     return result
 

@@ -30,7 +30,15 @@ from .openai_request import (
     with_usage_chunk,
 )
 from .openai_stream import AsyncStreamProxy, StreamProxy, StreamState
-from .openai_usage import apply_usage, count_locally, estimate_request, find_usage, get, response_texts
+from .openai_usage import (
+    apply_usage,
+    count_locally,
+    estimate_request,
+    find_usage,
+    get,
+    response_ending,
+    response_texts,
+)
 
 LIBRARY = "openai"
 REQUIREMENT = "openai >= 1.26"
@@ -215,7 +223,8 @@ def _record_response(response: Any, call: Call, kwargs: Mapping[str, Any], recor
     if usage is not None:
         apply_usage(record, usage, embeddings=operation == names.OPERATION_EMBEDDINGS)
     else:
-        count_locally(record, recorder.tokens, kwargs, response_texts(operation, response))
+        count_locally(record, recorder.tokens, kwargs, response_texts(operation, response),
+                      response_ending(response))
     if recorder.settings.capture_content:
         try:
             capture_response(record, response)

@@ -20,7 +20,7 @@ from .. import names
 from ..recorder import Call, Recorder
 from ..safety import internal_error
 from .openai_content import stream_output
-from .openai_usage import Usage, apply_usage, count_locally, find_usage, get
+from .openai_usage import Ending, Usage, apply_usage, count_locally, find_usage, get
 
 _RESPONSE_DONE = ("response.completed", "response.incomplete", "response.failed")
 
@@ -38,12 +38,15 @@ class StreamState:
         "finalizer",
         "hide_usage_chunk",
         "kwargs",
+        "other_parts",
         "parts",
         "reasons",
         "recorder",
         "response_model",
         "responses_api",
+        "stops",
         "texts",
+        "tool_calls",
         "usage",
     )
 
@@ -52,11 +55,15 @@ class StreamState:
         self.hide_usage_chunk = hide_usage_chunk
         self.covered = call.covers_inner  # a library that reads its stream through another instrumented one
         self.responses_api = "input" in kwargs and call.record.operation == names.OPERATION_CHAT
-        self.parts: list[str] = []
+        self.parts: list[str] = []  # choice 0's text (and every choice's when the server sends no index)
+        self.other_parts: dict[int, list[str]] | None = None  # n > 1: each other choice's, apart (joined
+        # pieces of interleaved choices would re-tokenize to other tokens)
         self.usage: Usage | None = None
         self.response_model: str | None = None
         self.done = False
         self.ended = False  # the server's stream reached its end (not closed, abandoned or cut before it)
+        self.stops = 0  # choices that ended with finish_reason "stop"
+        self.tool_calls = False
         self.finalizer: weakref.finalize | None = None
         # content capture only (else None, nothing allocated): text deltas and finish reasons per choice index
         capture = recorder.settings.capture_content
@@ -101,18 +108,30 @@ class StreamState:
             for choice in choices:
                 delta = getattr(choice, "delta", None)
                 text = getattr(delta, "content", None) if delta is not None else getattr(choice, "text", None)
+                index = getattr(choice, "index", 0)
+                parts = self.parts if not index or type(index) is not int else self._parts_of(index)
                 if text and isinstance(text, str):
-                    self.parts.append(text)
+                    parts.append(text)
                 if self.texts is not None:
                     self._capture(choice, text)
+                reason = getattr(choice, "finish_reason", None)
+                if reason is not None:
+                    self.stops += reason == "stop"
+                    self.tool_calls = self.tool_calls or reason in ("tool_calls", "function_call")
                 calls = getattr(delta, "tool_calls", None) if delta is not None else None
                 if isinstance(calls, list):  # not `true` or `5` from a broken server
+                    self.tool_calls = True
                     for call in calls:
                         function = getattr(call, "function", None)
                         for piece in (getattr(function, "name", None), getattr(function, "arguments", None)):
                             if isinstance(piece, str):
-                                self.parts.append(piece)
+                                parts.append(piece)
         return False
+
+    def _parts_of(self, index: int) -> list[str]:
+        if self.other_parts is None:
+            self.other_parts = {}
+        return self.other_parts.setdefault(index, [])
 
     def _capture(self, choice: Any, text: Any) -> None:
         index = getattr(choice, "index", 0)
@@ -136,7 +155,9 @@ class StreamState:
             if self.usage is not None:
                 apply_usage(record, self.usage)
             else:
-                count_locally(record, self.counter, self.kwargs, ["".join(self.parts)])
+                texts = ["".join(self.parts), *("".join(p) for p in (self.other_parts or {}).values())]
+                count_locally(record, self.counter, self.kwargs, texts,
+                              Ending(self.stops, self.tool_calls))
                 # closed, abandoned or cut before its end: the server may have generated more than was read,
                 # so what was read is an estimate of the call's output, never an exact count
                 record.unfinished = not self.ended
@@ -149,7 +170,7 @@ class StreamState:
                 record.output_messages = stream_output(self.texts, self.reasons)
             except Exception:
                 internal_error("openai stream content")
-        self.parts = []
+        self.parts, self.other_parts = [], None
         self.recorder.finish(self.call, error=error)
 
 

@@ -16,7 +16,7 @@ from .. import names
 from ..budget import bounds
 from ..record import CallRecord, UsageEstimate
 from ..safety import log_once
-from ..token_counting import TokenCounter
+from ..token_counting import HFTokenizer, TokenCounter
 
 MAX_TOKENS = 1 << 31  # no single call uses two billion tokens: larger is garbage
 
@@ -171,13 +171,32 @@ def count_request(counter: TokenCounter, operation: str, model: str, kwargs: Map
     return count + ids, source
 
 
-def count_locally(record: CallRecord, counter: TokenCounter, kwargs: Mapping[str, Any], texts: list[str]) -> None:
+class Ending(NamedTuple):
+    """How a reply's choices ended, for counting it without usage."""
+
+    stops: int = 0  # choices that ended on their own (finish_reason "stop"): a local server counts their EOS
+    tool_calls: bool = False  # a choice called a tool
+
+
+def response_ending(response: Any) -> Ending:
+    choices = get(response, "choices")
+    stops, tools = 0, False
+    for choice in choices if isinstance(choices, list) else ():
+        reason = get(choice, "finish_reason")
+        stops += reason == "stop"
+        calls = get(get(choice, "message"), "tool_calls")
+        tools = tools or reason in ("tool_calls", "function_call") or (isinstance(calls, list) and bool(calls))
+    return Ending(stops, tools)
+
+
+def count_locally(record: CallRecord, counter: TokenCounter, kwargs: Mapping[str, Any], texts: list[str],
+                  ending: Ending | None = None) -> None:
     """Fill the record from the tokenizer when the server reported nothing."""
     model = record.request_model
     input_tokens, input_source = count_request(counter, record.operation, model, kwargs)
     output_tokens, output_source = None, None
     if record.operation != names.OPERATION_EMBEDDINGS:
-        output_tokens, output_source = _count_output(counter, model, kwargs, texts)
+        output_tokens, output_source = _count_output(counter, model, kwargs, texts, ending or Ending())
     if output_tokens is not None and reasons(model, kwargs):
         output_source = names.SOURCE_ESTIMATED
         log_once(f"reasoning:{model}", "otel-tokens: %s is a reasoning model: the output tokens it bills include "
@@ -205,12 +224,23 @@ def reasons(model: str, kwargs: Mapping[str, Any]) -> bool:
     return bool(_REASONING_MODEL.search(model or ""))
 
 
-def _count_output(counter: TokenCounter, model: str, kwargs: Mapping[str, Any], texts: list[str]
-                  ) -> tuple[int, str]:
+def _count_output(counter: TokenCounter, model: str, kwargs: Mapping[str, Any], texts: list[str],
+                  ending: Ending) -> tuple[int, str]:
     """The output re-tokenized from its text, at most what the request's output limit allows (x `n`): a
     decoded text does not always re-tokenize to the tokens generated (23 counted for a stream capped at
-    12), so a count over the limit is cut to it and called estimated, not counted."""
+    12), so a count over the limit is cut to it and called estimated, not counted. A local model's
+    server (vLLM, TGI, transformers) counts the EOS that ended a choice, which its text does not show:
+    added. A stop string's tokens and a tool call's framing are billed and not in the text: estimated."""
     count, source = counter.count_text(model, texts)
+    if ending.stops and isinstance(counter.tokenizer(model), HFTokenizer):
+        count += ending.stops
+        if kwargs.get("stop"):
+            source = names.SOURCE_ESTIMATED
+    if ending.tool_calls and source == names.SOURCE_COUNTED:
+        source = names.SOURCE_ESTIMATED
+        log_once(f"tool-calls:{model}", "otel-tokens: %s: a reply with tool calls counted from their names and "
+                 "arguments, without the provider's framing around them (9 counted for 16 billed, seen on "
+                 "gpt-4o); marked estimated. Ask the server for usage (stream_include_usage)", model)
     limit = output_limit(kwargs)
     if not limit:  # none set, or 0 (which some servers read as no limit)
         return count, source

@@ -117,6 +117,7 @@ class _Knobs:
     reasoning_tokens: int
     response_model: str | None
     chunk_chars: int
+    tool_call: tuple[str, str] | None = None  # (function name, arguments): the reply calls it instead of text
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,9 @@ def _error_body(status: int, message: str) -> JSONDict:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
+TOOL_CALL_FRAMING = 7  # tokens a provider bills around a tool call's name and arguments (16 - 9, gpt-4o)
+
+
 def _json(value: Any) -> str:
     """UTF-8 JSON as servers write it; a lone surrogate (a knob set to one) as its \\uXXXX escape, as a
     server whose JSON library escapes non-ASCII sends it."""
@@ -223,6 +227,7 @@ class OpenAIServer:
         chunk_chars: int = 4,
         on_request: OnRequest | None = None,
         generate_as_asked: int | None = None,
+        tool_call: tuple[str, str] | None = None,
     ) -> None:
         self.reply = reply
         self.tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
@@ -236,6 +241,8 @@ class OpenAIServer:
         # a server that generates what it is asked: a reply of as many cl100k tokens (" a" each) as the
         # output limit it received (body or query, a positive count), else this many ("no limit": 0 or none)
         self.generate_as_asked = generate_as_asked
+        # the chat reply is this tool call; its usage bills the provider's framing too (TOOL_CALL_FRAMING)
+        self.tool_call = tool_call
         self.requests: list[RecordedRequest] = []
         self.errors: list[BaseException] = []  # exceptions raised while answering (on_request's included)
         self._lock = threading.Lock()
@@ -361,11 +368,13 @@ class OpenAIServer:
         return total
 
     def completion_tokens(self, model: str, text: str) -> int:
-        """Tokens of generated text, no special tokens (reasoning_tokens are added on top in usage)."""
+        """Tokens a choice that generated `text` and ended on its own bills (reasoning_tokens are added on
+        top in usage): for a local model, its text's tokens plus the EOS that ended it, as vLLM, TGI and
+        transformers count it; for an OpenAI model, its text's tokens."""
         hf = self._hf(model)
         if hf is not None:
             with _HF_LOCK:
-                return len(hf.encode(text, add_special_tokens=False))
+                return len(hf.encode(text, add_special_tokens=False)) + (hf.eos_token_id is not None)
         return count_cl100k(text)
 
     def text_tokens(self, model: str, text: Any) -> int:
@@ -399,7 +408,7 @@ class OpenAIServer:
     def _knobs(self) -> _Knobs:
         return _Knobs(reply=self.reply, usage_mode=self.usage_mode, cached_tokens=int(self.cached_tokens),
                       reasoning_tokens=int(self.reasoning_tokens), response_model=self.response_model,
-                      chunk_chars=int(self.chunk_chars))
+                      chunk_chars=int(self.chunk_chars), tool_call=self.tool_call)
 
     def asked(self, body: JSONDict, path: str) -> int:
         """The output limit the server reads: max_completion_tokens, else max_tokens, the query's before the
@@ -592,6 +601,8 @@ class OpenAIServer:
     # -- routes ----------------------------------------------------------------------------------------------------
 
     def _chat(self, body: JSONDict, k: _Knobs) -> _Answer:
+        if k.tool_call is not None:
+            return self._tool_call(body, k)
         model = str(body.get("model", ""))
         n = int(body.get("n") or 1)
         usage = self._chat_usage(self.prompt_tokens(model, body.get("messages") or []),
@@ -613,6 +624,30 @@ class OpenAIServer:
             piece=lambda i, text: {"index": i, "delta": {"content": text}, "logprobs": None, "finish_reason": None},
             last=lambda i: {"index": i, "delta": {}, "logprobs": None, "finish_reason": "stop"},
         )
+
+    def _tool_call(self, body: JSONDict, k: _Knobs) -> _Answer:
+        """A reply that calls a tool: billed as its name and arguments plus the provider's framing (gpt-4o:
+        16 billed for 9 in the name and arguments, OpenAI's recorded traffic)."""
+        assert k.tool_call is not None
+        model, (name, arguments) = str(body.get("model", "")), k.tool_call
+        completion = self.completion_tokens(model, name) + self.completion_tokens(model, arguments) + TOOL_CALL_FRAMING
+        usage = self._chat_usage(self.prompt_tokens(model, body.get("messages") or []), completion, k)
+        call = {"id": "call_local1", "type": "function", "function": {"name": name, "arguments": arguments}}
+        base: JSONDict = {"id": self._new_id("chatcmpl"), "created": int(time.time()),
+                          "model": k.response_model or model, "system_fingerprint": "fp_local"}
+        if not body.get("stream"):
+            choices = [{"index": 0, "finish_reason": "tool_calls", "logprobs": None,
+                        "message": {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}}]
+            payload = {**base, "object": "chat.completion", "choices": choices}
+            self._place_usage(payload, choices, usage, k.usage_mode)
+            return _Answer(json=payload)
+        base["object"] = "chat.completion.chunk"
+        delta = {"role": "assistant", "content": None, "tool_calls": [{"index": 0, **call}]}
+        events: list[JSONDict] = [{**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
+                                  {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}]
+        if self._stream_usage_wanted(body, k.usage_mode):
+            events.append({**base, "choices": [], "usage": usage})
+        return _Answer(events=[(None, e) for e in events])
 
     def _completions(self, body: JSONDict, k: _Knobs) -> _Answer:
         model = str(body.get("model", ""))
