@@ -71,3 +71,87 @@ def test_the_readme_install_and_zero_code_line_export_spans_and_metrics_in_a_cle
     print(f"\nREADME install in a clean venv: {install_s:.0f} s; zero-code line exported "
           f"{len(receiver.spans)} spans and llm.token.usage {totals} over OTLP/gRPC")
     assert sys.executable  # the test's own interpreter untouched
+
+
+def _one_minute_block() -> list[str]:
+    """The shell lines of "See it in one minute", continuations joined, comments dropped."""
+    section = README.split("### See it in one minute", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines, current = [], ""
+    for raw in block.splitlines():
+        current += raw.rstrip("\\").rstrip() + " " if raw.endswith("\\") else raw
+        if not raw.endswith("\\"):
+            lines.append(current.split("   #")[0].strip())
+            current = ""
+    return lines
+
+
+def test_see_it_in_one_minute_the_readme_s_lines_give_a_prometheus_scrape(tmp_path):
+    """The README's one-minute block, line by line, in a clean venv: the app's own /metrics, then a real
+    Prometheus with the README's config and the shipped rules scrapes llm_token_usage_total."""
+    from tests.support.binaries import require_binary
+    from tests.support.prometheus_stack import free_port, query, wait_http
+
+    install, run_app, curl, rules, config, prometheus = _one_minute_block()
+    assert install.startswith("pip install '/path/to/otel-tokens[") and "opentelemetry-instrument python app.py" \
+        in run_app and curl.startswith("curl") and rules.startswith("otel-tokens rules") and \
+        config.startswith("printf") and prometheus.startswith("prometheus --config.file=prometheus.yml")
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    env = {"PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}", "HOME": os.environ.get("HOME", str(tmp_path)),
+           "VIRTUAL_ENV": str(env_dir), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    pip = subprocess.run(install.replace("/path/to/otel-tokens", str(ROOT)) + " -q", shell=True, cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    (tmp_path / "collector").mkdir()
+    shutil.copy(ROOT / "collector" / "quotas.yaml", tmp_path / "collector" / "quotas.yaml")
+    app = (ROOT / "examples" / "openai_client.py").read_text() + "\nimport time\ntime.sleep(600)  # a server\n"
+    (tmp_path / "app.py").write_text(app)
+    metrics_port = free_port()
+    processes = []
+    try:
+        with OpenAIServer() as server:
+            app_env = {**env, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "local",
+                       "OTEL_EXPORTER_PROMETHEUS_PORT": str(metrics_port)}  # the README's 9464 may be taken here
+            processes.append(subprocess.Popen(run_app, shell=True, cwd=tmp_path, env=app_env,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+            deadline = time.monotonic() + 60
+            text = ""
+            while "llm_token_usage_total{" not in text:
+                assert time.monotonic() < deadline and processes[0].poll() is None, "no /metrics from the app"
+                try:
+                    import urllib.request
+
+                    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as page:
+                        text = page.read().decode()
+                except OSError:
+                    time.sleep(0.3)
+            assert 'user_id="alice"' in text  # what `curl ... | grep llm_token_usage_total` shows
+            subprocess.run(rules, shell=True, cwd=tmp_path, env=env, check=True, timeout=120)
+            subprocess.run(config.replace("127.0.0.1:9464", f"127.0.0.1:{metrics_port}"), shell=True, cwd=tmp_path,
+                           env=env, check=True, timeout=30)
+            port = free_port()
+            processes.append(subprocess.Popen(
+                prometheus.replace("prometheus ", f"{require_binary('prometheus')} ", 1).split()
+                + [f"--web.listen-address=127.0.0.1:{port}", f"--storage.tsdb.path={tmp_path / 'data'}"],
+                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            wait_http(f"http://127.0.0.1:{port}/-/ready")
+            deadline = time.monotonic() + 60
+            while not (found := query(f"http://127.0.0.1:{port}", 'llm_token_usage_total{user_id="alice"}')):
+                assert time.monotonic() < deadline, "Prometheus never scraped the app"
+                time.sleep(1)
+            assert {r["metric"]["job"] for r in found} == {"kb-chat"}
+            groups = json_get(f"http://127.0.0.1:{port}/api/v1/rules")["data"]["groups"]
+            assert groups and all(g.get("rules") for g in groups)  # the shipped rules loaded
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def json_get(url: str) -> dict:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
