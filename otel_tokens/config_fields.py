@@ -285,25 +285,23 @@ def _guard(value: Any) -> GuardSettings:
                          block_hold=_block_hold(value.get("block_hold", 3600.0)))
 
 
-def _block_hold(value: Any) -> float:
+def _seconds_in(field: str, value: Any, low: float, high: float, why: str = "") -> float:
     try:
         seconds = _seconds(value)
     except ValueError:
         seconds = -1.0
-    if not 0 <= seconds <= 86400:
-        raise ValueError(f"has block_hold {value!r} that is not between 0 and 86400 seconds (how long what the last "
-                         "good state blocked stays blocked while the state cannot be read)")
+    if not low <= seconds <= high:
+        raise ValueError(f"has {field} {value!r} that is not between {low:g} and {high:g} seconds{why}")
     return seconds
+
+
+def _block_hold(value: Any) -> float:
+    return _seconds_in("block_hold", value, 0, 86400, " (how long what the last good state blocked stays blocked "
+                       "while the state cannot be read)")
 
 
 def _poll_interval(value: Any) -> float:
-    try:
-        seconds = _seconds(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0.05 <= seconds <= 3600:
-        raise ValueError(f"has poll_interval {value!r} that is not between 0.05 and 3600 seconds")
-    return seconds
+    return _seconds_in("poll_interval", value, 0.05, 3600)
 
 
 FIELDS: dict[str, Callable[[Any], Any]] = {

@@ -618,26 +618,10 @@ target_info{job="kb-chat",service_name="kb-chat"} 1
 def test_the_collector_scrape_drops_forged_alerts_and_forged_rule_series(tmp_path: Path) -> None:
     """A collector's exporter page as an OTLP producer could shape it (the collector keeps `:` and the
     name ALERTS as sent), scraped by a real Prometheus with the shipped job: only our metric names land."""
-    import threading
-    import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
+    from tests.support.fixed_http import serve_get
     from tests.support.prometheus_stack import free_port, query, start_process, wait_http
 
-    class Exporter(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = FORGED_EXPOSITION.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    exporter = ThreadingHTTPServer(("127.0.0.1", 0), Exporter)
-    threading.Thread(target=exporter.serve_forever, daemon=True).start()
+    exporter = serve_get(lambda path: (FORGED_EXPOSITION.encode(), "text/plain; version=0.0.4"))
     (job,) = [j for j in _prometheus()["scrape_configs"] if j["job_name"] == "otel-collector"]
     job["static_configs"] = [{"targets": [f"127.0.0.1:{exporter.server_address[1]}"]}]
     config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "scrape_configs": [job]}

@@ -5,11 +5,11 @@ on demand (a start time, two shards, one silent). The real Prometheus and vmaler
 from __future__ import annotations
 
 import json
-import threading
 import time
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.support.fixed_http import serve_get
 
 
 class RulerStub:
@@ -17,23 +17,9 @@ class RulerStub:
         self.firing: list[tuple[str, str]] = []  # (user, severity) of LLMUserTokenQuota
         self.started = time.time() - up_for
         self.alert_for, self.interval = alert_for, interval
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = json.dumps({"status": "success", "data": owner.answer(self.path.split("?")[0])}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = serve_get(lambda path: (json.dumps({"status": "success", "data": self.answer(
+            path.split("?")[0])}).encode(), "application/json"))
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def answer(self, path: str) -> Any:
         if path == "/api/v1/alerts":
