@@ -28,18 +28,25 @@ def _readme_line(pattern: str) -> str:
     return next(line.split("   #")[0].strip() for line in README.splitlines() if re.match(pattern, line))
 
 
-def test_the_readme_install_and_zero_code_line_export_spans_and_metrics_in_a_clean_venv(tmp_path):
-    from tests.support.otlp_grpc_receiver import OtlpGrpcReceiver
-
-    install = _readme_line(r"pip install '/path/to/otel-tokens\[")
-    zero_code = _readme_line(r"opentelemetry-instrument --service_name kb-chat python app\.py")
-    env_dir = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def clean_venv(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A new venv, shared by the two tests (each installs what its README lines say into it)."""
+    env_dir = tmp_path_factory.mktemp("first-minutes") / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
-    env = {"PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}", "HOME": os.environ.get("HOME", str(tmp_path)),
+    env = {"PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}", "HOME": os.environ.get("HOME", str(env_dir)),
            "VIRTUAL_ENV": str(env_dir), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_CONFIG_FILE", "PIP_TRUSTED_HOST"):
         if name in os.environ:  # how this machine reaches the registry, nothing of the project's
             env[name] = os.environ[name]
+    return env_dir, env
+
+
+def test_the_readme_install_and_zero_code_line_export_spans_and_metrics_in_a_clean_venv(tmp_path, clean_venv):
+    from tests.support.otlp_grpc_receiver import OtlpGrpcReceiver
+
+    install = _readme_line(r"pip install '/path/to/otel-tokens\[")
+    zero_code = _readme_line(r"opentelemetry-instrument --service_name kb-chat python app\.py")
+    env_dir, env = clean_venv
     command = install.replace("/path/to/otel-tokens", str(ROOT))
     started = time.monotonic()
     pip = subprocess.run(command + " -q", shell=True, cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -86,7 +93,7 @@ def _one_minute_block() -> list[str]:
     return lines
 
 
-def test_see_it_in_one_minute_the_readme_s_lines_give_a_prometheus_scrape(tmp_path):
+def test_see_it_in_one_minute_the_readme_s_lines_give_a_prometheus_scrape(tmp_path, clean_venv):
     """The README's one-minute block, line by line, in a clean venv: the app's own /metrics, then a real
     Prometheus with the README's config and the shipped rules scrapes llm_token_usage_total."""
     from tests.support.binaries import require_binary
@@ -96,10 +103,7 @@ def test_see_it_in_one_minute_the_readme_s_lines_give_a_prometheus_scrape(tmp_pa
     assert install.startswith("pip install '/path/to/otel-tokens[") and "opentelemetry-instrument python app.py" \
         in run_app and curl.startswith("curl") and rules.startswith("otel-tokens rules") and \
         config.startswith("printf") and prometheus.startswith("prometheus --config.file=prometheus.yml")
-    env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
-    env = {"PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}", "HOME": os.environ.get("HOME", str(tmp_path)),
-           "VIRTUAL_ENV": str(env_dir), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    _, env = clean_venv
     pip = subprocess.run(install.replace("/path/to/otel-tokens", str(ROOT)) + " -q", shell=True, cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=900)
     assert pip.returncode == 0, pip.stderr[-3000:]

@@ -205,7 +205,7 @@ def test_rules_command_writes_checks_and_reports_errors(tmp_path):
     result = subprocess.run([*cli, str(quota_file), "-o", str(out)], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == (f"otel-tokens rules: quota file {quota_file}: users.default.tokens: 'many' "
-                                     "is not a positive number")
+                                     "is not a positive number (write 200000, 2e5 or 200_000)")
     result = subprocess.run([*cli, str(tmp_path / "missing.yaml")], capture_output=True, text=True)
     assert result.returncode == 2 and "cannot be read" in result.stderr
     result = subprocess.run([*cli, str(quota_file).replace("q.yaml", "x.yaml"), "--reload", "http://127.0.0.1:9"],
