@@ -170,23 +170,27 @@ class Prometheus:
             return []
         return [(item["metric"], [(float(t), float(v)) for t, v in item["values"]]) for item in data["result"]]
 
-    def oldest_sample(self) -> float | None:
-        """The oldest sample time the TSDB still holds (Prometheus's own
-        `prometheus_tsdb_lowest_timestamp_seconds` on its /metrics), or None where the server does not
-        say (VictoriaMetrics, Mimir, a proxy)."""
+    def own_metric(self, name: str) -> float | None:
+        """A sample without labels of the server's own /metrics, or None where it does not say."""
         try:
             with self._open(self.url + "/metrics") as response:
                 text = response.read(32 << 20).decode("utf-8", "replace")
         except (urllib.error.URLError, OSError, ValueError):
             return None
-        match = re.search(r"^prometheus_tsdb_lowest_timestamp_seconds\s+(\S+)\s*$", text, re.MULTILINE)
+        match = re.search(rf"^{re.escape(name)}\s+(\S+)\s*$", text, re.MULTILINE)
         if match is None:
             return None
         try:
-            value = float(match.group(1))
+            return float(match.group(1))
         except ValueError:
             return None
-        return value if value == value and 0 < value < 1e11 else None
+
+    def oldest_sample(self) -> float | None:
+        """The oldest sample time the TSDB still holds (Prometheus's own
+        `prometheus_tsdb_lowest_timestamp_seconds` on its /metrics), or None where the server does not
+        say (VictoriaMetrics, Mimir, a proxy)."""
+        value = self.own_metric("prometheus_tsdb_lowest_timestamp_seconds")
+        return value if value is not None and value == value and 0 < value < 1e11 else None
 
     def present(self, metrics: Iterable[str]) -> set[str]:
         """Which of these metric names Prometheus holds any series of (at any time)."""

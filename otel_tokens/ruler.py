@@ -10,19 +10,17 @@ alerts are their union, and a block is lifted only when every ruler answered and
 
 from __future__ import annotations
 
-import re
 import time
+import urllib.error
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from . import quota_scopes
 from .guard_state import Entry, Key, PayloadError, parse_active
-from .prometheus_api import get_json, redacted, unauthorized, with_credentials
+from .prometheus_api import Prometheus, PrometheusError, get_json, redacted, unauthorized
 
 ALERTS_PATH = "/api/v1/alerts"
-_START = re.compile(rb"^process_start_time_seconds\s+(\S+)\s*$", re.MULTILINE)
 
 
 @dataclass
@@ -35,7 +33,9 @@ class RulerAnswer:
 
 
 class Ruler:
-    """One rule engine: Prometheus or vmalert, given as its base URL or its .../api/v1/alerts URL."""
+    """One rule engine: Prometheus or vmalert, given as its base URL or its .../api/v1/alerts URL. Its alert
+    list is read with the guard's bounded reader (size and time capped: the answer decides enforcement);
+    its start and rules through the project's one Prometheus client."""
 
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         url = url.strip().rstrip("/")
@@ -43,54 +43,46 @@ class Ruler:
             raise ValueError(f"ruler URL {redacted(url)!r} is not http(s)://host:port of Prometheus or vmalert")
         if url.endswith(ALERTS_PATH):
             url = url[: -len(ALERTS_PATH)]
-        self.base, self.headers = with_credentials(url)
-        self.timeout = timeout
+        try:
+            self.api = Prometheus(url, timeout)  # credentials from the URL or the environment
+        except PrometheusError as error:
+            raise ValueError(str(error)) from None
 
     def __str__(self) -> str:
-        return self.base + ALERTS_PATH
-
-    def _get(self, path: str) -> Any:
-        try:
-            status, body, _ = get_json(self.base + path, self.timeout, self.headers)
-        except Exception as error:
-            code = getattr(error, "code", None)
-            if code in (401, 403):
-                raise PermissionError(unauthorized(self.base, code, bool(self.headers))) from None
-            raise
-        if status != 200:
-            raise PayloadError(f"{self.base}{path} answered HTTP {status}")
-        return body
+        return self.api.url + ALERTS_PATH
 
     def firing(self) -> dict[Key, Entry]:
         """The firing quota alerts; PayloadError when the answer is not a ruler's (Alertmanager's
         `/api/v1/alerts` is a list under `data`, refused here)."""
-        return parse_active(self._get(ALERTS_PATH), prometheus=True)
+        try:
+            status, body, _ = get_json(self.api.url + ALERTS_PATH, self.api.timeout, self.api.headers)
+        except urllib.error.HTTPError as error:
+            if error.code in (401, 403):
+                raise PermissionError(unauthorized(self.api.url, error.code, bool(self.api.headers))) from None
+            raise
+        if status != 200:
+            raise PayloadError(f"{self} answered HTTP {status}")
+        return parse_active(body, prometheus=True)
 
     def started(self) -> float:
         """The ruler's start, Unix seconds: Prometheus's runtime info, else `process_start_time_seconds`
         on its /metrics (vmalert has no runtime info)."""
         try:
-            data = self._get("/api/v1/status/runtimeinfo")["data"]
-            return datetime.fromisoformat(str(data["startTime"]).replace("Z", "+00:00")).timestamp()
-        except PermissionError:
-            raise
-        except Exception:
+            start = str(self.api.get("/api/v1/status/runtimeinfo", [])["startTime"])
+            return datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp()
+        except (PrometheusError, KeyError, TypeError, ValueError):
             pass
-        import urllib.request
-
-        request = urllib.request.Request(self.base + "/metrics", headers=self.headers)
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            text = response.read(32 << 20)
-        match = _START.search(text)
-        if match is None:
-            raise PayloadError(f"{self.base} says neither /api/v1/status/runtimeinfo nor process_start_time_seconds")
-        return float(match.group(1))
+        value = self.api.own_metric("process_start_time_seconds")
+        if value is None:
+            raise PayloadError(f"{self.api.url} says neither /api/v1/status/runtimeinfo nor "
+                               "process_start_time_seconds")
+        return value
 
     def warm_up(self) -> float:
         """Seconds after a start before an absent quota alert means resolved: the largest `for:` plus two
         evaluation intervals of its group, over the alerts the guard acts on (a forecast's `for: 30m` is
         not one of them). A ruler that holds none of them: two minutes."""
-        groups = self._get("/api/v1/rules?type=alert")["data"]["groups"]
+        groups = self.api.get("/api/v1/rules", [("type", "alert")])["groups"]
         needed = [float(rule.get("duration") or 0) + 2 * float(group.get("interval") or 60)
                   for group in groups for rule in group.get("rules", [])
                   if rule.get("type") == "alerting" and rule.get("name") in quota_scopes.ALERTS]
