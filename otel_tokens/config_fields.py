@@ -11,6 +11,7 @@ from typing import Any
 
 from . import names, quota_scopes
 from .guard import GuardRule, GuardSettings
+from .guard_state import BLOCK_HOLD
 from .safety import logger
 
 
@@ -282,7 +283,7 @@ def _guard(value: Any) -> GuardSettings:
     token_file = _path(value["token_file"]) if value.get("token_file") is not None else None
     return GuardSettings(enabled, source or "", _poll_interval(value.get("poll_interval", 2.0)),
                          _bool(value.get("fail_closed", False)), tuple(rules), **budget, token_file=token_file,
-                         block_hold=_block_hold(value.get("block_hold", 3600.0)))
+                         block_hold=_block_hold(value.get("block_hold", BLOCK_HOLD)))
 
 
 def _seconds_in(field: str, value: Any, low: float, high: float, why: str = "") -> float:

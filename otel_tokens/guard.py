@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import quota_scopes
-from .guard_state import GuardState
+from .guard_state import BLOCK_HOLD, GuardState
 from .prometheus_api import get_json
 from .ruler import ALERTS_PATH, Rulers
 from .safety import log_once, logger
@@ -99,7 +99,7 @@ class GuardSettings:
     stale_grace: float = 30.0
     # seconds after the last good state during which what it blocked stays blocked, whatever the source
     # does meanwhile (down, flooded, a ruler restarting)
-    block_hold: float = 3600.0
+    block_hold: float = BLOCK_HOLD
 
     @property
     def budget(self) -> bool:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .. import names
+from ..guard_state import BLOCK_HOLD
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     guard.add_argument("--stale-after", type=float, metavar="SECONDS",
                        help="answer 503 (the apps keep their blocks and act as configured) when the rulers "
                             "have not answered for this long (default 3 x --resync-interval, at least 60)")
-    guard.add_argument("--hold", type=float, default=3600.0, metavar="SECONDS",
+    guard.add_argument("--hold", type=float, default=BLOCK_HOLD, metavar="SECONDS",
                        help="the longest a block outlives the rulers' last word on it while they cannot lift "
-                            "it (a ruler restarting, one of several down; default 3600)")
+                            f"it (a ruler restarting, one of several down; default {BLOCK_HOLD:g})")
     stack = commands.add_parser("stack-secrets", help="make the credentials the shipped compose stack requires "
                                 "(DIR/.env and DIR/secrets/; existing ones are kept)")
     stack.add_argument("directory", type=Path, nargs="?", default=Path("collector"),

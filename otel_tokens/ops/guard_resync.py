@@ -9,14 +9,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..guard_state import GuardState
+from ..guard_state import BLOCK_HOLD, GuardState
 from ..ruler import Rulers
 
 MIN_GAP = 1.0  # seconds between two reads however often the webhook prompts: a flood of posts is one read
-DEFAULT_HOLD = 3600.0  # the longest a block outlives the rulers' last word on it
 
 
-def sync(state: GuardState, rulers: Rulers, hold: float = DEFAULT_HOLD) -> list[str]:
+def sync(state: GuardState, rulers: Rulers, hold: float = BLOCK_HOLD) -> list[str]:
     """One read of the rulers into `state`; raises when no ruler answers. Returns why blocks were held
     (empty when the answer was applied as it is)."""
     answer = rulers.read(held=state.firing())
@@ -27,7 +26,7 @@ def sync(state: GuardState, rulers: Rulers, hold: float = DEFAULT_HOLD) -> list[
 class Resync(threading.Thread):
     """Reads the rulers every `interval` seconds and when prompted; failures are reported once per outage."""
 
-    def __init__(self, state: GuardState, rulers: Rulers, interval: float, hold: float = DEFAULT_HOLD,
+    def __init__(self, state: GuardState, rulers: Rulers, interval: float, hold: float = BLOCK_HOLD,
                  on_synced: Callable[[], None] | None = None) -> None:
         super().__init__(name="otel-tokens-guard-resync", daemon=True)
         self.state, self.rulers, self.interval, self.hold, self.on_synced = state, rulers, interval, hold, on_synced

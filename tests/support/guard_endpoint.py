@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from otel_tokens.guard_state import GuardState
+from otel_tokens.guard_state import BLOCK_HOLD, GuardState
 from otel_tokens.ops.guard_resync import Resync
 from otel_tokens.ops.guard_server import serve
 from otel_tokens.ruler import Rulers
@@ -26,7 +26,7 @@ class GuardEndpoint:
     def state(self) -> GuardState:
         return self.server.state
 
-    def follow(self, rulers: list[str], interval: float = 1.0, hold: float = 3600.0) -> None:
+    def follow(self, rulers: list[str], interval: float = 1.0, hold: float = BLOCK_HOLD) -> None:
         """Start reading the rulers, as `otel-tokens guard --ruler ...` does."""
         self.resync = Resync(self.state, Rulers(rulers), interval, hold, on_synced=self.server.app.synced)
         self.server.app.on_webhook = self.resync.prompt
