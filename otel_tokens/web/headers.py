@@ -73,9 +73,10 @@ class TrustedHeaders:
             except ValueError:
                 ok = False
         if not ok:
-            log_once(f"untrusted-peer:{str(peer)[:64]}", "otel-tokens: trusted headers from %s, which is not in "
-                     "trusted_proxies; ignored (the call is unattributed): a client reaching the app directly "
-                     "must not name its user", peer or "a Unix socket")
+            # one key, not one per peer: a client spraying addresses must not grow the set of things said
+            log_once("untrusted-peer", "otel-tokens: trusted headers from %s, which is not in trusted_proxies; "
+                     "ignored (the call is unattributed; said once, for the first such peer): a client reaching "
+                     "the app directly must not name its user", str(peer)[:64] if peer else "a Unix socket")
         return ok
 
     def from_asgi(self, headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
