@@ -244,7 +244,7 @@ def _count_output(counter: TokenCounter, model: str, kwargs: Mapping[str, Any], 
     limit = output_limit(kwargs)
     if not limit:  # none set, or 0 (which some servers read as no limit)
         return count, source
-    choices = max(_positive_int(kwargs.get("n")) or 1, 1)  # a stream's text is every choice's, joined
+    choices = _sent_count(kwargs, "n")  # the text is every returned choice's
     if count > limit * choices:
         log_once(f"over-limit:{model}", "otel-tokens: %s: a reply re-tokenized to more tokens than its "
                  "max_tokens allows; counted as the limit and marked estimated. Ask the server for usage "
@@ -254,6 +254,7 @@ def _count_output(counter: TokenCounter, model: str, kwargs: Mapping[str, Any], 
 
 
 _OUTPUT_LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+_SDK_SENTINELS = ("NotGiven", "Omit")  # the openai SDK's "argument not given" values: nothing is sent
 
 
 def _sent(kwargs: Mapping[str, Any], key: str) -> list[Any]:
@@ -263,7 +264,7 @@ def _sent(kwargs: Mapping[str, Any], key: str) -> list[Any]:
     body, query = kwargs.get("extra_body"), kwargs.get("extra_query")
     if isinstance(body, Mapping) and key in body:
         values.append(body[key])
-    elif key in kwargs and kwargs[key] is not None and type(kwargs[key]).__name__ != "NotGiven":
+    elif key in kwargs and kwargs[key] is not None and type(kwargs[key]).__name__ not in _SDK_SENTINELS:
         values.append(kwargs[key])
     if isinstance(query, Mapping) and key in query:
         values.append(query[key])
@@ -277,6 +278,11 @@ def _request_count(value: Any) -> int | None:
     return value if type(value) is int and value > 0 else None
 
 
+def _sent_count(kwargs: Mapping[str, Any], *keys: str) -> int:
+    """The most choices the server makes as it receives the request (`n`, `best_of`), at least 1."""
+    return max((_request_count(value) or 1 for key in keys for value in _sent(kwargs, key)), default=1)
+
+
 def output_limit(kwargs: Mapping[str, Any]) -> int | None:
     """The most output a request can make the server generate per choice: the largest output limit it
     sends (max_completion_tokens, max_tokens or max_output_tokens; arguments, `extra_body`, `extra_query`).
@@ -287,10 +293,6 @@ def output_limit(kwargs: Mapping[str, Any]) -> int | None:
     if not counts or None in counts:
         return None
     return max(counts)  # type: ignore[type-var]
-
-
-def _positive_int(value: Any) -> int | None:
-    return value if type(value) is int and value >= 0 else None
 
 
 def estimate_request(operation: str, kwargs: Mapping[str, Any]) -> UsageEstimate:
@@ -312,5 +314,5 @@ def estimate_request(operation: str, kwargs: Mapping[str, Any]) -> UsageEstimate
         return UsageEstimate(input_bound, 0)
     limit = output_limit(kwargs)
     # the server generates best_of completions (completions API) and bills every one
-    choices = max((_request_count(value) or 1 for key in ("n", "best_of") for value in _sent(kwargs, key)), default=1)
+    choices = _sent_count(kwargs, "n", "best_of")
     return UsageEstimate(input_bound, limit, choices)
