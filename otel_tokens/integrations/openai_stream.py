@@ -109,12 +109,13 @@ class StreamState:
                 delta = getattr(choice, "delta", None)
                 text = getattr(delta, "content", None) if delta is not None else getattr(choice, "text", None)
                 index = getattr(choice, "index", 0)
-                parts = self.parts if not index or type(index) is not int else self._parts_of(index)
+                index = index if type(index) is int else 0
+                parts = self._parts_of(index) if index else self.parts
                 if text and isinstance(text, str):
                     parts.append(text)
-                if self.texts is not None:
-                    self._capture(choice, text)
                 reason = getattr(choice, "finish_reason", None)
+                if self.texts is not None:
+                    self._capture(index, text, reason)
                 if reason is not None:
                     self.stops += reason == "stop"
                     self.tool_calls = self.tool_calls or reason in ("tool_calls", "function_call")
@@ -133,12 +134,9 @@ class StreamState:
             self.other_parts = {}
         return self.other_parts.setdefault(index, [])
 
-    def _capture(self, choice: Any, text: Any) -> None:
-        index = getattr(choice, "index", 0)
-        index = index if type(index) is int else 0
+    def _capture(self, index: int, text: Any, reason: Any) -> None:
         if text and isinstance(text, str):
             self.texts.setdefault(index, []).append(text)  # type: ignore[union-attr]
-        reason = getattr(choice, "finish_reason", None)
         if isinstance(reason, str):
             self.reasons[index] = reason  # type: ignore[index]
 
