@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sdk import providers
 
 from otel_tokens import names
-from otel_tokens.config import Settings
-from otel_tokens.record import CallRecord
-from otel_tokens.recorder import Recorder
+from otel_tokens.config.settings import Settings
+from otel_tokens.recording.call import CallRecord
+from otel_tokens.recording.recorder import Recorder
 
 USERS = [f"user-{i}" for i in range(50)]
 

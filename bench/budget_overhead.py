@@ -24,10 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sdk import providers
 
 from otel_tokens import names, usage_context
-from otel_tokens.config import Settings
-from otel_tokens.guard import GuardSettings
+from otel_tokens.config.settings import GuardSettings, Settings
 from otel_tokens.integrations.openai_usage import estimate_request
-from otel_tokens.recorder import Recorder
+from otel_tokens.recording.recorder import Recorder
 
 MESSAGES = [{"role": "system", "content": "You answer from the knowledge base. " * 4},
             {"role": "user", "content": "请总结这个工单。Where is the refund policy for annual plans?"}]

@@ -14,7 +14,8 @@ import timeit
 from pathlib import Path
 
 from otel_tokens import names
-from otel_tokens.guard import Guard, GuardRule, GuardSettings
+from otel_tokens.config.settings import GuardRule, GuardSettings
+from otel_tokens.quota.alert.mode import Guard
 
 RULES = (GuardRule("user", "reject", "critical"), GuardRule("department", "reject", "critical"),
          GuardRule("user", "downgrade", "warning", (("gpt-4o*", "gpt-4o-mini"),)))

@@ -8,9 +8,10 @@ import threading
 import time
 import urllib.request
 
-from otel_tokens.guard import Guard, GuardRule, GuardSettings
-from otel_tokens.guard_state import GuardState
-from otel_tokens.ops.guard_server import serve
+from otel_tokens.config.settings import GuardRule, GuardSettings
+from otel_tokens.ops.alert_endpoint import serve
+from otel_tokens.quota.alert.mode import Guard
+from otel_tokens.quota.alert.state import GuardState
 
 TOKEN = "bench-guard-token-0123456789abcdef"
 ENTRY = {"severity": "critical", "window": "24h", "quota": "tokens", "usage": "1.2k tokens", "limit": "1k tokens",

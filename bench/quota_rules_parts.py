@@ -22,7 +22,7 @@ import quota_rules_scale as scale
 
 from otel_tokens.ops.backfill import backfill
 from otel_tokens.ops.rules import render, render_text
-from otel_tokens.quotas import parse_quotas
+from otel_tokens.quota.file import parse_quotas
 
 
 def main() -> int:

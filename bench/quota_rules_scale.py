@@ -51,7 +51,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from otel_tokens.ops.backfill import backfill, first_level  # noqa: E402
 from otel_tokens.ops.durations import duration_seconds, human_duration  # noqa: E402
 from otel_tokens.ops.rules import render_text  # noqa: E402
-from otel_tokens.quotas import parse_quotas  # noqa: E402
+from otel_tokens.quota.file import parse_quotas  # noqa: E402
 
 STEP = 10  # seconds between samples: the shipped scrape interval
 BUCKET = 300

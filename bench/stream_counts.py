@@ -67,7 +67,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from otel_tokens import names
-    from otel_tokens.config import Settings
+    from otel_tokens.config.settings import Settings
     from tests.support.telemetry import instrumented
 
     model_path = ensure()

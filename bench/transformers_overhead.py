@@ -97,7 +97,7 @@ def main() -> None:
         wrapped_stub = per_call(stand_in_wrapped, 200, 40, flush)
         isolated = wrapped_stub - bare_stub
         # deferred, off the call path: recording the queued histogram points into the SDK
-        from otel_tokens import accounting
+        from otel_tokens.recording import accounting
 
         threshold, accounting._DRAIN_THRESHOLD = accounting._DRAIN_THRESHOLD, 10**9
         flush()

@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from tiny_local_model import ensure  # noqa: E402
 
-from otel_tokens.budget.store import RedisBudgetStore  # noqa: E402
 from otel_tokens.ops.rules import render_text  # noqa: E402
-from otel_tokens.quota_scopes import USER  # noqa: E402
-from otel_tokens.quotas import parse_quotas  # noqa: E402
+from otel_tokens.quota.budget.store import RedisBudgetStore  # noqa: E402
+from otel_tokens.quota.file import parse_quotas  # noqa: E402
+from otel_tokens.quota.vocabulary import USER  # noqa: E402
 
 QUOTAS = {
     "warning_ratio": 0.8,

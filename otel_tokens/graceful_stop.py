@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .safety import internal_error, log_once
+from otel_tokens.logs import internal_error, log_once
 
 FLUSH_TIMEOUT_S = 5.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -11,18 +11,19 @@ from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.dependencies import DependencyConflict, get_dependency_conflicts
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from . import attribution, graceful_stop, names
-from .config import load_settings
-from .integrations import litellm as litellm_integration
-from .integrations import openai as openai_integration
-from .integrations import transformers as transformers_integration
-from .recorder import Recorder
-from .safety import logger
-from .sdk_readers import delta_readers, sdk_series_limit
-from .sdk_setup import nothing_exported_warning
-from .threads import instrument_threads, uninstrument_threads
-from .version import __version__
-from .web import zero_code as web_zero_code
+from otel_tokens import graceful_stop, names
+from otel_tokens.attribution import context as attribution
+from otel_tokens.attribution.threads import instrument_threads, uninstrument_threads
+from otel_tokens.config import load_settings
+from otel_tokens.integrations import litellm as litellm_integration
+from otel_tokens.integrations import openai as openai_integration
+from otel_tokens.integrations import transformers as transformers_integration
+from otel_tokens.logs import logger
+from otel_tokens.recording.recorder import Recorder
+from otel_tokens.recording.sdk_readers import delta_readers, sdk_series_limit
+from otel_tokens.sdk_setup import nothing_exported_warning
+from otel_tokens.version import __version__
+from otel_tokens.web import zero_code as web_zero_code
 
 # (integration module, import name); each instruments its library only when it is installed.
 INTEGRATIONS = ((transformers_integration, "transformers"), (openai_integration, "openai"),

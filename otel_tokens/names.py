@@ -121,7 +121,7 @@ UNIT_DECISION = "{decision}"
 GUARD_DECISION = "decision"  # llm.guard.decisions attribute: one of quota_scopes.ACTIONS
 GUARD_QUOTA = "quota"  # llm.guard.decisions attribute: a quota_scopes scope name, or none
 PROM_GUARD_DECISIONS = prometheus_name(METRIC_GUARD_DECISIONS, UNIT_DECISION, monotonic_counter=True)
-# The quota vocabulary (scopes, kinds, alert names, actions) is in quota_scopes.py.
+# The quota vocabulary (scopes, kinds, alert names, actions) is in quota/vocabulary.py.
 
 # litellm's provider names -> gen_ai.provider.name (the semantic conventions' well-known values)
 LITELLM_PROVIDERS = {

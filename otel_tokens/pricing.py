@@ -20,8 +20,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .config import ConfigError, ConfigProblemsError, Settings, read_yaml
-from .safety import log_once, logger
+from otel_tokens.config import read_yaml
+from otel_tokens.config.errors import ConfigError, ConfigProblemsError
+from otel_tokens.config.settings import Settings
+from otel_tokens.logs import log_once, logger
 
 _ENTRY_KEYS = {"match", "provider", "currency", "input", "output", "cached_input", "date", "source"}
 _REQUIRED = ("match", "currency", "input", "output")

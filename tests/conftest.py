@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from otel_tokens import TokenUsageInstrumentor
-from otel_tokens.config import Settings
+from otel_tokens.config.settings import Settings
 from tests.support.binaries import require_binary
 from tests.support.hostile_harness import Harness, instrumented_harness
 from tests.support.redis_server import RedisServer

@@ -8,10 +8,10 @@ import threading
 import pytest
 
 from otel_tokens import names
-from otel_tokens.accounting import Accounting
-from otel_tokens.config import OTHER_VALUE
+from otel_tokens.config.settings import OTHER_VALUE
 from otel_tokens.pricing import Cost
-from otel_tokens.record import CallRecord
+from otel_tokens.recording.accounting import Accounting
+from otel_tokens.recording.call import CallRecord
 from tests.support.telemetry import make_telemetry
 
 

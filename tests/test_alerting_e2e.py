@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from otel_tokens.ops.rules import render_text
-from otel_tokens.quotas import parse_quotas
+from otel_tokens.quota.file import parse_quotas
 from tests.support.alert_app import TOKENS_PER_CALL
 from tests.support.binaries import require_binary
 from tests.support.guard_endpoint import GuardEndpoint
@@ -190,8 +190,7 @@ def test_guard_rejects_over_quota_calls_within_seconds_and_allows_them_again(sta
     import openai
 
     from otel_tokens import QuotaExceededError, TokenUsageInstrumentor, names, usage_context
-    from otel_tokens.config import Settings
-    from otel_tokens.guard import GuardRule, GuardSettings
+    from otel_tokens.config.settings import GuardRule, GuardSettings, Settings
     from tests.support.openai_server import OpenAIServer
     from tests.support.telemetry import make_telemetry
 
@@ -222,7 +221,7 @@ def test_guard_rejects_over_quota_calls_within_seconds_and_allows_them_again(sta
             reject_delay = time.monotonic() - crossed
             assert ask("bob")  # other users are never affected
             # the same state read straight from Prometheus's alerts API
-            from otel_tokens.guard import Guard
+            from otel_tokens.quota.alert.mode import Guard
 
             direct = Guard(GuardSettings(True, stack["prometheus"] + "/api/v1/alerts", 1.0, False, guard.rules))
             direct.refresh()
@@ -254,8 +253,8 @@ def test_alert_mode_believes_only_the_ruler_and_a_ruler_restart_lifts_no_block(s
     restart, whose alert list is empty until `for:` has passed again, keeps alice blocked."""
     from datetime import datetime, timedelta, timezone
 
-    from otel_tokens.ops.guard_resync import sync
-    from otel_tokens.ruler import Rulers
+    from otel_tokens.ops.alert_resync import sync
+    from otel_tokens.quota.alert.ruler import Rulers
 
     guard = stack["guard_server"]
 

@@ -81,7 +81,7 @@ def test_inbound_baggage_is_ignored_unless_trusted(telemetry):
 @pytest.fixture
 def trusting():
     """Instrumented with trust_baggage on, as a model server behind the app runs."""
-    from otel_tokens.config import Settings
+    from otel_tokens.config.settings import Settings
     from tests.support.telemetry import instrumented
 
     with instrumented(Settings(trust_baggage=True)) as tel:
@@ -174,7 +174,7 @@ def test_thread_pool_tasks_use_the_submitters_attribution(telemetry):
 def test_ids_have_one_spelling_whatever_the_source():
     """Look-alikes that are the same id to a person (fullwidth, an invisible character, a decomposed
     accent) are one principal; a Chinese name stays as it is; so do quota overrides, which must match."""
-    from otel_tokens.quotas import parse_quotas
+    from otel_tokens.quota.file import parse_quotas
 
     for spelled, normal in (("\uff41\uff4c\uff49\uff43\uff45", "alice"), ("al\u200bice", "alice"),
                             ("\u00adalice\u2060", "alice"), ("Jose\u0301", "Jos\u00e9"),

@@ -10,9 +10,10 @@ import time
 import pytest
 
 from otel_tokens import QuotaExceededError, names, usage_context
-from otel_tokens.budget.guard import UNATTRIBUTED
 from otel_tokens.config import load_settings
-from otel_tokens.guard import GuardRule, QuotaStateUnavailableError
+from otel_tokens.config.settings import GuardRule
+from otel_tokens.quota.budget.mode import UNATTRIBUTED
+from otel_tokens.quota.decision import QuotaStateUnavailableError
 from tests.support.budget import budget_app, write_quotas
 from tests.support.telemetry import LogRecords
 
@@ -248,7 +249,7 @@ def test_sdk_message_objects_are_bounded_by_their_content(app):
     """The OpenAI docs append `response.choices[0].message` (a pydantic object) to `messages`."""
     from openai.types.chat import ChatCompletionMessage
 
-    from otel_tokens.budget import bounds
+    from otel_tokens.quota.budget import bounds
 
     long = "word " * 2000
     as_object = ChatCompletionMessage(role="assistant", content=long)
@@ -270,7 +271,7 @@ def test_a_generator_of_messages_still_reaches_the_server(app):
 
 
 def test_a_negative_output_limit_reserves_nothing_rather_than_a_credit(app):
-    from otel_tokens.record import UsageEstimate
+    from otel_tokens.recording.call import UsageEstimate
 
     budget = app.recorder.budget
     decision, held = budget.reserve("transformers", "m", {"user.id": "quinn"}, UsageEstimate(10, -999_999, -3))
@@ -294,8 +295,8 @@ def test_an_unpriced_request_model_under_a_cost_limit_is_reserved_at_the_dearest
 
 
 def test_bad_quota_values_and_reload_intervals_are_refused_with_their_field(tmp_path):
-    from otel_tokens.config import ConfigError
-    from otel_tokens.quotas import load_quotas
+    from otel_tokens.config.errors import ConfigError
+    from otel_tokens.quota.file import load_quotas
 
     for value in (".inf", ".nan", "1e30"):
         (tmp_path / "q.yml").write_text(f"users: {{default: {{tokens: {value}}}}}\n")

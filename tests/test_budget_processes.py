@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from otel_tokens.budget.store import RedisBudgetStore
-from otel_tokens.quota_scopes import USER
+from otel_tokens.quota.budget.store import RedisBudgetStore
+from otel_tokens.quota.vocabulary import USER
 from tests.support.budget import write_quotas
 from tests.support.openai_server import OpenAIServer
 

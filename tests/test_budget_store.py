@@ -9,16 +9,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from otel_tokens.budget.store import (
-    NANO,
-    REFUSED,
-    RESERVED,
-    Charge,
-    RedisBudgetStore,
-    Settlement,
-    principal_keys,
-)
-from otel_tokens.quota_scopes import DEPARTMENT, USER
+from otel_tokens.quota.budget.store import NANO, REFUSED, RESERVED, Charge, RedisBudgetStore, Settlement, principal_keys
+from otel_tokens.quota.vocabulary import DEPARTMENT, USER
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e  # a real redis-server

@@ -6,10 +6,11 @@ import logging
 
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-from otel_tokens import names, safety, usage_context
-from otel_tokens.config import OTHER_VALUE, Settings
+from otel_tokens import logs as safety
+from otel_tokens import names, usage_context
+from otel_tokens.config.settings import OTHER_VALUE, Settings
 from otel_tokens.ops.doctor import report
-from otel_tokens.recorder import Recorder
+from otel_tokens.recording.recorder import Recorder
 from tests.support.telemetry import make_telemetry
 
 
@@ -114,7 +115,7 @@ def test_series_limit_follows_the_sdk_reader_and_keeps_departments_right():
 
 
 def test_sdk_reader_limit_is_detected():
-    from otel_tokens.sdk_readers import sdk_series_limit
+    from otel_tokens.recording.sdk_readers import sdk_series_limit
 
     _, _, default_provider = make_telemetry()
     _, _, raised_provider = make_telemetry(series_limit=50_000)

@@ -174,7 +174,7 @@ def test_config_path_shown_by_doctor(tmp_path):
 @pytest.mark.parametrize("alert_mode", [True, False])
 def test_a_bad_guard_field_refuses_the_section_but_keeps_fail_closed(tmp_path, alert_mode):
     """A `nan` poll interval turned the whole section off, `fail_closed: true` included: an open door."""
-    from otel_tokens.guard import Guard
+    from otel_tokens.quota.alert.mode import Guard
 
     section = {"poll_interval": "nan", "fail_closed": True}
     if alert_mode:

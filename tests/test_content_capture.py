@@ -9,7 +9,8 @@ import openai
 import pytest
 
 from otel_tokens import TokenUsageInstrumentor, names
-from otel_tokens.config import Settings, load_settings
+from otel_tokens.config import load_settings
+from otel_tokens.config.settings import Settings
 from tests.support.openai_server import OpenAIServer
 from tests.support.telemetry import make_telemetry
 

@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from otel_tokens import names
 from otel_tokens.ops.rules import render, render_text
-from otel_tokens.quotas import Quotas, parse_quotas
+from otel_tokens.quota.file import Quotas, parse_quotas
 from tests.support.binaries import require_binary
 from tests.support.dashboard_app import USERS
 from tests.support.grafana import (

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from otel_tokens.ops.rules import render
-from otel_tokens.quotas import parse_quotas
+from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
 from tests.support.victoria_stack import start_victoria
 from tests.test_quota_rules import FORECAST_QUOTAS

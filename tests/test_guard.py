@@ -9,9 +9,10 @@ import openai
 import pytest
 
 from otel_tokens import QuotaExceededError, TokenUsageInstrumentor, names, usage_context
-from otel_tokens.config import Settings, load_settings
-from otel_tokens.guard import Guard, GuardRule, GuardSettings, GuardState
-from otel_tokens.ops.guard_server import serve
+from otel_tokens.config import load_settings
+from otel_tokens.config.settings import GuardRule, GuardSettings, Settings
+from otel_tokens.ops.alert_endpoint import serve
+from otel_tokens.quota.alert.mode import Guard, GuardState
 from tests.support.openai_server import OpenAIServer
 from tests.support.telemetry import Telemetry, make_telemetry
 

@@ -18,9 +18,10 @@ from collections.abc import Iterator
 import pytest
 
 from otel_tokens import names
-from otel_tokens.guard import Guard, GuardRule, GuardSettings
-from otel_tokens.guard_state import GuardState
-from otel_tokens.ops.guard_server import GuardServer, serve
+from otel_tokens.config.settings import GuardRule, GuardSettings
+from otel_tokens.ops.alert_endpoint import GuardServer, serve
+from otel_tokens.quota.alert.mode import Guard
+from otel_tokens.quota.alert.state import GuardState
 from tests.support.ruler_stub import RulerStub
 
 pytestmark = pytest.mark.e2e  # every test here starts the endpoint
@@ -216,7 +217,7 @@ class _Silent:
 @pytest.mark.parametrize("fail_closed", [False, True])
 def test_start_up_never_waits_on_the_state_and_acts_as_configured_until_it_arrives(fail_closed):
     from otel_tokens import QuotaExceededError, TokenUsageInstrumentor
-    from otel_tokens.config import Settings
+    from otel_tokens.config.settings import Settings
     from tests.support.telemetry import make_telemetry
 
     silent = _Silent()
@@ -336,8 +337,8 @@ def test_an_unreadable_state_is_refused_whole_and_the_last_one_kept(body):
 @pytest.mark.parametrize("body", [b"not json", b"[" * 100_000, b'{"data": 5}', b"[]",
                                   b'{"status": "success", "data": []}'])  # the last: Alertmanager's v1 shape
 def test_the_resync_thread_survives_any_answer(body):
-    from otel_tokens.ops.guard_resync import Resync
-    from otel_tokens.ruler import Rulers
+    from otel_tokens.ops.alert_resync import Resync
+    from otel_tokens.quota.alert.ruler import Rulers
 
     state = GuardState()
     _block(state, "alice")
@@ -350,8 +351,8 @@ def test_the_resync_thread_survives_any_answer(body):
 def test_a_ruler_answer_lifts_blocks_only_after_its_warm_up():
     """A restarted ruler's alert list is empty until its rules ran and `for:` passed again: 15 s + two
     10 s evaluations here. Its answers add blocks at once but lift none before that."""
-    from otel_tokens.ops.guard_resync import sync
-    from otel_tokens.ruler import Rulers
+    from otel_tokens.ops.alert_resync import sync
+    from otel_tokens.quota.alert.ruler import Rulers
 
     ruler = RulerStub(alert_for=15, interval=10)
     rulers, state = Rulers([ruler.url]), GuardState()
@@ -370,8 +371,8 @@ def test_a_ruler_answer_lifts_blocks_only_after_its_warm_up():
 
 
 def test_several_rulers_are_a_union_and_a_silent_one_lifts_nothing_for_at_most_the_hold():
-    from otel_tokens.ops.guard_resync import sync
-    from otel_tokens.ruler import Rulers
+    from otel_tokens.ops.alert_resync import sync
+    from otel_tokens.quota.alert.ruler import Rulers
 
     first, second = RulerStub(), RulerStub()
     rulers, state = Rulers([first.url, second.url]), GuardState()

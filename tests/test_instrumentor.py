@@ -137,7 +137,7 @@ def test_importing_the_package_imports_no_client_library(module):
 
 
 def test_spans_and_metrics_name_the_semconv_schema(telemetry):
-    from otel_tokens.recorder import Recorder
+    from otel_tokens.recording.recorder import Recorder
 
     recorder = TokenUsageInstrumentor().recorder
     assert isinstance(recorder, Recorder)

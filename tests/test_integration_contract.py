@@ -18,12 +18,11 @@ from opentelemetry.trace import SpanKind
 
 import otel_tokens.integrations as integrations_package
 from otel_tokens import QuotaExceededError, names, usage_context
-from otel_tokens.config import Settings
-from otel_tokens.guard import GuardRule, GuardSettings
-from otel_tokens.ops.guard_server import serve
-from otel_tokens.record import UsageEstimate
-from otel_tokens.recorder import Recorder
-from otel_tokens.safety import internal_error
+from otel_tokens.config.settings import GuardRule, GuardSettings, Settings
+from otel_tokens.logs import internal_error
+from otel_tokens.ops.alert_endpoint import serve
+from otel_tokens.recording.call import UsageEstimate
+from otel_tokens.recording.recorder import Recorder
 from tests.support.openai_server import OpenAIServer
 from tests.support.telemetry import make_telemetry
 from tests.test_guard import alert

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from otel_tokens import TokenUsageInstrumentor, usage_context
-from otel_tokens.config import Settings
+from otel_tokens.config.settings import Settings
 from tests.support.openai_server import OpenAIServer
 
 pytestmark = pytest.mark.e2e  # a local OpenAI-compatible server and the exporter's HTTP endpoint

@@ -39,7 +39,7 @@ def test_runtime_never_imports_operations():
                  for p in runtime}
     assert {k: v for k, v in offenders.items() if v} == {}
     ops = [p for p in PACKAGE.rglob("*.py") if "ops" in p.relative_to(PACKAGE).parts]
-    assert any("otel_tokens.recorder" in _imported(p) or "otel_tokens.quotas" in _imported(p) for p in ops)
+    assert any("otel_tokens.recording.recorder" in _imported(p) or "otel_tokens.quota.file" in _imported(p) for p in ops)
 
 
 @pytest.mark.e2e

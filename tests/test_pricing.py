@@ -14,10 +14,10 @@ import torch
 import yaml
 
 from otel_tokens import TokenUsageInstrumentor, names, usage_context
-from otel_tokens.config import Settings
+from otel_tokens.config.settings import Settings
 from otel_tokens.ops.doctor import report
 from otel_tokens.pricing import PriceBook
-from otel_tokens.recorder import Recorder
+from otel_tokens.recording.recorder import Recorder
 from tests.support import tiny_models as tm
 from tests.support.telemetry import Telemetry, make_telemetry
 from tests.support.tiny_models import forcing
@@ -224,8 +224,9 @@ def test_every_problem_of_a_price_entry_is_reported_at_once():
 
 
 def test_doctor_lists_what_a_named_model_would_warn_about_under_warnings(capsys, monkeypatch):
-    from otel_tokens import safety, tiktoken_files
+    from otel_tokens import logs as safety
     from otel_tokens.ops.doctor import report
+    from otel_tokens.tokens import tiktoken_files
 
     monkeypatch.setattr(safety, "_reported", set())
     monkeypatch.setattr(tiktoken_files, "search_dirs", lambda: [])  # a machine without o200k's file

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from otel_tokens import TokenUsageInstrumentor, names, usage_context
-from otel_tokens.config import Settings
-from otel_tokens.guard import GuardRule, GuardSettings, QuotaExceededError, UnattributedCallError
+from otel_tokens.config.settings import GuardRule, GuardSettings, Settings
+from otel_tokens.quota.decision import QuotaExceededError, UnattributedCallError
 from tests.support import tiny_models as tm
 from tests.support.telemetry import instrumented
 from tests.support.tiny_models import forcing

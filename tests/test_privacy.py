@@ -38,7 +38,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_tokens import TokenUsageInstrumentor, names, safety, usage_context
+from otel_tokens import TokenUsageInstrumentor, names, usage_context
+from otel_tokens import logs as safety
 from otel_tokens.ops import doctor
 from tests.support.local_tokenizer import build_local_tokenizer
 from tests.support.openai_server import OpenAIServer

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from otel_tokens.config import ConfigError
+from otel_tokens.config.errors import ConfigError
 from otel_tokens.ops.rules import render_text
-from otel_tokens.quotas import parse_quotas
+from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
 
 QUOTAS = {
@@ -215,7 +215,7 @@ def test_rules_command_writes_checks_and_reports_errors(tmp_path):
 
 def test_shipped_rule_file_is_the_rendering_of_the_shipped_quota_file():
     root = Path(__file__).resolve().parents[1]
-    from otel_tokens.quotas import load_quotas
+    from otel_tokens.quota.file import load_quotas
 
     rendered = render_text(load_quotas(Path("collector/quotas.yaml")))
     assert (root / "collector" / "rules" / "quotas.yml").read_text() == rendered, textwrap.dedent("""
@@ -313,7 +313,7 @@ def test_rollups_of_any_phase_add_up_and_a_missed_one_loses_only_its_bucket(tmp_
 
 
 def test_every_problem_of_a_quota_file_is_reported_at_once(tmp_path):
-    from otel_tokens.quotas import load_quotas
+    from otel_tokens.quota.file import load_quotas
 
     path = tmp_path / "q.yaml"
     path.write_text("warning_ratio: 2\nusers:\n  default: {tokens: -5, cost: .inf}\n  overrides:\n"

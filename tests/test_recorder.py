@@ -8,9 +8,9 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_tokens import names, usage_context
-from otel_tokens.config import OTHER_VALUE, Settings
+from otel_tokens.config.settings import OTHER_VALUE, Settings
 from otel_tokens.pricing import PriceBook
-from otel_tokens.recorder import Recorder
+from otel_tokens.recording.recorder import Recorder
 from tests.support.telemetry import make_telemetry
 
 

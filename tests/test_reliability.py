@@ -46,9 +46,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from otel_tokens import TokenUsageInstrumentor, names, usage_context
-from otel_tokens.config import Settings
+from otel_tokens.config.settings import Settings
 from otel_tokens.integrations.openai_stream import StreamProxy
-from otel_tokens.recorder import Recorder
+from otel_tokens.recording.recorder import Recorder
 from tests.support import openai_server
 from tests.support import tiny_models as tm
 from tests.support.openai_server import OpenAIServer, count_cl100k

@@ -25,7 +25,7 @@ from otel_tokens.ops.cli import main
 from otel_tokens.ops.report import UNATTRIBUTED, format_money, token_timeline, usage_by
 from otel_tokens.ops.rules import render_text
 from otel_tokens.prometheus_api import Prometheus
-from otel_tokens.quotas import parse_quotas
+from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
 from tests.support.prometheus_stack import free_port, query, start_prometheus
 from tests.support.report_app import PRICE_PER_TOKEN

@@ -14,7 +14,7 @@ import pytest
 
 from otel_tokens.ops.backfill import first_level
 from otel_tokens.ops.rules import render, render_text
-from otel_tokens.quotas import parse_quotas
+from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
 from tests.support.prometheus_stack import query, start_prometheus
 

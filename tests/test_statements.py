@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from otel_tokens.ops.rules import render_text
-from otel_tokens.quotas import parse_quotas
+from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
 from tests.support.prometheus_stack import query, start_prometheus
 from tests.support.usage_history import STEP, History, every

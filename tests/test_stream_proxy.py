@@ -11,9 +11,9 @@ import pytest
 from openai.types.chat import ChatCompletionChunk
 
 from otel_tokens import names
-from otel_tokens.config import Settings
+from otel_tokens.config.settings import Settings
 from otel_tokens.integrations.openai_stream import AsyncStreamProxy, StreamProxy, StreamState
-from otel_tokens.recorder import Recorder
+from otel_tokens.recording.recorder import Recorder
 from tests.support.telemetry import make_telemetry
 
 KWARGS = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "stream": True}

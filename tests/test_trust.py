@@ -10,8 +10,9 @@ import pytest
 from opentelemetry import baggage, context
 
 from otel_tokens import names, usage_context
-from otel_tokens.config import Settings, load_settings
-from otel_tokens.propagation import internal_host
+from otel_tokens.attribution.propagation import internal_host
+from otel_tokens.config import load_settings
+from otel_tokens.config.settings import Settings
 from tests.support.openai_server import OpenAIServer
 from tests.support.telemetry import instrumented
 

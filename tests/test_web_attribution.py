@@ -244,7 +244,7 @@ def _asgi_from(app, client: tuple[str, int] | None, headers: list[tuple[bytes, b
 
 def test_trusted_headers_count_only_from_the_trusted_proxies(telemetry, caplog):
     """A client reaching the app directly sent `X-Forwarded-User: alice` and was billed as alice."""
-    from otel_tokens import safety
+    from otel_tokens import logs as safety
 
     safety._reported.discard("untrusted-peer")  # said once per process, for the first such peer
     proxied = [(b"x-forwarded-user", b"alice"), (b"x-forwarded-groups", b"sales")]
@@ -265,7 +265,7 @@ def test_trusted_headers_count_only_from_the_trusted_proxies(telemetry, caplog):
 
 def test_without_trusted_proxies_the_start_says_any_client_can_name_its_user(caplog):
     UsageContextMiddleware(_endpoint, headers=HEADERS)
-    from otel_tokens import safety
+    from otel_tokens import logs as safety
 
     safety._reported.discard("trusted-any-peer")
     UsageContextMiddleware(_endpoint, headers=HEADERS, proxies=[])

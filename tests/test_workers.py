@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from otel_tokens.ops.rules import render_text
-from otel_tokens.quotas import parse_quotas
+from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
 from tests.support.prometheus_stack import free_port, free_port_block, query, start_prometheus, wait_http
 from tests.support.workers_app import TOKENS_PER_REQUEST

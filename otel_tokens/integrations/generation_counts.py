@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..record import UsageEstimate
+from otel_tokens.recording.call import UsageEstimate
 
 _SMALL = 1024  # CPU tensors up to this many ids are counted on Python lists (~1 us) instead of arrays
 

@@ -21,10 +21,8 @@ import wrapt
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind
 
-from .. import names
-from ..recorder import Call, Recorder
-from ..safety import internal_error
-from .openai_request import (
+from otel_tokens import names
+from otel_tokens.integrations.openai_request import (
     provider_for_host,
     refused_stream_options,
     stop_asking,
@@ -32,8 +30,8 @@ from .openai_request import (
     with_headers,
     with_usage_chunk,
 )
-from .openai_stream import AsyncStreamProxy, DualStreamProxy, StreamProxy, StreamState
-from .openai_usage import (
+from otel_tokens.integrations.openai_stream import AsyncStreamProxy, DualStreamProxy, StreamProxy, StreamState
+from otel_tokens.integrations.openai_usage import (
     Usage,
     apply_usage,
     count_locally,
@@ -43,6 +41,9 @@ from .openai_usage import (
     response_ending,
     response_texts,
 )
+from otel_tokens.logs import internal_error
+from otel_tokens.recording.call import Call
+from otel_tokens.recording.recorder import Recorder
 
 LIBRARY = "litellm"
 REQUIREMENT = "litellm >= 1.110"

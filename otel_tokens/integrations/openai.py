@@ -16,11 +16,9 @@ import wrapt
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
 from opentelemetry.trace import SpanKind
 
-from .. import names
-from ..recorder import Call, Recorder
-from ..safety import internal_error
-from .openai_content import capture_request, capture_response
-from .openai_request import (
+from otel_tokens import names
+from otel_tokens.integrations.openai_content import capture_request, capture_response
+from otel_tokens.integrations.openai_request import (
     NO_STREAM_OPTIONS,
     provider_for_host,
     refused_stream_options,
@@ -29,8 +27,8 @@ from .openai_request import (
     with_headers,
     with_usage_chunk,
 )
-from .openai_stream import AsyncStreamProxy, StreamProxy, StreamState
-from .openai_usage import (
+from otel_tokens.integrations.openai_stream import AsyncStreamProxy, StreamProxy, StreamState
+from otel_tokens.integrations.openai_usage import (
     apply_usage,
     count_locally,
     estimate_request,
@@ -39,6 +37,9 @@ from .openai_usage import (
     response_ending,
     response_texts,
 )
+from otel_tokens.logs import internal_error
+from otel_tokens.recording.call import Call
+from otel_tokens.recording.recorder import Recorder
 
 LIBRARY = "openai"
 REQUIREMENT = "openai >= 1.26"

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .. import names
-from ..record import CallRecord
-from .openai_usage import get, responses_output_text, strings_or_ids
+from otel_tokens import names
+from otel_tokens.integrations.openai_usage import get, responses_output_text, strings_or_ids
+from otel_tokens.recording.call import CallRecord
 
 Message = dict[str, Any]
 _TEXT_TYPES = ("text", "input_text", "output_text")

@@ -9,9 +9,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import Settings
-from ..recorder import Call
-from ..safety import internal_error, log_once
+from otel_tokens.config.settings import Settings
+from otel_tokens.logs import internal_error, log_once
+from otel_tokens.recording.call import Call
 
 NO_STREAM_OPTIONS: set[str] = set()  # servers that refused stream_options: never asked again
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import wrapt
 
-from .. import names
-from ..recorder import Call, Recorder
-from ..safety import internal_error
-from .openai_content import stream_output
-from .openai_usage import Ending, Usage, apply_usage, count_locally, find_usage, get
+from otel_tokens import names
+from otel_tokens.integrations.openai_content import stream_output
+from otel_tokens.integrations.openai_usage import Ending, Usage, apply_usage, count_locally, find_usage, get
+from otel_tokens.logs import internal_error
+from otel_tokens.recording.call import Call
+from otel_tokens.recording.recorder import Recorder
 
 _RESPONSE_DONE = ("response.completed", "response.incomplete", "response.failed")
 

@@ -12,11 +12,11 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from .. import names
-from ..budget import bounds
-from ..record import CallRecord, UsageEstimate
-from ..safety import log_once
-from ..token_counting import HFTokenizer, TokenCounter
+from otel_tokens import names
+from otel_tokens.logs import log_once
+from otel_tokens.quota.budget import bounds
+from otel_tokens.recording.call import CallRecord, UsageEstimate
+from otel_tokens.tokens.counting import HFTokenizer, TokenCounter
 
 MAX_TOKENS = 1 << 31  # no single call uses two billion tokens: larger is garbage
 

@@ -15,10 +15,11 @@ import wrapt
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
 from opentelemetry.trace import SpanKind
 
-from .. import names
-from ..recorder import Call, Recorder
-from ..safety import internal_error
-from .generation_counts import count_generate, estimate_generate
+from otel_tokens import names
+from otel_tokens.integrations.generation_counts import count_generate, estimate_generate
+from otel_tokens.logs import internal_error
+from otel_tokens.recording.call import Call
+from otel_tokens.recording.recorder import Recorder
 
 LIBRARY = "transformers"
 REQUIREMENT = "transformers >= 4.38"

@@ -23,10 +23,11 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, read_yaml
-from ..prometheus_api import Prometheus, PrometheusError
-from ..quota_scopes import COUNTERS
-from .rules import PREFIX
+from otel_tokens.config import read_yaml
+from otel_tokens.config.errors import ConfigError
+from otel_tokens.ops.rules import PREFIX
+from otel_tokens.prometheus_api import Prometheus, PrometheusError
+from otel_tokens.quota.vocabulary import COUNTERS
 
 DEFAULT_EVAL_INTERVAL = "60s"
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import names
-from ..guard_state import BLOCK_HOLD
+from otel_tokens import names
+from otel_tokens.config.settings import BLOCK_HOLD
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     backfill.add_argument("--eval-interval", default="60s", help="step for groups without an interval (default 60s)")
     report_parser = commands.add_parser("report", help="usage digest from Prometheus: totals, top users, departments "
                                         "and models, quota use; table, markdown, json, csv, png")
-    from .report import add_arguments, one_line_error
+    from otel_tokens.ops.report import add_arguments, one_line_error
 
     add_arguments(report_parser)
     report_parser.error = one_line_error  # type: ignore[method-assign]  # one line, not usage + message
@@ -68,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             one_line_error(f"unrecognized arguments: {' '.join(unknown)}")
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # what parse_args says
     if args.command == "report":
-        from .report import run
+        from otel_tokens.ops.report import run
 
         return run(args)
     if args.command == "doctor":
-        from .doctor import report
+        from otel_tokens.ops.doctor import report
 
         print(report(args.model, args.provider))
         return 0
@@ -88,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
 def _guard(args: argparse.Namespace) -> int:
     import os
 
-    from ..guard_auth import token_from
-    from ..ruler import Rulers
-    from .guard_resync import Resync
-    from .guard_server import serve
+    from otel_tokens.config.secrets import token_from
+    from otel_tokens.ops.alert_endpoint import serve
+    from otel_tokens.ops.alert_resync import Resync
+    from otel_tokens.quota.alert.ruler import Rulers
 
     listen = args.listen
     host, _, port = listen.rpartition(":")
@@ -141,7 +141,7 @@ def _guard(args: argparse.Namespace) -> int:
 
 
 def _stack_secrets(directory: Path) -> int:
-    from .stack_secrets import write
+    from otel_tokens.ops.stack_secrets import write
 
     if not (directory / "docker-compose.yml").is_file():
         print(f"otel-tokens stack-secrets: {directory} holds no docker-compose.yml", file=sys.stderr)
@@ -156,8 +156,8 @@ def _stack_secrets(directory: Path) -> int:
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-    from .backfill import backfill
+    from otel_tokens.config.errors import ConfigError
+    from otel_tokens.ops.backfill import backfill
 
     try:
         names_ = backfill(args.rules, args.prometheus, args.start, args.end, args.output, args.eval_interval)
@@ -170,9 +170,9 @@ def _backfill(args: argparse.Namespace) -> int:
 
 
 def _rules(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-    from ..quotas import load_quotas
-    from .rules import render_text
+    from otel_tokens.config.errors import ConfigError
+    from otel_tokens.ops.rules import render_text
+    from otel_tokens.quota.file import load_quotas
 
     try:
         text = render_text(load_quotas(args.quota_file), args.for_)
@@ -219,7 +219,7 @@ def _promtool_check(path: Path) -> bool:
 
 
 def _reload(url: str) -> int:
-    from ..prometheus_api import Prometheus, PrometheusError
+    from otel_tokens.prometheus_api import Prometheus, PrometheusError
 
     try:
         Prometheus(url).reload()

@@ -12,17 +12,19 @@ import os
 from collections.abc import Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 
-from .. import names
-from ..budget.store import RedisBudgetStore, redact
-from ..config import ENV_BUDGET_STORE, ENV_CONFIG, ENV_QUOTA_FILE, ConfigError, Settings, load_settings
-from ..pricing import PriceBook
-from ..prometheus_api import ENV_USER, redacted
-from ..quotas import load_quotas
-from ..recorder import Recorder
-from ..safety import logger
-from ..sdk_setup import agent_protocol, fix_for, missing_exporters, wanted_exporters
-from ..token_counting import TokenCounter
-from ..version import __version__
+from otel_tokens import names
+from otel_tokens.config import ENV_BUDGET_STORE, ENV_CONFIG, ENV_QUOTA_FILE, load_settings
+from otel_tokens.config.errors import ConfigError
+from otel_tokens.config.settings import Settings
+from otel_tokens.logs import logger
+from otel_tokens.pricing import PriceBook
+from otel_tokens.prometheus_api import ENV_USER, redacted
+from otel_tokens.quota.budget.store import RedisBudgetStore, redact
+from otel_tokens.quota.file import load_quotas
+from otel_tokens.recording.recorder import Recorder
+from otel_tokens.sdk_setup import agent_protocol, fix_for, missing_exporters, wanted_exporters
+from otel_tokens.tokens.counting import TokenCounter
+from otel_tokens.version import __version__
 
 _EXPORT_VARIABLES = (
     ("OTEL_SERVICE_NAME", "unknown_service"),
@@ -43,7 +45,7 @@ def _installed(package: str) -> str | None:
 
 
 def _active_recorder() -> Recorder | None:
-    from ..instrumentor import TokenUsageInstrumentor
+    from otel_tokens.instrumentor import TokenUsageInstrumentor
 
     return TokenUsageInstrumentor().recorder
 
@@ -114,7 +116,7 @@ def _captured_warnings() -> Iterator[list[str]]:
 def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
            settings: Settings | None = None, recorder: Recorder | None = None) -> str:
     """The doctor's report as text; uses the live recorder of this process when there is one."""
-    from ..instrumentor import INTEGRATIONS
+    from otel_tokens.instrumentor import INTEGRATIONS
 
     recorder = recorder or _active_recorder()
     settings = recorder.settings if recorder else (settings or load_settings())

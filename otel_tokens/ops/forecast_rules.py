@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..quota_scopes import QuotaScope
+from otel_tokens.quota.vocabulary import QuotaScope
 
 ALERT = "LLMDepartmentBudgetForecast"
 FOR = "30m"  # a projection is not urgent; a burn that lasts half an hour is a trend

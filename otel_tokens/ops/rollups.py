@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..quota_scopes import COUNTERS, QuotaScope
-from .durations import duration_seconds, human_duration
+from otel_tokens.ops.durations import duration_seconds, human_duration
+from otel_tokens.quota.vocabulary import COUNTERS, QuotaScope
 
 BUCKET = "5m"
 BUCKET_SECONDS = 300

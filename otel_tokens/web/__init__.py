@@ -2,7 +2,7 @@
 WSGI middleware, and (zero-code, under `opentelemetry-instrument`) the same mapping applied where
 OpenTelemetry's ASGI/WSGI instrumentation already wraps the app."""
 
-from .asgi import UsageContextMiddleware
-from .wsgi import UsageContextWSGIMiddleware
+from otel_tokens.web.asgi import UsageContextMiddleware
+from otel_tokens.web.wsgi import UsageContextWSGIMiddleware
 
 __all__ = ["UsageContextMiddleware", "UsageContextWSGIMiddleware"]

@@ -11,9 +11,9 @@ import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .. import names
-from ..attribution import safe_value
-from ..safety import internal_error, log_once
+from otel_tokens import names
+from otel_tokens.attribution.context import safe_value
+from otel_tokens.logs import internal_error, log_once
 
 MAX_ID_LENGTH = 256  # characters; a longer "id" is an attack on the metrics backend, not a user
 _KWARGS = {"user_id": names.USER_ID, "department": names.DEPARTMENT, "session_id": names.SESSION_ID}
@@ -152,7 +152,7 @@ def resolve(headers: Mapping[str, str] | None, identify: Identify | None, who: s
             proxies: Sequence[str] | None = None) -> TrustedHeaders | None:
     """The headers a middleware reads: given, or `trusted_headers` from the config; one source is required.
     `proxies`: given, or `trusted_proxies` from the config."""
-    from ..config import load_settings
+    from otel_tokens.config import load_settings
 
     settings = load_settings() if (not headers and identify is None) or (headers and proxies is None) else None
     if not headers and identify is None:
@@ -162,7 +162,7 @@ def resolve(headers: Mapping[str, str] | None, identify: Identify | None, who: s
                              "header set by your authenticating proxy), or set OTEL_TOKENS_TRUSTED_HEADERS")
     if not headers:
         return None
-    from ..config_fields import _trusted_headers, trusted_proxies
+    from otel_tokens.config.fields import _trusted_headers, trusted_proxies
 
     if proxies is None:
         proxies = settings.trusted_proxies if settings is not None else ()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from ..attribution import usage_context
-from .headers import Identify, TrustedHeaders, identified, resolve
-from .headers import read_headers as _read
+from otel_tokens.attribution.context import usage_context
+from otel_tokens.web.headers import Identify, TrustedHeaders, identified, resolve
+from otel_tokens.web.headers import read_headers as _read
 
 
 class UsageContextWSGIMiddleware:

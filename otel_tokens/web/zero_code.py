@@ -10,11 +10,11 @@ from typing import Any
 
 import wrapt
 
-from ..attribution import usage_context
-from ..safety import internal_error
-from .asgi import request_values
-from .headers import TrustedHeaders, checked
-from .wsgi import call_in_context, environ_values
+from otel_tokens.attribution.context import usage_context
+from otel_tokens.logs import internal_error
+from otel_tokens.web.asgi import request_values
+from otel_tokens.web.headers import TrustedHeaders, checked
+from otel_tokens.web.wsgi import call_in_context, environ_values
 
 _TRUSTED: list[TrustedHeaders | None] = [None]
 _HOOKED = [False]

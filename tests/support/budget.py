@@ -12,11 +12,10 @@ import openai
 import yaml
 
 from otel_tokens import TokenUsageInstrumentor, usage_context
-from otel_tokens.budget.store import NANO
-from otel_tokens.config import Settings
-from otel_tokens.guard import GuardRule, GuardSettings
-from otel_tokens.quota_scopes import DEPARTMENT, USER
-from otel_tokens.recorder import Recorder
+from otel_tokens.config.settings import GuardRule, GuardSettings, Settings
+from otel_tokens.quota.budget.store import NANO
+from otel_tokens.quota.vocabulary import DEPARTMENT, USER
+from otel_tokens.recording.recorder import Recorder
 from tests.support.openai_server import OpenAIServer
 from tests.support.telemetry import Telemetry, make_telemetry
 

@@ -26,8 +26,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 from otel_tokens import TokenUsageInstrumentor, usage_context
-from otel_tokens.config import Settings
-from otel_tokens.guard import GuardSettings
+from otel_tokens.config.settings import GuardSettings, Settings
 from tests.support import tiny_models as tm
 from tests.support.openai_server import OpenAIServer
 from tests.support.tiny_models import forcing

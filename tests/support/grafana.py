@@ -12,7 +12,7 @@ import yaml
 
 from otel_tokens import names
 from otel_tokens.ops.rules import render
-from otel_tokens.quotas import Quotas, load_quotas
+from otel_tokens.quota.file import Quotas, load_quotas
 from tests.support.dashboard_app import OPENAI_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]

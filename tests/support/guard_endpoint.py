@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import threading
 
-from otel_tokens.guard_state import BLOCK_HOLD, GuardState
-from otel_tokens.ops.guard_resync import Resync
-from otel_tokens.ops.guard_server import serve
-from otel_tokens.ruler import Rulers
+from otel_tokens.config.settings import BLOCK_HOLD
+from otel_tokens.ops.alert_endpoint import serve
+from otel_tokens.ops.alert_resync import Resync
+from otel_tokens.quota.alert.ruler import Rulers
+from otel_tokens.quota.alert.state import GuardState
 
 
 class GuardEndpoint:

@@ -15,8 +15,9 @@ import pydantic
 from hypothesis import currently_in_test_context, event
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from otel_tokens import TokenUsageInstrumentor, names, safety
-from otel_tokens.config import Settings
+from otel_tokens import TokenUsageInstrumentor, names
+from otel_tokens import logs as safety
+from otel_tokens.config.settings import Settings
 from tests.support.hostile_wire import BASE_URL, MAX, MESSAGES, Wire
 from tests.support.telemetry import LogRecords, Telemetry, make_telemetry
 

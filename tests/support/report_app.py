@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import start_http_server
 
 from otel_tokens import TokenUsageInstrumentor, usage_context
-from otel_tokens.config import Settings
+from otel_tokens.config.settings import Settings
 from tests.support import tiny_models as tm
 from tests.support.tiny_models import forcing
 

@@ -96,7 +96,7 @@ class VictoriaStack:
         import yaml
 
         from otel_tokens.ops.rules import render_text
-        from otel_tokens.quotas import parse_quotas
+        from otel_tokens.quota.file import parse_quotas
         from tests.support.guard_endpoint import GuardEndpoint
         from tests.support.prometheus_stack import Webhook, start_prometheus, start_shipped_alertmanager
 

@@ -24,7 +24,7 @@ def post_fork(server: Any, worker: Any) -> None:  # gunicorn hook: runs in each 
 
     import tests.support.workers_app as app_module
     from otel_tokens import TokenUsageInstrumentor
-    from otel_tokens.config import Settings
+    from otel_tokens.config.settings import Settings
     from tests.support import tiny_models as tm
 
     TokenUsageInstrumentor().instrument(tracer_provider=TracerProvider(),

@@ -15,10 +15,10 @@ rich (the table) and matplotlib (`--png`) are optional (`pip install 'otel-token
 imported only when used.
 """
 
-from .command import add_arguments, one_line_error, run
-from .model import FORMATS, UNATTRIBUTED, Report, ReportError, parse_window, usage_by
-from .queries import build, token_timeline
-from .render import format_money, to_csv, to_json, to_markdown
+from otel_tokens.ops.report.command import add_arguments, one_line_error, run
+from otel_tokens.ops.report.model import FORMATS, UNATTRIBUTED, Report, ReportError, parse_window, usage_by
+from otel_tokens.ops.report.queries import build, token_timeline
+from otel_tokens.ops.report.render import format_money, to_csv, to_json, to_markdown
 
 __all__ = ["FORMATS", "UNATTRIBUTED", "Report", "ReportError", "add_arguments", "build", "format_money",
            "one_line_error", "parse_window", "run", "to_csv", "to_json", "to_markdown", "token_timeline", "usage_by"]

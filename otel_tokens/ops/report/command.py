@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from ...prometheus_api import BAD_URL, NOT_PROMETHEUS, REFUSED, UNREACHABLE, Prometheus, PrometheusError
-from . import statement_render
-from .focus import to_focus
-from .mail import SmtpSettings, build_message, recipients, send, smtp_settings
-from .model import (
+from otel_tokens.ops.report import statement_render
+from otel_tokens.ops.report.focus import to_focus
+from otel_tokens.ops.report.mail import SmtpSettings, build_message, recipients, send, smtp_settings
+from otel_tokens.ops.report.model import (
     CONNECTION_ERROR,
     DATA_ERROR,
     FORMATS,
@@ -25,11 +24,12 @@ from .model import (
     ReportError,
     parse_window,
 )
-from .period import Period, between, month
-from .png import draw_png
-from .queries import build, token_timeline
-from .render import print_table, to_csv, to_json, to_markdown
-from .statement import build_statement
+from otel_tokens.ops.report.period import Period, between, month
+from otel_tokens.ops.report.png import draw_png
+from otel_tokens.ops.report.queries import build, token_timeline
+from otel_tokens.ops.report.render import print_table, to_csv, to_json, to_markdown
+from otel_tokens.ops.report.statement import build_statement
+from otel_tokens.prometheus_api import BAD_URL, NOT_PROMETHEUS, REFUSED, UNREACHABLE, Prometheus, PrometheusError
 
 # --- command ----------------------------------------------------------------------------------------
 _PROMETHEUS_EXIT = {BAD_URL: USAGE_ERROR, REFUSED: DATA_ERROR, UNREACHABLE: CONNECTION_ERROR,

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ...prometheus_api import Prometheus
+from otel_tokens.prometheus_api import Prometheus
 
 HOUR = 3600
 # Hours per query_range request (Prometheus answers at most 11,000 points per series): a day, so one

@@ -20,10 +20,10 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from ... import names
-from .model import USAGE_ERROR, ReportError
-from .render import _iso, _spreadsheet_safe
-from .statement import Line, Statement
+from otel_tokens import names
+from otel_tokens.ops.report.model import USAGE_ERROR, ReportError
+from otel_tokens.ops.report.render import _iso, _spreadsheet_safe
+from otel_tokens.ops.report.statement import Line, Statement
 
 # FOCUS 1.2's columns, in the specification's alphabetical order, then ours (x_ prefix: FOCUS's rule
 # for custom columns).

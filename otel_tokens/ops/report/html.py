@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from html import escape
 
-from ... import quota_scopes
-from .model import DIMENSIONS, Report
-from .render import (
+from otel_tokens.ops.report.model import DIMENSIONS, Report
+from otel_tokens.ops.report.render import (
     _QUOTA_HEADER,
     _kind_rows_title,
     _quota_values,
@@ -18,6 +17,7 @@ from .render import (
     _utc,
     headline,
 )
+from otel_tokens.quota import vocabulary as quota_scopes
 
 _STYLE = ("body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;color:#1f2328}"
           "table{border-collapse:collapse;margin:0 0 18px}th,td{padding:3px 10px;border-bottom:1px solid #d0d7de}"

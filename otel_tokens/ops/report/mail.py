@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 
-from .html import to_html
-from .model import CONNECTION_ERROR, USAGE_ERROR, Report, ReportError
-from .render import headline, to_markdown
+from otel_tokens.ops.report.html import to_html
+from otel_tokens.ops.report.model import CONNECTION_ERROR, USAGE_ERROR, Report, ReportError
+from otel_tokens.ops.report.render import headline, to_markdown
 
 TIMEOUT = 30.0
 

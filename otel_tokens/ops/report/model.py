@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from ... import names
-from ..durations import duration_seconds, human_duration
-from ..rules import usage_over
+from otel_tokens import names
+from otel_tokens.ops.durations import duration_seconds, human_duration
+from otel_tokens.ops.rules import usage_over
 
 PROG = "otel-tokens report"
 FORMATS = ("table", "markdown", "json", "csv", "focus")

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from .model import USAGE_ERROR, ReportError
+from otel_tokens.ops.report.model import USAGE_ERROR, ReportError
 
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")

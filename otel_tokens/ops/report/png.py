@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from .model import DATA_ERROR, UNATTRIBUTED, USAGE_ERROR, Report, ReportError, _int
-from .render import format_money, headline
+from otel_tokens.ops.report.model import DATA_ERROR, UNATTRIBUTED, USAGE_ERROR, Report, ReportError, _int
+from otel_tokens.ops.report.render import format_money, headline
 
 
 def draw_png(path: str, report: Report, times: Sequence[float], lines: Mapping[str, Sequence[int]]) -> None:

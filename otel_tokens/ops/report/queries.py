@@ -9,12 +9,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
-from ... import names, quota_scopes
-from ...prometheus_api import Prometheus
-from ...quota_scopes import KINDS
-from ..durations import human_duration, promql_duration
-from ..rules import series, usage_over
-from .model import (
+from otel_tokens import names
+from otel_tokens.ops.durations import human_duration, promql_duration
+from otel_tokens.ops.report.model import (
     COST,
     CURRENCY,
     DATA_ERROR,
@@ -39,6 +36,10 @@ from .model import (
     _utc,
     usage_by,
 )
+from otel_tokens.ops.rules import series, usage_over
+from otel_tokens.prometheus_api import Prometheus
+from otel_tokens.quota import vocabulary as quota_scopes
+from otel_tokens.quota.vocabulary import KINDS
 
 
 def _queries(have: set[str]) -> dict[str, tuple[str, tuple[str, ...]]]:

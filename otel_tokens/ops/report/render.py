@@ -12,8 +12,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, TextIO
 
-from ... import quota_scopes
-from .model import (
+from otel_tokens.ops.report.model import (
     DIMENSIONS,
     UNATTRIBUTED,
     QuotaRow,
@@ -25,6 +24,7 @@ from .model import (
     _pct,
     _utc,
 )
+from otel_tokens.quota import vocabulary as quota_scopes
 
 # --- formatting -------------------------------------------------------------------------------------
 

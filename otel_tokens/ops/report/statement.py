@@ -13,10 +13,9 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ... import names
-from ...prometheus_api import Prometheus
-from . import exact
-from .model import (
+from otel_tokens import names
+from otel_tokens.ops.report import exact
+from otel_tokens.ops.report.model import (
     COST,
     CURRENCY,
     DATA_ERROR,
@@ -37,7 +36,8 @@ from .model import (
     _int,
     _utc,
 )
-from .period import Period
+from otel_tokens.ops.report.period import Period
+from otel_tokens.prometheus_api import Prometheus
 
 PROVIDER = names.prometheus_label(names.GEN_AI_PROVIDER_NAME)
 _TYPES = (names.TOKEN_TYPE_INPUT, names.TOKEN_TYPE_OUTPUT)

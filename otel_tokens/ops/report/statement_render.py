@@ -7,9 +7,9 @@ import io
 import json
 from typing import Any, TextIO
 
-from .model import DIMENSIONS, Row, _pct, _utc
-from .render import _iso, _md, _rounded, _spreadsheet_safe, _tokens, format_money, plain_number
-from .statement import Line, Statement
+from otel_tokens.ops.report.model import DIMENSIONS, Row, _pct, _utc
+from otel_tokens.ops.report.render import _iso, _md, _rounded, _spreadsheet_safe, _tokens, format_money, plain_number
+from otel_tokens.ops.report.statement import Line, Statement
 
 _TITLES = {"department": "departments", "user": "users", "model": "models"}
 ORDER = ("department", "user", "model")  # chargeback reads departments first

@@ -18,7 +18,7 @@ from typing import Any
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 
-from . import names
+from otel_tokens import names
 
 
 def internal_host(host: str | None, globs: Sequence[str] = ()) -> bool:

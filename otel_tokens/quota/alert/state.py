@@ -16,13 +16,12 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from . import quota_scopes
+from otel_tokens.quota import vocabulary as quota_scopes
 
 _SEVERITY = quota_scopes.SEVERITY_RANK
 MAX_ID = 256  # characters of a principal's name
 MAX_TEXT = 128  # characters of an annotation kept (usage, limit, percent)
 MAX_ALERTS = 10_000  # alerts in one payload
-BLOCK_HOLD = 3600.0  # seconds a block outlives the last trusted word on it (a ruler or the guard endpoint)
 MAX_PRINCIPALS = 200_000  # over quota at once; a payload that would go past it is refused whole
 LOG_SIZE = 10_000  # changes kept for pollers that ask for changes only
 

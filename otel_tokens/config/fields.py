@@ -9,10 +9,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import names, quota_scopes
-from .guard import GuardRule, GuardSettings
-from .guard_state import BLOCK_HOLD
-from .safety import logger
+from otel_tokens import names
+from otel_tokens.config.settings import BLOCK_HOLD, GuardRule, GuardSettings
+from otel_tokens.logs import logger
+from otel_tokens.quota import vocabulary as quota_scopes
 
 
 # --- field checkers: return the clean value or raise ValueError(reason) ----------------------------

@@ -16,9 +16,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from . import quota_scopes
-from .guard_state import Entry, Key, PayloadError, parse_active
-from .prometheus_api import Prometheus, PrometheusError, get_json, redacted, unauthorized
+from otel_tokens.prometheus_api import Prometheus, PrometheusError, get_json, redacted, unauthorized
+from otel_tokens.quota import vocabulary as quota_scopes
+from otel_tokens.quota.alert.state import Entry, Key, PayloadError, parse_active
 
 ALERTS_PATH = "/api/v1/alerts"
 

@@ -1,8 +1,8 @@
 """`otel-tokens guard`: the quota-state endpoint, a sidecar beside the rule engine.
 
-Its state is what the rule engines' own `/api/v1/alerts` says (guard_resync.py, ruler.py); Alertmanager's
+Its state is what the rule engines' own `/api/v1/alerts` says (alert_resync.py, quota/alert/ruler.py); Alertmanager's
 webhook on POST /alertmanager only prompts an earlier read, its content is never applied. In-app guards
-poll GET /state (see otel_tokens/guard.py for the in-app half); a state the rulers have not confirmed for
+poll GET /state (see otel_tokens/quota/alert/mode.py for the in-app half); a state the rulers have not confirmed for
 `stale_after` seconds is answered 503, so the apps act as with the guard down (they keep what they
 blocked, for a bounded time). Both paths need the bearer token when one is configured, and
 without one the endpoint listens on loopback only. Served by waitress: it reads whole requests
@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
-from ..guard_auth import authorized
-from ..guard_state import GuardState, PayloadError, parse_webhook
+from otel_tokens.quota.alert.auth import authorized
+from otel_tokens.quota.alert.state import GuardState, PayloadError, parse_webhook
 
 MAX_BODY = 1 << 20  # bytes of a webhook body; Alertmanager's largest groups are far smaller
 MAX_HEADERS = 16 << 10

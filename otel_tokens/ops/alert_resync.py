@@ -9,8 +9,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..guard_state import BLOCK_HOLD, GuardState
-from ..ruler import Rulers
+from otel_tokens.config.settings import BLOCK_HOLD
+from otel_tokens.quota.alert.ruler import Rulers
+from otel_tokens.quota.alert.state import GuardState
 
 MIN_GAP = 1.0  # seconds between two reads however often the webhook prompts: a flood of posts is one read
 

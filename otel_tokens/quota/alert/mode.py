@@ -1,6 +1,6 @@
 """Quota enforcement driven by the alerting stack, so alerts and enforcement share one source of truth.
 
-The `otel-tokens guard` endpoint (ops/guard_server.py) follows the rule engines' own alert state and
+The `otel-tokens guard` endpoint (ops/alert_endpoint.py) follows the rule engines' own alert state and
 answers which principals are over which quota (GET /state). In the app, a `Guard` polls that state (or
 a ruler's `/api/v1/alerts` directly, ruler.py) in a background thread; before an instrumented call it
 does one dictionary lookup: `reject` raises QuotaExceededError (map it to HTTP 429), `downgrade`
@@ -18,110 +18,17 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from . import quota_scopes
-from .guard_state import BLOCK_HOLD, GuardState
-from .prometheus_api import get_json
-from .ruler import ALERTS_PATH, Rulers
-from .safety import log_once, logger
+from otel_tokens.config.settings import GuardSettings
+from otel_tokens.logs import log_once, logger
+from otel_tokens.prometheus_api import get_json
+from otel_tokens.quota import vocabulary as quota_scopes
+from otel_tokens.quota.alert.ruler import ALERTS_PATH, Rulers
+from otel_tokens.quota.alert.state import GuardState
+from otel_tokens.quota.decision import Decision
 
 _SEVERITY = quota_scopes.SEVERITY_RANK
-
-
-class QuotaExceededError(Exception):
-    """An instrumented call refused because its user or department is over quota (HTTP 429).
-    In budget mode `reserved` is what this call would have taken: usage + reserved > limit."""
-
-    http_status = 429
-
-    def __init__(self, kind: str, principal: str, window: str, quota: str, usage: str | None, limit: str | None,
-                 severity: str, reserved: str | None = None) -> None:
-        self.kind, self.principal, self.window, self.quota = kind, principal, window, quota
-        self.usage, self.limit, self.severity, self.reserved = usage, limit, severity, reserved
-        if reserved is not None:
-            super().__init__(f"{kind} {principal!r} would go over the {window} {quota} quota: {usage} used, "
-                             f"{reserved} reserved for this call, limit {limit}")
-            return
-        detail = f" ({usage} of {limit})" if usage and limit else ""
-        super().__init__(f"{kind} {principal!r} is over the {window} {quota} quota{detail}")
-
-
-class QuotaStateUnavailableError(QuotaExceededError):
-    """fail_closed and the quota state could not be read."""
-
-    def __init__(self, source: str) -> None:
-        Exception.__init__(self, f"quota state unavailable from {source} and the guard fails closed")
-        self.kind, self.principal, self.window, self.quota = "unknown", "", "", ""
-        self.usage = self.limit = self.reserved = None
-        self.severity = "critical"
-
-
-class UnattributedCallError(QuotaExceededError):
-    """`unattributed: reject` and the call has no user: no one could be charged for it."""
-
-    def __init__(self) -> None:
-        Exception.__init__(self, "call refused: no user is attributed to it and `unattributed: reject` is set "
-                                 "(wrap it in usage_context(user_id=...) or map a trusted request header)")
-        self.kind, self.principal, self.window, self.quota = "user", "", "", quota_scopes.UNATTRIBUTED_CALLS
-        self.usage = self.limit = self.reserved = None
-        self.severity = "critical"
-
-
-@dataclass(frozen=True)
-class GuardRule:
-    quota: str  # a quota_scopes scope name: "user" (daily) | "department" (monthly)
-    action: str  # one of quota_scopes.RULE_ACTIONS
-    level: str = quota_scopes.CRITICAL  # act at critical only, or at warning too
-    downgrade: tuple[tuple[str, str], ...] = ()  # (source model glob, cheaper model)
-
-
-@dataclass(frozen=True)
-class GuardSettings:
-    enabled: bool = False  # alert mode (`source` set)
-    source: str = ""  # http://guard:9095/state, or a Prometheus base URL ending in /api/v1/alerts
-    poll_interval: float = 2.0
-    fail_closed: bool = False
-    rules: tuple[GuardRule, ...] = field(default_factory=tuple)
-    # budget mode (budget/): on when both the quota file and the store are set
-    quota_file: Path | None = None
-    store: str = ""  # redis://host:port/db, rediss://..., unix://...
-    store_timeout: float = 0.05  # seconds; the most a call waits for the store
-    reservation_ttl: float = 600.0  # a reservation never settled (process killed) is reclaimed after this
-    default_max_output_tokens: int = 4096  # reserved for a call that sets no output limit
-    quota_reload_interval: float = 1.0
-    token: str = field(default="", repr=False)  # bearer token for the guard endpoint (OTEL_TOKENS_GUARD_TOKEN)
-    token_file: Path | None = None  # where `token` is read from (guard.token_file, OTEL_TOKENS_GUARD_TOKEN_FILE)
-    # seconds of failed polls during which the last state is still enforced (a restart, a held connection
-    # cap): only then does the guard fail open or closed
-    stale_grace: float = 30.0
-    # seconds after the last good state during which what it blocked stays blocked, whatever the source
-    # does meanwhile (down, flooded, a ruler restarting)
-    block_hold: float = BLOCK_HOLD
-
-    @property
-    def budget(self) -> bool:
-        return self.quota_file is not None and bool(self.store)
-
-
-@dataclass(frozen=True)
-class Decision:
-    action: str  # one of quota_scopes.ACTIONS
-    kind: str = ""
-    principal: str = ""
-    entry: Mapping[str, Any] = field(default_factory=dict)
-    model: str | None = None  # the model to call instead, for downgrade
-
-    def error(self) -> QuotaExceededError:
-        e = self.entry
-        if self.action == quota_scopes.FAIL_CLOSED:
-            return QuotaStateUnavailableError(str(e.get("source", "")))
-        if self.kind == quota_scopes.UNATTRIBUTED_CALLS:
-            return UnattributedCallError()
-        return QuotaExceededError(self.kind, self.principal, str(e.get("window", "")), str(e.get("quota", "")),
-                                  e.get("usage"), e.get("limit"), str(e.get("severity", "")), e.get("reserved"))
 
 
 # --- in the app: a cached copy and a dictionary lookup per call ------------------------------------

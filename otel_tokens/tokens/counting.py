@@ -20,8 +20,9 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from . import names, tiktoken_files
-from .safety import log_once
+from otel_tokens import names
+from otel_tokens.logs import log_once
+from otel_tokens.tokens import tiktoken_files
 
 # Prefixes of OpenAI model names and their tiktoken encoding (first match wins).
 OPENAI_ENCODINGS: tuple[tuple[str, str], ...] = (

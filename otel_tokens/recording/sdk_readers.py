@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import DEFAULT_SERIES_LIMIT
+from otel_tokens.config.settings import DEFAULT_SERIES_LIMIT
 
 
 def sdk_series_limit(meter_provider: Any = None) -> int:

@@ -19,12 +19,13 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from . import names
-from .cardinality import DimensionValueCap, SeriesCap
-from .config import DEFAULT_SERIES_LIMIT
-from .pricing import Cost
-from .record import CallRecord
-from .safety import internal_error, valid_text
+from otel_tokens import names
+from otel_tokens.config.settings import DEFAULT_SERIES_LIMIT
+from otel_tokens.logs import internal_error
+from otel_tokens.pricing import Cost
+from otel_tokens.recording.call import CallRecord
+from otel_tokens.recording.cardinality import DimensionValueCap, SeriesCap
+from otel_tokens.text import valid_text
 
 _DRAIN_THRESHOLD = 512  # queued calls before the drain thread is woken
 

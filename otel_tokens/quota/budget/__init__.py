@@ -3,5 +3,5 @@
 Every call reserves its worst case atomically before it is sent and settles to its true usage
 after, so no principal crosses a limit by more than the estimation error of its calls in flight,
 whatever the number of processes and replicas. `bounds` runs on the call path without the store;
-`store` is the only module that talks to Redis; `guard` ties them to the recorder's lifecycle.
+`store` is the only module that talks to Redis; `mode` ties them to the recorder's lifecycle.
 """

@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..quota_scopes import KINDS, QuotaScope
-from . import lua
+from otel_tokens.quota.budget import lua
+from otel_tokens.quota.vocabulary import KINDS, QuotaScope
 
 NANO = 1_000_000_000  # cost is held in integer nano-units of the currency
 MAX_AMOUNT = 2**50  # Lua numbers are doubles: amounts stay well inside their exact integers

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 from opentelemetry import baggage
 
-from . import names
-from .safety import normalize_id, valid_text
+from otel_tokens import names
+from otel_tokens.text import normalize_id, valid_text
 
 _EMPTY: Mapping[str, str] = {}
 _CURRENT: ContextVar[Mapping[str, str]] = ContextVar("otel_tokens_attribution", default=_EMPTY)

@@ -22,7 +22,7 @@ import wrapt
 from opentelemetry import context, trace
 from opentelemetry.instrumentation.utils import unwrap
 
-from .attribution import _attach_values, _captured, _detach
+from otel_tokens.attribution.context import _attach_values, _captured, _detach
 
 _THREADING_PACKAGE = [False]  # opentelemetry-instrumentation-threading installed (checked at instrument time)
 

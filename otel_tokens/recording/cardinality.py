@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .config import DEFAULT_SERIES_LIMIT, OTHER_VALUE
-from .names import UNATTRIBUTED
-from .safety import log_once
+from otel_tokens.config.settings import DEFAULT_SERIES_LIMIT, OTHER_VALUE
+from otel_tokens.logs import log_once
+from otel_tokens.names import UNATTRIBUTED
 
 
 class DimensionValueCap:

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import names, quota_scopes
-from .config_fields import FAIL_SAFE, _path, _store, parse_bool
-from .config_fields import FIELDS as _FIELDS
-from .guard import GuardSettings
-from .guard_auth import ENV_GUARD_TOKEN, ENV_GUARD_TOKEN_FILE, token_from
-from .safety import logger
+from otel_tokens import names
+from otel_tokens.config.errors import ConfigError
+from otel_tokens.config.fields import FAIL_SAFE, _path, _store, parse_bool
+from otel_tokens.config.fields import FIELDS as _FIELDS
+from otel_tokens.config.secrets import ENV_GUARD_TOKEN, ENV_GUARD_TOKEN_FILE, token_from
+from otel_tokens.config.settings import GuardSettings, Settings
+from otel_tokens.logs import logger
 
 ENV_CONFIG = "OTEL_TOKENS_CONFIG"
 ENV_CURRENCY = "OTEL_TOKENS_CURRENCY"
@@ -41,61 +42,6 @@ ENV_CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"  # th
 OTHER_VALUE = names.OTHER
 DEFAULT_SERIES_LIMIT = 2000  # the OTel SDK's default cardinality limit per metric stream
 ENV_SERIES_LIMIT = "OTEL_TOKENS_SERIES_LIMIT"
-
-
-class ConfigError(ValueError):
-    """A bad value, with where it came from: `source: field: value: reason`."""
-
-    def __init__(self, source: str, field: str, value: Any, reason: str) -> None:
-        self.source, self.field, self.value, self.reason = source, field, value, reason
-        super().__init__(f"{source}: {field}: {value!r} {reason}")
-
-
-class ConfigProblemsError(ConfigError):
-    """Every problem of one file at once (the first is also the error's own source/field/value)."""
-
-    def __init__(self, problems: list[ConfigError]) -> None:
-        first = problems[0]
-        super().__init__(first.source, first.field, first.value, first.reason)
-        self.problems = problems
-        if len(problems) > 1:
-            self.args = (f"{first.source}: {len(problems)} problems: "
-                         + "; ".join(f"{p.field}: {p.value!r} {p.reason}" for p in problems),)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-@dataclass(frozen=True)
-class Settings:
-    currency: str = "USD"
-    exchange_rates: Mapping[str, float] = field(default_factory=dict)
-    price_file: Path | None = None
-    prices: tuple[Mapping[str, Any], ...] = ()  # inline price entries, checked before the price file
-    builtin_prices: bool = True
-    metric_dimensions: tuple[str, ...] = names.DEFAULT_METRIC_DIMENSIONS
-    cardinality_limit: int = 5000
-    series_limit: int | None = None  # None: the SDK metric reader's own limit (2000 unless configured)
-    price_reload_interval: float = 1.0
-    tokenizers: Mapping[str, str] = field(default_factory=dict)  # model glob -> local path, hub id, tiktoken:NAME
-    allow_tokenizer_download: bool = False
-    provider_name: str = names.PROVIDER_OPENAI  # gen_ai.provider.name of OpenAI-style clients
-    providers: Mapping[str, str] = field(default_factory=dict)  # server host glob -> provider name
-    stream_include_usage: bool = True  # ask servers for a usage chunk, hidden from the caller (off per server
-    # that refuses it)
-    propagate: bool = True  # send traceparent and baggage (user.id, department, session.id)
-    propagate_hosts: tuple[str, ...] = ()  # globs of hosts that get baggage; () = loopback, private, internal names
-    trust_baggage: bool = False  # attribution from inbound baggage (internal hops only: a model server)
-    # attribute (user.id, department, session.id) -> request header an authenticating proxy sets; none by default
-    trusted_headers: Mapping[str, str] = field(default_factory=dict)
-    # the peers whose trusted headers count (the authenticating proxy); () = any peer, warned at start
-    trusted_proxies: tuple[str, ...] = ()
-    unattributed: str = quota_scopes.ALLOW  # a call with no user: allow (charged to __unattributed__) | reject
-    guard: GuardSettings = field(default_factory=GuardSettings)  # quota enforcement, off by default
-    capture_content: bool = False  # prompt and completion text on spans (gen_ai.*.messages): opt-in only
-    config_file: Path | None = None
-    errors: tuple[str, ...] = ()  # what was wrong and fell back, for `doctor`
-
 
 
 _ENV_FIELDS = {

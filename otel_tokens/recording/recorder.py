@@ -9,128 +9,28 @@ does everything else. Modelled on opentelemetry-util-genai's start_inference / s
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.metrics import Meter
 from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode, Tracer
 
-from . import names, quota_scopes
-from .accounting import Accounting
-from .attribution import current_attribution, with_principals
-from .budget.guard import BudgetGuard, Held
-from .config import DEFAULT_SERIES_LIMIT, Settings
-from .guard import Decision, Guard
-from .pricing import Cost, PriceBook
-from .propagation import HeaderPropagation
-from .record import CallRecord, UsageEstimate
-from .safety import internal_error
-from .token_counting import TokenCounter
+from otel_tokens import names
+from otel_tokens.attribution.context import current_attribution, with_principals
+from otel_tokens.attribution.propagation import HeaderPropagation
+from otel_tokens.config.settings import DEFAULT_SERIES_LIMIT, Settings
+from otel_tokens.logs import internal_error
+from otel_tokens.pricing import Cost, PriceBook
+from otel_tokens.quota import vocabulary as quota_scopes
+from otel_tokens.quota.alert.mode import Guard
+from otel_tokens.quota.budget.mode import BudgetGuard, Held
+from otel_tokens.quota.decision import Decision
+from otel_tokens.recording.accounting import Accounting
+from otel_tokens.recording.call import Call, CallRecord, UsageEstimate, _worst_case, covered
+from otel_tokens.tokens.counting import TokenCounter
 
 _EMPTY: Mapping[str, str] = {}
-# The call of a library that drives another instrumented one (litellm over the openai SDK): calls begun
-# while its library call (or a step of its stream) runs are its own internals, not calls of their own.
-# The Call counts its open windows, so a task that copied the context inside one (a callback litellm
-# schedules) is not covered once the window has closed.
-_COVERING: ContextVar[Call | None] = ContextVar("otel_tokens_covering_call", default=None)
-
-
-def covered() -> bool:
-    call = _COVERING.get()
-    return call is not None and call._covering > 0
-
-
-class _Cover:
-    """`with call.cover():` one covering window (no span made current, nothing finished)."""
-
-    __slots__ = ("call", "token")
-
-    def __init__(self, call: Call) -> None:
-        self.call, self.token = call, None
-
-    def __enter__(self) -> None:
-        self.call._covering += 1
-        self.token = _COVERING.set(self.call)
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.call._covering -= 1
-        try:
-            _COVERING.reset(self.token)  # type: ignore[arg-type]
-        except ValueError:  # exited in another context than entered: leave that context's value alone
-            pass
-
-
-class Call:
-    """One call in flight. `model` is what the library must call (the guard may have downgraded it);
-    `record` is what the integration fills; everything else belongs to the recorder."""
-
-    __slots__ = ("_cover", "_covering", "_estimate", "_finished", "_recorder", "_start", "_token", "attribution",
-                 "covers_inner", "held", "model", "record", "span")
-
-    def __init__(self, recorder: Recorder, record: CallRecord, span: trace.Span, attribution: Mapping[str, str],
-                 estimate: Callable[[], UsageEstimate | None] | UsageEstimate | None = None,
-                 finished: bool = False) -> None:
-        self._recorder = recorder
-        self.record = record
-        self.model = record.request_model
-        self.span = span
-        self.attribution = attribution
-        self._estimate = estimate
-        self._start = time.perf_counter()
-        self._finished = finished
-        self._token: object = None
-        self._covering = 0  # open covering windows
-        self._cover: _Cover | None = None
-        self.covers_inner = False  # calls begun inside this one's library call are not recorded again
-        self.held: Held | None = None  # what budget mode reserved for this call
-
-    @property
-    def live(self) -> bool:
-        """False for an inert call (an internal failure, or a call inside a covering one): nothing to add."""
-        return not self._finished
-
-    def cover(self) -> _Cover:
-        """A covering window around one step of this call's result (a stream's next chunk)."""
-        return _Cover(self)
-
-    def estimate(self) -> UsageEstimate | None:
-        """The call's worst case (for a budget reservation), computed on first use only."""
-        self._estimate = _worst_case(self._estimate)
-        return self._estimate
-
-    def mark_first_chunk(self) -> None:
-        if self.record.time_to_first_chunk_s is None:
-            self.record.time_to_first_chunk_s = time.perf_counter() - self._start
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self._start
-
-    # `with recorder.active(call):` — the span is current inside; an exception leaving the block
-    # finishes the call with it (a result that is consumed later finishes when it is consumed).
-    def __enter__(self) -> Call:
-        if self.span is not INVALID_SPAN:
-            self._token = otel_context.attach(trace.set_span_in_context(self.span))
-        if self.covers_inner and not self._finished:
-            self._cover = _Cover(self)
-            self._cover.__enter__()
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> None:
-        token, self._token = self._token, None
-        if token is not None:
-            otel_context.detach(token)  # type: ignore[arg-type]
-        cover, self._cover = self._cover, None
-        if cover is not None:
-            cover.__exit__()
-        if exc is not None:
-            self._recorder.finish(self, error=exc)
-
-
 @dataclass(frozen=True)
 class RecorderStats:
     models: tuple[tuple[str, str], ...]  # (provider, request model) called
@@ -336,16 +236,6 @@ class Recorder:
         if self.budget is not None:
             self.budget.close()
         self.accounting.close()
-
-
-def _worst_case(estimate: Callable[[], UsageEstimate | None] | UsageEstimate | None) -> UsageEstimate | None:
-    if not callable(estimate):
-        return estimate
-    try:
-        return estimate()
-    except Exception:
-        internal_error("usage estimate")
-        return None
 
 
 def _span_attributes(record: CallRecord) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import names
+from otel_tokens import names
 
 TOKENS, COST = "tokens", "cost"
 KINDS = (TOKENS, COST)  # what a limit counts; the `quota` label of the alerts

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, ConfigProblemsError, read_yaml
-from .quota_scopes import DEPARTMENT, KINDS, USER, QuotaScope
-from .safety import normalize_id
+from otel_tokens.config import read_yaml
+from otel_tokens.config.errors import ConfigError, ConfigProblemsError
+from otel_tokens.quota.vocabulary import DEPARTMENT, KINDS, USER, QuotaScope
+from otel_tokens.text import normalize_id
 
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?")
 _PRINCIPAL = re.compile(r"^[^\"\\\n]+$")  # ends up inside PromQL label values and YAML strings

@@ -21,14 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .. import names, quota_scopes
-from ..config import ConfigError
-from ..guard import Decision, GuardSettings
-from ..pricing import PER, PriceBook
-from ..quotas import Quotas, load_quotas, suspicious_changes
-from ..record import UsageEstimate
-from ..safety import internal_error, log_once, logger
-from .store import (
+from otel_tokens import names
+from otel_tokens.config.errors import ConfigError
+from otel_tokens.config.settings import GuardSettings
+from otel_tokens.logs import internal_error, log_once, logger
+from otel_tokens.pricing import PER, PriceBook
+from otel_tokens.quota import vocabulary as quota_scopes
+from otel_tokens.quota.budget.store import (
     DOWNGRADE,
     MAX_AMOUNT,
     NANO,
@@ -40,6 +39,9 @@ from .store import (
     StoreUnavailableError,
     redact,
 )
+from otel_tokens.quota.decision import Decision
+from otel_tokens.quota.file import Quotas, load_quotas, suspicious_changes
+from otel_tokens.recording.call import UsageEstimate
 
 
 def _stamp(path: Any) -> tuple[int, int, int] | None:

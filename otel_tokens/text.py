@@ -1,14 +1,9 @@
-"""Keeps telemetry failures away from the application: log once per condition, never raise."""
+"""Text from outside the process made safe to be an id or a label value: one spelling per id, valid
+UTF-8 for every label (a bad one breaks the whole scrape)."""
 
 from __future__ import annotations
 
-import logging
 import unicodedata
-
-logger = logging.getLogger("otel_tokens")
-
-_reported: set[str] = set()
-
 
 # invisible characters that make one person two ids: zero-width space/joiners, word joiner, BOM, soft hyphen
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"))
@@ -34,18 +29,3 @@ def valid_text(value: str) -> str:
         return value
     except UnicodeEncodeError:
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def log_once(key: str, message: str, *args: object, level: int = logging.WARNING, exc_info: bool = False) -> None:
-    """Log `message` the first time `key` is seen in this process, so a broken path costs one line,
-    not one line per call."""
-    if key in _reported:
-        return
-    _reported.add(key)
-    logger.log(level, message, *args, exc_info=exc_info)
-
-
-def internal_error(where: str) -> None:
-    """Called from an `except Exception` in our code: one log line with the traceback, no raise."""
-    log_once("internal:" + where, "otel-tokens: internal error in %s; telemetry for this call is incomplete", where,
-             exc_info=True)

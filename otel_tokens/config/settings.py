@@ -1,0 +1,82 @@
+"""The settings every part of the package reads, as plain frozen values: no behaviour, no runtime import."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from otel_tokens import names
+from otel_tokens.quota import vocabulary as quota_scopes
+
+OTHER_VALUE = names.OTHER
+DEFAULT_SERIES_LIMIT = 2000  # the OTel SDK's default cardinality limit per metric stream
+BLOCK_HOLD = 3600.0  # seconds what the last good alert state blocked stays blocked while it cannot be read
+
+
+@dataclass(frozen=True)
+class GuardRule:
+    quota: str  # a quota_scopes scope name: "user" (daily) | "department" (monthly)
+    action: str  # one of quota_scopes.RULE_ACTIONS
+    level: str = quota_scopes.CRITICAL  # act at critical only, or at warning too
+    downgrade: tuple[tuple[str, str], ...] = ()  # (source model glob, cheaper model)
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    enabled: bool = False  # alert mode (`source` set)
+    source: str = ""  # http://guard:9095/state, or a Prometheus base URL ending in /api/v1/alerts
+    poll_interval: float = 2.0
+    fail_closed: bool = False
+    rules: tuple[GuardRule, ...] = field(default_factory=tuple)
+    # budget mode (budget/): on when both the quota file and the store are set
+    quota_file: Path | None = None
+    store: str = ""  # redis://host:port/db, rediss://..., unix://...
+    store_timeout: float = 0.05  # seconds; the most a call waits for the store
+    reservation_ttl: float = 600.0  # a reservation never settled (process killed) is reclaimed after this
+    default_max_output_tokens: int = 4096  # reserved for a call that sets no output limit
+    quota_reload_interval: float = 1.0
+    token: str = field(default="", repr=False)  # bearer token for the guard endpoint (OTEL_TOKENS_GUARD_TOKEN)
+    token_file: Path | None = None  # where `token` is read from (guard.token_file, OTEL_TOKENS_GUARD_TOKEN_FILE)
+    # seconds of failed polls during which the last state is still enforced (a restart, a held connection
+    # cap): only then does the guard fail open or closed
+    stale_grace: float = 30.0
+    # seconds after the last good state during which what it blocked stays blocked, whatever the source
+    # does meanwhile (down, flooded, a ruler restarting)
+    block_hold: float = BLOCK_HOLD
+
+    @property
+    def budget(self) -> bool:
+        return self.quota_file is not None and bool(self.store)
+
+
+@dataclass(frozen=True)
+class Settings:
+    currency: str = "USD"
+    exchange_rates: Mapping[str, float] = field(default_factory=dict)
+    price_file: Path | None = None
+    prices: tuple[Mapping[str, Any], ...] = ()  # inline price entries, checked before the price file
+    builtin_prices: bool = True
+    metric_dimensions: tuple[str, ...] = names.DEFAULT_METRIC_DIMENSIONS
+    cardinality_limit: int = 5000
+    series_limit: int | None = None  # None: the SDK metric reader's own limit (2000 unless configured)
+    price_reload_interval: float = 1.0
+    tokenizers: Mapping[str, str] = field(default_factory=dict)  # model glob -> local path, hub id, tiktoken:NAME
+    allow_tokenizer_download: bool = False
+    provider_name: str = names.PROVIDER_OPENAI  # gen_ai.provider.name of OpenAI-style clients
+    providers: Mapping[str, str] = field(default_factory=dict)  # server host glob -> provider name
+    stream_include_usage: bool = True  # ask servers for a usage chunk, hidden from the caller (off per server
+    # that refuses it)
+    propagate: bool = True  # send traceparent and baggage (user.id, department, session.id)
+    propagate_hosts: tuple[str, ...] = ()  # globs of hosts that get baggage; () = loopback, private, internal names
+    trust_baggage: bool = False  # attribution from inbound baggage (internal hops only: a model server)
+    # attribute (user.id, department, session.id) -> request header an authenticating proxy sets; none by default
+    trusted_headers: Mapping[str, str] = field(default_factory=dict)
+    # the peers whose trusted headers count (the authenticating proxy); () = any peer, warned at start
+    trusted_proxies: tuple[str, ...] = ()
+    unattributed: str = quota_scopes.ALLOW  # a call with no user: allow (charged to __unattributed__) | reject
+    guard: GuardSettings = field(default_factory=GuardSettings)  # quota enforcement, off by default
+    capture_content: bool = False  # prompt and completion text on spans (gen_ai.*.messages): opt-in only
+    config_file: Path | None = None
+    errors: tuple[str, ...] = ()  # what was wrong and fell back, for `doctor`
