@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sdk import providers
 
 from otel_tokens import names, usage_context
-from otel_tokens.config.settings import GuardSettings, Settings
+from otel_tokens.config.settings import BudgetSettings, GuardSettings, Settings
 from otel_tokens.integrations.openai_usage import estimate_request
 from otel_tokens.recording.recorder import Recorder
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         tracer_provider, meter_provider = providers()
         tracer, meter = tracer_provider.get_tracer("bench"), meter_provider.get_meter("bench")
         off = Recorder(tracer, meter, Settings())
-        on = Recorder(tracer, meter, Settings(guard=GuardSettings(quota_file=quotas, store=f"redis://127.0.0.1:{port}/0")))
+        on = Recorder(tracer, meter, Settings(guard=GuardSettings(budget=BudgetSettings(quota_file=quotas, store=f"redis://127.0.0.1:{port}/0"))))
         on.start()
         trivial = client.register_script("return 0")
         rows, server_us = [], []

@@ -1,6 +1,6 @@
 """Per-call cost of the quota guard, both modes.
 
-Alert mode, for an allowed principal (the common case): the dictionary lookup in `Guard.decide`,
+Alert mode, for an allowed principal (the common case): the dictionary lookup in `AlertMode.decide`,
 with 1000 principals over quota in the state. Target (issue 8): < 2 us. Also the guard-enabled vs
 guard-disabled check the integrations do, for scale.
 Budget mode: the added latency per call against a real local redis-server (bench/budget_overhead.py).
@@ -14,15 +14,15 @@ import timeit
 from pathlib import Path
 
 from otel_tokens import names
-from otel_tokens.config.settings import GuardRule, GuardSettings
-from otel_tokens.quota.alert.mode import Guard
+from otel_tokens.config.settings import AlertSettings, GuardRule, GuardSettings
+from otel_tokens.quota.alert.mode import AlertMode
 
 RULES = (GuardRule("user", "reject", "critical"), GuardRule("department", "reject", "critical"),
          GuardRule("user", "downgrade", "warning", (("gpt-4o*", "gpt-4o-mini"),)))
 
 
 def main() -> None:
-    guard = Guard(GuardSettings(True, "http://unused", 1.0, False, RULES))
+    guard = AlertMode(GuardSettings(AlertSettings("http://unused", 1.0), rules=RULES))
     guard._users = {f"user-{i}": {"severity": "critical"} for i in range(1000)}
     guard._departments = {f"dept-{i}": {"severity": "warning"} for i in range(50)}
     guard.healthy, guard.last_update = True, time.monotonic()  # as after its first refresh
@@ -31,8 +31,8 @@ def main() -> None:
     n = 200_000
     best = min(timeit.repeat(lambda: guard.decide("gpt-4o", allowed), number=n, repeat=5)) / n
     hit = min(timeit.repeat(lambda: guard.decide("gpt-4o", refused), number=n, repeat=5)) / n
-    off = Guard(GuardSettings())
-    disabled = min(timeit.repeat(lambda: off.settings.enabled, number=n, repeat=5)) / n
+    off = AlertMode(GuardSettings())
+    disabled = min(timeit.repeat(lambda: off.alert.enabled, number=n, repeat=5)) / n
     print("quota guard per call")
     print(f"  allowed principal (1000 users over quota in the state): {best * 1e6:6.2f} us   (target < 2 us)")
     print(f"  refused principal (decision built):                      {hit * 1e6:6.2f} us")

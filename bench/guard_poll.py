@@ -1,5 +1,5 @@
 """What one in-app poll of `otel-tokens guard` costs the app, with a forged-size state (100k principals
-over quota): bytes received and CPU time of `Guard.refresh`, for a full answer (capped), an unchanged
+over quota): bytes received and CPU time of `AlertMode.refresh`, for a full answer (capped), an unchanged
 state (304) and one change (`?since=`). Ratios against the full answer, one run; not a timed assert."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import threading
 import time
 import urllib.request
 
-from otel_tokens.config.settings import GuardRule, GuardSettings
+from otel_tokens.config.settings import AlertSettings, GuardRule, GuardSettings
 from otel_tokens.ops.alert_endpoint import serve
-from otel_tokens.quota.alert.mode import Guard
-from otel_tokens.quota.alert.state import GuardState
+from otel_tokens.quota.alert.mode import AlertMode
+from otel_tokens.quota.alert.state import AlertState
 
 TOKEN = "bench-guard-token-0123456789abcdef"
 ENTRY = {"severity": "critical", "window": "24h", "quota": "tokens", "usage": "1.2k tokens", "limit": "1k tokens",
@@ -25,7 +25,7 @@ def _cpu(fn) -> float:
 
 
 def main() -> None:
-    state = GuardState()
+    state = AlertState()
     state.apply([(("user", f"user-{i}", "tokens", "critical"), dict(ENTRY)) for i in range(100_000)])
     server = serve("127.0.0.1", 0, state=state, token=TOKEN)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -33,7 +33,7 @@ def main() -> None:
     try:
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
         full_bytes = len(urllib.request.urlopen(request, timeout=30).read())
-        guard = Guard(GuardSettings(True, url, 2.0, False, (GuardRule("user", "reject"),), token=TOKEN))
+        guard = AlertMode(GuardSettings(AlertSettings(url, 2.0, token=TOKEN), rules=(GuardRule("user", "reject"),)))
         full = min(_cpu(lambda: (setattr(guard, "_tag", ""), guard.refresh())) for _ in range(3))
         unchanged = min(_cpu(guard.refresh) for _ in range(5))
         deltas = []

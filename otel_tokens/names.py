@@ -119,7 +119,8 @@ LLM_QUOTA_ORIGINAL_MODEL = "llm.quota.original_model"
 METRIC_GUARD_DECISIONS = "llm.guard.decisions"  # Counter {decision}: non-allow decisions and fail-open
 UNIT_DECISION = "{decision}"
 GUARD_DECISION = "decision"  # llm.guard.decisions attribute: one of quota_scopes.ACTIONS
-GUARD_QUOTA = "quota"  # llm.guard.decisions attribute: a quota_scopes scope name, or none
+GUARD_SCOPE = "scope"  # llm.guard.decisions attribute: the scope that decided (user, department, unattributed), or none
+GUARD_WINDOW = "window"  # llm.guard.decisions attribute: the window whose limit decided (24h, month), or none
 PROM_GUARD_DECISIONS = prometheus_name(METRIC_GUARD_DECISIONS, UNIT_DECISION, monotonic_counter=True)
 # The quota vocabulary (scopes, kinds, alert names, actions) is in quota/vocabulary.py.
 

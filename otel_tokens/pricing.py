@@ -298,6 +298,22 @@ class PriceBook:
         return Cost(input=cost_in * rate / PER, output=(output_tokens or 0) * price.output * rate / PER,
                     currency=self.currency)
 
+    def cost_of(self, provider: str, model: str, input_tokens: int | None, output_tokens: int | None,
+                cached_input_tokens: int | None = None, *, asked: str | None = None,
+                worst_case: bool = False) -> Cost | None:
+        """The one price rule, for budget mode's reservation before a call and the recorder's cost after it:
+        the price of `model` (what the reply names), else of `asked` (the model requested: a dated snapshot
+        may lack the price its alias has). With neither priced, `worst_case` prices at the dearest entry
+        known (a reservation under a cost limit must not be free); otherwise None."""
+        if asked and asked != model and self.lookup(provider, model) is None:
+            model = asked
+        cost = self.cost(provider, model, input_tokens, output_tokens, cached_input_tokens)
+        if cost is None and worst_case:
+            dearest_in, dearest_out = self.dearest()
+            return Cost((input_tokens or 0) * dearest_in / PER, (output_tokens or 0) * dearest_out / PER,
+                        self.currency)
+        return cost
+
     def dearest(self) -> tuple[float, float]:
         """The highest input and output price per million tokens of any entry, in the reporting
         currency: what budget mode reserves for a model with no price under a cost limit."""

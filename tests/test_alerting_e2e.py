@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from otel_tokens.config.settings import AlertSettings
 from otel_tokens.ops.rules import render_text
 from otel_tokens.quota.file import parse_quotas
 from tests.support.alert_app import TOKENS_PER_CALL
@@ -196,8 +197,8 @@ def test_guard_rejects_over_quota_calls_within_seconds_and_allows_them_again(sta
 
     tel, tracer_provider, meter_provider = make_telemetry()
     instrumentor = TokenUsageInstrumentor()
-    guard = GuardSettings(True, stack["guard"] + "/state", 0.2, False, (GuardRule("user", "reject", "critical"),),
-                          token=GUARD_TOKEN)
+    guard = GuardSettings(AlertSettings(stack["guard"] + "/state", 0.2, token=GUARD_TOKEN),
+                          rules=(GuardRule("user", "reject", "critical"),))
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
                             settings=Settings(guard=guard))
     try:
@@ -221,9 +222,10 @@ def test_guard_rejects_over_quota_calls_within_seconds_and_allows_them_again(sta
             reject_delay = time.monotonic() - crossed
             assert ask("bob")  # other users are never affected
             # the same state read straight from Prometheus's alerts API
-            from otel_tokens.quota.alert.mode import Guard
+            from otel_tokens.quota.alert.mode import AlertMode
 
-            direct = Guard(GuardSettings(True, stack["prometheus"] + "/api/v1/alerts", 1.0, False, guard.rules))
+            direct = AlertMode(GuardSettings(AlertSettings(stack["prometheus"] + "/api/v1/alerts", 1.0),
+                                             rules=guard.rules))
             direct.refresh()
             assert direct.healthy and direct.decide("gpt-4", {names.USER_ID: "alice"}).action == "reject"
             assert direct.decide("gpt-4", {names.USER_ID: "bob"}) is None

@@ -46,12 +46,13 @@ def test_refused_at_the_call_that_would_cross_100_percent_and_others_go_on(app):
     assert in_flight == 0
     assert tokens == app.metric_tokens("alice") <= 400  # the store and the exported metrics agree
     assert served >= 1 and tokens + 116 > 400  # refused only when the worst case (bound 86 + 30) did not fit
-    assert (refusal.kind, refusal.principal, refusal.window, refusal.quota, refusal.http_status) == (
+    assert (refusal.scope, refusal.principal, refusal.window, refusal.kind, refusal.http_status) == (
         "user", "alice", "24h", "tokens", 429)
     assert str(refusal) == (f"user 'alice' would go over the 24h tokens quota: {tokens:,} used, "
                             f"{refusal.reserved} reserved for this call, limit 400")
     app.ask("bob")  # other principals are not affected
     assert app.decisions() == {("reject", "user"): 1}
+    assert app.decisions(window=True) == {("reject", "user", "24h"): 1}
     refused_span = app.tel.spans()[-2]
     assert refused_span.attributes[names.ERROR_TYPE] == "QuotaExceededError"
     assert refused_span.attributes[names.LLM_QUOTA_ACTION] == "reject"
@@ -65,10 +66,11 @@ def test_the_department_budget_refuses_every_user_of_the_department(tmp_path, re
         with pytest.raises(QuotaExceededError) as caught:
             for i in range(50):
                 app.ask(f"user-{i % 3}", department="sales")
-        assert (caught.value.kind, caught.value.principal, caught.value.window) == ("department", "sales", "month")
+        assert (caught.value.scope, caught.value.principal, caught.value.window) == ("department", "sales", "month")
         assert app.department("sales")[0] <= 300
         app.ask("user-0", department="support")
         assert app.decisions() == {("reject", "department"): 1}
+        assert app.decisions(window=True) == {("reject", "department", "month"): 1}
 
 
 def test_cost_quota_and_downgrade_reserved_at_the_cheaper_price(tmp_path, redis_url):
@@ -81,7 +83,7 @@ def test_cost_quota_and_downgrade_reserved_at_the_cheaper_price(tmp_path, redis_
             try:
                 app.ask("carol", max_tokens=200)
             except QuotaExceededError as refusal:
-                assert refusal.quota == "cost" and refusal.severity == "critical"
+                assert refusal.kind == "cost" and refusal.severity == "critical"
                 break
             models.append(app.server.requests[-1].body["model"])
         assert models[0] == "gpt-4o" and "gpt-4o-mini" in models  # downgraded once past 50 %
@@ -135,7 +137,7 @@ def test_the_quota_file_is_reloaded_and_a_bad_edit_keeps_the_last_good_one(app, 
     run_until_refused(app, "hana")
     write_quotas(quotas, {"default": {"tokens": 100000}})
     deadline = time.monotonic() + 10
-    while app.recorder.budget.quotas.users.default.tokens != 100000 and time.monotonic() < deadline:
+    while app.recorder.enforcement.budget.quotas.users.default.tokens != 100000 and time.monotonic() < deadline:
         time.sleep(0.02)
     app.ask("hana")  # the raised limit applies without a restart
     logs = LogRecords()
@@ -156,9 +158,10 @@ def test_the_quota_file_is_reloaded_and_a_bad_edit_keeps_the_last_good_one(app, 
 def test_budget_mode_from_the_two_variables_and_bad_values_named():
     env = {"OTEL_TOKENS_QUOTA_FILE": "/etc/otel-tokens/quotas.yml", "OTEL_TOKENS_BUDGET_STORE": "redis://r:6379/2"}
     guard = load_settings(env).guard
-    assert guard.budget and not guard.enabled and str(guard.quota_file) == "/etc/otel-tokens/quotas.yml"
+    assert guard.budget.enabled and not guard.alert.enabled
+    assert str(guard.budget.quota_file) == "/etc/otel-tokens/quotas.yml"
     bad = load_settings({**env, "OTEL_TOKENS_BUDGET_STORE": "http://r:6379"})
-    assert not bad.guard.budget
+    assert not bad.guard.budget.enabled
     assert "OTEL_TOKENS_BUDGET_STORE: 'http://r:6379' is not a redis://" in bad.errors[0]
 
 
@@ -172,6 +175,7 @@ def test_store_down_fails_open_counted_logged_once_and_recovers_by_itself(app, r
         for _ in range(3):
             app.ask("ivan")  # let through
     assert app.decisions() == {("fail_open", "none"): 3}
+    assert app.decisions(window=True) == {("fail_open", "none", "none"): 3}
     down = [r for r in caplog.records if "budget store" in r.getMessage()]
     assert len(down) == 1 and "lets calls through (fail open)" in down[0].getMessage()
     assert "127.0.0.1" in down[0].getMessage()
@@ -273,7 +277,7 @@ def test_a_generator_of_messages_still_reaches_the_server(app):
 def test_a_negative_output_limit_reserves_nothing_rather_than_a_credit(app):
     from otel_tokens.recording.call import UsageEstimate
 
-    budget = app.recorder.budget
+    budget = app.recorder.enforcement.budget
     decision, held = budget.reserve("transformers", "m", {"user.id": "quinn"}, UsageEstimate(10, -999_999, -3))
     assert decision is None and app.held("quinn") == (10, 0.0, 1)
     budget.settle(held, 10, None)
@@ -289,7 +293,7 @@ def test_an_unpriced_request_model_under_a_cost_limit_is_reserved_at_the_dearest
         with pytest.raises(QuotaExceededError) as caught:
             for _ in range(50):
                 app.ask("rita", model="my-deployment", max_tokens=20)
-        assert caught.value.quota == "cost"
+        assert caught.value.kind == "cost"
         _, cost, _ = app.held("rita")
         assert cost == pytest.approx(app.metric_cost("rita"), abs=1e-9) and cost <= 0.001
 
@@ -311,7 +315,7 @@ def test_bad_quota_values_and_reload_intervals_are_refused_with_their_field(tmp_
 
 
 def test_a_forked_child_never_inherits_a_held_lock_or_the_parents_queue(app):
-    budget = app.recorder.budget
+    budget = app.recorder.enforcement.budget
     budget._flushing.acquire()  # the parent's worker was mid-send when the fork happened
     budget._unsettled = 5
     budget._after_fork()
@@ -388,4 +392,5 @@ def test_a_reload_that_drops_an_override_or_raises_a_limit_tenfold_is_named(app,
     (warning,) = [r.getMessage() for r in logs.records if r.levelno == logging.WARNING]
     assert str(quotas) in warning and "users override 'bob' dropped (now the default)" in warning
     assert "users default tokens limit 400 -> 400000" in warning and warning.endswith("intended?")
-    assert app.recorder.budget.quotas.users.default.tokens == 400_000  # applied all the same: it may be meant
+    # applied all the same: it may be meant
+    assert app.recorder.enforcement.budget.quotas.users.default.tokens == 400_000

@@ -174,7 +174,7 @@ def test_config_path_shown_by_doctor(tmp_path):
 @pytest.mark.parametrize("alert_mode", [True, False])
 def test_a_bad_guard_field_refuses_the_section_but_keeps_fail_closed(tmp_path, alert_mode):
     """A `nan` poll interval turned the whole section off, `fail_closed: true` included: an open door."""
-    from otel_tokens.quota.alert.mode import Guard
+    from otel_tokens.quota.alert.mode import AlertMode
 
     section = {"poll_interval": "nan", "fail_closed": True}
     if alert_mode:
@@ -189,11 +189,11 @@ def test_a_bad_guard_field_refuses_the_section_but_keeps_fail_closed(tmp_path, a
     (error,) = [e for e in settings.errors if ": guard: " in e]
     assert f"config {config}: guard:" in error and "poll_interval 'nan'" in error and "fail_closed holds" in error
     guard = settings.guard
-    assert guard.fail_closed and guard.budget and guard.enabled is alert_mode
+    assert guard.fail_closed and guard.budget.enabled and guard.alert.enabled is alert_mode
     if alert_mode:  # every call is refused until the file is fixed, with a message that says why
-        decision = Guard(guard).decide("gpt-4o", {names.USER_ID: "alice"})
+        decision = AlertMode(guard).decide("gpt-4o", {names.USER_ID: "alice"})
         assert decision.action == "fail_closed" and "guard section of config" in str(decision.error())
     section["fail_closed"] = False
     config.write_text(yaml.safe_dump({"guard": section}))
     settings = load_settings(env)
-    assert not settings.guard.fail_closed and not settings.guard.enabled  # off, as before, when it did not ask
+    assert not settings.guard.fail_closed and not settings.guard.alert.enabled  # off, as before, when it did not ask

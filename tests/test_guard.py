@@ -10,9 +10,9 @@ import pytest
 
 from otel_tokens import QuotaExceededError, TokenUsageInstrumentor, names, usage_context
 from otel_tokens.config import load_settings
-from otel_tokens.config.settings import GuardRule, GuardSettings, Settings
+from otel_tokens.config.settings import AlertSettings, GuardRule, GuardSettings, Settings
 from otel_tokens.ops.alert_endpoint import serve
-from otel_tokens.quota.alert.mode import Guard, GuardState
+from otel_tokens.quota.alert.mode import AlertMode, AlertState
 from tests.support.openai_server import OpenAIServer
 from tests.support.telemetry import Telemetry, make_telemetry
 
@@ -24,7 +24,7 @@ def alert(name: str, severity: str, status: str = "firing", **labels: str) -> di
 
 
 def test_state_follows_firing_and_resolved_alerts():
-    state = GuardState()
+    state = AlertState()
     state.update({"alerts": [alert("LLMUserTokenQuota", "warning", user_id="alice"),
                              alert("LLMUserTokenQuota", "critical", user_id="alice"),
                              alert("LLMDepartmentTokenBudget", "warning", department="support", window="month"),
@@ -54,9 +54,9 @@ def guard_server():
 
 @pytest.mark.e2e
 def test_decisions_per_user_and_department(guard_server):
-    state: GuardState = guard_server.state
+    state: AlertState = guard_server.state
     url = f"http://127.0.0.1:{guard_server.server_address[1]}/state"
-    guard = Guard(GuardSettings(True, url, 0.05, False, RULES))
+    guard = AlertMode(GuardSettings(AlertSettings(url, 0.05), rules=RULES))
     guard.refresh()
     assert guard.decide("gpt-4o", {names.USER_ID: "alice"}) is None
     state.update({"alerts": [alert("LLMUserTokenQuota", "warning", user_id="alice")]})
@@ -69,20 +69,21 @@ def test_decisions_per_user_and_department(guard_server):
     guard.refresh()
     assert guard.decide("gpt-4o", {names.USER_ID: "alice"}).action == "reject"
     error = guard.decide("gpt-4o", {names.USER_ID: "alice"}).error()
-    assert (error.kind, error.principal, error.window, error.usage, error.limit, error.http_status) == (
+    assert (error.scope, error.principal, error.window, error.usage, error.limit, error.http_status) == (
         "user", "alice", "24h", "1.1k tokens", "1k tokens", 429)
     assert guard.decide("gpt-4o", {names.USER_ID: "bob", names.DEPARTMENT: "sales"}).action == "reject"
     assert guard.decide("gpt-4o", {names.USER_ID: "bob", names.DEPARTMENT: "support"}) is None
 
 
-def _instrument_with_guard(server) -> tuple[GuardState, TokenUsageInstrumentor, Guard, Telemetry]:
+def _instrument_with_guard(server) -> tuple[AlertState, TokenUsageInstrumentor, AlertMode, Telemetry]:
     """Instrumented, the guard polling `server`'s state (RULES); the caller uninstruments."""
     url = f"http://127.0.0.1:{server.server_address[1]}/state"
     tel, tracer_provider, meter_provider = make_telemetry()
     instrumentor = TokenUsageInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
-                            settings=Settings(guard=GuardSettings(True, url, 0.05, False, RULES, stale_grace=0)))
-    return server.state, instrumentor, instrumentor.recorder.guard, tel
+                            settings=Settings(guard=GuardSettings(AlertSettings(url, 0.05, stale_grace=0),
+                                                                  rules=RULES)))
+    return server.state, instrumentor, instrumentor.recorder.enforcement.alert, tel
 
 
 @pytest.mark.e2e
@@ -130,7 +131,7 @@ def test_guard_in_calls_reject_downgrade_and_fail_open(guard_server):
 
 
 def test_fail_closed_rejects_when_the_state_is_unreachable():
-    guard = Guard(GuardSettings(True, "http://127.0.0.1:9/state", 0.05, True, RULES))
+    guard = AlertMode(GuardSettings(AlertSettings("http://127.0.0.1:9/state", 0.05), fail_closed=True, rules=RULES))
     guard.refresh()
     decision = guard.decide("m", {names.USER_ID: "alice"})
     assert decision.action == "fail_closed"
@@ -145,11 +146,11 @@ def test_guard_config_is_read_and_checked(tmp_path):
     assert settings.guard.rules == (GuardRule("user", "downgrade", "warning", (("gpt-4o*", "gpt-4o-mini"),)),)
     config.write_text("guard:\n  source: http://g/state\n  rules: [{quota: team, action: reject}]\n")
     settings = load_settings({"OTEL_TOKENS_CONFIG": str(config)})
-    assert not settings.guard.enabled and "rules[0].quota 'team'" in settings.errors[0]
+    assert not settings.guard.alert.enabled and "rules[0].quota 'team'" in settings.errors[0]
 
 
 def test_guard_overhead_for_an_allowed_principal_is_a_dictionary_lookup():
-    guard = Guard(GuardSettings(True, "http://unused", 1.0, False, RULES))
+    guard = AlertMode(GuardSettings(AlertSettings("http://unused", 1.0), rules=RULES))
     guard._users = {f"user-{i}": {"severity": "critical"} for i in range(1000)}
     guard.healthy, guard.last_update = True, time.monotonic()  # as after its first refresh
     attribution = {names.USER_ID: "alice", names.DEPARTMENT: "support"}

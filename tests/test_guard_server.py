@@ -18,10 +18,10 @@ from collections.abc import Iterator
 import pytest
 
 from otel_tokens import names
-from otel_tokens.config.settings import GuardRule, GuardSettings
-from otel_tokens.ops.alert_endpoint import GuardServer, serve
-from otel_tokens.quota.alert.mode import Guard
-from otel_tokens.quota.alert.state import GuardState
+from otel_tokens.config.settings import AlertSettings, GuardRule, GuardSettings
+from otel_tokens.ops.alert_endpoint import AlertEndpoint, serve
+from otel_tokens.quota.alert.mode import AlertMode
+from otel_tokens.quota.alert.state import AlertState
 from tests.support.ruler_stub import RulerStub
 
 pytestmark = pytest.mark.e2e  # every test here starts the endpoint
@@ -37,7 +37,7 @@ def alert(user: str, severity: str = "critical", status: str = "firing") -> dict
 
 
 @pytest.fixture
-def guard() -> Iterator[GuardServer]:
+def guard() -> Iterator[AlertEndpoint]:
     server = serve("127.0.0.1", 0, token=TOKEN)
     server.prompts = []  # type: ignore[attr-defined]
     server.app.on_webhook = lambda: server.prompts.append(time.monotonic())  # type: ignore[attr-defined]
@@ -46,17 +46,18 @@ def guard() -> Iterator[GuardServer]:
     server.shutdown()
 
 
-def _block(state: GuardState, *users: str) -> None:
+def _block(state: AlertState, *users: str) -> None:
     """What a ruler's answer puts in the state: these users' critical token alerts."""
     state.apply([(("user", user, "tokens", "critical"), {"severity": "critical", "window": "24h", "quota": "tokens"})
                  for user in users])
 
 
-def _url(server: GuardServer, path: str) -> str:
+def _url(server: AlertEndpoint, path: str) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}{path}"
 
 
-def _request(server: GuardServer, path: str, body: object = None, token: str | None = TOKEN, method: str | None = None,
+def _request(server: AlertEndpoint, path: str, body: object = None, token: str | None = TOKEN,
+             method: str | None = None,
              headers: dict | None = None) -> tuple[int, bytes]:
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
     request = urllib.request.Request(_url(server, path), data=data, method=method, headers=headers or {})
@@ -103,7 +104,7 @@ def test_a_webhook_body_is_checked_and_junk_prompts_nothing(guard):
     assert guard.prompts == [] and guard.state.empty()
 
 
-def _raw(server: GuardServer, data: bytes, timeout: float = 5.0) -> bytes:
+def _raw(server: AlertEndpoint, data: bytes, timeout: float = 5.0) -> bytes:
     with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=timeout) as sock:
         sock.sendall(data)
         return sock.recv(4096)
@@ -120,7 +121,7 @@ def test_oversized_and_deeply_nested_bodies_are_refused_cheaply(guard):
     assert status in (400, 413) and _request(guard, "/-/ready")[0] == 200
 
 
-def _poll_from(server: GuardServer, source: str) -> int:
+def _poll_from(server: AlertEndpoint, source: str) -> int:
     """GET /state from another loopback address (127.0.0.0/8 is all ours): another peer."""
     import http.client
 
@@ -170,7 +171,7 @@ def test_slow_clients_hold_sockets_not_threads_and_cannot_starve_the_polls(guard
 
 
 def test_polls_are_cheap_304_when_unchanged_and_changes_only_otherwise():
-    state = GuardState()
+    state = AlertState()
     state.apply([(("user", f"forged-{i}", "tokens", "critical"), {"severity": "critical", "window": "24h",
                                                                    "quota": "tokens"}) for i in range(100_000)])
     server = serve("127.0.0.1", 0, state=state, token=TOKEN, max_entries=5000)
@@ -181,7 +182,7 @@ def test_polls_are_cheap_304_when_unchanged_and_changes_only_otherwise():
         assert status == 200 and len(full["users"]) == 5000 and full["truncated"] == 95_000
         etag = f'"{full["version"]}"'
         assert _request(server, "/state", headers={"If-None-Match": etag})[0] == 304
-        guard = Guard(GuardSettings(True, _url(server, "/state"), 1.0, False, RULES, token=TOKEN))
+        guard = AlertMode(GuardSettings(AlertSettings(_url(server, "/state"), 1.0, token=TOKEN), rules=RULES))
         guard.refresh()
         assert guard.healthy and len(guard._users) == 5000
         state.apply([(("user", "alice", "tokens", "critical"), {"severity": "critical", "window": "24h",
@@ -225,12 +226,13 @@ def test_start_up_never_waits_on_the_state_and_acts_as_configured_until_it_arriv
     instrumentor = TokenUsageInstrumentor()
     started = time.monotonic()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=Settings(
-        guard=GuardSettings(True, f"http://127.0.0.1:{silent.port}/state", 2.0, fail_closed, RULES)))
+        guard=GuardSettings(AlertSettings(f"http://127.0.0.1:{silent.port}/state", 2.0), fail_closed=fail_closed,
+                            rules=RULES)))
     try:
         # a first poll waited on would take the whole 2 s request timeout; instrument() itself took 0.54 s on a
         # loaded CI machine, so the margin is set between the two
         assert time.monotonic() - started < 1.5
-        decision = instrumentor.recorder.guard.decide("m", {names.USER_ID: "alice"})
+        decision = instrumentor.recorder.enforcement.alert.decide("m", {names.USER_ID: "alice"})
         assert decision.action == ("fail_closed" if fail_closed else "fail_open")
         assert isinstance(decision.error(), QuotaExceededError) or not fail_closed
     finally:
@@ -240,7 +242,7 @@ def test_start_up_never_waits_on_the_state_and_acts_as_configured_until_it_arriv
 
 def test_a_state_source_that_goes_away_keeps_the_last_state_for_the_grace(guard):
     _block(guard.state, "alice")
-    app = Guard(GuardSettings(True, _url(guard, "/state"), 1.0, False, RULES, token=TOKEN, stale_grace=30))
+    app = AlertMode(GuardSettings(AlertSettings(_url(guard, "/state"), 1.0, token=TOKEN, stale_grace=30), rules=RULES))
     app.refresh()
     guard.shutdown()
     app.refresh()  # the source is gone: alice stays refused for the grace, bob is served
@@ -255,10 +257,10 @@ def test_a_state_source_that_goes_away_keeps_the_last_state_for_the_grace(guard)
 
 
 def test_changes_only_answers_never_skip_what_the_log_forgot(monkeypatch):
-    import otel_tokens.guard_state as gs
+    import otel_tokens.quota.alert.state as gs
 
     monkeypatch.setattr(gs, "LOG_SIZE", 100)
-    state = GuardState()
+    state = AlertState()
     state._log = gs.deque(maxlen=100)
     entry = {"severity": "critical"}
     state.apply([(("user", "a", "tokens", "critical"), entry)])
@@ -287,10 +289,10 @@ def test_the_state_is_served_only_while_the_rulers_confirm_it(guard):
 
 
 def test_over_the_principal_cap_an_answer_is_refused_whole(monkeypatch):
-    import otel_tokens.guard_state as gs
+    import otel_tokens.quota.alert.state as gs
 
     monkeypatch.setattr(gs, "MAX_PRINCIPALS", 3)
-    state = GuardState()
+    state = AlertState()
     _block(state, "a", "b")
     with pytest.raises(gs.PayloadError, match="more than 3 principals"):
         _block(state, "c", "d")
@@ -325,7 +327,7 @@ class _Fixed:
                                   b"<html>proxy error</html>", b"[" * 100_000])
 def test_an_unreadable_state_is_refused_whole_and_the_last_one_kept(body):
     good = _Fixed(b'{"users": {"alice": {"severity": "critical"}}, "departments": {}}')
-    app = Guard(GuardSettings(True, good.url + "/state", 1.0, False, RULES))
+    app = AlertMode(GuardSettings(AlertSettings(good.url + "/state", 1.0), rules=RULES))
     app.refresh()
     good.httpd.body = body
     app.refresh()  # never raises; keeps alice refused, bob allowed
@@ -340,7 +342,7 @@ def test_the_resync_thread_survives_any_answer(body):
     from otel_tokens.ops.alert_resync import Resync
     from otel_tokens.quota.alert.ruler import Rulers
 
-    state = GuardState()
+    state = AlertState()
     _block(state, "alice")
     broken = _Fixed(body)
     resync = Resync(state, Rulers([broken.url]), 1.0)
@@ -355,7 +357,7 @@ def test_a_ruler_answer_lifts_blocks_only_after_its_warm_up():
     from otel_tokens.quota.alert.ruler import Rulers
 
     ruler = RulerStub(alert_for=15, interval=10)
-    rulers, state = Rulers([ruler.url]), GuardState()
+    rulers, state = Rulers([ruler.url]), AlertState()
     try:
         ruler.firing = [("alice", "critical")]
         assert sync(state, rulers) == [] and set(state.snapshot()["users"]) == {"alice"}
@@ -375,7 +377,7 @@ def test_several_rulers_are_a_union_and_a_silent_one_lifts_nothing_for_at_most_t
     from otel_tokens.quota.alert.ruler import Rulers
 
     first, second = RulerStub(), RulerStub()
-    rulers, state = Rulers([first.url, second.url]), GuardState()
+    rulers, state = Rulers([first.url, second.url]), AlertState()
     try:
         first.firing, second.firing = [("alice", "critical")], [("bob", "critical")]
         sync(state, rulers)
@@ -395,7 +397,7 @@ def test_a_flood_of_connections_from_many_addresses_unblocks_nobody(guard):
     """The attack: 60 addresses x 32 idle connections (each within the per-peer cap) take every slot of
     the endpoint, the apps' polls fail, and the grace passes. alice was blocked: she stays blocked."""
     _block(guard.state, "alice")
-    app = Guard(GuardSettings(True, _url(guard, "/state"), 0.2, False, RULES, token=TOKEN, stale_grace=1.0))
+    app = AlertMode(GuardSettings(AlertSettings(_url(guard, "/state"), 0.2, token=TOKEN, stale_grace=1.0), rules=RULES))
     app.refresh()
     assert app.healthy and app.decide("m", {names.USER_ID: "alice"}).action == "reject"
     sockets: list[socket.socket] = []

@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind
 
 import otel_tokens.integrations as integrations_package
 from otel_tokens import QuotaExceededError, names, usage_context
-from otel_tokens.config.settings import GuardRule, GuardSettings, Settings
+from otel_tokens.config.settings import AlertSettings, GuardRule, GuardSettings, Settings
 from otel_tokens.logs import internal_error
 from otel_tokens.ops.alert_endpoint import serve
 from otel_tokens.recording.call import UsageEstimate
@@ -63,7 +63,7 @@ class ToyIntegration:
         call = recorder.begin(names.OPERATION_CHAT, "toy", kwargs["model"], SpanKind.CLIENT,
                               server_address="toy.internal", server_port=1,
                               estimate=lambda: self._estimate(kwargs["prompt"], kwargs.get("max_tokens", 8)))
-        with recorder.active(call):
+        with call:
             result = wrapped(*args, **{**kwargs, "model": call.model})
         try:
             record = call.record
@@ -96,11 +96,11 @@ def guarded():
     url = f"http://127.0.0.1:{server.server_address[1]}/state"
     tel, tracer_provider, meter_provider = make_telemetry()
     recorder = Recorder(tracer_provider.get_tracer("t"), meter_provider.get_meter("t"),
-                        Settings(guard=GuardSettings(True, url, 60.0, False, RULES), builtin_prices=False))
+                        Settings(guard=GuardSettings(AlertSettings(url, 60.0), rules=RULES), builtin_prices=False))
     state = server.state
     state.update({"alerts": [alert("LLMUserTokenQuota", "critical", user_id="mallory"),
                              alert("LLMUserTokenQuota", "warning", user_id="walt")]})
-    recorder.guard.refresh()
+    recorder.enforcement.alert.refresh()
     yield recorder, tel
     recorder.close()
     server.shutdown()
@@ -237,9 +237,9 @@ def test_estimates_are_lazy_and_say_the_worst_case(guarded):
 @pytest.mark.e2e
 def test_an_internal_failure_at_begin_leaves_the_call_alone(guarded, monkeypatch):
     recorder, tel = guarded
-    monkeypatch.setattr(recorder.guard, "decide", lambda *a: 1 / 0)
+    monkeypatch.setattr(recorder.enforcement.alert, "decide", lambda *a: 1 / 0)
     call = recorder.begin(names.OPERATION_CHAT, "toy", "big-model")
-    with recorder.active(call):
+    with call:
         assert not trace.get_current_span().get_span_context().is_valid
     assert call.model == "big-model" and recorder.outgoing_headers(call) == {}
     recorder.finish(call)
@@ -270,7 +270,8 @@ def _opentelemetry_imports(tree: ast.AST) -> set[str]:
     return found
 
 
-FORBIDDEN = {"guard", "Guard", "QuotaExceededError", "QuotaStateUnavailableError", "Decision", "set_span_in_context",
+FORBIDDEN = {"guard", "AlertMode", "BudgetMode", "Enforcement", "QuotaExceededError", "QuotaStateUnavailableError",
+             "Decision", "set_span_in_context",
              "start_span", "start_as_current_span", "create_counter", "create_histogram", "set_attribute",
              "set_attributes", "get_tracer", "get_meter", "use_span", "get_current_span", "baggage", "propagate"}
 # what an integration may take from OpenTelemetry itself: the span kind it names, the patch helpers

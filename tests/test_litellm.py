@@ -17,7 +17,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm downloa
 import litellm
 
 from otel_tokens import QuotaExceededError, names, usage_context
-from otel_tokens.config.settings import GuardRule, GuardSettings, Settings
+from otel_tokens.config.settings import AlertSettings, GuardRule, GuardSettings, Settings
 from otel_tokens.ops.alert_endpoint import serve
 from tests.support.budget import budget_app, write_quotas
 from tests.support.openai_server import OpenAIServer
@@ -174,10 +174,10 @@ def test_alert_mode_downgrades_on_the_callers_route_and_refuses_before_sending(s
     rules = (GuardRule("user", "reject", "critical"), GuardRule("user", "downgrade", "warning", (("gpt-4o*", MODEL),)))
     url = f"http://127.0.0.1:{state_server.server_address[1]}/state"
     try:
-        with instrumented(Settings(guard=GuardSettings(True, url, 0.05, False, rules, stale_grace=0))) as tel:
+        with instrumented(Settings(guard=GuardSettings(AlertSettings(url, 0.05, stale_grace=0), rules=rules))) as tel:
             from otel_tokens import TokenUsageInstrumentor
 
-            guard = TokenUsageInstrumentor().recorder.guard
+            guard = TokenUsageInstrumentor().recorder.enforcement.alert
             state_server.state.update({"alerts": [_alert("warning", "alice")]})
             guard.refresh()
             with usage_context(user_id="alice"):

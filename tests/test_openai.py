@@ -462,7 +462,7 @@ def test_fast_w3c_headers_equal_the_sdk_propagators(instrument):
         with usage_context(user_id="ünïcode user", department="R&D", session_id="s 1"):
             handle = recorder.begin(names.OPERATION_CHAT, "openai", "gpt-4", server_address="127.0.0.1")
             try:
-                with recorder.active(handle):
+                with handle:
                     fast = recorder._propagation.w3c_headers(handle.span, handle.attribution)
                     # our three keys only: the inbound `tenant` entry is not ours to forward
                     ctx = trace.set_span_in_context(handle.span, context.Context())

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from otel_tokens import TokenUsageInstrumentor, names, usage_context
-from otel_tokens.config.settings import GuardRule, GuardSettings, Settings
+from otel_tokens.config.settings import AlertSettings, GuardRule, GuardSettings, Settings
 from otel_tokens.quota.decision import QuotaExceededError, UnattributedCallError
 from tests.support import tiny_models as tm
 from tests.support.telemetry import instrumented
@@ -31,19 +31,20 @@ def _requests(tel) -> dict[tuple[str, str, str | None], int]:
 
 
 def _decisions(tel) -> dict[tuple[str, str], int]:
-    return {(p.attributes[names.GUARD_DECISION], p.attributes[names.GUARD_QUOTA]): p.value
+    return {(p.attributes[names.GUARD_DECISION], p.attributes[names.GUARD_SCOPE]): p.value
             for p in tel.metrics().get(names.METRIC_GUARD_DECISIONS, [])}
 
 
 @contextlib.contextmanager
 def _over_quota(users: dict[str, str], **settings):
     """Alert mode with a fixed state: `users` name -> severity firing (no server: the state is set)."""
-    guard = GuardSettings(True, "http://127.0.0.1:9/state", 3600.0, False, REJECT_USERS)
+    guard = GuardSettings(AlertSettings("http://127.0.0.1:9/state", 3600.0), rules=REJECT_USERS)
     with instrumented(Settings(guard=guard, **settings)) as tel:
         recorder = TokenUsageInstrumentor().recorder
-        recorder.guard.healthy = True
-        recorder.guard.last_update = time.monotonic()  # its own failing poll (port 9) keeps this state: grace
-        recorder.guard._users = {name: {"severity": severity, "window": "24h", "quota": "tokens"}
+        recorder.enforcement.alert.healthy = True
+        # its own failing poll (port 9) keeps this state: grace
+        recorder.enforcement.alert.last_update = time.monotonic()
+        recorder.enforcement.alert._users = {name: {"severity": severity, "window": "24h", "quota": "tokens"}
                                  for name, severity in users.items()}
         yield tel
 
@@ -80,7 +81,7 @@ def test_refusals_under_made_up_names_create_no_series_and_fold_no_one():
     with _over_quota({}, cardinality_limit=10) as tel:
         with usage_context(user_id="mallory", department="sales"):
             _generate()  # served, then over quota
-        TokenUsageInstrumentor().recorder.guard._users = {"mallory": {"severity": "critical"}}
+        TokenUsageInstrumentor().recorder.enforcement.alert._users = {"mallory": {"severity": "critical"}}
         with usage_context(user_id="mallory", department="sales"), pytest.raises(QuotaExceededError):
             _generate()
         for i in range(1000):

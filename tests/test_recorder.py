@@ -62,11 +62,11 @@ def test_active_makes_the_span_current_and_finishes_only_on_an_exception(recorde
     recorder, tel = recorded
     call = recorder.begin(names.OPERATION_TEXT_COMPLETION, "transformers", "tiny", SpanKind.INTERNAL)
     outside = trace.get_current_span()
-    with recorder.active(call):
+    with call:
         assert trace.get_current_span() is call.span
     assert trace.get_current_span() is outside
     assert tel.spans() == []  # a normal exit leaves the call open: a stream finishes when it is consumed
-    with pytest.raises(KeyError, match="boom"), recorder.active(call):
+    with pytest.raises(KeyError, match="boom"), call:
         raise KeyError("boom")
     assert trace.get_current_span() is outside
     span = tel.span()

@@ -1,5 +1,6 @@
-"""The config's field checkers: each returns the clean value or raises ValueError(reason), which
-config.py reports naming the file (or variable), the field and the value."""
+"""The config's field checkers, public so the CLI and tools check values alike: each returns the clean
+value or raises ValueError(reason), which load.py reports naming the file (or variable), the field and
+the value."""
 
 from __future__ import annotations
 
@@ -10,43 +11,43 @@ from pathlib import Path
 from typing import Any
 
 from otel_tokens import names
-from otel_tokens.config.settings import BLOCK_HOLD, GuardRule, GuardSettings
+from otel_tokens.config.settings import BLOCK_HOLD, AlertSettings, BudgetSettings, GuardRule, GuardSettings
 from otel_tokens.logs import logger
 from otel_tokens.quota import vocabulary as quota_scopes
 
 
 # --- field checkers: return the clean value or raise ValueError(reason) ----------------------------
-def _currency(value: Any) -> str:
+def currency_code(value: Any) -> str:
     if not (isinstance(value, str) and len(value) == 3 and value.isalpha()):
         raise ValueError("is not a 3-letter currency code (e.g. USD, CNY)")
     return value.upper()
 
 
-def _rates(value: Any) -> dict[str, float]:
+def exchange_rates(value: Any) -> dict[str, float]:
     if not isinstance(value, Mapping):
         raise ValueError("is not a mapping of currency code to rate")
     rates = {}
     for code, rate in value.items():
-        code = _currency(code)
+        code = currency_code(code)
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1e9:
             raise ValueError(f"has a rate for {code} that is not a positive number: {rate!r}")
         rates[code] = float(rate)
     return rates
 
 
-def _path(value: Any) -> Path:
+def file_path(value: Any) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError("is not a file path")
     return Path(value).expanduser()
 
 
-def _price_list(value: Any) -> tuple[Mapping[str, Any], ...]:
+def price_list(value: Any) -> tuple[Mapping[str, Any], ...]:
     if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
         raise ValueError("is not a list of price entries")
     return tuple(value)
 
 
-def _bool(value: Any) -> bool:
+def parse_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
@@ -54,18 +55,15 @@ def _bool(value: Any) -> bool:
     raise ValueError("is not true or false")
 
 
-parse_bool = _bool  # for config.py: a section refused whole still reads its fail_closed
-
-
 _CAPTURE_MODES = {"span_only": True, "span_and_event": True, "event_only": True, "no_content": False}
 
 
-def _capture(value: Any) -> bool:
+def capture_mode(value: Any) -> bool:
     """true/false, or the newer GenAI instrumentations' modes (any mode with content records it on the span)."""
     if isinstance(value, str) and value.strip().lower() in _CAPTURE_MODES:
         return _CAPTURE_MODES[value.strip().lower()]
     try:
-        return _bool(value)
+        return parse_bool(value)
     except ValueError:
         raise ValueError("is not true, false, SPAN_ONLY, SPAN_AND_EVENT, EVENT_ONLY or NO_CONTENT") from None
 
@@ -77,7 +75,7 @@ _NEAR = {"user": names.USER_ID, "user_id": names.USER_ID, "userid": names.USER_I
          "team": names.DEPARTMENT}
 
 
-def _dimensions(value: Any) -> tuple[str, ...]:
+def dimension_names(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -96,7 +94,7 @@ def _dimensions(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
-def _host_globs(value: Any) -> tuple[str, ...]:
+def host_globs(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
@@ -132,7 +130,7 @@ def trusted_proxies(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _trusted_headers(value: Any) -> dict[str, str]:
+def trusted_headers(value: Any) -> dict[str, str]:
     """{attribute: header}; a string reads `user.id=X-Forwarded-User,department=X-Forwarded-Groups`."""
     if isinstance(value, str):
         pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
@@ -158,7 +156,7 @@ def _trusted_headers(value: Any) -> dict[str, str]:
     return out
 
 
-def _unattributed(value: Any) -> str:
+def unattributed_policy(value: Any) -> str:
     if not isinstance(value, str) or value.strip().lower() not in quota_scopes.UNATTRIBUTED_POLICIES:
         raise ValueError(f"is not {_either(quota_scopes.UNATTRIBUTED_POLICIES)}")
     return value.strip().lower()
@@ -169,7 +167,7 @@ FAIL_SAFE = {"unattributed": (quota_scopes.REJECT, "refusing calls with no user 
              "trusted_proxies": (("none",), "no peer's trusted headers count until it is fixed")}
 
 
-def _positive_int(value: Any) -> int:
+def positive_int(value: Any) -> int:
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000_000:
@@ -177,7 +175,7 @@ def _positive_int(value: Any) -> int:
     return value
 
 
-def _seconds(value: Any) -> float:
+def duration_seconds(value: Any) -> float:
     if isinstance(value, str):
         try:
             value = float(value)
@@ -188,14 +186,14 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
-def _string_map(value: Any) -> dict[str, str]:
+def string_map(value: Any) -> dict[str, str]:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) and k and isinstance(v, str) and v
                                                  for k, v in value.items()):
         raise ValueError("is not a mapping of non-empty names to non-empty strings")
     return dict(value)
 
 
-def _name(value: Any) -> str:
+def plain_name(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("is not a non-empty name")
     return value.strip()
@@ -211,38 +209,39 @@ _GUARD_FIELDS = ("enabled", "source", "poll_interval", "fail_closed", "rules", "
 _STORE_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-def _store(value: Any) -> str:
+def store_url(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith(_STORE_SCHEMES):
         raise ValueError("is not a redis://, rediss:// or unix:// URL of the budget store")
     return value
 
 
-def _store_timeout(value: Any) -> float:
-    seconds = _seconds(value)
+def store_timeout_seconds(value: Any) -> float:
+    seconds = duration_seconds(value)
     if not 0 < seconds <= 1:
         raise ValueError("is not a timeout between 0 and 1 second (it is what a call may wait for the store)")
     return seconds
 
 
-def _reservation_ttl(value: Any) -> float:
-    seconds = _seconds(value)
+def reservation_ttl_seconds(value: Any) -> float:
+    seconds = duration_seconds(value)
     if not 10 <= seconds <= 3600:
         raise ValueError("is not between 10 and 3600 seconds (the longest call a reservation outlives)")
     return seconds
 
 
-def _reload_interval(value: Any) -> float:
-    seconds = _seconds(value)
+def reload_interval_seconds(value: Any) -> float:
+    seconds = duration_seconds(value)
     if seconds < 0.05:
         raise ValueError("is under 0.05 seconds (the file would be checked in a busy loop)")
     return seconds
 
 
-def _budget_fields(value: Mapping[str, Any]) -> dict[str, Any]:
+def budget_fields(value: Mapping[str, Any]) -> dict[str, Any]:
     """The budget-mode fields of `guard:`, checked; each error names its field."""
     checks: dict[str, Callable[[Any], Any]] = {
-        "quota_file": _path, "store": _store, "store_timeout": _store_timeout, "reservation_ttl": _reservation_ttl,
-        "default_max_output_tokens": _positive_int, "quota_reload_interval": _reload_interval}
+        "quota_file": file_path, "store": store_url, "store_timeout": store_timeout_seconds,
+        "reservation_ttl": reservation_ttl_seconds,
+        "default_max_output_tokens": positive_int, "quota_reload_interval": reload_interval_seconds}
     out = {}
     for key, check in checks.items():
         if value.get(key) is not None:
@@ -253,20 +252,21 @@ def _budget_fields(value: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _guard(value: Any) -> GuardSettings:
+def guard_section(value: Any) -> GuardSettings:
     if not isinstance(value, Mapping):
         raise ValueError(f"is not a mapping ({', '.join(_GUARD_FIELDS)})")
     unknown = set(value) - set(_GUARD_FIELDS)
     if unknown:
         raise ValueError(f"has an unknown field {sorted(map(str, unknown))[0]!r}")
-    budget = _budget_fields(value)
+    budget = budget_fields(value)
     rules = []
     for i, raw in enumerate(value.get("rules") or []):
         where = f"rules[{i}]"
-        if not isinstance(raw, Mapping) or set(raw) - {"quota", "action", "level", "downgrade"}:
-            raise ValueError(f"has {where} that is not a mapping of quota, action, level, downgrade")
-        if raw.get("quota") not in quota_scopes.BY_NAME:
-            raise ValueError(f"has {where}.quota {raw.get('quota')!r}, not {_either(quota_scopes.BY_NAME)}")
+        if not isinstance(raw, Mapping) or set(raw) - {"scope", "quota", "action", "level", "downgrade"}:
+            raise ValueError(f"has {where} that is not a mapping of scope, action, level, downgrade")
+        key = "quota" if "quota" in raw and "scope" not in raw else "scope"  # `quota:`, the old spelling
+        if raw.get(key) not in quota_scopes.BY_NAME:
+            raise ValueError(f"has {where}.{key} {raw.get(key)!r}, not {_either(quota_scopes.BY_NAME)}")
         if raw.get("action") not in quota_scopes.RULE_ACTIONS:
             raise ValueError(f"has {where}.action {raw.get('action')!r}, not {_either(quota_scopes.RULE_ACTIONS)}")
         if raw.get("level", quota_scopes.CRITICAL) not in quota_scopes.SEVERITY_RANK:
@@ -274,21 +274,21 @@ def _guard(value: Any) -> GuardSettings:
         downgrade = raw.get("downgrade") or {}
         if raw["action"] == quota_scopes.DOWNGRADE and (not isinstance(downgrade, Mapping) or not downgrade):
             raise ValueError(f"has {where}.downgrade that is not a mapping of model glob to cheaper model")
-        rules.append(GuardRule(raw["quota"], raw["action"], raw.get("level", quota_scopes.CRITICAL),
+        rules.append(GuardRule(raw[key], raw["action"], raw.get("level", quota_scopes.CRITICAL),
                                tuple((str(k), str(v)) for k, v in downgrade.items())))
     source = value.get("source")
-    enabled = _bool(value.get("enabled", source is not None or not budget))  # alert mode
+    enabled = parse_bool(value.get("enabled", source is not None or not budget))  # alert mode
     if enabled and (not isinstance(source, str) or not source.startswith(("http://", "https://"))):
         raise ValueError(f"has source {source!r}, not an http(s) URL of the guard state or Prometheus alerts")
-    token_file = _path(value["token_file"]) if value.get("token_file") is not None else None
-    return GuardSettings(enabled, source or "", _poll_interval(value.get("poll_interval", 2.0)),
-                         _bool(value.get("fail_closed", False)), tuple(rules), **budget, token_file=token_file,
-                         block_hold=_block_hold(value.get("block_hold", BLOCK_HOLD)))
+    token_file = file_path(value["token_file"]) if value.get("token_file") is not None else None
+    alert = AlertSettings(source if enabled else "", poll_interval_seconds(value.get("poll_interval", 2.0)),
+                          token_file=token_file, block_hold=block_hold_seconds(value.get("block_hold", BLOCK_HOLD)))
+    return GuardSettings(alert, BudgetSettings(**budget), parse_bool(value.get("fail_closed", False)), tuple(rules))
 
 
-def _seconds_in(field: str, value: Any, low: float, high: float, why: str = "") -> float:
+def seconds_in(field: str, value: Any, low: float, high: float, why: str = "") -> float:
     try:
-        seconds = _seconds(value)
+        seconds = duration_seconds(value)
     except ValueError:
         seconds = -1.0
     if not low <= seconds <= high:
@@ -296,36 +296,36 @@ def _seconds_in(field: str, value: Any, low: float, high: float, why: str = "") 
     return seconds
 
 
-def _block_hold(value: Any) -> float:
-    return _seconds_in("block_hold", value, 0, 86400, " (how long what the last good state blocked stays blocked "
+def block_hold_seconds(value: Any) -> float:
+    return seconds_in("block_hold", value, 0, 86400, " (how long what the last good state blocked stays blocked "
                        "while the state cannot be read)")
 
 
-def _poll_interval(value: Any) -> float:
-    return _seconds_in("poll_interval", value, 0.05, 3600)
+def poll_interval_seconds(value: Any) -> float:
+    return seconds_in("poll_interval", value, 0.05, 3600)
 
 
 FIELDS: dict[str, Callable[[Any], Any]] = {
-    "currency": _currency,
-    "exchange_rates": _rates,
-    "price_file": _path,
-    "prices": _price_list,
-    "builtin_prices": _bool,
-    "metric_dimensions": _dimensions,
-    "cardinality_limit": _positive_int,
-    "series_limit": _positive_int,
-    "price_reload_interval": _seconds,
-    "tokenizers": _string_map,
-    "allow_tokenizer_download": _bool,
-    "provider_name": _name,
-    "providers": _string_map,
-    "stream_include_usage": _bool,
-    "propagate": _bool,
-    "propagate_hosts": _host_globs,
-    "trust_baggage": _bool,
-    "trusted_headers": _trusted_headers,
+    "currency": currency_code,
+    "exchange_rates": exchange_rates,
+    "price_file": file_path,
+    "prices": price_list,
+    "builtin_prices": parse_bool,
+    "metric_dimensions": dimension_names,
+    "cardinality_limit": positive_int,
+    "series_limit": positive_int,
+    "price_reload_interval": duration_seconds,
+    "tokenizers": string_map,
+    "allow_tokenizer_download": parse_bool,
+    "provider_name": plain_name,
+    "providers": string_map,
+    "stream_include_usage": parse_bool,
+    "propagate": parse_bool,
+    "propagate_hosts": host_globs,
+    "trust_baggage": parse_bool,
+    "trusted_headers": trusted_headers,
     "trusted_proxies": trusted_proxies,
-    "unattributed": _unattributed,
-    "guard": _guard,
-    "capture_content": _capture,
+    "unattributed": unattributed_policy,
+    "guard": guard_section,
+    "capture_content": capture_mode,
 }

@@ -14,10 +14,10 @@ from typing import Any
 
 from otel_tokens import names
 from otel_tokens.config.errors import ConfigError
-from otel_tokens.config.fields import FAIL_SAFE, _path, _store, parse_bool
+from otel_tokens.config.fields import FAIL_SAFE, file_path, parse_bool, store_url
 from otel_tokens.config.fields import FIELDS as _FIELDS
 from otel_tokens.config.secrets import ENV_GUARD_TOKEN, ENV_GUARD_TOKEN_FILE, token_from
-from otel_tokens.config.settings import GuardSettings, Settings
+from otel_tokens.config.settings import AlertSettings, GuardSettings, Settings
 from otel_tokens.logs import logger
 
 ENV_CONFIG = "OTEL_TOKENS_CONFIG"
@@ -82,8 +82,8 @@ def _guard_refused(values: dict[str, Any], raw: Any, source: str) -> str:
     if not fail_closed:
         return "the guard section is off"
     alert_mode = isinstance(raw, Mapping) and raw.get("source") is not None
-    values["guard"] = GuardSettings(enabled=alert_mode, source=f"(the guard section of {source} is invalid)"
-                                    if alert_mode else "", fail_closed=True)
+    invalid = f"(the guard section of {source} is invalid)" if alert_mode else ""
+    values["guard"] = GuardSettings(AlertSettings(invalid), fail_closed=True)
     return ("the guard section is off but fail_closed holds: every call is refused until it is fixed"
             if alert_mode else "the guard section is off but fail_closed holds for budget mode")
 
@@ -130,6 +130,16 @@ def read_yaml(path: Path, what: str) -> Any:
                           ) from None
 
 
+def _relative_to(folder: Path, guard: GuardSettings) -> GuardSettings:
+    """The guard's files named relative to the config file, not the working directory."""
+    quota_file, token_file = guard.budget.quota_file, guard.alert.token_file
+    if quota_file is not None and not quota_file.is_absolute():
+        guard = replace(guard, budget=replace(guard.budget, quota_file=folder / quota_file))
+    if token_file is not None and not token_file.is_absolute():
+        guard = replace(guard, alert=replace(guard.alert, token_file=folder / token_file))
+    return guard
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from `OTEL_TOKENS_CONFIG` and the `OTEL_TOKENS_*` variables; never raises."""
     env = os.environ if environ is None else environ
@@ -162,10 +172,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 continue
             if key == "price_file" and not value.is_absolute():
                 value = config_file.parent / value  # relative to the config file, not the cwd
-            if key == "guard" and value.quota_file is not None and not value.quota_file.is_absolute():
-                value = replace(value, quota_file=config_file.parent / value.quota_file)
-            if key == "guard" and value.token_file is not None and not value.token_file.is_absolute():
-                value = replace(value, token_file=config_file.parent / value.token_file)
+            if key == "guard":
+                value = _relative_to(config_file.parent, value)
             values[key] = value
     for variable, key in _ENV_FIELDS.items():
         raw = env.get(variable)
@@ -176,16 +184,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         except ValueError as exc:
             _report(errors, ConfigError("environment", variable, raw, str(exc)), _fall_back(values, key))
     guard = values.get("guard", GuardSettings())
-    if guard.token_file is not None or env.get(ENV_GUARD_TOKEN) or env.get(ENV_GUARD_TOKEN_FILE):
+    alert = guard.alert
+    if alert.token_file is not None or env.get(ENV_GUARD_TOKEN) or env.get(ENV_GUARD_TOKEN_FILE):
         try:
-            values["guard"] = replace(guard, token=token_from(env, guard.token_file))
+            values["guard"] = replace(guard, alert=replace(alert, token=token_from(env, alert.token_file)))
         except ValueError as exc:
-            where = ("guard.token_file" if guard.token_file is not None else
+            where = ("guard.token_file" if alert.token_file is not None else
                      ENV_GUARD_TOKEN_FILE if env.get(ENV_GUARD_TOKEN_FILE) else ENV_GUARD_TOKEN)
-            _report(errors, ConfigError("config" if guard.token_file else "environment", where, "(secret)",
+            _report(errors, ConfigError("config" if alert.token_file else "environment", where, "(secret)",
                                         str(exc)), "the guard sends no token")
     budget = {}
-    for variable, key, check in ((ENV_QUOTA_FILE, "quota_file", _path), (ENV_BUDGET_STORE, "store", _store)):
+    for variable, key, check in ((ENV_QUOTA_FILE, "quota_file", file_path), (ENV_BUDGET_STORE, "store", store_url)):
         raw = env.get(variable)
         if raw:
             try:
@@ -193,5 +202,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             except ValueError as exc:
                 _report(errors, ConfigError("environment", variable, raw, str(exc)), "budget mode stays off")
     if budget:
-        values["guard"] = replace(values.get("guard", GuardSettings()), **budget)
+        guard = values.get("guard", GuardSettings())
+        values["guard"] = replace(guard, budget=replace(guard.budget, **budget))
     return Settings(**values, config_file=config_file, errors=tuple(errors))

@@ -17,26 +17,18 @@ BLOCK_HOLD = 3600.0  # seconds what the last good alert state blocked stays bloc
 
 @dataclass(frozen=True)
 class GuardRule:
-    quota: str  # a quota_scopes scope name: "user" (daily) | "department" (monthly)
+    scope: str  # a scope name (quota/vocabulary.py): "user" | "department"
     action: str  # one of quota_scopes.RULE_ACTIONS
     level: str = quota_scopes.CRITICAL  # act at critical only, or at warning too
     downgrade: tuple[tuple[str, str], ...] = ()  # (source model glob, cheaper model)
 
 
 @dataclass(frozen=True)
-class GuardSettings:
-    enabled: bool = False  # alert mode (`source` set)
-    source: str = ""  # http://guard:9095/state, or a Prometheus base URL ending in /api/v1/alerts
+class AlertSettings:
+    """Alert mode: the guard follows the ruler's alerts (or the guard endpoint's state) at `source`."""
+
+    source: str = ""  # http://guard:9095/state, or a Prometheus base URL ending in /api/v1/alerts; "": off
     poll_interval: float = 2.0
-    fail_closed: bool = False
-    rules: tuple[GuardRule, ...] = field(default_factory=tuple)
-    # budget mode (budget/): on when both the quota file and the store are set
-    quota_file: Path | None = None
-    store: str = ""  # redis://host:port/db, rediss://..., unix://...
-    store_timeout: float = 0.05  # seconds; the most a call waits for the store
-    reservation_ttl: float = 600.0  # a reservation never settled (process killed) is reclaimed after this
-    default_max_output_tokens: int = 4096  # reserved for a call that sets no output limit
-    quota_reload_interval: float = 1.0
     token: str = field(default="", repr=False)  # bearer token for the guard endpoint (OTEL_TOKENS_GUARD_TOKEN)
     token_file: Path | None = None  # where `token` is read from (guard.token_file, OTEL_TOKENS_GUARD_TOKEN_FILE)
     # seconds of failed polls during which the last state is still enforced (a restart, a held connection
@@ -47,8 +39,35 @@ class GuardSettings:
     block_hold: float = BLOCK_HOLD
 
     @property
-    def budget(self) -> bool:
+    def enabled(self) -> bool:
+        return bool(self.source)
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """Budget mode: every call reserves its worst case in a shared store; on when both the quota file
+    and the store are set (they may come from the file and the environment apart)."""
+
+    quota_file: Path | None = None
+    store: str = ""  # redis://host:port/db, rediss://..., unix://...
+    store_timeout: float = 0.05  # seconds; the most a call waits for the store
+    reservation_ttl: float = 600.0  # a reservation never settled (process killed) is reclaimed after this
+    default_max_output_tokens: int = 4096  # reserved for a call that sets no output limit
+    quota_reload_interval: float = 1.0
+
+    @property
+    def enabled(self) -> bool:
         return self.quota_file is not None and bool(self.store)
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """Quota enforcement (the `guard:` section): the two modes apart, and what both obey."""
+
+    alert: AlertSettings = field(default_factory=AlertSettings)
+    budget: BudgetSettings = field(default_factory=BudgetSettings)
+    fail_closed: bool = False
+    rules: tuple[GuardRule, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ The contract an integration module meets (the instrumentor relies on nothing els
 
 A wrapper reads the library's arguments and result, and goes through the recorder's lifecycle:
 
-    call = recorder.begin(operation, provider, model, kind, ..., estimate=lambda: ...)
-    with recorder.active(call):               # span current; an exception finishes the call
+    call = recorder.begin(operation, provider, model, span_kind, ..., estimate=lambda: ...)
+    with call:                                 # span current; an exception finishes the call
         result = wrapped(*args, **{**kwargs, "model": call.model})
     call.record.input_tokens, ... = ...       # what the result says (or a stream, when it ends)
     recorder.finish(call)                      # exactly once; later calls are ignored
@@ -26,5 +26,5 @@ only by a guard that must reserve a worst case. Outgoing HTTP headers come from
 A wrapper never touches a tracer, meter, span or context, never builds attribute dicts, and names
 neither the guard nor its decisions or errors: attribution, quota decisions, pricing, metrics and
 the span are the recorder's. It never lets its own exception reach the caller (log it with
-`safety.internal_error`), and lets the caller's exceptions pass unchanged.
+`logs.internal_error`), and lets the caller's exceptions pass unchanged.
 """

@@ -220,7 +220,7 @@ def _make_wrapper(operation: str, order: tuple[str, ...], is_async: bool) -> Any
 
     async def deferred(awaitable: Any, call: Call, request: _Request, recorder: Recorder) -> Any:
         """`completion(..., acompletion=True)`, `embedding(..., aembedding=True)`: the call runs when awaited."""
-        with recorder.active(call):
+        with call:
             result = await awaitable
         return done(result, call, request, recorder)
 
@@ -231,7 +231,7 @@ def _make_wrapper(operation: str, order: tuple[str, ...], is_async: bool) -> Any
                 return await wrapped(*args, **kwargs)
             assert recorder is not None
             call, request = begin(args, kwargs, recorder)
-            with recorder.active(call):
+            with call:
                 try:
                     result, retry = await wrapped(*request.args, **request.kwargs), False
                 except Exception as error:
@@ -250,7 +250,7 @@ def _make_wrapper(operation: str, order: tuple[str, ...], is_async: bool) -> Any
             return wrapped(*args, **kwargs)
         assert recorder is not None
         call, request = begin(args, kwargs, recorder)
-        with recorder.active(call):
+        with call:
             try:
                 result, retry = wrapped(*request.args, **request.kwargs), False
             except Exception as error:

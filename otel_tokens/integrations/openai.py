@@ -146,7 +146,7 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
             if recorder is None or not is_instrumentation_enabled():
                 return await wrapped(*args, **kwargs)
             call, kwargs = begin(instance, kwargs, recorder)
-            with recorder.active(call):
+            with call:
                 call_kwargs, hide = prepare(call, kwargs, recorder)
                 try:
                     result, refused = await wrapped(*args, **call_kwargs), False
@@ -167,7 +167,7 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
         if recorder is None or not is_instrumentation_enabled():
             return wrapped(*args, **kwargs)
         call, kwargs = begin(instance, kwargs, recorder)
-        with recorder.active(call):
+        with call:
             call_kwargs, hide = prepare(call, kwargs, recorder)
             try:
                 result, refused = wrapped(*args, **call_kwargs), False

@@ -102,7 +102,7 @@ def _generate(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         call_kwargs = {**kwargs, "streamer": _StreamerTap(streamer, call)}
     nested = _in_generate.set(True)
     try:
-        with recorder.active(call):
+        with call:
             result = wrapped(*args, **call_kwargs)
     finally:
         _in_generate.reset(nested)

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from otel_tokens.quota.alert.auth import authorized
-from otel_tokens.quota.alert.state import GuardState, PayloadError, parse_webhook
+from otel_tokens.quota.alert.state import AlertState, PayloadError, parse_webhook
 
 MAX_BODY = 1 << 20  # bytes of a webhook body; Alertmanager's largest groups are far smaller
 MAX_HEADERS = 16 << 10
@@ -46,7 +46,7 @@ def loopback(host: str) -> bool:
 class GuardApp:
     """The WSGI application: three paths, nothing else."""
 
-    def __init__(self, state: GuardState, token: str = "", max_entries: int = MAX_ENTRIES,
+    def __init__(self, state: AlertState, token: str = "", max_entries: int = MAX_ENTRIES,
                  on_webhook: Callable[[], None] | None = None) -> None:
         self.state, self.token, self.max_entries = state, token, max_entries
         self.on_webhook = on_webhook  # Alertmanager said something changed: read the rulers soon
@@ -140,10 +140,10 @@ def _send(start_response: StartResponse, status: int, data: bytes,
     return [data]
 
 
-class GuardServer:
+class AlertEndpoint:
     """The endpoint on host:port (0: a free port), served in the calling thread by `serve_forever`."""
 
-    def __init__(self, host: str, port: int, state: GuardState | None = None, token: str = "",
+    def __init__(self, host: str, port: int, state: AlertState | None = None, token: str = "",
                  max_entries: int = MAX_ENTRIES, threads: int = 4, on_webhook: Callable[[], None] | None = None
                  ) -> None:
         from waitress.server import create_server
@@ -151,7 +151,7 @@ class GuardServer:
         if not token and not loopback(host):
             raise ValueError(f"refusing to listen on {host} without a token: set OTEL_TOKENS_GUARD_TOKEN(_FILE) "
                              "or --token-file, or listen on 127.0.0.1")
-        self.state = state or GuardState()
+        self.state = state or AlertState()
         self.app = GuardApp(self.state, token, max_entries, on_webhook)
         self._server = create_server(
             self.app, host=host, port=port, threads=threads, connection_limit=CONNECTION_LIMIT,
@@ -237,7 +237,7 @@ def _limit_slow_peers(server: Any) -> None:
     server.maintenance = maintenance
 
 
-def serve(host: str, port: int, state: GuardState | None = None, token: str = "",
-          max_entries: int = MAX_ENTRIES, on_webhook: Callable[[], None] | None = None) -> GuardServer:
+def serve(host: str, port: int, state: AlertState | None = None, token: str = "",
+          max_entries: int = MAX_ENTRIES, on_webhook: Callable[[], None] | None = None) -> AlertEndpoint:
     """The guard endpoint: POST /alertmanager (webhook), GET /state, GET /-/ready."""
-    return GuardServer(host, port, state, token, max_entries, on_webhook=on_webhook)
+    return AlertEndpoint(host, port, state, token, max_entries, on_webhook=on_webhook)

@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 from otel_tokens.config.settings import BLOCK_HOLD
 from otel_tokens.quota.alert.ruler import Rulers
-from otel_tokens.quota.alert.state import GuardState
+from otel_tokens.quota.alert.state import AlertState
 
 MIN_GAP = 1.0  # seconds between two reads however often the webhook prompts: a flood of posts is one read
 
 
-def sync(state: GuardState, rulers: Rulers, hold: float = BLOCK_HOLD) -> list[str]:
+def sync(state: AlertState, rulers: Rulers, hold: float = BLOCK_HOLD) -> list[str]:
     """One read of the rulers into `state`; raises when no ruler answers. Returns why blocks were held
     (empty when the answer was applied as it is)."""
     answer = rulers.read(held=state.firing())
@@ -27,7 +27,7 @@ def sync(state: GuardState, rulers: Rulers, hold: float = BLOCK_HOLD) -> list[st
 class Resync(threading.Thread):
     """Reads the rulers every `interval` seconds and when prompted; failures are reported once per outage."""
 
-    def __init__(self, state: GuardState, rulers: Rulers, interval: float, hold: float = BLOCK_HOLD,
+    def __init__(self, state: AlertState, rulers: Rulers, interval: float, hold: float = BLOCK_HOLD,
                  on_synced: Callable[[], None] | None = None) -> None:
         super().__init__(name="otel-tokens-guard-resync", daemon=True)
         self.state, self.rulers, self.interval, self.hold, self.on_synced = state, rulers, interval, hold, on_synced

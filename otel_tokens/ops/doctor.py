@@ -55,39 +55,40 @@ def _guard_lines(settings: Settings, recorder: Recorder | None, warnings: list[s
     guard = settings.guard
     lines = ["Quota guard"]
     lines.append(f"  alert mode (the rule engine's alert state)         "
-                 f"{redacted(guard.source) if guard.enabled else 'off'}")
-    if guard.enabled and "/api/v1/alerts" in guard.source:
-        credentials = ("in the URL" if "@" in guard.source else f"from {ENV_USER}" if os.environ.get(ENV_USER)
+                 f"{redacted(guard.alert.source) if guard.alert.enabled else 'off'}")
+    if guard.alert.enabled and "/api/v1/alerts" in guard.alert.source:
+        credentials = ("in the URL" if "@" in guard.alert.source else f"from {ENV_USER}" if os.environ.get(ENV_USER)
                        else "none")
         lines.append(f"  ruler credentials                                  {credentials}")
-    if guard.enabled and "/api/v1/alerts" not in guard.source:
+    if guard.alert.enabled and "/api/v1/alerts" not in guard.alert.source:
         lines.append(f"  guard endpoint token                               "
-                     f"{'set' if guard.token else 'NONE (a guard endpoint with a token answers 401)'}")
-    if not guard.budget:
+                     f"{'set' if guard.alert.token else 'NONE (a guard endpoint with a token answers 401)'}")
+    if not guard.budget.enabled:
         lines += [f"  budget mode (hard quotas)                          off (set {ENV_QUOTA_FILE} and "
                   f"{ENV_BUDGET_STORE})", ""]
         return lines
-    budget = recorder.budget if recorder is not None else None
-    store = budget.store if budget is not None else RedisBudgetStore(guard.store, max(guard.store_timeout, 0.5))
+    budget = recorder.enforcement.budget if recorder is not None else None
+    limits = guard.budget
+    store = budget.store if budget is not None else RedisBudgetStore(limits.store, max(limits.store_timeout, 0.5))
     try:
         quotas = budget.quotas if budget is not None and budget.quotas is not None else load_quotas(
-            guard.quota_file)  # type: ignore[arg-type]
-        file_state = f"{guard.quota_file} (warning ratio {quotas.warning_ratio:g})"
+            guard.budget.quota_file)  # type: ignore[arg-type]
+        file_state = f"{guard.budget.quota_file} (warning ratio {quotas.warning_ratio:g})"
     except ConfigError as error:
-        file_state = f"{guard.quota_file}: INVALID"
+        file_state = f"{guard.budget.quota_file}: INVALID"
         warnings.append(f"budget mode: {error}")
     reachable = store.ping()
     if not reachable:
-        warnings.append(f"budget mode: the store {redact(guard.store)} does not answer; calls "
+        warnings.append(f"budget mode: the store {redact(guard.budget.store)} does not answer; calls "
                         f"{'are refused' if guard.fail_closed else 'go through unchecked'} (fail "
                         f"{'closed' if guard.fail_closed else 'open'})")
     lines.append(f"  budget mode (hard quotas)                          on, {len(guard.rules) or 'no'} rules"
                  f"{'' if guard.rules else ' (reject at 100 %)'}")
     lines.append(f"  quota file                                         {file_state}")
-    lines.append(f"  store                                              {redact(guard.store)} "
+    lines.append(f"  store                                              {redact(guard.budget.store)} "
                  f"({'answers' if reachable else 'DOES NOT ANSWER'}{', cluster' if store.cluster else ''})")
-    lines.append(f"  store timeout / reservation ttl / default output   {guard.store_timeout * 1000:g} ms / "
-                 f"{guard.reservation_ttl:g} s / {guard.default_max_output_tokens} tokens")
+    lines.append(f"  store timeout / reservation ttl / default output   {guard.budget.store_timeout * 1000:g} ms / "
+                 f"{guard.budget.reservation_ttl:g} s / {guard.budget.default_max_output_tokens} tokens")
     lines.append("")
     return lines
 

@@ -10,21 +10,27 @@ from otel_tokens.quota import vocabulary as quota_scopes
 
 
 class QuotaExceededError(Exception):
-    """An instrumented call refused because its user or department is over quota (HTTP 429).
-    In budget mode `reserved` is what this call would have taken: usage + reserved > limit."""
+    """An instrumented call refused because its user or department is over quota (HTTP 429): `scope` (user,
+    department), `principal`, `window` (24h, month), `kind` (tokens, cost). In budget mode `reserved` is what
+    this call would have taken: usage + reserved > limit."""
 
     http_status = 429
 
-    def __init__(self, kind: str, principal: str, window: str, quota: str, usage: str | None, limit: str | None,
+    def __init__(self, scope: str, principal: str, window: str, kind: str, usage: str | None, limit: str | None,
                  severity: str, reserved: str | None = None) -> None:
-        self.kind, self.principal, self.window, self.quota = kind, principal, window, quota
+        self.scope, self.principal, self.window, self.kind = scope, principal, window, kind
         self.usage, self.limit, self.severity, self.reserved = usage, limit, severity, reserved
         if reserved is not None:
-            super().__init__(f"{kind} {principal!r} would go over the {window} {quota} quota: {usage} used, "
+            super().__init__(f"{scope} {principal!r} would go over the {window} {kind} quota: {usage} used, "
                              f"{reserved} reserved for this call, limit {limit}")
             return
         detail = f" ({usage} of {limit})" if usage and limit else ""
-        super().__init__(f"{kind} {principal!r} is over the {window} {quota} quota{detail}")
+        super().__init__(f"{scope} {principal!r} is over the {window} {kind} quota{detail}")
+
+    @property
+    def quota(self) -> str:
+        """The kind (tokens, cost) under its old name, as the alerts' `quota` label spells it."""
+        return self.kind
 
 
 class QuotaStateUnavailableError(QuotaExceededError):
@@ -32,7 +38,7 @@ class QuotaStateUnavailableError(QuotaExceededError):
 
     def __init__(self, source: str) -> None:
         Exception.__init__(self, f"quota state unavailable from {source} and the guard fails closed")
-        self.kind, self.principal, self.window, self.quota = "unknown", "", "", ""
+        self.scope, self.principal, self.window, self.kind = "unknown", "", "", ""
         self.usage = self.limit = self.reserved = None
         self.severity = "critical"
 
@@ -43,24 +49,36 @@ class UnattributedCallError(QuotaExceededError):
     def __init__(self) -> None:
         Exception.__init__(self, "call refused: no user is attributed to it and `unattributed: reject` is set "
                                  "(wrap it in usage_context(user_id=...) or map a trusted request header)")
-        self.kind, self.principal, self.window, self.quota = "user", "", "", quota_scopes.UNATTRIBUTED_CALLS
+        self.scope, self.principal, self.window, self.kind = quota_scopes.UNATTRIBUTED_CALLS, "", "", ""
         self.usage = self.limit = self.reserved = None
         self.severity = "critical"
 
 
 @dataclass(frozen=True)
 class Decision:
+    """What the guard does with one call other than let it through. `scope` is the scope that decided
+    (user, department, or `unattributed`), empty when the guard could not decide (fail_open/fail_closed)."""
+
     action: str  # one of quota_scopes.ACTIONS
-    kind: str = ""
+    scope: str = ""
     principal: str = ""
     entry: Mapping[str, Any] = field(default_factory=dict)
     model: str | None = None  # the model to call instead, for downgrade
+
+    @property
+    def window(self) -> str:
+        """The window whose limit decided: the alert's or the refusal's, else the scope's own."""
+        window = self.entry.get("window")
+        if isinstance(window, str) and window:
+            return window
+        scope = quota_scopes.BY_NAME.get(self.scope)
+        return scope.window if scope is not None else ""
 
     def error(self) -> QuotaExceededError:
         e = self.entry
         if self.action == quota_scopes.FAIL_CLOSED:
             return QuotaStateUnavailableError(str(e.get("source", "")))
-        if self.kind == quota_scopes.UNATTRIBUTED_CALLS:
+        if self.scope == quota_scopes.UNATTRIBUTED_CALLS:
             return UnattributedCallError()
-        return QuotaExceededError(self.kind, self.principal, str(e.get("window", "")), str(e.get("quota", "")),
+        return QuotaExceededError(self.scope, self.principal, self.window, str(e.get("quota", "")),
                                   e.get("usage"), e.get("limit"), str(e.get("severity", "")), e.get("reserved"))

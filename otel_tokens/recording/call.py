@@ -138,7 +138,7 @@ class Call:
     def elapsed(self) -> float:
         return time.perf_counter() - self._start
 
-    # `with recorder.active(call):` — the span is current inside; an exception leaving the block
+    # `with call:` — the span is current inside; an exception leaving the block
     # finishes the call with it (a result that is consumed later finishes when it is consumed).
     def __enter__(self) -> Call:
         if self.span is not INVALID_SPAN:

@@ -2,7 +2,7 @@
 and metric points.
 
 An integration calls `begin()` (attribution, the guard's decision, the span), runs the library call
-inside `with recorder.active(call):` and calls `finish()` once the result is consumed; the recorder
+inside `with call:` and calls `finish()` once the result is consumed; the recorder
 does everything else. Modelled on opentelemetry-util-genai's start_inference / stop / fail.
 """
 
@@ -23,11 +23,9 @@ from otel_tokens.config.settings import DEFAULT_SERIES_LIMIT, Settings
 from otel_tokens.logs import internal_error
 from otel_tokens.pricing import Cost, PriceBook
 from otel_tokens.quota import vocabulary as quota_scopes
-from otel_tokens.quota.alert.mode import Guard
-from otel_tokens.quota.budget.mode import BudgetGuard, Held
-from otel_tokens.quota.decision import Decision
+from otel_tokens.quota.enforcement import Enforcement
 from otel_tokens.recording.accounting import Accounting
-from otel_tokens.recording.call import Call, CallRecord, UsageEstimate, _worst_case, covered
+from otel_tokens.recording.call import Call, CallRecord, UsageEstimate, covered
 from otel_tokens.tokens.counting import TokenCounter
 
 _EMPTY: Mapping[str, str] = {}
@@ -50,16 +48,11 @@ class Recorder:
         self.tokens = TokenCounter(settings.tokenizers, settings.allow_tokenizer_download)
         self.accounting = Accounting(meter, settings.metric_dimensions, settings.cardinality_limit,
                                      settings.series_limit or DEFAULT_SERIES_LIMIT, settings.currency)
-        self.guard = Guard(settings.guard)  # alert mode
-        self.budget = BudgetGuard(settings.guard, self.prices) if settings.guard.budget else None
+        self.enforcement = Enforcement(settings, self.prices, meter)
         self._propagation = HeaderPropagation(settings.propagate_hosts)
-        self._reject_unattributed = settings.unattributed == quota_scopes.REJECT
-        self._decisions = meter.create_counter(
-            names.METRIC_GUARD_DECISIONS, unit=names.UNIT_DECISION,
-            description="Quota guard decisions other than allow: reject, downgrade, fail_open, fail_closed.")
 
     # --- the call lifecycle ------------------------------------------------------------------------
-    def begin(self, operation: str, provider: str, model: str, kind: SpanKind = SpanKind.CLIENT, *,
+    def begin(self, operation: str, provider: str, model: str, span_kind: SpanKind = SpanKind.CLIENT, *,
               server_address: str | None = None, server_port: int | None = None, streaming: bool = False,
               downgradable: bool = True, estimate: Callable[[], UsageEstimate | None] | None = None,
               covers_inner: bool = False) -> Call:
@@ -73,29 +66,19 @@ class Recorder:
         is inert: the library call goes ahead, unrecorded."""
         if covered():
             return Call(self, CallRecord(operation, provider, model), INVALID_SPAN, _EMPTY, finished=True)
-        refusal, held = None, None
+        admission = None
         try:
             claimed = current_attribution()
             attribution = with_principals(claimed)
-            decision = None
-            if self._reject_unattributed and names.USER_ID not in claimed:
-                decision = Decision(quota_scopes.REJECT, quota_scopes.UNATTRIBUTED_CALLS)
-                self._count(decision)
-            elif self.guard.settings.enabled:
-                decision = self._decide(model if downgradable else None, attribution)
-            request_model = model
-            if decision is not None and decision.model is not None:
-                request_model = decision.model
-            if self.budget is not None and (decision is None or decision.action not in quota_scopes.REFUSALS):
-                estimate = _worst_case(estimate)  # once: the call keeps the value, not the function
-                decision, held = self._reserve(provider, request_model, attribution, estimate, downgradable,
-                                               decision)
-                if decision is not None and decision.model is not None:
-                    request_model = decision.model
-            if decision is not None and decision.action in quota_scopes.REFUSALS:
-                refusal = decision.error()
-            call = self._start(operation, provider, request_model, kind, server_address, server_port, streaming,
-                               attribution, estimate)
+            enforcement = self.enforcement
+            request_model, decision, held = model, None, None
+            if not enforcement.idle:
+                admission = enforcement.admit(provider, model, attribution, names.USER_ID in claimed, estimate,
+                                              downgradable)
+                request_model, decision, held, estimate = (admission.model, admission.decision, admission.held,
+                                                           admission.estimate)  # type: ignore[assignment]
+            call = self._start(operation, provider, request_model, span_kind, server_address, server_port,
+                               streaming, attribution, estimate)
             call.held = held
             call.covers_inner = covers_inner
             if decision is not None:
@@ -104,17 +87,13 @@ class Recorder:
                     call.record.original_model = model
         except Exception:
             internal_error("call start")
-            if held is not None and self.budget is not None:
-                self.budget.settle(held, 0, None)
+            if admission is not None and admission.held is not None:
+                self.enforcement.release(admission.held)
             return Call(self, CallRecord(operation, provider, model), INVALID_SPAN, _EMPTY, finished=True)
+        refusal = admission.refusal if admission is not None else None
         if refusal is not None:
             self.finish(call, error=refusal)
             raise refusal
-        return call
-
-    def active(self, call: Call) -> Call:
-        """`with recorder.active(call):` around the library call: the span is current inside (children
-        and propagation see it); an exception leaving the block finishes the call with it."""
         return call
 
     def outgoing_headers(self, call: Call) -> dict[str, str]:
@@ -146,12 +125,9 @@ class Recorder:
                                 refused=record.quota_action in quota_scopes.REFUSALS)
         except Exception:
             internal_error("metrics")
-        if call.held is not None and self.budget is not None:
-            try:
-                self.budget.settle(call.held, (record.input_tokens or 0) + (record.output_tokens or 0),
-                                   cost.total if cost is not None else None, at_least_reserved=record.unfinished)
-            except Exception:
-                internal_error("budget settle")
+        if call.held is not None:
+            self.enforcement.settle(call.held, (record.input_tokens or 0) + (record.output_tokens or 0), cost,
+                                    record.unfinished)
         span = call.span
         try:
             if span.is_recording():
@@ -168,29 +144,7 @@ class Recorder:
             internal_error("span")
 
     # --- inside the lifecycle --------------------------------------------------------------------
-    def _decide(self, model: str | None, attribution: Mapping[str, str]) -> Decision | None:
-        """Alert mode's decision (None: allowed); counted when not None."""
-        decision = self.guard.decide(model, attribution)
-        self._count(decision)
-        return decision
-
-    def _reserve(self, provider: str, model: str, attribution: Mapping[str, str], worst: UsageEstimate | None,
-                 downgradable: bool, earlier: Decision | None) -> tuple[Decision | None, Held | None]:
-        """Budget mode: the call's worst case reserved (or its refusal); counted when not None."""
-        assert self.budget is not None
-        decision, held = self.budget.reserve(provider, model, attribution, worst, downgradable)
-        self._count(decision)
-        return (decision or earlier), held
-
-    def _count(self, decision: Decision | None) -> None:
-        if decision is not None:
-            try:
-                self._decisions.add(1, {names.GUARD_DECISION: decision.action,
-                                        names.GUARD_QUOTA: decision.kind or "none"})
-            except Exception:
-                internal_error("guard decision counter")
-
-    def _start(self, operation: str, provider: str, request_model: str, kind: SpanKind,
+    def _start(self, operation: str, provider: str, request_model: str, span_kind: SpanKind,
                server_address: str | None, server_port: int | None, streaming: bool,
                attribution: Mapping[str, str], estimate: Callable[[], UsageEstimate | None] | UsageEstimate | None
                ) -> Call:
@@ -207,16 +161,13 @@ class Recorder:
             attributes[names.SERVER_PORT] = server_port
         if attribution:
             attributes.update(attribution)
-        span = self._tracer.start_span(f"{operation} {request_model}", kind=kind, attributes=attributes)
+        span = self._tracer.start_span(f"{operation} {request_model}", kind=span_kind, attributes=attributes)
         return Call(self, record, span, attribution, estimate)
 
     def _cost(self, record: CallRecord) -> Cost | None:
-        model = record.response_model or record.request_model
-        prices = self.prices
-        if record.response_model and prices.lookup(record.provider, model) is None:
-            model = record.request_model  # a dated snapshot may lack a price its alias has
-        return prices.cost(record.provider, model, record.input_tokens, record.output_tokens,
-                           record.cache_read_input_tokens)
+        return self.prices.cost_of(record.provider, record.response_model or record.request_model,
+                                   record.input_tokens, record.output_tokens, record.cache_read_input_tokens,
+                                   asked=record.request_model)
 
     def stats(self) -> RecorderStats:
         """What this process has recorded so far, for `doctor` and health checks."""
@@ -226,15 +177,10 @@ class Recorder:
                              accounting.series_folded_calls, tuple(sorted(self.prices.unpriced)))
 
     def start(self) -> None:
-        """The guards' background work: alert mode's polling, budget mode's settlements and reloads."""
-        self.guard.start()
-        if self.budget is not None:
-            self.budget.start()
+        self.enforcement.start()
 
     def close(self) -> None:
-        self.guard.stop()
-        if self.budget is not None:
-            self.budget.close()
+        self.enforcement.close()
         self.accounting.close()
 
 

@@ -162,13 +162,13 @@ def resolve(headers: Mapping[str, str] | None, identify: Identify | None, who: s
                              "header set by your authenticating proxy), or set OTEL_TOKENS_TRUSTED_HEADERS")
     if not headers:
         return None
-    from otel_tokens.config.fields import _trusted_headers, trusted_proxies
+    from otel_tokens.config.fields import trusted_headers, trusted_proxies
 
     if proxies is None:
         proxies = settings.trusted_proxies if settings is not None else ()
     elif proxies:
         proxies = trusted_proxies(list(proxies))
-    return checked(TrustedHeaders(_trusted_headers(dict(headers)), proxies or ()))
+    return checked(TrustedHeaders(trusted_headers(dict(headers)), proxies or ()))
 
 
 def checked(trusted: TrustedHeaders) -> TrustedHeaders:

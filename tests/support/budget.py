@@ -12,7 +12,7 @@ import openai
 import yaml
 
 from otel_tokens import TokenUsageInstrumentor, usage_context
-from otel_tokens.config.settings import GuardRule, GuardSettings, Settings
+from otel_tokens.config.settings import BudgetSettings, GuardRule, GuardSettings, Settings
 from otel_tokens.quota.budget.store import NANO
 from otel_tokens.quota.vocabulary import DEPARTMENT, USER
 from otel_tokens.recording.recorder import Recorder
@@ -49,7 +49,7 @@ class BudgetApp:
 
     def held(self, user: str, scope: Any = USER) -> tuple[int, float, int]:
         """(tokens, cost, reservations in flight) in the store, after the queued settlements ran."""
-        budget = self.recorder.budget
+        budget = self.recorder.enforcement.budget
         assert budget is not None
         budget.flush()
         tokens, cost, flight = budget.store.read(scope, user)
@@ -67,19 +67,20 @@ class BudgetApp:
         return sum(p.value for p in self.tel.metrics().get(names.METRIC_LLM_COST, [])
                    if p.attributes.get("user.id") == user)
 
-    def decisions(self) -> dict[tuple[str, str], int]:
+    def decisions(self, window: bool = False) -> dict[tuple[str, ...], int]:
+        """(decision, scope) -> count; with `window`, (decision, scope, window)."""
         from otel_tokens import names
 
-        return {(p.attributes[names.GUARD_DECISION], p.attributes[names.GUARD_QUOTA]): p.value
+        keys = (names.GUARD_DECISION, names.GUARD_SCOPE) + ((names.GUARD_WINDOW,) if window else ())
+        return {tuple(p.attributes[k] for k in keys): p.value
                 for p in self.tel.metrics().get(names.METRIC_GUARD_DECISIONS, [])}
 
 
 def budget_app(quota_file: Path, store: str, rules: tuple[GuardRule, ...] = (), fail_closed: bool = False,
                server: dict[str, Any] | None = None, **guard: Any) -> Iterator[BudgetApp]:
     tel, tracer_provider, meter_provider = make_telemetry()
-    settings = Settings(prices=PRICES, guard=GuardSettings(
-        rules=rules, fail_closed=fail_closed, quota_file=quota_file, store=store,
-        **{"quota_reload_interval": 0.05, **guard}))
+    limits = BudgetSettings(quota_file=quota_file, store=store, **{"quota_reload_interval": 0.05, **guard})
+    settings = Settings(prices=PRICES, guard=GuardSettings(budget=limits, rules=rules, fail_closed=fail_closed))
     instrumentor = TokenUsageInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=settings)
     try:

@@ -26,7 +26,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 from otel_tokens import TokenUsageInstrumentor, usage_context
-from otel_tokens.config.settings import GuardSettings, Settings
+from otel_tokens.config.settings import AlertSettings, GuardSettings, Settings
 from tests.support import tiny_models as tm
 from tests.support.openai_server import OpenAIServer
 from tests.support.tiny_models import forcing
@@ -105,8 +105,8 @@ def main() -> None:
                                         settings=Settings(builtin_prices=False, prices=PRICES,
                                                           # an unreachable quota state: every call is a
                                                           # fail_open guard decision, for that panel
-                                                          guard=GuardSettings(True, "http://127.0.0.1:9/state",
-                                                                              60.0, False, ())))
+                                                          guard=GuardSettings(AlertSettings("http://127.0.0.1:9/state",
+                                                                                            60.0))))
     start_http_server(port, addr="127.0.0.1")
     models = [tm.gpt2(), tm.llama()]
     with OpenAIServer(usage_mode="never") as server:

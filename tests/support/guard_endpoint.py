@@ -9,7 +9,7 @@ from otel_tokens.config.settings import BLOCK_HOLD
 from otel_tokens.ops.alert_endpoint import serve
 from otel_tokens.ops.alert_resync import Resync
 from otel_tokens.quota.alert.ruler import Rulers
-from otel_tokens.quota.alert.state import GuardState
+from otel_tokens.quota.alert.state import AlertState
 
 
 class GuardEndpoint:
@@ -24,7 +24,7 @@ class GuardEndpoint:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     @property
-    def state(self) -> GuardState:
+    def state(self) -> AlertState:
         return self.server.state
 
     def follow(self, rulers: list[str], interval: float = 1.0, hold: float = BLOCK_HOLD) -> None:

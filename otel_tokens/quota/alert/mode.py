@@ -1,7 +1,7 @@
 """Quota enforcement driven by the alerting stack, so alerts and enforcement share one source of truth.
 
 The `otel-tokens guard` endpoint (ops/alert_endpoint.py) follows the rule engines' own alert state and
-answers which principals are over which quota (GET /state). In the app, a `Guard` polls that state (or
+answers which principals are over which quota (GET /state). In the app, an `AlertMode` polls that state (or
 a ruler's `/api/v1/alerts` directly, ruler.py) in a background thread; before an instrumented call it
 does one dictionary lookup: `reject` raises QuotaExceededError (map it to HTTP 429), `downgrade`
 rewrites the model. When the state source cannot be reached the last state is enforced for
@@ -25,20 +25,21 @@ from otel_tokens.logs import log_once, logger
 from otel_tokens.prometheus_api import get_json
 from otel_tokens.quota import vocabulary as quota_scopes
 from otel_tokens.quota.alert.ruler import ALERTS_PATH, Rulers
-from otel_tokens.quota.alert.state import GuardState
+from otel_tokens.quota.alert.state import AlertState
 from otel_tokens.quota.decision import Decision
 
 _SEVERITY = quota_scopes.SEVERITY_RANK
 
 
 # --- in the app: a cached copy and a dictionary lookup per call ------------------------------------
-class Guard:
+class AlertMode:
     def __init__(self, settings: GuardSettings, on_decision: Any = None) -> None:
         self.settings = settings
+        self.alert = settings.alert
         self._users: dict[str, dict[str, Any]] = {}
         self._departments: dict[str, dict[str, Any]] = {}
         self._tag = ""  # the version of the state we hold, as the guard endpoint names it
-        self._stale_after = settings.stale_grace + settings.poll_interval + 2 * 5.0 + 1.0
+        self._stale_after = self.alert.stale_grace + self.alert.poll_interval + 2 * 5.0 + 1.0
         self.healthy = False  # until the first state arrives
         self.last_update = 0.0
         self._on_decision = on_decision
@@ -47,13 +48,13 @@ class Guard:
         self._lock = threading.Lock()
         # a ruler's /api/v1/alerts read directly: its answers merged into a state of our own, so a ruler
         # restart lifts no block (ruler.py)
-        self._rulers = Rulers(settings.source) if settings.enabled and ALERTS_PATH in settings.source else None
-        self._ruler_state = GuardState()
+        self._rulers = Rulers(self.alert.source) if self.alert.enabled and ALERTS_PATH in self.alert.source else None
+        self._ruler_state = AlertState()
 
     def start(self) -> None:
         """Polls in a background thread, the first time at once: start-up never waits on the state
         source. Until the first state arrives the guard acts as with the source down (fail open or closed)."""
-        if not self.settings.enabled or self._thread is not None:
+        if not self.alert.enabled or self._thread is not None:
             return
         self._thread = threading.Thread(target=self._loop, name="otel-tokens-guard", daemon=True)
         self._thread.start()
@@ -63,28 +64,28 @@ class Guard:
 
     def _loop(self) -> None:
         self.refresh()
-        while not self._stop.wait(self.settings.poll_interval):
+        while not self._stop.wait(self.alert.poll_interval):
             self.refresh()
 
     def _read(self) -> tuple[int, Any]:
         if self._rulers is not None:
             answer = self._rulers.read(held=self._ruler_state.firing())
-            self._ruler_state.follow(answer.firing, answer.may_lift, self.settings.block_hold)
+            self._ruler_state.follow(answer.firing, answer.may_lift, self.alert.block_hold)
             if answer.held_because:
-                log_once(f"guard-held:{self.settings.source}", "otel-tokens: keeping the blocks the rule "
+                log_once(f"guard-held:{self.alert.source}", "otel-tokens: keeping the blocks the rule "
                          "engine's answer left out: %s", "; ".join(answer.held_because))
             return 200, self._ruler_state.snapshot()
-        source = self.settings.source
-        headers = {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
+        source = self.alert.source
+        headers = {"Authorization": f"Bearer {self.alert.token}"} if self.alert.token else {}
         url = source
         if self._tag:  # the guard endpoint: only what changed since our version
             url += ("&" if "?" in source else "?") + urllib.parse.urlencode({"since": self._tag})
             headers["If-None-Match"] = f'"{self._tag}"'
-        status, body, _ = get_json(url, timeout=min(5.0, max(1.0, self.settings.poll_interval)), headers=headers)
+        status, body, _ = get_json(url, timeout=min(5.0, max(1.0, self.alert.poll_interval)), headers=headers)
         return status, body
 
     def refresh(self) -> None:
-        source = self.settings.source
+        source = self.alert.source
         try:
             status, body = self._read()
             if status == 200:
@@ -95,9 +96,9 @@ class Guard:
             self.last_update = time.monotonic()
         except Exception as error:
             self._tag = ""  # the next answer must be whole
-            if self.last_update and time.monotonic() - self.last_update < self.settings.stale_grace:
+            if self.last_update and time.monotonic() - self.last_update < self.alert.stale_grace:
                 log_once(f"guard-stale:{source}", "otel-tokens: cannot read the quota state from %s (%s); "
-                         "enforcing the last state for up to %.0f s", source, error, self.settings.stale_grace)
+                         "enforcing the last state for up to %.0f s", source, error, self.alert.stale_grace)
                 return
             if self.healthy or not self.last_update:
                 log_once(f"guard-down:{source}", "otel-tokens: cannot read the quota state from %s (%s); the guard "
@@ -124,8 +125,8 @@ class Guard:
             users, departments = (_entries(body.get(section), allow_none=False) for section in sections)
             self._users, self._departments = users, departments
             if body.get("truncated"):
-                log_once(f"guard-truncated:{self.settings.source}", "otel-tokens: the quota state from %s left "
-                         "out %s principals over quota (its cap); they are not refused", self.settings.source,
+                log_once(f"guard-truncated:{self.alert.source}", "otel-tokens: the quota state from %s left "
+                         "out %s principals over quota (its cap); they are not refused", self.alert.source,
                          body.get("truncated"))
         version = body.get("version")
         self._tag = version if isinstance(version, str) and self._rulers is None else ""
@@ -136,10 +137,10 @@ class Guard:
             self.healthy = False  # no answer for longer than a poll can take: a refresh is stuck
         if not self.healthy:
             held = None
-            if self.last_update and time.monotonic() - self.last_update < self.settings.block_hold:
+            if self.last_update and time.monotonic() - self.last_update < self.alert.block_hold:
                 held = self._from_state(model, attribution)  # what the last good state blocked stays blocked
             return held or Decision(quota_scopes.FAIL_CLOSED if self.settings.fail_closed else quota_scopes.FAIL_OPEN,
-                                    entry={"source": self.settings.source})
+                                    entry={"source": self.alert.source})
         return self._from_state(model, attribution)
 
     def _from_state(self, model: str | None, attribution: Mapping[str, str]) -> Decision | None:
@@ -147,17 +148,17 @@ class Guard:
         if not users and not departments:
             return None
         for rule in self.settings.rules:
-            scope = quota_scopes.BY_NAME[rule.quota]
+            scope = quota_scopes.BY_NAME[rule.scope]
             over = users if scope is quota_scopes.USER else departments
             principal = attribution.get(scope.attribute)
             entry = over.get(principal) if principal else None
             if entry is None or _SEVERITY.get(entry.get("severity", ""), 0) < _SEVERITY[rule.level]:
                 continue
             if rule.action == quota_scopes.REJECT:
-                return Decision(quota_scopes.REJECT, rule.quota, principal, entry)  # type: ignore[arg-type]
+                return Decision(quota_scopes.REJECT, rule.scope, principal, entry)  # type: ignore[arg-type]
             target = next((cheap for glob, cheap in rule.downgrade if model and fnmatch.fnmatch(model, glob)), None)
             if target is not None and target != model:
-                return Decision(quota_scopes.DOWNGRADE, rule.quota, principal, entry, target)  # type: ignore[arg-type]
+                return Decision(quota_scopes.DOWNGRADE, rule.scope, principal, entry, target)  # type: ignore[arg-type]
         return None
 
 

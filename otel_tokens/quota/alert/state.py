@@ -111,7 +111,7 @@ def parse_active(alerts: Any, prometheus: bool = False) -> dict[Key, Entry]:
     return firing
 
 
-class GuardState:
+class AlertState:
     """Firing quota alerts; `view` is their worst entry per principal, what pollers see."""
 
     def __init__(self) -> None:

@@ -25,7 +25,7 @@ from otel_tokens import names
 from otel_tokens.config.errors import ConfigError
 from otel_tokens.config.settings import GuardSettings
 from otel_tokens.logs import internal_error, log_once, logger
-from otel_tokens.pricing import PER, PriceBook
+from otel_tokens.pricing import PriceBook
 from otel_tokens.quota import vocabulary as quota_scopes
 from otel_tokens.quota.budget.store import (
     DOWNGRADE,
@@ -91,7 +91,7 @@ def plans(settings: GuardSettings, quotas: Quotas) -> dict[str, Plan]:
 
     out = {}
     for scope in quota_scopes.SCOPES:
-        rules = [r for r in settings.rules if r.quota == scope.name]
+        rules = [r for r in settings.rules if r.scope == scope.name]
         refuse = [ratio(r.level) for r in rules if r.action == quota_scopes.REJECT]
         downgrades = tuple((ratio(r.level), glob, target) for r in rules if r.action == quota_scopes.DOWNGRADE
                            for glob, target in r.downgrade)
@@ -99,12 +99,13 @@ def plans(settings: GuardSettings, quotas: Quotas) -> dict[str, Plan]:
     return out
 
 
-class BudgetGuard:
+class BudgetMode:
     def __init__(self, settings: GuardSettings, prices: PriceBook, store: RedisBudgetStore | None = None) -> None:
         self.settings = settings
+        self.limits = settings.budget  # the store and its timing
         self.prices = prices
-        self.store = store or RedisBudgetStore(settings.store, settings.store_timeout)
-        self.source = redact(settings.store)
+        self.store = store or RedisBudgetStore(settings.budget.store, settings.budget.store_timeout)
+        self.source = redact(settings.budget.store)
         self.quotas: Quotas | None = None
         self._plans: dict[str, Plan] = {}
         self._stamp: tuple[int, int, int] | None = None
@@ -160,7 +161,7 @@ class BudgetGuard:
         while not self._stop.is_set():
             # no wake-up per settlement: the next reservation carries it in its own round trip; this
             # thread sends only what waited IDLE_FLUSH (so it rarely competes with callers for the GIL)
-            self._wake.wait(min(IDLE_FLUSH, self.settings.quota_reload_interval))
+            self._wake.wait(min(IDLE_FLUSH, self.limits.quota_reload_interval))
             self._wake.clear()
             try:
                 self.store.maintain()
@@ -172,10 +173,10 @@ class BudgetGuard:
 
     # --- the quota file, reloaded off the call path ------------------------------------------------------
     def reload(self) -> None:
-        path = self.settings.quota_file
+        path = self.limits.quota_file
         assert path is not None
         with self._reloading:
-            self._next_reload = time.monotonic() + self.settings.quota_reload_interval
+            self._next_reload = time.monotonic() + self.limits.quota_reload_interval
             stamp = _stamp(path)
             if stamp is not None and stamp == self._stamp:
                 return
@@ -184,7 +185,7 @@ class BudgetGuard:
                 if self._edit_seen is None or self._edit_seen[0] != stamp:
                     self._edit_seen = (stamp, now)
                     return
-                if now - self._edit_seen[1] < max(self.settings.quota_reload_interval, 0.25):
+                if now - self._edit_seen[1] < max(self.limits.quota_reload_interval, 0.25):
                     return
             self._edit_seen = None
             try:
@@ -222,7 +223,7 @@ class BudgetGuard:
         input_bound, output, choices = 0, None, 1
         if estimate is not None:  # clamped: a negative max_new_tokens must not become a credit
             input_bound, output, choices = max(0, estimate.input_tokens), estimate.max_output_tokens, estimate.choices
-        output = self.settings.default_max_output_tokens if output is None else max(0, output)
+        output = self.limits.default_max_output_tokens if output is None else max(0, output)
         output_bound = min(output * max(0, choices), MAX_AMOUNT)
         input_bound = min(input_bound, MAX_AMOUNT)
         who = [(scope, attribution.get(scope.attribute) or UNATTRIBUTED) for scope in quota_scopes.SCOPES]
@@ -268,7 +269,7 @@ class BudgetGuard:
         """One round trip; the carried settlements go back to the queue when it fails (sent twice,
         a settlement counts once)."""
         try:
-            verdict = self.store.reserve(reservation, self.settings.reservation_ttl, charges, carried)
+            verdict = self.store.reserve(reservation, self.limits.reservation_ttl, charges, carried)
         except StoreUnavailableError:
             self._pending.extendleft(reversed(carried))
             raise
@@ -276,7 +277,7 @@ class BudgetGuard:
         return verdict
 
     def _time_left(self, started: float) -> float:
-        return max(0.0, self.settings.store_timeout / 2 - (time.monotonic() - started))
+        return max(0.0, self.limits.store_timeout / 2 - (time.monotonic() - started))
 
     def _in_time(self, started: float) -> bool:
         """A second round trip only while the first took under half the timeout: a call waits at
@@ -298,12 +299,9 @@ class BudgetGuard:
 
     # --- inside ----------------------------------------------------------------------------------------------
     def _cost(self, provider: str, model: str, input_tokens: int, output_tokens: int, limited: bool) -> int:
-        """The worst case's cost in nano-units. A model with no price under a cost limit is reserved
-        at the dearest price known (its reply may name a priced model: the settlement prices that)."""
-        cost = self.prices.cost(provider, model, input_tokens, output_tokens)
-        if cost is None and limited:
-            dearest_in, dearest_out = self.prices.dearest()
-            return min(math.ceil((input_tokens * dearest_in + output_tokens * dearest_out) * NANO / PER), MAX_AMOUNT)
+        """The worst case's cost in nano-units (PriceBook.cost_of: under a cost limit an unpriced model is
+        reserved at the dearest price known; its reply may name a priced model, which the settlement prices)."""
+        cost = self.prices.cost_of(provider, model, input_tokens, output_tokens, worst_case=limited)
         return min(math.ceil(cost.total * NANO), MAX_AMOUNT) if cost is not None else 0
 
     def _charges(self, quotas: Quotas, who: list[tuple[quota_scopes.QuotaScope, str]], provider: str, model: str,
