@@ -215,11 +215,11 @@ def write_configs(ports: dict[str, int], hook: str) -> None:
     (RUN / "quotas.yml").write_text(yaml.safe_dump(QUOTAS))
     # the knowledge-base app: hard user quotas in Redis (budget mode); department budgets only alert
     budget = {"quota_file": str(RUN / "quotas.yml"), "store": f"redis://127.0.0.1:{ports['redis']}/0",
-              "rules": [{"quota": "user", "action": "reject", "level": "critical"}]}
+              "rules": [{"scope": "user", "action": "reject", "level": "critical"}]}
     (RUN / "otel-tokens-app.yaml").write_text(yaml.safe_dump({**config, "guard": budget}))
     # the nightly job: refused once its user's critical alert fires (alert mode, Prometheus's alert state)
     alerts = {"source": f"http://127.0.0.1:{ports['prometheus']}/api/v1/alerts", "poll_interval": 1,
-              "rules": [{"quota": "user", "action": "reject", "level": "critical"}]}
+              "rules": [{"scope": "user", "action": "reject", "level": "critical"}]}
     (RUN / "otel-tokens-job.yaml").write_text(yaml.safe_dump({**config, "guard": alerts}))
     rules = RUN / "rules"
     rules.mkdir()

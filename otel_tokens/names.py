@@ -114,11 +114,11 @@ PROM_OPERATION_DURATION = prometheus_name(METRIC_OPERATION_DURATION, UNIT_SECOND
 PROM_TIME_TO_FIRST_CHUNK = prometheus_name(METRIC_TIME_TO_FIRST_CHUNK, UNIT_SECONDS)
 
 # --- quota enforcement (the guard) ---------------------------------------------------------------
-LLM_QUOTA_ACTION = "llm.quota.action"  # span attribute: one of quota_scopes.ACTIONS
+LLM_QUOTA_ACTION = "llm.quota.action"  # span attribute: one of quota.vocabulary.ACTIONS
 LLM_QUOTA_ORIGINAL_MODEL = "llm.quota.original_model"
 METRIC_GUARD_DECISIONS = "llm.guard.decisions"  # Counter {decision}: non-allow decisions and fail-open
 UNIT_DECISION = "{decision}"
-GUARD_DECISION = "decision"  # llm.guard.decisions attribute: one of quota_scopes.ACTIONS
+GUARD_DECISION = "decision"  # llm.guard.decisions attribute: one of quota.vocabulary.ACTIONS
 GUARD_SCOPE = "scope"  # llm.guard.decisions attribute: the scope that decided (user, department, unattributed), or none
 GUARD_WINDOW = "window"  # llm.guard.decisions attribute: the window whose limit decided (24h, month), or none
 PROM_GUARD_DECISIONS = prometheus_name(METRIC_GUARD_DECISIONS, UNIT_DECISION, monotonic_counter=True)

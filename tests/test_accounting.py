@@ -4,6 +4,7 @@ recorded in the same collection, and the label caps."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -96,3 +97,36 @@ def test_concurrent_adds_lose_nothing():
     assert sum(_points(tel, names.METRIC_LLM_TOKEN_USAGE).values()) == 4 * 2000 * 3
     assert sum(p.count for p in tel.metrics()[names.METRIC_OPERATION_DURATION]) == 8000
     accounting.close()
+
+
+def test_one_collection_reports_tokens_cost_and_requests_of_the_same_instant():
+    """The three counters are read at one point per collection: while calls keep landing, every
+    collection's tokens, cost and requests describe the same calls (10 input tokens, 0.001 each)."""
+    tel, _, meter_provider = make_telemetry()
+    accounting = Accounting(meter_provider.get_meter("t"))
+    alice = {names.USER_ID: "alice", names.DEPARTMENT: "support"}
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            for _ in range(50):
+                accounting.add(_record(), 0.01, alice, Cost(0.001, 0.0, "USD"))
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        seen = []
+        for _ in range(40):
+            metrics = tel.metrics()
+            requests = sum(p.value for p in metrics.get(names.METRIC_LLM_REQUESTS, []))
+            inputs = sum(p.value for p in metrics.get(names.METRIC_LLM_TOKEN_USAGE, [])
+                         if p.attributes[names.GEN_AI_TOKEN_TYPE] == "input")
+            cost = sum(p.value for p in metrics.get(names.METRIC_LLM_COST, [])
+                       if p.attributes[names.GEN_AI_TOKEN_TYPE] == "input")
+            seen.append((requests, inputs, round(cost, 6)))
+    finally:
+        stop.set()
+        thread.join()
+    assert all(inputs == 10 * requests and cost == round(0.001 * requests, 6) for requests, inputs, cost in seen), seen
+    assert seen[-1][0] > seen[0][0] > 0  # calls landed between collections

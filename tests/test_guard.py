@@ -147,6 +147,11 @@ def test_guard_config_is_read_and_checked(tmp_path):
     config.write_text("guard:\n  source: http://g/state\n  rules: [{quota: team, action: reject}]\n")
     settings = load_settings({"OTEL_TOKENS_CONFIG": str(config)})
     assert not settings.guard.alert.enabled and "rules[0].quota 'team'" in settings.errors[0]
+    # `scope:` is the word (`quota:` above is its old spelling, still read)
+    config.write_text("guard:\n  source: http://g/state\n  rules: [{scope: department, action: reject}]\n")
+    assert load_settings({"OTEL_TOKENS_CONFIG": str(config)}).guard.rules == (GuardRule("department", "reject"),)
+    config.write_text("guard:\n  source: http://g/state\n  rules: [{scope: team, action: reject}]\n")
+    assert "rules[0].scope 'team'" in load_settings({"OTEL_TOKENS_CONFIG": str(config)}).errors[0]
 
 
 def test_guard_overhead_for_an_allowed_principal_is_a_dictionary_lookup():

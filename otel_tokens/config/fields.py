@@ -13,7 +13,7 @@ from typing import Any
 from otel_tokens import names
 from otel_tokens.config.settings import BLOCK_HOLD, AlertSettings, BudgetSettings, GuardRule, GuardSettings
 from otel_tokens.logs import logger
-from otel_tokens.quota import vocabulary as quota_scopes
+from otel_tokens.quota import vocabulary
 
 
 # --- field checkers: return the clean value or raise ValueError(reason) ----------------------------
@@ -157,13 +157,13 @@ def trusted_headers(value: Any) -> dict[str, str]:
 
 
 def unattributed_policy(value: Any) -> str:
-    if not isinstance(value, str) or value.strip().lower() not in quota_scopes.UNATTRIBUTED_POLICIES:
-        raise ValueError(f"is not {_either(quota_scopes.UNATTRIBUTED_POLICIES)}")
+    if not isinstance(value, str) or value.strip().lower() not in vocabulary.UNATTRIBUTED_POLICIES:
+        raise ValueError(f"is not {_either(vocabulary.UNATTRIBUTED_POLICIES)}")
     return value.strip().lower()
 
 
 # A security setting that cannot be read is taken at its safe reading, not at its default.
-FAIL_SAFE = {"unattributed": (quota_scopes.REJECT, "refusing calls with no user until it is fixed"),
+FAIL_SAFE = {"unattributed": (vocabulary.REJECT, "refusing calls with no user until it is fixed"),
              "trusted_proxies": (("none",), "no peer's trusted headers count until it is fixed")}
 
 
@@ -265,16 +265,16 @@ def guard_section(value: Any) -> GuardSettings:
         if not isinstance(raw, Mapping) or set(raw) - {"scope", "quota", "action", "level", "downgrade"}:
             raise ValueError(f"has {where} that is not a mapping of scope, action, level, downgrade")
         key = "quota" if "quota" in raw and "scope" not in raw else "scope"  # `quota:`, the old spelling
-        if raw.get(key) not in quota_scopes.BY_NAME:
-            raise ValueError(f"has {where}.{key} {raw.get(key)!r}, not {_either(quota_scopes.BY_NAME)}")
-        if raw.get("action") not in quota_scopes.RULE_ACTIONS:
-            raise ValueError(f"has {where}.action {raw.get('action')!r}, not {_either(quota_scopes.RULE_ACTIONS)}")
-        if raw.get("level", quota_scopes.CRITICAL) not in quota_scopes.SEVERITY_RANK:
+        if raw.get(key) not in vocabulary.BY_NAME:
+            raise ValueError(f"has {where}.{key} {raw.get(key)!r}, not {_either(vocabulary.BY_NAME)}")
+        if raw.get("action") not in vocabulary.RULE_ACTIONS:
+            raise ValueError(f"has {where}.action {raw.get('action')!r}, not {_either(vocabulary.RULE_ACTIONS)}")
+        if raw.get("level", vocabulary.CRITICAL) not in vocabulary.SEVERITY_RANK:
             raise ValueError(f"has {where}.level {raw.get('level')!r}, not critical or warning")
         downgrade = raw.get("downgrade") or {}
-        if raw["action"] == quota_scopes.DOWNGRADE and (not isinstance(downgrade, Mapping) or not downgrade):
+        if raw["action"] == vocabulary.DOWNGRADE and (not isinstance(downgrade, Mapping) or not downgrade):
             raise ValueError(f"has {where}.downgrade that is not a mapping of model glob to cheaper model")
-        rules.append(GuardRule(raw[key], raw["action"], raw.get("level", quota_scopes.CRITICAL),
+        rules.append(GuardRule(raw[key], raw["action"], raw.get("level", vocabulary.CRITICAL),
                                tuple((str(k), str(v)) for k, v in downgrade.items())))
     source = value.get("source")
     enabled = parse_bool(value.get("enabled", source is not None or not budget))  # alert mode

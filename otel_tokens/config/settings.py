@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from otel_tokens import names
-from otel_tokens.quota import vocabulary as quota_scopes
+from otel_tokens.quota import vocabulary
 
 OTHER_VALUE = names.OTHER
 DEFAULT_SERIES_LIMIT = 2000  # the OTel SDK's default cardinality limit per metric stream
@@ -18,8 +18,8 @@ BLOCK_HOLD = 3600.0  # seconds what the last good alert state blocked stays bloc
 @dataclass(frozen=True)
 class GuardRule:
     scope: str  # a scope name (quota/vocabulary.py): "user" | "department"
-    action: str  # one of quota_scopes.RULE_ACTIONS
-    level: str = quota_scopes.CRITICAL  # act at critical only, or at warning too
+    action: str  # one of vocabulary.RULE_ACTIONS
+    level: str = vocabulary.CRITICAL  # act at critical only, or at warning too
     downgrade: tuple[tuple[str, str], ...] = ()  # (source model glob, cheaper model)
 
 
@@ -94,7 +94,7 @@ class Settings:
     trusted_headers: Mapping[str, str] = field(default_factory=dict)
     # the peers whose trusted headers count (the authenticating proxy); () = any peer, warned at start
     trusted_proxies: tuple[str, ...] = ()
-    unattributed: str = quota_scopes.ALLOW  # a call with no user: allow (charged to __unattributed__) | reject
+    unattributed: str = vocabulary.ALLOW  # a call with no user: allow (charged to __unattributed__) | reject
     guard: GuardSettings = field(default_factory=GuardSettings)  # quota enforcement, off by default
     capture_content: bool = False  # prompt and completion text on spans (gen_ai.*.messages): opt-in only
     config_file: Path | None = None

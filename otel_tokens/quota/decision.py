@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from otel_tokens.quota import vocabulary as quota_scopes
+from otel_tokens.quota import vocabulary
 
 
 class QuotaExceededError(Exception):
@@ -49,7 +49,7 @@ class UnattributedCallError(QuotaExceededError):
     def __init__(self) -> None:
         Exception.__init__(self, "call refused: no user is attributed to it and `unattributed: reject` is set "
                                  "(wrap it in usage_context(user_id=...) or map a trusted request header)")
-        self.scope, self.principal, self.window, self.kind = quota_scopes.UNATTRIBUTED_CALLS, "", "", ""
+        self.scope, self.principal, self.window, self.kind = vocabulary.UNATTRIBUTED_CALLS, "", "", ""
         self.usage = self.limit = self.reserved = None
         self.severity = "critical"
 
@@ -59,7 +59,7 @@ class Decision:
     """What the guard does with one call other than let it through. `scope` is the scope that decided
     (user, department, or `unattributed`), empty when the guard could not decide (fail_open/fail_closed)."""
 
-    action: str  # one of quota_scopes.ACTIONS
+    action: str  # one of vocabulary.ACTIONS
     scope: str = ""
     principal: str = ""
     entry: Mapping[str, Any] = field(default_factory=dict)
@@ -71,14 +71,14 @@ class Decision:
         window = self.entry.get("window")
         if isinstance(window, str) and window:
             return window
-        scope = quota_scopes.BY_NAME.get(self.scope)
+        scope = vocabulary.BY_NAME.get(self.scope)
         return scope.window if scope is not None else ""
 
     def error(self) -> QuotaExceededError:
         e = self.entry
-        if self.action == quota_scopes.FAIL_CLOSED:
+        if self.action == vocabulary.FAIL_CLOSED:
             return QuotaStateUnavailableError(str(e.get("source", "")))
-        if self.scope == quota_scopes.UNATTRIBUTED_CALLS:
+        if self.scope == vocabulary.UNATTRIBUTED_CALLS:
             return UnattributedCallError()
         return QuotaExceededError(self.scope, self.principal, self.window, str(e.get("quota", "")),
                                   e.get("usage"), e.get("limit"), str(e.get("severity", "")), e.get("reserved"))

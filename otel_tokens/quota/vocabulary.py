@@ -1,7 +1,8 @@
-"""The quota vocabulary, defined once: who can be over quota (scopes: users over a rolling 24 h,
-departments per calendar month, UTC), in which kinds, under which alert names and severities, and
-what a guard can do about it. The rule renderer, the report, the guard and the config iterate over
-these instead of spelling them again."""
+"""The quota vocabulary, defined once, one word per idea: a **scope** is who a limit applies to (users over
+a rolling 24 h, departments per calendar month, UTC), its **window** the span a limit counts over, a
+**kind** what it counts (tokens or cost: the alerts' `quota` label), an **action** what the guard does
+with a call. The rule renderer, the report, the guard and the config iterate over these instead of
+spelling them again."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ REJECT, DOWNGRADE, FAIL_OPEN, FAIL_CLOSED = "reject", "downgrade", "fail_open", 
 ACTIONS = (REJECT, DOWNGRADE, FAIL_OPEN, FAIL_CLOSED)
 RULE_ACTIONS = (REJECT, DOWNGRADE)  # what a guard rule in the config may ask for
 REFUSALS = (REJECT, FAIL_CLOSED)  # the actions that refuse the call
-# The `quota` of a refusal under `unattributed: reject` (a call with no user), beside the scope names.
+# The scope of a refusal under `unattributed: reject` (a call with no user), beside the scope names.
 UNATTRIBUTED_CALLS = "unattributed"
 ALLOW = "allow"
 UNATTRIBUTED_POLICIES = (ALLOW, REJECT)
@@ -31,10 +32,10 @@ UNATTRIBUTED_POLICIES = (ALLOW, REJECT)
 
 @dataclass(frozen=True)
 class QuotaScope:
-    name: str  # "user": a guard rule's `quota:`, the `quota` label of llm.guard.decisions
+    name: str  # "user": a guard rule's `scope:`, the `scope` label of llm.guard.decisions
     section: str  # "users": the quota file's key, the guard state's key
     attribute: str  # who it is on a call: names.USER_ID
-    window: str  # the alerts' `window` label: "24h" (rolling) or "month" (calendar, UTC)
+    window: str  # the `window` label of the alerts and of llm.guard.decisions: "24h" (rolling) or "month"
     alerts: Mapping[str, str]  # kind -> alertname
     titles: Mapping[str, str]  # kind -> what the alert text calls the limit
 

@@ -4,9 +4,11 @@ The OTel SDK costs ~10-15 us per synchronous `add()`/`record()` here and a call 
 eight instruments. Instead, the accounting counters are dicts keyed by the label tuple, exported
 by observable counters at collection time (cumulative totals, so any temporality is right), and
 the semconv histogram points are queued and recorded into the real histograms off the call
-path: by the first observable callback of each collection (the SDK runs callbacks before it
-reads storage, so the points land in that same collection) or by a drain thread when the queue
-grows. What the call pays is one lock, two dict updates and one list append.
+path. A collection meets the call path at one point, `collect()`: the queued histogram points go into
+the SDK histograms (the SDK runs observable callbacks before it reads storage, so they land in that
+same collection) and the counters are read once, so the three counters of one collection agree. A
+drain thread records the points early when the queue grows. What the call pays is one lock, two dict
+updates and one list append.
 """
 
 from __future__ import annotations
@@ -38,6 +40,18 @@ _SEMCONV_KEYS = (names.GEN_AI_OPERATION_NAME, names.GEN_AI_PROVIDER_NAME, names.
 _IN, _OUT, _IN_COST, _OUT_COST, _HAS_IN, _HAS_OUT, _HAS_COST = range(7)
 
 _live: weakref.WeakSet[Accounting] = weakref.WeakSet()
+_OBSERVED = (names.METRIC_LLM_TOKEN_USAGE, names.METRIC_LLM_COST, names.METRIC_LLM_REQUESTS)
+
+
+class _Snapshot:
+    """The counters as one collection reports them, and which of the three have reported."""
+
+    __slots__ = ("read_by", "requests", "usage")
+
+    def __init__(self, usage: list[tuple[tuple[Any, ...], list[Any]]], requests: list[tuple[tuple[Any, ...], int]]
+                 ) -> None:
+        self.usage, self.requests = usage, requests
+        self.read_by: set[str] = set()
 
 
 def _attributes(keys: Sequence[str], values: Iterable[Any]) -> dict[str, Any]:
@@ -68,6 +82,8 @@ class Accounting:
         self._drainer: threading.Thread | None = None
         self._wake = threading.Event()
         self._closed = False
+        self._snapshot: _Snapshot | None = None  # what the current collection's callbacks report
+        self._snapshot_lock = threading.Lock()
 
         self._token_histogram = meter.create_histogram(
             names.METRIC_TOKEN_USAGE, unit=names.UNIT_TOKEN,
@@ -197,11 +213,31 @@ class Accounting:
             attrs = self._observed_attrs[cache_key] = {**_attributes(keys, key), **dict(extra)}
         return attrs
 
+    def collect(self) -> _Snapshot:
+        """The one point where a collection reads the call path's aggregates: queued histogram points
+        recorded, counters copied once."""
+        self.drain()
+        with self._lock:
+            usage = [(key, list(entry)) for key, entry in self._usage.items()]
+            requests = list(self._requests.items())
+        return _Snapshot(usage, requests)
+
+    def _snapshot_for(self, instrument: str) -> _Snapshot:
+        """The snapshot of the collection under way: the first callback of a collection takes it (a
+        callback that already reported from the current one starts the next collection)."""
+        with self._snapshot_lock:
+            snapshot = self._snapshot
+            if snapshot is None or instrument in snapshot.read_by:
+                snapshot = self._snapshot = self.collect()
+            snapshot.read_by.add(instrument)
+            if len(snapshot.read_by) == len(_OBSERVED):
+                self._snapshot = None  # all three reported: nothing kept between collections
+            return snapshot
+
     def _observe_tokens(self, options: CallbackOptions) -> Iterable[Observation]:
         try:
-            self.drain()
             out = []
-            for key, entry in self._usage_items():
+            for key, entry in self._snapshot_for(names.METRIC_LLM_TOKEN_USAGE).usage:
                 if entry[_HAS_IN]:
                     out.append(Observation(entry[_IN], self._labels(key, _INPUT)))
                 if entry[_HAS_OUT]:
@@ -213,10 +249,9 @@ class Accounting:
 
     def _observe_costs(self, options: CallbackOptions) -> Iterable[Observation]:
         try:
-            self.drain()
             currency = ((names.CURRENCY, self._currency),)
             out = []
-            for key, entry in self._usage_items():
+            for key, entry in self._snapshot_for(names.METRIC_LLM_COST).usage:
                 if entry[_HAS_COST]:
                     if entry[_HAS_IN]:
                         out.append(Observation(entry[_IN_COST], self._labels(key, _INPUT + currency)))
@@ -229,17 +264,11 @@ class Accounting:
 
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
         try:
-            self.drain()
-            with self._lock:
-                items = list(self._requests.items())
-            return [Observation(count, self._labels(key)) for key, count in items]
+            requests = self._snapshot_for(names.METRIC_LLM_REQUESTS).requests
+            return [Observation(count, self._labels(key)) for key, count in requests]
         except Exception:
             internal_error("observe llm.requests")
             return []
-
-    def _usage_items(self) -> list[tuple[tuple[Any, ...], list[Any]]]:
-        with self._lock:
-            return [(key, list(entry)) for key, entry in self._usage.items()]
 
     def totals(self) -> dict[str, float]:
         """Process totals (tokens by type, cost, requests), for `doctor` and tests."""
@@ -267,6 +296,8 @@ class Accounting:
         # A forked worker reports only its own calls; the parent's totals stay the parent's.
         self._lock = threading.Lock()
         self._drain_lock = threading.Lock()
+        self._snapshot_lock = threading.Lock()
+        self._snapshot = None  # the parent's numbers: never reported by the child
         self._usage.clear()
         self._requests.clear()
         self._pending = []

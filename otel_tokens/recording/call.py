@@ -39,7 +39,7 @@ class CallRecord:
     server_address: str | None = None
     server_port: int | None = None
     streaming: bool = False
-    quota_action: str | None = None  # what the guard did: one of quota_scopes.ACTIONS
+    quota_action: str | None = None  # what the guard did: one of quota.vocabulary.ACTIONS
     original_model: str | None = None  # the model asked for, when the guard downgraded it
     # a stream closed, abandoned or cut before its end with no usage block: what was read is counted,
     # but the server may have generated up to the request's limit (budget mode settles at its reservation)

@@ -22,7 +22,7 @@ from otel_tokens.attribution.propagation import HeaderPropagation
 from otel_tokens.config.settings import DEFAULT_SERIES_LIMIT, Settings
 from otel_tokens.logs import internal_error
 from otel_tokens.pricing import Cost, PriceBook
-from otel_tokens.quota import vocabulary as quota_scopes
+from otel_tokens.quota import vocabulary
 from otel_tokens.quota.enforcement import Enforcement
 from otel_tokens.recording.accounting import Accounting
 from otel_tokens.recording.call import Call, CallRecord, UsageEstimate, covered
@@ -122,7 +122,7 @@ class Recorder:
             # A refused call never ran: it may add to a request series that exists, never create one, so
             # a flood of refusals under made-up names costs the metrics backend nothing.
             self.accounting.add(record, call.elapsed(), call.attribution, cost,
-                                refused=record.quota_action in quota_scopes.REFUSALS)
+                                refused=record.quota_action in vocabulary.REFUSALS)
         except Exception:
             internal_error("metrics")
         if call.held is not None:

@@ -17,7 +17,7 @@ from otel_tokens.ops.report.render import (
     _utc,
     headline,
 )
-from otel_tokens.quota import vocabulary as quota_scopes
+from otel_tokens.quota import vocabulary
 
 _STYLE = ("body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;color:#1f2328}"
           "table{border-collapse:collapse;margin:0 0 18px}th,td{padding:3px 10px;border-bottom:1px solid #d0d7de}"
@@ -47,7 +47,7 @@ def to_html(report: Report, chart: bool = False) -> str:
     if not report.quotas:
         parts.append("<p>" + ("No principal has a recorded limit." if report.quota_rules
                               else "No quota rules loaded.") + "</p>")
-    for principal in (scope.name for scope in quota_scopes.SCOPES):
+    for principal in (scope.name for scope in vocabulary.SCOPES):
         rows = [q for q in report.quotas if q.principal == principal]
         if rows:
             parts.append(_table([h.format(principal=principal) for h in _QUOTA_HEADER],

@@ -38,7 +38,7 @@ from otel_tokens.ops.report.model import (
 )
 from otel_tokens.ops.rules import series, usage_over
 from otel_tokens.prometheus_api import Prometheus
-from otel_tokens.quota import vocabulary as quota_scopes
+from otel_tokens.quota import vocabulary
 from otel_tokens.quota.vocabulary import KINDS
 
 
@@ -175,7 +175,7 @@ def _quotas(prom: Prometheus, at: float) -> tuple[bool, list[QuotaRow]]:
     of the calendar month (UTC). The rules' own month-to-date is built from hourly buckets and lags
     by up to an hour, which suits an alert, not a report read at a given time.
     """
-    wanted = {series(scope.name, k, what): (scope, k, what) for scope in quota_scopes.SCOPES for k in KINDS
+    wanted = {series(scope.name, k, what): (scope, k, what) for scope in vocabulary.SCOPES for k in KINDS
               for what in ("limit_override", "limit_default")}
     matcher = '{__name__=~"' + "|".join(re.escape(n) for n in wanted) + '"}'
     overrides: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
@@ -189,7 +189,7 @@ def _quotas(prom: Prometheus, at: float) -> tuple[bool, list[QuotaRow]]:
     if not overrides and not defaults:
         return False, []
     rows: list[QuotaRow] = []
-    for scope in quota_scopes.SCOPES:
+    for scope in vocabulary.SCOPES:
         principal, label = scope.name, scope.label
         window = scope.window if scope.rolling else promql_duration(max(0.001, at - _month_start(at)))
         for kind in KINDS:
@@ -198,18 +198,18 @@ def _quotas(prom: Prometheus, at: float) -> tuple[bool, list[QuotaRow]]:
             if not limits and default is None:
                 continue
             usage = {metric.get(label, ""): value
-                     for metric, value in prom.instant(usage_over(quota_scopes.COUNTERS[kind], label, window), at)}
+                     for metric, value in prom.instant(usage_over(vocabulary.COUNTERS[kind], label, window), at)}
             who = set(limits) | ({n for n, v in usage.items() if v > 0} if default is not None else set())
             for name in who:
                 limit = limits.get(name, default)
                 if limit:
                     value = usage.get(name, 0.0)
                     rows.append(QuotaRow(principal, name, kind, scope.window,
-                                         _int(value) if kind == quota_scopes.TOKENS else _cost(value),
-                                         _int(limit) if kind == quota_scopes.TOKENS and limit == int(limit) else limit))
-    order = [scope.name for scope in quota_scopes.SCOPES]
+                                         _int(value) if kind == vocabulary.TOKENS else _cost(value),
+                                         _int(limit) if kind == vocabulary.TOKENS and limit == int(limit) else limit))
+    order = [scope.name for scope in vocabulary.SCOPES]
     rows.sort(key=lambda q: (order.index(q.principal), KINDS.index(q.quota), -q.ratio, q.name))
-    _project(prom, at, [q for q in rows if not quota_scopes.BY_NAME[q.principal].rolling])
+    _project(prom, at, [q for q in rows if not vocabulary.BY_NAME[q.principal].rolling])
     return True, rows
 
 
@@ -226,7 +226,7 @@ def _project(prom: Prometheus, at: float, rows: list[QuotaRow]) -> None:
         return
     burn: dict[tuple[str, str], float] = {}
     for kind in {q.quota for q in rows}:
-        scope = quota_scopes.BY_NAME[rows[0].principal]
+        scope = vocabulary.BY_NAME[rows[0].principal]
         for metric, value in prom.instant(series(scope.name, kind, "burn_rate"), at):
             burn[kind, metric.get(scope.label, "")] = value
     hours_left = max(0.0, _month_end(at) - at) / 3600
@@ -290,7 +290,7 @@ def _notes(report: Report, have: set[str]) -> list[str]:
                      "whole hours and lag by up to an hour")
     for q in report.quotas:
         if q.runs_out_at is not None:
-            what = "token budget" if q.quota == quota_scopes.TOKENS else "cost budget"
+            what = "token budget" if q.quota == vocabulary.TOKENS else "cost budget"
             notes.append(f"{q.principal} {q.name} runs out of its monthly {what} on "
                          f"{_utc(q.runs_out_at)[:10]} at the current rate")
     return notes

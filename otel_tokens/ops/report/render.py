@@ -24,7 +24,7 @@ from otel_tokens.ops.report.model import (
     _pct,
     _utc,
 )
-from otel_tokens.quota import vocabulary as quota_scopes
+from otel_tokens.quota import vocabulary
 
 # --- formatting -------------------------------------------------------------------------------------
 
@@ -111,7 +111,7 @@ def _row_header(kind: str, currency: str | None) -> tuple[str, ...]:
 def _quota_values(q: QuotaRow, currency: str | None) -> tuple[str, ...]:
     fmt = _tokens if q.quota == "tokens" else format_money
     quota = "tokens" if q.quota == "tokens" else f"cost ({currency})" if currency else "cost"
-    return (q.name, quota, "rolling 24 h" if quota_scopes.BY_NAME[q.principal].rolling else "month to date (UTC)",
+    return (q.name, quota, "rolling 24 h" if vocabulary.BY_NAME[q.principal].rolling else "month to date (UTC)",
             fmt(q.usage), fmt(q.limit), f"{q.percent:.1f} %", _projection(q))
 
 
@@ -181,7 +181,7 @@ def to_markdown(report: Report) -> str:
     out += ["", "## Quotas", ""]
     if not report.quotas:
         out.append("No principal has a recorded limit." if report.quota_rules else "No quota rules loaded.")
-    for principal in (scope.name for scope in quota_scopes.SCOPES):
+    for principal in (scope.name for scope in vocabulary.SCOPES):
         rows = [q for q in report.quotas if q.principal == principal]
         if rows:
             out += [f"### {principal.capitalize()}s", ""]

@@ -23,12 +23,12 @@ from typing import Any
 from otel_tokens.config.settings import GuardSettings
 from otel_tokens.logs import log_once, logger
 from otel_tokens.prometheus_api import get_json
-from otel_tokens.quota import vocabulary as quota_scopes
+from otel_tokens.quota import vocabulary
 from otel_tokens.quota.alert.ruler import ALERTS_PATH, Rulers
 from otel_tokens.quota.alert.state import AlertState
 from otel_tokens.quota.decision import Decision
 
-_SEVERITY = quota_scopes.SEVERITY_RANK
+_SEVERITY = vocabulary.SEVERITY_RANK
 
 
 # --- in the app: a cached copy and a dictionary lookup per call ------------------------------------
@@ -111,7 +111,7 @@ class AlertMode:
         if not isinstance(body, Mapping):
             raise ValueError("the quota state is not a JSON object")
         changes = body.get("changes")
-        sections = (quota_scopes.USER.section, quota_scopes.DEPARTMENT.section)
+        sections = (vocabulary.USER.section, vocabulary.DEPARTMENT.section)
         if isinstance(changes, Mapping):  # checked whole before any is applied
             updates = [(section, _entries(changes.get(section) or {}, allow_none=True)) for section in sections]
             for section, entries in updates:
@@ -139,7 +139,7 @@ class AlertMode:
             held = None
             if self.last_update and time.monotonic() - self.last_update < self.alert.block_hold:
                 held = self._from_state(model, attribution)  # what the last good state blocked stays blocked
-            return held or Decision(quota_scopes.FAIL_CLOSED if self.settings.fail_closed else quota_scopes.FAIL_OPEN,
+            return held or Decision(vocabulary.FAIL_CLOSED if self.settings.fail_closed else vocabulary.FAIL_OPEN,
                                     entry={"source": self.alert.source})
         return self._from_state(model, attribution)
 
@@ -148,17 +148,17 @@ class AlertMode:
         if not users and not departments:
             return None
         for rule in self.settings.rules:
-            scope = quota_scopes.BY_NAME[rule.scope]
-            over = users if scope is quota_scopes.USER else departments
+            scope = vocabulary.BY_NAME[rule.scope]
+            over = users if scope is vocabulary.USER else departments
             principal = attribution.get(scope.attribute)
             entry = over.get(principal) if principal else None
             if entry is None or _SEVERITY.get(entry.get("severity", ""), 0) < _SEVERITY[rule.level]:
                 continue
-            if rule.action == quota_scopes.REJECT:
-                return Decision(quota_scopes.REJECT, rule.scope, principal, entry)  # type: ignore[arg-type]
+            if rule.action == vocabulary.REJECT:
+                return Decision(vocabulary.REJECT, rule.scope, principal, entry)  # type: ignore[arg-type]
             target = next((cheap for glob, cheap in rule.downgrade if model and fnmatch.fnmatch(model, glob)), None)
             if target is not None and target != model:
-                return Decision(quota_scopes.DOWNGRADE, rule.scope, principal, entry, target)  # type: ignore[arg-type]
+                return Decision(vocabulary.DOWNGRADE, rule.scope, principal, entry, target)  # type: ignore[arg-type]
         return None
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from otel_tokens.prometheus_api import Prometheus, PrometheusError, get_json, redacted, unauthorized
-from otel_tokens.quota import vocabulary as quota_scopes
+from otel_tokens.quota import vocabulary
 from otel_tokens.quota.alert.state import Entry, Key, PayloadError, parse_active
 
 ALERTS_PATH = "/api/v1/alerts"
@@ -85,7 +85,7 @@ class Ruler:
         groups = self.api.get("/api/v1/rules", [("type", "alert")])["groups"]
         needed = [float(rule.get("duration") or 0) + 2 * float(group.get("interval") or 60)
                   for group in groups for rule in group.get("rules", [])
-                  if rule.get("type") == "alerting" and rule.get("name") in quota_scopes.ALERTS]
+                  if rule.get("type") == "alerting" and rule.get("name") in vocabulary.ALERTS]
         return max(needed, default=120.0)
 
     def lift_blocked_because(self, now: float | None = None) -> str | None:

@@ -16,9 +16,9 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from otel_tokens.quota import vocabulary as quota_scopes
+from otel_tokens.quota import vocabulary
 
-_SEVERITY = quota_scopes.SEVERITY_RANK
+_SEVERITY = vocabulary.SEVERITY_RANK
 MAX_ID = 256  # characters of a principal's name
 MAX_TEXT = 128  # characters of an annotation kept (usage, limit, percent)
 MAX_ALERTS = 10_000  # alerts in one payload
@@ -54,7 +54,7 @@ def _quota_alert(alert: Any, where: str) -> tuple[Key, Entry] | None:
         raise PayloadError(f"{where} is not a mapping")
     labels = _labels(alert.get("labels", {}), f"{where}.labels")
     annotations = _labels(alert.get("annotations", {}) or {}, f"{where}.annotations")
-    scope_kind = quota_scopes.ALERTS.get(labels.get("alertname", ""))
+    scope_kind = vocabulary.ALERTS.get(labels.get("alertname", ""))
     if scope_kind is None:
         return None
     scope = scope_kind[0]
@@ -118,7 +118,7 @@ class AlertState:
         self._lock = threading.Lock()
         self._firing: dict[tuple[str, str], dict[tuple[str, str], Entry]] = {}  # (kind, name) -> (quota, sev)
         self._confirmed: dict[Key, float] = {}  # when a ruler last said each alert fires (monotonic)
-        self._view: dict[str, dict[str, Entry]] = {scope.section: {} for scope in quota_scopes.SCOPES}
+        self._view: dict[str, dict[str, Entry]] = {scope.section: {} for scope in vocabulary.SCOPES}
         self.epoch = os.urandom(4).hex()  # a restarted guard's versions are not the old one's
         self.version = 0
         self._log: deque[tuple[int, str, str, Entry | None]] = deque(maxlen=LOG_SIZE)
@@ -191,7 +191,7 @@ class AlertState:
     def _refresh(self, touched: set[tuple[str, str]]) -> None:
         changed = []
         for kind, principal in touched:
-            section = quota_scopes.BY_NAME[kind].section
+            section = vocabulary.BY_NAME[kind].section
             worst = None
             for entry in self._firing.get((kind, principal), {}).values():  # at most kinds x severities
                 if worst is None or _SEVERITY[entry["severity"]] > _SEVERITY[worst["severity"]]:
@@ -240,7 +240,7 @@ class AlertState:
         with self._lock:
             if version > self.version or version < self._complete_after:
                 return None
-            changes: dict[str, dict[str, Entry | None]] = {scope.section: {} for scope in quota_scopes.SCOPES}
+            changes: dict[str, dict[str, Entry | None]] = {scope.section: {} for scope in vocabulary.SCOPES}
             for number_, section, principal, entry in reversed(self._log):  # newest first: cost ~ changes
                 if number_ <= version:
                     break

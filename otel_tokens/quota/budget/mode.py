@@ -26,7 +26,7 @@ from otel_tokens.config.errors import ConfigError
 from otel_tokens.config.settings import GuardSettings
 from otel_tokens.logs import internal_error, log_once, logger
 from otel_tokens.pricing import PriceBook
-from otel_tokens.quota import vocabulary as quota_scopes
+from otel_tokens.quota import vocabulary
 from otel_tokens.quota.budget.store import (
     DOWNGRADE,
     MAX_AMOUNT,
@@ -77,23 +77,23 @@ class Held:
     """What a reserved call holds in the store, per principal, until it is settled."""
 
     reservation: str  # the call's id, also what marks its settlement as applied
-    parts: tuple[tuple[quota_scopes.QuotaScope, str, str], ...]  # (scope, principal, held member)
+    parts: tuple[tuple[vocabulary.QuotaScope, str, str], ...]  # (scope, principal, held member)
     tokens: int = 0  # the worst case reserved, what an unfinished stream is settled at (at least)
     cost: int = 0  # nano-units
 
 
 def plans(settings: GuardSettings, quotas: Quotas) -> dict[str, Plan]:
     if not settings.rules:
-        return {scope.name: Plan(1.0) for scope in quota_scopes.SCOPES}
+        return {scope.name: Plan(1.0) for scope in vocabulary.SCOPES}
 
     def ratio(level: str) -> float:
-        return quotas.warning_ratio if level == quota_scopes.WARNING else 1.0
+        return quotas.warning_ratio if level == vocabulary.WARNING else 1.0
 
     out = {}
-    for scope in quota_scopes.SCOPES:
+    for scope in vocabulary.SCOPES:
         rules = [r for r in settings.rules if r.scope == scope.name]
-        refuse = [ratio(r.level) for r in rules if r.action == quota_scopes.REJECT]
-        downgrades = tuple((ratio(r.level), glob, target) for r in rules if r.action == quota_scopes.DOWNGRADE
+        refuse = [ratio(r.level) for r in rules if r.action == vocabulary.REJECT]
+        downgrades = tuple((ratio(r.level), glob, target) for r in rules if r.action == vocabulary.DOWNGRADE
                            for glob, target in r.downgrade)
         out[scope.name] = Plan(min(refuse) if refuse else None, downgrades)
     return out
@@ -226,7 +226,7 @@ class BudgetMode:
         output = self.limits.default_max_output_tokens if output is None else max(0, output)
         output_bound = min(output * max(0, choices), MAX_AMOUNT)
         input_bound = min(input_bound, MAX_AMOUNT)
-        who = [(scope, attribution.get(scope.attribute) or UNATTRIBUTED) for scope in quota_scopes.SCOPES]
+        who = [(scope, attribution.get(scope.attribute) or UNATTRIBUTED) for scope in vocabulary.SCOPES]
         reservation = os.urandom(8).hex()
         try:
             charges = self._charges(quotas, who, provider, model, input_bound, output_bound,
@@ -263,7 +263,7 @@ class BudgetMode:
                     charges[0].tokens if charges else 0, charges[0].cost if charges else 0)
         if target is None or crossing is None:
             return None, held
-        return Decision(quota_scopes.DOWNGRADE, crossing.scope.name, crossing.principal, {}, target), held
+        return Decision(vocabulary.DOWNGRADE, crossing.scope.name, crossing.principal, {}, target), held
 
     def _send(self, reservation: str, charges: list[Charge], carried: list[list[Settlement]]) -> Any:
         """One round trip; the carried settlements go back to the queue when it fails (sent twice,
@@ -304,7 +304,7 @@ class BudgetMode:
         cost = self.prices.cost_of(provider, model, input_tokens, output_tokens, worst_case=limited)
         return min(math.ceil(cost.total * NANO), MAX_AMOUNT) if cost is not None else 0
 
-    def _charges(self, quotas: Quotas, who: list[tuple[quota_scopes.QuotaScope, str]], provider: str, model: str,
+    def _charges(self, quotas: Quotas, who: list[tuple[vocabulary.QuotaScope, str]], provider: str, model: str,
                  input_bound: int, output_bound: int, downgradable_model: str | None) -> list[Charge]:
         limits = []
         for scope, principal in who:
@@ -325,19 +325,19 @@ class BudgetMode:
         charge = verdict.charge
         scope = charge.scope
         plan = self._plans[scope.name]
-        severity = quota_scopes.CRITICAL if (plan.refuse or 1.0) >= 1.0 else quota_scopes.WARNING
+        severity = vocabulary.CRITICAL if (plan.refuse or 1.0) >= 1.0 else vocabulary.WARNING
 
         def show(value: int) -> str:
-            if verdict.quota == quota_scopes.COST:
+            if verdict.quota == vocabulary.COST:
                 return f"{value / NANO:,.4f} {self.prices.currency}"
             return f"{value:,}"
 
         entry = {"window": scope.window, "quota": verdict.quota, "usage": show(verdict.used),
                  "reserved": show(verdict.amount), "limit": show(verdict.limit), "severity": severity}
-        return Decision(quota_scopes.REJECT, scope.name, charge.principal, entry)
+        return Decision(vocabulary.REJECT, scope.name, charge.principal, entry)
 
     def _fail(self) -> Decision:
-        action = quota_scopes.FAIL_CLOSED if self.settings.fail_closed else quota_scopes.FAIL_OPEN
+        action = vocabulary.FAIL_CLOSED if self.settings.fail_closed else vocabulary.FAIL_OPEN
         return Decision(action, entry={"source": self.source})
 
     def _unavailable(self, why: str) -> None:
