@@ -3,7 +3,7 @@
 the same principal. Library-neutral: an integration only decides where the headers go.
 
 Only our three keys go out, with the app's values (inbound baggage entries, forged or foreign, are
-never forwarded by us), and only to internal hosts (DESIGN.md): loopback, private and link-local
+never forwarded by us), and only to internal hosts (docs/design.md): loopback, private and link-local
 addresses and `localhost`, or the operator's `propagate_hosts` globs instead (a service name such as
 `vllm` or `*.svc.cluster.local` is named there: a name says nothing of where it resolves). A
 third-party API gets the traceparent only."""

@@ -1,7 +1,7 @@
 """The neutral record of one LLM call: what every integration builds and the recorder consumes.
 
 Integrations fill this and nothing else, so adding a client library means writing only its
-wrapper (DESIGN.md, "Data flow").
+wrapper (docs/design.md, "Data flow").
 """
 
 from __future__ import annotations

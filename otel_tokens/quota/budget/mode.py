@@ -52,7 +52,7 @@ def _stamp(path: Any) -> tuple[int, int, int] | None:
     return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
-UNATTRIBUTED = names.UNATTRIBUTED  # DESIGN.md: the principal of a call with no user (or no department)
+UNATTRIBUTED = names.UNATTRIBUTED  # docs/design.md: the principal of a call with no user (or no department)
 IDLE_FLUSH = 0.05  # seconds a settlement waits for a reservation to carry it before the worker sends it
 CARRY = 16  # settlements one reservation carries at most
 MAX_PENDING = 100_000  # settlements kept while the store is down; beyond, the oldest are dropped (logged)
