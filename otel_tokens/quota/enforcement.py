@@ -64,7 +64,7 @@ class Enforcement:
         if self._reject_unattributed and not attributed:
             decision = Decision(vocabulary.REJECT, vocabulary.UNATTRIBUTED_CALLS)
             self.count(decision)
-        elif self.alert.alert.enabled:
+        elif self.alert.enabled:
             decision = self.alert.decide(model if downgradable else None, attribution)
             self.count(decision)
         admission = Admission(decision.model if decision is not None and decision.model else model, decision,

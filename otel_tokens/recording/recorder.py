@@ -1,9 +1,10 @@
 """The one recorder: owns the whole life of an instrumented call and turns it into span attributes
 and metric points.
 
-An integration calls `begin()` (attribution, the guard's decision, the span), runs the library call
-inside `with call:` and calls `finish()` once the result is consumed; the recorder
-does everything else. Modelled on opentelemetry-util-genai's start_inference / stop / fail.
+An integration calls `begin()` (attribution, the quota admission through `quota.enforcement`, the span),
+runs the library call inside `with call:` and calls `finish()` once the result is consumed (usage, the
+one cost rule, metrics, the budget settlement, the span's end); the recorder does everything else.
+Modelled on opentelemetry-util-genai's start_inference / stop / fail.
 """
 
 from __future__ import annotations

@@ -51,6 +51,10 @@ class AlertMode:
         self._rulers = Rulers(self.alert.source) if self.alert.enabled and ALERTS_PATH in self.alert.source else None
         self._ruler_state = AlertState()
 
+    @property
+    def enabled(self) -> bool:
+        return self.alert.enabled
+
     def start(self) -> None:
         """Polls in a background thread, the first time at once: start-up never waits on the state
         source. Until the first state arrives the guard acts as with the source down (fail open or closed)."""
