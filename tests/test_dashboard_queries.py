@@ -23,7 +23,6 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 import yaml
@@ -35,8 +34,6 @@ from otel_tokens.quota.file import Quotas, parse_quotas
 from tests.support.binaries import require_binary
 from tests.support.dashboard_app import USERS
 from tests.support.grafana import (
-    _VARIABLE_USE,
-    GRAFANA_DURATIONS,
     JOB,
     MODELS,
     QUOTAS,
@@ -48,6 +45,9 @@ from tests.support.grafana import (
     _queries,
     _quota_targets,
     _variable_query,
+    grafana_regex,
+    interpolate,
+    label_values,
     promql_names,
     query_names,
 )
@@ -199,43 +199,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             _stop(process)
 
 
-# Grafana's Prometheus data source escapes regex characters in a multi-value variable's values.
-_REGEX_SPECIAL = re.compile(r"([\\^$*+?.()|{}\[\]])")
-
-
-def _grafana_regex(values: list[str]) -> str:
-    escaped = [_REGEX_SPECIAL.sub(r"\\\\\1", v) for v in values]
-    return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
-
-
-def interpolate(text: str, values: dict[str, str]) -> str:
-    def one(match: re.Match[str]) -> str:
-        name = next(g for g in match.groups() if g)
-        if name in GRAFANA_DURATIONS:
-            return GRAFANA_DURATIONS[name]
-        assert name in values, f"no value for ${name}"
-        return values[name]
-    return _VARIABLE_USE.sub(one, text)
-
-
-def _label_values(url: str, definition: str, values: dict[str, str]) -> list[str]:
-    """What Grafana's Prometheus data source lists for label_values(selector, label): the label values API with the
-    selector as match[] (variables in it interpolated) over the dashboard's time range."""
-    selector, label = _label_values_parts(interpolate(definition, values))
-    params = {"start": str(time.time() - 6 * 3600), "end": str(time.time())}
-    if selector:
-        params["match[]"] = selector
-    body = _get(f"{url}/api/v1/label/{label}/values?{urlencode(params)}")
-    assert body["status"] == "success", body
-    return sorted(body["data"])
-
-
 def _options(stack: dict[str, Any], dashboard: dict[str, Any]) -> dict[str, list[str]]:
     """Each variable's options, resolved in order with the earlier ones at All."""
     options: dict[str, list[str]] = {}
     values: dict[str, str] = {}
     for variable in dashboard["templating"]["list"]:
-        options[variable["name"]] = _label_values(stack["url"], variable["definition"], values)
+        options[variable["name"]] = label_values(stack["url"], variable["definition"], values)
         values[variable["name"]] = variable["allValue"]
     return options
 
@@ -244,10 +213,10 @@ def _substitutions(dashboard: dict[str, Any], options: dict[str, list[str]]) -> 
     variables = dashboard["templating"]["list"]
     all_value = {v["name"]: v["allValue"] for v in variables}
     out = [("All as allValue", all_value),
-           ("All as every value", {n: _grafana_regex(vals) for n, vals in options.items()})]
+           ("All as every value", {n: grafana_regex(vals) for n, vals in options.items()})]
     for name, vals in options.items():
         for value in vals:
-            out.append((f"{name}={value}", {**all_value, name: _grafana_regex([value])}))
+            out.append((f"{name}={value}", {**all_value, name: grafana_regex([value])}))
     out.append(("one of each", {"service": JOB, "model": "tiny-gpt2", "department": "research", "user": "alice"}))
     return out
 
@@ -260,7 +229,7 @@ def test_variables_list_what_the_app_produced(stack: dict[str, Any]) -> None:
                            "department": sorted({d for _, d, _ in USERS}),
                            "user": sorted({u for u, _, _ in USERS})}, dashboard["title"]
         values = {v["name"]: v["allValue"] for v in dashboard["templating"]["list"]}
-        assert _label_values(stack["url"], dashboard["templating"]["list"][3]["definition"],
+        assert label_values(stack["url"], dashboard["templating"]["list"][3]["definition"],
                              {**values, "department": "research"}) == ["alice", "bob"]
 
 
@@ -279,7 +248,7 @@ def test_every_query_returns_data(stack: dict[str, Any]) -> None:
             for where, expr in _queries(dashboard):
                 promql = interpolate(expr, values)
                 if promql.startswith("label_values("):
-                    result = _label_values(url, _variable_query({"query": expr}), values)
+                    result = label_values(url, _variable_query({"query": expr}), values)
                     assert result, f"{where} [{label}]: no values"
                     continue
                 result = query(url, promql)

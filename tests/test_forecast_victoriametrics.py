@@ -19,8 +19,8 @@ import pytest
 from otel_tokens.ops.rules import render
 from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
+from tests.support.forecast_quotas import FORECAST_QUOTAS
 from tests.support.victoria_stack import start_victoria
-from tests.test_quota_rules import FORECAST_QUOTAS
 
 pytestmark = pytest.mark.e2e
 

@@ -13,14 +13,9 @@ from otel_tokens.config import load_settings
 from otel_tokens.config.settings import AlertSettings, GuardRule, GuardSettings, Settings
 from otel_tokens.ops.alert_endpoint import serve
 from otel_tokens.quota.alert.mode import AlertMode, AlertState
+from tests.support.alerts import alert
 from tests.support.openai_server import OpenAIServer
 from tests.support.telemetry import Telemetry, make_telemetry
-
-
-def alert(name: str, severity: str, status: str = "firing", **labels: str) -> dict:
-    return {"status": status, "labels": {"alertname": name, "severity": severity, "quota": "tokens",
-                                         "window": "24h", **labels},
-            "annotations": {"usage": "1.1k tokens", "limit": "1k tokens", "percent": "110%"}}
 
 
 def test_state_follows_firing_and_resolved_alerts():

@@ -23,9 +23,9 @@ from otel_tokens.logs import internal_error
 from otel_tokens.ops.alert_endpoint import serve
 from otel_tokens.recording.call import UsageEstimate
 from otel_tokens.recording.recorder import Recorder
+from tests.support.alerts import alert
 from tests.support.openai_server import OpenAIServer
 from tests.support.telemetry import make_telemetry
-from tests.test_guard import alert
 
 
 class ToyClient:

@@ -19,10 +19,8 @@ import pytest
 import yaml
 
 from tests.support.binaries import require_binary
+from tests.support.report_stack import running_stack
 from tests.support.smtp_sink import SmtpSink
-
-# the report test's stack (a real Prometheus with usage), as the fixture `report_stack`
-from tests.test_report import stack as report_stack  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 
@@ -30,6 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SYSTEMD = ROOT / "collector" / "systemd"
 BIN = Path(sys.executable).parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def report_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The report tests' stack (a real Prometheus with known usage)."""
+    yield from running_stack(tmp_path_factory)
 
 
 @pytest.fixture
@@ -63,7 +67,7 @@ def _check_digest(mail: Any, to: list[str]) -> None:
     assert chart.get_filename() == "llm-usage.png" and chart.get_content().startswith(PNG_MAGIC)
 
 
-def test_the_digest_arrives_as_text_html_and_the_chart(report_stack, sink):  # noqa: F811 (the imported fixture)
+def test_the_digest_arrives_as_text_html_and_the_chart(report_stack, sink):
     stack = report_stack
     env = _env(sink)
     out = _report(stack, env, "--mail-to", "finance@example.test,ops@example.test", "--mail-to", "cto@example.test")
@@ -101,7 +105,7 @@ def test_bad_mail_settings_are_one_line_usage_errors(sink, env, args, message):
     assert sink.received == []
 
 
-def test_a_relay_without_starttls_is_refused_when_tls_is_required(report_stack, sink):  # noqa: F811 (the imported fixture)
+def test_a_relay_without_starttls_is_refused_when_tls_is_required(report_stack, sink):
     stack = report_stack
     out = _report(stack, _env(sink, SMTP_REQUIRE_TLS="true"), "--mail-to", "a@example.test")
     assert out.returncode == 3, out.stderr
@@ -119,7 +123,7 @@ def _unit(path: Path) -> dict[str, str]:
     return values
 
 
-def test_the_systemd_timer_runs_the_digest_service(report_stack, sink, tmp_path):  # noqa: F811 (the imported fixture)
+def test_the_systemd_timer_runs_the_digest_service(report_stack, sink, tmp_path):
     stack = report_stack
     analyze = require_binary("systemd-analyze")
     service, timer = SYSTEMD / "otel-tokens-digest.service", SYSTEMD / "otel-tokens-digest.timer"
@@ -157,7 +161,7 @@ def test_the_systemd_timer_runs_the_digest_service(report_stack, sink, tmp_path)
     assert mail.message["Subject"].startswith("LLM usage: 24h ending ")
 
 
-def test_the_compose_digest_service_mails_at_its_hour(report_stack, sink, tmp_path):  # noqa: F811 (the imported fixture)
+def test_the_compose_digest_service_mails_at_its_hour(report_stack, sink, tmp_path):
     stack = report_stack
     compose = yaml.safe_load((ROOT / "collector" / "docker-compose.yml").read_text())
     service = compose["services"]["digest"]

@@ -14,6 +14,7 @@ from otel_tokens.config.errors import ConfigError
 from otel_tokens.ops.rules import render_text
 from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
+from tests.support.forecast_quotas import FORECAST_QUOTAS
 
 QUOTAS = {
     "warning_ratio": 0.8,
@@ -330,7 +331,6 @@ def test_every_problem_of_a_quota_file_is_reported_at_once(tmp_path):
         load_quotas(path)
 
 
-FORECAST_QUOTAS = {"departments": {"default": {"tokens": 10000}, "overrides": {"ops": {"cost": 100}}}}
 
 
 def _forecast(name: str, exhaustion: str, usage: str, burn: str, forecast: str, percent: str,

@@ -17,10 +17,9 @@ import pytest
 from otel_tokens.ops.rules import render
 from tests.support.alert_app import TOKENS_PER_CALL
 from tests.support.binaries import require_binary
-from tests.support.grafana import JOB, _dashboards, _queries, _variable_query
+from tests.support.grafana import JOB, _dashboards, _queries, _variable_query, grafana_regex, interpolate, label_values
 from tests.support.prometheus_stack import query
 from tests.support.victoria_stack import BINARIES, EARLY, VictoriaStack
-from tests.test_dashboard_queries import _grafana_regex, _label_values, interpolate
 
 pytestmark = pytest.mark.e2e
 
@@ -172,16 +171,16 @@ def test_every_dashboard_query_runs_on_victoriametrics_as_on_prometheus(stack: V
         options: dict[str, list[str]] = {}
         values = {v["name"]: v["allValue"] for v in variables}
         for variable in variables:
-            options[variable["name"]] = found = _label_values(stack.victoria, variable["definition"], values)
-            assert found == _label_values(stack.prometheus, variable["definition"], values), variable["name"]
+            options[variable["name"]] = found = label_values(stack.victoria, variable["definition"], values)
+            assert found == label_values(stack.prometheus, variable["definition"], values), variable["name"]
         assert options["user"] == ["alice", "bob"] and options["service"] == [JOB]
-        substitutions = [values, *({**values, name: _grafana_regex([value])}
+        substitutions = [values, *({**values, name: grafana_regex([value])}
                                    for name, vals in options.items() for value in vals)]
         for substitution in substitutions:
             for where, expr in _queries(dashboard):
                 if expr.startswith("label_values("):
-                    assert _label_values(stack.victoria, _variable_query({"query": expr}), substitution) == \
-                        _label_values(stack.prometheus, _variable_query({"query": expr}), substitution), where
+                    assert label_values(stack.victoria, _variable_query({"query": expr}), substitution) == \
+                        label_values(stack.prometheus, _variable_query({"query": expr}), substitution), where
                     continue
                 promql = interpolate(expr, substitution)
                 # MetricsQL drops NaN results (a quantile of no requests) where PromQL returns NaN: both show nothing

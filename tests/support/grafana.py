@@ -4,9 +4,12 @@ PromQL tokenizer that lists the metric and label names an expression uses."""
 
 import json
 import re
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import yaml
 
@@ -235,3 +238,40 @@ def _quota_targets() -> list[tuple[str, dict[str, Any], dict[str, Any], str]]:
                     assert len(series) == 1, t["expr"]
                     out.append((f"{dashboard['title']} / {panel['title']} / {t['refId']}", panel, t, series.pop()))
     return out
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        body = response.read()
+    return json.loads(body) if body[:1] in (b"{", b"[") else body.decode()
+
+
+# Grafana's Prometheus data source escapes regex characters in a multi-value variable's values.
+_REGEX_SPECIAL = re.compile(r"([\\^$*+?.()|{}\[\]])")
+
+
+def grafana_regex(values: list[str]) -> str:
+    escaped = [_REGEX_SPECIAL.sub(r"\\\\\1", v) for v in values]
+    return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
+
+
+def interpolate(text: str, values: dict[str, str]) -> str:
+    def one(match: re.Match[str]) -> str:
+        name = next(g for g in match.groups() if g)
+        if name in GRAFANA_DURATIONS:
+            return GRAFANA_DURATIONS[name]
+        assert name in values, f"no value for ${name}"
+        return values[name]
+    return _VARIABLE_USE.sub(one, text)
+
+
+def label_values(url: str, definition: str, values: dict[str, str]) -> list[str]:
+    """What Grafana's Prometheus data source lists for label_values(selector, label): the label values API with the
+    selector as match[] (variables in it interpolated) over the dashboard's time range."""
+    selector, label = _label_values_parts(interpolate(definition, values))
+    params = {"start": str(time.time() - 6 * 3600), "end": str(time.time())}
+    if selector:
+        params["match[]"] = selector
+    body = _get_json(f"{url}/api/v1/label/{label}/values?{urlencode(params)}")
+    assert body["status"] == "success", body
+    return sorted(body["data"])
