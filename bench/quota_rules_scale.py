@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from _live_counters import LiveCounters  # noqa: E402
+from _prometheus import free_port, wait_ready  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from otel_tokens.ops.backfill import backfill, first_level  # noqa: E402
@@ -64,12 +64,6 @@ RAW_SCAN = "sum by (user_id) (count_over_time(llm_token_usage_total[24h]))"
 # the least any rule that sees a crossing from raw data must do each evaluation: read every raw series once
 ONE_READ = ('sum by (user_id) (last_over_time(llm_token_usage_total{user_id!=""}[10m]))'
             ' + on(user_id) sum by (user_id) (last_over_time(llm_cost_total{user_id!=""}[10m]))')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _labels(user: int, s: int) -> str:
@@ -134,19 +128,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def wait_ready(url: str, process: subprocess.Popen, log: str) -> None:
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/-/ready", timeout=2).status == 200:
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise RuntimeError(f"Prometheus did not start; see {log}")
-        time.sleep(0.5)
 
 
 def exact(url: str, kept: dict[int, list[tuple[int, int]]]) -> bool:

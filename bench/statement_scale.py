@@ -28,12 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _prometheus import binary  # noqa: E402
+from _prometheus import start as start_prometheus  # noqa: E402
 
 from otel_tokens.ops.report.period import month  # noqa: E402
 from otel_tokens.ops.report.statement import build_statement  # noqa: E402
 from otel_tokens.prometheus_api import Prometheus  # noqa: E402
-from tests.support.binaries import require_binary  # noqa: E402
-from tests.support.prometheus_stack import query, start_prometheus  # noqa: E402
 
 PRICE = {"input": 2.5e-6, "output": 10e-6}
 
@@ -78,7 +80,7 @@ def write_history(path: Path, users: int, start: int, end: int, step: int, resta
 
 
 def measure(users: int, step_minutes: int, restarts: float, profile: bool = False) -> dict[str, float | int | bool]:
-    prometheus, promtool = require_binary("prometheus"), require_binary("promtool")
+    promtool = binary("promtool")
     now = time.time()
     period = month(_previous_month(now))
     start, end = int(period.start), int(period.end)
@@ -90,7 +92,7 @@ def measure(users: int, step_minutes: int, restarts: float, profile: bool = Fals
                         str(tmp / "prom-data")], check=True, capture_output=True)
         (tmp / "h.om").unlink()
         prepared = time.monotonic() - t0
-        url, process = start_prometheus(tmp, prometheus, [], retention="400d")
+        url, process = start_prometheus(tmp, retention="400d")
         try:
             prom = Prometheus(url)
             seconds = []
@@ -109,9 +111,9 @@ def measure(users: int, step_minutes: int, restarts: float, profile: bool = Fals
             naive = []
             for _ in range(3):
                 t = time.perf_counter()
-                result = query(url, f"sum by (user_id) (increase(llm_token_usage_total[{end - start}s]))", end)
+                result = prom.instant(f"sum by (user_id) (increase(llm_token_usage_total[{end - start}s]))", end)
                 naive.append(time.perf_counter() - t)
-            naive_total = sum(float(r["value"][1]) for r in result)
+            naive_total = sum(value for _, value in result)
             rss = _rss(url)
         finally:
             process.terminate()

@@ -63,12 +63,12 @@ def main() -> None:
     args = parser.parse_args()
 
     import openai
+    from _sdk import recorded
     from tiny_local_model import ensure
     from transformers import AutoTokenizer
 
     from otel_tokens import names
     from otel_tokens.config.settings import Settings
-    from tests.support.telemetry import instrumented
 
     model_path = ensure()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -89,10 +89,10 @@ def main() -> None:
 
         def run(client_name: str, include_usage: bool) -> list[tuple[int, int, str]]:
             settings = Settings(tokenizers={model: str(model_path)}, stream_include_usage=include_usage)
-            with instrumented(settings) as tel:
+            with recorded(settings) as exporter:
                 for messages in prompts(args.prompts):
                     stream_once(client_name, base_url, model, messages, args.max_tokens)
-                spans = tel.spans()
+                spans = exporter.get_finished_spans()
             return [(s.attributes.get(names.GEN_AI_USAGE_INPUT_TOKENS),
                      s.attributes.get(names.GEN_AI_USAGE_OUTPUT_TOKENS), s.attributes.get(names.LLM_USAGE_SOURCE))
                     for s in spans]
