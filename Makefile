@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint bench bench-peers bench-scale clean system-deps
+.PHONY: test test-unit demo lint bench bench-peers bench-scale clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,13 @@ system-deps:
 test: system-deps $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# Everything that needs no system package and no root: the unit and integration tests (real libraries
+# in process, a local OpenAI-compatible server), not the e2e ones (Prometheus, Alertmanager, Redis, apps
+# under opentelemetry-instrument). About a minute.
+test-unit: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not e2e"
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

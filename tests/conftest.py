@@ -1,8 +1,14 @@
-"""Fixtures shared by every test module; the helpers themselves live in tests/support/."""
+"""Fixtures shared by every test module; the helpers themselves live in tests/support/.
+
+Tests are grouped by kind: unit/ (no server), integrations/ (real libraries in process: the openai SDK
+over real HTTP to a local server, transformers, web apps), e2e/ (real binaries and processes:
+Prometheus, Alertmanager, Redis, VictoriaMetrics, apps under opentelemetry-instrument). Every test
+under e2e/ carries the `e2e` marker, set here by folder, so `-m "not e2e"` needs no system package."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +20,15 @@ from tests.support.redis_server import RedisServer
 from tests.support.telemetry import LogRecords, Telemetry, make_telemetry
 
 __all__ = ["LogRecords", "Telemetry", "make_telemetry", "require_binary"]
+
+
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture

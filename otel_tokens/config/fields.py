@@ -264,7 +264,9 @@ def guard_section(value: Any) -> GuardSettings:
         where = f"rules[{i}]"
         if not isinstance(raw, Mapping) or set(raw) - {"scope", "quota", "action", "level", "downgrade"}:
             raise ValueError(f"has {where} that is not a mapping of scope, action, level, downgrade")
-        key = "quota" if "quota" in raw and "scope" not in raw else "scope"  # `quota:`, the old spelling
+        if "quota" in raw and "scope" in raw:
+            raise ValueError(f"has {where} with both scope and quota (quota is the old name of scope)")
+        key = "quota" if "quota" in raw else "scope"  # `quota:`, the old spelling
         if raw.get(key) not in vocabulary.BY_NAME:
             raise ValueError(f"has {where}.{key} {raw.get(key)!r}, not {_either(vocabulary.BY_NAME)}")
         if raw.get("action") not in vocabulary.RULE_ACTIONS:

@@ -53,6 +53,11 @@ class UnattributedCallError(QuotaExceededError):
         self.usage = self.limit = self.reserved = None
         self.severity = "critical"
 
+    @property
+    def quota(self) -> str:
+        """`unattributed`, as this error's `.quota` always read."""
+        return vocabulary.UNATTRIBUTED_CALLS
+
 
 @dataclass(frozen=True)
 class Decision:

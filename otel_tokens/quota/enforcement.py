@@ -53,7 +53,7 @@ class Enforcement:
         self.idle = not (guard.alert.enabled or self.budget is not None or self._reject_unattributed)
         self._decisions = meter.create_counter(
             names.METRIC_GUARD_DECISIONS, unit=names.UNIT_DECISION,
-            description="Quota guard decisions other than allow: reject, fit, downgrade, fail_open, fail_closed.")
+            description="Quota guard decisions other than allow: reject, downgrade, fail_open, fail_closed.")
 
     def admit(self, provider: str, model: str, attribution: Mapping[str, str], attributed: bool,
               estimate: Callable[[], UsageEstimate | None] | None, downgradable: bool) -> Admission:

@@ -82,6 +82,7 @@ class Recorder:
                                streaming, attribution, estimate)
             call.held = held
             call.covers_inner = covers_inner
+            refusal = admission.refusal if admission is not None else None
             if decision is not None:
                 call.record.quota_action = decision.action
                 if request_model != model:
@@ -91,7 +92,6 @@ class Recorder:
             if admission is not None and admission.held is not None:
                 self.enforcement.release(admission.held)
             return Call(self, CallRecord(operation, provider, model), INVALID_SPAN, _EMPTY, finished=True)
-        refusal = admission.refusal if admission is not None else None
         if refusal is not None:
             self.finish(call, error=refusal)
             raise refusal

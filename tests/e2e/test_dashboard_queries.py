@@ -1,0 +1,360 @@
+"""Every query of every dashboard, against a real Prometheus that
+scraped tests/support/dashboard_app.py (the real package: several users, departments, two tiny transformers models, an
+OpenAI-style model with estimated counts, streams and errors), every query of every panel, variable and annotation
+with its variables substituted the way Grafana does. The quota panels are compared with the limits of a quota file
+rendered by otel_tokens.ops.rules.render_text and loaded into that Prometheus.
+
+Department month-to-date is built from hourly buckets aligned to the hour, which a Prometheus started seconds ago
+cannot have: the app's first round of metrics is backfilled into the past hour (`promtool tsdb create-blocks-from
+openmetrics`, the app's own exposition re-timestamped) and the rule file's hourly bucket rules are evaluated over it
+with `promtool tsdb create-blocks-from rules`; the month and ratio series are then recorded live by Prometheus.
+"""
+
+
+import calendar
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from otel_tokens import names
+from otel_tokens.ops.rules import render, render_text
+from otel_tokens.quota.file import Quotas, parse_quotas
+from tests.support.binaries import require_binary
+from tests.support.dashboard_app import USERS
+from tests.support.grafana import (
+    JOB,
+    MODELS,
+    QUOTAS,
+    ROOT,
+    _dashboards,
+    _data_panels,
+    _datasource,
+    _label_values_parts,
+    _queries,
+    _quota_targets,
+    _variable_query,
+    grafana_regex,
+    interpolate,
+    label_values,
+    promql_names,
+    query_names,
+)
+from tests.support.prometheus_stack import free_port, query, start_prometheus
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        body = response.read()
+    return json.loads(body) if body[:1] in (b"{", b"[") else body.decode()
+
+
+def _families(text: str) -> list[Any]:
+    return list(text_string_to_metric_families(text))
+
+
+def _totals(text: str, metric: str, label: str) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for family in _families(text):
+        for sample in family.samples:
+            if sample.name == metric and sample.labels.get(label):
+                out[sample.labels[label]] += sample.value
+    return dict(out)
+
+
+def _openmetrics(text: str, extra: dict[str, str], timestamps: list[int]) -> str:
+    """The app's accounting counters as OpenMetrics, each sample repeated at `timestamps` (seconds); empty label
+    values are dropped as a Prometheus scrape drops them, so the series continue the scraped ones."""
+    def escape(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    lines = []
+    wanted = {names.PROM_LLM_TOKEN_USAGE, names.PROM_LLM_COST, names.PROM_LLM_REQUESTS}
+    for family in _families(text):
+        for sample in family.samples:
+            if sample.name not in wanted:
+                continue
+            labels = {**{k: v for k, v in sample.labels.items() if v}, **extra}
+            selector = ",".join(f'{k}="{escape(v)}"' for k, v in sorted(labels.items()))
+            lines += [f"{sample.name}{{{selector}}} {sample.value!r} {t}" for t in timestamps]
+    return "\n".join([*lines, "# EOF", ""])
+
+
+def _wait(condition: Callable[[], Any], what: str, timeout: float = 40.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+def _month_buckets_available(now: float) -> bool:
+    """Month-to-date counts whole hourly buckets of the current UTC month: none exists in a month's first hour."""
+    t = time.gmtime(now)
+    month_start = calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0))
+    return now >= month_start + 3600
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    prometheus = require_binary("prometheus")
+    promtool = require_binary("promtool")
+    tmp = tmp_path_factory.mktemp("dashboards")
+    # A month-to-date bucket ends on the hour; crossing one mid-test would add a live bucket to the expectations
+    # (test_quota_panels_agree_with_the_rendered_rules then leaves the departments out).
+    if 3600 - time.time() % 3600 < 45:
+        time.sleep(3600 - time.time() % 3600 + 2)
+    processes: list[subprocess.Popen[Any]] = []
+    try:
+        port = free_port()
+        app = subprocess.Popen([sys.executable, "-m", "tests.support.dashboard_app", str(port)], cwd=ROOT, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp / "app.log", "w"))
+        processes.append(app)
+        assert app.stdout is not None and app.stdin is not None
+        assert app.stdout.readline().strip() == f"ready {port}", (tmp / "app.log").read_text()
+
+        def run_round() -> str:
+            assert app.stdin is not None and app.stdout is not None
+            app.stdin.write("round\n")
+            app.stdin.flush()
+            assert app.stdout.readline().strip() == "done", (tmp / "app.log").read_text()
+            return _get(f"http://127.0.0.1:{port}/metrics")
+
+        first = run_round()
+
+        # The first round, backfilled 50 to 20 minutes before the last full hour, as the series a scrape of the app
+        # (job "app") makes: the hourly bucket that ends on that hour holds it. It ends more than the rules' 10-minute
+        # raw lookback before any 5-minute boundary from that hour on: ending at 10 minutes before, a test run in the
+        # first minutes of an hour found it as the users' base value and their 24 h usage never matched.
+        now = time.time()
+        hour = int(now // 3600 * 3600)
+        target = f"127.0.0.1:{port}"
+        data = tmp / "prom-data"
+        (tmp / "history.om").write_text(
+            _openmetrics(first, {"job": JOB, "instance": target}, list(range(hour - 3000, hour - 1199, 60))))
+        subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(tmp / "history.om"), str(data)],
+                       check=True, capture_output=True)
+
+        quota_file = tmp / "quotas.yaml"
+        quota_file.write_text(yaml.safe_dump(QUOTAS))
+        quotas = parse_quotas(QUOTAS, str(quota_file))
+        rules = tmp / "rules"
+        rules.mkdir()
+        (rules / "quotas.yml").write_text(render_text(quotas, for_="1s"))
+        rule_glob = str(rules / "*.yml")
+        url, prom = start_prometheus(tmp, prometheus, [target], rule_glob)
+        processes.append(prom)
+
+        # The rule file's own hourly bucket rules, evaluated over the backfilled hour.
+        buckets = [rule for group in render(quotas)["groups"] for rule in group["rules"]
+                   if rule.get("record", "").endswith(":1h")]
+        assert len(buckets) == 2
+        (tmp / "buckets.yml").write_text(yaml.safe_dump({"groups": [{"name": "buckets", "rules": buckets}]}))
+        subprocess.run([promtool, "tsdb", "create-blocks-from", "rules", f"--start={hour - 3300}", f"--end={hour}",
+                        f"--url={url}", f"--output-dir={tmp / 'rule-blocks'}", "--eval-interval=60s",
+                        str(tmp / "buckets.yml")], check=True, capture_output=True)
+        _stop(prom)
+        processes.remove(prom)
+        for block in (tmp / "rule-blocks").iterdir():
+            shutil.move(str(block), data / block.name)
+        url, prom = start_prometheus(tmp, prometheus, [target], rule_glob)
+        processes.append(prom)
+        _wait(lambda: query(url, f'up{{job="{JOB}"}} == 1'), "a scrape of the app")
+
+        last = run_round()  # live traffic: rates over the last minute
+        tokens = _totals(last, names.PROM_LLM_TOKEN_USAGE, "user_id")
+        _wait(lambda: {r["metric"]["user_id"]: float(r["value"][1])
+                       for r in query(url, "llm_quota:user_tokens:24h")} == tokens, "the users' 24 h usage")
+        _wait(lambda: query(url, 'ALERTS{alertname="LLMUserTokenQuota", user_id="carol", severity="critical", '
+                                 'alertstate="firing"}'), "carol's critical quota alert")
+        months = _month_buckets_available(now)
+        if months:
+            _wait(lambda: query(url, "llm_quota:department_cost:ratio"), "the departments' month to date")
+        yield {"url": url, "first": first, "last": last, "quotas": quotas, "months": months, "hour": hour}
+    finally:
+        for process in reversed(processes):
+            _stop(process)
+
+
+def _options(stack: dict[str, Any], dashboard: dict[str, Any]) -> dict[str, list[str]]:
+    """Each variable's options, resolved in order with the earlier ones at All."""
+    options: dict[str, list[str]] = {}
+    values: dict[str, str] = {}
+    for variable in dashboard["templating"]["list"]:
+        options[variable["name"]] = label_values(stack["url"], variable["definition"], values)
+        values[variable["name"]] = variable["allValue"]
+    return options
+
+
+def _substitutions(dashboard: dict[str, Any], options: dict[str, list[str]]) -> list[tuple[str, dict[str, str]]]:
+    variables = dashboard["templating"]["list"]
+    all_value = {v["name"]: v["allValue"] for v in variables}
+    out = [("All as allValue", all_value),
+           ("All as every value", {n: grafana_regex(vals) for n, vals in options.items()})]
+    for name, vals in options.items():
+        for value in vals:
+            out.append((f"{name}={value}", {**all_value, name: grafana_regex([value])}))
+    out.append(("one of each", {"service": JOB, "model": "tiny-gpt2", "department": "research", "user": "alice"}))
+    return out
+def test_variables_list_what_the_app_produced(stack: dict[str, Any]) -> None:
+    for dashboard in _dashboards().values():
+        options = _options(stack, dashboard)
+        assert options == {"service": [JOB], "model": sorted(MODELS),
+                           "department": sorted({d for _, d, _ in USERS}),
+                           "user": sorted({u for u, _, _ in USERS})}, dashboard["title"]
+        values = {v["name"]: v["allValue"] for v in dashboard["templating"]["list"]}
+        assert label_values(stack["url"], dashboard["templating"]["list"][3]["definition"],
+                             {**values, "department": "research"}) == ["alice", "bob"]
+
+
+def _department_month(expr: str) -> bool:
+    return bool(re.search(r"llm_quota:department_\w+:(month|ratio)", expr)) or (
+        "llm_quota:department_" in expr and ":limit" in expr)
+def test_every_query_returns_data(stack: dict[str, Any]) -> None:
+    url = stack["url"]
+    ran = 0
+    for dashboard in _dashboards().values():
+        options = _options(stack, dashboard)
+        for label, values in _substitutions(dashboard, options):
+            for where, expr in _queries(dashboard):
+                promql = interpolate(expr, values)
+                if promql.startswith("label_values("):
+                    result = label_values(url, _variable_query({"query": expr}), values)
+                    assert result, f"{where} [{label}]: no values"
+                    continue
+                result = query(url, promql)
+                ran += 1
+                if _department_month(expr) and not stack["months"]:
+                    # first hour of a UTC month: no whole bucket of this month yet (overrides still have a limit)
+                    continue
+                assert result, f"{where} [{label}]: no data for\n{promql}"
+                for series in result:
+                    value = float(series["value"][1])
+                    assert math.isfinite(value), f"{where} [{label}]: {series}\n{promql}"
+    assert ran > 300
+
+
+def _selectors(expr: str) -> list[str]:
+    """The vector selectors of an expression (metric name with its matchers, if any)."""
+    metrics, _ = promql_names(expr)
+    found = []
+    for metric in metrics:
+        for match in re.finditer(rf"(?<![\w:]){re.escape(metric)}(?![\w:])(\s*\{{[^{{}}]*\}})?", expr):
+            found.append(match.group().replace(" ", "") if not match.group(1) else metric + match.group(1).strip())
+    return found
+def test_every_selector_matches_series(stack: dict[str, Any]) -> None:
+    """With every variable at All, each selector on its own matches series: a fallback such as `or ... * 0`
+    cannot hide a selector that matches nothing (a misspelt label value)."""
+    checked = 0
+    for dashboard in _dashboards().values():
+        values = {v["name"]: v["allValue"] for v in dashboard["templating"]["list"]}
+        for where, expr in _queries(dashboard):
+            if expr.startswith("label_values("):
+                expr = _label_values_parts(expr)[0] or ""
+            for selector in _selectors(interpolate(expr, values)):
+                if _department_month(selector) and not stack["months"]:
+                    continue
+                assert query(stack["url"], f"count({selector})"), f"{where}: {selector} matches nothing"
+                checked += 1
+    assert checked > 50
+def test_tempo_traces_to_metrics_query_returns_data(stack: dict[str, Any]) -> None:
+    links = _datasource("tempo")["jsonData"]["tracesToMetrics"]
+    span = {"user.id": "alice", "gen_ai.request.model": "tiny-llama-chat"}
+    tags = ", ".join(f'{t["value"]}="{span[t["key"]]}"' for t in links["tags"])
+    for q in links["queries"]:
+        promql = q["query"].replace("$$", "$").replace("$__tags", tags)
+        assert query(stack["url"], promql), promql
+def test_names_in_queries_exist_on_the_live_series(stack: dict[str, Any]) -> None:
+    """Each label a query filters or groups by is carried by one of the metrics it reads, in what the package
+    (and the rules built on it) actually produced."""
+    for dashboard in _dashboards().values():
+        for where, expr in _queries(dashboard):
+            metrics, labels = query_names(expr)
+            if any(_department_month(m) for m in metrics) and not stack["months"]:
+                continue
+            selector = "|".join(re.escape(m) for m in sorted(metrics))
+            for label in labels - {"__name__"}:
+                found = query(stack["url"], f'count({{__name__=~"{selector}", {label}!=""}})')
+                assert found, f"{where}: no series of {sorted(metrics)} has the label {label}"
+
+
+def _limit(quotas: Quotas, principal: str, kind: str, name: str) -> float:
+    scope = quotas.users if principal == "user" else quotas.departments
+    override = scope.overrides.get(name)
+    value = override.get(kind) if override is not None else None
+    result = value if value is not None else scope.default.get(kind)
+    assert result is not None
+    return float(result)
+def test_quota_panels_agree_with_the_rendered_rules(stack: dict[str, Any]) -> None:
+    """Every quota panel query (All) returns, per user / department, the usage the app reported, the limit of the
+    quota file and their ratio (x100 where the panel shows percent)."""
+    quotas: Quotas = stack["quotas"]
+    usage = {
+        ("user", "tokens"): _totals(stack["last"], names.PROM_LLM_TOKEN_USAGE, "user_id"),
+        ("user", "cost"): _totals(stack["last"], names.PROM_LLM_COST, "user_id"),
+        # month to date: the whole hour that was backfilled with the first round (the current hour is not counted)
+        ("department", "tokens"): _totals(stack["first"], names.PROM_LLM_TOKEN_USAGE, "department"),
+        ("department", "cost"): _totals(stack["first"], names.PROM_LLM_COST, "department"),
+    }
+    # Exact month-to-date needs the backfilled hour to be the last whole one (and one of this month).
+    departments = stack["months"] and time.time() // 3600 * 3600 == stack["hour"]
+    checked: set[str] = set()
+    for where, _panel, t, series in _quota_targets():
+        principal_kind, what = series.split(":")[1:]
+        principal, kind = principal_kind.split("_")
+        label = "user_id" if principal == "user" else "department"
+        if principal == "department" and not departments:
+            continue
+        all_values = {"user": ".*", "department": ".*"}
+        result = {r["metric"][label]: float(r["value"][1]) for r in query(stack["url"], interpolate(t["expr"],
+                                                                                                   all_values))}
+        used = usage[(principal, kind)]
+        scope = quotas.users if principal == "user" else quotas.departments
+        limited = set(used) | {n for n, limits in scope.overrides.items() if limits.get(kind) is not None}
+        if what == "limit":
+            expected = {n: _limit(quotas, principal, kind, n) for n in limited}
+        elif what == "ratio":
+            expected = {n: 100 * used[n] / _limit(quotas, principal, kind, n) for n in used}
+        else:
+            expected = used
+        assert result.keys() == expected.keys(), where
+        for name, value in expected.items():
+            assert result[name] == pytest.approx(value, rel=1e-9), f"{where}: {name}"
+        checked.add(f"{principal}_{kind}:{what}")
+    expected_kinds = {f"user_{k}:{w}" for k in ("tokens", "cost") for w in ("24h", "limit", "ratio")}
+    if departments:
+        expected_kinds |= {f"department_{k}:{w}" for k in ("tokens", "cost") for w in ("month", "limit", "ratio")}
+    assert checked >= expected_kinds
+def test_quota_alert_panel_shows_the_firing_alert(stack: dict[str, Any]) -> None:
+    (alerts,) = [t for d in _dashboards().values() for p in _data_panels(d) for t in p["targets"]
+                 if "ALERTS" in promql_names(t["expr"])[0]]
+    firing = {(r["metric"]["alertname"], r["metric"]["severity"], r["metric"].get("user_id", ""),
+               r["metric"].get("department", "")) for r in query(stack["url"], alerts["expr"])}
+    assert ("LLMUserTokenQuota", "critical", "carol", "") in firing
+    assert ("LLMUserTokenQuota", "warning", "carol", "") in firing
+    if stack["months"]:
+        assert ("LLMDepartmentTokenBudget", "critical", "", "support") in firing
+    assert all(user in ("", "carol") for _, _, user, _ in firing), firing

@@ -1,0 +1,95 @@
+"""rules-backfill against a real Prometheus and promtool."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from otel_tokens.ops.rules import render_text
+from otel_tokens.quota.file import parse_quotas
+from tests.support.binaries import require_binary
+from tests.support.prometheus_stack import query, start_prometheus
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+QUOTAS = {"users": {"default": {"tokens": 10**9}}, "departments": {"default": {"tokens": 10**9}}}
+
+
+STEP = 60  # one sample a minute keeps 25 h of history small
+
+
+def _usage(url: str) -> dict[str, float]:
+    """llm_quota:user_tokens:24h once the users' group has evaluated (its limit series always exists)."""
+    deadline = time.monotonic() + 60
+    while not query(url, "llm_quota:user_tokens:limit_default") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)  # a few more evaluations
+    return {r["metric"]["user_id"]: float(r["value"][1]) for r in query(url, "llm_quota:user_tokens:24h")}
+
+
+def _truths(end: int, rates: dict[str, int]) -> list[dict[str, int]]:
+    """The exact usage for the window at the latest boundary, and the one before (a boundary may pass
+    between Prometheus's evaluation and the query)."""
+    boundary = int(time.time()) // 300 * 300
+    return [{user: rate * ((end - (b - 86400)) // STEP) for user, rate in rates.items()} for b in (boundary,
+                                                                                                   boundary - 300)]
+
+
+def _history(path: Path, start: int, end: int) -> dict[str, int]:
+    """Two users' counters, +1 (alice) and +3 (bob) per sample, from start to end; their values at each time."""
+    lines = ["# TYPE llm_token_usage counter"]
+    for user, rate in (("alice", 1), ("bob", 3)):
+        for i, t in enumerate(range(start, end + 1, STEP)):
+            lines.append(f'llm_token_usage_total{{user_id="{user}",department="eng",gen_ai_token_type="input",'
+                         f'job="app",instance="app:1"}} {i * rate} {t}')
+    path.write_text("\n".join(lines) + "\n# EOF\n")
+    return {"alice": 1, "bob": 3}
+def test_backfilled_rollups_make_the_rolling_window_exact_at_once(tmp_path):
+    prometheus, promtool = require_binary("prometheus"), require_binary("promtool")
+    now = int(time.time())
+    end = now // STEP * STEP - 15 * 60  # the app stopped 15 minutes ago: nothing in the raw partial
+    start = end - 25 * 3600
+    rates = _history(tmp_path / "history.om", start, end)
+    data = tmp_path / "prom-data"
+    subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(tmp_path / "history.om"), str(data)],
+                   check=True, capture_output=True)
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    rules = rules_dir / "quotas.yml"
+    rules.write_text(render_text(parse_quotas(QUOTAS, "q")))
+    deployed = int(time.time())
+    url, prom = start_prometheus(tmp_path, prometheus, [], str(rules_dir / "*.yml"))
+    try:
+        window_start = now // 300 * 300 - 86400
+        truth = {user: rate * ((end - window_start) // STEP) for user, rate in rates.items()}
+        blind = _usage(url)
+        assert all(blind.get(user, 0) < truth[user] / 10 for user in truth), (blind, truth)  # the blind first day
+        out = subprocess.run([sys.executable, "-m", "otel_tokens.ops.cli", "rules-backfill", "--rules", str(rules),
+                              "--prometheus", url, "--start", str(start), "--end", str(deployed),
+                              "--output", str(tmp_path / "blocks")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        assert "llm_quota:user_tokens:5m" in out.stderr and "llm_quota:department_tokens:1h" in out.stderr
+    finally:
+        prom.terminate()
+        prom.wait(timeout=30)
+    for block in (tmp_path / "blocks").iterdir():
+        shutil.move(str(block), data / block.name)
+    url, prom = start_prometheus(tmp_path, prometheus, [], str(rules_dir / "*.yml"))
+    try:
+        got = _usage(url)
+        assert got in _truths(end, rates), (got, _truths(end, rates))
+        # backfilling again would write every bucket a second time: refused, naming the first rollup held
+        again = subprocess.run([sys.executable, "-m", "otel_tokens.ops.cli", "rules-backfill", "--rules", str(rules),
+                                "--prometheus", url, "--start", str(start), "--end", str(deployed), "--output",
+                                str(tmp_path / "again")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 2, again.stderr
+        assert again.stderr.startswith(f"otel-tokens rules-backfill: --end: time: {deployed} is too late: ")
+        assert "count twice" in again.stderr and not (tmp_path / "again").exists()
+    finally:
+        prom.terminate()
+        prom.wait(timeout=30)

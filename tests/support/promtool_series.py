@@ -1,0 +1,8 @@
+"""Input series for promtool rule tests."""
+
+from __future__ import annotations
+
+
+def tokens(user: str, values: str, token_type: str = "input", instance: str = "app:9464") -> dict:
+    return {"series": f'llm_token_usage_total{{user_id="{user}",department="eng",gen_ai_token_type="{token_type}",'
+                      f'instance="{instance}",job="app"}}', "values": values}
