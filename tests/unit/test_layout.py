@@ -71,3 +71,18 @@ def test_few_modules_at_the_top_and_the_quota_code_in_one_package():
     assert len(flat) <= 12, flat
     quota_words = ("guard", "quota", "budget", "ruler")
     assert [name for name in flat if any(word in name for word in quota_words)] == []
+
+
+def test_tests_share_helpers_only_through_support_and_bench_imports_no_test_code():
+    root = PACKAGE.parent
+    offenders = {}
+    for path in [*root.glob("tests/**/test_*.py"), *root.glob("bench/*.py")]:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for name in names:
+                bench = path.parent.name == "bench"
+                if (bench and name.split(".")[0] == "tests") or (not bench and ".test_" in f".{name}"):
+                    offenders.setdefault(str(path.relative_to(root)), []).append(name)
+    assert offenders == {}
