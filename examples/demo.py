@@ -229,7 +229,7 @@ def write_configs(ports: dict[str, int], hook: str) -> None:
         SMTP_SMARTHOST=f"127.0.0.1:{free_port()}", SMTP_FROM="demo@localhost", SMTP_AUTH_USERNAME="",
         SMTP_AUTH_PASSWORD="", SMTP_REQUIRE_TLS="false", ALERT_EMAIL_TO="oncall@localhost", ALERT_WEBHOOK_URL=hook,
         GUARD_URL="http://127.0.0.1:9", GUARD_TOKEN_FILE=str(RUN / "no-guard-token")))
-    alertmanager["route"].update(group_wait="1s", group_interval="1s")  # demo timers; shipped ones in README
+    alertmanager["route"].update(group_wait="1s", group_interval="1s")  # demo timers; shipped ones in docs/quotas.md
     # the nightly job reads Prometheus's alert state itself: no `otel-tokens guard` endpoint in the demo
     alertmanager["route"]["routes"] = [r for r in alertmanager["route"]["routes"] if r.get("receiver") != "guard"]
     alertmanager["receivers"] = [r for r in alertmanager["receivers"] if r["name"] != "guard"]
@@ -372,7 +372,7 @@ def main() -> int:
                       f"({', '.join(sorted(served))})", soft_wrap=True)
         for user, (recorded, generated) in sorted(differ.items()):
             console.print(f"  {user}: recorded {recorded:,.0f}, generated {generated:,.0f} (no usage block: "
-                          "re-tokenized text, see README)", soft_wrap=True)
+                          "re-tokenized text, see docs/integration.md)", soft_wrap=True)
         window = f"{int(time.monotonic() - traffic_started) + 5}s"  # the traffic, not an empty hour
         report = [str(BIN / "otel-tokens"), "report", "--prometheus", prometheus, "--window", window,
                   "--png", str(ROOT / ".demo" / "usage.png")]

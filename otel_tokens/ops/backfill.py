@@ -5,7 +5,7 @@ TSDB blocks, so that rules deployed on a Prometheus that already holds the raw d
 Only rules over raw data can be backfilled from it (promtool does not chain recorded series), which
 is why the rollups are first-level and the window sums are computed live from them. The blocks go
 into Prometheus's data directory; Prometheus 2.42 merges overlapping blocks when it next starts.
-vmalert does the same with `-replay.timeFrom` / `-replay.timeTo` (README).
+vmalert does the same with `-replay.timeFrom` / `-replay.timeTo` (docs/quotas.md).
 
 A rollup is written once per bucket, at whatever second of its minute its evaluation falls; a bucket
 written both live and by the backfill (at two stamps) would count twice, so a range that already holds

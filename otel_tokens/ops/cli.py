@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     rules.add_argument("quota_file", type=Path)
     rules.add_argument("-o", "--output", type=Path, help="rule file to write (default: standard output)")
     rules.add_argument("--for", dest="for_", default="15s", help="how long a quota condition holds before it "
-                       "fires (default 15s; part of the delay budget in README)")
+                       "fires (default 15s; part of the delay budget in docs/quotas.md)")
     rules.add_argument("--check", action="store_true", help="run `promtool check rules` on the result")
     rules.add_argument("--reload", metavar="URL", help="then ask the Prometheus at URL to reload (POST /-/reload)")
     backfill = commands.add_parser("rules-backfill", help="write TSDB blocks of a rule file's first-level rollups "

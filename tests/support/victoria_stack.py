@@ -1,5 +1,5 @@
 """Real VictoriaMetrics and vmalert processes for tests (Debian `victoria-metrics`): free ports,
-start, wait; the flags are the ones the README's VictoriaMetrics setup names."""
+start, wait; the flags are the ones docs/operations.md's VictoriaMetrics setup names."""
 
 from __future__ import annotations
 
