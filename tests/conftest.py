@@ -69,7 +69,7 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-VICTORIA_TEST = "tests/test_victoriametrics_e2e.py"
+VICTORIA_TEST = "tests/e2e/test_victoriametrics.py"
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

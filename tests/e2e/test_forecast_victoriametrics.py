@@ -87,7 +87,7 @@ def test_forecasts_on_victoriametrics_equal_prometheus(tmp_path):
                 _import(url, lines)
                 _visible(url, rule["record"], len(lines))
         day = 86400
-        # the promtool test's numbers (tests/test_quota_rules.py), here on January 2026
+        # the promtool test's numbers (tests/e2e/test_quota_rules_promtool.py), here on January 2026
         assert _at(url, "llm_quota:department_tokens:burn_rate", START + 10 * day + 12 * HOUR) == {
             "hot": 20, "spike": 4, "steady": 8}
         ratio = _at(url, "llm_quota:department_tokens:forecast_ratio", START + 10 * day + 12 * HOUR)

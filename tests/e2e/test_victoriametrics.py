@@ -102,7 +102,7 @@ def _hour_aligned() -> frozenset[str]:
     every series and department alert built on them. Each engine reads the rollup sample *it* recorded
     last before the boundary; the two engines' rule groups run at different phases, so traffic that
     lands between the two samples is in one engine's month and not yet in the other's, until the next
-    boundary an hour later. tests/test_forecast_victoriametrics.py compares these exactly on VM's engine
+    boundary an hour later. tests/e2e/test_forecast_victoriametrics.py compares these exactly on VM's engine
     over the same recorded samples."""
     named = [(rule.get("record") or rule["alert"], rule["expr"]) for rule in _rules()]  # an alert per severity
     found = {name for name, expr in named if _HOURLY_SUBQUERY.search(expr)}

@@ -16,7 +16,8 @@
    server's own counts (for streams cut short: the full prompt in, the text received out).
 
    Size: `OTEL_TOKENS_SOAK_CALLS` (default 2000, which keeps `make test` fast). The full soak is
-   `OTEL_TOKENS_SOAK_CALLS=200000 .venv/bin/python -m pytest -q -s tests/test_reliability.py`: the in-process
+   `OTEL_TOKENS_SOAK_CALLS=200000 .venv/bin/python -m pytest -q -s tests/integrations/test_reliability.py`:
+   the in-process
    soak (answers recorded once from the real server over HTTP, replayed through `httpx2.MockTransport`) then runs
    200 000 calls; the soak over real HTTP always runs at most 2000 (so both paths run by default).
 """

@@ -1,4 +1,5 @@
-"""Helpers for tests/test_reliability.py: telemetry backends that are healthy, refuse connections, hang or answer 503;
+"""Helpers for tests/integrations/test_reliability.py: telemetry backends that are healthy, refuse
+connections, hang or answer 503;
 an OTLP/HTTP export pipeline pointed at them; process measurements (RSS, live objects, log records); and an
 in-process replay of recorded OpenAI server answers (httpx2.MockTransport) for the long soak."""
 
