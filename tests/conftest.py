@@ -18,6 +18,7 @@ from tests.support.binaries import require_binary
 from tests.support.hostile_harness import Harness, instrumented_harness
 from tests.support.redis_server import RedisServer
 from tests.support.telemetry import LogRecords, Telemetry, make_telemetry
+from tests.support.victoria_stack import VictoriaStack
 
 __all__ = ["LogRecords", "Telemetry", "make_telemetry", "require_binary"]
 
@@ -69,16 +70,24 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-VICTORIA_TEST = "tests/e2e/test_victoriametrics.py"
-
-
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """The VictoriaMetrics stack starts as soon as its test is selected, and runs while the others do:
-    the rules bucket usage every 5 minutes, so starting early is what keeps that test short."""
-    if any(item.nodeid.startswith(VICTORIA_TEST) for item in session.items):
+    """The VictoriaMetrics stack starts as soon as a test that uses it (through `early_victoria`) is
+    selected, and runs while the others do: the rules bucket usage every 5 minutes, so starting early
+    is what keeps that test short. Keyed on the fixture, not a path, so moving the test keeps it early."""
+    if any("early_victoria" in getattr(item, "fixturenames", ()) for item in session.items):
         from tests.support.victoria_stack import EARLY
 
         EARLY.start_background()
+
+
+@pytest.fixture(scope="session")
+def early_victoria() -> VictoriaStack:
+    """The stack started at collection (VictoriaMetrics, vmalert and their Alertmanager), once ready."""
+    from tests.support.victoria_stack import BINARIES, EARLY
+
+    for name in BINARIES:
+        require_binary(name)
+    return EARLY.wait()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -29,6 +29,7 @@ from tests.support.prometheus_stack import (
     start_process,
     start_prometheus,
     start_shipped_alertmanager,
+    stop_processes,
     web_auth,
 )
 from tests.support.smtp_sink import SmtpSink
@@ -97,13 +98,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
                "restart_prometheus": restart_prometheus, "quota_file": quota_file,
                "rules": rules, "tmp": tmp_path, "guard": guard_url, "guard_server": guard, "mail": mail}
     finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         webhook.server.shutdown()
         mail.__exit__()
         if "guard" in locals():

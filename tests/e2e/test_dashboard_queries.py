@@ -51,7 +51,7 @@ from tests.support.grafana import (
     promql_names,
     query_names,
 )
-from tests.support.prometheus_stack import free_port, query, start_prometheus
+from tests.support.prometheus_stack import free_port, query, start_prometheus, stop_processes
 
 
 def _get(url: str) -> Any:
@@ -107,15 +107,6 @@ def _month_buckets_available(now: float) -> bool:
     t = time.gmtime(now)
     month_start = calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0))
     return now >= month_start + 3600
-
-
-def _stop(process: subprocess.Popen[Any]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +167,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         subprocess.run([promtool, "tsdb", "create-blocks-from", "rules", f"--start={hour - 3300}", f"--end={hour}",
                         f"--url={url}", f"--output-dir={tmp / 'rule-blocks'}", "--eval-interval=60s",
                         str(tmp / "buckets.yml")], check=True, capture_output=True)
-        _stop(prom)
+        stop_processes([prom])
         processes.remove(prom)
         for block in (tmp / "rule-blocks").iterdir():
             shutil.move(str(block), data / block.name)
@@ -195,8 +186,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             _wait(lambda: query(url, "llm_quota:department_cost:ratio"), "the departments' month to date")
         yield {"url": url, "first": first, "last": last, "quotas": quotas, "months": months, "hour": hour}
     finally:
-        for process in reversed(processes):
-            _stop(process)
+        stop_processes(processes)
 
 
 def _options(stack: dict[str, Any], dashboard: dict[str, Any]) -> dict[str, list[str]]:

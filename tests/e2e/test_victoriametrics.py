@@ -16,10 +16,9 @@ import pytest
 
 from otel_tokens.ops.rules import render
 from tests.support.alert_app import TOKENS_PER_CALL
-from tests.support.binaries import require_binary
 from tests.support.grafana import JOB, _dashboards, _queries, _variable_query, grafana_regex, interpolate, label_values
 from tests.support.prometheus_stack import query
-from tests.support.victoria_stack import BINARIES, EARLY, VictoriaStack
+from tests.support.victoria_stack import EARLY, VictoriaStack
 
 DELAYS: dict[str, float] = {}
 # MetricsQL's rate()/increase() do not extrapolate to the window's edges as PromQL's do, and count a series'
@@ -29,10 +28,8 @@ _EXTRAPOLATED = re.compile(r"\b(rate|irate|increase|deriv|predict_linear|histogr
 
 
 @pytest.fixture(scope="module")
-def stack() -> VictoriaStack:
-    for name in BINARIES:
-        require_binary(name)
-    return EARLY.wait()
+def stack(early_victoria: VictoriaStack) -> VictoriaStack:
+    return early_victoria
 
 
 def _series(url: str, promql: str) -> dict[tuple[tuple[str, str], ...], float]:

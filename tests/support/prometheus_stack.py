@@ -103,6 +103,18 @@ def start_process(args: list[str], tmp_path: Path, name: str, **kwargs: Any) -> 
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, **kwargs)
 
 
+def stop_processes(processes: list[subprocess.Popen[Any]]) -> None:
+    """Terminate in reverse start order (apps before the servers they talk to), then wait; kill after 10 s."""
+    for process in reversed(processes):
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def web_auth(tmp_path: Path) -> tuple[Path, str]:
     """(web config, password) as `otel-tokens stack-secrets` makes them, for Prometheus and Alertmanager
     with basic auth on, as the shipped compose runs them."""

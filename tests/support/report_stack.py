@@ -18,7 +18,7 @@ from otel_tokens import names
 from otel_tokens.ops.rules import render_text
 from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
-from tests.support.prometheus_stack import free_port, query, start_prometheus
+from tests.support.prometheus_stack import free_port, query, start_prometheus, stop_processes
 from tests.support.report_app import PRICE_PER_TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,10 +123,4 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
             time.sleep(0.1)
         yield {"url": url, "at": at, "window": window, "before": began - 60, "tmp": tmp, "prometheus": prometheus}
     finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
