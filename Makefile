@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-unit demo lint bench bench-peers bench-scale clean system-deps
+.PHONY: test test-unit demo lint dashboards bench bench-peers bench-scale clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -45,6 +45,11 @@ test-unit: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+# grafana/dashboards/*.json from grafana/generator (Python on grafana-foundation-sdk); a test fails when the
+# committed JSON differs, so edit the Python and run this.
+dashboards: $(STAMP)
+	$(PY) -m grafana.generator
 
 # The whole product on this machine: Prometheus + Alertmanager, a local model server, traffic for
 # several users under opentelemetry-instrument, live usage, the quota alerts, the report.

@@ -41,6 +41,7 @@ from tests.support.grafana import (
     _dashboards,
     _data_panels,
     _datasource,
+    _headroom_targets,
     _label_values_parts,
     _queries,
     _quota_targets,
@@ -338,6 +339,31 @@ def test_quota_panels_agree_with_the_rendered_rules(stack: dict[str, Any]) -> No
     if departments:
         expected_kinds |= {f"department_{k}:{w}" for k in ("tokens", "cost") for w in ("month", "limit", "ratio")}
     assert checked >= expected_kinds
+def test_headroom_panels_are_the_limit_minus_the_usage(stack: dict[str, Any]) -> None:
+    """Every headroom query (All) returns, per user / department with usage, the quota file's limit minus the usage
+    the app reported, 0 for a principal over its limit (carol)."""
+    quotas: Quotas = stack["quotas"]
+    departments = stack["months"] and time.time() // 3600 * 3600 == stack["hour"]
+    checked: dict[tuple[str, str], dict[str, float]] = {}
+    for where, t, limit, _usage in _headroom_targets():
+        principal, kind = limit.split(":")[1].split("_")
+        if principal == "department" and not departments:
+            continue
+        label = "user_id" if principal == "user" else "department"
+        metric = names.PROM_LLM_TOKEN_USAGE if kind == "tokens" else names.PROM_LLM_COST
+        used = _totals(stack["last" if principal == "user" else "first"], metric, label)
+        result = {r["metric"][label]: float(r["value"][1])
+                  for r in query(stack["url"], interpolate(t["expr"], {"user": ".*", "department": ".*"}))}
+        expected = {n: max(_limit(quotas, principal, kind, n) - value, 0.0) for n, value in used.items()}
+        assert result == pytest.approx(expected, rel=1e-9, abs=1e-9), where
+        checked[(principal, kind)] = result
+    assert checked.keys() >= {("user", "tokens"), ("user", "cost")}
+    assert checked[("user", "tokens")]["carol"] == 0  # over her 300-token quota: nothing left, not negative
+    assert min(checked[("user", "tokens")].values()) == 0 < max(checked[("user", "tokens")].values())
+    if departments:
+        assert checked.keys() >= {("department", "tokens"), ("department", "cost")}
+
+
 def test_quota_alert_panel_shows_the_firing_alert(stack: dict[str, Any]) -> None:
     (alerts,) = [t for d in _dashboards().values() for p in _data_panels(d) for t in p["targets"]
                  if "ALERTS" in promql_names(t["expr"])[0]]

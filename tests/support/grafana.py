@@ -227,16 +227,34 @@ def rule_alerts(quotas: Quotas) -> list[dict[str, Any]]:
 _VARIABLE_USE = re.compile(r"\$\{([A-Za-z0-9_.]+)(?::[^}]*)?\}|\$([A-Za-z_][A-Za-z0-9_]*)|\[\[([A-Za-z0-9_]+)\]\]")
 
 
-def _quota_targets() -> list[tuple[str, dict[str, Any], dict[str, Any], str]]:
-    """(where, panel, target, recorded series) of every target that reads an llm_quota:* series."""
-    out = []
+def _quota_series_targets() -> Iterator[tuple[str, dict[str, Any], dict[str, Any], set[str]]]:
     for dashboard in _dashboards().values():
         for panel in _data_panels(dashboard):
             for t in panel["targets"]:
                 series = {m for m in promql_names(t["expr"])[0] if m.startswith("llm_quota:")}
                 if series:
-                    assert len(series) == 1, t["expr"]
-                    out.append((f"{dashboard['title']} / {panel['title']} / {t['refId']}", panel, t, series.pop()))
+                    yield f"{dashboard['title']} / {panel['title']} / {t['refId']}", panel, t, series
+
+
+def _quota_targets() -> list[tuple[str, dict[str, Any], dict[str, Any], str]]:
+    """(where, panel, target, recorded series) of every target that reads one llm_quota:* series (usage, limit,
+    ratio); the headroom targets read two (_headroom_targets)."""
+    return [(where, panel, t, series.pop()) for where, panel, t, series in _quota_series_targets()
+            if len(series) == 1]
+
+
+def _headroom_targets() -> list[tuple[str, dict[str, Any], str, str]]:
+    """(where, target, limit series, usage series) of every target that reads two llm_quota:* series: a limit and
+    the usage of the same principal and kind, nothing else."""
+    out = []
+    for where, _panel, t, series in _quota_series_targets():
+        if len(series) == 1:
+            continue
+        limits = {s for s in series if s.endswith(":limit")}
+        assert len(series) == 2 and len(limits) == 1, (where, series)
+        (limit,), (usage,) = limits, series - limits
+        assert usage.rsplit(":", 1)[0] == limit.rsplit(":", 1)[0], (where, series)
+        out.append((where, t, limit, usage))
     return out
 
 

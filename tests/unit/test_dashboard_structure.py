@@ -42,7 +42,7 @@ def test_grafana_files_exist_and_parse() -> None:
     uids = [d["uid"] for d in _dashboards().values()]
     assert len(uids) == len(set(uids)), uids
     for dashboard in _dashboards().values():
-        assert dashboard["id"] is None, "provisioned dashboards carry no database id"
+        assert dashboard.get("id") is None, "provisioned dashboards carry no database id"
         assert dashboard["title"] and "otel-tokens" in dashboard["tags"]
 
 

@@ -41,7 +41,9 @@ def test_runtime_never_imports_operations():
 
 
 def test_no_module_over_four_hundred_lines():
-    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    modules = [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "grafana").rglob("*.py")]
+    sizes = {str(p.relative_to(PACKAGE.parent)): len(p.read_text().splitlines()) for p in modules}
+    assert len(sizes) > 60
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
 
 
