@@ -20,7 +20,7 @@ from otel_tokens.integrations import openai as openai_integration
 from otel_tokens.integrations import transformers as transformers_integration
 from otel_tokens.logs import logger
 from otel_tokens.recording.recorder import Recorder
-from otel_tokens.recording.sdk_readers import delta_readers, sdk_series_limit
+from otel_tokens.recording.sdk_readers import delta_readers, raise_sdk_series_limit, sdk_series_limit
 from otel_tokens.sdk_setup import nothing_exported_warning
 from otel_tokens.version import __version__
 from otel_tokens.web import zero_code as web_zero_code
@@ -61,8 +61,14 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             if said:
                 logger.warning("%s", said)
         settings = kwargs.get("settings") or load_settings()
+        sdk_limit = sdk_series_limit(kwargs.get("meter_provider"))
         if settings.series_limit is None:
-            settings = replace(settings, series_limit=sdk_series_limit(kwargs.get("meter_provider")))
+            settings = replace(settings, series_limit=sdk_limit)
+        elif settings.series_limit > sdk_limit and not raise_sdk_series_limit(settings.series_limit,
+                                                                               kwargs.get("meter_provider")):
+            logger.warning("otel-tokens: series_limit %d is above the SDK metric reader's cardinality limit %d, "
+                           "which could not be raised: past %d label sets the SDK lumps series together",
+                           settings.series_limit, sdk_limit, sdk_limit)
         recorder = Recorder(tracer, meter, settings)
         if delta_readers(kwargs.get("meter_provider")):
             logger.warning("otel-tokens: a metric reader exports counters with delta temporality; usage counted "

@@ -62,6 +62,10 @@ METRIC_TIME_TO_FIRST_CHUNK = "gen_ai.client.operation.time_to_first_chunk"
 METRIC_LLM_TOKEN_USAGE = "llm.token.usage"
 METRIC_LLM_COST = "llm.cost"
 METRIC_LLM_REQUESTS = "llm.requests"
+# Per principal (the attribution dimensions only): the accounting counters' totals summed over model, token
+# type, operation and source, so the quota rules read one series per principal and process.
+METRIC_QUOTA_TOKENS = "llm.quota.tokens"
+METRIC_QUOTA_COST = "llm.quota.cost"
 
 UNIT_TOKEN = "{token}"
 UNIT_SECONDS = "s"
@@ -109,6 +113,8 @@ def prometheus_label(attribute: str) -> str:
 PROM_LLM_TOKEN_USAGE = prometheus_name(METRIC_LLM_TOKEN_USAGE, UNIT_TOKEN, monotonic_counter=True)
 PROM_LLM_COST = prometheus_name(METRIC_LLM_COST, UNIT_CURRENCY, monotonic_counter=True)
 PROM_LLM_REQUESTS = prometheus_name(METRIC_LLM_REQUESTS, UNIT_REQUEST, monotonic_counter=True)
+PROM_QUOTA_TOKENS = prometheus_name(METRIC_QUOTA_TOKENS, UNIT_TOKEN, monotonic_counter=True)
+PROM_QUOTA_COST = prometheus_name(METRIC_QUOTA_COST, UNIT_CURRENCY, monotonic_counter=True)
 PROM_TOKEN_USAGE = prometheus_name(METRIC_TOKEN_USAGE, UNIT_TOKEN)
 PROM_OPERATION_DURATION = prometheus_name(METRIC_OPERATION_DURATION, UNIT_SECONDS)
 PROM_TIME_TO_FIRST_CHUNK = prometheus_name(METRIC_TIME_TO_FIRST_CHUNK, UNIT_SECONDS)

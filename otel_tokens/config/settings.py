@@ -78,7 +78,7 @@ class Settings:
     prices: tuple[Mapping[str, Any], ...] = ()  # inline price entries, checked before the price file
     builtin_prices: bool = True
     metric_dimensions: tuple[str, ...] = names.DEFAULT_METRIC_DIMENSIONS
-    cardinality_limit: int = 5000
+    cardinality_limit: int | None = None  # None: the series limit (distinct values per dimension)
     series_limit: int | None = None  # None: the SDK metric reader's own limit (2000 unless configured)
     price_reload_interval: float = 1.0
     tokenizers: Mapping[str, str] = field(default_factory=dict)  # model glob -> local path, hub id, tiktoken:NAME

@@ -11,9 +11,10 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from otel_tokens import names
-from otel_tokens.config import ENV_BUDGET_STORE, ENV_CONFIG, ENV_QUOTA_FILE, load_settings
+from otel_tokens.config import ENV_BUDGET_STORE, ENV_CONFIG, ENV_QUOTA_FILE, ENV_SERIES_LIMIT, load_settings
 from otel_tokens.config.errors import ConfigError
 from otel_tokens.config.settings import Settings
 from otel_tokens.logs import logger
@@ -22,6 +23,7 @@ from otel_tokens.prometheus_api import ENV_USER, redacted
 from otel_tokens.quota.budget.store import RedisBudgetStore, redact
 from otel_tokens.quota.file import load_quotas
 from otel_tokens.recording.recorder import Recorder
+from otel_tokens.recording.sdk_readers import sdk_series_limit
 from otel_tokens.sdk_setup import agent_protocol, fix_for, missing_exporters, wanted_exporters
 from otel_tokens.tokens.counting import TokenCounter
 from otel_tokens.version import __version__
@@ -93,6 +95,30 @@ def _guard_lines(settings: Settings, recorder: Recorder | None, warnings: list[s
     return lines
 
 
+def _series_lines(settings: Settings, recorder: Recorder | None, warnings: list[str]) -> list[str]:
+    """The series limit: label sets per metric, and so principals per process in the quota counters; checked
+    against the users the quota file names and against what this process folded."""
+    limit = recorder.accounting.series_limit if recorder else (settings.series_limit or sdk_series_limit())
+    per_dimension = settings.cardinality_limit or limit
+    lines = [f"  series limit ({ENV_SERIES_LIMIT})            {limit} label sets per metric: principals per "
+             "process in llm.quota.*",
+             f"  cardinality limit per dimension                    {per_dimension}"]
+    quota_file = settings.guard.budget.quota_file or os.environ.get(ENV_QUOTA_FILE)
+    if quota_file:
+        with contextlib.suppress(ConfigError):
+            named = len(load_quotas(Path(quota_file)).users.overrides)
+            if named > min(limit, per_dimension) * 0.9:
+                warnings.append(f"the quota file {quota_file} names {named} users and the series limit is {limit}: "
+                                "a process serving more principals counts the rest as '__other__' in llm.quota.*, "
+                                f"where their quota rules cannot see them; set {ENV_SERIES_LIMIT} above the "
+                                "principals per process")
+    folded = recorder.accounting.principals.folded_calls if recorder else 0
+    if folded:
+        warnings.append(f"{folded} calls were counted as '__other__' in llm.quota.* (over {limit} principals in "
+                        f"this process): their quota rules cannot see them; raise {ENV_SERIES_LIMIT}")
+    return lines
+
+
 @contextlib.contextmanager
 def _captured_warnings() -> Iterator[list[str]]:
     """The package's log records inside the block, kept for the report instead of printed."""
@@ -160,7 +186,7 @@ def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
     lines.append(f"  price file                                         {settings.price_file or '(none)'}")
     lines.append(f"  built-in prices                                    {'on' if settings.builtin_prices else 'off'}")
     lines.append(f"  metric dimensions                                  {', '.join(settings.metric_dimensions)}")
-    lines.append(f"  cardinality limit per dimension                    {settings.cardinality_limit}")
+    lines += _series_lines(settings, recorder, warnings)
     headers = ", ".join(f"{a} <- {h}" for a, h in settings.trusted_headers.items()) or "(none)"
     lines.append(f"  who pays: trusted request headers                  {headers}")
     lines.append(f"  who pays: inbound baggage                          "

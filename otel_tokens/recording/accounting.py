@@ -27,6 +27,7 @@ from otel_tokens.logs import internal_error
 from otel_tokens.pricing import Cost
 from otel_tokens.recording.call import CallRecord
 from otel_tokens.recording.cardinality import DimensionValueCap, SeriesCap
+from otel_tokens.recording.principals import PrincipalUsage
 from otel_tokens.text import valid_text
 
 _DRAIN_THRESHOLD = 512  # queued calls before the drain thread is woken
@@ -40,17 +41,18 @@ _SEMCONV_KEYS = (names.GEN_AI_OPERATION_NAME, names.GEN_AI_PROVIDER_NAME, names.
 _IN, _OUT, _IN_COST, _OUT_COST, _HAS_IN, _HAS_OUT, _HAS_COST = range(7)
 
 _live: weakref.WeakSet[Accounting] = weakref.WeakSet()
-_OBSERVED = (names.METRIC_LLM_TOKEN_USAGE, names.METRIC_LLM_COST, names.METRIC_LLM_REQUESTS)
+_OBSERVED = (names.METRIC_LLM_TOKEN_USAGE, names.METRIC_LLM_COST, names.METRIC_LLM_REQUESTS,
+             names.METRIC_QUOTA_TOKENS, names.METRIC_QUOTA_COST)
 
 
 class _Snapshot:
-    """The counters as one collection reports them, and which of the three have reported."""
+    """The counters as one collection reports them, and which of them have reported."""
 
-    __slots__ = ("read_by", "requests", "usage")
+    __slots__ = ("principals", "read_by", "requests", "usage")
 
-    def __init__(self, usage: list[tuple[tuple[Any, ...], list[Any]]], requests: list[tuple[tuple[Any, ...], int]]
-                 ) -> None:
-        self.usage, self.requests = usage, requests
+    def __init__(self, usage: list[tuple[tuple[Any, ...], list[Any]]], requests: list[tuple[tuple[Any, ...], int]],
+                 principals: list[tuple[tuple[Any, ...], list[Any]]]) -> None:
+        self.usage, self.requests, self.principals = usage, requests, principals
         self.read_by: set[str] = set()
 
 
@@ -69,6 +71,7 @@ class Accounting:
         self._currency = currency
         self.labels = DimensionValueCap(self._dimensions, cardinality_limit)
         self.series = SeriesCap(self._dimensions, series_limit)
+        self.principals = PrincipalUsage(self._dimensions, series_limit, currency)
         self._usage_keys = _USAGE_KEYS + self._dimensions
         self._request_keys = (*self._usage_keys, names.ERROR_TYPE)
         self._lock = threading.Lock()
@@ -107,6 +110,14 @@ class Accounting:
         meter.create_observable_counter(
             names.METRIC_LLM_REQUESTS, callbacks=[self._observe_requests], unit=names.UNIT_REQUEST,
             description="LLM calls, attributed to user and department, with error.type on failures.")
+        self._observed = len(_OBSERVED) if self._dimensions else len(_OBSERVED) - 2
+        if self._dimensions:
+            meter.create_observable_counter(
+                names.METRIC_QUOTA_TOKENS, callbacks=[self._observe_quota_tokens], unit=names.UNIT_TOKEN,
+                description="Tokens used per principal (the attribution dimensions only): what the quota rules read.")
+            meter.create_observable_counter(
+                names.METRIC_QUOTA_COST, callbacks=[self._observe_quota_cost], unit=names.UNIT_CURRENCY,
+                description="Cost per principal in the reporting currency: what the quota rules read.")
         _live.add(self)
 
     # --- call path ------------------------------------------------------------------------------
@@ -124,6 +135,8 @@ class Accounting:
         with self._lock:
             if dims:
                 dims = self.labels.apply(dims)
+                self.principals.add(dims, (input_tokens or 0) + (output_tokens or 0),
+                                    None if cost is None else cost.input + cost.output)
                 if self.series.near(len(self._usage), len(self._requests)):
                     dims = self.series.fit(base, record.error_type, dims, self._usage, self._requests)
             key = base + dims
@@ -220,7 +233,8 @@ class Accounting:
         with self._lock:
             usage = [(key, list(entry)) for key, entry in self._usage.items()]
             requests = list(self._requests.items())
-        return _Snapshot(usage, requests)
+            principals = self.principals.snapshot()
+        return _Snapshot(usage, requests, principals)
 
     def _snapshot_for(self, instrument: str) -> _Snapshot:
         """The snapshot of the collection under way: the first callback of a collection takes it (a
@@ -230,8 +244,8 @@ class Accounting:
             if snapshot is None or instrument in snapshot.read_by:
                 snapshot = self._snapshot = self.collect()
             snapshot.read_by.add(instrument)
-            if len(snapshot.read_by) == len(_OBSERVED):
-                self._snapshot = None  # all three reported: nothing kept between collections
+            if len(snapshot.read_by) == self._observed:
+                self._snapshot = None  # all reported: nothing kept between collections
             return snapshot
 
     def _observe_tokens(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -270,6 +284,20 @@ class Accounting:
             internal_error("observe llm.requests")
             return []
 
+    def _observe_quota_tokens(self, options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            return self.principals.token_observations(self._snapshot_for(names.METRIC_QUOTA_TOKENS).principals)
+        except Exception:
+            internal_error("observe llm.quota.tokens")
+            return []
+
+    def _observe_quota_cost(self, options: CallbackOptions) -> Iterable[Observation]:
+        try:
+            return self.principals.cost_observations(self._snapshot_for(names.METRIC_QUOTA_COST).principals)
+        except Exception:
+            internal_error("observe llm.quota.cost")
+            return []
+
     def totals(self) -> dict[str, float]:
         """Process totals (tokens by type, cost, requests), for `doctor` and tests."""
         with self._lock:
@@ -305,6 +333,7 @@ class Accounting:
         self._wake = threading.Event()
         self.labels.reset()
         self.series.folded_calls = 0
+        self.principals.reset()
 
 
 _INPUT = ((names.GEN_AI_TOKEN_TYPE, names.TOKEN_TYPE_INPUT),)

@@ -47,8 +47,11 @@ class Recorder:
         self._tracer = tracer
         self.prices = PriceBook(settings)
         self.tokens = TokenCounter(settings.tokenizers, settings.allow_tokenizer_download)
-        self.accounting = Accounting(meter, settings.metric_dimensions, settings.cardinality_limit,
-                                     settings.series_limit or DEFAULT_SERIES_LIMIT, settings.currency)
+        series_limit = settings.series_limit or DEFAULT_SERIES_LIMIT
+        # unless set, the per-dimension cap follows the series limit: raising that one setting admits more
+        # principals per process everywhere
+        self.accounting = Accounting(meter, settings.metric_dimensions, settings.cardinality_limit or series_limit,
+                                     series_limit, settings.currency)
         self.enforcement = Enforcement(settings, self.prices, meter)
         self._propagation = HeaderPropagation(settings.propagate_hosts)
 

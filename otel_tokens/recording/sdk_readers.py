@@ -27,6 +27,27 @@ def sdk_series_limit(meter_provider: Any = None) -> int:
         return DEFAULT_SERIES_LIMIT
 
 
+def raise_sdk_series_limit(limit: int, meter_provider: Any = None) -> bool:
+    """Raise the SDK readers' cardinality limit for observable counters to `limit` (never lower it), so that
+    OTEL_TOKENS_SERIES_LIMIT works under `opentelemetry-instrument`, which builds the readers with the default
+    2000 and offers no variable for it. Must run before the first collection of our counters (the SDK reads the
+    limit when it first stores an instrument). Set through SDK internals defensively: False if not possible."""
+    try:
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics._internal.instrument import _ObservableCounter
+
+        provider = meter_provider or metrics.get_meter_provider()
+        raised = False
+        for reader in provider._metric_readers:
+            limits = reader._instrument_class_cardinality_limit
+            if limits.get(_ObservableCounter, DEFAULT_SERIES_LIMIT) < limit:
+                limits[_ObservableCounter] = limit
+                raised = True
+        return raised
+    except Exception:
+        return False
+
+
 def delta_readers(meter_provider: Any = None) -> int:
     """How many of the SDK's metric readers ask for delta temporality on counters (read defensively)."""
     try:

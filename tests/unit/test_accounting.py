@@ -132,3 +132,50 @@ def test_one_collection_reports_tokens_cost_and_requests_of_the_same_instant():
         thread.join()
     assert all(inputs == 10 * requests and cost == round(0.001 * requests, 6) for requests, inputs, cost in seen), seen
     assert len({requests for requests, _, _ in seen}) >= 60  # calls landed between collections
+
+
+def test_quota_counters_hold_each_principals_total_over_models_types_and_sources():
+    """llm.quota.tokens / llm.quota.cost: one series per principal, the accounting counters' totals summed over
+    model, token type, operation and source, read in the same collection."""
+    tel, _, meter_provider = make_telemetry()
+    accounting = Accounting(meter_provider.get_meter("t"))
+    alice = {names.USER_ID: "alice", names.DEPARTMENT: "support"}
+    bob = {names.USER_ID: "bob", names.DEPARTMENT: "research"}
+    accounting.add(_record("m1"), 0.1, alice, Cost(0.001, 0.002, "USD"))
+    accounting.add(_record("m2", 7, 3, source=names.SOURCE_ESTIMATED), 0.1, alice, Cost(0.01, 0.02, "USD"))
+    accounting.add(_record("m1", 5, None), 0.1, bob)  # no price: tokens, no cost
+    accounting.add(_record("m1", None, None, error_type="APIError", source=None), 0.1, bob)
+    tokens = _points(tel, names.METRIC_QUOTA_TOKENS)
+    assert tokens == {tuple(sorted(alice.items())): 14 + 10, tuple(sorted(bob.items())): 5}
+    cost = _points(tel, names.METRIC_QUOTA_COST)
+    assert cost == {tuple(sorted({**alice, names.CURRENCY: "USD"}.items())): pytest.approx(0.033)}
+    by_user = {}
+    for key, value in _points(tel, names.METRIC_LLM_TOKEN_USAGE).items():
+        by_user[dict(key)[names.USER_ID]] = by_user.get(dict(key)[names.USER_ID], 0) + value
+    assert by_user == {"alice": 24, "bob": 5}
+    accounting.close()
+
+
+def test_quota_counters_fold_past_the_series_limit_on_their_own_and_keep_the_totals():
+    """The accounting metrics fold at their own series count (models x token types per user); the per-principal
+    counters only past the series limit in principals, user first, departments and totals kept."""
+    tel, _, meter_provider = make_telemetry(series_limit=200)
+    accounting = Accounting(meter_provider.get_meter("t"), series_limit=200)
+    for i in range(150):  # 150 principals x 2 models x 2 token types = 600 accounting label sets: over 200
+        for model in ("m1", "m2"):
+            accounting.add(_record(model, 1, 1), 0.01, {names.USER_ID: f"u{i}", names.DEPARTMENT: f"d{i % 3}"})
+    quota = _points(tel, names.METRIC_QUOTA_TOKENS)
+    assert OTHER_VALUE not in {dict(k)[names.USER_ID] for k in quota}, "150 principals fit a limit of 200"
+    assert len(quota) == 150 and set(quota.values()) == {4}
+    for i in range(150, 400):
+        accounting.add(_record("m1", 1, 1), 0.01, {names.USER_ID: f"u{i}", names.DEPARTMENT: f"d{i % 3}"})
+    quota = _points(tel, names.METRIC_QUOTA_TOKENS)
+    assert all("otel.metric.overflow" not in dict(k) for k in quota)
+    assert len(quota) <= 200 and sum(quota.values()) == 150 * 4 + 250 * 2
+    departments: dict[str, int] = {}
+    for key, value in quota.items():
+        departments[dict(key)[names.DEPARTMENT]] = departments.get(dict(key)[names.DEPARTMENT], 0) + value
+    assert departments == {f"d{d}": sum(4 if i < 150 else 2 for i in range(400) if i % 3 == d) for d in range(3)}
+    assert quota[tuple(sorted({names.USER_ID: "u7", names.DEPARTMENT: "d1"}.items()))] == 4, "earlier users kept"
+    assert accounting.principals.folded_calls > 0
+    accounting.close()

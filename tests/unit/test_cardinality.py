@@ -122,3 +122,37 @@ def test_sdk_reader_limit_is_detected():
     assert sdk_series_limit(default_provider) == 2000
     assert sdk_series_limit(raised_provider) == 50_000
     assert sdk_series_limit(object()) == 2000
+
+
+def test_one_setting_admits_more_principals_per_process_than_the_sdk_default(monkeypatch, tmp_path):
+    """Under opentelemetry-instrument the SDK reader keeps 2000 label sets per metric and no variable changes
+    that: OTEL_TOKENS_SERIES_LIMIT raises it for our counters, and the per-dimension cap follows, so 2,500 users
+    in one process keep their own llm.quota.* series (nothing folds, nothing overflows); doctor names the limit
+    and warns when the quota file names more users than it admits."""
+    from otel_tokens import TokenUsageInstrumentor
+    from otel_tokens.config import load_settings
+
+    tel, tracer_provider, meter_provider = make_telemetry(sampler=ALWAYS_OFF)  # the SDK default: 2000
+    settings = load_settings({"OTEL_TOKENS_SERIES_LIMIT": "3000", "OTEL_TOKENS_BUILTIN_PRICES": "false"})
+    instrumentor = TokenUsageInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=settings)
+    try:
+        recorder = instrumentor.recorder
+        for i in range(2500):
+            with usage_context(user_id=f"user-{i}", department=f"dept-{i % 7}"):
+                handle = recorder.begin(names.OPERATION_CHAT, "openai", "m")
+                handle.record.input_tokens, handle.record.output_tokens = 3, 1
+                handle.record.usage_source = names.SOURCE_REPORTED
+                recorder.finish(handle)
+        points = tel.metrics()[names.METRIC_QUOTA_TOKENS]
+        assert {p.attributes[names.USER_ID] for p in points} == {f"user-{i}" for i in range(2500)}
+        assert all(p.value == 4 for p in points) and len(points) == 2500
+        assert recorder.accounting.principals.folded_calls == 0
+        assert "3000 label sets per metric" in report(recorder=recorder)
+        quota_file = tmp_path / "quotas.yaml"
+        quota_file.write_text("users:\n  default: {tokens: 100}\n  overrides:\n"
+                              + "".join(f"    named-{i}: {{tokens: 5}}\n" for i in range(2900)))
+        monkeypatch.setenv("OTEL_TOKENS_QUOTA_FILE", str(quota_file))
+        assert "names 2900 users and the series limit is 3000" in report(recorder=recorder)
+    finally:
+        instrumentor.uninstrument()

@@ -32,7 +32,7 @@ def test_file_values_and_environment_overrides(tmp_path):
 def test_defaults_without_configuration():
     settings = load_settings({})
     assert (settings.currency, settings.cardinality_limit, settings.metric_dimensions) == (
-        "USD", 5000, ("user.id", "department"))
+        "USD", None, ("user.id", "department"))  # None: the series limit
 
 
 BAD_CONFIGS = [
@@ -134,7 +134,7 @@ def test_a_guard_poll_interval_out_of_range_is_refused_by_name(tmp_path):
 def test_bad_environment_value_is_named(caplog):
     with caplog.at_level(logging.WARNING, logger="otel_tokens"):
         settings = load_settings({"OTEL_TOKENS_CARDINALITY_LIMIT": "-3"})
-    assert settings.cardinality_limit == 5000
+    assert settings.cardinality_limit is None  # the default: the series limit
     (message,) = [r.getMessage() for r in caplog.records]
     assert "OTEL_TOKENS_CARDINALITY_LIMIT" in message and "'-3'" in message
 

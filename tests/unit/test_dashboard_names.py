@@ -70,7 +70,9 @@ def test_every_metric_and_label_is_emitted_recorded_or_prometheus_own() -> None:
                 <= labels_allowed, annotation
     assert emitted_metrics() - used_metrics <= {f"{names.PROM_TOKEN_USAGE}_{s}" for s in ("bucket", "sum", "count")} \
         | {f"{names.PROM_OPERATION_DURATION}_count", f"{names.PROM_TIME_TO_FIRST_CHUNK}_sum",
-           f"{names.PROM_TIME_TO_FIRST_CHUNK}_count"}, "an instrument no dashboard shows"
+           f"{names.PROM_TIME_TO_FIRST_CHUNK}_count",
+           # the quota rules' input: the dashboards show it through the rules' recorded llm_quota:* series
+           names.PROM_QUOTA_TOKENS, names.PROM_QUOTA_COST}, "an instrument no dashboard shows"
     tempo_links = _datasource("tempo")["jsonData"]["tracesToMetrics"]
     for tag in tempo_links["tags"]:
         assert tag["key"] in {v for k, v in vars(names).items() if k.isupper() and isinstance(v, str)}
