@@ -7,6 +7,12 @@ is why the rollups are first-level and the window sums are computed live from th
 into Prometheus's data directory; Prometheus 2.42 merges overlapping blocks when it next starts.
 vmalert does the same with `-replay.timeFrom` / `-replay.timeTo` (docs/quotas.md).
 
+The rules read the per-principal counters (llm_quota_tokens_total, llm_quota_cost_total), which an app
+exports only since it runs a version that has them; the accounting counters (llm_token_usage_total,
+llm_cost_total) hold the same totals split by model and token type, for all of the history. So the rollups
+are computed from the accounting counters (`--counters quota` reads the per-principal ones): a deployment
+upgraded today gets its rolling window and month to date from before the upgrade.
+
 A rollup is written once per bucket, at whatever second of its minute its evaluation falls; a bucket
 written both live and by the backfill (at two stamps) would count twice, so a range that already holds
 rollup samples (the rules were deployed before --end) is refused.
@@ -27,19 +33,32 @@ from otel_tokens.config import read_yaml
 from otel_tokens.config.errors import ConfigError
 from otel_tokens.ops.rules import PREFIX
 from otel_tokens.prometheus_api import Prometheus, PrometheusError
-from otel_tokens.quota.vocabulary import COUNTERS
+from otel_tokens.quota.vocabulary import ACCOUNTING_COUNTERS, COUNTERS
 
 DEFAULT_EVAL_INTERVAL = "60s"
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 
-def first_level(rule_file: dict[str, Any]) -> dict[str, Any]:
+COUNTER_SOURCES = ("accounting", "quota")
+
+
+def _from_accounting(expr: str) -> str:
+    """The expression over the accounting counters: same per-principal totals, more series each."""
+    for kind, counter in COUNTERS.items():
+        expr = re.sub(rf"(?<![\w:]){re.escape(counter)}(?![\w:])", ACCOUNTING_COUNTERS[kind], expr)
+    return expr
+
+
+def first_level(rule_file: dict[str, Any], counters: str = "accounting") -> dict[str, Any]:
     """The groups of a rule file reduced to their recording rules over the raw counters (no `llm_quota:`
-    input): the rollups. Limits and other constants are recorded live."""
+    input): the rollups, over the accounting counters unless `counters` is "quota". Limits and other
+    constants are recorded live."""
     groups = []
     for group in rule_file.get("groups") or []:
         rules = [r for r in group.get("rules") or [] if "record" in r and f"{PREFIX}:" not in str(r.get("expr"))
                  and any(counter in str(r.get("expr")) for counter in COUNTERS.values())]
+        if counters == "accounting":
+            rules = [{**r, "expr": _from_accounting(str(r["expr"]))} for r in rules]
         if rules:
             groups.append({**{k: v for k, v in group.items() if k != "rules"}, "rules": rules})
     return {"groups": groups}
@@ -56,7 +75,7 @@ def rollups_held(prometheus: str, names: list[str], start: int, end: int) -> int
 
 
 def backfill(rules_path: Path, prometheus: str, start: int, end: int, output: Path,
-             eval_interval: str = DEFAULT_EVAL_INTERVAL) -> list[str]:
+             eval_interval: str = DEFAULT_EVAL_INTERVAL, counters: str = "accounting") -> list[str]:
     """Write blocks of the first-level rollups over [start, end] into output; returns the rules backfilled."""
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -64,7 +83,9 @@ def backfill(rules_path: Path, prometheus: str, start: int, end: int, output: Pa
     data = read_yaml(rules_path, "rule file")
     if not isinstance(data, dict):
         raise ConfigError(str(rules_path), "(top level)", type(data).__name__, "is not a rule file")
-    selected = first_level(data)
+    if counters not in COUNTER_SOURCES:
+        raise ConfigError("--counters", "counters", counters, f"is not one of {', '.join(COUNTER_SOURCES)}")
+    selected = first_level(data, counters)
     names = [r["record"] for g in selected["groups"] for r in g["rules"]]
     for name in names:  # they go into a PromQL matcher: only metric names, nothing that could widen it
         if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name):

@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     backfill.add_argument("--end", type=int, required=True, metavar="UNIX", help="last second to backfill")
     backfill.add_argument("--output", type=Path, required=True, metavar="DIR", help="where to write the blocks")
     backfill.add_argument("--eval-interval", default="60s", help="step for groups without an interval (default 60s)")
+    backfill.add_argument("--counters", choices=("accounting", "quota"), default="accounting",
+                          help="the raw history to compute the rollups from: the accounting counters (default: "
+                               "llm_token_usage_total, llm_cost_total, also from before an upgrade) or the "
+                               "per-principal llm_quota_* counters the live rules read")
     report_parser = commands.add_parser("report", help="usage digest from Prometheus: totals, top users, departments "
                                         "and models, quota use; table, markdown, json, csv, png")
     from otel_tokens.ops.report import add_arguments, one_line_error
@@ -160,7 +164,8 @@ def _backfill(args: argparse.Namespace) -> int:
     from otel_tokens.ops.backfill import backfill
 
     try:
-        names_ = backfill(args.rules, args.prometheus, args.start, args.end, args.output, args.eval_interval)
+        names_ = backfill(args.rules, args.prometheus, args.start, args.end, args.output, args.eval_interval,
+                          args.counters)
     except ConfigError as error:
         print(f"otel-tokens rules-backfill: {error}", file=sys.stderr)
         return 2

@@ -13,7 +13,11 @@ from otel_tokens import names
 
 TOKENS, COST = "tokens", "cost"
 KINDS = (TOKENS, COST)  # what a limit counts; the `quota` label of the alerts
-COUNTERS: Mapping[str, str] = {TOKENS: names.PROM_LLM_TOKEN_USAGE, COST: names.PROM_LLM_COST}
+# What the quota rules read: one series per principal and process (llm.quota.*).
+COUNTERS: Mapping[str, str] = {TOKENS: names.PROM_QUOTA_TOKENS, COST: names.PROM_QUOTA_COST}
+# The same totals split by model, token type, operation and source: what reports break down, and the only
+# history from before the per-principal counters existed (rules-backfill reads it).
+ACCOUNTING_COUNTERS: Mapping[str, str] = {TOKENS: names.PROM_LLM_TOKEN_USAGE, COST: names.PROM_LLM_COST}
 
 WARNING, CRITICAL = "warning", "critical"
 SEVERITY_RANK: Mapping[str, int] = {WARNING: 1, CRITICAL: 2}

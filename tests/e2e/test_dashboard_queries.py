@@ -81,7 +81,8 @@ def _openmetrics(text: str, extra: dict[str, str], timestamps: list[int]) -> str
         return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
     lines = []
-    wanted = {names.PROM_LLM_TOKEN_USAGE, names.PROM_LLM_COST, names.PROM_LLM_REQUESTS}
+    wanted = {names.PROM_LLM_TOKEN_USAGE, names.PROM_LLM_COST, names.PROM_LLM_REQUESTS, names.PROM_QUOTA_TOKENS,
+              names.PROM_QUOTA_COST}
     for family in _families(text):
         for sample in family.samples:
             if sample.name not in wanted:

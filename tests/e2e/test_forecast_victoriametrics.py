@@ -29,9 +29,10 @@ HOUR = 3600
 
 def _history() -> list[dict[str, Any]]:
     """The promtool forecast test's input series, in January 2026."""
-    def dept(name: str, values: list[float], metric: str = "llm_token_usage_total") -> dict[str, Any]:
-        labels = {"__name__": metric, "department": name, "user_id": "u", "gen_ai_token_type": "input",
-                  "instance": "app:9464", "job": "app", **({"currency": "USD"} if metric == "llm_cost_total" else {})}
+    def dept(name: str, values: list[float], metric: str = "llm_quota_tokens_total") -> dict[str, Any]:
+        currency = {"currency": "USD"} if metric == "llm_quota_cost_total" else {}
+        labels = {"__name__": metric, "department": name, "user_id": "u", "instance": "app:9464", "job": "app",
+                  **currency}
         times = [(START + i * STEP) * 1000 for i in range(len(values))]
         return {"metric": labels, "values": values, "timestamps": times}
 
@@ -39,7 +40,7 @@ def _history() -> list[dict[str, Any]]:
     return [dept("hot", [5 * i for i in range(3301)]), dept("steady", [2 * i for i in range(3301)]),
             dept("spike", [i if i < spike else i + 2999 for i in range(3301)]),
             dept("quiet", [20 * i for i in range(401)]),
-            dept("ops", [round(0.05 * i, 10) for i in range(3301)], "llm_cost_total")]
+            dept("ops", [round(0.05 * i, 10) for i in range(3301)], "llm_quota_cost_total")]
 
 
 def _get(url: str, path: str, **params: Any) -> Any:
@@ -72,7 +73,7 @@ def test_forecasts_on_victoriametrics_equal_prometheus(tmp_path):
     try:
         history = _history()
         _import(url, history)
-        _visible(url, '{__name__=~"llm_token_usage_total|llm_cost_total"}', len(history))
+        _visible(url, '{__name__=~"llm_quota_tokens_total|llm_quota_cost_total"}', len(history))
         end = START + 33 * 86400
         for group in render(parse_quotas(FORECAST_QUOTAS, "q"))["groups"]:
             for rule in group["rules"]:

@@ -64,7 +64,7 @@ def test_user_quotas_every_threshold_default_override_reset_cost_and_the_rolling
         tokens("restarted", "0+100x5 0+100x5 500x1500"),  # the process restarted: the counter reset
         tokens("two-processes", "0+50x10 500x1500", instance="a:9464"),
         tokens("two-processes", "_x10 0+50x10 500x1500", instance="b:9464"),  # started later, new series
-        {"series": 'llm_cost_total{user_id="spender",department="eng",gen_ai_token_type="output",currency="USD",'
+        {"series": 'llm_quota_cost_total{user_id="spender",department="eng",gen_ai_token_type="output",currency="USD",'
                    'instance="app:9464",job="app"}', "values": "0+0.1x10 1x1500"},
     ]
     at_40m = sorted([
@@ -102,8 +102,8 @@ def test_user_quotas_every_threshold_default_override_reset_cost_and_the_rolling
     _promtool_test(tmp_path, tests)
 
 
-def dept(name: str, values: str, metric: str = "llm_token_usage_total") -> dict:
-    extra = ',currency="USD"' if metric == "llm_cost_total" else ""
+def dept(name: str, values: str, metric: str = "llm_quota_tokens_total") -> dict:
+    extra = ',currency="USD"' if metric == "llm_quota_cost_total" else ""
     return {"series": f'{metric}{{department="{name}",user_id="u",gen_ai_token_type="input"{extra},'
                       f'instance="app:9464",job="app"}}', "values": values}
 def test_department_budgets_follow_the_calendar_month(tmp_path):
@@ -116,7 +116,7 @@ def test_department_budgets_follow_the_calendar_month(tmp_path):
         dept("sales", f"0x{jan30_noon - 1} 9500x{feb2_noon - jan30_noon - 1} 18000x300"),
         # support has its own 20000: 75 %, then 85 %, then 105 %
         dept("support", f"0x{jan20 - 1} 15000x{jan26 - jan20 - 1} 17000x{jan28 - jan26 - 1} 21000x800"),
-        dept("ops", f"0x{jan20 - 1} 12x1000", "llm_cost_total"),
+        dept("ops", f"0x{jan20 - 1} 12x1000", "llm_quota_cost_total"),
         # 700 in January's last hour (Jan 31 23:30): never in January's month to date, all in its previous month
         dept("late", f"0x{30 * per_day + 23 * 4 + 1} 700x400"),
     ]
@@ -292,7 +292,7 @@ def test_budget_forecasts_project_the_burn_rate_to_the_month_end(tmp_path):
         # quiet: 8,000 in the first 100 hours (80 an hour), then its process is gone: no recent traffic
         dept("quiet", "0+20x400 _x2000"),
         # ops: cost 0.2 an hour against its 100 (its tokens have no limit)
-        dept("ops", "0+0.05x3300", "llm_cost_total"),
+        dept("ops", "0+0.05x3300", "llm_quota_cost_total"),
     ]
     tests = {"evaluation_interval": "15m", "tests": [{
         "interval": "15m",

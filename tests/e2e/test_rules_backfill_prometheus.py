@@ -1,4 +1,5 @@
-"""rules-backfill against a real Prometheus and promtool."""
+"""rules-backfill against a real Prometheus and promtool: the upgrade to the per-principal counters (history in
+the accounting counters only, then in both) gets an exact rolling window from the backfill at once."""
 
 from __future__ import annotations
 
@@ -40,14 +41,30 @@ def _truths(end: int, rates: dict[str, int]) -> list[dict[str, int]]:
 
 
 def _history(path: Path, start: int, end: int) -> dict[str, int]:
-    """Two users' counters, +1 (alice) and +3 (bob) per sample, from start to end; their values at each time."""
-    lines = ["# TYPE llm_token_usage counter"]
+    """Two users' usage, +1 (alice) and +3 (bob) a minute, from start to end, as an upgrade leaves it: until
+    two hours before the end in the accounting counters only (process app:1), then from a restarted process
+    (app:2) that exports the per-principal llm_quota_* counters too, all starting from zero."""
+    upgrade = end - 2 * 3600
+    lines = ["# TYPE llm_token_usage counter", "# TYPE llm_quota_tokens counter"]
     for user, rate in (("alice", 1), ("bob", 3)):
-        for i, t in enumerate(range(start, end + 1, STEP)):
+        for i, t in enumerate(range(start, upgrade, STEP)):
             lines.append(f'llm_token_usage_total{{user_id="{user}",department="eng",gen_ai_token_type="input",'
                          f'job="app",instance="app:1"}} {i * rate} {t}')
-    path.write_text("\n".join(lines) + "\n# EOF\n")
+        for i, t in enumerate(range(upgrade, end + 1, STEP)):
+            lines.append(f'llm_token_usage_total{{user_id="{user}",department="eng",gen_ai_token_type="input",'
+                         f'job="app",instance="app:2"}} {(i + 1) * rate} {t}')
+            lines.append(f'llm_quota_tokens_total{{user_id="{user}",department="eng",job="app",instance="app:2"}} '
+                         f"{(i + 1) * rate} {t}")
+    path.write_text("\n".join(sorted(lines, key=_family_order)) + "\n# EOF\n")
     return {"alice": 1, "bob": 3}
+
+
+def _family_order(line: str) -> tuple[int, str]:
+    """OpenMetrics wants each family's TYPE line, then its samples, one family at a time."""
+    family = "llm_quota_tokens" if "llm_quota_tokens" in line else "llm_token_usage"
+    return (0 if family == "llm_token_usage" else 1, "" if line.startswith("#") else "1")
+
+
 def test_backfilled_rollups_make_the_rolling_window_exact_at_once(tmp_path):
     prometheus, promtool = require_binary("prometheus"), require_binary("promtool")
     now = int(time.time())

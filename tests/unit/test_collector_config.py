@@ -322,7 +322,8 @@ def _promql_names(expr: str) -> tuple[set[str], set[str]]:
 
 
 def _emitted_metrics() -> set[str]:
-    counters = {names.PROM_LLM_TOKEN_USAGE, names.PROM_LLM_COST, names.PROM_LLM_REQUESTS}
+    counters = {names.PROM_LLM_TOKEN_USAGE, names.PROM_LLM_COST, names.PROM_LLM_REQUESTS, names.PROM_QUOTA_TOKENS,
+                names.PROM_QUOTA_COST}
     histograms = {names.PROM_TOKEN_USAGE, names.PROM_OPERATION_DURATION, names.PROM_TIME_TO_FIRST_CHUNK}
     assert all(c.endswith("_total") for c in counters)
     return counters | {h + suffix for h in histograms for suffix in ("_bucket", "_sum", "_count")}
@@ -361,7 +362,7 @@ def test_rules_use_only_emitted_metrics_and_known_labels() -> None:
         assert not unknown, f"{name} uses labels {unknown}"
         if "alert" in rule:
             assert rule["labels"]["severity"] in {"warning", "critical"}, name
-    assert {names.PROM_LLM_TOKEN_USAGE, names.PROM_LLM_REQUESTS} <= used_metrics
+    assert {names.PROM_QUOTA_TOKENS, names.PROM_QUOTA_COST, names.PROM_LLM_REQUESTS} <= used_metrics
 
 
 def test_worst_case_alert_delay_is_within_budget() -> None:

@@ -23,6 +23,12 @@ def test_only_rules_over_raw_data_are_backfilled():
     records = [r["record"] for g in selected["groups"] for r in g["rules"]]
     assert records == ["llm_quota:user_tokens:5m", "llm_quota:department_tokens:1h"]
     assert [g.get("interval") for g in selected["groups"]] == ["1m", "1m"]
+    exprs = [r["expr"] for g in selected["groups"] for r in g["rules"]]
+    # computed from the accounting counters, which hold the history from before llm.quota.* existed
+    assert all("llm_token_usage_total{" in e and "llm_quota_tokens_total" not in e for e in exprs)
+    live = [r["expr"] for g in first_level(render(parse_quotas(QUOTAS, "q")), "quota")["groups"] for r in g["rules"]]
+    assert all("llm_quota_tokens_total{" in e and "llm_token_usage_total" not in e for e in live)
+    assert [e.replace("llm_token_usage_total", "llm_quota_tokens_total") for e in exprs] == live
 
 
 def test_a_rule_file_without_rollups_is_refused_with_a_clear_message(tmp_path):
@@ -38,7 +44,7 @@ def test_a_rule_file_without_rollups_is_refused_with_a_clear_message(tmp_path):
 def test_a_record_name_that_is_not_a_metric_name_is_refused_before_any_query(tmp_path):
     rules = tmp_path / "hostile.yml"
     rules.write_text('groups:\n  - name: g\n    rules:\n      - record: \'x"}) or vector(1) or ({a="\'\n'
-                     "        expr: sum(llm_token_usage_total)\n")
+                     "        expr: sum(llm_quota_tokens_total)\n")
     out = subprocess.run([sys.executable, "-m", "otel_tokens.ops.cli", "rules-backfill", "--rules", str(rules),
                           "--prometheus", "http://127.0.0.1:9", "--start", "1", "--end", "2", "--output",
                           str(tmp_path / "blocks")], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -197,8 +197,9 @@ def _quotas(prom: Prometheus, at: float) -> tuple[bool, list[QuotaRow]]:
             default = defaults.get((principal, kind))
             if not limits and default is None:
                 continue
+            counter = vocabulary.ACCOUNTING_COUNTERS[kind]  # the history from before llm.quota.* too
             usage = {metric.get(label, ""): value
-                     for metric, value in prom.instant(usage_over(vocabulary.COUNTERS[kind], label, window), at)}
+                     for metric, value in prom.instant(usage_over(counter, label, window), at)}
             who = set(limits) | ({n for n, v in usage.items() if v > 0} if default is not None else set())
             for name in who:
                 limit = limits.get(name, default)
