@@ -4,8 +4,10 @@
         [--raw-hours H] [--scrape-minutes M] [--rules FILE] [--json FILE]
 
 Per size: counters for N users x S series of llm_token_usage_total and of llm_cost_total (one sample
-every 10 s, as the shipped scrape interval gives, each series growing by a random amount) are
-written as OpenMetrics and imported with `promtool tsdb create-blocks-from openmetrics`; a real
+every 10 s, as the shipped scrape interval gives, each series growing by a random amount; the series of a
+user alternate between 2 processes), and per user and process the per-principal llm_quota_tokens_total and
+llm_quota_cost_total the package exports beside them (their sums), are written as OpenMetrics and
+imported with `promtool tsdb create-blocks-from openmetrics`; a real
 Prometheus then opens that TSDB with the rule file rendered by `otel-tokens rules` from a quota file
 with user and department limits (or --rules), evaluating every 10 s; the rule file's first-level
 rollups are first backfilled over the history (`otel-tokens rules-backfill`), so what is measured is
@@ -48,7 +50,7 @@ from _live_counters import LiveCounters  # noqa: E402
 from _prometheus import free_port, wait_ready  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from otel_tokens.ops.backfill import backfill, first_level  # noqa: E402
+from otel_tokens.ops.backfill import backfill, first_level, over_accounting  # noqa: E402
 from otel_tokens.ops.durations import duration_seconds, human_duration  # noqa: E402
 from otel_tokens.ops.rules import render_text  # noqa: E402
 from otel_tokens.quota.file import parse_quotas  # noqa: E402
@@ -61,9 +63,10 @@ QUOTAS = {"warning_ratio": 0.8,
           "users": {"default": {"tokens": 200_000, "cost": 5}, "overrides": {"user-0": {"tokens": 2_000_000}}},
           "departments": {"default": {"tokens": 50_000_000, "cost": 1000}}}
 RAW_SCAN = "sum by (user_id) (count_over_time(llm_token_usage_total[24h]))"
-# the least any rule that sees a crossing from raw data must do each evaluation: read every raw series once
-ONE_READ = ('sum by (user_id) (last_over_time(llm_token_usage_total{user_id!=""}[10m]))'
-            ' + on(user_id) sum by (user_id) (last_over_time(llm_cost_total{user_id!=""}[10m]))')
+# the least any rule that sees a crossing from raw data must do each evaluation: read every series it reads once
+ONE_READ = ('sum by (user_id) (last_over_time(llm_quota_tokens_total{user_id!=""}[10m]))'
+            ' + on(user_id) sum by (user_id) (last_over_time(llm_quota_cost_total{user_id!=""}[10m]))')
+PROCESSES = 2
 
 
 def _labels(user: int, s: int) -> str:
@@ -85,10 +88,12 @@ def write_openmetrics(path: Path, users: int, series: int, start: int, end: int,
     rollup_ends = np.arange(start // BUCKET * BUCKET + BUCKET, raw_from - BUCKET + 1, BUCKET)
     rollup_ends = rollup_ends[rollup_ends > start]
     samples, kept = 0, {user: [] for user in range(min(users, CHECKED_USERS))}
+    principals: dict[str, np.ndarray] = {}  # per kind: [user, process, step] cumulative, the per-principal counters
     with path.open("w") as out:
         for metric, scale in (("llm_token_usage", 1), ("llm_cost", 0.00001)):
             out.write(f"# TYPE {metric} counter\n")
             rollups: list[str] = []
+            sums = principals[metric] = np.zeros((users, PROCESSES, len(steps)), dtype=np.int64)
             for user in range(users):
                 per_bucket = np.zeros(len(rollup_ends), dtype=np.int64)
                 for s in range(series):
@@ -99,6 +104,7 @@ def write_openmetrics(path: Path, users: int, series: int, start: int, end: int,
                     if metric == "llm_token_usage" and user in kept:
                         kept[user] += zip(steps.tolist(), grow.tolist(), strict=True)
                     labels = _labels(user, s)
+                    sums[user, s % PROCESSES] += np.cumsum(grow)
                     values = np.cumsum(grow) * scale
                     out.write("".join(f"{metric}_total{labels} {v:.6g} {t}\n"
                                       for v, t in zip(values, steps, strict=True)))
@@ -113,6 +119,17 @@ def write_openmetrics(path: Path, users: int, series: int, start: int, end: int,
                 out.write(f"# TYPE llm_quota:user_{'tokens' if scale == 1 else 'cost'}:5m gauge\n")
                 out.writelines(rollups)
                 samples += users * len(rollup_ends)
+        for metric, name, extra in (("llm_token_usage", "llm_quota_tokens", ""),
+                                    ("llm_cost", "llm_quota_cost", ',currency="USD"')):
+            scale = 1 if metric == "llm_token_usage" else 0.00001
+            out.write(f"# TYPE {name} counter\n")
+            for user in range(users):
+                for process in range(PROCESSES):
+                    labels = (f'{{user_id="user-{user}",department="dept-{user % 20}",job="app",'
+                              f'instance="app:{process}"{extra}}}')
+                    out.write("".join(f"{name}_total{labels} {v * scale:.6g} {t}\n"
+                                      for v, t in zip(principals[metric][user, process], steps, strict=True)))
+                    samples += len(steps)
         out.write("# EOF\n")
     return samples, kept
 
@@ -203,7 +220,7 @@ def measure(users: int, series: int, hours: float, raw_hours: float, rules_text:
         t0 = time.monotonic()
         try:
             wait_ready(url, process, log.name)
-            backfill(rules, url, raw_from, deployed, work / "blocks")  # up to the deploy, as documented
+            backfill(rules, url, raw_from, deployed, work / "blocks", counters="quota")  # up to the deploy
         finally:
             process.terminate()
             process.wait(timeout=120)
@@ -264,6 +281,8 @@ def main() -> int:
     parser.add_argument("--rules", type=Path, help="a rendered rule file (default: render the bench quota file)")
     parser.add_argument("--scrape-minutes", type=float, default=0, help="first scrape live counters of the same "
                         "users for this long, so the recent raw data is in Prometheus's head (as in production)")
+    parser.add_argument("--before", action="store_true", help="the rules over the accounting counters, as they "
+                        "were before the per-principal llm_quota_* counters")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     for binary in ("prometheus", "promtool"):
@@ -271,6 +290,8 @@ def main() -> int:
             print(f"{binary} is missing: apt-get install -y prometheus", file=sys.stderr)
             return 1
     rules_text = args.rules.read_text() if args.rules else render_text(parse_quotas(QUOTAS, "bench quotas"))
+    if args.before:
+        rules_text = over_accounting(rules_text)
     results = []
     with tempfile.TemporaryDirectory(prefix="otel-tokens-scale-") as tmp:
         for users in args.users:

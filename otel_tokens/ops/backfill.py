@@ -42,7 +42,7 @@ _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 COUNTER_SOURCES = ("accounting", "quota")
 
 
-def _from_accounting(expr: str) -> str:
+def over_accounting(expr: str) -> str:
     """The expression over the accounting counters: same per-principal totals, more series each."""
     for kind, counter in COUNTERS.items():
         expr = re.sub(rf"(?<![\w:]){re.escape(counter)}(?![\w:])", ACCOUNTING_COUNTERS[kind], expr)
@@ -56,9 +56,10 @@ def first_level(rule_file: dict[str, Any], counters: str = "accounting") -> dict
     groups = []
     for group in rule_file.get("groups") or []:
         rules = [r for r in group.get("rules") or [] if "record" in r and f"{PREFIX}:" not in str(r.get("expr"))
-                 and any(counter in str(r.get("expr")) for counter in COUNTERS.values())]
+                 and any(counter in str(r.get("expr")) for counter in (*COUNTERS.values(),
+                                                                       *ACCOUNTING_COUNTERS.values()))]
         if counters == "accounting":
-            rules = [{**r, "expr": _from_accounting(str(r["expr"]))} for r in rules]
+            rules = [{**r, "expr": over_accounting(str(r["expr"]))} for r in rules]
         if rules:
             groups.append({**{k: v for k, v in group.items() if k != "rules"}, "rules": rules})
     return {"groups": groups}

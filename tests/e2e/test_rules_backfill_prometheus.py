@@ -11,16 +11,15 @@ from pathlib import Path
 
 from otel_tokens.ops.rules import render_text
 from otel_tokens.quota.file import parse_quotas
+from tests.support import upgrade_history
 from tests.support.binaries import require_binary
 from tests.support.prometheus_stack import query, start_prometheus
+from tests.support.upgrade_history import STEP
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 QUOTAS = {"users": {"default": {"tokens": 10**9}}, "departments": {"default": {"tokens": 10**9}}}
-
-
-STEP = 60  # one sample a minute keeps 25 h of history small
 
 
 def _usage(url: str) -> dict[str, float]:
@@ -32,45 +31,12 @@ def _usage(url: str) -> dict[str, float]:
     return {r["metric"]["user_id"]: float(r["value"][1]) for r in query(url, "llm_quota:user_tokens:24h")}
 
 
-def _truths(end: int, rates: dict[str, int]) -> list[dict[str, int]]:
-    """The exact usage for the window at the latest boundary, and the one before (a boundary may pass
-    between Prometheus's evaluation and the query)."""
-    boundary = int(time.time()) // 300 * 300
-    return [{user: rate * ((end - (b - 86400)) // STEP) for user, rate in rates.items()} for b in (boundary,
-                                                                                                   boundary - 300)]
-
-
-def _history(path: Path, start: int, end: int) -> dict[str, int]:
-    """Two users' usage, +1 (alice) and +3 (bob) a minute, from start to end, as an upgrade leaves it: until
-    two hours before the end in the accounting counters only (process app:1), then from a restarted process
-    (app:2) that exports the per-principal llm_quota_* counters too, all starting from zero."""
-    upgrade = end - 2 * 3600
-    lines = ["# TYPE llm_token_usage counter", "# TYPE llm_quota_tokens counter"]
-    for user, rate in (("alice", 1), ("bob", 3)):
-        for i, t in enumerate(range(start, upgrade, STEP)):
-            lines.append(f'llm_token_usage_total{{user_id="{user}",department="eng",gen_ai_token_type="input",'
-                         f'job="app",instance="app:1"}} {i * rate} {t}')
-        for i, t in enumerate(range(upgrade, end + 1, STEP)):
-            lines.append(f'llm_token_usage_total{{user_id="{user}",department="eng",gen_ai_token_type="input",'
-                         f'job="app",instance="app:2"}} {(i + 1) * rate} {t}')
-            lines.append(f'llm_quota_tokens_total{{user_id="{user}",department="eng",job="app",instance="app:2"}} '
-                         f"{(i + 1) * rate} {t}")
-    path.write_text("\n".join(sorted(lines, key=_family_order)) + "\n# EOF\n")
-    return {"alice": 1, "bob": 3}
-
-
-def _family_order(line: str) -> tuple[int, str]:
-    """OpenMetrics wants each family's TYPE line, then its samples, one family at a time."""
-    family = "llm_quota_tokens" if "llm_quota_tokens" in line else "llm_token_usage"
-    return (0 if family == "llm_token_usage" else 1, "" if line.startswith("#") else "1")
-
-
 def test_backfilled_rollups_make_the_rolling_window_exact_at_once(tmp_path):
     prometheus, promtool = require_binary("prometheus"), require_binary("promtool")
     now = int(time.time())
     end = now // STEP * STEP - 15 * 60  # the app stopped 15 minutes ago: nothing in the raw partial
     start = end - 25 * 3600
-    rates = _history(tmp_path / "history.om", start, end)
+    upgrade_history.write_openmetrics(tmp_path / "history.om", upgrade_history.samples(start, end))
     data = tmp_path / "prom-data"
     subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(tmp_path / "history.om"), str(data)],
                    check=True, capture_output=True)
@@ -82,7 +48,7 @@ def test_backfilled_rollups_make_the_rolling_window_exact_at_once(tmp_path):
     url, prom = start_prometheus(tmp_path, prometheus, [], str(rules_dir / "*.yml"))
     try:
         window_start = now // 300 * 300 - 86400
-        truth = {user: rate * ((end - window_start) // STEP) for user, rate in rates.items()}
+        truth = {user: rate * ((end - window_start) // STEP) for user, rate in upgrade_history.RATES.items()}
         blind = _usage(url)
         assert all(blind.get(user, 0) < truth[user] / 10 for user in truth), (blind, truth)  # the blind first day
         out = subprocess.run([sys.executable, "-m", "otel_tokens.ops.cli", "rules-backfill", "--rules", str(rules),
@@ -99,7 +65,7 @@ def test_backfilled_rollups_make_the_rolling_window_exact_at_once(tmp_path):
     url, prom = start_prometheus(tmp_path, prometheus, [], str(rules_dir / "*.yml"))
     try:
         got = _usage(url)
-        assert got in _truths(end, rates), (got, _truths(end, rates))
+        assert got in upgrade_history.truths(end), (got, upgrade_history.truths(end))
         # backfilling again would write every bucket a second time: refused, naming the first rollup held
         again = subprocess.run([sys.executable, "-m", "otel_tokens.ops.cli", "rules-backfill", "--rules", str(rules),
                                 "--prometheus", url, "--start", str(start), "--end", str(deployed), "--output",
