@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pty
+import re
 import subprocess
 import sys
 import time
@@ -40,6 +41,21 @@ def _on_a_terminal(command: list[str]) -> tuple[int, str]:
     return process.wait(timeout=600), output.decode(errors="replace")
 
 
+def _all_searchable(url: str, selector: str, samples: int) -> None:
+    """Wait until VictoriaMetrics answers with every imported sample: history imported a moment ago becomes
+    searchable piece by piece, and a backfill run before that computes rollups from a partial history, wrong
+    for good (what made this test fail one run in three before it waited)."""
+    deadline, found = time.monotonic() + 120, 0.0
+    while time.monotonic() < deadline:
+        urllib.request.urlopen(f"{url}/internal/force_flush", timeout=60)
+        result = query(url, f"sum(count_over_time({selector}[30h]))")
+        found = float(result[0]["value"][1]) if result else 0.0
+        if found >= samples:
+            return
+        time.sleep(1)
+    raise AssertionError(f"VictoriaMetrics shows {found:.0f} of the {samples} samples imported for {selector}")
+
+
 def _usage(url: str) -> dict[str, float]:
     return {r["metric"]["user_id"]: float(r["value"][1]) for r in query(url, "llm_quota:user_tokens:24h")}
 
@@ -54,13 +70,11 @@ def test_backfill_through_promtool_and_vmctl_makes_vmalerts_rolling_window_exact
     victoria, vm = start_victoria(tmp_path, victoria_bin, retention="30d")
     processes = [vm]
     try:
-        body = upgrade_history.victoria_import_lines(upgrade_history.samples(start, end))
+        history = upgrade_history.samples(start, end)
+        body = upgrade_history.victoria_import_lines(history)
         urllib.request.urlopen(urllib.request.Request(f"{victoria}/api/v1/import", data=body, method="POST"),
                                timeout=120)
-        urllib.request.urlopen(f"{victoria}/internal/force_flush", timeout=60)
-        deadline = time.monotonic() + 60
-        while not query(victoria, 'count(llm_token_usage_total{instance="app:1"})') and time.monotonic() < deadline:
-            time.sleep(0.5)
+        _all_searchable(victoria, '{__name__=~"llm_token_usage_total|llm_quota_tokens_total"}', len(history))
         rules = tmp_path / "quotas.yml"
         rules.write_text(render_text(parse_quotas(QUOTAS, "q")))
         deployed = int(time.time())
@@ -72,6 +86,7 @@ def test_backfill_through_promtool_and_vmctl_makes_vmalerts_rolling_window_exact
         code, output = _on_a_terminal([vmctl, "prometheus", f"--prom-snapshot={tmp_path / 'blocks'}",
                                        f"--vm-addr={victoria}", "-s", "--vm-disable-progress-bar"])
         assert code == 0, output
+        assert re.search(r"samples: [1-9]", output), output  # the snapshot held rollups
         urllib.request.urlopen(f"{victoria}/internal/force_flush", timeout=60)
         # vmalert will not start alerting rules without a notifier: an address where nothing listens
         _, alerting = start_vmalert(tmp_path, vmalert_bin, rules, victoria, "127.0.0.1:9", interval="2s")
