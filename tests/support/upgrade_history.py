@@ -1,11 +1,10 @@
 """The history an upgrade to the per-principal counters leaves: two users' usage, +1 (alice) and +3 (bob) a
 minute, until two hours before the end in the accounting counters only (process app:1), then from a
 restarted process (app:2) that exports the per-principal llm_quota_* counters too, all from zero. Written
-for promtool (OpenMetrics) and for VictoriaMetrics (its JSON import); the rolling window's truth with it."""
+for promtool (OpenMetrics); the rolling window's truth with it."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -42,18 +41,6 @@ def write_openmetrics(path: Path, history: list[Sample]) -> None:
     for metric, rows in families.items():
         lines += [f"# TYPE {metric.removesuffix('_total')} counter", *rows]
     path.write_text("\n".join(lines) + "\n# EOF\n")
-
-
-def victoria_import_lines(history: list[Sample]) -> bytes:
-    """VictoriaMetrics' /api/v1/import body: one JSON line per series."""
-    series: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[list[int], list[int]]] = {}
-    for metric, labels, value, t in history:
-        values, times = series.setdefault((metric, labels), ([], []))
-        values.append(value)
-        times.append(t * 1000)
-    return "\n".join(json.dumps({"metric": {"__name__": metric, **dict(labels)}, "values": values,
-                                 "timestamps": times}) for (metric, labels), (values, times) in series.items()
-                     ).encode()
 
 
 def truths(end: int) -> list[dict[str, int]]:
