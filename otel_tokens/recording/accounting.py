@@ -113,10 +113,12 @@ class Accounting:
         self._observed = len(_OBSERVED) if self._dimensions else len(_OBSERVED) - 2
         if self._dimensions:
             meter.create_observable_counter(
-                names.METRIC_QUOTA_TOKENS, callbacks=[self._observe_quota_tokens], unit=names.UNIT_TOKEN,
+                names.METRIC_QUOTA_TOKENS, unit=names.UNIT_TOKEN,
+                callbacks=[lambda _: self._observe_principals(names.METRIC_QUOTA_TOKENS)],
                 description="Tokens used per principal (the attribution dimensions only): what the quota rules read.")
             meter.create_observable_counter(
-                names.METRIC_QUOTA_COST, callbacks=[self._observe_quota_cost], unit=names.UNIT_CURRENCY,
+                names.METRIC_QUOTA_COST, unit=names.UNIT_CURRENCY,
+                callbacks=[lambda _: self._observe_principals(names.METRIC_QUOTA_COST)],
                 description="Cost per principal in the reporting currency: what the quota rules read.")
         _live.add(self)
 
@@ -284,18 +286,14 @@ class Accounting:
             internal_error("observe llm.requests")
             return []
 
-    def _observe_quota_tokens(self, options: CallbackOptions) -> Iterable[Observation]:
+    def _observe_principals(self, instrument: str) -> Iterable[Observation]:
         try:
-            return self.principals.token_observations(self._snapshot_for(names.METRIC_QUOTA_TOKENS).principals)
+            principals = self._snapshot_for(instrument).principals
+            if instrument == names.METRIC_QUOTA_TOKENS:
+                return self.principals.token_observations(principals)
+            return self.principals.cost_observations(principals)
         except Exception:
-            internal_error("observe llm.quota.tokens")
-            return []
-
-    def _observe_quota_cost(self, options: CallbackOptions) -> Iterable[Observation]:
-        try:
-            return self.principals.cost_observations(self._snapshot_for(names.METRIC_QUOTA_COST).principals)
-        except Exception:
-            internal_error("observe llm.quota.cost")
+            internal_error(f"observe {instrument}")
             return []
 
     def totals(self) -> dict[str, float]:

@@ -73,7 +73,7 @@ class SeriesCap:
     def __init__(self, dimensions: Sequence[str], limit: int = DEFAULT_SERIES_LIMIT) -> None:
         self.dimensions = tuple(dimensions)
         self.limit = limit
-        self.soft_limit = max(1, limit - min(100, limit // 10))
+        self.soft_limit = soft_limit(limit)
         self.folded_calls = 0
 
     def near(self, usage_series: int, request_series: int) -> bool:
@@ -83,7 +83,7 @@ class SeriesCap:
     def fit(self, base: tuple[Any, ...], error_type: str | None, dims: tuple[Any, ...],
             usage: Mapping[tuple[Any, ...], Any], requests: Mapping[tuple[Any, ...], Any]) -> tuple[Any, ...]:
         """dims, folded as little as needed; callers hold the accounting lock."""
-        candidates = [dims, (_fold(dims[0]), *dims[1:]), tuple(map(_fold, dims))]
+        candidates = [dims, (fold_value(dims[0]), *dims[1:]), tuple(map(fold_value, dims))]
         for i, candidate in enumerate(candidates):
             limit = self.soft_limit if i == 0 else self.limit
             key = base + candidate
@@ -100,5 +100,11 @@ class SeriesCap:
         return dims
 
 
-def _fold(value: Any) -> Any:
+def soft_limit(limit: int) -> int:
+    """Where folding starts: a reserve under the SDK's limit leaves room for the folded series."""
+    return max(1, limit - min(100, limit // 10))
+
+
+def fold_value(value: Any) -> Any:
+    """What a folded label value becomes: `__other__`, except `__unattributed__`, which keeps its quota."""
     return value if value == UNATTRIBUTED else OTHER_VALUE

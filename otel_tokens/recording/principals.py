@@ -16,6 +16,7 @@ from opentelemetry.metrics import Observation
 from otel_tokens import names
 from otel_tokens.config.settings import OTHER_VALUE
 from otel_tokens.logs import log_once
+from otel_tokens.recording.cardinality import fold_value, soft_limit
 
 # Per principal: tokens, cost, whether a cost was seen.
 _TOKENS, _COST, _HAS_COST = range(3)
@@ -27,7 +28,7 @@ class PrincipalUsage:
     def __init__(self, dimensions: Sequence[str], series_limit: int, currency: str) -> None:
         self.dimensions = tuple(dimensions)
         self.limit = series_limit
-        self.soft_limit = max(1, series_limit - min(100, series_limit // 10))
+        self.soft_limit = soft_limit(series_limit)
         self.totals: dict[tuple[Any, ...], list[Any]] = {}
         self.folded_calls = 0
         self._currency = ((names.CURRENCY, currency),)
@@ -50,8 +51,8 @@ class PrincipalUsage:
 
     def _fold(self, dims: tuple[Any, ...]) -> tuple[Any, ...]:
         """The user folded, then every dimension, as little as the limit needs (the reserve holds the folds)."""
-        user_folded = (_fold(dims[0]), *dims[1:])
-        everything = tuple(map(_fold, dims))
+        user_folded = (fold_value(dims[0]), *dims[1:])
+        everything = tuple(map(fold_value, dims))
         self.folded_calls += 1
         log_once("quota-series-limit", "otel-tokens: llm.quota.* reached %d principals in this process (the SDK "
                  "metric reader's limit is %d); new %s values are counted as %r there and their quota rules cannot "
@@ -87,6 +88,3 @@ class PrincipalUsage:
         self.totals.clear()
         self.folded_calls = 0
 
-
-def _fold(value: Any) -> Any:
-    return value if value == names.UNATTRIBUTED else OTHER_VALUE
