@@ -25,7 +25,7 @@ def in_range(metric: str, *by: str) -> str:
     return q.total(q.increase(q.selector(metric)), *by)
 
 
-def _top(scope_label: str, title: str, what: str) -> list:
+def _top(scope_label: str, title: str) -> list:
     noun = "Users" if scope_label == q.USER else "Departments"
     return [
         bargauge_panel(f"Top {title} by tokens", f"{noun} with the most tokens over the selected time range.",
@@ -84,7 +84,7 @@ def build() -> Dashboard:
     active_users = (f"count by ({q.DEPARTMENT}) (count by ({q.DEPARTMENT}, {q.USER}) "
                     f"({q.increase(q.selector(TOKEN_METRIC))} > 0))")
     layout = [
-        (8, 6, [*_top(q.USER, "users", "user"), *_top(q.DEPARTMENT, "departments", "department")]),
+        (8, 6, [*_top(q.USER, "users"), *_top(q.DEPARTMENT, "departments")]),
         (9, 12, [
             table_panel("Users", f"Usage per user over the selected time range. {TRACES}", [
                 Column(in_range(TOKEN_METRIC, q.USER, q.DEPARTMENT), "Tokens"),
