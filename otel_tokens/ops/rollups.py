@@ -1,27 +1,32 @@
-"""The rolling window's rules: exact usage over a rolling window at a cost that grows with the number
-of principals, not with the raw samples in the window, and without subqueries over the window (a
-subquery evaluates its inner expression at every step: 288 lookups per user per evaluation).
+"""The rolling window's rules: exact usage over a rolling window at a cost per evaluation that grows with
+the principals and their live series, not with the samples in the window.
 
 - A first-level rollup, over raw data only (so `promtool tsdb create-blocks-from rules` can backfill
   it), in its own group evaluated every minute, written once per aligned 5-minute bucket: only the
   evaluation that falls WRITE_FROM..WRITE_UNTIL after a boundary writes the exact usage of the bucket
-  that ended on it (the other evaluations write nothing). So a rollup series holds one sample per
-  bucket, and the bucket ending at boundary E is the sample stamped in [E + 30 s, E + 90 s).
-- The window: a plain `sum_over_time(rollup[24h])` (one sample per bucket, no subquery), corrected at
-  its old edge, plus from raw data what each series added since the newest boundary whose bucket the
-  rollup holds (the latest boundary, or the one before until the latest bucket's rollup is written).
+  that ended on it. So a rollup series holds one sample per bucket, and the bucket ending at boundary E
+  is the sample stamped in [E + 30 s, E + 90 s). The work is done inside a subquery whose window holds
+  the boundary only around that evaluation (`_at_boundary`): the others select the series and stop.
+- In the same group, after it, one rule records the window's parts as of the boundary K before the
+  latest one B (one rule, so one commit: a reader never sees parts of two boundaries mixed): per principal
+  the sum of the 288 buckets of the 24 h ending at K (`window`) and its two oldest buckets (`drop`,
+  `drop2`), per raw series its value at K (`base`), and K itself (`boundary`). Summing 288 buckets per
+  principal happens once a minute, not at every evaluation of the window.
+- The window, every evaluation: the newest parts, less the buckets that have left the window since K
+  (one, or two while the rollup group has not yet written the parts of the latest boundary), plus from
+  raw data what each series added since K: its latest value, less its value at K when it has one no
+  larger (a series born since counts from zero; one that reset since counts its value since the reset).
+  Each term is labelled so that `sum by` adds them, a missing term counting as zero.
 
 The rolling 24 h starts on the latest 5-minute boundary at least 24 h ago (it spans 24 h to 24 h 5 m).
-At x seconds after a boundary B, `[24h]` reads samples stamped from B + x - 24 h: for x < EDGE_SWITCH it
-may still hold the bucket that ended at B - 24 h (outside the window; stamped within 90 s of it), which
-EDGE subtracts, read from the first 2 minutes of the range; from EDGE_SWITCH on it cannot. Likewise the
-newest bucket's rollup, if written, is stamped within [B + 30 s, B + x]: looked for in the last 2
-minutes before EDGE_SWITCH, in the last 4 m 30 s after. These hold for any phase of the rollup group
-within the minute, so backfilled and live rollups, or a group whose phase changed, add up exactly.
+As of a boundary, the rollups stamped in the 24 h before it are exactly the buckets of the 24 h before the
+previous boundary, at any phase of the rollup group within its minute, so backfilled and live rollups,
+or a group whose phase changed, add up exactly.
 
-One missed evaluation of the rollup group loses that bucket from the window for 24 h (its rollup is
-never written; the raw part stands in for it only until the next boundary). A missed
-evaluation of the window's own group costs nothing (the next one recomputes it all).
+One missed rollup evaluation loses that bucket from the window for 24 h (the raw data stands in for it
+until the next boundary). Missed evaluations of the window's group cost nothing; if the rollup group
+writes no parts for PARTS_FRESH (or has not yet, in the minute after the rules are deployed), the window
+lags, see `rolling_usage`.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ BUCKET_SECONDS = 300
 ROLLUP_INTERVAL = "1m"
 WRITE_FROM = 30  # seconds after a boundary: scrapes stamped before it have landed
 WRITE_UNTIL = WRITE_FROM + 60  # one rollup evaluation a minute falls in [30 s, 90 s)
-EDGE_SWITCH = 150  # seconds after a boundary; any value in [WRITE_UNTIL, BUCKET + WRITE_FROM - EDGE_RANGE]
-EDGE_RANGE = 120
-LOOKBACK = "10m"  # for each raw series' latest value and its value at a boundary: longer than a bucket
+GATE_OFFSET, GATE_RANGE = 25, 70  # a subquery window [t - 95 s, t - 25 s]: around the writing evaluation only
+LOOKBACK = "15m"  # each raw series' latest value and its value at K: longer than the 10 to 11 min since K
+PARTS_FRESH = "3m"  # parts written every minute: the newest are read this far back (a missed write)
 
 
 def usage_over(counter: str, label: str, window: str, by: Sequence[str] = ()) -> str:
@@ -66,48 +71,84 @@ def rollup_series(scope: QuotaScope, kind: str) -> str:
     return f"llm_quota:{scope.name}_{kind}:{BUCKET}"
 
 
+def parts_series(scope: QuotaScope, kind: str) -> str:
+    return f"llm_quota:{scope.name}_{kind}:{scope.window}_parts"
+
+
 def _seconds_into_bucket(condition: str) -> str:
     """A filter on the evaluation's time within the bucket, for `and on()`."""
     return f"(vector(time() % {BUCKET_SECONDS}) {condition})"
 
 
+def _writing() -> str:
+    return _seconds_into_bucket(f">= {WRITE_FROM} < {WRITE_UNTIL}")
+
+
+def _at_boundary(expr: str) -> str:
+    """expr as of the latest boundary B, computed only by evaluations 25..95 s after it (a superset of
+    the writing one): the subquery's one step is B, and the others have no step to compute."""
+    return (f"last_over_time(\n(\n{expr}\n)[{human_duration(GATE_RANGE)}:{BUCKET}] "
+            f"offset {human_duration(GATE_OFFSET)}\n)")
+
+
+def _as_of_boundary(expr: str) -> str:
+    """expr as of the latest boundary B (a subquery's one step), at every evaluation."""
+    return f"last_over_time(\n(\n{expr}\n)[{BUCKET}:{BUCKET}]\n)"
+
+
+def _sum_terms(label: str, terms: Sequence[tuple[str, str]]) -> str:
+    body = "\nor ".join(f'label_replace(\n{expr},\n"term", "{name}", "", "")' for expr, name in terms)
+    return f"sum by ({label}) (\n{body}\n)"
+
+
 def rollup_rule(scope: QuotaScope, kind: str) -> dict[str, str]:
     """The first-level rollup: reads raw data only; writes once per bucket."""
     bucket = usage_over(COUNTERS[kind], scope.label, BUCKET)
-    return {"record": rollup_series(scope, kind),
-            "expr": (f"last_over_time(\n(\n{bucket}\n)[{BUCKET}:{BUCKET}]\n)\n"
-                     f"and on() {_seconds_into_bucket(f'>= {WRITE_FROM} < {WRITE_UNTIL}')}")}
+    return {"record": rollup_series(scope, kind), "expr": f"{_at_boundary(bucket)}\nand on() {_writing()}"}
+
+
+def parts_rule(scope: QuotaScope, kind: str) -> dict[str, str]:
+    """The window's parts as of the boundary K before the latest one B, at every evaluation of the group.
+
+    As of B (inside the subquery), `[24h]` holds exactly the buckets ending at B - 24 h .. K, at any phase
+    of the rollup group: a bucket's rollup is stamped 30..90 s after its end, so the one ending at
+    B - 24 h - 5 m is out and the one ending at B is not yet written. That is the 24 h ending at K.
+    Its two oldest buckets are recorded beside it: the window at a time after B holds neither."""
+    label, rollup = scope.label, rollup_series(scope, kind)
+    window = duration_seconds(scope.window)
+
+    def bucket_ending_before(seconds: int) -> str:  # at B: the rollup of the bucket that ended `seconds` before B
+        return f"sum_over_time({rollup}[2m] offset {human_duration(seconds - 120)})"
+
+    counter = f'{COUNTERS[kind]}{{{label}!=""}}'
+    parts = [(f"sum_over_time({rollup}[{scope.window}])", "window"),
+             (bucket_ending_before(int(window)), "drop"),
+             (bucket_ending_before(int(window) - BUCKET_SECONDS), "drop2"),
+             (f"last_over_time({counter}[{LOOKBACK}] offset {BUCKET})", "base"),
+             (f"vector(time() - {BUCKET_SECONDS})", "boundary")]
+    body = "\nor ".join(f'label_replace(\n{_as_of_boundary(expr)},\n"part", "{name}", "", "")'
+                        for expr, name in parts)
+    return {"record": parts_series(scope, kind), "expr": body}
 
 
 def rolling_usage(scope: QuotaScope, kind: str) -> str:
-    """Usage over the rolling window: complete buckets from the rollup, and from raw data what each
-    series added since the newest boundary whose bucket the rollup holds (the latest one, or the one
-    before until its rollup is written). Each part is labelled so that `sum by` adds them, a missing
-    part counting as zero.
+    """Usage over the rolling window: the newest parts (as of boundary K), less the buckets that have left
+    the window since K, plus from raw data what each series added since K. Reads each raw series three
+    times: its latest value, again to compare with its base, and its value 5 minutes ago (the base while
+    the group has written no parts for PARTS_FRESH: then the window lags by the usage between the newest
+    parts and 5 minutes ago, and never counts a counter whole)."""
+    label, parts = scope.label, parts_series(scope, kind)
 
-    The raw part is what every evaluation reads per raw series, so it is built from as few selectors
-    as exactness allows (4): each series' latest value, less its value at that boundary when it has
-    one no larger (a series born since counts from zero; one that reset since counts its value since
-    the reset, until the bucket's exact rollup replaces it). Both read with the same 10-minute
-    lookback, so a series that died in the last 10 minutes still adds what it grew by, and one that
-    died earlier is in neither."""
-    label = scope.label
-    c = f'{COUNTERS[kind]}{{{label}!=""}}'
-    rollup = rollup_series(scope, kind)
-    window = duration_seconds(scope.window)
-    early, late = _seconds_into_bucket(f"< {EDGE_SWITCH}"), _seconds_into_bucket(f">= {EDGE_SWITCH}")
-    buckets = f"sum_over_time({rollup}[{scope.window}])"
-    edge = (f"-(\n  sum_over_time({rollup}[{human_duration(EDGE_RANGE)}] offset "
-            f"{human_duration(window - EDGE_RANGE)})\n  and on() {early}\n)")
-    written = (f"(last_over_time({rollup}[{human_duration(EDGE_SWITCH - WRITE_FROM)}]) and on() {early})\n"
-               f"  or (last_over_time({rollup}[{human_duration(BUCKET_SECONDS - WRITE_FROM)}]) and on() {late})")
-    last = f"last_over_time({c}[{LOOKBACK}])"
-    at_latest = f"last_over_time({last}[{BUCKET}:{BUCKET}])"  # at the latest boundary
-    at_previous = f"last_over_time({last}[{BUCKET}:{BUCKET}] offset {BUCKET})"  # at the one before
-    # per series, its value at the newest boundary whose bucket the rollup holds for its user
-    at_base = (f"(\n  ({at_latest} and on({label}) (\n  {written}\n  ))\n"
-               f"  or ({at_previous} unless on({label}) (\n  {written}\n  ))\n)")
-    base = f"-sum by ({label}) (\n{at_base}\n<= {last}\n)"
-    parts = ((buckets, "buckets"), (edge, "edge"), (f"sum by ({label}) ({last})", "latest"), (base, "base"))
-    body = "\nor ".join(f'label_replace(\n{expr},\n"part", "{name}", "", "")' for expr, name in parts)
-    return f"sum by ({label}) (\n{body}\n)"
+    def newest(name: str) -> str:
+        return f'last_over_time({parts}{{part="{name}"}}[{PARTS_FRESH}])'
+
+    counter = f'{COUNTERS[kind]}{{{label}!=""}}'
+    last = f"last_over_time({counter}[{LOOKBACK}])"
+    previous_boundary = f"vector(time() - time() % {BUCKET_SECONDS} - {BUCKET_SECONDS})"
+    base = f"(\n  {newest('base')}\n  or ({counter} offset {BUCKET} unless on() {newest('boundary')})\n)"
+    terms = [(newest("window"), "window"),
+             (f"-{newest('drop')}", "drop"),
+             (f"-({newest('drop2')} unless on() ({newest('boundary')} == on() {previous_boundary}))", "drop2"),
+             (f"sum by ({label}) ({last})", "latest"),
+             (f"-sum by ({label}) (\n{base}\n<= ignoring(part) {last}\n)", "base")]
+    return _sum_terms(label, terms)

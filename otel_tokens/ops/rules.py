@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from otel_tokens.ops.forecast_rules import forecast_rules
-from otel_tokens.ops.rollups import ROLLUP_INTERVAL, rolling_usage, rollup_rule, usage_over
+from otel_tokens.ops.rollups import ROLLUP_INTERVAL, parts_rule, rolling_usage, rollup_rule, usage_over
 from otel_tokens.quota.file import Quotas, ScopeLimits
 from otel_tokens.quota.vocabulary import COUNTERS, SCOPES, QuotaScope
 
@@ -114,10 +114,11 @@ def render(quotas: Quotas, for_: str = "15s") -> dict[str, Any]:
         if not limits.kinds():
             continue
         rollup = rollup_rule if scope.rolling else _hourly_bucket
-        # The closed month changes once an hour at most: read once a minute, not at every evaluation.
-        closed = [] if scope.rolling else [_previous_month(scope, kind) for kind in limits.kinds()]
+        # Rolling: the window's parts as of each boundary, after the rollups they read. Calendar: the closed
+        # month changes once an hour at most: read once a minute, not at every evaluation.
+        after = [parts_rule(scope, kind) if scope.rolling else _previous_month(scope, kind) for kind in limits.kinds()]
         groups.append({"name": f"{PREFIX}_{scope.name}_rollups", "interval": ROLLUP_INTERVAL,
-                       "rules": [rollup(scope, kind) for kind in limits.kinds()] + closed})
+                       "rules": [rollup(scope, kind) for kind in limits.kinds()] + after})
         rules: list[dict[str, Any]] = [] if scope.rolling else [{"record": MONTH, "expr": "year() * 100 + month()"}]
         for kind in limits.kinds():
             usage = series(scope.name, kind, scope.window)

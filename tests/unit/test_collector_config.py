@@ -336,6 +336,7 @@ ALLOWED_LABELS = {
         names.CURRENCY)),
     "job", "instance", "service_name", "window", "severity", "le",
     "month",  # made by the month rollup itself (count_values), never read from a series
+    "part",  # made by the rolling window's parts rule (label_replace), read back by the window
 }
 
 
@@ -378,13 +379,21 @@ def test_worst_case_alert_delay_is_within_budget() -> None:
     scrape = _seconds(jobs["otel-collector"].get("scrape_interval", prometheus["global"]["scrape_interval"]))
     global_eval = _seconds(prometheus["global"]["evaluation_interval"])
     # the first-level rollups run slower, off the crossing path: a user's crossing is read from raw data
-    # by the group that holds the alerts (otel_tokens/ops/rollups.py); a department's month counts
-    # completed hours anyway; what else the slow groups record (a department's closed month) no rule reads
+    # by the group that holds the alerts (otel_tokens/ops/rollups.py: the window's parts as of the last
+    # boundary, plus each raw series' growth since); a department's month counts completed hours anyway;
+    # what else the slow groups record (a department's closed month) no rule reads
     rollups = [r for _, g, r in _rules() if g["name"].endswith("_rollups")]
     assert rollups and all("record" in r for r in rollups)
     second_level = {r["record"] for r in rollups if "llm_quota:" in r["expr"]}
-    assert second_level == {"llm_quota:department_tokens:previous_month", "llm_quota:department_cost:previous_month"}
-    assert not [r for _, _, r in _rules() if any(name in r["expr"] for name in second_level)]
+    parts = {"llm_quota:user_tokens:24h_parts", "llm_quota:user_cost:24h_parts"}
+    assert second_level == {"llm_quota:department_tokens:previous_month", "llm_quota:department_cost:previous_month",
+                            *parts}
+    assert not [r for _, _, r in _rules() if any(name in r["expr"] for name in second_level - parts)]
+    for _, _, rule in _rules():
+        if any(name in rule["expr"] for name in parts):  # the window adds what each raw series grew by since
+            raw = re.findall(r"last_over_time\((llm_quota_\w+)\{", rule["expr"])
+            assert rule["record"].endswith(":24h") and raw and set(raw) <= {names.PROM_QUOTA_TOKENS,
+                                                                             names.PROM_QUOTA_COST}, rule["record"]
     evaluation = max([global_eval, *(_seconds(g.get("interval", global_eval)) for _, g, _ in _rules()
                                      if not g["name"].endswith("_rollups"))])
     ordering = evaluation  # a recording rule in another group may be evaluated after the alert reading it
