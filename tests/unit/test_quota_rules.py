@@ -64,3 +64,20 @@ def test_limits_written_as_yaml_reads_them_are_numbers():
     assert quotas.users.overrides["bob"].tokens == 25_000
     with pytest.raises(ConfigError, match=r"'lots' is not a positive number \(write 200000, 2e5 or 200_000\)"):
         parse_quotas({"users": {"default": {"tokens": "lots"}}}, "q.yml")
+
+
+def test_what_the_window_reads_every_evaluation_does_not_grow_with_the_window():
+    """The cost structure the scale bench measured (bench/quota_rules_scale.py): every 10 s the users'
+    window reads each raw series 3 times and the recorded parts over minutes, never the 288 rollups of a
+    day nor a subquery; the 24 h of rollups are summed in the once-a-minute group, as of a boundary."""
+    groups = {g["name"]: g for g in yaml.safe_load(render_text(parse_quotas(
+        {"users": {"default": {"tokens": 1, "cost": 1}}}, "q")))["groups"]}
+    for kind, counter in (("tokens", "llm_quota_tokens_total"), ("cost", "llm_quota_cost_total")):
+        (window,) = [r["expr"] for r in groups["llm_quota_users"]["rules"]
+                     if r.get("record") == f"llm_quota:user_{kind}:24h"]
+        assert window.count(counter + "{") == 3
+        assert f"llm_quota:user_{kind}:5m" not in window and ":5m]" not in window and "[24h]" not in window
+        (parts,) = [r["expr"] for r in groups["llm_quota_user_rollups"]["rules"]
+                    if r.get("record") == f"llm_quota:user_{kind}:24h_parts"]
+        assert f"sum_over_time(llm_quota:user_{kind}:5m[24h])" in parts
+    assert groups["llm_quota_user_rollups"]["interval"] == "1m" and "interval" not in groups["llm_quota_users"]
