@@ -43,7 +43,8 @@ WRITE_FROM = 30  # seconds after a boundary: scrapes stamped before it have land
 WRITE_UNTIL = WRITE_FROM + 60  # one rollup evaluation a minute falls in [30 s, 90 s)
 GATE_OFFSET, GATE_RANGE = 25, 70  # a subquery window [t - 95 s, t - 25 s]: around the writing evaluation only
 LOOKBACK = "15m"  # each raw series' latest value and its value at K: longer than the 10 to 11 min since K
-PARTS_FRESH = "3m"  # parts written every minute: the newest are read this far back (a missed write)
+PARTS_FRESH = "3m"  # parts written every minute: a base or boundary older than this is stale (missed writes)
+PARTS_KEPT = "15m"  # how far back the window's sums are read: a stalled rollup group makes the window lag
 
 
 def usage_over(counter: str, label: str, window: str, by: Sequence[str] = ()) -> str:
@@ -58,10 +59,13 @@ def usage_over(counter: str, label: str, window: str, by: Sequence[str] = ()) ->
     c = f'{counter}{{{label}!=""}}'
     reset = f"resets({c}[{window}]) > 0"
     last = f"last_over_time({c}[{window}])"
+    # each series' value at the window's start: its last sample up to LOOKBACK before it, so that a failed
+    # scrape (a staleness marker) or a gap just before the start does not make a series look new
+    start = f"last_over_time({c}[{LOOKBACK}] offset {window})"
     branches = [
-        f"({last} - {c} offset {window} unless {reset})",
-        f"({last} unless {c} offset {window} unless {reset})",
-        f"(increase({c}[{window}]) + (min_over_time({c}[{window}]) unless {c} offset {window}))",
+        f"({last} - {start} unless {reset})",
+        f"({last} unless {start} unless {reset})",
+        f"(increase({c}[{window}]) + (min_over_time({c}[{window}]) unless {start}))",
         f"increase({c}[{window}])",
     ]
     return f"sum by ({', '.join(by or (label,))}) (\n  " + "\n  or ".join(branches) + "\n)"
@@ -121,9 +125,12 @@ def parts_rule(scope: QuotaScope, kind: str) -> dict[str, str]:
         return f"sum_over_time({rollup}[2m] offset {human_duration(seconds - 120)})"
 
     counter = f'{COUNTERS[kind]}{{{label}!=""}}'
+    # a drop is written (0 if need be) for every principal of the previous write, so that the window never
+    # pairs this write's sum with an older write's drop
+    users = f'0 * sum by ({label}) (last_over_time({parts_series(scope, kind)}{{part="window"}}[{PARTS_FRESH}]))'
     parts = [(f"sum_over_time({rollup}[{scope.window}])", "window"),
-             (bucket_ending_before(int(window)), "drop"),
-             (bucket_ending_before(int(window) - BUCKET_SECONDS), "drop2"),
+             (f"{bucket_ending_before(int(window))} or {users}", "drop"),
+             (f"{bucket_ending_before(int(window) - BUCKET_SECONDS)} or {users}", "drop2"),
              (f"last_over_time({counter}[{LOOKBACK}] offset {BUCKET})", "base"),
              (f"vector(time() - {BUCKET_SECONDS})", "boundary")]
     body = "\nor ".join(f'label_replace(\n{_as_of_boundary(expr)},\n"part", "{name}", "", "")'
@@ -136,19 +143,21 @@ def rolling_usage(scope: QuotaScope, kind: str) -> str:
     the window since K, plus from raw data what each series added since K. Reads each raw series three
     times: its latest value, again to compare with its base, and its value 5 minutes ago (the base while
     the group has written no parts for PARTS_FRESH: then the window lags by the usage between the newest
-    parts and 5 minutes ago, and never counts a counter whole)."""
+    parts, read back PARTS_KEPT, and 5 minutes ago, and never counts a counter whole)."""
     label, parts = scope.label, parts_series(scope, kind)
 
-    def newest(name: str) -> str:
-        return f'last_over_time({parts}{{part="{name}"}}[{PARTS_FRESH}])'
+    def newest(name: str, kept: str = PARTS_FRESH) -> str:
+        return f'last_over_time({parts}{{part="{name}"}}[{kept}])'
 
     counter = f'{COUNTERS[kind]}{{{label}!=""}}'
     last = f"last_over_time({counter}[{LOOKBACK}])"
     previous_boundary = f"vector(time() - time() % {BUCKET_SECONDS} - {BUCKET_SECONDS})"
-    base = f"(\n  {newest('base')}\n  or ({counter} offset {BUCKET} unless on() {newest('boundary')})\n)"
-    terms = [(newest("window"), "window"),
-             (f"-{newest('drop')}", "drop"),
-             (f"-({newest('drop2')} unless on() ({newest('boundary')} == on() {previous_boundary}))", "drop2"),
+    base = (f"(\n  {newest('base')}\n  or (last_over_time({counter}[{LOOKBACK}] offset {BUCKET}) "
+            f"unless on() {newest('boundary')})\n)")
+    terms = [(newest("window", PARTS_KEPT), "window"),
+             (f"-{newest('drop', PARTS_KEPT)}", "drop"),
+             (f"-({newest('drop2', PARTS_KEPT)} unless on() ({newest('boundary')} == on() {previous_boundary}))",
+              "drop2"),
              (f"sum by ({label}) ({last})", "latest"),
              (f"-sum by ({label}) (\n{base}\n<= ignoring(part) {last}\n)", "base")]
     return _sum_terms(label, terms)

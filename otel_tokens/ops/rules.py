@@ -6,9 +6,9 @@ constant, so month-to-date is built from hourly buckets summed over a 32-day sub
 the buckets whose month (at the bucket's middle) is the month at evaluation time (each bucket
 labelled with its month by `count_values`, the current month's label kept). It lags by up to one
 hour (the current hour is counted when it completes), which a monthly budget tolerates. The hourly
-buckets are first-level rollups in their own group evaluated every 5 minutes (they read an hour of
-every raw series: every minute cost 11 s a minute at 10,000 users), so a bucket's edges move by up to
-5 minutes (5 divides 60: a subquery's hourly step always finds the group's latest evaluation).
+buckets are first-level rollups in their own group evaluated every minute (they read an hour of
+every raw series: every 10 s would cost six times as much), so a bucket's edges move by up to a
+minute.
 
 Usage in a window is exact per series (last value minus the value at the window's start, or the
 whole value of a series born inside it); `increase()` with its edge extrapolation is used only for
@@ -33,7 +33,6 @@ BUCKET_SECONDS = 3600
 MONTH_SUBQUERY = "32d"
 PREVIOUS_MONTH_SUBQUERY = "62d"  # from the last day of a month back to the start of the one before
 MONTH = f"{PREFIX}:calendar_month"
-HOURLY_INTERVAL = "5m"  # the departments' rollup group; must divide an hour and be at most the 5 m lookback
 
 
 def series(principal: str, kind: str, what: str) -> str:
@@ -108,8 +107,7 @@ def _alerts(scope: QuotaScope, kind: str, usage: str, ratio: float, for_: str) -
 
 def render(quotas: Quotas, for_: str = "15s") -> dict[str, Any]:
     """The rule file as a dict (yaml.safe_dump it): per quota scope with limits, the group of its
-    first-level rollups (evaluated every ROLLUP_INTERVAL, or HOURLY_INTERVAL for hourly buckets) and the
-    group of its usage, limits and alerts."""
+    first-level rollups (evaluated every ROLLUP_INTERVAL) and the group of its usage, limits and alerts."""
     groups = []
     for scope in SCOPES:
         limits = quotas.limits(scope)
@@ -117,10 +115,9 @@ def render(quotas: Quotas, for_: str = "15s") -> dict[str, Any]:
             continue
         rollup = rollup_rule if scope.rolling else _hourly_bucket
         # Rolling: the window's parts, after the rollups they read. Calendar: the closed month changes once
-        # an hour at most: read with the hourly buckets, not at every evaluation.
+        # an hour at most: read once a minute, not at every evaluation.
         after = [parts_rule(scope, kind) if scope.rolling else _previous_month(scope, kind) for kind in limits.kinds()]
-        groups.append({"name": f"{PREFIX}_{scope.name}_rollups",
-                       "interval": ROLLUP_INTERVAL if scope.rolling else HOURLY_INTERVAL,
+        groups.append({"name": f"{PREFIX}_{scope.name}_rollups", "interval": ROLLUP_INTERVAL,
                        "rules": [rollup(scope, kind) for kind in limits.kinds()] + after})
         rules: list[dict[str, Any]] = [] if scope.rolling else [{"record": MONTH, "expr": "year() * 100 + month()"}]
         for kind in limits.kinds():
