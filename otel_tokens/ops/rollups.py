@@ -59,9 +59,7 @@ def usage_over(counter: str, label: str, window: str, by: Sequence[str] = ()) ->
     c = f'{counter}{{{label}!=""}}'
     reset = f"resets({c}[{window}]) > 0"
     last = f"last_over_time({c}[{window}])"
-    # each series' value at the window's start: its last sample up to LOOKBACK before it, so that a failed
-    # scrape (a staleness marker) or a gap just before the start does not make a series look new
-    start = f"last_over_time({c}[{LOOKBACK}] offset {window})"
+    start = f"{c} offset {window}"
     branches = [
         f"({last} - {start} unless {reset})",
         f"({last} unless {start} unless {reset})",
