@@ -98,9 +98,13 @@ def _as_of_boundary(expr: str) -> str:
     return f"last_over_time(\n(\n{expr}\n)[{BUCKET}:{BUCKET}]\n)"
 
 
+def _labelled(terms: Sequence[tuple[str, str]], key: str) -> str:
+    """The union of expressions, each told apart by `key` (a missing one is simply absent)."""
+    return "\nor ".join(f'label_replace(\n{expr},\n"{key}", "{name}", "", "")' for expr, name in terms)
+
+
 def _sum_terms(label: str, terms: Sequence[tuple[str, str]]) -> str:
-    body = "\nor ".join(f'label_replace(\n{expr},\n"term", "{name}", "", "")' for expr, name in terms)
-    return f"sum by ({label}) (\n{body}\n)"
+    return f"sum by ({label}) (\n{_labelled(terms, 'term')}\n)"
 
 
 def rollup_rule(scope: QuotaScope, kind: str) -> dict[str, str]:
@@ -131,9 +135,8 @@ def parts_rule(scope: QuotaScope, kind: str) -> dict[str, str]:
              (f"{bucket_ending_before(int(window) - BUCKET_SECONDS)} or {users}", "drop2"),
              (f"last_over_time({counter}[{LOOKBACK}] offset {BUCKET})", "base"),
              (f"vector(time() - {BUCKET_SECONDS})", "boundary")]
-    body = "\nor ".join(f'label_replace(\n{_as_of_boundary(expr)},\n"part", "{name}", "", "")'
-                        for expr, name in parts)
-    return {"record": parts_series(scope, kind), "expr": body}
+    return {"record": parts_series(scope, kind),
+            "expr": _labelled([(_as_of_boundary(expr), name) for expr, name in parts], "part")}
 
 
 def rolling_usage(scope: QuotaScope, kind: str) -> str:
