@@ -250,6 +250,7 @@ def measure(users: int, series: int, hours: float, raw_hours: float, rules_text:
         quiet = wait_compacted(url)
         time.sleep(scrape_minutes * 60)  # the recent raw data in the head, as in production
         durations: dict[str, list[float]] = {}
+        per_rule: dict[str, list[float]] = {}  # "group/record or alert #n": seconds, where a group's time goes
         seen: set[tuple[str, str]] = set()
         deadline = time.monotonic() + max(400, 30 + users * 0.05)  # 5 evaluations of a 1-minute group at least
         while time.monotonic() < deadline and (not durations or min(map(len, durations.values())) < 5):
@@ -259,6 +260,9 @@ def measure(users: int, series: int, hours: float, raw_hours: float, rules_text:
                     continue
                 seen.add(key)
                 durations.setdefault(group["name"], []).append(float(group["evaluationTime"]))
+                for n, rule in enumerate(group["rules"]):
+                    per_rule.setdefault(f"{group['name']}/{rule['name']} #{n}", []).append(
+                        float(rule.get("evaluationTime", 0)))
             time.sleep(2)
         scans, reads = [], []
         for _ in range(5):
@@ -282,7 +286,8 @@ def measure(users: int, series: int, hours: float, raw_hours: float, rules_text:
                 "groups": {name: statistics.fmean(values[1:] or values) for name, values in durations.items()},
                 "raw_scan_s": statistics.median(scans), "one_read_s": statistics.median(reads),
                 "rss_mib": rss_mib(process.pid), "exact": exact_now, "compaction_wait_s": quiet,
-                "rule_series": int(float(added[0]["value"][1])) if added else 0, "parts_s": parts}
+                "rule_series": int(float(added[0]["value"][1])) if added else 0, "parts_s": parts,
+                "rules_s": {name: statistics.fmean(values[1:] or values) for name, values in per_rule.items()}}
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -335,6 +340,8 @@ def main() -> int:
                   + "; the rolling 24 h's parts (tokens, instant queries): "
                   + ", ".join(f"{k} {v:.3f} s" for k, v in result["parts_s"].items()),
                   flush=True)
+            for name, seconds in sorted(result["rules_s"].items(), key=lambda kv: -kv[1])[:15]:
+                print(f"    {seconds:8.3f} s  {name}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from otel_tokens.ops.rollups import closed_hour
 from otel_tokens.quota.vocabulary import QuotaScope
 
 ALERT = "LLMDepartmentBudgetForecast"
@@ -26,7 +27,7 @@ def forecast_rules(scope: QuotaScope, kind: str, name: Callable[[str], str]) -> 
     """Burn rate, projected month-end usage, its ratio to the limit, the exhaustion time, the alert;
     `name("month")` is the recorded series of that name for this scope and kind."""
     label = scope.label
-    bucket, usage, limit = name("1h"), name("month"), name("limit")
+    bucket, usage, limit = f"({closed_hour(name('1h'))})", name("month"), name("limit")
     burn, forecast, ratio, exhaustion = (name(w) for w in ("burn_rate", "forecast", "forecast_ratio",
                                                               "exhaustion_time"))
     median = f"quantile_over_time(0.5, {bucket}[{LONG}h:1h])"

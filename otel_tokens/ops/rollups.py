@@ -10,8 +10,9 @@ the principals and their live series, not with the samples in the window.
 - In the same group, after it, one rule records the window's parts as of the boundary K before the
   latest one B (one rule, so one commit: a reader never sees parts of two boundaries mixed): per principal
   the sum of the 288 buckets of the 24 h ending at K (`window`) and its two oldest buckets (`drop`,
-  `drop2`), per raw series its value at K (`base`), and K itself (`boundary`). Summing 288 buckets per
-  principal happens once a minute, not at every evaluation of the window.
+  `drop2`), per raw series its value at K (`base`), and K itself (`boundary`). Written by the same
+  evaluation as the bucket, computed inside the same kind of subquery: summing 288 buckets per principal
+  happens once per bucket, not at every evaluation of the window.
 - The window, every evaluation: the newest parts, less the buckets that have left the window since K
   (one, or two while the rollup group has not yet written the parts of the latest boundary), plus from
   raw data what each series added since K: its latest value, less its value at K when it has one no
@@ -25,7 +26,7 @@ or a group whose phase changed, add up exactly.
 
 One missed rollup evaluation loses that bucket from the window for 24 h (the raw data stands in for it
 until the next boundary). Missed evaluations of the window's group cost nothing; if the rollup group
-writes no parts for PARTS_FRESH (or has not yet, in the minute after the rules are deployed), the window
+writes no parts for PARTS_FRESH (or has not yet, in the 5.5 minutes after the rules are deployed), the window
 lags, see `rolling_usage`.
 """
 
@@ -38,12 +39,13 @@ from otel_tokens.quota.vocabulary import COUNTERS, QuotaScope
 
 BUCKET = "5m"
 BUCKET_SECONDS = 300
+HOUR, HOUR_SECONDS = "1h", 3600  # the departments' buckets
 ROLLUP_INTERVAL = "1m"
 WRITE_FROM = 30  # seconds after a boundary: scrapes stamped before it have landed
 WRITE_UNTIL = WRITE_FROM + 60  # one rollup evaluation a minute falls in [30 s, 90 s)
 GATE_OFFSET, GATE_RANGE = 25, 70  # a subquery window [t - 95 s, t - 25 s]: around the writing evaluation only
 LOOKBACK = "15m"  # each raw series' latest value and its value at K: longer than the 10 to 11 min since K
-PARTS_FRESH = "3m"  # parts written every minute: a base or boundary older than this is stale (missed writes)
+PARTS_FRESH = "6m"  # parts written once per bucket: a base or boundary older than this is stale (missed writes)
 PARTS_KEPT = "15m"  # how far back the window's sums are read: a stalled rollup group makes the window lag
 
 
@@ -93,11 +95,6 @@ def _at_boundary(expr: str) -> str:
             f"offset {human_duration(GATE_OFFSET)}\n)")
 
 
-def _as_of_boundary(expr: str) -> str:
-    """expr as of the latest boundary B (a subquery's one step), at every evaluation."""
-    return f"last_over_time(\n(\n{expr}\n)[{BUCKET}:{BUCKET}]\n)"
-
-
 def _labelled(terms: Sequence[tuple[str, str]], key: str) -> str:
     """The union of expressions, each told apart by `key` (a missing one is simply absent)."""
     return "\nor ".join(f'label_replace(\n{expr},\n"{key}", "{name}", "", "")' for expr, name in terms)
@@ -107,6 +104,21 @@ def _sum_terms(label: str, terms: Sequence[tuple[str, str]]) -> str:
     return f"sum by ({label}) (\n{_labelled(terms, 'term')}\n)"
 
 
+def hourly_bucket(counter: str, label: str) -> str:
+    """The usage of the clock hour that ended on the latest hour boundary H, by the one evaluation of a
+    once-a-minute group in [H, H + 1 min] (its subquery's only step is H: the other 59 select the series
+    and stop). Stamped H + 0..60 s: `closed_hour` reads it back at H."""
+    return f"last_over_time(\n(\n{usage_over(counter, label, HOUR)}\n)[{ROLLUP_INTERVAL}:{HOUR}]\n)"
+
+
+def closed_hour(bucket: str) -> str:
+    """At an hour boundary S (a `[..:1h]` subquery's step), the hourly bucket of the hour ending at S: the
+    sample stamped S - 1 min .. S + 59 min, which holds exactly one bucket on either engine (Prometheus's
+    ranges include their start, VictoriaMetrics's do not) whether it was written at S or up to a minute
+    after. At the latest boundary, empty until the bucket is written."""
+    return f"last_over_time({bucket}[{HOUR}] offset -{human_duration(HOUR_SECONDS - 60)})"
+
+
 def rollup_rule(scope: QuotaScope, kind: str) -> dict[str, str]:
     """The first-level rollup: reads raw data only; writes once per bucket."""
     bucket = usage_over(COUNTERS[kind], scope.label, BUCKET)
@@ -114,7 +126,7 @@ def rollup_rule(scope: QuotaScope, kind: str) -> dict[str, str]:
 
 
 def parts_rule(scope: QuotaScope, kind: str) -> dict[str, str]:
-    """The window's parts as of the boundary K before the latest one B, at every evaluation of the group.
+    """The window's parts as of the boundary K before the latest one B, written once per bucket.
 
     As of B (inside the subquery), `[24h]` holds exactly the buckets ending at B - 24 h .. K, at any phase
     of the rollup group: a bucket's rollup is stamped 30..90 s after its end, so the one ending at
@@ -135,8 +147,8 @@ def parts_rule(scope: QuotaScope, kind: str) -> dict[str, str]:
              (f"{bucket_ending_before(int(window) - BUCKET_SECONDS)} or {users}", "drop2"),
              (f"last_over_time({counter}[{LOOKBACK}] offset {BUCKET})", "base"),
              (f"vector(time() - {BUCKET_SECONDS})", "boundary")]
-    return {"record": parts_series(scope, kind),
-            "expr": _labelled([(_as_of_boundary(expr), name) for expr, name in parts], "part")}
+    union = _labelled([(_at_boundary(expr), name) for expr, name in parts], "part")
+    return {"record": parts_series(scope, kind), "expr": f"(\n{union}\n)\nand on() {_writing()}"}
 
 
 def rolling_usage(scope: QuotaScope, kind: str) -> str:

@@ -6,9 +6,9 @@ constant, so month-to-date is built from hourly buckets summed over a 32-day sub
 the buckets whose month (at the bucket's middle) is the month at evaluation time (each bucket
 labelled with its month by `count_values`, the current month's label kept). It lags by up to one
 hour (the current hour is counted when it completes), which a monthly budget tolerates. The hourly
-buckets are first-level rollups in their own group evaluated every minute (they read an hour of
-every raw series: every 10 s would cost six times as much), so a bucket's edges move by up to a
-minute.
+buckets are first-level rollups in their own group evaluated every minute, each clock hour's written
+once, by the evaluation in the minute after it ends (see `rollups.hourly_bucket`): reading an hour of
+every raw series costs an evaluation, and only the sixtieth needs it.
 
 Usage in a window is exact per series (last value minus the value at the window's start, or the
 whole value of a series born inside it); `increase()` with its edge extrapolation is used only for
@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from otel_tokens.ops.forecast_rules import forecast_rules
-from otel_tokens.ops.rollups import ROLLUP_INTERVAL, parts_rule, rolling_usage, rollup_rule, usage_over
+from otel_tokens.ops.rollups import ROLLUP_INTERVAL, closed_hour, hourly_bucket, parts_rule, rolling_usage, rollup_rule
 from otel_tokens.quota.file import Quotas, ScopeLimits
 from otel_tokens.quota.vocabulary import COUNTERS, SCOPES, QuotaScope
 
@@ -137,8 +137,8 @@ def _rolling_usage(scope: QuotaScope, kind: str, usage: str) -> list[dict[str, A
 
 
 def _hourly_bucket(scope: QuotaScope, kind: str) -> dict[str, Any]:
-    """Departments' first-level rollup: the usage of the hour before each evaluation."""
-    return {"record": series(scope.name, kind, BUCKET), "expr": usage_over(COUNTERS[kind], scope.label, BUCKET)}
+    """Departments' first-level rollup: the usage of each clock hour, written once."""
+    return {"record": series(scope.name, kind, BUCKET), "expr": hourly_bucket(COUNTERS[kind], scope.label)}
 
 
 def _months(scope: QuotaScope, kind: str, subquery: str, when: str) -> str:
@@ -148,7 +148,8 @@ def _months(scope: QuotaScope, kind: str, subquery: str, when: str) -> str:
     wanted month's label is kept: no `@ end()` inside the subquery, which VictoriaMetrics 1.79 evaluates
     at the subquery's own (future) end, so the month was empty there."""
     middle = f"vector(time() - {BUCKET_SECONDS // 2})"
-    return (f"sum by ({scope.label}) (\n  sum_over_time(\n    (\n      {series(scope.name, kind, BUCKET)}\n"
+    bucket = closed_hour(series(scope.name, kind, BUCKET))
+    return (f"sum by ({scope.label}) (\n  sum_over_time(\n    (\n      {bucket}\n"
             f"      + on() group_left(month)\n"
             f"      (0 * count_values(\"month\", year({middle}) * 100 + month({middle})))\n"
             f"    )[{subquery}:{BUCKET}]\n  )\n"

@@ -161,12 +161,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         url, prom = start_prometheus(tmp, prometheus, [target], rule_glob)
         processes.append(prom)
 
-        # The rule file's own hourly bucket rules, evaluated over the backfilled hour.
+        # The rule file's own hourly bucket rules, evaluated over the backfilled hour (each writes its bucket in the
+        # minute after the hour ends, so the backfill runs past it).
         buckets = [rule for group in render(quotas)["groups"] for rule in group["rules"]
                    if rule.get("record", "").endswith(":1h")]
         assert len(buckets) == 2
         (tmp / "buckets.yml").write_text(yaml.safe_dump({"groups": [{"name": "buckets", "rules": buckets}]}))
-        subprocess.run([promtool, "tsdb", "create-blocks-from", "rules", f"--start={hour - 3300}", f"--end={hour}",
+        subprocess.run([promtool, "tsdb", "create-blocks-from", "rules", f"--start={hour - 3300}", f"--end={hour + 60}",
                         f"--url={url}", f"--output-dir={tmp / 'rule-blocks'}", "--eval-interval=60s",
                         str(tmp / "buckets.yml")], check=True, capture_output=True)
         stop_processes([prom])

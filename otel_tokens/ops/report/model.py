@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 from otel_tokens import names
 from otel_tokens.ops.durations import duration_seconds, human_duration
-from otel_tokens.ops.rules import usage_over
+from otel_tokens.ops.rollups import usage_over
 
 PROG = "otel-tokens report"
 FORMATS = ("table", "markdown", "json", "csv", "focus")

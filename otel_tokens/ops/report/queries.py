@@ -36,7 +36,8 @@ from otel_tokens.ops.report.model import (
     _utc,
     usage_by,
 )
-from otel_tokens.ops.rules import series, usage_over
+from otel_tokens.ops.rollups import usage_over
+from otel_tokens.ops.rules import series
 from otel_tokens.prometheus_api import Prometheus
 from otel_tokens.quota import vocabulary
 from otel_tokens.quota.vocabulary import KINDS
