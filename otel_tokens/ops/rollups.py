@@ -46,6 +46,7 @@ WRITE_UNTIL = WRITE_FROM + 60  # one rollup evaluation a minute falls in [30 s, 
 GATE_OFFSET, GATE_RANGE = 25, 70  # a subquery window [t - 95 s, t - 25 s]: around the writing evaluation only
 LOOKBACK = "15m"  # each raw series' latest value and its value at K: longer than the 10 to 11 min since K
 PARTS_FRESH = "6m"  # parts written once per bucket: a base or boundary older than this is stale (missed writes)
+ROLLUP_FRESH = "2m"  # the fallback is written every minute
 PARTS_KEPT = "15m"  # how far back the window's sums are read: a stalled rollup group makes the window lag
 
 
@@ -53,22 +54,17 @@ def usage_over(counter: str, label: str, window: str, by: Sequence[str] = ()) ->
     """Sum by principal of what the counter grew by over the window, exactly where PromQL can.
 
     `increase()` extrapolates to the window's edges (+13 % seen for a user whose series is a few
-    scrapes old) and drops a new series' first value, so per series: the last value minus the value
-    at the window's start; a series born inside the window counts from zero; only a series that
-    reset inside the window (a process restarted under the same labels) falls back to `increase()`
-    plus its first value.
+    scrapes old) and drops a new series' first value, so per series: the last value less the value at
+    the window's start (the two added as labelled terms: a series born inside the window has no start and
+    counts from zero; one that ended before it has no last and counts nothing); only a series that reset
+    inside the window (a process restarted under the same labels) falls back to `increase()`. Four reads
+    of each series: the cost of a rollup is in selecting the series, whether or not it computes.
     """
     c = f'{counter}{{{label}!=""}}'
-    reset = f"resets({c}[{window}]) > 0"
-    last = f"last_over_time({c}[{window}])"
-    start = f"{c} offset {window}"
-    branches = [
-        f"({last} - {start} unless {reset})",
-        f"({last} unless {start} unless {reset})",
-        f"(increase({c}[{window}]) + (min_over_time({c}[{window}]) unless {start}))",
-        f"increase({c}[{window}])",
-    ]
-    return f"sum by ({', '.join(by or (label,))}) (\n  " + "\n  or ".join(branches) + "\n)"
+    per_series = _labelled([(f"last_over_time({c}[{window}])", "last"), (f"-({c} offset {window})", "start")],
+                           "term")
+    exact = f"clamp_min(sum without (term) (\n{per_series}\n), 0)\nunless resets({c}[{window}]) > 0"
+    return f"sum by ({', '.join(by or (label,))}) (\n({exact})\nor increase({c}[{window}])\n)"
 
 
 def rollup_series(scope: QuotaScope, kind: str) -> str:
@@ -151,26 +147,41 @@ def parts_rule(scope: QuotaScope, kind: str) -> dict[str, str]:
     return {"record": parts_series(scope, kind), "expr": f"(\n{union}\n)\nand on() {_writing()}"}
 
 
+def fallback_rule(scope: QuotaScope, kind: str) -> dict[str, str]:
+    """While the rollup group has written no parts for PARTS_FRESH (the first 5.5 minutes after the rules
+    are deployed, or missed evaluations), each raw series' value 5 minutes ago (`part="fallback"`) and
+    when that was (`fallback_at`), every minute: the window's base until parts are written again, so the
+    10 s rule reads raw data once. The window then shows the last 5 to 6 minutes (plus the newest parts'
+    24 h while they are kept): it lags, never counts a counter whole."""
+    label, parts = scope.label, parts_series(scope, kind)
+    counter = f'{COUNTERS[kind]}{{{label}!=""}}'
+    union = _labelled([(f"last_over_time({counter}[{LOOKBACK}] offset {BUCKET})", "fallback"),
+                       (f"vector(time() - {BUCKET_SECONDS})", "fallback_at")], "part")
+    fresh = f'last_over_time({parts}{{part="boundary"}}[{PARTS_FRESH}])'
+    return {"record": parts, "expr": f"(\n{union}\n)\nunless on() {fresh}"}
+
+
 def rolling_usage(scope: QuotaScope, kind: str) -> str:
     """Usage over the rolling window: the newest parts (as of boundary K), less the buckets that have left
-    the window since K, plus from raw data what each series added since K. Reads each raw series three
-    times: its latest value, again to compare with its base, and its value 5 minutes ago (the base while
-    the group has written no parts for PARTS_FRESH: then the window lags by the usage between the newest
-    parts, read back PARTS_KEPT, and 5 minutes ago, and never counts a counter whole)."""
+    the window since K, plus from raw data what each series added since K: its latest value less its base
+    (the fallback's while there are no fresh parts), none if less (a series that reset since K counts from
+    the next parts on, up to 5.5 minutes later). Reads each raw series once; no growth at all until the rollup
+    group has written parts or a fallback, so a counter never counts whole."""
     label, parts = scope.label, parts_series(scope, kind)
 
     def newest(name: str, kept: str = PARTS_FRESH) -> str:
         return f'last_over_time({parts}{{part="{name}"}}[{kept}])'
 
     counter = f'{COUNTERS[kind]}{{{label}!=""}}'
-    last = f"last_over_time({counter}[{LOOKBACK}])"
     previous_boundary = f"vector(time() - time() % {BUCKET_SECONDS} - {BUCKET_SECONDS})"
-    base = (f"(\n  {newest('base')}\n  or (last_over_time({counter}[{LOOKBACK}] offset {BUCKET}) "
-            f"unless on() {newest('boundary')})\n)")
+    fallback = f"({newest('fallback', ROLLUP_FRESH)} unless on() {newest('boundary')})"
+    base = f'label_replace({newest("base")} or {fallback}, "part", "", "", "")'
+    per_series = _labelled([(f"last_over_time({counter}[{LOOKBACK}])", "latest"), (f"-{base}", "base")], "term")
+    has_base = f"({newest('boundary')} or {newest('fallback_at', ROLLUP_FRESH)})"
     terms = [(newest("window", PARTS_KEPT), "window"),
              (f"-{newest('drop', PARTS_KEPT)}", "drop"),
              (f"-({newest('drop2', PARTS_KEPT)} unless on() ({newest('boundary')} == on() {previous_boundary}))",
               "drop2"),
-             (f"sum by ({label}) ({last})", "latest"),
-             (f"-sum by ({label}) (\n{base}\n<= ignoring(part) {last}\n)", "base")]
+             (f"sum by ({label}) (clamp_min(sum without (term) (\n{per_series}\n), 0))\nand on() {has_base}",
+              "growth")]
     return _sum_terms(label, terms)

@@ -22,7 +22,15 @@ from typing import Any
 import yaml
 
 from otel_tokens.ops.forecast_rules import forecast_rules
-from otel_tokens.ops.rollups import ROLLUP_INTERVAL, closed_hour, hourly_bucket, parts_rule, rolling_usage, rollup_rule
+from otel_tokens.ops.rollups import (
+    ROLLUP_INTERVAL,
+    closed_hour,
+    fallback_rule,
+    hourly_bucket,
+    parts_rule,
+    rolling_usage,
+    rollup_rule,
+)
 from otel_tokens.quota.file import Quotas, ScopeLimits
 from otel_tokens.quota.vocabulary import COUNTERS, SCOPES, QuotaScope
 
@@ -116,7 +124,9 @@ def render(quotas: Quotas, for_: str = "15s") -> dict[str, Any]:
         rollup = rollup_rule if scope.rolling else _hourly_bucket
         # Rolling: the window's parts, after the rollups they read. Calendar: the closed month changes once
         # an hour at most: read once a minute, not at every evaluation.
-        after = [parts_rule(scope, kind) if scope.rolling else _previous_month(scope, kind) for kind in limits.kinds()]
+        after = [rule for kind in limits.kinds() for rule in
+                 ((parts_rule(scope, kind), fallback_rule(scope, kind)) if scope.rolling
+                  else (_previous_month(scope, kind),))]
         groups.append({"name": f"{PREFIX}_{scope.name}_rollups", "interval": ROLLUP_INTERVAL,
                        "rules": [rollup(scope, kind) for kind in limits.kinds()] + after})
         rules: list[dict[str, Any]] = [] if scope.rolling else [{"record": MONTH, "expr": "year() * 100 + month()"}]

@@ -337,6 +337,7 @@ ALLOWED_LABELS = {
     "job", "instance", "service_name", "window", "severity", "le",
     "month",  # made by the month rollup itself (count_values), never read from a series
     "part",  # made by the rolling window's parts rule (label_replace), read back by the window
+    "term",  # made by the rolling window itself (label_replace) to add its terms, never read from a series
 }
 
 
