@@ -6,9 +6,9 @@ constant, so month-to-date is built from hourly buckets summed over a 32-day sub
 the buckets whose month (at the bucket's middle) is the month at evaluation time (each bucket
 labelled with its month by `count_values`, the current month's label kept). It lags by up to one
 hour (the current hour is counted when it completes), which a monthly budget tolerates. The hourly
-buckets are first-level rollups in their own group evaluated every minute, each clock hour's written
-once, by the evaluation in the minute after it ends (see `rollups.hourly_bucket`): reading an hour of
-every raw series costs an evaluation, and only the sixtieth needs it.
+buckets are first-level rollups in their own group evaluated every minute, each clock hour's computed
+only by the evaluations in the 5 minutes after it ends (see `rollups.hourly_bucket`): reading an hour of
+every raw series costs an evaluation, and the month needs one sample an hour.
 
 Usage in a window is exact per series (last value minus the value at the window's start, or the
 whole value of a series born inside it); `increase()` with its edge extrapolation is used only for
@@ -23,6 +23,7 @@ import yaml
 
 from otel_tokens.ops.forecast_rules import forecast_rules
 from otel_tokens.ops.rollups import (
+    PARTS_INTERVAL,
     ROLLUP_INTERVAL,
     closed_hour,
     fallback_rule,
@@ -122,13 +123,15 @@ def render(quotas: Quotas, for_: str = "15s") -> dict[str, Any]:
         if not limits.kinds():
             continue
         rollup = rollup_rule if scope.rolling else _hourly_bucket
-        # Rolling: the window's parts, after the rollups they read. Calendar: the closed month changes once
-        # an hour at most: read once a minute, not at every evaluation.
-        after = [rule for kind in limits.kinds() for rule in
-                 ((parts_rule(scope, kind), fallback_rule(scope, kind)) if scope.rolling
-                  else (_previous_month(scope, kind),))]
+        # Rolling: the window's fallback base, after the rollups. Calendar: the closed month changes once an
+        # hour at most: read once a minute, not at every evaluation.
+        after = [fallback_rule(scope, kind) if scope.rolling else _previous_month(scope, kind)
+                 for kind in limits.kinds()]
         groups.append({"name": f"{PREFIX}_{scope.name}_rollups", "interval": ROLLUP_INTERVAL,
                        "rules": [rollup(scope, kind) for kind in limits.kinds()] + after})
+        if scope.rolling:  # after the rollups they read, in file order (promtool evaluates groups so)
+            groups.append({"name": f"{PREFIX}_{scope.name}_parts", "interval": PARTS_INTERVAL,
+                           "rules": [parts_rule(scope, kind) for kind in limits.kinds()]})
         rules: list[dict[str, Any]] = [] if scope.rolling else [{"record": MONTH, "expr": "year() * 100 + month()"}]
         for kind in limits.kinds():
             usage = series(scope.name, kind, scope.window)

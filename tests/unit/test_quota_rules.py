@@ -68,23 +68,25 @@ def test_limits_written_as_yaml_reads_them_are_numbers():
 
 def test_what_the_window_reads_every_evaluation_does_not_grow_with_the_window():
     """The cost structure the scale bench measured (bench/quota_rules_scale.py): every 10 s the users'
-    window reads each raw series once and the recorded parts over minutes, never the 288 rollups of a
+    window reads each raw series twice and the recorded parts over minutes, never the 288 rollups of a
     day nor a subquery; the 24 h of rollups are summed in the once-a-minute group, as of a boundary, in
-    the one evaluation per bucket that writes them (as the department's hour, once an hour)."""
+    a group of their own evaluated once per bucket (the department's hour: by the evaluations after it ends)."""
     groups = {g["name"]: g for g in yaml.safe_load(render_text(parse_quotas(
         {"users": {"default": {"tokens": 1, "cost": 1}}, "departments": {"default": {"tokens": 1, "cost": 1}}},
         "q")))["groups"]}
     for kind, counter in (("tokens", "llm_quota_tokens_total"), ("cost", "llm_quota_cost_total")):
         (window,) = [r["expr"] for r in groups["llm_quota_users"]["rules"]
                      if r.get("record") == f"llm_quota:user_{kind}:24h"]
-        assert window.count(counter + "{") == 1
+        assert window.count(counter + "{") == 2
         assert f"llm_quota:user_{kind}:5m" not in window and ":5m]" not in window and "[24h]" not in window
-        parts, fallback = [r["expr"] for r in groups["llm_quota_user_rollups"]["rules"]
-                           if r.get("record") == f"llm_quota:user_{kind}:24h_parts"]
+        (fallback,) = [r["expr"] for r in groups["llm_quota_user_rollups"]["rules"]
+                       if r.get("record") == f"llm_quota:user_{kind}:24h_parts"]
         assert fallback.count(counter + "{") == 1 and "[5m:5m]" not in fallback  # every minute, while parts are stale
-        assert f"sum_over_time(llm_quota:user_{kind}:5m[24h])" in parts
-        assert parts.endswith("and on() (vector(time() % 300) >= 30 < 90)") and ")[1m10s:5m] offset 25s" in parts
+        (parts,) = [r["expr"] for r in groups["llm_quota_user_parts"]["rules"]
+                    if r.get("record") == f"llm_quota:user_{kind}:24h_parts"]
+        assert f"sum_over_time(llm_quota:user_{kind}:5m[24h])" in parts and ")[5m:5m]" in parts
         (hour,) = [r["expr"] for r in groups["llm_quota_department_rollups"]["rules"]
                    if r.get("record") == f"llm_quota:department_{kind}:1h"]
-        assert hour.startswith("last_over_time(") and hour.endswith(")[1m:1h]\n)")
+        assert hour.startswith("last_over_time(") and hour.endswith(")[5m:1h]\n)")
     assert groups["llm_quota_user_rollups"]["interval"] == "1m" and "interval" not in groups["llm_quota_users"]
+    assert groups["llm_quota_user_parts"]["interval"] == "5m"
