@@ -7,14 +7,17 @@ the principals and their live series, not with the samples in the window.
   that ended on it. So a rollup series holds one sample per bucket, and the bucket ending at boundary E
   is the sample stamped in [E + 30 s, E + 90 s). The work is done inside a subquery whose window holds
   the boundary only around that evaluation (`_at_boundary`): the others select the series and stop.
-- In the same group, after it, one rule records the window's parts as of the boundary K before the
-  latest one B (one rule, so one commit: a reader never sees parts of two boundaries mixed): per principal
-  the sum of the 288 buckets of the 24 h ending at K (`window`) and its two oldest buckets (`drop`,
-  `drop2`), per raw series its value at K (`base`), and K itself (`boundary`). Written by the same
-  evaluation as the bucket, computed inside the same kind of subquery: summing 288 buckets per principal
-  happens once per bucket, not at every evaluation of the window.
+- In a group of its own every 5 minutes (PARTS_INTERVAL, at any phase), one rule records the window's
+  parts as of the boundary K before the latest one B (one rule, so one commit: a reader never sees parts
+  of two boundaries mixed): per principal the sum of the 288 buckets of the 24 h ending at K (`window`)
+  and its two oldest buckets (`drop`, `drop2`), per raw series its value at K (`base`), and K itself
+  (`boundary`). Summing 288 buckets per principal happens once per bucket, not at every evaluation of
+  the window; a group of its own, because a rule gated like the rollup still selects every series at
+  each evaluation of a once-a-minute group, which was most of its cost.
+- While no parts are fresh, the rollup group writes each raw series' value 5 minutes ago as its base
+  (`fallback_rule`).
 - The window, every evaluation: the newest parts, less the buckets that have left the window since K
-  (one, or two while the rollup group has not yet written the parts of the latest boundary), plus from
+  (one, or two while the parts group has not yet written the parts of the latest boundary), plus from
   raw data what each series added since K: its latest value, less its value at K when it has one no
   larger (a series born since counts from zero; one that reset since counts its value since the reset).
   Each term is labelled so that `sum by` adds them, a missing term counting as zero.
@@ -25,9 +28,9 @@ previous boundary, at any phase of the rollup group within its minute, so backfi
 or a group whose phase changed, add up exactly.
 
 One missed rollup evaluation loses that bucket from the window for 24 h (the raw data stands in for it
-until the next boundary). Missed evaluations of the window's group cost nothing; if the rollup group
-writes no parts for PARTS_FRESH (or has not yet, in the 5.5 minutes after the rules are deployed), the window
-lags, see `rolling_usage`.
+until the next boundary). Missed evaluations of the window's group cost nothing; if the parts group
+writes no parts for PARTS_FRESH (or has not yet, in the 5 minutes after the rules are deployed), the window
+lags, see `fallback_rule`.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ LOOKBACK = "15m"  # each raw series' latest value and its value at K: longer tha
 PARTS_INTERVAL = "5m"  # the parts' group: they change once per bucket
 PARTS_FRESH = "6m"  # parts written once per bucket: a base or boundary older than this is stale (missed writes)
 ROLLUP_FRESH = "2m"  # the fallback is written every minute
-PARTS_KEPT = "15m"  # how far back the window's sums are read: a stalled rollup group makes the window lag
+PARTS_KEPT = "15m"  # how far back the window's sums are read: a stalled parts group makes the window lag
 
 
 def usage_over(counter: str, label: str, window: str, by: Sequence[str] = ()) -> str:
