@@ -212,8 +212,22 @@ def wait_compacted(url: str, limit_s: float = 1200) -> float:
     return time.monotonic() - t0
 
 
+def timed_queries(url: str, exprs: list[str]) -> dict[str, float]:
+    """Seconds of each expression as an instant query (`count(...)`, median of 5): a candidate rule timed
+    against the same data as the shipped ones."""
+    out = {}
+    for expr in exprs:
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            get(url, "/api/v1/query", query=f"count({expr})")
+            times.append(time.perf_counter() - t)
+        out[expr] = statistics.median(times)
+    return out
+
+
 def measure(users: int, series: int, hours: float, raw_hours: float, rules_text: str, work: Path,
-            scrape_minutes: float = 0) -> dict:
+            scrape_minutes: float = 0, also: list[str] | None = None) -> dict:
     end = int(time.time()) // STEP * STEP
     start = end - int(hours * 3600)
     raw_from = max(start, (end - int(raw_hours * 3600)) // BUCKET * BUCKET)
@@ -302,13 +316,14 @@ def measure(users: int, series: int, hours: float, raw_hours: float, rules_text:
         except OSError as error:  # a term that does not run alone must not lose the run's measurements
             print(f"breakdown: {error}", file=sys.stderr)
             parts = {}
+        also_s = timed_queries(url, also or [])
         added = get(url, "/api/v1/query", query='count({__name__=~"llm_quota:.*"})')["data"]["result"]
         return {"users": users, "series": series, "samples": samples, "import_s": imported, "backfill_s": backfilled,
                 # the mean, not the median: a rollup group computes its bucket at one evaluation in 5
                 "groups": {name: statistics.fmean(values[1:] or values) for name, values in durations.items()},
                 "raw_scan_s": statistics.median(scans), "one_read_s": statistics.median(reads),
                 "rss_mib": rss_mib(process.pid), "exact": exact_now, "compaction_wait_s": quiet,
-                "rule_series": int(float(added[0]["value"][1])) if added else 0, "parts_s": parts,
+                "rule_series": int(float(added[0]["value"][1])) if added else 0, "parts_s": parts, "also_s": also_s,
                 "rules_s": {name: statistics.fmean(values[1:] or values) for name, values in per_rule.items()}}
     finally:
         process.terminate()
@@ -330,6 +345,8 @@ def main() -> int:
     parser.add_argument("--before", action="store_true", help="the rules over the accounting counters, as they "
                         "were before the per-principal llm_quota_* counters")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--also", type=Path, help="a file of more PromQL expressions to time as instant queries, "
+                        "separated by blank lines (candidate rules against the same data)")
     args = parser.parse_args()
     for binary in ("prometheus", "promtool"):
         if shutil.which(binary) is None:
@@ -338,11 +355,12 @@ def main() -> int:
     rules_text = args.rules.read_text() if args.rules else render_text(parse_quotas(QUOTAS, "bench quotas"))
     if args.before:
         rules_text = over_accounting(rules_text)
+    also = [e.strip() for e in args.also.read_text().split("\n\n") if e.strip()] if args.also else []
     results = []
     with tempfile.TemporaryDirectory(prefix="otel-tokens-scale-") as tmp:
         for users in args.users:
             result = measure(users, args.series, args.hours, args.raw_hours or args.hours, rules_text, Path(tmp),
-                             args.scrape_minutes)
+                             args.scrape_minutes, also)
             results.append(result)
             every = {g["name"]: duration_seconds(g.get("interval", "10s"))
                      for g in yaml.safe_load(rules_text)["groups"]}
@@ -362,6 +380,8 @@ def main() -> int:
                   + "; the rolling 24 h's parts (tokens, instant queries): "
                   + ", ".join(f"{k} {v:.3f} s" for k, v in result["parts_s"].items()),
                   flush=True)
+            for expr, seconds in result["also_s"].items():
+                print(f"    {seconds:8.3f} s  also: {' '.join(expr.split())[:300]}", flush=True)
             for name, seconds in sorted(result["rules_s"].items(), key=lambda kv: -kv[1])[:15]:
                 print(f"    {seconds:8.3f} s  {name}", flush=True)
     if args.json:
