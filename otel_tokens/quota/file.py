@@ -50,6 +50,14 @@ class ScopeLimits:
     default: Limits = field(default_factory=Limits)
     overrides: Mapping[str, Limits] = field(default_factory=dict)
 
+    def of(self, principal: str) -> Limits:
+        """The principal's limits: its override's kinds, the default's for the kinds it leaves out (as the
+        rules do: `limit_override or on(user_id) ... limit_default`, per kind)."""
+        override = self.overrides.get(principal)
+        if override is None:
+            return self.default
+        return Limits(*(override.get(k) if override.get(k) is not None else self.default.get(k) for k in KINDS))
+
     def kinds(self) -> list[str]:
         """Limit kinds set anywhere in this scope."""
         limits = [self.default, *self.overrides.values()]

@@ -392,3 +392,14 @@ def test_a_reload_that_drops_an_override_or_raises_a_limit_tenfold_is_named(app,
     assert "users default tokens limit 400 -> 400000" in warning and warning.endswith("intended?")
     # applied all the same: it may be meant
     assert app.recorder.enforcement.budget.quotas.users.default.tokens == 400_000
+
+
+def test_an_override_of_one_kind_keeps_the_default_limit_of_the_other(tmp_path, redis_url):
+    """As the rules do (limit_override or the default, per kind): an override of tokens only leaves the
+    principal under the default cost limit, not under no cost limit."""
+    quota_file = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 100, "cost": 0.001},
+                                                   "overrides": {"erin": {"tokens": 1_000_000}}})
+    for app in budget_app(quota_file, redis_url):
+        _, refusal = run_until_refused(app, "erin", max_tokens=200)
+        assert (refusal.principal, refusal.kind) == ("erin", "cost")
+        assert app.held("erin")[1] <= 0.001

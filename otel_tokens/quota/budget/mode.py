@@ -308,8 +308,7 @@ class BudgetMode:
                  input_bound: int, output_bound: int, downgradable_model: str | None) -> list[Charge]:
         limits = []
         for scope, principal in who:
-            scoped = quotas.limits(scope)
-            limits.append(scoped.overrides.get(principal, scoped.default))
+            limits.append(quotas.limits(scope).of(principal))
         cost = self._cost(provider, model, input_bound, output_bound, any(lim.cost is not None for lim in limits))
         charges = []
         for (scope, principal), lim in zip(who, limits, strict=True):
