@@ -1,0 +1,210 @@
+"""The organization's calendar: where a quota window begins in its time zone, for budget mode (Redis keys
+and boundaries the Lua scripts get from the client: Lua has no tzdata) and for the rule renderer (PromQL has
+no time zones: the zone's UTC offset is written out as a step function of time from tzdata).
+
+Calendar windows begin at local midnight: a `day` in America/New_York lasts 23 or 25 hours on the days
+the clocks change; a `week` is ISO (Monday); `month` and `year` begin on the 1st. `24h` is rolling.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+ROLLING = "24h"
+DAY, WEEK, MONTH, YEAR = "day", "week", "month", "year"
+CALENDAR_WINDOWS = (DAY, WEEK, MONTH, YEAR)
+WINDOWS = (ROLLING, *CALENDAR_WINDOWS)
+# The longest span of each window: what a rule must look back over (a DST day is 25 h, a leap year 366 d).
+LONGEST = {ROLLING: 24 * 3600 + 300, DAY: 25 * 3600, WEEK: 7 * 86400 + 3600, MONTH: 31 * 86400 + 3600,
+           YEAR: 366 * 86400 + 3600}
+_DAY_SECONDS = 86400
+_SCAN = 6 * 3600  # offsets are looked for every 6 h, then the change is found to the second
+
+
+class UnknownZoneError(ValueError):
+    pass
+
+
+@lru_cache(maxsize=64)
+def load_zone(name: str) -> ZoneInfo:
+    """The IANA zone; UnknownZoneError says what was wrong (a typo is the usual cause, so a near match is named)."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*", name):
+        raise UnknownZoneError(f"is not an IANA time zone name like Asia/Shanghai or UTC: {name!r}")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        near = sorted(z for z in available_timezones() if z.lower() == name.lower() or z.endswith("/" + name))
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise UnknownZoneError(f"is not an IANA time zone known to this machine's tzdata{hint}: {name!r}") from None
+
+
+def tzdata_version() -> str:
+    """The tzdata release the offsets come from: the `tzdata` package's if installed (zoneinfo prefers
+    the system's files, so the system's first), else `unknown`."""
+    for base in ("/usr/share/zoneinfo", "/usr/lib/zoneinfo", "/usr/share/lib/zoneinfo", "/etc/zoneinfo"):
+        path = Path(base) / "tzdata.zi"
+        if path.is_file():
+            with path.open(encoding="utf-8", errors="replace") as file:
+                first = file.readline()
+            if first.startswith("# version "):
+                return first.split()[-1]
+    try:
+        import tzdata  # type: ignore[import-not-found]
+
+        return str(tzdata.IANA_VERSION)
+    except ImportError:
+        return "unknown"
+
+
+def _offset(zone: ZoneInfo, at: int) -> int:
+    delta = datetime.fromtimestamp(at, timezone.utc).astimezone(zone).utcoffset()
+    return int(delta.total_seconds()) if delta is not None else 0
+
+
+@dataclass(frozen=True)
+class OffsetTable:
+    """The zone's UTC offset over [start, end): `initial` before the first change, then each
+    (UTC second, new offset) in time order. Outside that range the rules are not exact."""
+
+    zone: str
+    start: int
+    end: int
+    initial: int
+    changes: tuple[tuple[int, int], ...]
+
+    def offsets(self) -> list[int]:
+        return [self.initial, *(o for _, o in self.changes)]
+
+    def at(self, t: float) -> int:
+        i = bisect.bisect_right([c for c, _ in self.changes], t)
+        return self.changes[i - 1][1] if i else self.initial
+
+    def promql(self, x: str) -> str:
+        """The offset at time `x` (a scalar expression, e.g. `time()`, evaluated at each step inside a
+        subquery): the initial offset plus each later change as a step, `(x >= bool T)`. Never the offset
+        at evaluation time applied to another time (wrong by an hour across a DST change)."""
+        terms = [str(self.initial)]
+        previous = self.initial
+        for at, offset in self.changes:
+            step = offset - previous
+            terms.append(f"{'+' if step > 0 else '-'} {abs(step)} * ({x} >= bool {at})")
+            previous = offset
+        return " ".join(terms) if len(terms) > 1 else terms[0]
+
+
+def offset_table(name: str, start: int, end: int) -> OffsetTable:
+    """The offsets of zone `name` from tzdata over [start, end) (UTC seconds)."""
+    zone = load_zone(name)
+    initial = _offset(zone, start)
+    changes = []
+    previous, t = initial, start
+    while t < end:
+        nxt = min(t + _SCAN, end)
+        offset = _offset(zone, nxt)
+        if offset != previous:
+            low, high = t, nxt  # offset(low) == previous, offset(high) != previous
+            while high - low > 1:
+                mid = (low + high) // 2
+                if _offset(zone, mid) == previous:
+                    low = mid
+                else:
+                    high = mid
+            changes.append((high, _offset(zone, high)))
+            previous = _offset(zone, high)
+        t = nxt
+    return OffsetTable(name, start, end, initial, tuple(changes))
+
+
+def bucket_divides(table: OffsetTable, bucket_seconds: int) -> list[int]:
+    """The zone's offsets that a bucket of this size does not divide (a bucket would straddle local
+    midnight): Asia/Kolkata's +5:30 for hourly buckets, Asia/Kathmandu's +5:45 for 30-minute ones."""
+    return sorted({o for o in table.offsets() if o % bucket_seconds})
+
+
+def window_start(window: str, at: float, zone_name: str) -> int:
+    """UTC second at which the window holding `at` began: local midnight of the day, of the ISO week's
+    Monday, of the 1st of the month or of January (the first instant of that local date when midnight was
+    skipped by a DST change). `24h` has no fixed start: 24 h before `at`."""
+    if window == ROLLING:
+        return int(at) - 24 * 3600
+    zone = load_zone(zone_name)
+    local = datetime.fromtimestamp(at, timezone.utc).astimezone(zone)
+    day = local.date()
+    if window == WEEK:
+        day -= timedelta(days=day.weekday())
+    elif window == MONTH:
+        day = day.replace(day=1)
+    elif window == YEAR:
+        day = day.replace(month=1, day=1)
+    elif window != DAY:
+        raise ValueError(f"unknown window {window!r} (one of {', '.join(WINDOWS)})")
+    return _local_midnight(day.year, day.month, day.day, zone)
+
+
+def window_end(window: str, at: float, zone_name: str) -> int:
+    """UTC second at which the window holding `at` ends (the next one's start)."""
+    if window == ROLLING:
+        return int(at)
+    start = window_start(window, at, zone_name)
+    zone = load_zone(zone_name)
+    local = datetime.fromtimestamp(start, timezone.utc).astimezone(zone).date()
+    if window == DAY:
+        nxt = local + timedelta(days=1)
+    elif window == WEEK:
+        nxt = local + timedelta(days=7)
+    elif window == MONTH:
+        nxt = (local.replace(day=28) + timedelta(days=4)).replace(day=1)
+    else:
+        nxt = local.replace(year=local.year + 1, month=1, day=1)
+    return _local_midnight(nxt.year, nxt.month, nxt.day, zone)
+
+
+def _local_midnight(year: int, month: int, day: int, zone: ZoneInfo) -> int:
+    """The first UTC second whose local date is this date (midnight, or later where a DST change skipped it)."""
+    naive = datetime(year, month, day)
+    guess = int(naive.replace(tzinfo=zone).timestamp())
+    # a skipped midnight (e.g. America/Santiago) maps to a time of the previous date or past the gap: find the
+    # first second of the date by stepping from a safe point before it
+    low = guess - 3 * 3600
+    high = guess + 3 * 3600
+    while high - low > 1:
+        mid = (low + high) // 2
+        if datetime.fromtimestamp(mid, timezone.utc).astimezone(zone).date() >= naive.date():
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def calendar_id(window: str, local_seconds: str) -> str:
+    """PromQL (a one-element vector) for the id of the calendar window holding the local time
+    `local_seconds` (a scalar expression: UTC seconds plus the offset): days since 1970-01-01, ISO weeks
+    since the Monday 1969-12-29, YYYYMM, YYYY. Equal ids mean the same window."""
+    if window == DAY:
+        return f"floor(vector({local_seconds}) / {_DAY_SECONDS})"
+    if window == WEEK:  # 1970-01-01 was a Thursday
+        return f"floor((floor(vector({local_seconds}) / {_DAY_SECONDS}) + 3) / 7)"
+    if window == MONTH:
+        return f"(year(vector({local_seconds})) * 100 + month(vector({local_seconds})))"
+    if window == YEAR:
+        return f"year(vector({local_seconds}))"
+    raise ValueError(f"{window!r} is not a calendar window ({', '.join(CALENDAR_WINDOWS)})")
+
+
+def python_calendar_id(window: str, at: float, zone_name: str) -> int:
+    """The same ids in Python, for tests and budget mode's keys."""
+    local = datetime.fromtimestamp(at, timezone.utc).astimezone(load_zone(zone_name))
+    day = (local.date() - datetime(1970, 1, 1).date()).days
+    return {DAY: day, WEEK: (day + 3) // 7, MONTH: local.year * 100 + local.month, YEAR: local.year}[window]
+
+
+def windows_in(seq: Sequence[str]) -> list[str]:
+    """The windows named, in the canonical order."""
+    return [w for w in WINDOWS if w in seq]
