@@ -9,6 +9,7 @@ the clocks change; a `week` is ISO (Monday); `month` and `year` begin on the 1st
 from __future__ import annotations
 
 import bisect
+import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +41,9 @@ def load_zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        near = sorted(z for z in available_timezones() if z.lower() == name.lower() or z.endswith("/" + name))
+        zones = sorted(available_timezones())
+        near = [z for z in zones if z.lower() == name.lower() or z.endswith("/" + name)] or difflib.get_close_matches(
+            name, zones, n=1, cutoff=0.85)
         hint = f" (did you mean {near[0]}?)" if near else ""
         raise UnknownZoneError(f"is not an IANA time zone known to this machine's tzdata{hint}: {name!r}") from None
 

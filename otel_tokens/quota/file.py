@@ -1,17 +1,22 @@
-"""The quota file: per-user limits over a rolling 24 h and per-department limits per calendar month
-(UTC), in tokens and/or cost, with defaults, per-name overrides and a warning ratio.
+"""The quota file: per-principal limits in tokens and/or cost over one or more windows, in the
+organization's time zone, with defaults, per-name overrides and a warning ratio.
 
 ```yaml
+timezone: Asia/Shanghai     # IANA name; calendar windows begin at local midnight (default UTC)
 warning_ratio: 0.8
-users:                      # rolling 24 h
-  default: {tokens: 200000, cost: 5}
+users:
+  default: {day: {tokens: 200000}, month: {cost: 50}}
   overrides:
-    nightly-batch: {tokens: 2000000}
-departments:                # calendar month, UTC
-  default: {tokens: 50000000}
-  overrides:
-    support: {tokens: 80000000, cost: 1000}
+    nightly-batch: {day: {tokens: 2000000}}
+departments:
+  default: {month: {tokens: 50000000, cost: 500}, year: {cost: 5000}}
+  overrides: {support: {year: {cost: 12000}}}
 ```
+
+Windows: `24h` (rolling), `day`, `week` (ISO, Monday), `month`, `year`. The short form
+`default: {tokens: N, cost: X}` means the scope's own window (users a rolling 24 h, departments the calendar
+month), so quota files written before windows existed keep their meaning. An override sets what it names;
+every window and kind it leaves out is the default's.
 
 Errors name the file, the field and the value; unlike the runtime config, a bad quota file is
 refused as a whole (it feeds alerting: a half-read quota file would silently drop limits).
@@ -27,7 +32,8 @@ from typing import Any
 
 from otel_tokens.config import read_yaml
 from otel_tokens.config.errors import ConfigError, ConfigProblemsError
-from otel_tokens.quota.vocabulary import DEPARTMENT, KINDS, USER, QuotaScope
+from otel_tokens.quota.calendar import WINDOWS, UnknownZoneError, load_zone
+from otel_tokens.quota.vocabulary import DEPARTMENT, KINDS, SCOPES, USER, QuotaScope
 from otel_tokens.text import normalize_id
 
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?")
@@ -41,6 +47,9 @@ class Limits:
 
     def get(self, kind: str) -> float | None:
         return self.tokens if kind == "tokens" else self.cost
+
+    def kinds(self) -> list[str]:
+        return [k for k in KINDS if self.get(k) is not None]
 
 
 @dataclass(frozen=True)
@@ -67,12 +76,22 @@ class ScopeLimits:
 @dataclass(frozen=True)
 class Quotas:
     warning_ratio: float = 0.8
-    users: ScopeLimits = field(default_factory=ScopeLimits)
-    departments: ScopeLimits = field(default_factory=ScopeLimits)
+    users: ScopeLimits = field(default_factory=ScopeLimits)  # the users' own window (rolling 24 h)
+    departments: ScopeLimits = field(default_factory=ScopeLimits)  # the departments' own (calendar month)
     source: str = "(inline)"
+    timezone: str = "UTC"
+    # section -> window -> limits, every window the file sets, the scopes' own included
+    windows: Mapping[str, Mapping[str, ScopeLimits]] = field(default_factory=dict)
 
-    def limits(self, scope: QuotaScope) -> ScopeLimits:
-        return self.users if scope is USER else self.departments
+    def limits(self, scope: QuotaScope, window: str | None = None) -> ScopeLimits:
+        """The scope's limits over `window` (default: the scope's own window); empty when not set."""
+        if window is None or window == scope.window:
+            return self.users if scope is USER else self.departments
+        return self.windows.get(scope.section, {}).get(window, ScopeLimits())
+
+    def scope_windows(self, scope: QuotaScope) -> list[str]:
+        """The windows with a limit in this scope, in the canonical order."""
+        return [w for w in WINDOWS if self.limits(scope, w).kinds()]
 
 
 def _limits(raw: Any, source: str, where: str, problems: list[ConfigError]) -> Limits:
@@ -101,21 +120,48 @@ def _limits(raw: Any, source: str, where: str, problems: list[ConfigError]) -> L
     return Limits(**values)
 
 
-def _scope(raw: Any, source: str, where: str, problems: list[ConfigError]) -> ScopeLimits:
+def _windowed(raw: Any, scope: QuotaScope, source: str, where: str,
+              problems: list[ConfigError]) -> dict[str, Limits]:
+    """One principal's limits per window: the short form {tokens, cost} is the scope's own window."""
+    if isinstance(raw, Mapping) and raw and set(map(str, raw)) <= set(KINDS):
+        return {scope.window: _limits(raw, source, where, problems)}
+    if not isinstance(raw, Mapping) or not raw:
+        problems.append(ConfigError(source, where, raw, "is not a mapping like {tokens: 100000, cost: 5} or "
+                                    "{day: {tokens: 100000}, month: {cost: 50}}"))
+        return {}
+    keys = set(map(str, raw))
+    if keys & set(KINDS):
+        problems.append(ConfigError(source, where, dict(raw), "mixes limits ({}) with windows ({}): write every "
+                                    "limit under its window".format(", ".join(sorted(keys & set(KINDS))),
+                                                                      ", ".join(sorted(keys - set(KINDS))))))
+        return {}
+    out = {}
+    for key, value in raw.items():
+        if str(key) not in WINDOWS:
+            problems.append(ConfigError(source, f"{where}.{key}", value,
+                                        f"is not a known field (tokens, cost, or a window: {', '.join(WINDOWS)})"))
+            continue
+        out[str(key)] = _limits(value, source, f"{where}.{key}", problems)
+    return out
+
+
+def _scope(raw: Any, scope: QuotaScope, source: str, problems: list[ConfigError]) -> dict[str, ScopeLimits]:
+    """The scope's limits per window."""
+    where = scope.section
     if raw is None:
-        return ScopeLimits()
+        return {}
     if not isinstance(raw, Mapping):
         problems.append(ConfigError(source, where, raw, "is not a mapping with `default` and/or `overrides`"))
-        return ScopeLimits()
+        return {}
     for key in sorted(map(str, set(raw) - {"default", "overrides"})):
         problems.append(ConfigError(source, f"{where}.{key}", raw[key], "is not a known field (default, overrides)"))
-    default = (_limits(raw["default"], source, f"{where}.default", problems) if raw.get("default") is not None
-               else Limits())
+    default = (_windowed(raw["default"], scope, source, f"{where}.default", problems)
+               if raw.get("default") is not None else {})
     overrides_raw = raw.get("overrides") or {}
     if not isinstance(overrides_raw, Mapping):
         problems.append(ConfigError(source, f"{where}.overrides", overrides_raw, "is not a mapping of name to limits"))
         overrides_raw = {}
-    overrides = {}
+    overrides: dict[str, dict[str, Limits]] = {}
     for name, limits in overrides_raw.items():
         if not isinstance(name, str) or not _PRINCIPAL.match(name):
             problems.append(ConfigError(source, f"{where}.overrides", name,
@@ -126,8 +172,22 @@ def _scope(raw: Any, source: str, where: str, problems: list[ConfigError]) -> Sc
             problems.append(ConfigError(source, f"{where}.overrides", name,
                                         f"is the same id as another override once normalized ({normal!r})"))
             continue
-        overrides[normal] = _limits(limits, source, f"{where}.overrides.{name}", problems)
-    return ScopeLimits(default, overrides)
+        overrides[normal] = _windowed(limits, scope, source, f"{where}.overrides.{name}", problems)
+    windows = sorted({*default, *(w for o in overrides.values() for w in o)}, key=WINDOWS.index)
+    return {window: ScopeLimits(default.get(window, Limits()),
+                                {name: o[window] for name, o in overrides.items() if window in o})
+            for window in windows}
+
+
+def _timezone(raw: Any, source: str, problems: list[ConfigError]) -> str:
+    if raw is None:
+        return "UTC"
+    try:
+        load_zone(raw)
+    except UnknownZoneError as error:
+        problems.append(ConfigError(source, "timezone", raw, str(error).split(": ")[0]))
+        return "UTC"
+    return str(raw)
 
 
 def parse_quotas(data: Any, source: str) -> Quotas:
@@ -137,26 +197,51 @@ def parse_quotas(data: Any, source: str) -> Quotas:
     if not isinstance(data, Mapping):
         raise ConfigError(source, "(top level)", type(data).__name__, "is not a mapping")
     problems: list[ConfigError] = []
-    known = ("warning_ratio", USER.section, DEPARTMENT.section)
+    known = ("timezone", "warning_ratio", USER.section, DEPARTMENT.section)
     for key in sorted(map(str, set(data) - set(known))):
         problems.append(ConfigError(source, key, data[key], f"is not a known field ({', '.join(known)})"))
     ratio = data.get("warning_ratio", 0.8)
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
         problems.append(ConfigError(source, "warning_ratio", ratio, "is not a number between 0 and 1 (exclusive)"))
         ratio = 0.8
-    quotas = Quotas(float(ratio), _scope(data.get(USER.section), source, USER.section, problems),
-                    _scope(data.get(DEPARTMENT.section), source, DEPARTMENT.section, problems), source)
+    zone = _timezone(data.get("timezone"), source, problems)
+    windows = {scope.section: _scope(data.get(scope.section), scope, source, problems) for scope in SCOPES}
+    quotas = Quotas(float(ratio), windows[USER.section].get(USER.window, ScopeLimits()),
+                    windows[DEPARTMENT.section].get(DEPARTMENT.window, ScopeLimits()), source, zone, windows)
     if problems:
         raise ConfigProblemsError(problems)
-    if not quotas.users.kinds() and not quotas.departments.kinds():
+    if not any(limits.kinds() for scoped in windows.values() for limits in scoped.values()):
         raise ConfigError(source, "(top level)", dict(data), "sets no limit for users or departments")
     return quotas
 
 
+def require_built(quotas: Quotas) -> Quotas:
+    """The quotas, or ConfigProblemsError naming each window and zone this version reads but does not yet
+    enforce (the rules and budget mode must agree, so neither silently drops a limit the file sets)."""
+    problems = []
+    if quotas.timezone != "UTC":
+        problems.append(ConfigError(quotas.source, "timezone", quotas.timezone,
+                                    "is read, but calendar windows in a zone other than UTC are not enforced "
+                                    "yet in this version (write UTC or leave it out)"))
+    for scope in SCOPES:
+        for window in quotas.scope_windows(scope):
+            if window != scope.window:
+                limits = quotas.limits(scope, window)
+                where = ("default" if limits.default.kinds() else
+                         f"overrides.{next(name for name, lim in limits.overrides.items() if lim.kinds())}")
+                problems.append(ConfigError(quotas.source, f"{scope.section}.{where}.{window}", window,
+                                            f"is read, but the {window} window of {scope.section} is not enforced "
+                                            f"yet in this version (only {scope.window})"))
+    if problems:
+        raise ConfigProblemsError(problems)
+    return quotas
+
+
 def load_quotas(path: Path) -> Quotas:
-    """The quota file, validated; raises ConfigError naming file, field and value."""
+    """The quota file, validated, with only windows this version enforces; raises ConfigError naming
+    file, field and value."""
     source = f"quota file {path}"
-    return parse_quotas(read_yaml(path, "quota file"), source)
+    return require_built(parse_quotas(read_yaml(path, "quota file"), source))
 
 
 def suspicious_changes(old: Quotas, new: Quotas) -> list[str]:

@@ -47,7 +47,7 @@ def test_every_problem_of_a_quota_file_is_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_quotas(path)
     message = str(caught.value)
-    assert str(path) in message and "7 problems" in message, message
+    assert str(path) in message and "6 problems" in message, message
     for part in ("warning_ratio: 2", "users.default.tokens: -5", "users.default.cost: inf",
                  "users.overrides.bob.tokns: 10", "departments.defaults", "teams"):
         assert part in message, (part, message)

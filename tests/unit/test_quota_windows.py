@@ -1,0 +1,89 @@
+"""The quota file's windows and time zone: the issue's example, the short form's old meaning, per-window and
+per-kind inheritance of overrides, and every bad value named."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from otel_tokens.config.errors import ConfigError
+from otel_tokens.quota.file import Limits, parse_quotas
+from otel_tokens.quota.vocabulary import DEPARTMENT, USER
+
+EXAMPLE = """
+timezone: Asia/Shanghai
+users:
+  default: {day: {tokens: 200000}, month: {cost: 50}}
+  overrides: {nightly-batch: {day: {tokens: 2000000}}}
+departments:
+  default: {month: {tokens: 50000000, cost: 500}, year: {cost: 5000}}
+  overrides: {support: {year: {cost: 12000}}}
+"""
+
+
+def test_the_issue_example_reads_as_windows_per_scope():
+    quotas = parse_quotas(yaml.safe_load(EXAMPLE), "q.yml")
+    assert quotas.timezone == "Asia/Shanghai"
+    assert quotas.scope_windows(USER) == ["day", "month"] and quotas.scope_windows(DEPARTMENT) == ["month", "year"]
+    day = quotas.limits(USER, "day")
+    assert day.default == Limits(tokens=200000) and day.of("nightly-batch") == Limits(tokens=2_000_000)
+    assert quotas.limits(USER, "month").of("nightly-batch") == Limits(cost=50)  # the default's other window
+    assert quotas.limits(USER, "24h").kinds() == [] and not quotas.users.kinds()  # no rolling window set
+    assert quotas.departments.default == Limits(tokens=50_000_000, cost=500)  # the departments' own window
+    assert quotas.limits(DEPARTMENT, "year").of("support") == Limits(cost=12000)
+    assert quotas.limits(DEPARTMENT, "year").of("sales") == Limits(cost=5000)
+
+
+def test_the_short_form_keeps_its_meaning_in_utc():
+    quotas = parse_quotas({"users": {"default": {"tokens": 100}, "overrides": {"bob": {"cost": 2}}},
+                           "departments": {"default": {"cost": 9}}}, "q.yml")
+    assert quotas.timezone == "UTC"
+    assert quotas.scope_windows(USER) == ["24h"] and quotas.scope_windows(DEPARTMENT) == ["month"]
+    assert quotas.users.of("bob") == Limits(tokens=100, cost=2)
+    assert quotas.limits(USER) is quotas.users and quotas.limits(DEPARTMENT, "month") is quotas.departments
+
+
+def test_short_and_windowed_forms_mix_across_principals_not_within_one():
+    quotas = parse_quotas({"users": {"default": {"tokens": 100}, "overrides": {"bob": {"day": {"tokens": 5}}}}},
+                          "q.yml")
+    assert quotas.scope_windows(USER) == ["24h", "day"]
+    assert quotas.limits(USER, "day").of("alice") == Limits() and quotas.limits(USER, "day").of("bob").tokens == 5
+    with pytest.raises(ConfigError, match=r"users.default: .* mixes limits \(tokens\) with windows \(day\)"):
+        parse_quotas({"users": {"default": {"tokens": 1, "day": {"tokens": 2}}}}, "q.yml")
+
+
+@pytest.mark.parametrize(("data", "field", "says"), [
+    ({"timezone": "Asia/Shangai", "users": {"default": {"tokens": 1}}}, "timezone: 'Asia/Shangai'",
+     "is not an IANA time zone known to this machine's tzdata (did you mean Asia/Shanghai?)"),
+    ({"timezone": "asia/shanghai", "users": {"default": {"tokens": 1}}}, "timezone: 'asia/shanghai'",
+     "did you mean Asia/Shanghai?"),
+    ({"timezone": 8, "users": {"default": {"tokens": 1}}}, "timezone: 8", "is not an IANA time zone name"),
+    ({"users": {"default": {"fortnight": {"tokens": 1}}}}, "users.default.fortnight",
+     "is not a known field (tokens, cost, or a window: 24h, day, week, month, year)"),
+    ({"users": {"default": {"day": {"tokens": -1}}}}, "users.default.day.tokens: -1", "is not a positive number"),
+    ({"users": {"default": {"day": 5}}}, "users.default.day: 5", "is not a mapping"),
+    ({"users": {"default": {}}}, "users.default: {}", "is not a mapping like"),
+])
+def test_bad_windows_and_zones_are_named(data, field, says):
+    with pytest.raises(ConfigError) as caught:
+        parse_quotas(data, "quota file q.yml")
+    assert field in str(caught.value) and says in str(caught.value), str(caught.value)
+
+
+def test_windows_not_yet_enforced_are_refused_by_the_rules_and_budget_mode(tmp_path):
+    """Read, named, never silently dropped: alert mode and budget mode must agree on every limit."""
+    from otel_tokens.ops.rules import render
+    from otel_tokens.quota.file import load_quotas
+
+    path = tmp_path / "q.yml"
+    path.write_text(EXAMPLE)
+    with pytest.raises(ConfigError) as caught:
+        load_quotas(path)
+    message = str(caught.value)
+    assert "timezone: 'Asia/Shanghai' is read, but calendar windows in a zone other than UTC" in message
+    assert "users.default.day: 'day' is read, but the day window of users is not enforced yet" in message
+    assert "the year window of departments is not enforced yet" in message
+    with pytest.raises(ConfigError, match="the day window of users"):
+        render(parse_quotas(yaml.safe_load(EXAMPLE), "q.yml"))
+    path.write_text("users: {default: {24h: {tokens: 5}}}\ndepartments: {default: {month: {cost: 3}}}\n")
+    assert load_quotas(path).users.default.tokens == 5  # the scopes' own windows, written out
