@@ -160,8 +160,12 @@ def exact(url: str, kept: dict[int, list[tuple[int, int]]]) -> bool:
     return bool(got) and got in truths
 
 
+TERMS = ("window", "drop", "drop2", "latest", "base")  # rollups.rolling_usage's terms, in its order
+
+
 def _terms(window: str) -> list[tuple[str, str]]:
-    """The top-level `label_replace(EXPR, "term", NAME, "", "")` terms of the window's `sum by (...) (...)`."""
+    """The top-level terms of the window's `sum by (...) (A\nor B ...)`, named (by `label_replace(EXPR,
+    "term", NAME, "", "")` where the rules label them so, else by their place)."""
     body = window[window.index("(\n") + 2:window.rindex("\n)")]
     pieces, depth, start = [], 0, 0
     for i, char in enumerate(body):
@@ -171,10 +175,10 @@ def _terms(window: str) -> list[tuple[str, str]]:
             start = i + len("\nor ")
     pieces.append(body[start:])
     out = []
-    for piece in pieces:
+    for n, piece in enumerate(pieces):
         match = re.fullmatch(r'label_replace\(\n(.*),\n"term", "(\w+)", "", ""\)', piece.strip(), re.S)
-        if match:
-            out.append((match.group(1), match.group(2)))
+        out.append((match.group(1), match.group(2)) if match else (piece.strip(), TERMS[n] if n < len(TERMS)
+                                                                    else f"term{n}"))
     return out
 
 

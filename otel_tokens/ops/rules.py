@@ -17,6 +17,7 @@ series that reset inside the window.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -24,6 +25,7 @@ import yaml
 from otel_tokens.ops.forecast_rules import forecast_rules
 from otel_tokens.ops.rollups import (
     HOUR,
+    HOUR_ROLLUP_INTERVAL,
     HOUR_SECONDS,
     PARTS_INTERVAL,
     ROLLUP_INTERVAL,
@@ -57,40 +59,64 @@ def _number(value: float | None) -> str:
 
 
 
+def _limit_parts(scope: QuotaScope, kind: str, limits_of: ScopeLimits,
+                 per: Callable[[str, str], str]) -> str:
+    """`per(limit series, its matching to the usage)` for each principal: its override, else the default
+    (per kind)."""
+    label = scope.label
+    override, default = (series(scope.name, kind, w) for w in ("limit_override", "limit_default"))
+    parts = []
+    if any(lim.get(kind) is not None for lim in limits_of.overrides.values()):
+        parts.append(per(override, f"on({label})"))
+    if limits_of.default.get(kind) is not None:
+        parts.append(per(default, "on() group_left()"))
+    return f"\nor on({label})\n".join(parts)
+
+
+def _limit_rule(scope: QuotaScope, kind: str, limits_of: ScopeLimits, usage: str) -> dict[str, Any]:
+    def per(value: str, matching: str) -> str:  # an override is its own series; the default, one per principal
+        return value if matching == f"on({scope.label})" else f"({usage} * 0 + {matching} {value})"
+
+    return {"record": series(scope.name, kind, "limit"), "expr": _limit_parts(scope, kind, limits_of, per)}
+
+
 def _limit_rules(scope: QuotaScope, kind: str, limits_of: ScopeLimits, usage: str) -> list[dict[str, Any]]:
-    principal, label = scope.name, scope.label
+    """The limits as recorded series and the usage's ratio to them. A rolling scope's ratio divides by the
+    limit values directly: its `limit` series (one per principal, for dashboards and alert texts) is
+    written once a minute by the rollup group, not at every evaluation (10,000 series every 10 s)."""
+    label = scope.label
     rules: list[dict[str, Any]] = []
-    override, default, limit = (series(principal, kind, w) for w in ("limit_override", "limit_default", "limit"))
+    override, default = (series(scope.name, kind, w) for w in ("limit_override", "limit_default"))
     for name, limits in sorted(limits_of.overrides.items()):
         value = limits.get(kind)
         if value is not None:
             rules.append({"record": override, "expr": f"vector({_number(value)})", "labels": {label: name}})
-    has_default = limits_of.default.get(kind) is not None
-    if has_default:
+    if limits_of.default.get(kind) is not None:
         rules.append({"record": default, "expr": f"vector({_number(limits_of.default.get(kind))})"})
-    parts = []
-    if any(lim.get(kind) is not None for lim in limits_of.overrides.values()):
-        parts.append(override)
-    if has_default:
-        parts.append(f"({usage} * 0 + on() group_left() {default})")
-    rules.append({"record": limit, "expr": f"\nor on({label})\n".join(parts)})
-    rules.append({"record": series(principal, kind, "ratio"), "expr": f"{usage}\n/ on({label}) {limit}"})
+    if scope.rolling:
+        ratio = _limit_parts(scope, kind, limits_of, lambda value, matching: f"{usage} / {matching} {value}")
+    else:
+        rules.append(_limit_rule(scope, kind, limits_of, usage))
+        ratio = f"{usage}\n/ on({label}) {series(scope.name, kind, 'limit')}"
+    rules.append({"record": series(scope.name, kind, "ratio"), "expr": ratio})
     return rules
 
 
 def _alerts(scope: QuotaScope, kind: str, usage: str, ratio: float, for_: str) -> list[dict[str, Any]]:
     principal, label, window, what = scope.name, scope.label, scope.window, scope.titles[kind]
     ratio_series = series(principal, kind, "ratio")
-    limit = series(principal, kind, "limit")
     unit = " tokens" if kind == "tokens" else ""
 
-    def value_of(metric: str) -> str:
-        return (f'{{{{ with printf "{metric}{{{label}=%q}}" $labels.{label} | query }}}}'
+    def value_of(metric: str, otherwise: str = "") -> str:
+        return (f'{{{{ with printf "{metric}{{{label}=%q}}{otherwise}" $labels.{label} | query }}}}'
                 f"{{{{ . | first | value | humanize }}}}{{{{ end }}}}")
 
+    # A rolling scope's `limit` series is written once a minute: a new user's first alert would say "of  tokens"
+    limit = (value_of(series(principal, kind, "limit_override"), f" or on() {series(principal, kind, 'limit_default')}")
+             if scope.rolling else value_of(series(principal, kind, "limit")))
     annotations = {
         "usage": value_of(usage) + unit,
-        "limit": value_of(limit) + unit,
+        "limit": limit + unit,
         "percent": "{{ $value | humanizePercentage }}",
     }
     alerts = []
@@ -129,7 +155,11 @@ def render(quotas: Quotas, for_: str = "15s") -> dict[str, Any]:
         # hour at most: read once a minute, not at every evaluation.
         after = [fallback_rule(scope, kind) if scope.rolling else _previous_month(scope, kind)
                  for kind in limits.kinds()]
-        groups.append({"name": f"{PREFIX}_{scope.name}_rollups", "interval": ROLLUP_INTERVAL,
+        if scope.rolling:  # a user's limit changes when the user appears: once a minute, not every evaluation
+            after += [_limit_rule(scope, kind, limits, series(scope.name, kind, scope.window))
+                      for kind in limits.kinds()]
+        groups.append({"name": f"{PREFIX}_{scope.name}_rollups",
+                       "interval": ROLLUP_INTERVAL if scope.rolling else HOUR_ROLLUP_INTERVAL,
                        "rules": [rollup(scope, kind) for kind in limits.kinds()] + after})
         if scope.rolling:  # after the rollups they read, in file order (promtool evaluates groups so)
             groups.append({"name": f"{PREFIX}_{scope.name}_parts", "interval": PARTS_INTERVAL,

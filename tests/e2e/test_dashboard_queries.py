@@ -93,14 +93,15 @@ def _openmetrics(text: str, extra: dict[str, str], timestamps: list[int]) -> str
     return "\n".join([*lines, "# EOF", ""])
 
 
-def _wait(condition: Callable[[], Any], what: str, timeout: float = 40.0) -> Any:
+def _wait(condition: Callable[[], Any], what: str, timeout: float = 40.0,
+          show: Callable[[], Any] | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}" + (f": {show()}" if show else ""))
         time.sleep(0.25)
 
 
@@ -181,7 +182,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         last = run_round()  # live traffic: rates over the last minute
         tokens = _totals(last, names.PROM_LLM_TOKEN_USAGE, "user_id")
         _wait(lambda: {r["metric"]["user_id"]: float(r["value"][1])
-                       for r in query(url, "llm_quota:user_tokens:24h")} == tokens, "the users' 24 h usage")
+                       for r in query(url, "llm_quota:user_tokens:24h")} == tokens, "the users' 24 h usage",
+              timeout=90,  # the base the growth is counted from: the rollup group, once a minute at any phase
+              show=lambda: ({r["metric"]["user_id"]: float(r["value"][1])
+                             for r in query(url, "llm_quota:user_tokens:24h")}, tokens))
+        # a user's limit series is written once a minute (the rollup group), after the user's first usage
+        _wait(lambda: {r["metric"]["user_id"] for r in query(url, "llm_quota:user_tokens:limit")} >= set(tokens),
+              "the users' limits", timeout=90)
         _wait(lambda: query(url, 'ALERTS{alertname="LLMUserTokenQuota", user_id="carol", severity="critical", '
                                  'alertstate="firing"}'), "carol's critical quota alert")
         months = _month_buckets_available(now)

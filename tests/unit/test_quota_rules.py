@@ -87,6 +87,13 @@ def test_what_the_window_reads_every_evaluation_does_not_grow_with_the_window():
         assert f"sum_over_time(llm_quota:user_{kind}:5m[24h])" in parts and ")[5m:5m]" in parts
         (hour,) = [r["expr"] for r in groups["llm_quota_department_rollups"]["rules"]
                    if r.get("record") == f"llm_quota:department_{kind}:1h"]
-        assert hour.startswith("last_over_time(") and hour.endswith(")[5m:1h]\n)")
+        assert hour.startswith("last_over_time(") and hour.endswith(")[15m:1h]\n)")
+        # a user's limit once a minute: the ratio divides by the limit values, not by 10,000 limit series
+        (ratio,) = [r["expr"] for r in groups["llm_quota_users"]["rules"]
+                    if r.get("record") == f"llm_quota:user_{kind}:ratio"]
+        assert f"llm_quota:user_{kind}:limit_default" in ratio and f"llm_quota:user_{kind}:limit\n" not in ratio
+        assert [r for r in groups["llm_quota_user_rollups"]["rules"] if r["record"] == f"llm_quota:user_{kind}:limit"]
+        assert "label_replace" not in window  # costlier than the reads at 10,000 users: terms told apart by labels
     assert groups["llm_quota_user_rollups"]["interval"] == "1m" and "interval" not in groups["llm_quota_users"]
+    assert groups["llm_quota_department_rollups"]["interval"] == "5m"
     assert groups["llm_quota_user_parts"]["interval"] == "5m"
