@@ -20,7 +20,8 @@ the principals and their live series, not with the samples in the window.
   (one, or two while the parts group has not yet written the parts of the latest boundary), plus from
   raw data what each series added since K: its latest value, less its value at K when it has one no
   larger (a series born since counts from zero; one that reset since counts its value since the reset).
-  Each term is labelled so that `sum by` adds them, a missing term counting as zero.
+  The terms differ by their labels (the parts' `part`, the growth by principal only) so that `sum by` over
+  their union adds them, a missing term counting as zero.
 
 The rolling 24 h starts on the latest 5-minute boundary at least 24 h ago (it spans 24 h to 24 h 5 m).
 As of a boundary, the rollups stamped in the 24 h before it are exactly the buckets of the 24 h before the
@@ -105,10 +106,6 @@ def _as_of_boundary(expr: str) -> str:
 def _labelled(terms: Sequence[tuple[str, str]], key: str) -> str:
     """The union of expressions, each told apart by `key` (a missing one is simply absent)."""
     return "\nor ".join(f'label_replace(\n{expr},\n"{key}", "{name}", "", "")' for expr, name in terms)
-
-
-def _sum_terms(label: str, terms: Sequence[tuple[str, str]]) -> str:
-    return f"sum by ({label}) (\n{_labelled(terms, 'term')}\n)"
 
 
 def hourly_bucket(counter: str, label: str) -> str:
