@@ -187,14 +187,22 @@ def breakdown(url: str, rules_text: str) -> dict[str, float]:
     users group's time goes."""
     (rule,) = [r for g in yaml.safe_load(rules_text)["groups"] for r in g["rules"]
                if r.get("record") == "llm_quota:user_tokens:24h"]
+    terms = _terms(rule["expr"])
+    seconds = timed_queries(url, [expr for expr, _ in terms])
+    return {name: seconds[expr] for expr, name in terms}
+
+
+def timed_queries(url: str, exprs: list[str]) -> dict[str, float]:
+    """Seconds of each expression as an instant query (`count(...)`, median of 5): a candidate rule timed
+    against the same data as the shipped ones."""
     out = {}
-    for expr, name in _terms(rule["expr"]):
+    for expr in exprs:
         times = []
         for _ in range(5):
             t = time.perf_counter()
             get(url, "/api/v1/query", query=f"count({expr})")
             times.append(time.perf_counter() - t)
-        out[name] = statistics.median(times)
+        out[expr] = statistics.median(times)
     return out
 
 
@@ -214,20 +222,6 @@ def wait_compacted(url: str, limit_s: float = 1200) -> float:
         if now != last:
             last, still_since = now, time.monotonic()
     return time.monotonic() - t0
-
-
-def timed_queries(url: str, exprs: list[str]) -> dict[str, float]:
-    """Seconds of each expression as an instant query (`count(...)`, median of 5): a candidate rule timed
-    against the same data as the shipped ones."""
-    out = {}
-    for expr in exprs:
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            get(url, "/api/v1/query", query=f"count({expr})")
-            times.append(time.perf_counter() - t)
-        out[expr] = statistics.median(times)
-    return out
 
 
 def measure(users: int, series: int, hours: float, raw_hours: float, rules_text: str, work: Path,

@@ -59,25 +59,23 @@ def _number(value: float | None) -> str:
 
 
 
-def _limit_parts(scope: QuotaScope, kind: str, limits_of: ScopeLimits,
-                 per: Callable[[str, str], str]) -> str:
-    """`per(limit series, its matching to the usage)` for each principal: its override, else the default
-    (per kind)."""
-    label = scope.label
+def _limit_parts(scope: QuotaScope, kind: str, limits_of: ScopeLimits, of_override: Callable[[str], str],
+                 of_default: Callable[[str], str]) -> str:
+    """For each principal, an expression of its override series, else of the default series (per kind)."""
     override, default = (series(scope.name, kind, w) for w in ("limit_override", "limit_default"))
     parts = []
     if any(lim.get(kind) is not None for lim in limits_of.overrides.values()):
-        parts.append(per(override, f"on({label})"))
+        parts.append(of_override(override))
     if limits_of.default.get(kind) is not None:
-        parts.append(per(default, "on() group_left()"))
-    return f"\nor on({label})\n".join(parts)
+        parts.append(of_default(default))
+    return f"\nor on({scope.label})\n".join(parts)
 
 
 def _limit_rule(scope: QuotaScope, kind: str, limits_of: ScopeLimits, usage: str) -> dict[str, Any]:
-    def per(value: str, matching: str) -> str:  # an override is its own series; the default, one per principal
-        return value if matching == f"on({scope.label})" else f"({usage} * 0 + {matching} {value})"
-
-    return {"record": series(scope.name, kind, "limit"), "expr": _limit_parts(scope, kind, limits_of, per)}
+    """The limit per principal: its override, else the default for each principal with usage."""
+    expr = _limit_parts(scope, kind, limits_of, lambda override: override,
+                        lambda default: f"({usage} * 0 + on() group_left() {default})")
+    return {"record": series(scope.name, kind, "limit"), "expr": expr}
 
 
 def _limit_rules(scope: QuotaScope, kind: str, limits_of: ScopeLimits, usage: str) -> list[dict[str, Any]]:
@@ -94,7 +92,8 @@ def _limit_rules(scope: QuotaScope, kind: str, limits_of: ScopeLimits, usage: st
     if limits_of.default.get(kind) is not None:
         rules.append({"record": default, "expr": f"vector({_number(limits_of.default.get(kind))})"})
     if scope.rolling:
-        ratio = _limit_parts(scope, kind, limits_of, lambda value, matching: f"{usage} / {matching} {value}")
+        ratio = _limit_parts(scope, kind, limits_of, lambda override: f"{usage} / on({label}) {override}",
+                             lambda default: f"{usage} / on() group_left() {default}")
     else:
         rules.append(_limit_rule(scope, kind, limits_of, usage))
         ratio = f"{usage}\n/ on({label}) {series(scope.name, kind, 'limit')}"

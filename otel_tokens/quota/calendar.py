@@ -11,20 +11,16 @@ from __future__ import annotations
 import bisect
 import difflib
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+from zoneinfo import TZPATH, ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 ROLLING = "24h"
 DAY, WEEK, MONTH, YEAR = "day", "week", "month", "year"
 CALENDAR_WINDOWS = (DAY, WEEK, MONTH, YEAR)
 WINDOWS = (ROLLING, *CALENDAR_WINDOWS)
-# The longest span of each window: what a rule must look back over (a DST day is 25 h, a leap year 366 d).
-LONGEST = {ROLLING: 24 * 3600 + 300, DAY: 25 * 3600, WEEK: 7 * 86400 + 3600, MONTH: 31 * 86400 + 3600,
-           YEAR: 366 * 86400 + 3600}
 _DAY_SECONDS = 86400
 _SCAN = 6 * 3600  # offsets are looked for every 6 h, then the change is found to the second
 
@@ -49,9 +45,9 @@ def load_zone(name: str) -> ZoneInfo:
 
 
 def tzdata_version() -> str:
-    """The tzdata release the offsets come from: the `tzdata` package's if installed (zoneinfo prefers
-    the system's files, so the system's first), else `unknown`."""
-    for base in ("/usr/share/zoneinfo", "/usr/lib/zoneinfo", "/usr/share/lib/zoneinfo", "/etc/zoneinfo"):
+    """The tzdata release the offsets come from: zoneinfo reads the system's files first (TZPATH), then the
+    `tzdata` package; `unknown` when neither says."""
+    for base in TZPATH:
         path = Path(base) / "tzdata.zi"
         if path.is_file():
             with path.open(encoding="utf-8", errors="replace") as file:
@@ -119,8 +115,8 @@ def offset_table(name: str, start: int, end: int) -> OffsetTable:
                     low = mid
                 else:
                     high = mid
-            changes.append((high, _offset(zone, high)))
             previous = _offset(zone, high)
+            changes.append((high, previous))
         t = nxt
     return OffsetTable(name, start, end, initial, tuple(changes))
 
@@ -207,7 +203,3 @@ def python_calendar_id(window: str, at: float, zone_name: str) -> int:
     day = (local.date() - datetime(1970, 1, 1).date()).days
     return {DAY: day, WEEK: (day + 3) // 7, MONTH: local.year * 100 + local.month, YEAR: local.year}[window]
 
-
-def windows_in(seq: Sequence[str]) -> list[str]:
-    """The windows named, in the canonical order."""
-    return [w for w in WINDOWS if w in seq]

@@ -65,7 +65,7 @@ class ScopeLimits:
         override = self.overrides.get(principal)
         if override is None:
             return self.default
-        return Limits(*(override.get(k) if override.get(k) is not None else self.default.get(k) for k in KINDS))
+        return Limits(**{k: override.get(k) if override.get(k) is not None else self.default.get(k) for k in KINDS})
 
     def kinds(self) -> list[str]:
         """Limit kinds set anywhere in this scope."""
