@@ -111,7 +111,7 @@ def build() -> Dashboard:
             *_quota_table(USER, "User quotas (24 h)",
                           "Usage in the rolling 24 h window, the limit in force (override or default) and the "
                           f"percentage, from the recorded llm_quota:* series. {TRACES}"),
-            *_quota_table(DEPARTMENT, "Department budgets (month to date, UTC)",
+            *_quota_table(DEPARTMENT, "Department budgets (month to date, quota file time zone)",
                           "Month-to-date usage (hourly buckets of the current calendar month, so up to an hour "
                           "behind), the budget in force and the percentage, from the recorded llm_quota:* series.")]),
         (8, 12, [

@@ -13,21 +13,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from otel_tokens.ops.local_time import LocalTime
 from otel_tokens.ops.rollups import closed_hour
 from otel_tokens.quota.vocabulary import QuotaScope
 
 ALERT = "LLMDepartmentBudgetForecast"
 FOR = "30m"  # a projection is not urgent; a burn that lasts half an hour is a trend
 SHORT, LONG = 6, 24  # hours of the two burn-rate windows
-# Hours from now to the end of the UTC month: the whole days after today and the rest of today.
-HOURS_LEFT = "scalar((days_in_month() - day_of_month()) * 24 + (86400 - time() % 86400) / 3600)"
 
 
-def forecast_rules(scope: QuotaScope, kind: str, name: Callable[[str], str]) -> list[dict[str, Any]]:
+def hours_left(local: LocalTime) -> str:
+    """Hours from now to the end of the local month: the whole days after today and the rest of today (a DST
+    change still ahead in the month makes it an hour off, which a projection tolerates)."""
+    now = local.seconds("time()")
+    return (f"scalar((days_in_month(vector({now})) - day_of_month(vector({now}))) * 24 "
+            f"+ (86400 - {now} % 86400) / 3600)")
+
+
+def forecast_rules(scope: QuotaScope, kind: str, name: Callable[[str], str], local: LocalTime
+                   ) -> list[dict[str, Any]]:
     """Burn rate, projected month-end usage, its ratio to the limit, the exhaustion time, the alert;
     `name("month")` is the recorded series of that name for this scope and kind."""
     label = scope.label
-    bucket, usage, limit = f"({closed_hour(name('1h'))})", name("month"), name("limit")
+    # one series per principal (its buckets are labelled with their month)
+    bucket, usage, limit = f"sum without (month) ({closed_hour(name('1h'))})", name("month"), name("limit")
     burn, forecast, ratio, exhaustion = (name(w) for w in ("burn_rate", "forecast", "forecast_ratio",
                                                               "exhaustion_time"))
     median = f"quantile_over_time(0.5, {bucket}[{LONG}h:1h])"
@@ -45,7 +54,7 @@ def forecast_rules(scope: QuotaScope, kind: str, name: Callable[[str], str]) -> 
     when = value_of(exhaustion, "humanizeTimestamp")
     return [
         {"record": burn, "expr": f"({short_avg}) < ({median})\nor\n{median}"},
-        {"record": forecast, "expr": f"({so_far} + {burn} * {HOURS_LEFT})\nor {usage}"},
+        {"record": forecast, "expr": f"({so_far} + {burn} * {hours_left(local)})\nor {usage}"},
         {"record": ratio, "expr": f"{forecast}\n/ on({label}) {limit}"},
         # when month-to-date plus the burn reaches the limit (past the month's end when the forecast is short),
         # to the minute
@@ -60,7 +69,7 @@ def forecast_rules(scope: QuotaScope, kind: str, name: Callable[[str], str]) -> 
                 "summary": f"Department {{{{ $labels.{label} }}}} is on course to exhaust its {scope.titles[kind]} "
                            f"on {when}",
                 "description": f"Department {{{{ $labels.{label} }}}} has used {value_of(usage, missing='0')}{unit} of "
-                               f"{value_of(limit)}{unit} this calendar month (UTC); at its current rate "
+                               f"{value_of(limit)}{unit} this calendar month ({local.zone}); at its current rate "
                                f"({value_of(burn)}{unit} an hour: the lower of the last {SHORT} h's average and "
                                f"the median hour of the last {LONG} h) it reaches the budget on {when} and "
                                f"would end the month at {{{{ $value | humanizePercentage }}}} of it.",

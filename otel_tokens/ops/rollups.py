@@ -39,11 +39,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from otel_tokens.ops.durations import duration_seconds, human_duration
+from otel_tokens.quota.calendar import HOUR_SECONDS
 from otel_tokens.quota.vocabulary import COUNTERS, QuotaScope
 
 BUCKET = "5m"
 BUCKET_SECONDS = 300
-HOUR, HOUR_SECONDS = "1h", 3600  # the departments' buckets
+HOUR = "1h"  # the departments' buckets (HOUR_SECONDS)
 HOUR_WRITTEN = "15m"  # an hour's bucket is written by the evaluations in the 15 minutes after it ends
 ROLLUP_INTERVAL = "1m"
 HOUR_ROLLUP_INTERVAL = "5m"  # the hours' group: 3 evaluations write each hour (a restart loses nothing)
@@ -108,13 +109,15 @@ def _labelled(terms: Sequence[tuple[str, str]], key: str) -> str:
     return "\nor ".join(f'label_replace(\n{expr},\n"{key}", "{name}", "", "")' for expr, name in terms)
 
 
-def hourly_bucket(counter: str, label: str) -> str:
+def hourly_bucket(counter: str, label: str, labels: str = "") -> str:
     """The usage of the clock hour that ended on the latest hour boundary H, by the evaluations of a
     group every HOUR_ROLLUP_INTERVAL in [H, H + HOUR_WRITTEN] (their subquery's only step is H: the other
     evaluations select the series and stop, which is most of an evaluation's cost, hence 5 minutes, not 1).
     The same bucket 3 times, so a Prometheus restart in those minutes loses nothing; stamped H + 0..15 min:
-    `closed_hour` reads the last back at H."""
-    return f"last_over_time(\n(\n{usage_over(counter, label, HOUR)}\n)[{HOUR_WRITTEN}:{HOUR}]\n)"
+    `closed_hour` reads the last back at H. `labels`, a `+ on() group_left(...) ...` term, is evaluated at
+    H too (time() is H there)."""
+    usage = usage_over(counter, label, HOUR) + (f"\n{labels}" if labels else "")
+    return f"last_over_time(\n(\n{usage}\n)[{HOUR_WRITTEN}:{HOUR}]\n)"
 
 
 def closed_hour(bucket: str) -> str:

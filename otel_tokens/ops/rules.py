@@ -1,14 +1,14 @@
 """Render the quota file into a Prometheus rule file: limits as recorded series, usage as recording
 rules, and one warning + one critical alert (same alertname) per principal kind and limit kind.
 
-Windows: users over a rolling 24 h; departments per calendar month (UTC). PromQL ranges are
-constant, so month-to-date is built from hourly buckets summed over a 32-day subquery, keeping only
-the buckets whose month (at the bucket's middle) is the month at evaluation time (each bucket
-labelled with its month by `count_values`, the current month's label kept). It lags by up to one
-hour (the current hour is counted when it completes), which a monthly budget tolerates. The hourly
-buckets are first-level rollups in their own group evaluated every minute, each clock hour's computed
-only by the evaluations in the 5 minutes after it ends (see `rollups.hourly_bucket`): reading an hour of
-every raw series costs an evaluation, and the month needs one sample an hour.
+Windows: users over a rolling 24 h; departments per calendar month in the quota file's time zone. PromQL
+ranges are constant, so month-to-date is built from hourly buckets summed over a 32-day subquery, keeping
+only the buckets labelled with the current local month (each bucket is labelled with the local month of its
+middle when it is written, see `_hourly_bucket` and `local_time`). It lags by up to one hour (the current
+hour is counted when it completes), which a monthly budget tolerates. The hourly buckets are first-level
+rollups in their own group evaluated every 5 minutes, each clock hour's computed only by the evaluations in
+the 15 minutes after it ends (see `rollups.hourly_bucket`): reading an hour of every raw series costs an
+evaluation, and the month needs one sample an hour.
 
 Usage in a window is exact per series (last value minus the value at the window's start, or the
 whole value of a series born inside it); `increase()` with its edge extrapolation is used only for
@@ -18,11 +18,14 @@ series that reset inside the window.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
+from functools import partial
 from typing import Any
 
 import yaml
 
 from otel_tokens.ops.forecast_rules import forecast_rules
+from otel_tokens.ops.local_time import LocalTime
 from otel_tokens.ops.rollups import (
     HOUR,
     HOUR_ROLLUP_INTERVAL,
@@ -36,6 +39,7 @@ from otel_tokens.ops.rollups import (
     rolling_usage,
     rollup_rule,
 )
+from otel_tokens.quota.calendar import calendar_id
 from otel_tokens.quota.file import Quotas, ScopeLimits, require_built
 from otel_tokens.quota.vocabulary import COUNTERS, SCOPES, QuotaScope
 
@@ -101,7 +105,7 @@ def _limit_rules(scope: QuotaScope, kind: str, limits_of: ScopeLimits, usage: st
     return rules
 
 
-def _alerts(scope: QuotaScope, kind: str, usage: str, ratio: float, for_: str) -> list[dict[str, Any]]:
+def _alerts(scope: QuotaScope, kind: str, usage: str, ratio: float, for_: str, zone: str) -> list[dict[str, Any]]:
     principal, label, window, what = scope.name, scope.label, scope.window, scope.titles[kind]
     ratio_series = series(principal, kind, "ratio")
     unit = " tokens" if kind == "tokens" else ""
@@ -133,26 +137,28 @@ def _alerts(scope: QuotaScope, kind: str, usage: str, ratio: float, for_: str) -
                            f"({{{{ $value | humanizePercentage }}}})",
                 "description": f"{principal.capitalize()} {{{{ $labels.{label} }}}} used {annotations['usage']} "
                                f"of {annotations['limit']} ({annotations['percent']}) "
-                               f"{'in the last 24 h' if scope.rolling else 'this calendar month (UTC)'}.",
+                               f"{'in the last 24 h' if scope.rolling else f'this calendar month ({zone})'}.",
                 **annotations,
             },
         })
     return alerts
 
 
-def render(quotas: Quotas, for_: str = "15s") -> dict[str, Any]:
+def render(quotas: Quotas, for_: str = "15s", today: date | None = None) -> dict[str, Any]:
     """The rule file as a dict (yaml.safe_dump it): per quota scope with limits, the group of its
-    first-level rollups (evaluated every ROLLUP_INTERVAL) and the group of its usage, limits and alerts."""
+    first-level rollups (evaluated every ROLLUP_INTERVAL) and the group of its usage, limits and alerts.
+    The zone's offsets are written out for the years around `today` (LocalTime)."""
     require_built(quotas)
+    local = LocalTime.of(quotas.timezone, today)
     groups = []
     for scope in SCOPES:
         limits = quotas.limits(scope)
         if not limits.kinds():
             continue
-        rollup = rollup_rule if scope.rolling else _hourly_bucket
+        rollup = rollup_rule if scope.rolling else partial(_hourly_bucket, local=local)
         # Rolling: the window's fallback base, after the rollups. Calendar: the closed month changes once an
         # hour at most: read once a minute, not at every evaluation.
-        after = [fallback_rule(scope, kind) if scope.rolling else _previous_month(scope, kind)
+        after = [fallback_rule(scope, kind) if scope.rolling else _previous_month(scope, kind, local)
                  for kind in limits.kinds()]
         if scope.rolling:  # a user's limit changes when the user appears: once a minute, not every evaluation
             after += [_limit_rule(scope, kind, limits, series(scope.name, kind, scope.window))
@@ -163,16 +169,17 @@ def render(quotas: Quotas, for_: str = "15s") -> dict[str, Any]:
         if scope.rolling:  # after the rollups they read, in file order (promtool evaluates groups so)
             groups.append({"name": f"{PREFIX}_{scope.name}_parts", "interval": PARTS_INTERVAL,
                            "rules": [parts_rule(scope, kind) for kind in limits.kinds()]})
-        rules: list[dict[str, Any]] = [] if scope.rolling else [{"record": MONTH, "expr": "year() * 100 + month()"}]
+        rules: list[dict[str, Any]] = [] if scope.rolling else [
+            {"record": MONTH, "expr": calendar_id("month", local.seconds("time()"))}]
         for kind in limits.kinds():
             usage = series(scope.name, kind, scope.window)
-            rules += _rolling_usage(scope, kind, usage) if scope.rolling else _month_usage(scope, kind, usage)
+            rules += _rolling_usage(scope, kind, usage) if scope.rolling else _month_usage(scope, kind, usage, local)
             rules += _limit_rules(scope, kind, limits, usage)
-            rules += _alerts(scope, kind, usage, quotas.warning_ratio, for_)
+            rules += _alerts(scope, kind, usage, quotas.warning_ratio, for_, quotas.timezone)
             if not scope.rolling:
-                rules += forecast_rules(scope, kind, lambda what, p=scope.name, k=kind: series(p, k, what))
+                rules += forecast_rules(scope, kind, lambda what, p=scope.name, k=kind: series(p, k, what), local)
         groups.append({"name": f"{PREFIX}_{scope.section}", "rules": rules})
-    return {"groups": groups}
+    return {"groups": groups + local.expiry_group()}
 
 
 def _rolling_usage(scope: QuotaScope, kind: str, usage: str) -> list[dict[str, Any]]:
@@ -180,37 +187,51 @@ def _rolling_usage(scope: QuotaScope, kind: str, usage: str) -> list[dict[str, A
     return [{"record": usage, "expr": rolling_usage(scope, kind)}]
 
 
-def _hourly_bucket(scope: QuotaScope, kind: str) -> dict[str, Any]:
-    """Departments' first-level rollup: the usage of each clock hour, written once."""
-    return {"record": series(scope.name, kind, BUCKET), "expr": hourly_bucket(COUNTERS[kind], scope.label)}
+def _local_month(local: LocalTime, utc: str) -> str:
+    """`count_values` of the local month (YYYYMM) at the scalar time `utc`: a `month` label."""
+    return f'count_values("month", {calendar_id("month", local.seconds(utc))})'
 
 
-def _months(scope: QuotaScope, kind: str, subquery: str, when: str) -> str:
-    """The hourly buckets of the subquery whose month (at the bucket's middle) is the month of `when`.
-
-    Each bucket is labelled with its month (count_values turns the number into a label), and only the
-    wanted month's label is kept: no `@ end()` inside the subquery, which VictoriaMetrics 1.79 evaluates
-    at the subquery's own (future) end, so the month was empty there."""
-    middle = f"vector(time() - {BUCKET_SECONDS // 2})"
-    bucket = closed_hour(series(scope.name, kind, BUCKET))
-    return (f"sum by ({scope.label}) (\n  sum_over_time(\n    (\n      {bucket}\n"
-            f"      + on() group_left(month)\n"
-            f"      (0 * count_values(\"month\", year({middle}) * 100 + month({middle})))\n"
-            f"    )[{subquery}:{BUCKET}]\n  )\n"
-            f"  and on(month)\n  count_values(\"month\", year({when}) * 100 + month({when}))\n)")
+def _hourly_bucket(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str, Any]:
+    """Departments' first-level rollup: the usage of each clock hour, written once, labelled with the local
+    month of its middle when written (the zone's offset is computed once per bucket, not at every step of
+    every month's subquery; the zone's offsets are whole hours, so a bucket never straddles local midnight)."""
+    month = f"+ on() group_left(month)\n(0 * {_local_month(local, f'time() - {BUCKET_SECONDS // 2}')})"
+    return {"record": series(scope.name, kind, BUCKET), "expr": hourly_bucket(COUNTERS[kind], scope.label, month)}
 
 
-def _month_usage(scope: QuotaScope, kind: str, usage: str) -> list[dict[str, Any]]:
+def _months(scope: QuotaScope, kind: str, subquery: str, when: str, local: LocalTime) -> str:
+    """The hourly buckets of the subquery labelled with the local month of the local time `when` (a
+    scalar expression of local seconds), summed per principal.
+
+    The buckets of a version before the months were labelled have no `month`: theirs is computed here as that
+    version did (UTC, at the bucket's middle), and they are told apart by a label of their own so that `or`
+    keeps both kinds of the same month. Only the wanted month's label is kept: no `@ end()` inside the
+    subquery, which VictoriaMetrics 1.79 evaluates at the subquery's own (future) end."""
+    bucket = series(scope.name, kind, BUCKET)
+    with_month, without = closed_hour(bucket + '{month!=""}'), closed_hour(bucket + '{month=""}')
+    middle = f"time() - {BUCKET_SECONDS // 2}"
+    labelled = f"sum_over_time({with_month}[{subquery}:{BUCKET}])"
+    unlabelled = (f"label_replace(\n  sum_over_time(\n    (\n      {without}\n"
+                  f"      + on() group_left(month)\n"
+                  f"      (0 * {_local_month(LocalTime('UTC', None), middle)})\n"
+                  f'    )[{subquery}:{BUCKET}]\n  ),\n  "written", "unlabelled", "", "")')
+    return (f"sum by ({scope.label}) (\n  (\n  {labelled}\n  or\n  {unlabelled}\n  )\n"
+            f"  and on(month)\n  count_values(\"month\", {calendar_id('month', when)})\n)")
+
+
+def _month_usage(scope: QuotaScope, kind: str, usage: str, local: LocalTime) -> list[dict[str, Any]]:
     """Departments: hourly buckets, summed over the buckets of the calendar month at evaluation time."""
-    return [{"record": usage, "expr": _months(scope, kind, MONTH_SUBQUERY, "vector(time())")}]
+    return [{"record": usage, "expr": _months(scope, kind, MONTH_SUBQUERY, local.seconds("time()"), local)}]
 
 
-def _previous_month(scope: QuotaScope, kind: str) -> dict[str, Any]:
+def _previous_month(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str, Any]:
     """The whole previous month, which the month-to-date never shows complete (its last bucket is written
     after the month turned), for statements and dashboards to check against."""
-    previous = "(vector(time()) - day_of_month(vector(time())) * 86400)"  # a time in the previous month
+    now = local.seconds("time()")
+    previous = f"scalar(vector({now}) - day_of_month(vector({now})) * 86400)"  # a local time in the previous month
     return {"record": series(scope.name, kind, "previous_month"),
-            "expr": _months(scope, kind, PREVIOUS_MONTH_SUBQUERY, previous)}
+            "expr": _months(scope, kind, PREVIOUS_MONTH_SUBQUERY, previous, local)}
 
 
 class _Dumper(yaml.SafeDumper):
@@ -225,6 +246,6 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
-def render_text(quotas: Quotas, for_: str = "15s") -> str:
-    body = yaml.dump(render(quotas, for_), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
-    return GENERATED_HEADER.format(source=quotas.source) + body
+def render_text(quotas: Quotas, for_: str = "15s", today: date | None = None) -> str:
+    body = yaml.dump(render(quotas, for_, today), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+    return GENERATED_HEADER.format(source=quotas.source) + LocalTime.of(quotas.timezone, today).header() + body

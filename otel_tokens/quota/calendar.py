@@ -12,7 +12,7 @@ import bisect
 import difflib
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import TZPATH, ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -22,6 +22,7 @@ DAY, WEEK, MONTH, YEAR = "day", "week", "month", "year"
 CALENDAR_WINDOWS = (DAY, WEEK, MONTH, YEAR)
 WINDOWS = (ROLLING, *CALENDAR_WINDOWS)
 _DAY_SECONDS = 86400
+HOUR_SECONDS = 3600  # the departments' buckets in the rules: a zone's offsets must be whole hours
 _SCAN = 6 * 3600  # offsets are looked for every 6 h, then the change is found to the second
 
 
@@ -119,6 +120,47 @@ def offset_table(name: str, start: int, end: int) -> OffsetTable:
             changes.append((high, previous))
         t = nxt
     return OffsetTable(name, start, end, initial, tuple(changes))
+
+
+TABLE_YEARS_BACK, TABLE_YEARS_AHEAD = 1, 3
+
+
+def _new_year(year: int) -> int:
+    return int(datetime(year, 1, 1, tzinfo=timezone.utc).timestamp())
+
+
+def rules_table(name: str, today: date | None = None) -> OffsetTable:
+    """The offsets the rules are rendered with: from January 1 of last year (the previous month's 62-day
+    look-back, a year of backfill) to January 1 three years ahead, the rule file's valid-until (tzdata
+    changes: re-render before then; the rules alert a month ahead). Whole years, so re-rendering the same
+    file in the same year gives the same rules."""
+    year = (today or datetime.now(timezone.utc).date()).year
+    return offset_table(name, _new_year(year - TABLE_YEARS_BACK), _new_year(year + TABLE_YEARS_AHEAD))
+
+
+def offset_text(seconds: int) -> str:
+    """+08:00, -05:00, +05:45."""
+    sign = "-" if seconds < 0 else "+"
+    minutes = abs(seconds) // 60
+    return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+class ZoneOffsets:
+    """The zone's UTC offset at a time, for budget mode's month keys at every call: a table of the years
+    around now, read by bisection (tzdata itself only outside it)."""
+
+    def __init__(self, name: str, now: float | None = None) -> None:
+        self.name, self._zone = name, load_zone(name)
+        today = datetime.fromtimestamp(now, timezone.utc).date() if now is not None else None
+        self._table = rules_table(name, today)
+        self._times = [at for at, _ in self._table.changes]
+
+    def at(self, t: float) -> int:
+        table = self._table
+        if not table.start <= t < table.end:
+            return _offset(self._zone, int(t))
+        i = bisect.bisect_right(self._times, t)
+        return table.changes[i - 1][1] if i else table.initial
 
 
 def bucket_divides(table: OffsetTable, bucket_seconds: int) -> list[int]:

@@ -32,7 +32,15 @@ from typing import Any
 
 from otel_tokens.config import read_yaml
 from otel_tokens.config.errors import ConfigError, ConfigProblemsError
-from otel_tokens.quota.calendar import WINDOWS, UnknownZoneError, load_zone
+from otel_tokens.quota.calendar import (
+    HOUR_SECONDS,
+    WINDOWS,
+    UnknownZoneError,
+    bucket_divides,
+    load_zone,
+    offset_text,
+    rules_table,
+)
 from otel_tokens.quota.vocabulary import DEPARTMENT, KINDS, SCOPES, USER, QuotaScope
 from otel_tokens.text import normalize_id
 
@@ -220,9 +228,12 @@ def require_built(quotas: Quotas) -> Quotas:
     enforce (the rules and budget mode must agree, so neither silently drops a limit the file sets)."""
     problems = []
     if quotas.timezone != "UTC":
-        problems.append(ConfigError(quotas.source, "timezone", quotas.timezone,
-                                    "is read, but calendar windows in a zone other than UTC are not enforced "
-                                    "yet in this version (write UTC or leave it out)"))
+        uneven = bucket_divides(rules_table(quotas.timezone), HOUR_SECONDS)
+        if uneven:
+            problems.append(ConfigError(quotas.source, "timezone", quotas.timezone,
+                                        f"has the UTC offset {offset_text(uneven[0])}, not a whole hour: the "
+                                        "departments' hourly buckets cannot begin at its local midnight (zones off "
+                                        "whole hours are not supported yet in this version)"))
     for scope in SCOPES:
         for window in quotas.scope_windows(scope):
             if window != scope.window:

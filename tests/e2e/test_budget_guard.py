@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import datetime
 
 import pytest
 
@@ -13,7 +14,10 @@ from otel_tokens import QuotaExceededError, names, usage_context
 from otel_tokens.config import load_settings
 from otel_tokens.config.settings import GuardRule
 from otel_tokens.quota.budget.mode import UNATTRIBUTED
+from otel_tokens.quota.budget.store import principal_keys
+from otel_tokens.quota.calendar import load_zone
 from otel_tokens.quota.decision import QuotaStateUnavailableError
+from otel_tokens.quota.vocabulary import DEPARTMENT
 from tests.support.budget import budget_app, write_quotas
 from tests.support.telemetry import LogRecords
 
@@ -69,6 +73,19 @@ def test_the_department_budget_refuses_every_user_of_the_department(tmp_path, re
         app.ask("user-0", department="support")
         assert app.decisions() == {("reject", "department"): 1}
         assert app.decisions(window=True) == {("reject", "department", "month"): 1}
+
+
+def test_the_department_month_is_counted_in_the_quota_files_zone(tmp_path, redis_url):
+    import redis
+
+    quota_file = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 100000}}, {"default": {"tokens": 300}},
+                              timezone="Asia/Shanghai")
+    for app in budget_app(quota_file, redis_url):
+        app.ask("user-0", department="sales")
+        local = datetime.now(load_zone("Asia/Shanghai"))  # the month index of the store's buckets
+        fields = redis.Redis.from_url(redis_url).hkeys(principal_keys(DEPARTMENT, "sales")[0])
+        assert f"t{local.year * 12 + local.month - 1}".encode() in fields, fields
+        assert app.recorder.enforcement.budget.store._window(DEPARTMENT) == "m28800"
 
 
 def test_cost_quota_and_downgrade_reserved_at_the_cheaper_price(tmp_path, redis_url):

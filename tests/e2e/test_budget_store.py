@@ -1,5 +1,6 @@
 """Budget mode's store on a real redis-server: the Lua scripts' reservations, settlements, expiry,
-windows (rolling 24 h in 5-minute buckets, calendar month UTC), hostile ids, Redis Cluster."""
+windows (rolling 24 h in 5-minute buckets, calendar month in the organization's zone), hostile ids, Redis
+Cluster."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import datetime, timezone
 import pytest
 
 from otel_tokens.quota.budget.store import NANO, REFUSED, RESERVED, Charge, RedisBudgetStore, Settlement, principal_keys
+from otel_tokens.quota.calendar import load_zone
 from otel_tokens.quota.vocabulary import DEPARTMENT, USER
 from tests.support.redis_server import RedisServer
 
@@ -140,6 +142,48 @@ def test_department_budgets_restart_at_each_calendar_month_utc(store, clock):
         assert store.read(DEPARTMENT, department)[0] == 5, datetime.fromtimestamp(start - 1, timezone.utc)
         clock.t = start
         assert store.read(DEPARTMENT, department)[0] == 0, (year, month)
+
+
+def _local(zone: str, *fields: int) -> int:
+    return int(datetime(*fields, tzinfo=load_zone(zone)).timestamp())
+
+
+@pytest.mark.parametrize(("zone", "month"), [
+    ("Asia/Shanghai", (2026, 12, 1)),  # UTC+8: December begins on Nov 30 at 16:00 UTC
+    ("America/New_York", (2026, 12, 1)),  # EST, a month after the clocks went back (the offset now is -5 h)
+    ("America/New_York", (2027, 4, 1)),  # EDT: -4 h
+    ("Asia/Kolkata", (2027, 1, 1)),  # +05:30 (refused by the rules' hourly buckets; the store itself is exact)
+])
+def test_department_months_begin_at_local_midnight_in_the_organizations_zone(store, clock, zone, month):
+    store.set_zone(zone)
+    start = _local(zone, *month)
+    chs = charges(5, user_limit=None, department="sales")
+    clock.t = start - 1
+    settle(store, store.reserve("late", 600, chs).held, chs, 5)
+    assert store.read(DEPARTMENT, "sales")[0] == 5
+    clock.t = start
+    assert store.read(DEPARTMENT, "sales")[0] == 0  # local midnight on the 1st, not UTC's
+    settle(store, store.reserve("early", 600, chs).held, chs, 7)
+    clock.t = start + 20 * 86400
+    assert store.read(DEPARTMENT, "sales")[0] == 7
+
+
+def test_a_process_without_a_zone_shares_the_months_keys_and_a_zone_change_applies_from_its_next_month(
+        redis_url, clock):
+    """Processes of a version before zones (window kind `m`, UTC) and of this one with the file's zone UTC write
+    the same keys; switching to Asia/Shanghai mid-month goes on counting the same month until the local one ends."""
+    utc, shanghai = (RedisBudgetStore(redis_url, timeout=1.0, clock=clock) for _ in range(2))
+    chs = charges(10, user_limit=None, department="ops")
+    clock.t = calendar.timegm((2026, 12, 10, 0, 0, 0))
+    settle(utc, utc.reserve("a", 600, chs).held, chs, 10)
+    shanghai.set_zone("UTC")
+    settle(shanghai, shanghai.reserve("b", 600, chs).held, chs, 10)
+    assert utc.read(DEPARTMENT, "ops")[0] == 20
+    shanghai.set_zone("Asia/Shanghai")
+    assert shanghai.read(DEPARTMENT, "ops")[0] == 20  # the same month, read in the new zone
+    clock.t = _local("Asia/Shanghai", 2027, 1, 1)  # Dec 31 16:00 UTC: still December for the UTC process
+    assert shanghai.read(DEPARTMENT, "ops")[0] == 0 and utc.read(DEPARTMENT, "ops")[0] == 0  # a key's month only
+    # goes forward: once a process of the zone has opened January, a UTC process counts in January too
 
 
 @pytest.mark.parametrize("hostile", ["{alice}", "alice}", "{", "a:usage", "alice\x00", "ali{ce}:held", "", "x" * 10_000,

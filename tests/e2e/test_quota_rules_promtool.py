@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
+import pytest
 import yaml
 
 from otel_tokens.ops.rules import render_text
@@ -39,9 +41,9 @@ def _alert(principal: str, name: str, kind: str, severity: str, usage: str, limi
             "exp_annotations": _annotations(principal, name, kind, severity, usage, limit, percent)}
 
 
-def _promtool_test(tmp_path: Path, tests: dict, quotas: dict = QUOTAS) -> None:
+def _promtool_test(tmp_path: Path, tests: dict, quotas: dict = QUOTAS, today: date | None = None) -> None:
     promtool = require_binary("promtool")
-    rendered = render_text(parse_quotas(quotas, "test quotas"))
+    rendered = render_text(parse_quotas(quotas, "test quotas"), today=today)
     (tmp_path / "quotas.yml").write_text(rendered)
     # Without an order promtool runs the groups in Go map order, a different one each run: a chained rollup
     # read in the same step as it is recorded then sometimes sees the step before (CI failed on that once).
@@ -163,6 +165,66 @@ def test_department_budgets_follow_the_calendar_month(tmp_path):
         ],
     }]}
     _promtool_test(tmp_path, tests)
+def _month(name: str, metric: str, values: list[dict]) -> list[dict]:
+    return [{"labels": f'llm_quota:department_tokens:{metric}{{department="{name}"}}', "value": v} for v in values]
+
+
+def _around(day: int, hour: int) -> str:
+    """500 tokens spent in the quarter hour from `hour`:30 UTC of day `day` (from 0), 300 more an hour later."""
+    first = day * 96 + hour * 4 + 2
+    return f"0x{first - 1} 500x3 800x200"
+
+
+@pytest.mark.parametrize(("zone", "day", "hour", "turned", "after"), [
+    # UTC+8: February begins on Jan 31 at 16:00 UTC, 8 hours before UTC's
+    ("Asia/Shanghai", 30, 15, "30d16h", "30d18h"),
+    # Hobart left daylight time (+11 -> +10) on Mar 7 1970: March began at +11 (Feb 28 13:00 UTC); evaluated
+    # after the change, each bucket keeps the offset of its own time (+10 would put March's first hour in February)
+    ("Australia/Hobart", 58, 12, "58d13h", "66d"),
+])
+def test_department_months_begin_at_local_midnight_in_the_organizations_zone(tmp_path, zone, day, hour, turned,
+                                                                              after):
+    quotas = {"timezone": zone, "departments": {"default": {"tokens": 10000}, "overrides": {"sales": {"tokens": 300}}}}
+    tests = {"evaluation_interval": "1h", "tests": [{
+        "interval": "15m",
+        "input_series": [dept("sales", _around(day, hour))],
+        "alert_rule_test": [{"eval_time": after, "alertname": "LLMDepartmentTokenBudget", "exp_alerts": [
+            {**_alert("department", "sales", "tokens", severity, "300", "300", "100%"),
+             "exp_annotations": {**_annotations("department", "sales", "tokens", severity, "300", "300", "100%"),
+                                 "description": f"Department sales used 300 tokens of 300 tokens (100%) this "
+                                                f"calendar month ({zone})."}}
+            for severity in ("critical", "warning")]}],
+        "promql_expr_test": [
+            # local midnight: the new month has no complete bucket yet (the 500 of the old month's last hour is gone)
+            {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": turned, "exp_samples": []},
+            {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": after,
+             "exp_samples": _month("sales", "month", [300])},
+            {"expr": 'llm_quota:department_tokens:previous_month{department="sales"}', "eval_time": after,
+             "exp_samples": _month("sales", "previous_month", [500])},
+        ],
+    }]}
+    _promtool_test(tmp_path, tests, quotas, today=date(1970, 1, 1))
+
+
+def test_the_zones_offsets_alert_a_month_before_they_run_out(tmp_path):
+    promtool = require_binary("promtool")
+    quotas = parse_quotas({"timezone": "Asia/Shanghai", "departments": {"default": {"tokens": 1}}}, "test quotas")
+    rendered = render_text(quotas, today=date(1968, 6, 1))  # offsets until 1971-01-01
+    assert "# Time zone Asia/Shanghai (tzdata " in rendered and "written out until 1971-01-01" in rendered
+    groups = [g for g in yaml.safe_load(rendered)["groups"] if g["name"] == "llm_quota_calendar"]
+    (tmp_path / "calendar.yml").write_text(yaml.safe_dump({"groups": groups}))
+    (tmp_path / "calendar.test.yml").write_text(yaml.safe_dump({"rule_files": ["calendar.yml"], "tests": [{
+        "interval": "1h", "input_series": [],
+        "alert_rule_test": [
+            {"eval_time": "334d", "alertname": "LLMQuotaRulesTimeZoneExpiring", "exp_alerts": []},
+            {"eval_time": "336d", "alertname": "LLMQuotaRulesTimeZoneExpiring", "exp_alerts": [{
+                "exp_labels": {"severity": "warning"}, "exp_annotations": groups[0]["rules"][0]["annotations"]}]},
+        ]}]}))
+    result = subprocess.run([promtool, "test", "rules", "calendar.test.yml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_rules_command_writes_checks_and_reports_errors(tmp_path):
     require_binary("promtool")
     quota_file = tmp_path / "q.yaml"

@@ -116,15 +116,17 @@ def _not_comparable(stack: VictoriaStack) -> frozenset[str]:
     return _hour_aligned() if straddles else frozenset()
 
 
-def _differences(stack: VictoriaStack) -> dict[str, tuple[Any, Any]]:
+def _differences(stack: VictoriaStack) -> dict[str, Any]:
     out = {}
     skipped = _not_comparable(stack)
     for name in sorted(set(_recorded()) - skipped):
         prometheus, victoria = _series(stack.prometheus, name), _series(stack.victoria, name)
         tolerance = 1e-4 if name.endswith(_TIME_DEPENDENT) else 1e-9
-        if prometheus.keys() != victoria.keys() or any(
-                not math.isclose(prometheus[k], victoria[k], rel_tol=tolerance) for k in prometheus):
-            out[name] = (prometheus, victoria)
+        differing = {k: (prometheus.get(k), victoria.get(k)) for k in prometheus.keys() | victoria.keys()
+                     if k not in prometheus or k not in victoria
+                     or not math.isclose(prometheus[k], victoria[k], rel_tol=tolerance)}
+        if differing:  # only what differs, each key's (Prometheus, VictoriaMetrics) value: short enough to read
+            out[name] = {",".join(f"{k}={v}" for k, v in key): values for key, values in differing.items()}
     prometheus_alerts, victoria_alerts = ({a for a in _alerts(url) if a[0] not in skipped}
                                           for url in (stack.prometheus, stack.victoria))
     if prometheus_alerts != victoria_alerts:

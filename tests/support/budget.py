@@ -24,8 +24,10 @@ PRICES = ({"match": "gpt-4o", "currency": "USD", "input": 2.5, "output": 10.0},
 
 
 def write_quotas(path: Path, users: dict[str, Any], departments: dict[str, Any] | None = None,
-                 warning_ratio: float = 0.8) -> Path:
+                 warning_ratio: float = 0.8, timezone: str | None = None) -> Path:
     data: dict[str, Any] = {"warning_ratio": warning_ratio, "users": users}
+    if timezone:
+        data["timezone"] = timezone
     if departments:
         data["departments"] = departments
     path.write_text(yaml.safe_dump(data))

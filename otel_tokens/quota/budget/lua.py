@@ -11,7 +11,9 @@ Per principal two keys under one hash tag (one Redis Cluster slot):
                after its reservation was reclaimed still counts. Touched only off the common path,
                pruned whenever touched: the usage hash stays buckets and calls in flight.
 Buckets: users 5 minutes, the window being the latest 5-minute boundary at least 24 h ago up to now
-(289 buckets, as the Prometheus rules count); departments one calendar month (UTC). Cost is held in
+(289 buckets, as the Prometheus rules count); departments one calendar month in the organization's time
+zone (Lua has no tzdata: the client sends the zone's UTC offset at the call's time with the window kind,
+`m28800`; `m` alone is UTC, what versions before zones sent, so old and new processes share keys). Cost is held in
 integer nano-units of the currency, exact below 2^53 (9 million currency units per window). Time is
 Redis's own clock (`TIME`), one clock for every process, unless the caller passes one (tests).
 
@@ -148,12 +150,14 @@ local function overlay(s, fields, values)
 end
 
 -- a principal's window, rolled to now, and the values of `extra` fields, read in the same HMGET
-local function load(U, G, kind, who, extra)
+local function load(U, G, window, who, extra)
   local s = state[U]
   if s then
     return s, extra and overlay(s, extra, redis.call('HMGET', U, unpack(extra))) or {}
   end
-  local b = kind == 'r' and math.floor(now / 300) or month_index(now)
+  local kind = string.sub(window, 1, 1)
+  local shift = tonumber(string.sub(window, 2)) or 0  -- 'm28800': the month in local time at UTC+8
+  local b = kind == 'r' and math.floor(now / 300) or month_index(now + shift)
   local lo_new = b - SPAN[kind]
   local fields = {'lo', 'T', 'C', 't' .. b, 'c' .. b}
   for _, f in ipairs(extra or {}) do fields[#fields + 1] = f end
@@ -227,7 +231,7 @@ end
 """
 
 # KEYS: usage, marks per principal, then per settlement part. ARGV: now ('' = Redis TIME), reservation
-# id, ttl seconds, principal count, then per principal: window kind (r|m), principal id, tokens,
+# id, ttl seconds, principal count, then per principal: window kind (r, m, m<UTC offset>), principal id, tokens,
 # cost, token limit, cost limit ('' = none), refuse ratio, downgrade ratio ('' = none); then the
 # settlements this call carries (see settle_parts), applied first, so a caller's own finished calls
 # count at their true usage and cost no round trip of their own.

@@ -204,6 +204,7 @@ class BudgetMode:
                 return  # written while read
             self._stamp = stamp
             self._plans = plans(self.settings, quotas)
+            self.store.set_zone(quotas.timezone)
             if self.quotas is not None:
                 logger.info("otel-tokens: quotas reloaded from %s", path)
                 changes = suspicious_changes(self.quotas, quotas)

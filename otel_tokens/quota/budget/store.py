@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from otel_tokens.quota.budget import lua
+from otel_tokens.quota.calendar import ZoneOffsets
 from otel_tokens.quota.vocabulary import KINDS, QuotaScope
 
 NANO = 1_000_000_000  # cost is held in integer nano-units of the currency
 MAX_AMOUNT = 2**50  # Lua numbers are doubles: amounts stay well inside their exact integers
 _SCRIPTS = {"reserve": lua.RESERVE, "settle": lua.SETTLE, "read": lua.READ}
 PREFIX = "otel-tokens:"
-_WINDOW = {True: "r", False: "m"}  # scope.rolling -> the scripts' window kind
 
 
 class StoreUnavailableError(Exception):
@@ -100,6 +100,7 @@ class RedisBudgetStore:
                  clock: Callable[[], float] | None = None) -> None:
         self.url, self.timeout, self.backoff = url, timeout, backoff
         self.clock = clock  # None: Redis's own clock
+        self._zone: ZoneOffsets | None = None  # None: UTC
         self.cluster = False
         self._client: Any = None
         self._sha = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in _SCRIPTS.items()}
@@ -203,6 +204,21 @@ class RedisBudgetStore:
     def _now(self) -> str:
         return "" if self.clock is None else repr(self.clock())
 
+    def set_zone(self, name: str) -> None:
+        """The organization's time zone: the departments' months begin at its local midnight (from the next
+        call on; a month already counted in another zone goes on until the new zone's next month begins)."""
+        if name != (self._zone.name if self._zone else "UTC"):
+            self._zone = None if name == "UTC" else ZoneOffsets(name)
+
+    def _window(self, scope: QuotaScope) -> str:
+        """The scripts' window kind: `r` (rolling), `m` (UTC month) or `m<offset>` (the zone's UTC offset now)."""
+        if scope.rolling:
+            return "r"
+        zone = self._zone
+        if zone is None:
+            return "m"
+        return f"m{zone.at(self.clock() if self.clock is not None else time.time())}"
+
     # --- the three operations ------------------------------------------------------------------------
     def reserve(self, reservation: str, ttl: float, charges: Sequence[Charge],
                 settlements: Sequence[Sequence[Settlement]] = ()) -> Verdict:
@@ -221,7 +237,7 @@ class RedisBudgetStore:
         args: list[Any] = [self._now(), reservation, ttl, len(charges)]
         for c in charges:
             keys.extend(self.keys(c.scope, c.principal))
-            args += [_WINDOW[c.scope.rolling], _shown(c.principal), _amount(c.tokens), _amount(c.cost),
+            args += [self._window(c.scope), _shown(c.principal), _amount(c.tokens), _amount(c.cost),
                      _opt(c.token_limit), _opt(c.cost_limit), _opt(c.refuse), _opt(c.downgrade)]
         self._parts([part for parts in settlements for part in parts], keys, args)
         reply = self._eval(client, "reserve", keys, args)
@@ -270,13 +286,13 @@ class RedisBudgetStore:
         args.append(len(parts))
         for part in parts:
             keys.extend(self.keys(part.scope, part.principal))
-            args += [_WINDOW[part.scope.rolling], _shown(part.principal), part.held, part.reservation,
+            args += [self._window(part.scope), _shown(part.principal), part.held, part.reservation,
                      _amount(part.tokens), _amount(part.cost)]
 
     def read(self, scope: QuotaScope, principal: str) -> tuple[int, int, int]:
         """(tokens, cost nano-units, reservations in flight) of one principal's current window."""
         keys = list(self.keys(scope, principal))
-        args = [self._now(), _WINDOW[scope.rolling], _shown(principal)]
+        args = [self._now(), self._window(scope), _shown(principal)]
         reply = self._run(lambda client: self._eval(client, "read", keys, args))
         return int(reply[0]), int(reply[1]), int(reply[2])
 
