@@ -213,7 +213,8 @@ def test_the_zones_offsets_alert_a_month_before_they_run_out(tmp_path):
     assert "# Time zone Asia/Shanghai (tzdata " in rendered and "written out until 1971-01-01" in rendered
     groups = [g for g in yaml.safe_load(rendered)["groups"] if g["name"] == "llm_quota_calendar"]
     (tmp_path / "calendar.yml").write_text(yaml.safe_dump({"groups": groups}))
-    (tmp_path / "calendar.test.yml").write_text(yaml.safe_dump({"rule_files": ["calendar.yml"], "tests": [{
+    (tmp_path / "calendar.test.yml").write_text(yaml.safe_dump({
+        "rule_files": ["calendar.yml"], "evaluation_interval": "1d", "tests": [{
         "interval": "1h", "input_series": [],
         "alert_rule_test": [
             {"eval_time": "334d", "alertname": "LLMQuotaRulesTimeZoneExpiring", "exp_alerts": []},
@@ -364,7 +365,8 @@ def test_budget_forecasts_project_the_burn_rate_to_the_month_end(tmp_path):
         # ops: cost 0.2 an hour against its 100 (its tokens have no limit)
         dept("ops", "0+0.05x3300", "llm_quota_cost_total"),
     ]
-    tests = {"evaluation_interval": "15m", "tests": [{
+    # every 30 minutes (each time below is on one; the alert's `for: 30m` is one step): half the evaluations
+    tests = {"evaluation_interval": "30m", "tests": [{
         "interval": "15m",
         "input_series": series,
         "alert_rule_test": [
