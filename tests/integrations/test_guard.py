@@ -34,6 +34,21 @@ def test_state_follows_firing_and_resolved_alerts():
     assert state.snapshot()["users"]["alice"]["severity"] == "warning"
 
 
+def test_a_principal_over_two_windows_stays_blocked_until_both_resolve():
+    """A department over its month and its year (the same quota kind and severity): the month's alert resolving
+    at the month's turn must not lift the year's block, and the poller sees the one still firing."""
+    state = AlertState()
+    state.update({"alerts": [alert("LLMDepartmentCostBudget", "critical", department="support", window=w, quota="cost")
+                             for w in ("month", "year")]})
+    state.update({"alerts": [alert("LLMDepartmentCostBudget", "critical", "resolved", department="support",
+                                   window="month", quota="cost")]})
+    assert state.snapshot()["departments"]["support"]["window"] == "year"
+    assert set(state.firing()) == {("department", "support", "cost", "year", "critical")}
+    state.update({"alerts": [alert("LLMDepartmentCostBudget", "critical", "resolved", department="support",
+                                   window="year", quota="cost")]})
+    assert "support" not in state.snapshot()["departments"]
+
+
 RULES = (GuardRule("user", "reject", "critical"),
          GuardRule("user", "downgrade", "warning", (("gpt-4*", "gpt-3.5-turbo"),)),
          GuardRule("department", "reject", "critical"))

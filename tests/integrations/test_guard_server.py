@@ -46,8 +46,8 @@ def guard() -> Iterator[AlertEndpoint]:
 
 def _block(state: AlertState, *users: str) -> None:
     """What a ruler's answer puts in the state: these users' critical token alerts."""
-    state.apply([(("user", user, "tokens", "critical"), {"severity": "critical", "window": "24h", "quota": "tokens"})
-                 for user in users])
+    state.apply([(("user", user, "tokens", "24h", "critical"),
+                  {"severity": "critical", "window": "24h", "quota": "tokens"}) for user in users])
 
 
 def _url(server: AlertEndpoint, path: str) -> str:
@@ -170,7 +170,7 @@ def test_slow_clients_hold_sockets_not_threads_and_cannot_starve_the_polls(guard
 
 def test_polls_are_cheap_304_when_unchanged_and_changes_only_otherwise():
     state = AlertState()
-    state.apply([(("user", f"forged-{i}", "tokens", "critical"), {"severity": "critical", "window": "24h",
+    state.apply([(("user", f"forged-{i}", "tokens", "24h", "critical"), {"severity": "critical", "window": "24h",
                                                                    "quota": "tokens"}) for i in range(100_000)])
     server = serve("127.0.0.1", 0, state=state, token=TOKEN, max_entries=5000)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -183,7 +183,7 @@ def test_polls_are_cheap_304_when_unchanged_and_changes_only_otherwise():
         guard = AlertMode(GuardSettings(AlertSettings(_url(server, "/state"), 1.0, token=TOKEN), rules=RULES))
         guard.refresh()
         assert guard.healthy and len(guard._users) == 5000
-        state.apply([(("user", "alice", "tokens", "critical"), {"severity": "critical", "window": "24h",
+        state.apply([(("user", "alice", "tokens", "24h", "critical"), {"severity": "critical", "window": "24h",
                                                                  "quota": "tokens"})])
         status, body = _request(server, f"/state?since={full['version']}")
         assert status == 200 and json.loads(body)["changes"] == {"users": {"alice": {
@@ -261,13 +261,14 @@ def test_changes_only_answers_never_skip_what_the_log_forgot(monkeypatch):
     state = AlertState()
     state._log = gs.deque(maxlen=100)
     entry = {"severity": "critical"}
-    state.apply([(("user", "a", "tokens", "critical"), entry)])
+    state.apply([(("user", "a", "tokens", "24h", "critical"), entry)])
     v1 = state.tag
-    state.apply([(("user", f"u{i}", "tokens", "critical"), entry) for i in range(100)])  # one version, 100 changes
-    state.apply([(("user", "a", "tokens", "critical"), None)])
+    # one version, 100 changes
+    state.apply([(("user", f"u{i}", "tokens", "24h", "critical"), entry) for i in range(100)])
+    state.apply([(("user", "a", "tokens", "24h", "critical"), None)])
     assert state.since(v1) is None  # the log lost part of v2: only a whole snapshot is right
     v3 = state.tag
-    state.apply([(("user", "b", "tokens", "critical"), entry)])
+    state.apply([(("user", "b", "tokens", "24h", "critical"), entry)])
     assert state.since(v3)["changes"]["users"] == {"b": entry}
     for tag in (f"{state.epoch}-\u00b2", f"{state.epoch}--1", "other-1", f"{state.epoch}-99999"):
         assert state.since(tag) is None

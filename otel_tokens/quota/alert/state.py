@@ -25,7 +25,7 @@ MAX_ALERTS = 10_000  # alerts in one payload
 MAX_PRINCIPALS = 200_000  # over quota at once; a payload that would go past it is refused whole
 LOG_SIZE = 10_000  # changes kept for pollers that ask for changes only
 
-Key = tuple[str, str, str, str]  # (scope name, principal, quota kind, severity)
+Key = tuple[str, str, str, str, str]  # (scope name, principal, quota kind, window, severity)
 Entry = dict[str, Any]
 
 
@@ -64,11 +64,12 @@ def _quota_alert(alert: Any, where: str) -> tuple[Key, Entry] | None:
     if len(principal) > MAX_ID:
         raise PayloadError(f"{where}.labels.{scope.label} is longer than {MAX_ID} characters")
     quota = _text(labels.get("quota", ""), f"{where}.labels.quota", MAX_TEXT)
-    entry = {"severity": severity, "window": _text(labels.get("window", scope.window), f"{where}.labels.window",
-                                                    MAX_TEXT),
+    # a principal may be over several windows at once (a day and a month): each alert its own block
+    window = _text(labels.get("window", scope.window), f"{where}.labels.window", MAX_TEXT)
+    entry = {"severity": severity, "window": window,
              "quota": quota, **{k: annotations[k][:MAX_TEXT] if k in annotations else None
                                 for k in ("usage", "limit", "percent")}}
-    return (scope.name, principal, quota, severity), entry
+    return (scope.name, principal, quota, window, severity), entry
 
 
 def parse_webhook(payload: Any) -> list[tuple[Key, Entry | None]]:
@@ -116,7 +117,8 @@ class AlertState:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._firing: dict[tuple[str, str], dict[tuple[str, str], Entry]] = {}  # (kind, name) -> (quota, sev)
+        # (kind, name) -> (quota, window, severity) -> entry
+        self._firing: dict[tuple[str, str], dict[tuple[str, str, str], Entry]] = {}
         self._confirmed: dict[Key, float] = {}  # when a ruler last said each alert fires (monotonic)
         self._view: dict[str, dict[str, Entry]] = {scope.section: {} for scope in vocabulary.SCOPES}
         self.epoch = os.urandom(4).hex()  # a restarted guard's versions are not the old one's
@@ -131,16 +133,16 @@ class AlertState:
             if len(self._firing) + len(new) > MAX_PRINCIPALS:
                 raise PayloadError(f"the state would hold more than {MAX_PRINCIPALS} principals over quota")
             touched = set()
-            for (kind, principal, quota, severity), entry in changes:
+            for (kind, principal, quota, window, severity), entry in changes:
                 who = (kind, principal)
                 alerts = self._firing.get(who)
                 if entry is None:
                     if alerts is not None:
-                        alerts.pop((quota, severity), None)
+                        alerts.pop((quota, window, severity), None)
                         if not alerts:
                             del self._firing[who]
                 else:
-                    self._firing.setdefault(who, {})[quota, severity] = entry
+                    self._firing.setdefault(who, {})[quota, window, severity] = entry
                 touched.add(who)
             self._refresh(touched)
 
@@ -151,9 +153,9 @@ class AlertState:
     def replace(self, firing: dict[Key, Entry], unless_changed_since: int | None = None) -> bool:
         """The whole firing set, as the alerting stack lists it (resync after a restart, a lost or forged
         notification); not applied (False) if the version moved past `unless_changed_since` meanwhile."""
-        grouped: dict[tuple[str, str], dict[tuple[str, str], Entry]] = {}
-        for (kind, principal, quota, severity), entry in firing.items():
-            grouped.setdefault((kind, principal), {})[quota, severity] = entry
+        grouped: dict[tuple[str, str], dict[tuple[str, str, str], Entry]] = {}
+        for (kind, principal, quota, window, severity), entry in firing.items():
+            grouped.setdefault((kind, principal), {})[quota, window, severity] = entry
         if len(grouped) > MAX_PRINCIPALS:
             raise PayloadError(f"more than {MAX_PRINCIPALS} principals over quota")
         with self._lock:
@@ -166,8 +168,8 @@ class AlertState:
 
     def firing(self) -> dict[Key, Entry]:
         with self._lock:
-            return {(scope, principal, quota, severity): entry for (scope, principal), alerts in self._firing.items()
-                    for (quota, severity), entry in alerts.items()}
+            return {(scope, principal, *alert): entry for (scope, principal), alerts in self._firing.items()
+                    for alert, entry in alerts.items()}
 
     def follow(self, firing: dict[Key, Entry], may_lift: bool, hold: float, now: float | None = None) -> None:
         """What the rulers say is firing. When their answer may not lift blocks (a ruler just restarted,
@@ -193,7 +195,7 @@ class AlertState:
         for kind, principal in touched:
             section = vocabulary.BY_NAME[kind].section
             worst = None
-            for entry in self._firing.get((kind, principal), {}).values():  # at most kinds x severities
+            for entry in self._firing.get((kind, principal), {}).values():  # kinds x windows x severities
                 if worst is None or _SEVERITY[entry["severity"]] > _SEVERITY[worst["severity"]]:
                     worst = entry
             view = self._view[section]
