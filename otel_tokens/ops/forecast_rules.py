@@ -30,7 +30,7 @@ def hours_left(local: LocalTime) -> str:
             f"+ (86400 - {now} % 86400) / 3600)")
 
 
-def forecast_rules(scope: QuotaScope, kind: str, name: Callable[[str], str], local: LocalTime
+def forecast_rules(scope: QuotaScope, kind: str, name: Callable[[str], str], local: LocalTime, read: str
                    ) -> list[dict[str, Any]]:
     """Burn rate, projected month-end usage, its ratio to the limit, the exhaustion time, the alert;
     `name("month")` is the recorded series of that name for this scope and kind."""
@@ -43,7 +43,7 @@ def forecast_rules(scope: QuotaScope, kind: str, name: Callable[[str], str], loc
     short_avg = f"(sum_over_time({bucket}[{SHORT}h:1h]) or 0 * {median}) / {SHORT}"
     unit = " tokens" if kind == "tokens" else ""
     # the month-to-date, 0 in a month's first hour (no complete bucket yet) for a department still burning
-    so_far = f"({usage} or 0 * {burn})"
+    so_far = f"({read} or 0 * {burn})"  # `read`: the month to date as the 10 s group reads it
 
     amount = "humanize" if kind == "tokens" else 'printf "%.2f"'  # humanize writes 0.2 as "200m"
 
@@ -54,7 +54,7 @@ def forecast_rules(scope: QuotaScope, kind: str, name: Callable[[str], str], loc
     when = value_of(exhaustion, "humanizeTimestamp")
     return [
         {"record": burn, "expr": f"({short_avg}) < ({median})\nor\n{median}"},
-        {"record": forecast, "expr": f"({so_far} + {burn} * {hours_left(local)})\nor {usage}"},
+        {"record": forecast, "expr": f"({so_far} + {burn} * {hours_left(local)})\nor {read}"},
         {"record": ratio, "expr": f"{forecast}\n/ on({label}) {limit}"},
         # when month-to-date plus the burn reaches the limit (past the month's end when the forecast is short),
         # to the minute

@@ -47,7 +47,8 @@ BUCKET_SECONDS = 300
 HOUR = "1h"  # the departments' buckets (HOUR_SECONDS)
 HOUR_WRITTEN = "15m"  # an hour's bucket is written by the evaluations in the 15 minutes after it ends
 ROLLUP_INTERVAL = "1m"
-HOUR_ROLLUP_INTERVAL = "5m"  # the hours' group: 3 evaluations write each hour (a restart loses nothing)
+HOUR_ROLLUP_INTERVAL = "4m"  # the hours' group: 3-4 evaluations write each hour (a restart loses nothing)
+HOUR_KEPT = "5m"  # how long the 10 s group reads the hours' group's last month-to-date: past its interval
 WRITE_FROM = 30  # seconds after a boundary: scrapes stamped before it have landed
 WRITE_UNTIL = WRITE_FROM + 60  # one rollup evaluation a minute falls in [30 s, 90 s)
 GATE_OFFSET, GATE_RANGE = 25, 70  # a subquery window [t - 95 s, t - 25 s]: around the writing evaluation only
@@ -112,7 +113,7 @@ def _labelled(terms: Sequence[tuple[str, str]], key: str) -> str:
 def hourly_bucket(counter: str, label: str, labels: str = "") -> str:
     """The usage of the clock hour that ended on the latest hour boundary H, by the evaluations of a
     group every HOUR_ROLLUP_INTERVAL in [H, H + HOUR_WRITTEN] (their subquery's only step is H: the other
-    evaluations select the series and stop, which is most of an evaluation's cost, hence 5 minutes, not 1).
+    evaluations select the series and stop, which is most of an evaluation's cost, hence 4 minutes, not 1).
     The same bucket 3 times, so a Prometheus restart in those minutes loses nothing; stamped H + 0..15 min:
     `closed_hour` reads the last back at H. `labels`, a `+ on() group_left(...) ...` term, is evaluated at
     H too (time() is H there)."""

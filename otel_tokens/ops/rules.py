@@ -6,9 +6,10 @@ ranges are constant, so month-to-date is built from hourly buckets summed over a
 only the buckets labelled with the current local month (each bucket is labelled with the local month of its
 middle when it is written, see `_hourly_bucket` and `local_time`). It lags by up to one hour (the current
 hour is counted when it completes), which a monthly budget tolerates. The hourly buckets are first-level
-rollups in their own group evaluated every 5 minutes, each clock hour's computed only by the evaluations in
+rollups in their own group evaluated every 4 minutes, each clock hour's computed only by the evaluations in
 the 15 minutes after it ends (see `rollups.hourly_bucket`): reading an hour of every raw series costs an
-evaluation, and the month needs one sample an hour.
+evaluation, and the month needs one sample an hour. The month to date is summed in the same group right
+after the buckets (it changes only then), not every 10 s; the alerts read it back over HOUR_KEPT.
 
 Usage in a window is exact per series (last value minus the value at the window's start, or the
 whole value of a series born inside it); `increase()` with its edge extrapolation is used only for
@@ -28,6 +29,7 @@ from otel_tokens.ops.forecast_rules import forecast_rules
 from otel_tokens.ops.local_time import LocalTime
 from otel_tokens.ops.rollups import (
     HOUR,
+    HOUR_KEPT,
     HOUR_ROLLUP_INTERVAL,
     HOUR_SECONDS,
     PARTS_INTERVAL,
@@ -156,10 +158,11 @@ def render(quotas: Quotas, for_: str = "15s", today: date | None = None) -> dict
         if not limits.kinds():
             continue
         rollup = rollup_rule if scope.rolling else partial(_hourly_bucket, local=local)
-        # Rolling: the window's fallback base, after the rollups. Calendar: the closed month changes once an
-        # hour at most: read once a minute, not at every evaluation.
-        after = [fallback_rule(scope, kind) if scope.rolling else _previous_month(scope, kind, local)
-                 for kind in limits.kinds()]
+        # Rolling: the window's fallback base, after the rollups. Calendar: the month to date and the closed
+        # month change once an hour, when a bucket is written: computed right after it, not every 10 s.
+        after = ([fallback_rule(scope, kind) for kind in limits.kinds()] if scope.rolling else
+                 [_month_usage(scope, kind, series(scope.name, kind, scope.window), local) for kind in limits.kinds()]
+                 + [_previous_month(scope, kind, local) for kind in limits.kinds()])
         if scope.rolling:  # a user's limit changes when the user appears: once a minute, not every evaluation
             after += [_limit_rule(scope, kind, limits, series(scope.name, kind, scope.window))
                       for kind in limits.kinds()]
@@ -173,11 +176,15 @@ def render(quotas: Quotas, for_: str = "15s", today: date | None = None) -> dict
             {"record": MONTH, "expr": calendar_id("month", local.seconds("time()"))}]
         for kind in limits.kinds():
             usage = series(scope.name, kind, scope.window)
-            rules += _rolling_usage(scope, kind, usage) if scope.rolling else _month_usage(scope, kind, usage, local)
-            rules += _limit_rules(scope, kind, limits, usage)
+            # the month to date is written every HOUR_ROLLUP_INTERVAL: read back over HOUR_KEPT, so that a late
+            # or restarted hours' group resolves no alert
+            read = usage if scope.rolling else f"last_over_time({usage}[{HOUR_KEPT}])"
+            rules += _rolling_usage(scope, kind, usage) if scope.rolling else []
+            rules += _limit_rules(scope, kind, limits, read)
             rules += _alerts(scope, kind, usage, quotas.warning_ratio, for_, quotas.timezone)
             if not scope.rolling:
-                rules += forecast_rules(scope, kind, lambda what, p=scope.name, k=kind: series(p, k, what), local)
+                rules += forecast_rules(scope, kind, lambda what, p=scope.name, k=kind: series(p, k, what), local,
+                                        read)
         groups.append({"name": f"{PREFIX}_{scope.section}", "rules": rules})
     return {"groups": groups + local.expiry_group()}
 
@@ -220,9 +227,9 @@ def _months(scope: QuotaScope, kind: str, subquery: str, when: str, local: Local
             f"  and on(month)\n  count_values(\"month\", {calendar_id('month', when)})\n)")
 
 
-def _month_usage(scope: QuotaScope, kind: str, usage: str, local: LocalTime) -> list[dict[str, Any]]:
+def _month_usage(scope: QuotaScope, kind: str, usage: str, local: LocalTime) -> dict[str, Any]:
     """Departments: hourly buckets, summed over the buckets of the calendar month at evaluation time."""
-    return [{"record": usage, "expr": _months(scope, kind, MONTH_SUBQUERY, local.seconds("time()"), local)}]
+    return {"record": usage, "expr": _months(scope, kind, MONTH_SUBQUERY, local.seconds("time()"), local)}
 
 
 def _previous_month(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str, Any]:

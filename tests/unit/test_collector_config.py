@@ -382,17 +382,22 @@ def test_worst_case_alert_delay_is_within_budget() -> None:
     # the first-level rollups run slower, off the crossing path: a user's crossing is read from raw data
     # by the group that holds the alerts (otel_tokens/ops/rollups.py: the window's parts as of the last
     # boundary, plus each raw series' growth since); a department's month counts completed hours anyway;
-    # what else the slow groups record (a department's closed month, a user's limit for dashboards and alert
-    # texts: the ratio divides by the limit values) no rule reads
+    # and its month to date is computed in the same evaluation as the hourly buckets it sums (it changes only
+    # then: no delay); what else the slow groups record (a department's closed month, a user's limit for
+    # dashboards and alert texts: the ratio divides by the limit values) no rule reads
     slow = ("_rollups", "_parts")  # the window's parts have a group of their own, every 5 minutes
     rollups = [r for _, g, r in _rules() if g["name"].endswith(slow)]
     assert rollups and all("record" in r for r in rollups)
     second_level = {r["record"] for r in rollups if "llm_quota:" in r["expr"]}
     parts = {"llm_quota:user_tokens:24h_parts", "llm_quota:user_cost:24h_parts"}
+    months = {"llm_quota:department_tokens:month", "llm_quota:department_cost:month"}
     assert second_level == {"llm_quota:department_tokens:previous_month", "llm_quota:department_cost:previous_month",
-                            "llm_quota:user_tokens:limit", "llm_quota:user_cost:limit", *parts}
+                            "llm_quota:user_tokens:limit", "llm_quota:user_cost:limit", *parts, *months}
+    hours = [r["record"] for _, g, r in _rules() if g["name"] == "llm_quota_department_rollups"]
+    buckets = ["llm_quota:department_tokens:1h", "llm_quota:department_cost:1h"]
+    assert hours[:4] == [*buckets, *sorted(months, reverse=True)]  # the buckets, then their sums
     assert not [r for _, _, r in _rules()
-                if any(re.search(re.escape(name) + r"(?![\w:])", r["expr"]) for name in second_level - parts)]
+                if any(re.search(re.escape(name) + r"(?![\w:])", r["expr"]) for name in second_level - parts - months)]
     for _, _, rule in _rules():
         if rule.get("record") not in parts and any(name in rule["expr"] for name in parts):
             # the window (the only other reader) adds what each raw series grew by since the parts' boundary

@@ -22,7 +22,7 @@ def test_only_rules_over_raw_data_are_backfilled():
     selected = first_level(render(parse_quotas(QUOTAS, "q")))
     records = [r["record"] for g in selected["groups"] for r in g["rules"]]
     assert records == ["llm_quota:user_tokens:5m", "llm_quota:department_tokens:1h"]
-    assert [g.get("interval") for g in selected["groups"]] == ["1m", "5m"]
+    assert [g.get("interval") for g in selected["groups"]] == ["1m", "4m"]
     exprs = [r["expr"] for g in selected["groups"] for r in g["rules"]]
     # computed from the accounting counters, which hold the history from before llm.quota.* existed
     assert all("llm_token_usage_total{" in e and "llm_quota_tokens_total" not in e for e in exprs)
