@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     rules.add_argument("--for", dest="for_", default="15s", help="how long a quota condition holds before it "
                        "fires (default 15s; part of the delay budget in docs/quotas.md)")
     rules.add_argument("--check", action="store_true", help="run `promtool check rules` on the result")
-    rules.add_argument("--reload", metavar="URL", help="then ask the Prometheus at URL to reload (POST /-/reload)")
+    rules.add_argument("--reload", metavar="URL", help="then ask the Prometheus at URL to reload (POST /-/reload); "
+                       "warns, as --prometheus does, when it keeps less data than the rules read back")
+    rules.add_argument("--prometheus", metavar="URL", help="warn when the Prometheus or VictoriaMetrics at URL keeps "
+                       "less data than the rules read back (a department's previous month: 62 days)")
     backfill = commands.add_parser("rules-backfill", help="write TSDB blocks of a rule file's first-level rollups "
                                    "computed from the raw history, for rules deployed on existing data")
     backfill.add_argument("--rules", type=Path, required=True, help="the rule file `otel-tokens rules` wrote")
@@ -203,6 +206,13 @@ def _rules(args: argparse.Namespace) -> int:
             f.flush()
             if not _promtool_check(Path(f.name)):
                 return 1
+    for url in dict.fromkeys(u for u in (args.prometheus, args.reload) if u):
+        import yaml
+
+        from otel_tokens.ops.retention import retention_warnings
+
+        for warning in retention_warnings(yaml.safe_load(text), url):
+            print(f"otel-tokens rules: warning: {warning}", file=sys.stderr)
     if args.reload:
         return _reload(args.reload)
     return 0
