@@ -21,6 +21,7 @@ from otel_tokens.logs import logger
 from otel_tokens.pricing import PriceBook
 from otel_tokens.prometheus_api import ENV_USER, redacted
 from otel_tokens.quota.budget.store import RedisBudgetStore, redact
+from otel_tokens.quota.calendar import tzdata_version
 from otel_tokens.quota.file import load_quotas
 from otel_tokens.recording.recorder import Recorder
 from otel_tokens.recording.sdk_readers import sdk_series_limit
@@ -75,7 +76,8 @@ def _guard_lines(settings: Settings, recorder: Recorder | None, warnings: list[s
     try:
         quotas = budget.quotas if budget is not None and budget.quotas is not None else load_quotas(
             guard.budget.quota_file)  # type: ignore[arg-type]
-        file_state = f"{guard.budget.quota_file} (warning ratio {quotas.warning_ratio:g})"
+        zone = "UTC" if quotas.timezone == "UTC" else f"{quotas.timezone}, tzdata {tzdata_version()}"
+        file_state = f"{guard.budget.quota_file} (warning ratio {quotas.warning_ratio:g}; calendar in {zone})"
     except ConfigError as error:
         file_state = f"{guard.budget.quota_file}: INVALID"
         warnings.append(f"budget mode: {error}")

@@ -15,7 +15,7 @@ from otel_tokens.config import load_settings
 from otel_tokens.config.settings import GuardRule
 from otel_tokens.quota.budget.mode import UNATTRIBUTED
 from otel_tokens.quota.budget.store import principal_keys
-from otel_tokens.quota.calendar import load_zone
+from otel_tokens.quota.calendar import load_zone, tzdata_version
 from otel_tokens.quota.decision import QuotaStateUnavailableError
 from otel_tokens.quota.vocabulary import DEPARTMENT
 from tests.support.budget import budget_app, write_quotas
@@ -244,6 +244,10 @@ def test_doctor_shows_budget_mode_and_never_the_store_password(quotas, redis_url
     env = {"OTEL_TOKENS_QUOTA_FILE": str(quotas), "OTEL_TOKENS_BUDGET_STORE": redis_url}
     text = report(settings=load_settings(env))
     assert "on, no rules (reject at 100 %)" in text and f"{redis_url} (answers)" in text
+    assert f"{quotas} (warning ratio 0.8; calendar in UTC)" in text
+    zoned = write_quotas(quotas.parent / "zoned.yml", {"default": {"tokens": 100}}, timezone="Asia/Shanghai")
+    text = report(settings=load_settings({**env, "OTEL_TOKENS_QUOTA_FILE": str(zoned)}))
+    assert f"{zoned} (warning ratio 0.8; calendar in Asia/Shanghai, tzdata {tzdata_version()})" in text
     down = report(settings=load_settings({"OTEL_TOKENS_QUOTA_FILE": str(quotas),
                                           "OTEL_TOKENS_BUDGET_STORE": "redis://app:s3cr3t@127.0.0.1:1/0"}))
     assert "s3cr3t" not in down and "redis://app:***@127.0.0.1:1/0 (DOES NOT ANSWER)" in down
