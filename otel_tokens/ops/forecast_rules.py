@@ -36,7 +36,9 @@ def forecast_rules(scope: QuotaScope, kind: str, name: Callable[[str], str], loc
     `name("month")` is the recorded series of that name for this scope and kind."""
     label = scope.label
     # one series per principal (its buckets are labelled with their month)
-    bucket, usage, limit = f"sum without (month) ({closed_hour(name('1h'))})", name("month"), name("limit")
+    # one series per principal: its hourly buckets are labelled with their month (max: the hour of an upgrade
+    # is written both unlabelled and labelled, with the same value)
+    bucket, usage, limit = f"max without (month) ({closed_hour(name('1h'))})", name("month"), name("limit")
     burn, forecast, ratio, exhaustion = (name(w) for w in ("burn_rate", "forecast", "forecast_ratio",
                                                               "exhaustion_time"))
     median = f"quantile_over_time(0.5, {bucket}[{LONG}h:1h])"

@@ -15,7 +15,9 @@ from otel_tokens.prometheus_api import Prometheus, PrometheusError
 _D = r"\d+[smhdwy](?:\d+[smhdwy])*"
 _RANGE = re.compile(rf"\[({_D})(:\w*)?\](?:\s*offset\s+(-?)({_D}))?")
 _VM_RETENTION = re.compile(r'^-retentionPeriod="?([^"\s]*)"?\s*$', re.MULTILINE)
-MONTH = 31 * 86400  # VictoriaMetrics counts a retention without a unit in months
+_VM_PERIOD = re.compile(r"(\d+(?:\.\d+)?(?:e\d+)?)([a-z]*)", re.IGNORECASE)
+_VM_UNITS = {"": 31 * 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 365 * 86400}
+MAX_FLAGS = 1 << 20  # bytes of /flags read
 
 
 def lookback(rule_file: Mapping[str, Any]) -> tuple[float, str]:
@@ -43,14 +45,14 @@ def retention(url: str, timeout: float = 10.0) -> float | None:
     except PrometheusError as error:
         try:
             with prometheus._open(f"{prometheus.url}/flags", timeout=timeout) as response:
-                flags = response.read().decode("utf-8", "replace")
+                flags = response.read(MAX_FLAGS).decode("utf-8", "replace")
         except (OSError, ValueError):
             raise error from None
         found = _VM_RETENTION.search(flags)
-        if found is None:
+        period = _VM_PERIOD.fullmatch(found.group(1)) if found else None
+        if period is None or period.group(2).lower() not in _VM_UNITS:
             raise error from None
-        value = found.group(1)
-        return float(value) * MONTH if re.fullmatch(r"\d+(\.\d+)?", value) else duration_seconds(value)
+        return float(period.group(1)) * _VM_UNITS[period.group(2).lower()]  # no unit: months
     text = str(info.get("storageRetention", "")) if isinstance(info, Mapping) else ""
     for part in text.split(" or "):
         try:
@@ -65,7 +67,7 @@ def retention_warnings(rule_file: Mapping[str, Any], url: str) -> list[str]:
     needed, rule = lookback(rule_file)
     try:
         kept = retention(url)
-    except PrometheusError as error:
+    except (PrometheusError, ValueError) as error:
         return [f"cannot read the retention of {url}: {error}"]
     if kept is None:
         return [f"{url} limits its data by size only: make sure it keeps at least {human_duration(needed)} "

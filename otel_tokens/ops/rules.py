@@ -9,7 +9,7 @@ hour is counted when it completes), which a monthly budget tolerates. The hourly
 rollups in their own group evaluated every 4 minutes, each clock hour's computed only by the evaluations in
 the 15 minutes after it ends (see `rollups.hourly_bucket`): reading an hour of every raw series costs an
 evaluation, and the month needs one sample an hour. The month to date is summed in the same group right
-after the buckets (it changes only then), not every 10 s; the alerts read it back over HOUR_KEPT.
+after the buckets (it changes only then), not every 10 s; the 10 s group reads it back (`month_read`).
 
 Usage in a window is exact per series (last value minus the value at the window's start, or the
 whole value of a series born inside it); `increase()` with its edge extrapolation is used only for
@@ -176,9 +176,7 @@ def render(quotas: Quotas, for_: str = "15s", today: date | None = None) -> dict
             {"record": MONTH, "expr": calendar_id("month", local.seconds("time()"))}]
         for kind in limits.kinds():
             usage = series(scope.name, kind, scope.window)
-            # the month to date is written every HOUR_ROLLUP_INTERVAL: read back over HOUR_KEPT, so that a late
-            # or restarted hours' group resolves no alert
-            read = usage if scope.rolling else f"last_over_time({usage}[{HOUR_KEPT}])"
+            read = usage if scope.rolling else month_read(usage, local)
             rules += _rolling_usage(scope, kind, usage) if scope.rolling else []
             rules += _limit_rules(scope, kind, limits, read)
             rules += _alerts(scope, kind, usage, quotas.warning_ratio, for_, quotas.timezone)
@@ -207,29 +205,36 @@ def _hourly_bucket(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str, 
     return {"record": series(scope.name, kind, BUCKET), "expr": hourly_bucket(COUNTERS[kind], scope.label, month)}
 
 
-def _months(scope: QuotaScope, kind: str, subquery: str, when: str, local: LocalTime) -> str:
+def _months(scope: QuotaScope, kind: str, subquery: str, when: str, by: str = "") -> str:
     """The hourly buckets of the subquery labelled with the local month of the local time `when` (a
-    scalar expression of local seconds), summed per principal.
+    scalar expression of local seconds), summed per principal (and `by`).
 
     The buckets of a version before the months were labelled have no `month`: theirs is computed here as that
-    version did (UTC, at the bucket's middle), and they are told apart by a label of their own so that `or`
-    keeps both kinds of the same month. Only the wanted month's label is kept: no `@ end()` inside the
-    subquery, which VictoriaMetrics 1.79 evaluates at the subquery's own (future) end."""
+    version did (UTC, at the bucket's middle), and only for hours without a labelled bucket of the principal
+    (the hour of an upgrade is written both ways: counted once). Only the wanted month's label is kept: no
+    `@ end()` inside the subquery, which VictoriaMetrics 1.79 evaluates at the subquery's own (future) end."""
     bucket = series(scope.name, kind, BUCKET)
     with_month, without = closed_hour(bucket + '{month!=""}'), closed_hour(bucket + '{month=""}')
     middle = f"time() - {BUCKET_SECONDS // 2}"
-    labelled = f"sum_over_time({with_month}[{subquery}:{BUCKET}])"
-    unlabelled = (f"label_replace(\n  sum_over_time(\n    (\n      {without}\n"
-                  f"      + on() group_left(month)\n"
-                  f"      (0 * {_local_month(LocalTime('UTC', None), middle)})\n"
-                  f'    )[{subquery}:{BUCKET}]\n  ),\n  "written", "unlabelled", "", "")')
-    return (f"sum by ({scope.label}) (\n  (\n  {labelled}\n  or\n  {unlabelled}\n  )\n"
+    # `+ 0`: last_over_time keeps the metric name, the joined side has none, and both are one series of the
+    # subquery (same labels): named on one step and not on the next would make two
+    hours = (f"      {with_month} + 0\n      or on({scope.label})\n      (\n        {without}\n"
+             f"        + on() group_left(month)\n"
+             f"        (0 * {_local_month(LocalTime('UTC', None), middle)})\n      )")
+    return (f"sum by ({scope.label}{by}) (\n  sum_over_time(\n    (\n{hours}\n    )[{subquery}:{BUCKET}]\n  )\n"
             f"  and on(month)\n  count_values(\"month\", {calendar_id('month', when)})\n)")
+
+
+def month_read(usage: str, local: LocalTime) -> str:
+    """The month to date as the 10 s group reads it: the hours' group's latest, over HOUR_KEPT (a late or
+    restarted group), and only while its `month` is the current local month (not a minute into the next)."""
+    return (f"sum without (month) (\n  last_over_time({usage}[{HOUR_KEPT}])\n  and on(month)\n"
+            f"  count_values(\"month\", {calendar_id('month', local.seconds('time()'))})\n)")
 
 
 def _month_usage(scope: QuotaScope, kind: str, usage: str, local: LocalTime) -> dict[str, Any]:
     """Departments: hourly buckets, summed over the buckets of the calendar month at evaluation time."""
-    return {"record": usage, "expr": _months(scope, kind, MONTH_SUBQUERY, local.seconds("time()"), local)}
+    return {"record": usage, "expr": _months(scope, kind, MONTH_SUBQUERY, local.seconds("time()"), ", month")}
 
 
 def _previous_month(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str, Any]:
@@ -238,7 +243,7 @@ def _previous_month(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str,
     now = local.seconds("time()")
     previous = f"scalar(vector({now}) - day_of_month(vector({now})) * 86400)"  # a local time in the previous month
     return {"record": series(scope.name, kind, "previous_month"),
-            "expr": _months(scope, kind, PREVIOUS_MONTH_SUBQUERY, previous, local)}
+            "expr": _months(scope, kind, PREVIOUS_MONTH_SUBQUERY, previous)}
 
 
 class _Dumper(yaml.SafeDumper):

@@ -143,13 +143,16 @@ def test_department_budgets_follow_the_calendar_month(tmp_path):
         ],
         "promql_expr_test": [
             {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": "30d23h",
-             "exp_samples": [{"labels": 'llm_quota:department_tokens:month{department="sales"}', "value": 9500}]},
+             "exp_samples": [{"labels": 'llm_quota:department_tokens:month{department="sales",month="197001"}',
+                              "value": 9500}]},
             # Feb 1 00:00: no bucket of February has completed yet
             {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": "31d", "exp_samples": []},
             {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": "31d1h",
-             "exp_samples": [{"labels": 'llm_quota:department_tokens:month{department="sales"}', "value": 0}]},
+             "exp_samples": [{"labels": 'llm_quota:department_tokens:month{department="sales",month="197002"}',
+                              "value": 0}]},
             {"expr": 'llm_quota:department_tokens:month{department="late"}', "eval_time": "30d23h",
-             "exp_samples": [{"labels": 'llm_quota:department_tokens:month{department="late"}', "value": 0}]},
+             "exp_samples": [{"labels": 'llm_quota:department_tokens:month{department="late",month="197001"}',
+                              "value": 0}]},
             # the whole of January, once its last bucket is written, for the rest of February
             # in January, the previous month is the hour before Jan 1 (the first bucket's), empty here
             {"expr": "llm_quota:department_tokens:previous_month", "eval_time": "30d23h", "exp_samples": [
@@ -165,8 +168,10 @@ def test_department_budgets_follow_the_calendar_month(tmp_path):
         ],
     }]}
     _promtool_test(tmp_path, tests)
-def _month(name: str, metric: str, values: list[dict]) -> list[dict]:
-    return [{"labels": f'llm_quota:department_tokens:{metric}{{department="{name}"}}', "value": v} for v in values]
+def _month(name: str, metric: str, values: list[float], month: str = "") -> list[dict]:
+    labels = f',month="{month}"' if month else ""
+    return [{"labels": f'llm_quota:department_tokens:{metric}{{department="{name}"{labels}}}', "value": v}
+            for v in values]
 
 
 def _around(day: int, hour: int) -> str:
@@ -175,15 +180,15 @@ def _around(day: int, hour: int) -> str:
     return f"0x{first - 1} 500x3 800x200"
 
 
-@pytest.mark.parametrize(("zone", "day", "hour", "turned", "after"), [
+@pytest.mark.parametrize(("zone", "day", "hour", "turned", "after", "month"), [
     # UTC+8: February begins on Jan 31 at 16:00 UTC, 8 hours before UTC's
-    ("Asia/Shanghai", 30, 15, "30d16h", "30d18h"),
+    ("Asia/Shanghai", 30, 15, "30d16h", "30d18h", "197002"),
     # Hobart left daylight time (+11 -> +10) on Mar 7 1970: March began at +11 (Feb 28 13:00 UTC); evaluated
     # after the change, each bucket keeps the offset of its own time (+10 would put March's first hour in February)
-    ("Australia/Hobart", 58, 12, "58d13h", "66d"),
+    ("Australia/Hobart", 58, 12, "58d13h", "66d", "197003"),
 ])
 def test_department_months_begin_at_local_midnight_in_the_organizations_zone(tmp_path, zone, day, hour, turned,
-                                                                              after):
+                                                                              after, month):
     quotas = {"timezone": zone, "departments": {"default": {"tokens": 10000}, "overrides": {"sales": {"tokens": 300}}}}
     tests = {"evaluation_interval": "1h", "tests": [{
         "interval": "15m",
@@ -198,9 +203,44 @@ def test_department_months_begin_at_local_midnight_in_the_organizations_zone(tmp
             # local midnight: the new month has no complete bucket yet (the 500 of the old month's last hour is gone)
             {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": turned, "exp_samples": []},
             {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": after,
-             "exp_samples": _month("sales", "month", [300])},
+             "exp_samples": _month("sales", "month", [300], month)},
             {"expr": 'llm_quota:department_tokens:previous_month{department="sales"}', "eval_time": after,
              "exp_samples": _month("sales", "previous_month", [500])},
+        ],
+    }]}
+    _promtool_test(tmp_path, tests, quotas, today=date(1970, 1, 1))
+
+
+def test_the_hour_of_an_upgrade_written_unlabelled_and_labelled_counts_once(tmp_path):
+    """Buckets of a version before the months were labelled count in their UTC month; the hour in which the
+    new rules were loaded is written both ways (before and after the reload), and counts once."""
+    bucket = "llm_quota:department_tokens:1h"
+    tests = {"evaluation_interval": "1h", "tests": [{
+        "interval": "1h",
+        "input_series": [{"series": f'{bucket}{{department="mixed"}}', "values": "_ 100 100 100 100 100"},
+                         {"series": f'{bucket}{{department="mixed",month="197001"}}', "values": "_ _ _ _ _ 100"}],
+        "promql_expr_test": [{"expr": 'llm_quota:department_tokens:month{department="mixed"}', "eval_time": "5h",
+                              "exp_samples": _month("mixed", "month", [500], "197001")}],
+    }]}
+    _promtool_test(tmp_path, tests)
+
+
+def test_the_month_read_back_every_10_s_ends_at_local_midnight(tmp_path):
+    """The month to date is recorded every few minutes and read back over 9 minutes (a late or restarted group
+    resolves no alert), but only while its month is the current one: at local midnight the month before stops
+    counting at once, not 9 minutes later. Here the recorded series itself is the input: January's 900 (Asia/
+    Shanghai), written every 4 minutes until 23:56 local."""
+    last = (30 * 24 * 60 + 15 * 60 + 56) // 4  # Jan 31 15:56 UTC = 23:56 in Shanghai
+    quotas = {"timezone": "Asia/Shanghai", "departments": {"default": {"tokens": 1000}}}
+    month = {"series": 'llm_quota:department_tokens:month{department="sales",month="197001"}',
+             "values": f"900x{last}"}
+    ratio = 'llm_quota:department_tokens:ratio{department="sales"}'
+    tests = {"evaluation_interval": "1h", "tests": [{
+        "interval": "4m",
+        "input_series": [month],
+        "promql_expr_test": [
+            {"expr": ratio, "eval_time": "30d15h", "exp_samples": [{"labels": ratio, "value": 0.9}]},
+            {"expr": ratio, "eval_time": "30d16h", "exp_samples": []},  # 00:00 local, 4 minutes after the last
         ],
     }]}
     _promtool_test(tmp_path, tests, quotas, today=date(1970, 1, 1))

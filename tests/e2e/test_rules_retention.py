@@ -43,7 +43,8 @@ def test_prometheus_keeping_less_than_the_previous_month_is_named(tmp_path, rete
         assert "--storage.tsdb.retention.time" in found[0]
 
 
-@pytest.mark.parametrize(("retention", "warned"), [("1", "keeps 31d of data"), ("70d", None)])
+@pytest.mark.parametrize(("retention", "warned"), [("1", "keeps 31d of data"), ("70d", None), ("0.1y", "keeps 36d12h"),
+                                                  ("1.5y", None)])
 def test_victoriametrics_keeping_less_is_named_too(tmp_path, retention, warned):
     url, process = start_victoria(tmp_path, require_binary("victoria-metrics"), retention=retention)
     try:
