@@ -4,57 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import date
-from pathlib import Path
 
-import pytest
 import yaml
 
 from otel_tokens.ops.rules import render_text
 from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
 from tests.support.forecast_quotas import FORECAST_QUOTAS
+from tests.support.promtool_rules import QUOTAS, alert, dept, promtool_test
 from tests.support.promtool_series import tokens
 
-QUOTAS = {
-    "warning_ratio": 0.8,
-    "users": {"default": {"tokens": 1000, "cost": 1}, "overrides": {"alice": {"tokens": 2000}}},
-    "departments": {"default": {"tokens": 10000, "cost": 10}, "overrides": {"support": {"tokens": 20000}}},
-}
 
-
-def _annotations(principal: str, name: str, kind: str, severity: str, usage: str, limit: str, percent: str) -> dict:
-    what = {("user", "tokens"): "daily token quota", ("user", "cost"): "daily cost quota",
-            ("department", "tokens"): "monthly token budget", ("department", "cost"): "monthly cost budget"}
-    unit = " tokens" if kind == "tokens" else ""
-    verb = "is nearing" if severity == "warning" else "has reached"
-    when = "in the last 24 h" if principal == "user" else "this calendar month (UTC)"
-    return {"summary": f"{principal.capitalize()} {name} {verb} the {what[principal, kind]} ({percent})",
-            "description": f"{principal.capitalize()} {name} used {usage}{unit} of {limit}{unit} ({percent}) {when}.",
-            "usage": f"{usage}{unit}", "limit": f"{limit}{unit}", "percent": percent}
-
-
-def _alert(principal: str, name: str, kind: str, severity: str, usage: str, limit: str, percent: str) -> dict:
-    label = "user_id" if principal == "user" else "department"
-    return {"exp_labels": {label: name, "severity": severity, "window": "24h" if principal == "user" else "month",
-                           "quota": kind},
-            "exp_annotations": _annotations(principal, name, kind, severity, usage, limit, percent)}
-
-
-def _promtool_test(tmp_path: Path, tests: dict, quotas: dict = QUOTAS, today: date | None = None) -> None:
-    promtool = require_binary("promtool")
-    rendered = render_text(parse_quotas(quotas, "test quotas"), today=today)
-    (tmp_path / "quotas.yml").write_text(rendered)
-    # Without an order promtool runs the groups in Go map order, a different one each run: a chained rollup
-    # read in the same step as it is recorded then sometimes sees the step before (CI failed on that once).
-    order = [group["name"] for group in yaml.safe_load(rendered)["groups"]]
-    (tmp_path / "quotas.test.yml").write_text(yaml.safe_dump(
-        {"rule_files": ["quotas.yml"], "group_eval_order": order, **tests}, sort_keys=False, allow_unicode=True))
-    result = subprocess.run([promtool, "check", "rules", "quotas.yml"], cwd=tmp_path, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    result = subprocess.run([promtool, "test", "rules", "quotas.test.yml"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
 def test_user_quotas_every_threshold_default_override_reset_cost_and_the_rolling_window(tmp_path):
     series = [
         tokens("below", "0+70x10 700x1500"),
@@ -70,13 +30,13 @@ def test_user_quotas_every_threshold_default_override_reset_cost_and_the_rolling
                    'instance="app:9464",job="app"}', "values": "0+0.1x10 1x1500"},
     ]
     at_40m = sorted([
-        _alert("user", "at80", "tokens", "warning", "800", "1k", "80%"),
-        _alert("user", "between", "tokens", "warning", "900", "1k", "90%"),
-        _alert("user", "alice", "tokens", "warning", "1.7k", "2k", "85%"),
+        alert("user", "at80", "tokens", "warning", "800", "1k", "80%"),
+        alert("user", "between", "tokens", "warning", "900", "1k", "90%"),
+        alert("user", "alice", "tokens", "warning", "1.7k", "2k", "85%"),
     ], key=lambda a: a["exp_labels"]["user_id"])
     # at and above 100 % both fire in Prometheus; Alertmanager inhibits the warning (tested end to end)
     critical_40m = sorted([
-        _alert("user", name, "tokens", severity, usage, "1k", percent)
+        alert("user", name, "tokens", severity, usage, "1k", percent)
         for name, usage, percent in (("at100", "1k", "100%"), ("above", "1.5k", "150%"),
                                      ("restarted", "1k", "100%"), ("two-processes", "1k", "100%"))
         for severity in ("critical", "warning")
@@ -87,8 +47,8 @@ def test_user_quotas_every_threshold_default_override_reset_cost_and_the_rolling
         "alert_rule_test": [
             {"eval_time": "40m", "alertname": "LLMUserTokenQuota", "exp_alerts": at_40m + critical_40m},
             {"eval_time": "40m", "alertname": "LLMUserCostQuota",
-             "exp_alerts": [_alert("user", "spender", "cost", "critical", "1", "1", "100%"),
-                            _alert("user", "spender", "cost", "warning", "1", "1", "100%")]},
+             "exp_alerts": [alert("user", "spender", "cost", "critical", "1", "1", "100%"),
+                            alert("user", "spender", "cost", "warning", "1", "1", "100%")]},
             {"eval_time": "1500m", "alertname": "LLMUserTokenQuota", "exp_alerts": []},  # 24 h later: rolled out
         ],
         "promql_expr_test": [
@@ -101,13 +61,9 @@ def test_user_quotas_every_threshold_default_override_reset_cost_and_the_rolling
                              {"labels": 'llm_quota:user_tokens:limit{user_id="below"}', "value": 1000}]},
         ],
     }]}
-    _promtool_test(tmp_path, tests)
+    promtool_test(tmp_path, tests)
 
 
-def dept(name: str, values: str, metric: str = "llm_quota_tokens_total") -> dict:
-    extra = ',currency="USD"' if metric == "llm_quota_cost_total" else ""
-    return {"series": f'{metric}{{department="{name}",user_id="u",gen_ai_token_type="input"{extra},'
-                      f'instance="app:9464",job="app"}}', "values": values}
 def test_department_budgets_follow_the_calendar_month(tmp_path):
     per_day = 96  # samples at 15m
     jan30_noon = int(29.5 * per_day)
@@ -128,18 +84,18 @@ def test_department_budgets_follow_the_calendar_month(tmp_path):
         "alert_rule_test": [
             {"eval_time": "25d", "alertname": "LLMDepartmentTokenBudget", "exp_alerts": []},
             {"eval_time": "26d12h", "alertname": "LLMDepartmentTokenBudget",
-             "exp_alerts": [_alert("department", "support", "tokens", "warning", "17k", "20k", "85%")]},
+             "exp_alerts": [alert("department", "support", "tokens", "warning", "17k", "20k", "85%")]},
             {"eval_time": "30d12h", "alertname": "LLMDepartmentTokenBudget", "exp_alerts": [
-                _alert("department", "sales", "tokens", "warning", "9.5k", "10k", "95%"),
-                _alert("department", "support", "tokens", "critical", "21k", "20k", "105%"),
-                _alert("department", "support", "tokens", "warning", "21k", "20k", "105%")]},
+                alert("department", "sales", "tokens", "warning", "9.5k", "10k", "95%"),
+                alert("department", "support", "tokens", "critical", "21k", "20k", "105%"),
+                alert("department", "support", "tokens", "warning", "21k", "20k", "105%")]},
             # the month turned: January's spending no longer counts
             {"eval_time": "31d12h", "alertname": "LLMDepartmentTokenBudget", "exp_alerts": []},
             {"eval_time": "33d12h", "alertname": "LLMDepartmentTokenBudget",
-             "exp_alerts": [_alert("department", "sales", "tokens", "warning", "8.5k", "10k", "85%")]},
+             "exp_alerts": [alert("department", "sales", "tokens", "warning", "8.5k", "10k", "85%")]},
             {"eval_time": "25d", "alertname": "LLMDepartmentCostBudget",
-             "exp_alerts": [_alert("department", "ops", "cost", "critical", "12", "10", "120%"),
-                            _alert("department", "ops", "cost", "warning", "12", "10", "120%")]},
+             "exp_alerts": [alert("department", "ops", "cost", "critical", "12", "10", "120%"),
+                            alert("department", "ops", "cost", "warning", "12", "10", "120%")]},
         ],
         "promql_expr_test": [
             {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": "30d23h",
@@ -167,105 +123,7 @@ def test_department_budgets_follow_the_calendar_month(tmp_path):
              "exp_samples": [{"labels": 'llm_quota:department_cost:previous_month{department="ops"}', "value": 12}]},
         ],
     }]}
-    _promtool_test(tmp_path, tests)
-def _month(name: str, metric: str, values: list[float], month: str = "") -> list[dict]:
-    labels = f',month="{month}"' if month else ""
-    return [{"labels": f'llm_quota:department_tokens:{metric}{{department="{name}"{labels}}}', "value": v}
-            for v in values]
-
-
-def _around(day: int, hour: int) -> str:
-    """500 tokens spent in the quarter hour from `hour`:30 UTC of day `day` (from 0), 300 more an hour later."""
-    first = day * 96 + hour * 4 + 2
-    return f"0x{first - 1} 500x3 800x200"
-
-
-@pytest.mark.parametrize(("zone", "day", "hour", "turned", "after", "month"), [
-    # UTC+8: February begins on Jan 31 at 16:00 UTC, 8 hours before UTC's
-    ("Asia/Shanghai", 30, 15, "30d16h", "30d18h", "197002"),
-    # Hobart left daylight time (+11 -> +10) on Mar 7 1970: March began at +11 (Feb 28 13:00 UTC); evaluated
-    # after the change, each bucket keeps the offset of its own time (+10 would put March's first hour in February)
-    ("Australia/Hobart", 58, 12, "58d13h", "66d", "197003"),
-])
-def test_department_months_begin_at_local_midnight_in_the_organizations_zone(tmp_path, zone, day, hour, turned,
-                                                                              after, month):
-    quotas = {"timezone": zone, "departments": {"default": {"tokens": 10000}, "overrides": {"sales": {"tokens": 300}}}}
-    tests = {"evaluation_interval": "1h", "tests": [{
-        "interval": "15m",
-        "input_series": [dept("sales", _around(day, hour))],
-        "alert_rule_test": [{"eval_time": after, "alertname": "LLMDepartmentTokenBudget", "exp_alerts": [
-            {**_alert("department", "sales", "tokens", severity, "300", "300", "100%"),
-             "exp_annotations": {**_annotations("department", "sales", "tokens", severity, "300", "300", "100%"),
-                                 "description": f"Department sales used 300 tokens of 300 tokens (100%) this "
-                                                f"calendar month ({zone})."}}
-            for severity in ("critical", "warning")]}],
-        "promql_expr_test": [
-            # local midnight: the new month has no complete bucket yet (the 500 of the old month's last hour is gone)
-            {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": turned, "exp_samples": []},
-            {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": after,
-             "exp_samples": _month("sales", "month", [300], month)},
-            {"expr": 'llm_quota:department_tokens:previous_month{department="sales"}', "eval_time": after,
-             "exp_samples": _month("sales", "previous_month", [500])},
-        ],
-    }]}
-    _promtool_test(tmp_path, tests, quotas, today=date(1970, 1, 1))
-
-
-def test_the_hour_of_an_upgrade_written_unlabelled_and_labelled_counts_once(tmp_path):
-    """Buckets of a version before the months were labelled count in their UTC month; the hour in which the
-    new rules were loaded is written both ways (before and after the reload), and counts once."""
-    bucket = "llm_quota:department_tokens:1h"
-    tests = {"evaluation_interval": "1h", "tests": [{
-        "interval": "1h",
-        "input_series": [{"series": f'{bucket}{{department="mixed"}}', "values": "_ 100 100 100 100 100"},
-                         {"series": f'{bucket}{{department="mixed",month="197001"}}', "values": "_ _ _ _ _ 100"}],
-        "promql_expr_test": [{"expr": 'llm_quota:department_tokens:month{department="mixed"}', "eval_time": "5h",
-                              "exp_samples": _month("mixed", "month", [500], "197001")}],
-    }]}
-    _promtool_test(tmp_path, tests)
-
-
-def test_the_month_read_back_every_10_s_ends_at_local_midnight(tmp_path):
-    """The month to date is recorded every few minutes and read back over 9 minutes (a late or restarted group
-    resolves no alert), but only while its month is the current one: at local midnight the month before stops
-    counting at once, not 9 minutes later. Here the recorded series itself is the input: January's 900 (Asia/
-    Shanghai), written every 4 minutes until 23:56 local."""
-    last = (30 * 24 * 60 + 15 * 60 + 56) // 4  # Jan 31 15:56 UTC = 23:56 in Shanghai
-    quotas = {"timezone": "Asia/Shanghai", "departments": {"default": {"tokens": 1000}}}
-    month = {"series": 'llm_quota:department_tokens:month{department="sales",month="197001"}',
-             "values": f"900x{last}"}
-    ratio = 'llm_quota:department_tokens:ratio{department="sales"}'
-    tests = {"evaluation_interval": "1h", "tests": [{
-        "interval": "4m",
-        "input_series": [month],
-        "promql_expr_test": [
-            {"expr": ratio, "eval_time": "30d15h", "exp_samples": [{"labels": ratio, "value": 0.9}]},
-            {"expr": ratio, "eval_time": "30d16h", "exp_samples": []},  # 00:00 local, 4 minutes after the last
-        ],
-    }]}
-    _promtool_test(tmp_path, tests, quotas, today=date(1970, 1, 1))
-
-
-def test_the_zones_offsets_alert_a_month_before_they_run_out(tmp_path):
-    promtool = require_binary("promtool")
-    quotas = parse_quotas({"timezone": "Asia/Shanghai", "departments": {"default": {"tokens": 1}}}, "test quotas")
-    rendered = render_text(quotas, today=date(1968, 6, 1))  # offsets until 1971-01-01
-    assert "# Time zone Asia/Shanghai (tzdata " in rendered and "written out until 1971-01-01" in rendered
-    groups = [g for g in yaml.safe_load(rendered)["groups"] if g["name"] == "llm_quota_calendar"]
-    (tmp_path / "calendar.yml").write_text(yaml.safe_dump({"groups": groups}))
-    (tmp_path / "calendar.test.yml").write_text(yaml.safe_dump({
-        "rule_files": ["calendar.yml"], "evaluation_interval": "1d", "tests": [{
-        "interval": "1h", "input_series": [],
-        "alert_rule_test": [
-            {"eval_time": "334d", "alertname": "LLMQuotaRulesTimeZoneExpiring", "exp_alerts": []},
-            {"eval_time": "336d", "alertname": "LLMQuotaRulesTimeZoneExpiring", "exp_alerts": [{
-                "exp_labels": {"severity": "warning"}, "exp_annotations": groups[0]["rules"][0]["annotations"]}]},
-        ]}]}))
-    result = subprocess.run([promtool, "test", "rules", "calendar.test.yml"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
+    promtool_test(tmp_path, tests)
 def test_rules_command_writes_checks_and_reports_errors(tmp_path):
     require_binary("promtool")
     quota_file = tmp_path / "q.yaml"
@@ -319,7 +177,7 @@ def test_rolling_window_from_rollups_is_exact_at_and_between_bucket_edges(tmp_pa
                       key=lambda s: s["labels"])
 
     at = [90000, 90060, 90120, 90240, 90300]  # on a boundary, just after, between, just before, the next
-    _promtool_test(tmp_path, {"evaluation_interval": "1m", "tests": [{
+    promtool_test(tmp_path, {"evaluation_interval": "1m", "tests": [{
         "interval": "10s", "input_series": series,
         "promql_expr_test": [{"expr": "llm_quota:user_tokens:24h", "eval_time": f"{t}s", "exp_samples": expected(t)}
                              for t in at],
@@ -449,4 +307,4 @@ def test_budget_forecasts_project_the_burn_rate_to_the_month_end(tmp_path):
                 for d, v in (("hot", 20), ("spike", 4), ("steady", 8))]},
         ],
     }]}
-    _promtool_test(tmp_path, tests, FORECAST_QUOTAS)
+    promtool_test(tmp_path, tests, FORECAST_QUOTAS)

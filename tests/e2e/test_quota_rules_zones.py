@@ -1,0 +1,114 @@
+"""The departments' calendar month in the organization's time zone, by the real promtool: local midnight in
+Asia/Shanghai, a DST change in Australia/Hobart, the hour of an upgrade, the month read back every 10 s,
+the offsets' expiry alert. promtool starts at 1970-01-01: the offsets are rendered for 1970."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import date
+
+import pytest
+import yaml
+
+from otel_tokens.ops.rules import render_text
+from otel_tokens.quota.file import parse_quotas
+from tests.support.binaries import require_binary
+from tests.support.promtool_rules import alert, annotations, dept, promtool_test
+
+
+def _month(name: str, metric: str, values: list[float], month: str = "") -> list[dict]:
+    labels = f',month="{month}"' if month else ""
+    return [{"labels": f'llm_quota:department_tokens:{metric}{{department="{name}"{labels}}}', "value": v}
+            for v in values]
+
+
+def _around(day: int, hour: int) -> str:
+    """500 tokens spent in the quarter hour from `hour`:30 UTC of day `day` (from 0), 300 more an hour later."""
+    first = day * 96 + hour * 4 + 2
+    return f"0x{first - 1} 500x3 800x200"
+
+
+@pytest.mark.parametrize(("zone", "day", "hour", "turned", "after", "month"), [
+    # UTC+8: February begins on Jan 31 at 16:00 UTC, 8 hours before UTC's
+    ("Asia/Shanghai", 30, 15, "30d16h", "30d18h", "197002"),
+    # Hobart left daylight time (+11 -> +10) on Mar 7 1970: March began at +11 (Feb 28 13:00 UTC); evaluated
+    # after the change, each bucket keeps the offset of its own time (+10 would put March's first hour in February)
+    ("Australia/Hobart", 58, 12, "58d13h", "66d", "197003"),
+])
+def test_department_months_begin_at_local_midnight_in_the_organizations_zone(tmp_path, zone, day, hour, turned,
+                                                                              after, month):
+    quotas = {"timezone": zone, "departments": {"default": {"tokens": 10000}, "overrides": {"sales": {"tokens": 300}}}}
+    tests = {"evaluation_interval": "1h", "tests": [{
+        "interval": "15m",
+        "input_series": [dept("sales", _around(day, hour))],
+        "alert_rule_test": [{"eval_time": after, "alertname": "LLMDepartmentTokenBudget", "exp_alerts": [
+            {**alert("department", "sales", "tokens", severity, "300", "300", "100%"),
+             "exp_annotations": {**annotations("department", "sales", "tokens", severity, "300", "300", "100%"),
+                                 "description": f"Department sales used 300 tokens of 300 tokens (100%) this "
+                                                f"calendar month ({zone})."}}
+            for severity in ("critical", "warning")]}],
+        "promql_expr_test": [
+            # local midnight: the new month has no complete bucket yet (the 500 of the old month's last hour is gone)
+            {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": turned, "exp_samples": []},
+            {"expr": 'llm_quota:department_tokens:month{department="sales"}', "eval_time": after,
+             "exp_samples": _month("sales", "month", [300], month)},
+            {"expr": 'llm_quota:department_tokens:previous_month{department="sales"}', "eval_time": after,
+             "exp_samples": _month("sales", "previous_month", [500])},
+        ],
+    }]}
+    promtool_test(tmp_path, tests, quotas, today=date(1970, 1, 1))
+
+
+def test_the_hour_of_an_upgrade_written_unlabelled_and_labelled_counts_once(tmp_path):
+    """Buckets of a version before the months were labelled count in their UTC month; the hour in which the
+    new rules were loaded is written both ways (before and after the reload), and counts once."""
+    bucket = "llm_quota:department_tokens:1h"
+    tests = {"evaluation_interval": "1h", "tests": [{
+        "interval": "1h",
+        "input_series": [{"series": f'{bucket}{{department="mixed"}}', "values": "_ 100 100 100 100 100"},
+                         {"series": f'{bucket}{{department="mixed",month="197001"}}', "values": "_ _ _ _ _ 100"}],
+        "promql_expr_test": [{"expr": 'llm_quota:department_tokens:month{department="mixed"}', "eval_time": "5h",
+                              "exp_samples": _month("mixed", "month", [500], "197001")}],
+    }]}
+    promtool_test(tmp_path, tests)
+
+
+def test_the_month_read_back_every_10_s_ends_at_local_midnight(tmp_path):
+    """The month to date is recorded every few minutes and read back over 9 minutes (a late or restarted group
+    resolves no alert), but only while its month is the current one: at local midnight the month before stops
+    counting at once, not 9 minutes later. Here the recorded series itself is the input: January's 900 (Asia/
+    Shanghai), written every 4 minutes until 23:56 local."""
+    last = (30 * 24 * 60 + 15 * 60 + 56) // 4  # Jan 31 15:56 UTC = 23:56 in Shanghai
+    quotas = {"timezone": "Asia/Shanghai", "departments": {"default": {"tokens": 1000}}}
+    month = {"series": 'llm_quota:department_tokens:month{department="sales",month="197001"}',
+             "values": f"900x{last}"}
+    ratio = 'llm_quota:department_tokens:ratio{department="sales"}'
+    tests = {"evaluation_interval": "1h", "tests": [{
+        "interval": "4m",
+        "input_series": [month],
+        "promql_expr_test": [
+            {"expr": ratio, "eval_time": "30d15h", "exp_samples": [{"labels": ratio, "value": 0.9}]},
+            {"expr": ratio, "eval_time": "30d16h", "exp_samples": []},  # 00:00 local, 4 minutes after the last
+        ],
+    }]}
+    promtool_test(tmp_path, tests, quotas, today=date(1970, 1, 1))
+
+
+def test_the_zones_offsets_alert_a_month_before_they_run_out(tmp_path):
+    promtool = require_binary("promtool")
+    quotas = parse_quotas({"timezone": "Asia/Shanghai", "departments": {"default": {"tokens": 1}}}, "test quotas")
+    rendered = render_text(quotas, today=date(1968, 6, 1))  # offsets until 1971-01-01
+    assert "# Time zone Asia/Shanghai (tzdata " in rendered and "written out until 1971-01-01" in rendered
+    groups = [g for g in yaml.safe_load(rendered)["groups"] if g["name"] == "llm_quota_calendar"]
+    (tmp_path / "calendar.yml").write_text(yaml.safe_dump({"groups": groups}))
+    (tmp_path / "calendar.test.yml").write_text(yaml.safe_dump({
+        "rule_files": ["calendar.yml"], "evaluation_interval": "1d", "tests": [{
+        "interval": "1h", "input_series": [],
+        "alert_rule_test": [
+            {"eval_time": "334d", "alertname": "LLMQuotaRulesTimeZoneExpiring", "exp_alerts": []},
+            {"eval_time": "336d", "alertname": "LLMQuotaRulesTimeZoneExpiring", "exp_alerts": [{
+                "exp_labels": {"severity": "warning"}, "exp_annotations": groups[0]["rules"][0]["annotations"]}]},
+        ]}]}))
+    result = subprocess.run([promtool, "test", "rules", "calendar.test.yml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
