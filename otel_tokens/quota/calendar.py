@@ -13,7 +13,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from zoneinfo import TZPATH, ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -82,8 +82,12 @@ class OffsetTable:
     def offsets(self) -> list[int]:
         return [self.initial, *(o for _, o in self.changes)]
 
+    @cached_property
+    def _times(self) -> list[int]:
+        return [c for c, _ in self.changes]
+
     def at(self, t: float) -> int:
-        i = bisect.bisect_right([c for c, _ in self.changes], t)
+        i = bisect.bisect_right(self._times, t)
         return self.changes[i - 1][1] if i else self.initial
 
     def promql(self, x: str) -> str:
@@ -153,14 +157,10 @@ class ZoneOffsets:
         self.name, self._zone = name, load_zone(name)
         today = datetime.fromtimestamp(now, timezone.utc).date() if now is not None else None
         self._table = rules_table(name, today)
-        self._times = [at for at, _ in self._table.changes]
 
     def at(self, t: float) -> int:
         table = self._table
-        if not table.start <= t < table.end:
-            return _offset(self._zone, int(t))
-        i = bisect.bisect_right(self._times, t)
-        return table.changes[i - 1][1] if i else table.initial
+        return table.at(t) if table.start <= t < table.end else _offset(self._zone, int(t))
 
 
 def bucket_divides(table: OffsetTable, bucket_seconds: int) -> list[int]:

@@ -26,36 +26,32 @@ def _warnings(url: str) -> list[str]:
     return [line for line in result.stderr.splitlines() if "warning" in line]
 
 
-@pytest.mark.parametrize(("retention", "warned"), [(None, "keeps 15d of data"), ("63d", None)])
-def test_prometheus_keeping_less_than_the_previous_month_is_named(tmp_path, retention, warned):
-    # 0s: no retention set, Prometheus's own default applies (what its runtimeinfo reports as effective)
-    url, process = start_prometheus(tmp_path, require_binary("prometheus"), [], retention=retention or "0s")
+def _warned_once_or_not(url: str, process: subprocess.Popen, warned: str | None) -> str:
+    """The one warning about `url`'s retention (it says `warned`), or none when `warned` is None."""
     try:
         found = _warnings(url)
     finally:
         process.terminate()
         process.wait(timeout=30)
-    if warned is None:
-        assert found == []
-    else:
-        assert len(found) == 1 and warned in found[0], found
-        assert "llm_quota:department_tokens:previous_month reads 62d1h back" in found[0]
-        assert "--storage.tsdb.retention.time" in found[0]
+    assert (found == []) if warned is None else (len(found) == 1 and warned in found[0]), found
+    return found[0] if found else ""
+
+
+@pytest.mark.parametrize(("retention", "warned"), [(None, "keeps 15d of data"), ("63d", None)])
+def test_prometheus_keeping_less_than_the_previous_month_is_named(tmp_path, retention, warned):
+    # 0s: no retention set, Prometheus's own default applies (what its runtimeinfo reports as effective)
+    url, process = start_prometheus(tmp_path, require_binary("prometheus"), [], retention=retention or "0s")
+    found = _warned_once_or_not(url, process, warned)
+    if warned is not None:
+        assert "llm_quota:department_tokens:previous_month reads 62d1h back" in found
+        assert "--storage.tsdb.retention.time" in found
 
 
 @pytest.mark.parametrize(("retention", "warned"), [("1", "keeps 31d of data"), ("70d", None), ("0.1y", "keeps 36d12h"),
                                                   ("1.5y", None)])
 def test_victoriametrics_keeping_less_is_named_too(tmp_path, retention, warned):
     url, process = start_victoria(tmp_path, require_binary("victoria-metrics"), retention=retention)
-    try:
-        found = _warnings(url)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-    if warned is None:
-        assert found == []
-    else:
-        assert len(found) == 1 and warned in found[0], found
+    _warned_once_or_not(url, process, warned)
 
 
 def test_an_unreachable_database_is_said_and_the_rules_are_still_written():
