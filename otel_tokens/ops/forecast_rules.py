@@ -35,7 +35,6 @@ def forecast_rules(scope: QuotaScope, kind: str, name: Callable[[str], str], loc
     """Burn rate, projected month-end usage, its ratio to the limit, the exhaustion time, the alert;
     `name("month")` is the recorded series of that name for this scope and kind."""
     label = scope.label
-    # one series per principal (its buckets are labelled with their month)
     # one series per principal: its hourly buckets are labelled with their month (max: the hour of an upgrade
     # is written both unlabelled and labelled, with the same value)
     bucket, usage, limit = f"max without (month) ({closed_hour(name('1h'))})", name("month"), name("limit")
