@@ -75,7 +75,7 @@ def _guard_lines(settings: Settings, recorder: Recorder | None, warnings: list[s
     store = budget.store if budget is not None else RedisBudgetStore(limits.store, max(limits.store_timeout, 0.5))
     try:
         quotas = budget.quotas if budget is not None and budget.quotas is not None else load_quotas(
-            guard.budget.quota_file)  # type: ignore[arg-type]
+            guard.budget.quota_file, budget=True)  # type: ignore[arg-type]
         zone = "UTC" if quotas.timezone == "UTC" else f"{quotas.timezone}, tzdata {tzdata_version()}"
         file_state = f"{guard.budget.quota_file} (warning ratio {quotas.warning_ratio:g}; calendar in {zone})"
     except ConfigError as error:
@@ -108,7 +108,7 @@ def _series_lines(settings: Settings, recorder: Recorder | None, warnings: list[
     quota_file = settings.guard.budget.quota_file or os.environ.get(ENV_QUOTA_FILE)
     if quota_file:
         with contextlib.suppress(ConfigError):
-            named = len(load_quotas(Path(quota_file)).users.overrides)
+            named = len(load_quotas(Path(quota_file), budget=True).users.overrides)
             if named > min(limit, per_dimension) * 0.9:
                 warnings.append(f"the quota file {quota_file} names {named} users and the series limit is {limit}: "
                                 "a process serving more principals counts the rest as '__other__' in llm.quota.*, "

@@ -11,7 +11,8 @@ from otel_tokens.quota import vocabulary
 
 class QuotaExceededError(Exception):
     """An instrumented call refused because its user or department is over quota (HTTP 429): `scope` (user,
-    department), `principal`, `window` (24h, month), `kind` (tokens, cost). In budget mode `reserved` is what
+    department), `principal`, `window` (24h, day, week, month, year: the one that
+    would cross), `kind` (tokens, cost). In budget mode `reserved` is what
     this call would have taken: usage + reserved > limit."""
 
     http_status = 429

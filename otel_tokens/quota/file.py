@@ -223,9 +223,12 @@ def parse_quotas(data: Any, source: str) -> Quotas:
     return quotas
 
 
-def require_built(quotas: Quotas) -> Quotas:
-    """The quotas, or ConfigProblemsError naming each window and zone this version reads but does not yet
-    enforce (the rules and budget mode must agree, so neither silently drops a limit the file sets)."""
+def require_built(quotas: Quotas, budget: bool = False) -> Quotas:
+    """The quotas, or ConfigProblemsError naming each window and zone the rules read but do not yet render
+    (so neither the rules nor an operator reading them silently drops a limit the file sets). Budget mode
+    (`budget`) enforces every window in any zone: its buckets are computed from the offset in seconds."""
+    if budget:
+        return quotas
     problems = []
     if quotas.timezone != "UTC":
         uneven = bucket_divides(rules_table(quotas.timezone), HOUR_SECONDS)
@@ -233,7 +236,7 @@ def require_built(quotas: Quotas) -> Quotas:
             problems.append(ConfigError(quotas.source, "timezone", quotas.timezone,
                                         f"has the UTC offset {offset_text(uneven[0])}, not a whole hour: the "
                                         "departments' hourly buckets cannot begin at its local midnight (zones off "
-                                        "whole hours are not supported yet in this version)"))
+                                        "whole hours are enforced by budget mode only in this version)"))
     for scope in SCOPES:
         for window in quotas.scope_windows(scope):
             if window != scope.window:
@@ -241,18 +244,19 @@ def require_built(quotas: Quotas) -> Quotas:
                 where = ("default" if limits.default.kinds() else
                          f"overrides.{next(name for name, lim in limits.overrides.items() if lim.kinds())}")
                 problems.append(ConfigError(quotas.source, f"{scope.section}.{where}.{window}", window,
-                                            f"is read, but the {window} window of {scope.section} is not enforced "
-                                            f"yet in this version (only {scope.window})"))
+                                            f"is read, but the rules of the {window} window of {scope.section} are "
+                                            f"not built yet in this version (only {scope.window}): budget mode "
+                                            "enforces it"))
     if problems:
         raise ConfigProblemsError(problems)
     return quotas
 
 
-def load_quotas(path: Path) -> Quotas:
-    """The quota file, validated, with only windows this version enforces; raises ConfigError naming
-    file, field and value."""
+def load_quotas(path: Path, budget: bool = False) -> Quotas:
+    """The quota file, validated, with only what the rules render (or, for budget mode, every window); raises
+    ConfigError naming file, field and value."""
     source = f"quota file {path}"
-    return require_built(parse_quotas(read_yaml(path, "quota file"), source))
+    return require_built(parse_quotas(read_yaml(path, "quota file"), source), budget)
 
 
 def suspicious_changes(old: Quotas, new: Quotas) -> list[str]:

@@ -32,6 +32,7 @@ from tests.support.prometheus_stack import (
     stop_processes,
     web_auth,
 )
+from tests.support.quick_rules import quick_hourly_group
 from tests.support.smtp_sink import SmtpSink
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +74,8 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         rules.mkdir()
         quota_file = tmp_path / "quotas.yaml"
         quota_file.write_text(yaml.safe_dump(QUOTAS))
-        (rules / "quotas.yml").write_text(render_text(parse_quotas(QUOTAS, str(quota_file)), for_="1s"))
+        rendered = render_text(parse_quotas(QUOTAS, str(quota_file)), for_="1s")
+        (rules / "quotas.yml").write_text(quick_hourly_group(rendered))
         prom_url, prom = start_prometheus(tmp_path, prometheus, [f"127.0.0.1:{app_port}"], str(rules / "*.yml"),
                                           f"127.0.0.1:{am_port}", auth=auth)
         processes.append(prom)

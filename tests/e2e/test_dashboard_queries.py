@@ -53,6 +53,7 @@ from tests.support.grafana import (
     query_names,
 )
 from tests.support.prometheus_stack import free_port, query, start_prometheus, stop_processes
+from tests.support.quick_rules import quick_hourly_group
 
 
 def _get(url: str) -> Any:
@@ -157,7 +158,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         quotas = parse_quotas(QUOTAS, str(quota_file))
         rules = tmp / "rules"
         rules.mkdir()
-        (rules / "quotas.yml").write_text(render_text(quotas, for_="1s"))
+        (rules / "quotas.yml").write_text(quick_hourly_group(render_text(quotas, for_="1s")))
         rule_glob = str(rules / "*.yml")
         url, prom = start_prometheus(tmp, prometheus, [target], rule_glob)
         processes.append(prom)

@@ -25,6 +25,7 @@ from otel_tokens.ops.rules import render_text
 from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
 from tests.support.prometheus_stack import query, start_prometheus
+from tests.support.quick_rules import quick_hourly_group
 from tests.support.usage_history import STEP, History, every
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,7 +123,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                    check=True, capture_output=True)
     rules = tmp / "rules"
     rules.mkdir()
-    (rules / "quotas.yml").write_text(render_text(parse_quotas(QUOTAS, "q")))
+    (rules / "quotas.yml").write_text(quick_hourly_group(render_text(parse_quotas(QUOTAS, "q"))))
     url, prom = start_prometheus(tmp, prometheus, [], retention="400d")
     try:
         out = subprocess.run([sys.executable, "-m", "otel_tokens.ops.cli", "rules-backfill", "--rules",
@@ -191,7 +192,7 @@ def test_the_department_rules_previous_month_agrees(stack):
         pytest.skip("the first hours of a month: the rules' previous month is not the one imported")
     h, start, end = stack["history"], stack["start"], stack["end"]
     s = json.loads(report(stack, "--month", _label(start), "--format", "json").stdout)
-    deadline = time.monotonic() + 420  # the rollup group (every 5 min, at any phase) after the restart, loaded machine
+    deadline = time.monotonic() + 120  # the hourly group (every 15 s here: quick_hourly_group) after the restart
     while not {r["metric"].get("department") for r in query(stack["url"], "llm_quota:department_tokens:previous_month")
                } >= {"support", "sales", "research"} and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -19,6 +19,7 @@ from otel_tokens.ops.rules import render_text
 from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
 from tests.support.prometheus_stack import free_port, query, start_prometheus, stop_processes
+from tests.support.quick_rules import quick_hourly_group
 from tests.support.report_app import PRICE_PER_TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +77,8 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     try:
         rules = tmp / "rules"
         rules.mkdir()
-        (rules / "quotas.yml").write_text(render_text(parse_quotas(QUOTAS, "report test quotas"), for_="1s"))
+        (rules / "quotas.yml").write_text(quick_hourly_group(render_text(parse_quotas(QUOTAS, "report test quotas"),
+                                                                        for_="1s")))
         url, prom = start_prometheus(tmp, prometheus, [f"127.0.0.1:{app_port}"], str(rules / "*.yml"))
         processes.append(prom)
         assert app.stdout is not None and app.stdout.readline().strip() == "ready", (tmp / "app.log").read_text()

@@ -10,10 +10,13 @@ Per principal two keys under one hash tag (one Redis Cluster slot):
                lost to a timeout, a pipeline that failed half-way) counts once, and one that comes
                after its reservation was reclaimed still counts. Touched only off the common path,
                pruned whenever touched: the usage hash stays buckets and calls in flight.
-Buckets: users 5 minutes, the window being the latest 5-minute boundary at least 24 h ago up to now
-(289 buckets, as the Prometheus rules count); departments one calendar month in the organization's time
-zone (Lua has no tzdata: the client sends the zone's UTC offset at the call's time with the window kind,
-`m28800`; `m` alone is UTC, what versions before zones sent, so old and new processes share keys). Cost is held in
+Each window of a principal (its scope's own, and any other the quota file sets) is such a pair of its own.
+Buckets: the rolling 24 h (`r`) 5 minutes, the window being the latest 5-minute boundary at least 24 h ago
+up to now (289 buckets, as the Prometheus rules count); a calendar window one bucket, the local day (`d`),
+ISO week (`w`), month (`m`) or year (`y`) in the organization's time zone (Lua has no tzdata: the client
+sends the zone's UTC offset at the call's time with the window kind, `d28800`; `m` alone is the UTC month,
+what versions before zones sent for departments, so old and new processes share keys). Any offset works,
+half hours and quarters included: the bucket is computed from the offset in seconds. Cost is held in
 integer nano-units of the currency, exact below 2^53 (9 million currency units per window). Time is
 Redis's own clock (`TIME`), one clock for every process, unless the caller passes one (tests).
 
@@ -47,8 +50,11 @@ local function month_index(t)  -- days-from-civil inverted (H. Hinnant), UTC
   return y * 12 + m - 1
 end
 
-local SPAN = {r = 288, m = 0}            -- buckets before the current one still in the window
-local KEEP = {r = 87000, m = 2764800}     -- key expiry after a bucket's first write: 24 h 10 min, 32 days
+-- buckets before the current one still in the window: rolling 24 h, else one calendar bucket
+local SPAN = {r = 288, d = 0, w = 0, m = 0, y = 0}
+-- key expiry after a bucket's first write, longer than the window (a DST day is 25 h): 24 h 10 min, 25 h 10 min,
+-- 7 d 1 h 10 min, 32 days, 367 days
+local KEEP = {r = 87000, d = 90600, w = 608400, m = 2764800, y = 31708800}
 local GONE = 86400                        -- seconds a settlement may come late or again and count once
 local state = {}                          -- key -> what this script call knows of it, and will write
 
@@ -157,7 +163,17 @@ local function load(U, G, window, who, extra)
   end
   local kind = string.sub(window, 1, 1)
   local shift = tonumber(string.sub(window, 2)) or 0  -- 'm28800': the month in local time at UTC+8
-  local b = kind == 'r' and math.floor(now / 300) or month_index(now + shift)
+  local b
+  if kind == 'r' then
+    b = math.floor(now / 300)
+  elseif kind == 'm' then
+    b = month_index(now + shift)
+  elseif kind == 'y' then
+    b = math.floor(month_index(now + shift) / 12)
+  else  -- local days since 1970-01-01 (a Thursday); ISO weeks begin on Monday, day 4
+    local day = math.floor((now + shift) / 86400)
+    b = kind == 'd' and day or math.floor((day + 3) / 7)
+  end
   local lo_new = b - SPAN[kind]
   local fields = {'lo', 'T', 'C', 't' .. b, 'c' .. b}
   for _, f in ipairs(extra or {}) do fields[#fields + 1] = f end
@@ -231,8 +247,8 @@ end
 """
 
 # KEYS: usage, marks per principal, then per settlement part. ARGV: now ('' = Redis TIME), reservation
-# id, ttl seconds, principal count, then per principal: window kind (r, m, m<UTC offset>), principal id, tokens,
-# cost, token limit, cost limit ('' = none), refuse ratio, downgrade ratio ('' = none); then the
+# id, ttl seconds, principal count, then per principal window: window kind (r, or d/w/m/y + the UTC offset),
+# principal id, tokens, cost, token limit, cost limit ('' = none), refuse ratio, downgrade ratio ('' = none); then the
 # settlements this call carries (see settle_parts), applied first, so a caller's own finished calls
 # count at their true usage and cost no round trip of their own.
 # Returns {0, bucket...} (reserved: the bucket each principal's part is held in),

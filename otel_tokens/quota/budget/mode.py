@@ -11,7 +11,6 @@ judged on the model asked for, before any downgrade.
 from __future__ import annotations
 
 import atexit
-import fnmatch
 import math
 import os
 import threading
@@ -27,6 +26,7 @@ from otel_tokens.config.settings import GuardSettings
 from otel_tokens.logs import internal_error, log_once, logger
 from otel_tokens.pricing import PriceBook
 from otel_tokens.quota import vocabulary
+from otel_tokens.quota.budget.plans import Plan, plans, windows
 from otel_tokens.quota.budget.store import (
     DOWNGRADE,
     MAX_AMOUNT,
@@ -59,44 +59,13 @@ MAX_PENDING = 100_000  # settlements kept while the store is down; beyond, the o
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
-    """What one scope's rules ask for: refuse above `refuse` x limit, downgrade above a ratio."""
-
-    refuse: float | None
-    downgrades: tuple[tuple[float, str, str], ...] = ()  # (ratio, model glob, cheaper model), rule order
-
-    def downgrade_for(self, model: str | None) -> tuple[float, str] | None:
-        for ratio, glob, target in self.downgrades if model else ():
-            if fnmatch.fnmatch(model, glob) and target != model:  # type: ignore[arg-type]
-                return ratio, target
-        return None
-
-
-@dataclass(frozen=True, slots=True)
 class Held:
     """What a reserved call holds in the store, per principal, until it is settled."""
 
     reservation: str  # the call's id, also what marks its settlement as applied
-    parts: tuple[tuple[vocabulary.QuotaScope, str, str], ...]  # (scope, principal, held member)
+    parts: tuple[tuple[vocabulary.QuotaScope, str, str, str], ...]  # (scope, principal, window, held member)
     tokens: int = 0  # the worst case reserved, what an unfinished stream is settled at (at least)
     cost: int = 0  # nano-units
-
-
-def plans(settings: GuardSettings, quotas: Quotas) -> dict[str, Plan]:
-    if not settings.rules:
-        return {scope.name: Plan(1.0) for scope in vocabulary.SCOPES}
-
-    def ratio(level: str) -> float:
-        return quotas.warning_ratio if level == vocabulary.WARNING else 1.0
-
-    out = {}
-    for scope in vocabulary.SCOPES:
-        rules = [r for r in settings.rules if r.scope == scope.name]
-        refuse = [ratio(r.level) for r in rules if r.action == vocabulary.REJECT]
-        downgrades = tuple((ratio(r.level), glob, target) for r in rules if r.action == vocabulary.DOWNGRADE
-                           for glob, target in r.downgrade)
-        out[scope.name] = Plan(min(refuse) if refuse else None, downgrades)
-    return out
 
 
 class BudgetMode:
@@ -108,6 +77,7 @@ class BudgetMode:
         self.source = redact(settings.budget.store)
         self.quotas: Quotas | None = None
         self._plans: dict[str, Plan] = {}
+        self._windows: dict[str, tuple[str, ...]] = windows(None)
         self._stamp: tuple[int, int, int] | None = None
         self._edit_seen: tuple[tuple[int, int, int], float] | None = None  # a changed quota file, first seen
         self._next_reload = 0.0
@@ -189,7 +159,7 @@ class BudgetMode:
                     return
             self._edit_seen = None
             try:
-                quotas = load_quotas(path)
+                quotas = load_quotas(path, budget=True)
             except ConfigError as error:
                 if _stamp(path) != stamp:
                     return  # written while read: the next check reads it again
@@ -204,6 +174,7 @@ class BudgetMode:
                 return  # written while read
             self._stamp = stamp
             self._plans = plans(self.settings, quotas)
+            self._windows = windows(quotas)
             self.store.set_zone(quotas.timezone)
             if self.quotas is not None:
                 logger.info("otel-tokens: quotas reloaded from %s", path)
@@ -227,7 +198,8 @@ class BudgetMode:
         output = self.limits.default_max_output_tokens if output is None else max(0, output)
         output_bound = min(output * max(0, choices), MAX_AMOUNT)
         input_bound = min(input_bound, MAX_AMOUNT)
-        who = [(scope, attribution.get(scope.attribute) or UNATTRIBUTED) for scope in vocabulary.SCOPES]
+        who = [(scope, attribution.get(scope.attribute) or UNATTRIBUTED, window) for scope in vocabulary.SCOPES
+               for window in self._windows[scope.name]]
         reservation = os.urandom(8).hex()
         try:
             charges = self._charges(quotas, who, provider, model, input_bound, output_bound,
@@ -254,13 +226,15 @@ class BudgetMode:
             self._unavailable(str(error))
             # nothing held (or a reservation whose reply was lost: its settlement finds it by id);
             # the call's true usage is counted once the store is back
-            return self._fail(), Held(reservation, tuple((scope, principal, "") for scope, principal in who))
+            return self._fail(), Held(reservation, tuple((scope, principal, window, "")
+                                                         for scope, principal, window in who))
         if not self.healthy:
             self.healthy = True
             logger.warning("otel-tokens: the budget store %s answers again; budget mode enforces again", self.source)
         if verdict.status == REFUSED:
             return self._refusal(quotas, verdict), None
-        held = Held(reservation, tuple((c.scope, c.principal, h) for c, h in zip(charges, verdict.held, strict=True)),
+        held = Held(reservation, tuple((c.scope, c.principal, c.window, h)
+                                       for c, h in zip(charges, verdict.held, strict=True)),
                     charges[0].tokens if charges else 0, charges[0].cost if charges else 0)
         if target is None or crossing is None:
             return None, held
@@ -295,8 +269,8 @@ class BudgetMode:
         with self._count_lock:
             self._unsettled += 1
         tokens, cost_nano = min(max(0, tokens), MAX_AMOUNT), min(max(0, cost_nano), MAX_AMOUNT)
-        self._pending.append([Settlement(scope, principal, member, held.reservation, tokens, cost_nano)
-                              for scope, principal, member in held.parts])
+        self._pending.append([Settlement(scope, principal, member, held.reservation, tokens, cost_nano, window)
+                              for scope, principal, window, member in held.parts])
 
     # --- inside ----------------------------------------------------------------------------------------------
     def _cost(self, provider: str, model: str, input_tokens: int, output_tokens: int, limited: bool) -> int:
@@ -305,20 +279,20 @@ class BudgetMode:
         cost = self.prices.cost_of(provider, model, input_tokens, output_tokens, worst_case=limited)
         return min(math.ceil(cost.total * NANO), MAX_AMOUNT) if cost is not None else 0
 
-    def _charges(self, quotas: Quotas, who: list[tuple[vocabulary.QuotaScope, str]], provider: str, model: str,
-                 input_bound: int, output_bound: int, downgradable_model: str | None) -> list[Charge]:
-        limits = []
-        for scope, principal in who:
-            limits.append(quotas.limits(scope).of(principal))
+    def _charges(self, quotas: Quotas, who: list[tuple[vocabulary.QuotaScope, str, str]], provider: str,
+                 model: str, input_bound: int, output_bound: int, downgradable_model: str | None) -> list[Charge]:
+        """One charge per principal and window: the scope's own window always (counted even without a limit,
+        so a limit set later sees the usage before it), every other window the quota file sets in that scope."""
+        limits = [quotas.limits(scope, window).of(principal) for scope, principal, window in who]
         cost = self._cost(provider, model, input_bound, output_bound, any(lim.cost is not None for lim in limits))
         charges = []
-        for (scope, principal), lim in zip(who, limits, strict=True):
+        for (scope, principal, window), lim in zip(who, limits, strict=True):
             plan = self._plans[scope.name]
             downgrade = plan.downgrade_for(downgradable_model)
             charges.append(Charge(scope, principal, input_bound + output_bound, cost,
                                   None if lim.tokens is None else int(lim.tokens),
                                   None if lim.cost is None else round(lim.cost * NANO),
-                                  plan.refuse, downgrade[0] if downgrade else None))
+                                  plan.refuse, downgrade[0] if downgrade else None, window))
         return charges
 
     def _refusal(self, quotas: Quotas, verdict: Any) -> Decision:
@@ -332,7 +306,7 @@ class BudgetMode:
                 return f"{value / NANO:,.4f} {self.prices.currency}"
             return f"{value:,}"
 
-        entry = {"window": scope.window, "quota": verdict.quota, "usage": show(verdict.used),
+        entry = {"window": charge.window or scope.window, "quota": verdict.quota, "usage": show(verdict.used),
                  "reserved": show(verdict.amount), "limit": show(verdict.limit), "severity": severity}
         return Decision(vocabulary.REJECT, scope.name, charge.principal, entry)
 

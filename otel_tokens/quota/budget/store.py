@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from otel_tokens.quota.budget import lua
-from otel_tokens.quota.calendar import ZoneOffsets
+from otel_tokens.quota.calendar import ROLLING, ZoneOffsets
 from otel_tokens.quota.vocabulary import KINDS, QuotaScope
 
 NANO = 1_000_000_000  # cost is held in integer nano-units of the currency
@@ -51,6 +51,7 @@ class Charge:
     cost_limit: int | None = None  # nano-units
     refuse: float | None = 1.0  # refused when usage + this call would exceed limit x refuse
     downgrade: float | None = None  # asked to downgrade when it would exceed limit x downgrade
+    window: str = ""  # calendar.WINDOWS; '' = the scope's own (24h, month)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,7 @@ class Settlement:
     reservation: str  # the call's reservation id: what makes a settlement sent twice count once
     tokens: int
     cost: int  # nano-units
+    window: str = ""  # as Charge.window
 
 
 RESERVED, REFUSED, DOWNGRADE = 0, 1, 2
@@ -88,10 +90,14 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def principal_keys(scope: QuotaScope, principal: str) -> tuple[str, str]:
-    """(usage hash, marks zset): one hash tag of ours, whatever the id holds."""
+def principal_keys(scope: QuotaScope, principal: str, window: str = "") -> tuple[str, str]:
+    """(usage hash, marks zset) of one principal's window: one hash tag of ours per principal (every window in
+    one Cluster slot), whatever the id holds. The scope's own window keeps the keys of the versions before
+    windows (`{u:<digest>}`), the others add theirs (`{u:<digest>}:day`)."""
     digest = hashlib.sha256(principal.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     base = f"{PREFIX}{{{scope.name[0]}:{digest}}}"
+    if window and window != scope.window:
+        base = f"{base}:{window}"
     return base, f"{base}:marks"
 
 
@@ -107,7 +113,7 @@ class RedisBudgetStore:
         self._stale = True  # the scripts must be (re)loaded into the store before they can run
         self._down_until = 0.0
         self._lock = threading.Lock()
-        self._keys: dict[tuple[str, str], tuple[str, str]] = {}
+        self._keys: dict[tuple[str, str, str], tuple[str, str]] = {}
 
     # --- connection --------------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -192,32 +198,34 @@ class RedisBudgetStore:
                 pass
 
     # --- keys and arguments --------------------------------------------------------------------------
-    def keys(self, scope: QuotaScope, principal: str) -> tuple[str, str]:
-        cached = (scope.name, principal)
+    def keys(self, scope: QuotaScope, principal: str, window: str = "") -> tuple[str, str]:
+        cached = (scope.name, principal, window)
         found = self._keys.get(cached)
         if found is None:
             if len(self._keys) > 100_000:  # bounded: ids come from outside
                 self._keys.clear()
-            found = self._keys[cached] = principal_keys(scope, principal)
+            found = self._keys[cached] = principal_keys(scope, principal, window)
         return found
 
     def _now(self) -> str:
         return "" if self.clock is None else repr(self.clock())
 
     def set_zone(self, name: str) -> None:
-        """The organization's time zone: the departments' months begin at its local midnight (from the next
-        call on; a month already counted in another zone goes on until the new zone's next month begins)."""
+        """The organization's time zone: calendar windows begin at its local midnight (from the next call on; a
+        window already counted in another zone goes on until the new zone's next window begins)."""
         if name != (self._zone.name if self._zone else "UTC"):
             self._zone = None if name == "UTC" else ZoneOffsets(name)
 
-    def _window(self, scope: QuotaScope) -> str:
-        """The scripts' window kind: `r` (rolling), `m` (UTC month) or `m<offset>` (the zone's UTC offset now)."""
-        if scope.rolling:
+    def _window(self, scope: QuotaScope, window: str = "") -> str:
+        """The scripts' window kind: `r` (rolling 24 h), or the calendar window's letter and the zone's UTC
+        offset now (`d28800`); the UTC month is `m` alone, as versions before zones sent it."""
+        window = window or scope.window
+        if window == ROLLING:
             return "r"
         zone = self._zone
         if zone is None:
-            return "m"
-        return f"m{zone.at(self.clock() if self.clock is not None else time.time())}"
+            return "m" if window == "month" else f"{window[0]}0"
+        return f"{window[0]}{zone.at(self.clock() if self.clock is not None else time.time())}"
 
     # --- the three operations ------------------------------------------------------------------------
     def reserve(self, reservation: str, ttl: float, charges: Sequence[Charge],
@@ -236,8 +244,8 @@ class RedisBudgetStore:
         keys: list[str] = []
         args: list[Any] = [self._now(), reservation, ttl, len(charges)]
         for c in charges:
-            keys.extend(self.keys(c.scope, c.principal))
-            args += [self._window(c.scope), _shown(c.principal), _amount(c.tokens), _amount(c.cost),
+            keys.extend(self.keys(c.scope, c.principal, c.window))
+            args += [self._window(c.scope, c.window), _shown(c.principal), _amount(c.tokens), _amount(c.cost),
                      _opt(c.token_limit), _opt(c.cost_limit), _opt(c.refuse), _opt(c.downgrade)]
         self._parts([part for parts in settlements for part in parts], keys, args)
         reply = self._eval(client, "reserve", keys, args)
@@ -253,7 +261,7 @@ class RedisBudgetStore:
             verdict = self._run(lambda client, c=charge: self._reserve(client, reservation, ttl, [c]))
             if verdict.status != RESERVED:
                 if held:  # release what the principals before this one hold
-                    self.settle([[Settlement(c.scope, c.principal, h, reservation, 0, 0)
+                    self.settle([[Settlement(c.scope, c.principal, h, reservation, 0, 0, c.window)
                                   for c, h in zip(charges, held, strict=False)]])
                 return verdict
             held.extend(verdict.held)
@@ -285,14 +293,15 @@ class RedisBudgetStore:
     def _parts(self, parts: Sequence[Settlement], keys: list[str], args: list[Any]) -> None:
         args.append(len(parts))
         for part in parts:
-            keys.extend(self.keys(part.scope, part.principal))
-            args += [self._window(part.scope), _shown(part.principal), part.held, part.reservation,
+            keys.extend(self.keys(part.scope, part.principal, part.window))
+            args += [self._window(part.scope, part.window), _shown(part.principal), part.held, part.reservation,
                      _amount(part.tokens), _amount(part.cost)]
 
-    def read(self, scope: QuotaScope, principal: str) -> tuple[int, int, int]:
-        """(tokens, cost nano-units, reservations in flight) of one principal's current window."""
-        keys = list(self.keys(scope, principal))
-        args = [self._now(), self._window(scope), _shown(principal)]
+    def read(self, scope: QuotaScope, principal: str, window: str = "") -> tuple[int, int, int]:
+        """(tokens, cost nano-units, reservations in flight) of one principal's current window (default: the
+        scope's own)."""
+        keys = list(self.keys(scope, principal, window))
+        args = [self._now(), self._window(scope, window), _shown(principal)]
         reply = self._run(lambda client: self._eval(client, "read", keys, args))
         return int(reply[0]), int(reply[1]), int(reply[2])
 

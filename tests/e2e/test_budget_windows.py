@@ -1,0 +1,142 @@
+"""Budget mode's calendar windows on a real redis-server: a principal's day, ISO week, month and year in the
+organization's zone (DST days, half-hour and quarter-hour zones, a skipped midnight, the year's end), several
+windows at once, the keys they live in, and an app refused by the window that decides."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+import redis
+
+from otel_tokens import QuotaExceededError
+from otel_tokens.quota.budget.store import REFUSED, RESERVED, Charge, RedisBudgetStore, Settlement, principal_keys
+from otel_tokens.quota.calendar import load_zone, window_end, window_start
+from otel_tokens.quota.vocabulary import DEPARTMENT, USER
+from tests.support.budget import budget_app, write_quotas
+
+
+class Clock:
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _local(zone: str, *fields: int) -> float:
+    return datetime(*fields, tzinfo=load_zone(zone)).timestamp()
+
+
+def _use(store: RedisBudgetStore, charge: Charge, tokens: int, reservation: str) -> None:
+    verdict = store.reserve(reservation, 600, [charge])
+    assert verdict.status == RESERVED, verdict
+    store.settle([[Settlement(charge.scope, charge.principal, verdict.held[0], reservation, tokens, 0,
+                              charge.window)]])
+
+
+# (zone, window, a local time inside the window): the reference is calendar.window_start/window_end (Python's
+# tzdata), not the Lua's arithmetic on the offset the client sends
+CASES = [
+    ("Asia/Shanghai", "day", (2026, 12, 7, 12)),  # UTC+8: the day begins at 16:00 UTC the day before
+    ("America/New_York", "day", (2027, 3, 14, 12)),  # 23 hours: the clocks go forward at 02:00
+    ("America/New_York", "day", (2026, 11, 1, 12)),  # 25 hours: the clocks go back
+    ("Asia/Kolkata", "day", (2027, 1, 15, 12)),  # +05:30: begins at 18:30 UTC
+    ("Asia/Kathmandu", "week", (2026, 12, 9, 12)),  # +05:45; the ISO week of Monday 7 December
+    ("Australia/Lord_Howe", "day", (2026, 10, 4, 12)),  # a half-hour DST change (+10:30 -> +11)
+    ("America/Santiago", "day", (2026, 9, 6, 12)),  # midnight skipped: the day begins at 01:00 local
+    ("America/New_York", "week", (2026, 11, 4, 12)),  # a week holding the clocks going back (169 hours)
+    ("Asia/Shanghai", "month", (2027, 2, 10, 12)),
+    ("Asia/Shanghai", "year", (2026, 12, 31, 12)),  # the year ends at 16:00 UTC on Dec 31
+    ("UTC", "week", (2027, 1, 1, 12)),  # a Friday: the week began on Monday 28 December 2026
+    ("UTC", "year", (2028, 2, 29, 12)),
+]
+
+
+@pytest.mark.parametrize(("zone", "window", "inside"), CASES, ids=[f"{z}-{w}" for z, w, _ in CASES])
+def test_a_calendar_window_holds_exactly_its_local_span(redis_url, zone, window, inside):
+    clock = Clock()
+    store = RedisBudgetStore(redis_url, timeout=1.0, clock=clock)
+    store.set_zone(zone)
+    at = _local(zone, *inside)
+    start, end = window_start(window, at, zone), window_end(window, at, zone)
+    charge = Charge(USER, f"{zone}-{window}-{at}", 1, 0, window=window)
+    clock.t = start - 1
+    _use(store, charge, 3, "before")
+    assert store.read(USER, charge.principal, window)[0] == 3  # the window before
+    clock.t = start
+    assert store.read(USER, charge.principal, window)[0] == 0, "the window begins at local midnight"
+    _use(store, charge, 5, "first")
+    clock.t = end - 1
+    assert store.read(USER, charge.principal, window)[0] == 5, f"still {window} at {end - start - 1} s"
+    clock.t = end
+    assert store.read(USER, charge.principal, window)[0] == 0, "the next window"
+
+
+def test_a_users_day_and_month_are_enforced_at_once_and_the_window_that_refuses_is_named(redis_url):
+    """Shanghai: the day's 100 tokens come back at 00:00 local (16:00 UTC), the month's 250 do not; the rolling
+    24 h (the users' own window, no limit here) still sees yesterday's usage at 00:05 local."""
+    clock = Clock(_local("Asia/Shanghai", 2026, 12, 7, 23, 0))
+    store = RedisBudgetStore(redis_url, timeout=1.0, clock=clock)
+    store.set_zone("Asia/Shanghai")
+
+    def ask(tokens: int, reservation: str) -> object:
+        charges = [Charge(USER, "li", tokens, 0, window="24h"), Charge(USER, "li", tokens, 0, 100, window="day"),
+                   Charge(USER, "li", tokens, 0, 250, window="month")]
+        verdict = store.reserve(reservation, 600, charges)
+        if verdict.status == RESERVED:
+            store.settle([[Settlement(c.scope, c.principal, h, reservation, tokens, 0, c.window)
+                           for c, h in zip(charges, verdict.held, strict=True)]])
+        return verdict
+
+    assert ask(90, "a").status == RESERVED
+    refused = ask(20, "b")
+    assert refused.status == REFUSED and refused.charge.window == "day" and (refused.used, refused.limit) == (90, 100)
+    clock.t = _local("Asia/Shanghai", 2026, 12, 8, 0, 5)
+    assert store.read(USER, "li", "day")[0] == 0 and store.read(USER, "li")[0] == 90  # the 24 h still sees it
+    assert ask(90, "c").status == RESERVED
+    clock.t = _local("Asia/Shanghai", 2026, 12, 9, 0, 5)
+    refused = ask(90, "d")  # the day has room (0 of 100), the month has 70 left
+    assert refused.status == REFUSED and refused.charge.window == "month" and (refused.used, refused.limit) == (
+        180, 250)
+    # the 24 h begins on the 5-minute boundary at least 24 h ago: it still holds the call made at 00:05 yesterday
+    assert [store.read(USER, "li", w)[0] for w in ("24h", "day", "month")] == [90, 0, 180]
+
+
+def test_each_window_has_keys_of_its_own_in_the_principals_slot_and_the_own_window_keeps_the_old_keys():
+    """Old processes (one window per scope) and new ones share the scope's own window's keys during a rolling
+    deploy; the other windows never collide with them, and every key of a principal is in one Cluster slot."""
+    assert principal_keys(USER, "alice", "24h") == principal_keys(USER, "alice")
+    assert principal_keys(DEPARTMENT, "ops", "month") == principal_keys(DEPARTMENT, "ops")
+    keys = {w: principal_keys(USER, "alice", w) for w in ("24h", "day", "week", "month", "year")}
+    assert len({k for pair in keys.values() for k in pair}) == 10
+    tags = {key[key.index("{"):key.index("}") + 1] for pair in keys.values() for key in pair}
+    assert len(tags) == 1 and keys["day"][0].endswith("}:day")
+
+
+def test_an_app_is_refused_by_its_users_day_or_its_departments_year_whichever_crosses_first(tmp_path, redis_url):
+    quota_file = write_quotas(tmp_path / "q.yml", {"default": {"day": {"tokens": 300}, "month": {"tokens": 100000}},
+                                                   "overrides": {"bob": {"day": {"tokens": 100000}}}},
+                              {"default": {"month": {"tokens": 100000}, "year": {"tokens": 700}}},
+                              timezone="Asia/Shanghai")
+    for app in budget_app(quota_file, redis_url):
+        with pytest.raises(QuotaExceededError) as caught:
+            for _ in range(50):
+                app.ask("alice", department="sales")
+        assert (caught.value.scope, caught.value.window, caught.value.kind) == ("user", "day", "tokens")
+        budget = app.recorder.enforcement.budget
+        budget.flush()
+        used = app.metric_tokens("alice")
+        # every window of the user and the department counted the same calls, the scopes' own ones included
+        assert [budget.store.read(USER, "alice", w)[0] for w in ("24h", "day", "month")] == [used] * 3
+        assert [budget.store.read(DEPARTMENT, "sales", w)[0] for w in ("month", "year")] == [used] * 2
+        with pytest.raises(QuotaExceededError) as caught:
+            for _ in range(50):
+                app.ask("bob", department="sales")
+        assert (caught.value.scope, caught.value.principal, caught.value.window) == ("department", "sales", "year")
+        assert "would go over the year tokens quota" in str(caught.value)
+        assert app.decisions(window=True) == {("reject", "user", "day"): 1, ("reject", "department", "year"): 1}
+        fields = redis.Redis.from_url(redis_url).hkeys(principal_keys(DEPARTMENT, "sales", "year")[0])
+        year = datetime.now(load_zone("Asia/Shanghai")).year
+        assert f"t{year}".encode() in fields, fields  # the local year's bucket
+
