@@ -23,6 +23,7 @@ from otel_tokens.prometheus_api import ENV_USER, redacted
 from otel_tokens.quota.budget.store import RedisBudgetStore, redact
 from otel_tokens.quota.calendar import tzdata_version
 from otel_tokens.quota.file import load_quotas
+from otel_tokens.quota.vocabulary import SCOPES
 from otel_tokens.recording.recorder import Recorder
 from otel_tokens.recording.sdk_readers import sdk_series_limit
 from otel_tokens.sdk_setup import agent_protocol, fix_for, missing_exporters, wanted_exporters
@@ -78,8 +79,10 @@ def _guard_lines(settings: Settings, recorder: Recorder | None, warnings: list[s
             guard.budget.quota_file, budget=True)  # type: ignore[arg-type]
         zone = "UTC" if quotas.timezone == "UTC" else f"{quotas.timezone}, tzdata {tzdata_version()}"
         file_state = f"{guard.budget.quota_file} (warning ratio {quotas.warning_ratio:g}; calendar in {zone})"
+        charged = "; ".join(f"{scope.section} {', '.join(windows)}" for scope in SCOPES
+                            if (windows := quotas.scope_windows(scope)))
     except ConfigError as error:
-        file_state = f"{guard.budget.quota_file}: INVALID"
+        file_state, charged = f"{guard.budget.quota_file}: INVALID", "none"
         warnings.append(f"budget mode: {error}")
     reachable = store.ping()
     if not reachable:
@@ -89,6 +92,7 @@ def _guard_lines(settings: Settings, recorder: Recorder | None, warnings: list[s
     lines.append(f"  budget mode (hard quotas)                          on, {len(guard.rules) or 'no'} rules"
                  f"{'' if guard.rules else ' (reject at 100 %)'}")
     lines.append(f"  quota file                                         {file_state}")
+    lines.append(f"  windows with a limit                               {charged}")
     lines.append(f"  store                                              {redact(guard.budget.store)} "
                  f"({'answers' if reachable else 'DOES NOT ANSWER'}{', cluster' if store.cluster else ''})")
     lines.append(f"  store timeout / reservation ttl / default output   {guard.budget.store_timeout * 1000:g} ms / "

@@ -248,6 +248,11 @@ def test_doctor_shows_budget_mode_and_never_the_store_password(quotas, redis_url
     zoned = write_quotas(quotas.parent / "zoned.yml", {"default": {"tokens": 100}}, timezone="Asia/Shanghai")
     text = report(settings=load_settings({**env, "OTEL_TOKENS_QUOTA_FILE": str(zoned)}))
     assert f"{zoned} (warning ratio 0.8; calendar in Asia/Shanghai, tzdata {tzdata_version()})" in text
+    assert "windows with a limit                               users 24h\n" in text
+    windowed = write_quotas(quotas.parent / "windowed.yml", {"default": {"day": {"tokens": 100}}},
+                            {"default": {"month": {"cost": 5}, "year": {"cost": 50}}})
+    text = report(settings=load_settings({**env, "OTEL_TOKENS_QUOTA_FILE": str(windowed)}))
+    assert "windows with a limit                               users day; departments month, year\n" in text
     down = report(settings=load_settings({"OTEL_TOKENS_QUOTA_FILE": str(quotas),
                                           "OTEL_TOKENS_BUDGET_STORE": "redis://app:s3cr3t@127.0.0.1:1/0"}))
     assert "s3cr3t" not in down and "redis://app:***@127.0.0.1:1/0 (DOES NOT ANSWER)" in down

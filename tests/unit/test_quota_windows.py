@@ -97,3 +97,20 @@ def test_windows_the_rules_do_not_render_yet_are_refused_by_them_and_kept_by_bud
     assert load_quotas(path, budget=True).timezone == "Asia/Kolkata"  # budget mode: any offset
     path.write_text("timezone: America/New_York\ndepartments: {default: {tokens: 5}}\n")
     assert load_quotas(path).timezone == "America/New_York"
+
+
+def test_the_readmes_quota_file_is_what_budget_mode_reads_and_the_rules_refuse_by_name(tmp_path):
+    from pathlib import Path
+
+    from otel_tokens.quota.file import load_quotas
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Quotas on your calendar"):]
+    block = section[section.index("```yaml") + len("```yaml"):section.index("```", section.index("```yaml") + 7)]
+    path = tmp_path / "q.yml"
+    path.write_text(block)
+    quotas = load_quotas(path, budget=True)
+    assert (quotas.timezone, quotas.scope_windows(USER), quotas.scope_windows(DEPARTMENT)) == (
+        "Asia/Shanghai", ["24h", "day"], ["month", "year"])
+    with pytest.raises(ConfigError, match=r"users\.default\.day: 'day' is read, but the rules of the day window"):
+        load_quotas(path)
