@@ -3,6 +3,22 @@
 from otel_tokens.attribution.context import current_attribution, usage_context
 from otel_tokens.instrumentor import TokenUsageInstrumentor
 from otel_tokens.quota.decision import QuotaExceededError
+from otel_tokens.quota.status import QuotaStatus, WindowStatus
 from otel_tokens.version import __version__
 
-__all__ = ["QuotaExceededError", "TokenUsageInstrumentor", "__version__", "current_attribution", "usage_context"]
+
+def quota_status(user_id: str | None = None, department: str | None = None) -> QuotaStatus:
+    """Where a user and their department stand, per window with a limit: used, limit, remaining, ratio,
+    reset time (budget mode; `available` is False without it or when its store does not answer). With no
+    argument, the principals of the usage_context in force, as a call made here would be charged."""
+    from otel_tokens.quota.status import budget_status, principals
+
+    recorder = TokenUsageInstrumentor().recorder
+    budget = recorder.enforcement.budget if recorder is not None else None
+    if budget is None:
+        return QuotaStatus()
+    return budget_status(budget, principals(user_id, department))
+
+
+__all__ = ["QuotaExceededError", "QuotaStatus", "TokenUsageInstrumentor", "WindowStatus", "__version__",
+           "current_attribution", "quota_status", "usage_context"]

@@ -184,6 +184,11 @@ class BudgetMode:
                                    (f" and {len(changes) - 20} more" if len(changes) > 20 else ""))
             self.quotas = quotas
 
+    @property
+    def charged_windows(self) -> dict[str, tuple[str, ...]]:
+        """Scope name -> the windows each call is charged in (plans.windows of the quota file in force)."""
+        return self._windows
+
     # --- the call path -----------------------------------------------------------------------------------
     def reserve(self, provider: str, model: str, attribution: Mapping[str, str], estimate: UsageEstimate | None,
                 downgradable: bool = True) -> tuple[Decision | None, Held | None]:

@@ -300,10 +300,26 @@ class RedisBudgetStore:
     def read(self, scope: QuotaScope, principal: str, window: str = "") -> tuple[int, int, int]:
         """(tokens, cost nano-units, reservations in flight) of one principal's current window (default: the
         scope's own)."""
-        keys = list(self.keys(scope, principal, window))
-        args = [self._now(), self._window(scope, window), _shown(principal)]
-        reply = self._run(lambda client: self._eval(client, "read", keys, args))
+        reply = self._run(lambda client: self._eval(client, "read", *self._read_args(scope, principal, window)))
         return int(reply[0]), int(reply[1]), int(reply[2])
+
+    def read_many(self, accounts: Sequence[tuple[QuotaScope, str, str]]) -> list[tuple[int, int, int]]:
+        """`read` of each (scope, principal, window), pipelined in one round trip (one each on a cluster)."""
+        if self._client is None:
+            self._run(lambda client: None)
+
+        def run(client: Any) -> list[Any]:
+            if self.cluster:
+                return [self._eval(client, "read", *self._read_args(*account)) for account in accounts]
+            pipe = client.pipeline(transaction=False)
+            for account in accounts:
+                self._eval(pipe, "read", *self._read_args(*account))
+            return list(pipe.execute())
+
+        return [(int(r[0]), int(r[1]), int(r[2])) for r in self._run(run)]
+
+    def _read_args(self, scope: QuotaScope, principal: str, window: str = "") -> tuple[list[str], list[Any]]:
+        return list(self.keys(scope, principal, window)), [self._now(), self._window(scope, window), _shown(principal)]
 
 
 def _shown(principal: str) -> bytes:
