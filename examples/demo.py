@@ -44,6 +44,7 @@ from otel_tokens.quota.file import parse_quotas  # noqa: E402
 from otel_tokens.quota.vocabulary import USER  # noqa: E402
 
 QUOTAS = {
+    "timezone": "Asia/Shanghai",  # the departments' month begins at 00:00 local time (budget mode and the rules)
     "warning_ratio": 0.8,
     "users": {"default": {"tokens": 50_000}, "overrides": {"batch-bot": {"tokens": 1500}, "eve": {"tokens": 1500}}},
     "departments": {"default": {"tokens": 1_000_000, "cost": 100}},
@@ -314,7 +315,7 @@ def main() -> int:
         def follow(name: str, app: subprocess.Popen[str]) -> None:
             assert app.stdout is not None
             for line in app.stdout:
-                if line.startswith(("refused", "served")):
+                if line.startswith(("refused", "served", "status")):
                     events.append(f"{name}: {line.strip()}")
                 else:
                     progress[name] = line.strip()

@@ -21,7 +21,7 @@ from typing import Any
 import openai
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-from otel_tokens import QuotaExceededError, usage_context
+from otel_tokens import QuotaExceededError, QuotaStatus, quota_status, usage_context
 
 QUESTIONS = ["How do I reset my password?", "Where is the refund policy?", "请总结这个工单。",
              "Summarise this support ticket.", "退款政策在哪里？"]
@@ -95,7 +95,21 @@ def runaway(chat: Any, question: str) -> bool:
         _refused[0] += 1
         if _refused[0] == 1:
             print(f"refused: {error}", flush=True)
+            status = quota_status()  # budget mode only: alert mode knows who is over, not how far
+            if status.available:
+                print(f"status the app can show its user: {where_they_stand(status)}", flush=True)
         return False
+
+
+def where_they_stand(status: QuotaStatus) -> str:
+    """One part per window and kind with a limit (what a front end would show)."""
+    parts = []
+    for w in status.windows:
+        resets = "rolling" if w.resets_at is None else f"resets {w.resets_at:%Y-%m-%d %H:%M %Z}"
+        amounts = (f"{w.used:,.0f} of {w.limit:,.0f}" if w.currency is None
+                   else f"{w.used:,.4f} of {w.limit:,.2f} {w.currency}")
+        parts.append(f"{w.principal} {w.window} {w.kind} {amounts} ({w.ratio:.0%}, {resets})")
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,12 @@ def test_demo_fast_mode_shows_users_both_alerts_both_guards_and_agreeing_counts(
     hard = re.search(r"batch-bot in kb-chat \(budget mode\): stopped at ([\d.]+)% of its 24h quota "
                      r"\(([\d,]+) of 1,500 tokens by Prometheus; the budget store holds ([\d,]+)\)", out)
     assert hard and float(hard[1]) <= 100 and hard[2] == hard[3], out[-3000:]
+    # what the app itself can show its user (quota_status): the store's count, the department's month in the
+    # quota file's zone (it begins at 00:00 in Asia/Shanghai)
+    status = re.search(r"kb-chat: status the app can show its user: batch-bot 24h tokens ([\d,]+) of 1,500 "
+                       r"\(\d+%, rolling\); operations month tokens [\d,]+ of 1,000,000 \(\d+%, resets "
+                       r"\d{4}-\d{2}-01 00:00 CST\); operations month cost [\d.]+ of 100.00 USD \(\d+%, resets ", out)
+    assert status and status[1] == hard[3], out[-3000:]
     # alert mode refuses the nightly job only once its critical alert fires: past its quota
     assert "nightly-job: refused: user 'eve' is over the 24h tokens quota" in out
     soft = re.search(r"eve in nightly-job \(alert mode\): stopped at ([\d.]+)% of its 24h quota", out)
