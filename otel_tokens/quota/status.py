@@ -64,12 +64,12 @@ def budget_status(budget: BudgetMode, attribution: Mapping[str, str]) -> QuotaSt
             if limits.kinds():
                 accounts.append((scope, principal, window, limits))
     try:
-        reads = budget.store.read_many([(scope, principal, window) for scope, principal, window, _ in accounts])
+        reads = budget.store.peek_many([(scope, principal, window) for scope, principal, window, _ in accounts])
     except StoreUnavailableError:
         return QuotaStatus(warning_ratio=quotas.warning_ratio)
     now, zone = time.time(), quotas.timezone
     out = []
-    for (scope, principal, window, limits), (tokens, cost, _) in zip(accounts, reads, strict=True):
+    for (scope, principal, window, limits), (tokens, cost) in zip(accounts, reads, strict=True):
         resets = None if window == ROLLING else datetime.fromtimestamp(window_end(window, now, zone), load_zone(zone))
         for kind in limits.kinds():
             limit = limits.get(kind)

@@ -10,10 +10,19 @@ import pytest
 import redis
 
 from otel_tokens import QuotaExceededError
-from otel_tokens.quota.budget.store import REFUSED, RESERVED, Charge, RedisBudgetStore, Settlement, principal_keys
+from otel_tokens.quota.budget.store import (
+    DOWNGRADE,
+    REFUSED,
+    RESERVED,
+    Charge,
+    RedisBudgetStore,
+    Settlement,
+    principal_keys,
+)
 from otel_tokens.quota.calendar import load_zone, window_end, window_start
 from otel_tokens.quota.vocabulary import DEPARTMENT, USER
 from tests.support.budget import budget_app, write_quotas
+from tests.support.redis_server import RedisServer
 
 
 class Clock:
@@ -140,3 +149,47 @@ def test_an_app_is_refused_by_its_users_day_or_its_departments_year_whichever_cr
         year = datetime.now(load_zone("Asia/Shanghai")).year
         assert f"t{year}".encode() in fields, fields  # the local year's bucket
 
+
+
+def test_on_redis_cluster_a_departments_refusal_wins_over_the_users_downgrade_and_nothing_stays_held():
+    """One script per principal there (its windows share a slot): the user's window asks for a downgrade, the
+    department's year refuses; one script on one Redis answers the refusal, and so must the cluster."""
+    with RedisServer(cluster=True) as server:
+        store = RedisBudgetStore(server.url, timeout=1.0)
+        charges = [Charge(USER, "ann", 100, 0, window="24h"),
+                   Charge(USER, "ann", 100, 0, 150, refuse=None, downgrade=0.5, window="day"),
+                   Charge(DEPARTMENT, "ops", 100, 0, window="month"),
+                   Charge(DEPARTMENT, "ops", 100, 0, 50, window="year")]
+        verdict = store.reserve("r1", 600, charges)
+        assert store.cluster and verdict.status == REFUSED and (verdict.charge.scope, verdict.charge.window) == (
+            DEPARTMENT, "year")
+        assert [store.read(USER, "ann", w) for w in ("24h", "day")] == [(0, 0, 0)] * 2
+        assert [store.read(DEPARTMENT, "ops", w) for w in ("month", "year")] == [(0, 0, 0)] * 2
+        charges[3] = Charge(DEPARTMENT, "ops", 100, 0, 500, window="year")
+        verdict = store.reserve("r2", 600, charges)  # now only the user's downgrade: asked, nothing held
+        assert verdict.status == DOWNGRADE and verdict.charge.window == "day"
+        assert store.read(DEPARTMENT, "ops", "year") == (0, 0, 0) and store.read(USER, "ann") == (0, 0, 0)
+
+
+def test_a_scope_that_only_downgrades_is_asked_to_downgrade_never_refused(redis_url):
+    """A scope whose guard rules only downgrade has no refusal level: crossing its downgrade level asks for the
+    cheaper model (the Lua once read a missing refusal level as the downgrade level, and refused there)."""
+    store = RedisBudgetStore(redis_url, timeout=1.0)
+    verdict = store.reserve("r", 600, [Charge(USER, "dan", 100, 0, 150, refuse=None, downgrade=0.5)])
+    assert verdict.status == DOWNGRADE and (verdict.used, verdict.amount, verdict.limit) == (0, 100, 150)
+    assert store.reserve("r", 600, [Charge(USER, "dan", 100, 0, 150, refuse=None, downgrade=None)]).status == RESERVED
+
+
+def test_a_downgrade_names_the_window_that_asked_for_it_and_a_downgrade_only_scope_never_refuses(tmp_path,
+                                                                                                 redis_url):
+    from otel_tokens.config.settings import GuardRule
+
+    quota_file = write_quotas(tmp_path / "q.yml", {"default": {"24h": {"tokens": 10**6}, "day": {"tokens": 600}}},
+                              warning_ratio=0.5, timezone="Asia/Shanghai")
+    rules = (GuardRule("user", "downgrade", "warning", (("gpt-4o", "gpt-4o-mini"),)),)
+    for app in budget_app(quota_file, redis_url, rules):
+        for _ in range(40):  # past 100 % of the day: downgraded, never refused (no reject rule)
+            app.ask("fay")
+        models = [r.body["model"] for r in app.server.requests]
+        assert models[0] == "gpt-4o" and models[-1] == "gpt-4o-mini" and app.metric_tokens("fay") > 600
+        assert set(app.decisions(window=True)) == {("downgrade", "user", "day")}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+import redis
 
 from otel_tokens import QuotaExceededError, quota_status, usage_context
 from otel_tokens.quota.calendar import load_zone
@@ -54,19 +55,24 @@ def test_each_window_with_a_limit_is_reported_as_the_store_counts_it(tmp_path, r
         assert refused_at.used == app.metric_tokens("alice") and refused_at.remaining < 116  # one call's worst case
         assert refused_at.used > 0.5 * 400 and quota_status("alice", "sales").warning
         # an override of one window keeps the default's others; no call yet: nothing used, every limit known
+        keys = redis.Redis.from_url(redis_url).dbsize()
         bob = {(w.window, w.kind): (w.used, w.limit) for w in quota_status("bob", "ops").windows if w.scope == "user"}
         assert bob == {("24h", "tokens"): (0, 5000), ("day", "tokens"): (0, 100000), ("month", "cost"): (0, 1)}
+        assert redis.Redis.from_url(redis_url).dbsize() == keys  # asking about someone never charged writes nothing
 
 
 def test_without_budget_mode_or_with_its_store_down_the_status_is_unavailable_not_an_error(tmp_path, redis_url,
                                                                                           redis_server):
     assert quota_status("alice").available is False  # nothing instrumented
     quota_file = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 400}})
-    for _app in budget_app(quota_file, redis_url):
+    for app in budget_app(quota_file, redis_url):
         assert quota_status("alice").available
+        store = app.recorder.enforcement.budget.store
         redis_server.stop()
         try:
             status = quota_status("alice")
             assert (status.available, status.windows) == (False, ())
+            # a failed status read starts no backoff: the calls of this process still ask the store first
+            assert store._down_until == 0.0
         finally:
             redis_server.start()

@@ -52,9 +52,10 @@ end
 
 -- buckets before the current one still in the window: rolling 24 h, else one calendar bucket
 local SPAN = {r = 288, d = 0, w = 0, m = 0, y = 0}
--- key expiry after a bucket's first write, longer than the window (a DST day is 25 h): 24 h 10 min, 25 h 10 min,
--- 7 d 1 h 10 min, 32 days, 367 days
-local KEEP = {r = 87000, d = 90600, w = 608400, m = 2764800, y = 31708800}
+-- key expiry after a bucket's first write: longer than the window (Antarctica/Troll's 2-hour DST change makes a
+-- 26-hour day and a 170-hour week), and than a window that a zone change moving the clock back 26 h lengthens
+-- (a key's bucket only moves forward): 24 h 10 min, 3 days, 9 days, 33 days, 368 days
+local KEEP = {r = 87000, d = 259200, w = 777600, m = 2851200, y = 31795200}
 local GONE = 86400                        -- seconds a settlement may come late or again and count once
 local state = {}                          -- key -> what this script call knows of it, and will write
 
@@ -262,7 +263,8 @@ settle_parts(5 + n * 8, n * 2 + 1)
 -- (a refusal on any quota before a downgrade on any)
 local function check(i, row)
   for status = 1, 2 do
-    local ratio = status == 1 and row.refuse or row.downgrade
+    local ratio = row.downgrade  -- not `status == 1 and row.refuse or ...`: a nil refuse would pick the downgrade
+    if status == 1 then ratio = row.refuse end
     for q = 1, 2 do
       local limit = row.limits[q]
       if ratio and limit and row.amount[q] > 0 and row.used[q] + row.amount[q] > limit * ratio then
@@ -311,7 +313,19 @@ return 0
 """
 
 # KEYS: usage, marks of one principal. ARGV: now, window kind, principal id.
-# Returns {tokens, cost, reservations in flight}.
+# Returns {tokens, cost}: what the next reservation would be judged against (calls in flight at their worst
+# case, expired ones not yet reclaimed included). Cheap enough for every page view: one HMGET; writes only
+# when the window rolled (as any call would), and nothing at all for a principal never charged.
+PEEK = _PRELUDE + r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
+local s = load(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
+save()
+return {s.T, s.C}
+"""
+
+# KEYS: usage, marks of one principal. ARGV: now, window kind, principal id.
+# Returns {tokens, cost, reservations in flight}, after reclaiming expired reservations (reads the whole hash:
+# for operators and tests, not for every page view).
 READ = _PRELUDE + r"""
 local s = load(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
 local flight = reclaim(KEYS[1], KEYS[2], s)

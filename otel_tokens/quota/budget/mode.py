@@ -243,7 +243,8 @@ class BudgetMode:
                     charges[0].tokens if charges else 0, charges[0].cost if charges else 0)
         if target is None or crossing is None:
             return None, held
-        return Decision(vocabulary.DOWNGRADE, crossing.scope.name, crossing.principal, {}, target), held
+        return Decision(vocabulary.DOWNGRADE, crossing.scope.name, crossing.principal,
+                        {"window": crossing.window or crossing.scope.window}, target), held
 
     def _send(self, reservation: str, charges: list[Charge], carried: list[list[Settlement]]) -> Any:
         """One round trip; the carried settlements go back to the queue when it fails (sent twice,

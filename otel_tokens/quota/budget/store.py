@@ -31,7 +31,7 @@ from otel_tokens.quota.vocabulary import KINDS, QuotaScope
 
 NANO = 1_000_000_000  # cost is held in integer nano-units of the currency
 MAX_AMOUNT = 2**50  # Lua numbers are doubles: amounts stay well inside their exact integers
-_SCRIPTS = {"reserve": lua.RESERVE, "settle": lua.SETTLE, "read": lua.READ}
+_SCRIPTS = {"reserve": lua.RESERVE, "settle": lua.SETTLE, "read": lua.READ, "peek": lua.PEEK}
 PREFIX = "otel-tokens:"
 
 
@@ -256,16 +256,36 @@ class RedisBudgetStore:
                        limit=limit)
 
     def _reserve_one_by_one(self, reservation: str, ttl: float, charges: Sequence[Charge]) -> Verdict:
-        held: list[str] = []
+        """Redis Cluster: one script per principal (all its windows live in its slot), in order. A refusal
+        anywhere wins over a downgrade anywhere, as in one script: a principal asking for a downgrade holds
+        nothing, the principals after it are still judged, and whatever was reserved is given back."""
+        held: list[tuple[Charge, str]] = []
+        downgrade: Verdict | None = None
+        groups: list[list[Charge]] = []
         for charge in charges:
-            verdict = self._run(lambda client, c=charge: self._reserve(client, reservation, ttl, [c]))
-            if verdict.status != RESERVED:
-                if held:  # release what the principals before this one hold
-                    self.settle([[Settlement(c.scope, c.principal, h, reservation, 0, 0, c.window)
-                                  for c, h in zip(charges, held, strict=False)]])
-                return verdict
-            held.extend(verdict.held)
-        return Verdict(RESERVED, tuple(held))
+            if groups and (groups[-1][0].scope, groups[-1][0].principal) == (charge.scope, charge.principal):
+                groups[-1].append(charge)
+            else:
+                groups.append([charge])
+        for group in groups:
+            verdict = self._run(lambda client, g=group: self._reserve(client, reservation, ttl, g))
+            if verdict.status == RESERVED:
+                held.extend(zip(group, verdict.held, strict=True))
+                continue
+            if verdict.status == DOWNGRADE:
+                downgrade = downgrade or verdict
+                continue
+            self._release(reservation, held)
+            return verdict
+        if downgrade is not None:
+            self._release(reservation, held)
+            return downgrade
+        return Verdict(RESERVED, tuple(member for _, member in held))
+
+    def _release(self, reservation: str, held: Sequence[tuple[Charge, str]]) -> None:
+        if held:
+            self.settle([[Settlement(c.scope, c.principal, member, reservation, 0, 0, c.window)
+                          for c, member in held]])
 
     def settle(self, items: Sequence[Sequence[Settlement]]) -> None:
         """Settles many reservations in one pipelined round trip (one script per principal on a cluster)."""
@@ -303,20 +323,31 @@ class RedisBudgetStore:
         reply = self._run(lambda client: self._eval(client, "read", *self._read_args(scope, principal, window)))
         return int(reply[0]), int(reply[1]), int(reply[2])
 
-    def read_many(self, accounts: Sequence[tuple[QuotaScope, str, str]]) -> list[tuple[int, int, int]]:
-        """`read` of each (scope, principal, window), pipelined in one round trip (one each on a cluster)."""
-        if self._client is None:
-            self._run(lambda client: None)
-
-        def run(client: Any) -> list[Any]:
+    def peek_many(self, accounts: Sequence[tuple[QuotaScope, str, str]]) -> list[tuple[int, int]]:
+        """(tokens, cost nano-units) of each (scope, principal, window), pipelined in one round trip (one each on
+        a cluster). Off the call path: a failure here raises StoreUnavailableError without holding the calls
+        back (no backoff is started), and while the calls back off it fails at once."""
+        if self._down_until and time.monotonic() < self._down_until:
+            raise StoreUnavailableError(f"{redact(self.url)} failed less than {self.backoff:g} s ago")
+        try:
+            client = self._client
+            if client is None:
+                self._run(lambda client: None)  # connects, as a call would (a failure here backs off the calls too)
+                client = self._client
             if self.cluster:
-                return [self._eval(client, "read", *self._read_args(*account)) for account in accounts]
-            pipe = client.pipeline(transaction=False)
-            for account in accounts:
-                self._eval(pipe, "read", *self._read_args(*account))
-            return list(pipe.execute())
-
-        return [(int(r[0]), int(r[1]), int(r[2])) for r in self._run(run)]
+                replies = [self._eval(client, "peek", *self._read_args(*account)) for account in accounts]
+            else:
+                pipe = client.pipeline(transaction=False)
+                for account in accounts:
+                    self._eval(pipe, "peek", *self._read_args(*account))
+                replies = list(pipe.execute())
+        except StoreUnavailableError:
+            raise
+        except Exception as error:
+            if "NOSCRIPT" in str(error):
+                self._stale = True  # the worker reloads the scripts
+            raise StoreUnavailableError(f"{redact(self.url)}: {type(error).__name__}: {error}") from error
+        return [(int(r[0]), int(r[1])) for r in replies]
 
     def _read_args(self, scope: QuotaScope, principal: str, window: str = "") -> tuple[list[str], list[Any]]:
         return list(self.keys(scope, principal, window)), [self._now(), self._window(scope, window), _shown(principal)]
