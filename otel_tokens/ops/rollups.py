@@ -37,6 +37,7 @@ lags, see `fallback_rule`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from otel_tokens.ops.durations import duration_seconds, human_duration
 from otel_tokens.quota.calendar import HOUR_SECONDS
@@ -135,7 +136,7 @@ def rollup_rule(scope: QuotaScope, kind: str) -> dict[str, str]:
     return {"record": rollup_series(scope, kind), "expr": f"{_at_boundary(bucket)}\nand on() {_writing()}"}
 
 
-def parts_rule(scope: QuotaScope, kind: str) -> dict[str, str]:
+def parts_rule(scope: QuotaScope, kind: str, extra: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
     """The window's parts as of the boundary K before the latest one B, in a group of their own evaluated
     every PARTS_INTERVAL (at any phase: the parts of one evaluation are all as of its K).
 
@@ -157,7 +158,7 @@ def parts_rule(scope: QuotaScope, kind: str) -> dict[str, str]:
              (f"{bucket_ending_before(int(window))} or {users}", "drop"),
              (f"{bucket_ending_before(int(window) - BUCKET_SECONDS)} or {users}", "drop2"),
              (f"last_over_time({counter}[{LOOKBACK}] offset {BUCKET})", "base"),
-             (f"vector(time() - {BUCKET_SECONDS})", "boundary")]
+             (f"vector(time() - {BUCKET_SECONDS})", "boundary"), *extra]
     return {"record": parts_series(scope, kind),
             "expr": _labelled([(_as_of_boundary(expr), name) for expr, name in parts], "part")}
 
@@ -184,21 +185,33 @@ def rolling_usage(scope: QuotaScope, kind: str) -> str:
     rollup group has written parts or a fallback, so a counter never counts whole. Reads each raw series
     twice (its latest value, and again to compare with its base): cheaper than one read through the
     per-series unions it takes to avoid the second (measured at 10,000 users)."""
-    label, parts = scope.label, parts_series(scope, kind)
-
-    def newest(name: str, kept: str = PARTS_FRESH) -> str:
-        return f'last_over_time({parts}{{part="{name}"}}[{kept}])'
-
-    counter = f'{COUNTERS[kind]}{{{label}!=""}}'
-    last = f"last_over_time({counter}[{LOOKBACK}])"
+    label = scope.label
     previous_boundary = f"vector(time() - time() % {BUCKET_SECONDS} - {BUCKET_SECONDS})"
-    has_base = f"({newest('boundary')} or {newest('fallback_at', ROLLUP_FRESH)})"
+    newest = partial(newest_part, scope, kind)
     # Told apart by their labels, not by label_replace (which cost more than the reads at 10,000 users):
     # the parts keep their `part`, the latest growth has only the principal's label.
     terms = [newest("window", PARTS_KEPT),
              f"-{newest('drop', PARTS_KEPT)}",
              f"-({newest('drop2', PARTS_KEPT)} unless on() ({newest('boundary')} == on() {previous_boundary}))",
-             f"(sum by ({label}) ({last})\nand on() {has_base})",
-             # group_left: a one-to-one `ignoring(part)` drops `part` from the result (then `or` dropped the term)
-             f"-sum by ({label}, part) (\n{newest('base')}\n<= ignoring(part) group_left() {last}\n)"]
+             *growth_terms(scope, kind)]
     return f"sum by ({label}) (\n" + "\nor ".join(terms) + "\n)"
+
+
+def newest_part(scope: QuotaScope, kind: str, name: str, kept: str = PARTS_FRESH) -> str:
+    return f'last_over_time({parts_series(scope, kind)}{{part="{name}"}}[{kept}])'
+
+
+def growth_terms(scope: QuotaScope, kind: str, gate: str = "") -> list[str]:
+    """What each raw series added since the parts' boundary K (its base), as two terms of a `sum by` union:
+    the latest values (principal's label only) and minus the bases no larger than them (`part="base"`).
+    None until the parts or the fallback wrote a base. `gate`: a further `and on()` condition."""
+    label = scope.label
+    newest = partial(newest_part, scope, kind)
+    counter = f'{COUNTERS[kind]}{{{label}!=""}}'
+    last = f"last_over_time({counter}[{LOOKBACK}])"
+    has_base = f"({newest('boundary')} or {newest('fallback_at', ROLLUP_FRESH)})"
+    bases = f"sum by ({label}, part) (\n{newest('base')}\n<= ignoring(part) group_left() {last}\n)"
+    # group_left: a one-to-one `ignoring(part)` drops `part` from the result (then `or` dropped the term)
+    if not gate:
+        return [f"(sum by ({label}) ({last})\nand on() {has_base})", f"-{bases}"]
+    return [f"(sum by ({label}) ({last})\nand on() {has_base}\nand on() {gate})", f"-({bases}\nand on() {gate})"]

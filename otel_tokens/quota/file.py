@@ -33,6 +33,7 @@ from typing import Any
 from otel_tokens.config import read_yaml
 from otel_tokens.config.errors import ConfigError, ConfigProblemsError
 from otel_tokens.quota.calendar import (
+    DAY,
     HOUR_SECONDS,
     WINDOWS,
     UnknownZoneError,
@@ -239,7 +240,7 @@ def require_built(quotas: Quotas, budget: bool = False) -> Quotas:
                                         "whole hours are enforced by budget mode only in this version)"))
     for scope in SCOPES:
         for window in quotas.scope_windows(scope):
-            if window != scope.window:
+            if window != scope.window and not (scope is USER and window == DAY):
                 limits = quotas.limits(scope, window)
                 where = ("default" if limits.default.kinds() else
                          f"overrides.{next(name for name, lim in limits.overrides.items() if lim.kinds())}")
