@@ -224,6 +224,9 @@ def parse_quotas(data: Any, source: str) -> Quotas:
     return quotas
 
 
+RULES_WINDOWS: Mapping[str, tuple[str, ...]] = {USER.name: (USER.window, DAY), DEPARTMENT.name: (DEPARTMENT.window,)}
+
+
 def require_built(quotas: Quotas, budget: bool = False) -> Quotas:
     """The quotas, or ConfigProblemsError naming each window and zone the rules read but do not yet render
     (so neither the rules nor an operator reading them silently drops a limit the file sets). Budget mode
@@ -231,23 +234,25 @@ def require_built(quotas: Quotas, budget: bool = False) -> Quotas:
     if budget:
         return quotas
     problems = []
-    if quotas.timezone != "UTC":
+    if quotas.timezone != "UTC" and quotas.limits(DEPARTMENT).kinds():
         uneven = bucket_divides(rules_table(quotas.timezone), HOUR_SECONDS)
         if uneven:
             problems.append(ConfigError(quotas.source, "timezone", quotas.timezone,
                                         f"has the UTC offset {offset_text(uneven[0])}, not a whole hour: the "
-                                        "departments' hourly buckets cannot begin at its local midnight (zones off "
-                                        "whole hours are enforced by budget mode only in this version)"))
+                                        "departments' hourly buckets cannot begin at its local midnight (the "
+                                        "departments' month in zones off whole hours is enforced by budget mode "
+                                        "only in this version)"))
     for scope in SCOPES:
+        built = RULES_WINDOWS[scope.name]
         for window in quotas.scope_windows(scope):
-            if window != scope.window and not (scope is USER and window == DAY):
+            if window not in built:
                 limits = quotas.limits(scope, window)
                 where = ("default" if limits.default.kinds() else
                          f"overrides.{next(name for name, lim in limits.overrides.items() if lim.kinds())}")
                 problems.append(ConfigError(quotas.source, f"{scope.section}.{where}.{window}", window,
                                             f"is read, but the rules of the {window} window of {scope.section} are "
-                                            f"not built yet in this version (only {scope.window}): budget mode "
-                                            "enforces it"))
+                                            f"not built yet in this version (only {', '.join(built)}): budget "
+                                            "mode enforces it"))
     if problems:
         raise ConfigProblemsError(problems)
     return quotas

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from datetime import date
 
+import pytest
+
+from otel_tokens.ops.local_time import LocalTime
+from otel_tokens.quota.calendar import OffsetTable
 from tests.support.promtool_rules import promtool_test
 from tests.support.promtool_series import tokens
 
@@ -45,7 +49,8 @@ def test_a_users_day_begins_at_local_midnight_and_yesterdays_last_minutes_stay_i
              "exp_alerts": [_alert("big", "warning", "4.5k", "5k", "90%")]},
         ],
         "promql_expr_test": [
-            {"expr": 'llm_quota:user_tokens:day{user_id="li"}', "eval_time": "15h50m", "exp_samples": [_day("li", 900)]},
+            {"expr": 'llm_quota:user_tokens:day{user_id="li"}', "eval_time": "15h50m",
+             "exp_samples": [_day("li", 900)]},
             {"expr": 'llm_quota:user_tokens:day{user_id="li"}', "eval_time": "15h58m",
              "exp_samples": [_day("li", 1000)]},  # the 100 at 23:57, from the raw data (its bucket is open)
             # in the 90 s after midnight the day shows nothing (the bucket of 23:55-24:00 is not written yet)
@@ -64,3 +69,49 @@ def test_a_users_day_begins_at_local_midnight_and_yesterdays_last_minutes_stay_i
         ],
     }]}
     promtool_test(tmp_path, tests, SHANGHAI, today=date(1970, 1, 1))
+
+
+# New York's clocks moved to 1970-01-01 (promtool's first day; no zone changes its offset in 1970's first weeks):
+# forward at 02:00 EST (07:00 UTC), a 23-hour day from 05:00 UTC to 04:00 UTC; or back at 02:00 EDT (06:00 UTC),
+# a 25-hour day from 04:00 UTC to 05:00 UTC. The rules get the table as they get tzdata's (LocalTime).
+FORWARD = OffsetTable("America/New_York", -86400, 40 * 86400, -18000, ((7 * 3600, -14400),))
+BACK = OffsetTable("America/New_York", -86400, 40 * 86400, -14400, ((6 * 3600, -18000),))
+
+
+@pytest.mark.parametrize(("table", "before", "first", "last", "after"), [
+    # 23 h: 04:30 UTC is Dec 31 (23:30 EST); 05:10 UTC is Jan 1; the day ends at 04:00 UTC Jan 2 (00:00 EDT)
+    (FORWARD, 270, 310, "27h55m", "28h5m"),
+    # 25 h: 03:30 UTC is Dec 31 (23:30 EDT); 04:10 UTC is Jan 1; the day ends at 05:00 UTC Jan 2 (00:00 EST)
+    (BACK, 210, 250, "28h55m", "29h5m"),
+], ids=["23-hour day", "25-hour day"])
+def test_a_dst_day_holds_its_own_hours_and_not_one_more(tmp_path, monkeypatch, table, before, first, last, after):
+    monkeypatch.setattr(LocalTime, "of", classmethod(lambda cls, zone, today=None: cls(zone, table)))
+    quotas = {"timezone": "America/New_York", "users": {"default": {"day": {"tokens": 1000}}}}
+    # 300 the minute before the day, 400 in its first minutes, then nothing
+    series = [tokens("ny", f"0x{before - 1} 300x{first - before - 1} 700x1800")]
+    tests = {"evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": series,
+        "promql_expr_test": [
+            {"expr": "llm_quota:user_tokens:day", "eval_time": "20h", "exp_samples": [_day("ny", 400)]},
+            {"expr": "llm_quota:user_tokens:day", "eval_time": last, "exp_samples": [_day("ny", 400)]},
+            {"expr": "llm_quota:user_tokens:day", "eval_time": after, "exp_samples": [_day("ny", 0)]},
+        ],
+    }]}
+    promtool_test(tmp_path, tests, quotas)
+
+
+def test_a_day_in_a_half_hour_zone_begins_at_its_local_midnight(tmp_path):
+    """Asia/Kolkata (+05:30): the day begins at 18:30 UTC, on a 5-minute boundary like every zone's."""
+    quotas = {"timezone": "Asia/Kolkata", "users": {"default": {"day": {"tokens": 1000}}}}
+    series = [tokens("in", "0x1099 300x24 700x200")]  # 300 at 18:20 UTC (23:50 IST), 400 more at 18:45 (00:15)
+    tests = {"evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": series,
+        "promql_expr_test": [
+            {"expr": "llm_quota:user_tokens:day", "eval_time": "18h29m", "exp_samples": [_day("in", 300)]},
+            {"expr": "llm_quota:user_tokens:day", "eval_time": "18h35m", "exp_samples": [_day("in", 0)]},
+            {"expr": "llm_quota:user_tokens:day", "eval_time": "19h", "exp_samples": [_day("in", 400)]},
+        ],
+    }]}
+    promtool_test(tmp_path, tests, quotas, today=date(1970, 1, 1))

@@ -82,10 +82,11 @@ def test_windows_the_rules_do_not_render_yet_are_refused_by_them_and_kept_by_bud
         load_quotas(path)
     message = str(caught.value)
     assert "timezone" not in message  # the departments' month follows the zone
-    assert ("users.default.day: 'day' is read, but the rules of the day window of users are not built yet in this "
-            "version (only 24h): budget mode enforces it") in message
+    assert ("users.default.month: 'month' is read, but the rules of the month window of users are not built yet in "
+            "this version (only 24h, day): budget mode enforces it") in message
+    assert "users.default.day" not in message  # the users' day is built
     assert "the rules of the year window of departments are not built yet" in message
-    with pytest.raises(ConfigError, match="the day window of users"):
+    with pytest.raises(ConfigError, match="the month window of users"):
         render(parse_quotas(yaml.safe_load(EXAMPLE), "q.yml"))
     budget = load_quotas(path, budget=True)
     assert budget.scope_windows(USER) == ["day", "month"] and budget.scope_windows(DEPARTMENT) == ["month", "year"]
@@ -112,5 +113,5 @@ def test_the_readmes_quota_file_is_what_budget_mode_reads_and_the_rules_refuse_b
     quotas = load_quotas(path, budget=True)
     assert (quotas.timezone, quotas.scope_windows(USER), quotas.scope_windows(DEPARTMENT)) == (
         "Asia/Shanghai", ["24h", "day"], ["month", "year"])
-    with pytest.raises(ConfigError, match=r"users\.default\.day: 'day' is read, but the rules of the day window"):
+    with pytest.raises(ConfigError, match=r"departments\.default\.year: 'year' is read, but the rules of the year"):
         load_quotas(path)
