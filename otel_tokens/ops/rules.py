@@ -1,7 +1,8 @@
 """Render the quota file into a Prometheus rule file: limits as recorded series, usage as recording
 rules, and one warning + one critical alert (same alertname) per principal kind and limit kind.
 
-Windows: users over a rolling 24 h; departments per calendar month in the quota file's time zone. PromQL
+Windows: users over a rolling 24 h and per local day (`day_rules`); departments per calendar month in the quota
+file's time zone. PromQL
 ranges are constant, so month-to-date is built from hourly buckets summed over a 32-day subquery, keeping
 only the buckets labelled with the current local month (each bucket is labelled with the local month of its
 middle when it is written, see `_hourly_bucket` and `local_time`). It lags by up to one hour (the current

@@ -115,3 +115,23 @@ def test_a_day_in_a_half_hour_zone_begins_at_its_local_midnight(tmp_path):
         ],
     }]}
     promtool_test(tmp_path, tests, quotas, today=date(1970, 1, 1))
+
+
+def test_a_users_24h_and_day_alerts_fire_side_by_side_told_apart_by_window(tmp_path):
+    quotas = {"timezone": "Asia/Shanghai", "users": {"default": {"24h": {"tokens": 1100}, "day": {"tokens": 1000}}}}
+    rolling = {"exp_labels": {"user_id": "li", "severity": "warning", "window": "24h", "quota": "tokens"},
+               "exp_annotations": {
+                   "summary": "User li is nearing the daily token quota (90.91%)",
+                   "description": "User li used 1k tokens of 1.1k tokens (90.91%) in the last 24 h.",
+                   "usage": "1k tokens", "limit": "1.1k tokens", "percent": "90.91%"}}
+    tests = {"evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [tokens("li", "0x929 900x26 1000x100")],
+        "alert_rule_test": [
+            {"eval_time": "15h59m", "alertname": "LLMUserTokenQuota", "exp_alerts": [
+                rolling, _alert("li", "critical", "1k", "1k", "100%"), _alert("li", "warning", "1k", "1k", "100%")]},
+            # 00:05 local: the day starts again, the rolling 24 h still holds yesterday's evening
+            {"eval_time": "16h5m", "alertname": "LLMUserTokenQuota", "exp_alerts": [rolling]},
+        ],
+    }]}
+    promtool_test(tmp_path, tests, quotas, today=date(1970, 1, 1))

@@ -51,7 +51,8 @@ def start_vmalert(tmp_path: Path, binary: str, rule_file: Path, victoria: str, a
 
 # New York: the departments' month through the zone's offset table (a step function with DST changes), on both
 QUOTAS = {"timezone": "America/New_York",
-          "users": {"default": {"tokens": 100_000}, "overrides": {"alice": {"tokens": 1000}}},
+          "users": {"default": {"24h": {"tokens": 100_000}, "day": {"tokens": 100_000}},
+                    "overrides": {"alice": {"24h": {"tokens": 1000}, "day": {"tokens": 1050}}}},
           "departments": {"default": {"tokens": 1_000_000}, "overrides": {"support": {"tokens": 1500}}}}
 GUARD_TOKEN = "test-guard-token-0123456789abcdef"
 BINARIES = ("prometheus", "prometheus-alertmanager", "victoria-metrics", "vmalert")
