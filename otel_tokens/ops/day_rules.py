@@ -24,10 +24,12 @@ from otel_tokens.ops.local_time import LocalTime
 from otel_tokens.ops.rollups import (
     BUCKET,
     BUCKET_SECONDS,
+    PARTS_FRESH,
     PARTS_KEPT,
     WRITE_UNTIL,
     growth_terms,
     newest_part,
+    parts_series,
     rollup_series,
 )
 from otel_tokens.quota.calendar import DAY, calendar_id
@@ -42,8 +44,12 @@ def day_part(scope: QuotaScope, kind: str, local: LocalTime) -> tuple[str, str]:
     bucket_day = calendar_id(DAY, local.seconds(f"time() - {BUCKET_SECONDS + 1}"))  # the bucket ending at S - 5m
     labelled = (f"last_over_time({rollup}[{BUCKET}])\n"
                 f"+ on() group_left(day) (0 * count_values(\"day\", {bucket_day}))")
+    # 0 for every principal the previous write gave a day part above 0: read every 10 s over PARTS_KEPT, an
+    # older write's (yesterday's, for a principal without a bucket today) must never be the newest
+    parts = parts_series(scope, kind)
+    previous = f'0 * sum by ({scope.label}) (last_over_time({parts}{{part="day"}}[{PARTS_FRESH}]) > 0)'
     return (f"sum without (day) (\n  sum_over_time(\n(\n{labelled}\n)[{DAY_SPAN}:{BUCKET}]\n  )\n"
-            f"  and on(day)\n  count_values(\"day\", {bucket_day})\n)", "day")
+            f"  and on(day)\n  count_values(\"day\", {bucket_day})\n)\nor {previous}", "day")
 
 
 def day_usage(scope: QuotaScope, kind: str, local: LocalTime) -> str:

@@ -34,7 +34,8 @@ def test_a_users_day_begins_at_local_midnight_and_yesterdays_last_minutes_stay_i
     # li: 900 at 15:30 UTC (23:30 local), 100 more at 15:57 (23:57, in the day's last bucket), 200 at 16:08
     # (00:08 the next day). big: 4,500 at 16:12 (its own limit 5,000).
     series = [tokens("li", "0x929 900x26 1000x10 1200x300"),
-              tokens("big", "0x971 4500x300")]
+              tokens("big", "0x971 4500x300"),
+              tokens("gone", "0x929 500x20")]  # 500 at 23:30 local, then its process is gone (no series)
     tests = {"evaluation_interval": "1m", "tests": [{
         "interval": "1m",
         "input_series": series,
@@ -61,6 +62,13 @@ def test_a_users_day_begins_at_local_midnight_and_yesterdays_last_minutes_stay_i
              "exp_samples": [_day("li", 200)]},  # from the raw data since 16:05
             {"expr": 'llm_quota:user_tokens:day{user_id="li"}', "eval_time": "16h20m",
              "exp_samples": [_day("li", 200)]},  # from the closed buckets of the day
+            # a user with no bucket today: yesterday's day part never stands for today's, then nothing at all
+            {"expr": 'llm_quota:user_tokens:day{user_id="gone"}', "eval_time": "15h58m",
+             "exp_samples": [_day("gone", 500)]},
+            {"expr": 'llm_quota:user_tokens:day{user_id="gone"}', "eval_time": "16h7m", "exp_samples": []},
+            *({"expr": 'llm_quota:user_tokens:day{user_id="gone"}', "eval_time": at, "exp_samples": [_day("gone", 0)]}
+              for at in ("16h12m", "16h20m")),
+            {"expr": 'llm_quota:user_tokens:day{user_id="gone"}', "eval_time": "16h40m", "exp_samples": []},
             {"expr": 'llm_quota:user_tokens:24h{user_id="li"}', "eval_time": "16h20m",
              "exp_samples": [{"labels": 'llm_quota:user_tokens:24h{user_id="li"}', "value": 1200}]},
             {"expr": 'llm_quota:user_tokens:day_limit{user_id=~"li|big"}', "eval_time": "16h30m", "exp_samples": [
