@@ -1,11 +1,12 @@
-"""A user's calendar day in the rules, in the quota file's zone, exact at the same cost per evaluation as the
-rolling 24 h (it reuses that window's 5-minute rollups, parts and raw reads):
+"""A user's calendar day in the rules, in the quota file's zone, exact, at about the cost per evaluation of the
+rolling 24 h (it reuses that window's 5-minute rollups and parts, and reads the raw series as it does):
 
 - *closed part*, written with the window's parts (same rule, same commit, as of the latest boundary B): the
   rollups of the buckets of the local day holding the bucket that ended at K (B's previous boundary). Inside a
   `[26h:5m]` subquery each step S reads the bucket that ended at S - 5 min and labels it with that bucket's
   local day (the offset of its own time: exact on DST days); only the wanted day's are summed, and the label
-  is dropped before the part is written (no series per day).
+  is dropped before the part is written (no series per day). A principal whose previous day part was above 0
+  and who has no bucket today gets 0, so the part read back over 15 minutes is never yesterday's.
 - *live part*, every evaluation: what each raw series added since K (the window's own growth terms), less the
   buckets of the day before that this growth holds when local midnight M fell after K (at most two, each
   read at its boundary through a `[5m:5m]` step). In the 90 s after M the bucket ending at M is not written
