@@ -41,9 +41,14 @@ def _over_quota(users: dict[str, str], **settings):
     guard = GuardSettings(AlertSettings("http://127.0.0.1:9/state", 3600.0), rules=REJECT_USERS)
     with instrumented(Settings(guard=guard, **settings)) as tel:
         recorder = TokenUsageInstrumentor().recorder
-        recorder.enforcement.alert.healthy = True
-        # its own failing poll (port 9) keeps this state: grace
-        recorder.enforcement.alert.last_update = time.monotonic()
+        alert = recorder.enforcement.alert
+        # its poller's one failing poll (port 9) done before the state is set: a poll failing between the two
+        # assignments below marked the guard unhealthy (fail_open) on a loaded machine
+        alert.stop()
+        if alert._thread is not None:
+            alert._thread.join(10)
+        alert.healthy = True
+        alert.last_update = time.monotonic()
         recorder.enforcement.alert._users = {name: {"severity": severity, "window": "24h", "quota": "tokens"}
                                  for name, severity in users.items()}
         yield tel
