@@ -47,11 +47,13 @@ def _alerts(url: str) -> set[tuple[str, str, str]]:
             for labels in (dict(k) for k in _series(url, 'ALERTS{alertstate="firing"}'))}
 
 
-def _is(severity: str, user: str) -> Any:
+def _is(severity: str, user: str, window: str = "24h") -> Any:
+    """The user's alert of that window (alice's day, 1,050 tokens, alerts beside her 24 h at other percents)."""
     def match(path: str, alert: dict[str, Any]) -> bool:
         labels = alert["labels"]
         return (alert["status"] == "firing" and labels.get("alertname") == "LLMUserTokenQuota"
-                and labels.get("severity") == severity and labels.get("user_id") == user)
+                and labels.get("severity") == severity and labels.get("user_id") == user
+                and labels.get("window") == window)
     return match
 
 
@@ -65,6 +67,8 @@ def test_vmalert_notifies_the_shipped_alertmanager_and_drives_the_guard(stack: V
     arrival, path, alert = stack.webhook.wait_for(_is("critical", "alice"), crossed, timeout=120)
     DELAYS["critical"] = arrival - crossed
     assert path == "/critical" and alert["annotations"]["percent"] == "110%"
+    _, path, alert = stack.webhook.wait_for(_is("critical", "alice", "day"), crossed, timeout=60)  # her day too
+    assert path == "/critical" and alert["annotations"]["percent"] == "104.8%"
     deadline = time.monotonic() + 30
     while stack.guard.state.snapshot()["users"].get("alice", {}).get("severity") != "critical":
         assert time.monotonic() < deadline, stack.guard.state.snapshot()  # the guard follows vmalert's alert state
