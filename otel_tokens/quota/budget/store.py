@@ -159,8 +159,9 @@ class RedisBudgetStore:
         (bounded by one timeout) and leaves the reload to `maintain`."""
         return client.evalsha(self._sha[name], len(keys), *keys, *args)
 
-    def _run(self, action: Callable[[Any], Any]) -> Any:
-        """Runs `action(client)`; StoreUnavailableError on any failure, and at once while backing off."""
+    def _run(self, action: Callable[[Any], Any], back_off: bool = True) -> Any:
+        """Runs `action(client)`; StoreUnavailableError on any failure, and at once while backing off. A failure
+        starts the backoff of every call unless `back_off` is False (a read off the call path)."""
         if self._down_until and time.monotonic() < self._down_until:
             raise StoreUnavailableError(f"{redact(self.url)} failed less than {self.backoff:g} s ago")
         try:
@@ -178,7 +179,8 @@ class RedisBudgetStore:
         except Exception as error:
             if "NOSCRIPT" in str(error):
                 self._stale = True
-            self._down_until = time.monotonic() + self.backoff
+            if back_off:
+                self._down_until = time.monotonic() + self.backoff
             raise StoreUnavailableError(f"{redact(self.url)}: {type(error).__name__}: {error}") from error
         self._down_until = 0.0
         return result
@@ -325,29 +327,20 @@ class RedisBudgetStore:
 
     def peek_many(self, accounts: Sequence[tuple[QuotaScope, str, str]]) -> list[tuple[int, int]]:
         """(tokens, cost nano-units) of each (scope, principal, window), pipelined in one round trip (one each on
-        a cluster). Off the call path: a failure here raises StoreUnavailableError without holding the calls
-        back (no backoff is started), and while the calls back off it fails at once."""
-        if self._down_until and time.monotonic() < self._down_until:
-            raise StoreUnavailableError(f"{redact(self.url)} failed less than {self.backoff:g} s ago")
-        try:
-            client = self._client
-            if client is None:
-                self._run(lambda client: None)  # connects, as a call would (a failure here backs off the calls too)
-                client = self._client
+        a cluster). Off the call path: its failure starts no backoff of the calls (and fails at once during
+        theirs); a failed first connection does, as a call's would."""
+        if self._client is None:
+            self._run(lambda client: None)
+
+        def run(client: Any) -> list[Any]:
             if self.cluster:
-                replies = [self._eval(client, "peek", *self._read_args(*account)) for account in accounts]
-            else:
-                pipe = client.pipeline(transaction=False)
-                for account in accounts:
-                    self._eval(pipe, "peek", *self._read_args(*account))
-                replies = list(pipe.execute())
-        except StoreUnavailableError:
-            raise
-        except Exception as error:
-            if "NOSCRIPT" in str(error):
-                self._stale = True  # the worker reloads the scripts
-            raise StoreUnavailableError(f"{redact(self.url)}: {type(error).__name__}: {error}") from error
-        return [(int(r[0]), int(r[1])) for r in replies]
+                return [self._eval(client, "peek", *self._read_args(*account)) for account in accounts]
+            pipe = client.pipeline(transaction=False)
+            for account in accounts:
+                self._eval(pipe, "peek", *self._read_args(*account))
+            return list(pipe.execute())
+
+        return [(int(r[0]), int(r[1])) for r in self._run(run, back_off=False)]
 
     def _read_args(self, scope: QuotaScope, principal: str, window: str = "") -> tuple[list[str], list[Any]]:
         return list(self.keys(scope, principal, window)), [self._now(), self._window(scope, window), _shown(principal)]
