@@ -35,7 +35,10 @@ from otel_tokens.config.errors import ConfigError, ConfigProblemsError
 from otel_tokens.quota.calendar import (
     DAY,
     HOUR_SECONDS,
+    MONTH,
+    WEEK,
     WINDOWS,
+    YEAR,
     UnknownZoneError,
     bucket_divides,
     load_zone,
@@ -224,7 +227,10 @@ def parse_quotas(data: Any, source: str) -> Quotas:
     return quotas
 
 
-RULES_WINDOWS: Mapping[str, tuple[str, ...]] = {USER.name: (USER.window, DAY), DEPARTMENT.name: (DEPARTMENT.window,)}
+# The departments' day would lag an hour behind (their buckets are hourly): budget mode enforces it.
+RULES_WINDOWS: Mapping[str, tuple[str, ...]] = {USER.name: (USER.window, DAY, WEEK, MONTH, YEAR),
+                                                DEPARTMENT.name: (DEPARTMENT.window, WEEK, YEAR)}
+HOURLY_WINDOWS = (WEEK, MONTH, YEAR)  # summed from hourly buckets in the rules: whole-hour zones only
 
 
 def require_built(quotas: Quotas, budget: bool = False) -> Quotas:
@@ -234,14 +240,16 @@ def require_built(quotas: Quotas, budget: bool = False) -> Quotas:
     if budget:
         return quotas
     problems = []
-    if quotas.timezone != "UTC" and quotas.limits(DEPARTMENT).kinds():
+    hourly = [f"{scope.section} {window}" for scope in SCOPES for window in quotas.scope_windows(scope)
+              if window in HOURLY_WINDOWS]
+    if quotas.timezone != "UTC" and hourly:
         uneven = bucket_divides(rules_table(quotas.timezone), HOUR_SECONDS)
         if uneven:
             problems.append(ConfigError(quotas.source, "timezone", quotas.timezone,
                                         f"has the UTC offset {offset_text(uneven[0])}, not a whole hour: the "
-                                        "departments' hourly buckets cannot begin at its local midnight (the "
-                                        "departments' month in zones off whole hours is enforced by budget mode "
-                                        "only in this version)"))
+                                        "rules' hourly buckets cannot begin at its local midnight (the "
+                                        f"{', '.join(hourly)} in zones off whole hours are enforced by budget "
+                                        "mode only in this version; the users' 24h and day work in any zone)"))
     for scope in SCOPES:
         built = RULES_WINDOWS[scope.name]
         for window in quotas.scope_windows(scope):

@@ -70,32 +70,37 @@ def test_bad_windows_and_zones_are_named(data, field, says):
     assert field in str(caught.value) and says in str(caught.value), str(caught.value)
 
 
-def test_windows_the_rules_do_not_render_yet_are_refused_by_them_and_kept_by_budget_mode(tmp_path):
-    """Read, named, never silently dropped: the rules refuse what they cannot render, budget mode enforces
-    every window in any zone."""
+def test_windows_the_rules_do_not_render_are_refused_by_them_and_kept_by_budget_mode(tmp_path):
+    """Read, named, never silently dropped: the rules render the issue's example whole, refuse what they cannot
+    render (the departments' day, hourly buckets off whole hours), budget mode enforces every window in any zone."""
     from otel_tokens.ops.rules import render
     from otel_tokens.quota.file import load_quotas
 
     path = tmp_path / "q.yml"
     path.write_text(EXAMPLE)
+    recorded = {rule.get("record") for group in render(load_quotas(path))["groups"] for rule in group["rules"]}
+    assert {"llm_quota:user_tokens:day_ratio", "llm_quota:user_cost:month_ratio", "llm_quota:department_tokens:ratio",
+            "llm_quota:department_cost:ratio", "llm_quota:department_cost:year_ratio"} <= recorded
+    assert "llm_quota:user_tokens:month_ratio" not in recorded  # no token limit on the users' month
+    path.write_text(EXAMPLE.replace("year: {cost: 5000}", "year: {cost: 5000}, day: {cost: 30}"))
     with pytest.raises(ConfigError) as caught:
         load_quotas(path)
-    message = str(caught.value)
-    assert "timezone" not in message  # the departments' month follows the zone
-    assert ("users.default.month: 'month' is read, but the rules of the month window of users are not built yet in "
-            "this version (only 24h, day): budget mode enforces it") in message
-    assert "users.default.day" not in message  # the users' day is built
-    assert "the rules of the year window of departments are not built yet" in message
-    with pytest.raises(ConfigError, match="the month window of users"):
-        render(parse_quotas(yaml.safe_load(EXAMPLE), "q.yml"))
+    assert ("departments.default.day: 'day' is read, but the rules of the day window of departments are not built "
+            "yet in this version (only month, week, year): budget mode enforces it") in str(caught.value)
     budget = load_quotas(path, budget=True)
-    assert budget.scope_windows(USER) == ["day", "month"] and budget.scope_windows(DEPARTMENT) == ["month", "year"]
+    assert budget.scope_windows(USER) == ["day", "month"]
+    assert budget.scope_windows(DEPARTMENT) == ["day", "month", "year"]
     path.write_text("users: {default: {24h: {tokens: 5}}}\ndepartments: {default: {month: {cost: 3}}}\n")
     assert load_quotas(path).users.default.tokens == 5  # the scopes' own windows, written out
     path.write_text("timezone: Asia/Kolkata\ndepartments: {default: {tokens: 5}}\n")
     with pytest.raises(ConfigError, match=r"timezone: 'Asia/Kolkata' has the UTC offset \+05:30, not a whole hour"):
         load_quotas(path)  # the rules' hourly buckets could not begin at its midnight
     assert load_quotas(path, budget=True).timezone == "Asia/Kolkata"  # budget mode: any offset
+    path.write_text("timezone: Asia/Kolkata\nusers: {default: {day: {tokens: 5}, month: {tokens: 50}}}\n")
+    with pytest.raises(ConfigError, match=r"the users month in zones off whole hours are enforced by budget mode"):
+        load_quotas(path)
+    path.write_text("timezone: Asia/Kolkata\nusers: {default: {day: {tokens: 5}, 24h: {tokens: 50}}}\n")
+    assert load_quotas(path).timezone == "Asia/Kolkata"  # the users' 24 h and day: 5-minute buckets, any zone
     path.write_text("timezone: America/New_York\ndepartments: {default: {tokens: 5}}\n")
     assert load_quotas(path).timezone == "America/New_York"
 
@@ -112,6 +117,5 @@ def test_the_readmes_quota_file_is_what_budget_mode_reads_and_the_rules_refuse_b
     path.write_text(block)
     quotas = load_quotas(path, budget=True)
     assert (quotas.timezone, quotas.scope_windows(USER), quotas.scope_windows(DEPARTMENT)) == (
-        "Asia/Shanghai", ["24h", "day"], ["month", "year"])
-    with pytest.raises(ConfigError, match=r"departments\.default\.year: 'year' is read, but the rules of the year"):
-        load_quotas(path)
+        "Asia/Shanghai", ["24h", "day", "month"], ["month", "year"])
+    assert load_quotas(path) == quotas  # the rules render every window it sets

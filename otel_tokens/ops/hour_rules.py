@@ -1,0 +1,150 @@
+"""Calendar windows from hourly buckets, in the quota file's zone: the departments' month (their own window),
+and the week, month and year of either scope. They lag by up to an hour and a quarter (an hour counts once it
+is complete and written), which a week, a month or a year tolerates; a user's day does not (`day_rules`).
+
+- *Hourly buckets* (`hourly_bucket_rule`), in a group evaluated every HOUR_ROLLUP_INTERVAL: each clock hour's
+  usage, written once, labelled with the local month of its middle. Offsets are whole hours here (the
+  renderer refuses other zones), so an hour never straddles local midnight.
+- *Month to date* (`month_usage_rule`): the buckets of the last 32 days labelled with the current month,
+  recorded in the same group right after the buckets (it changes only then), read back by the 10 s group over
+  HOUR_KEPT while its month is the current one (`calendar_read`).
+- *Week to date*: the same over 8 days, each bucket labelled at read time with its ISO week.
+- *Year to date*: the closed months of the year plus the month to date. A year is not 8,784 buckets read per
+  evaluation: each closed month is recorded (`closed_month`, labelled) once an hour during the first local
+  day of the month after it, and the hours group sums this year's (`year_closed`) from those few samples.
+  Until the month just closed is recorded (minutes), its last month-to-date stands in for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from otel_tokens.ops.local_time import LocalTime
+from otel_tokens.ops.rollups import HOUR, HOUR_KEPT, HOUR_SECONDS, closed_hour, hourly_bucket
+from otel_tokens.quota.calendar import MONTH, WEEK, YEAR, calendar_id
+from otel_tokens.quota.vocabulary import COUNTERS, QuotaScope
+
+HOUR_WINDOWS = (WEEK, MONTH, YEAR)  # the windows these rules build, for either scope
+MONTH_SUBQUERY = "32d"
+WEEK_SUBQUERY = "8d"
+PREVIOUS_MONTH_SUBQUERY = "62d"  # from the last day of a month back to the start of the one before
+CLOSED_KEPT = "370d"  # how far back this year's closed months are read (a year and its first day)
+GAP = "2h"  # the just-closed month's last month-to-date, read while its closed total is not recorded yet
+PREFIX = "llm_quota"
+
+
+def name(scope: QuotaScope, kind: str, what: str) -> str:
+    return f"{PREFIX}:{scope.name}_{kind}:{what}"
+
+
+def _count(label: str, window: str, local: LocalTime, utc: str) -> str:
+    """`count_values` of the id of the local `window` holding the scalar UTC time `utc`: a `label` label."""
+    return f'count_values("{label}", {calendar_id(window, local.seconds(utc))})'
+
+
+def hourly_bucket_rule(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str, Any]:
+    """Each clock hour's usage, written once, labelled with the local month of its middle when written (the
+    zone's offset computed once per bucket, not at every step of every month's subquery)."""
+    month = f"+ on() group_left(month)\n(0 * {_count('month', MONTH, local, f'time() - {HOUR_SECONDS // 2}')})"
+    return {"record": name(scope, kind, HOUR), "expr": hourly_bucket(COUNTERS[kind], scope.label, month)}
+
+
+def _hours(scope: QuotaScope, kind: str) -> str:
+    """At a `[..:1h]` subquery's step, the bucket of the hour ending there. A version before the months were
+    labelled wrote buckets without `month`: theirs is computed as that version did (UTC, at the bucket's
+    middle), only for hours without a labelled bucket of the principal (the hour of an upgrade is written both
+    ways: counted once). `+ 0`: last_over_time keeps the metric name, the joined side has none, and both are
+    one series of the subquery (same labels): named on one step and not on the next would make two."""
+    bucket = name(scope, kind, HOUR)
+    with_month, without = closed_hour(bucket + '{month!=""}'), closed_hour(bucket + '{month=""}')
+    utc_month = _count("month", MONTH, LocalTime("UTC", None), f"time() - {HOUR_SECONDS // 2}")
+    return (f"      {with_month} + 0\n      or on({scope.label})\n      (\n        {without}\n"
+            f"        + on() group_left(month)\n        (0 * {utc_month})\n      )")
+
+
+def months(scope: QuotaScope, kind: str, subquery: str, when: str, by: str = "") -> str:
+    """The hourly buckets of the subquery labelled with the local month of the local time `when` (a scalar
+    expression of local seconds), summed per principal (and `by`). Only the wanted month's label is kept: no
+    `@ end()` inside the subquery, which VictoriaMetrics 1.79 evaluates at the subquery's own (future) end."""
+    return (f"sum by ({scope.label}{by}) (\n  sum_over_time(\n    (\n{_hours(scope, kind)}\n    )[{subquery}:{HOUR}]\n"
+            f"  )\n  and on(month)\n  count_values(\"month\", {calendar_id(MONTH, when)})\n)")
+
+
+def month_usage_rule(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str, Any]:
+    return {"record": name(scope, kind, MONTH),
+            "expr": months(scope, kind, MONTH_SUBQUERY, local.seconds("time()"), ", month")}
+
+
+def previous_month_rule(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str, Any]:
+    """The whole previous month, which the month to date never shows complete (its last bucket is written
+    after the month turned), for statements and dashboards to check against."""
+    return {"record": name(scope, kind, "previous_month"),
+            "expr": months(scope, kind, PREVIOUS_MONTH_SUBQUERY, _previous_month_time(local))}
+
+
+def _previous_month_time(local: LocalTime) -> str:
+    now = local.seconds("time()")
+    return f"scalar(vector({now}) - day_of_month(vector({now})) * 86400)"  # a local time in the previous month
+
+
+def week_usage_rule(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str, Any]:
+    """The ISO week to date, labelled `week`: each bucket of the last 8 days labelled with the week of its
+    middle at read time (the offset of its own time), only the current week's kept."""
+    week = _count("week", WEEK, local, f"time() - {HOUR_SECONDS // 2}")
+    hours = f"sum without (month) (\n{_hours(scope, kind)}\n)\n+ on() group_left(week) (0 * {week})"
+    return {"record": name(scope, kind, WEEK),
+            "expr": (f"sum by ({scope.label}, week) (\n  sum_over_time(\n(\n{hours}\n)[{WEEK_SUBQUERY}:{HOUR}]\n  )\n"
+                     f"  and on(week)\n  {_count('week', WEEK, local, 'time()')}\n)")}
+
+
+def closed_month_rule(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str, Any]:
+    """The previous local month's total, labelled `month`, computed once an hour (the evaluations in the
+    quarter hour after it: the subquery's one step) and kept only during the first local day of a month, so
+    a year's worth is a few hundred samples per principal. An outage of that whole day loses the month from
+    the year (`rules-backfill` can write it)."""
+    previous = _previous_month_time(local)
+    first_day = f"day_of_month(vector({local.seconds('time()')})) == 1"
+    total = (f"{months(scope, kind, PREVIOUS_MONTH_SUBQUERY, previous, ', month')}\nand on() ({first_day})")
+    return {"record": name(scope, kind, "closed_month"),
+            "expr": f"last_over_time(\n(\n{total}\n)[15m:{HOUR}]\n)"}
+
+
+def year_closed_rule(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str, Any]:
+    """The year's closed months, labelled `year`: per month the largest recorded total (the month's last
+    month to date stands in until its closed total is written), the current month left out."""
+    label = scope.label
+    per_month = (f"max by ({label}, month) (\n  max_over_time({name(scope, kind, 'closed_month')}[{CLOSED_KEPT}])\n"
+                 f"  or last_over_time({name(scope, kind, MONTH)}[{GAP}])\n)\n"
+                 f"unless on(month) {_count('month', MONTH, local, 'time()')}")
+    with_year = f'label_replace(\n{per_month},\n"year", "$1", "month", "([0-9]{{4}})[0-9]{{2}}")'
+    return {"record": name(scope, kind, "year_closed"),
+            "expr": (f"sum by ({label}, year) (\n{with_year}\n)\n"
+                     f"and on(year) {_count('year', YEAR, local, 'time()')}")}
+
+
+def calendar_read(usage: str, window: str, local: LocalTime) -> str:
+    """A window to date as the 10 s group reads it: the hours group's latest, over HOUR_KEPT (a late or
+    restarted group), and only while its label is the current window (not a minute into the next)."""
+    return (f"sum without ({window}) (\n  last_over_time({usage}[{HOUR_KEPT}])\n  and on({window})\n"
+            f"  {_count(window, window, local, 'time()')}\n)")
+
+
+def year_usage(scope: QuotaScope, kind: str, local: LocalTime) -> str:
+    """The year to date, every 10 s: the closed months and the month to date, both read back."""
+    closed = calendar_read(name(scope, kind, "year_closed"), YEAR, local)
+    month = calendar_read(name(scope, kind, MONTH), MONTH, local)
+    return (f"sum by ({scope.label}) (\nlabel_replace(\n{closed},\n\"part\", \"closed\", \"\", \"\")\n"
+            f"or\n{month}\n)")
+
+
+def hour_group_rules(scope: QuotaScope, kind: str, windows: set[str], local: LocalTime) -> list[dict[str, Any]]:
+    """The hours group's rules of one kind for the hour windows in `windows`, in the order they read each other
+    (promtool and Prometheus evaluate a group's rules in order; vmalert reads them back an interval later)."""
+    rules = [hourly_bucket_rule(scope, kind, local)]
+    if windows & {MONTH, YEAR}:
+        rules.append(month_usage_rule(scope, kind, local))
+    if WEEK in windows:
+        rules.append(week_usage_rule(scope, kind, local))
+    if YEAR in windows:
+        rules += [closed_month_rule(scope, kind, local), year_closed_rule(scope, kind, local)]
+    return rules
