@@ -1,16 +1,10 @@
 """The budget forecast rules on VictoriaMetrics' engine (MetricsQL), on a month of history: the
 promtool test's departments imported into a real VictoriaMetrics, every recording rule of the
-rendered file evaluated there in order over the month at the hourly step (each rule's results written
-back before the next reads them, as vmalert does), then the forecasts read at the promtool test's
-times must equal Prometheus's. vmalert's own replay mode cannot be used: it refuses the `query`
-template the alerts' annotations use."""
+rendered file replayed there over the month at the hourly step (tests/support/victoria_replay.py),
+then the forecasts read at the promtool test's times must equal Prometheus's."""
 
 from __future__ import annotations
 
-import json
-import time
-import urllib.parse
-import urllib.request
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,6 +14,7 @@ from otel_tokens.ops.rules import render
 from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
 from tests.support.forecast_quotas import FORECAST_QUOTAS
+from tests.support.victoria_replay import at, import_lines, replay, visible
 from tests.support.victoria_stack import start_victoria
 
 START = int(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp())
@@ -43,28 +38,8 @@ def _history() -> list[dict[str, Any]]:
             dept("ops", [round(0.05 * i, 10) for i in range(3301)], "llm_quota_cost_total")]
 
 
-def _get(url: str, path: str, **params: Any) -> Any:
-    with urllib.request.urlopen(f"{url}{path}?{urllib.parse.urlencode(params)}", timeout=120) as response:
-        data = json.load(response)["data"]
-    return data if isinstance(data, list) else data["result"]  # /series answers a list
-
-
-def _import(url: str, lines: list[dict[str, Any]]) -> None:
-    body = "\n".join(json.dumps(line) for line in lines).encode()
-    urllib.request.urlopen(urllib.request.Request(f"{url}/api/v1/import", data=body, method="POST"), timeout=120)
-    urllib.request.urlopen(f"{url}/internal/force_flush", timeout=60)
-
-
-def _visible(url: str, name: str, count: int) -> None:
-    deadline = time.monotonic() + 60
-    while len(_get(url, "/api/v1/series", **{"match[]": name, "start": START - HOUR})) < count:
-        assert time.monotonic() < deadline, f"{name}: written, never searchable"
-        time.sleep(0.2)
-
-
 def _at(url: str, promql: str, t: float) -> dict[str, float]:
-    return {r["metric"].get("department", ""): float(r["value"][1]) for r in _get(url, "/api/v1/query",
-                                                                                  query=promql, time=t)}
+    return at(url, promql, t, "department")
 
 
 def test_forecasts_on_victoriametrics_equal_prometheus(tmp_path):
@@ -72,21 +47,9 @@ def test_forecasts_on_victoriametrics_equal_prometheus(tmp_path):
     url, process = start_victoria(tmp_path, victoria, retention="100y")
     try:
         history = _history()
-        _import(url, history)
-        _visible(url, '{__name__=~"llm_quota_tokens_total|llm_quota_cost_total"}', len(history))
-        end = START + 33 * 86400
-        for group in render(parse_quotas(FORECAST_QUOTAS, "q"))["groups"]:
-            for rule in group["rules"]:
-                if "record" not in rule:
-                    continue
-                result = _get(url, "/api/v1/query_range", query=rule["expr"], start=START, end=end, step=HOUR)
-                if not result:
-                    continue
-                lines = [{"metric": {**r["metric"], **rule.get("labels", {}), "__name__": rule["record"]},
-                          "values": [float(v) for _, v in r["values"]],
-                          "timestamps": [int(t) * 1000 for t, _ in r["values"]]} for r in result]
-                _import(url, lines)
-                _visible(url, rule["record"], len(lines))
+        import_lines(url, history)
+        visible(url, '{__name__=~"llm_quota_tokens_total|llm_quota_cost_total"}', len(history), START - HOUR)
+        replay(url, render(parse_quotas(FORECAST_QUOTAS, "q")), START, START + 33 * 86400, HOUR)
         day = 86400
         # the promtool test's numbers (tests/e2e/test_quota_rules_promtool.py), here on January 2026
         assert _at(url, "llm_quota:department_tokens:burn_rate", START + 10 * day + 12 * HOUR) == {
