@@ -2,8 +2,9 @@
 
 from otel_tokens import names
 from otel_tokens.ops.forecast_rules import ALERT as FORECAST_ALERT
-from otel_tokens.ops.rules import series
+from otel_tokens.ops.rules import PREFIX, series
 from otel_tokens.quota import vocabulary
+from otel_tokens.quota.calendar import WINDOWS
 
 SERVICE = "job"  # the collector's Prometheus exporter sets job from service.name
 MODEL = names.prometheus_label(names.GEN_AI_REQUEST_MODEL)
@@ -55,6 +56,20 @@ def quota(scope: vocabulary.QuotaScope, kind: str, what: str) -> str:
     """A recorded quota series of the scope, filtered by the scope's variable."""
     variable = next(v for v, label in VARIABLES.items() if label == scope.label)
     return f'{series(scope.name, kind, what)}{{{scope.label}=~"${variable}"}}'
+
+
+def every_window_ratio(scope: vocabulary.QuotaScope) -> str:
+    """Percent of the limit in every window the rules record for the scope, labelled `window` and `quota`: one
+    query whatever windows the quota file sets (a window's ratio is llm_quota:user_tokens:day_ratio, the scope's
+    own window's has no prefix)."""
+    variable = next(v for v, label in VARIABLES.items() if label == scope.label)
+    prefix = f"{PREFIX}:{scope.name}_"
+    others = "|".join(f"{window}_" for window in WINDOWS if window != scope.window)
+    kinds = "|".join(vocabulary.KINDS)
+    ratios = f'{{__name__=~"{prefix}({kinds}):({others})?ratio", {scope.label}=~"${variable}"}}'
+    quota = f'label_replace({ratios}, "quota", "$1", "__name__", "{prefix}([a-z]+):.*")'
+    window = f'label_replace({quota}, "window", "$1", "__name__", "{prefix}[a-z]+:([a-z0-9]+)_ratio")'
+    return percent(f'label_replace({window}, "window", "{scope.window}", "window", "")')
 
 
 def percent(expr: str) -> str:

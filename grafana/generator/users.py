@@ -75,6 +75,16 @@ def _percent_of_limit(scope: QuotaScope, kind: str, title: str, description: str
                            f"{{{{{scope.label}}}}}", unit="percent", decimals=1, steps=quota_steps(warning_ratio()))]
 
 
+def _every_window(scope: QuotaScope, title: str) -> object:
+    return bargauge_panel(title, "Each window the quota file sets (24h, day, week, month, year, in its time zone) as "
+                          "a percentage of its limit, tokens and cost: a principal near one limit while far from "
+                          "another shows here. Week, month and year count whole hours (up to an hour and a quarter "
+                          "behind).",
+                          f"sort_desc({q.every_window_ratio(scope)})",
+                          f"{{{{{scope.label}}}}} · {{{{window}}}} · {{{{quota}}}}", unit="percent", decimals=1,
+                          steps=quota_steps(warning_ratio()))
+
+
 def build() -> Dashboard:
     board = new_dashboard(UID, "LLM tokens: users and departments",
                           "Who spends the tokens: top users and departments, quotas (rolling 24 h per user, calendar "
@@ -120,6 +130,8 @@ def build() -> Dashboard:
             *_percent_of_limit(DEPARTMENT, COST, "Department cost budget (month to date)",
                                "Each department's month-to-date cost as a percentage of its monthly budget.")]),
         (9, 12, [*_headroom_table(USER), *_headroom_table(DEPARTMENT)]),
+        (9, 12, [_every_window(USER, "User quotas, every window (%)"),
+                 _every_window(DEPARTMENT, "Department budgets, every window (%)")]),
     ]
     for height, width, panels in layout:
         for panel in panels:

@@ -296,8 +296,13 @@ def test_names_in_queries_exist_on_the_live_series(stack: dict[str, Any]) -> Non
             metrics, labels = query_names(expr)
             if any(_department_month(m) for m in metrics) and not stack["months"]:
                 continue
-            selector = "|".join(re.escape(m) for m in sorted(metrics))
-            for label in labels - {"__name__"}:
+            # a query may read its metrics by a name regex (the every-window panels), and label_replace's
+            # destinations are labels it makes, not ones it reads
+            by_regex = re.search(r'__name__=~"([^"]+)"', expr)
+            named = "|".join(re.escape(m) for m in sorted(metrics))
+            selector = by_regex.group(1) if by_regex and not metrics else named
+            made = set(re.findall(r',\s*"(\w+)",\s*"[^"]*",\s*"\w+",\s*"[^"]*"\)', expr))
+            for label in labels - {"__name__"} - made:
                 found = query(stack["url"], f'count({{__name__=~"{selector}", {label}!=""}})')
                 assert found, f"{where}: no series of {sorted(metrics)} has the label {label}"
 
@@ -384,3 +389,19 @@ def test_quota_alert_panel_shows_the_firing_alert(stack: dict[str, Any]) -> None
     if stack["months"]:
         assert ("LLMDepartmentTokenBudget", "critical", "", "support") in firing
     assert all(user in ("", "carol") for _, _, user, _ in firing), firing
+
+
+def test_every_window_panels_show_each_recorded_ratio_labelled_with_its_window(stack: dict[str, Any]) -> None:
+    """The every-window panels (one query whatever windows the quota file sets) return each recorded ratio x100,
+    labelled with its window and kind: here the users' 24h and the departments' month."""
+    panels = [p for d in _dashboards().values() for p in _data_panels(d) if "every window" in p["title"]]
+    assert len(panels) == 2
+    for panel in panels:
+        (target,) = panel["targets"]
+        principal, label, window = (("user", "user_id", "24h") if "user_id" in target["expr"]
+                                    else ("department", "department", "month"))
+        shown = {(r["metric"][label], r["metric"]["window"], r["metric"]["quota"]): float(r["value"][1])
+                 for r in query(stack["url"], interpolate(target["expr"], {"user": ".*", "department": ".*"}))}
+        recorded = {(r["metric"][label], window, kind): 100 * float(r["value"][1]) for kind in ("tokens", "cost")
+                    for r in query(stack["url"], f"llm_quota:{principal}_{kind}:ratio")}
+        assert shown == pytest.approx(recorded) and (recorded or principal == "department"), panel["title"]

@@ -172,10 +172,10 @@ def promql_names(expr: str) -> tuple[set[str], set[str]]:
             if calls and calls[-1][1] == depth:
                 calls.pop()
             depth -= 1
-        elif text == "," and calls and calls[-1][1] == depth:
+        elif text == "," and not braces and calls and calls[-1][1] == depth:  # not a matcher list's comma
             calls[-1][2] += 1
-        elif kind == "string" and calls and calls[-1][1] == depth and calls[-1][0] == "label_replace" \
-                and calls[-1][2] in (1, 3):
+        elif kind == "string" and not braces and calls and calls[-1][1] == depth \
+                and calls[-1][0] == "label_replace" and calls[-1][2] in (1, 3):
             labels.add(text[1:-1])
         elif kind == "ident":
             if braces:
