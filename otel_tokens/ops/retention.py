@@ -1,5 +1,5 @@
-"""Whether the time-series database keeps what the quota rules read: a department's month to date reads 32
-days of hourly buckets and its previous month 62, while Prometheus keeps 15 days unless told otherwise and
+"""Whether the time-series database keeps what the quota rules read: a month to date reads 32 days of hourly
+buckets, the previous month 62, a year its closed months 370, while Prometheus keeps 15 days unless told otherwise and
 VictoriaMetrics one month. Too short a retention makes those windows silently short (budgets under-count,
 no error anywhere), so `otel-tokens rules --prometheus URL` warns."""
 

@@ -280,3 +280,33 @@ def test_marks_live_beside_the_usage_and_a_late_settlement_still_counts(store, r
     assert store.read(DEPARTMENT, "ops")[0] == 2500
     settle(store, held, chs, 7)
     assert store.read(DEPARTMENT, "ops")[0] == 2507
+
+
+def test_the_store_records_its_key_layout_and_refuses_a_newer_one(redis_url, clock):
+    """The layout marker: a fresh store gets this version's layout, an older one is raised to it, and a store a
+    newer version wrote to is refused (every call gets the fail-open / fail-closed answer) with a message that
+    says what to do; once the marker is back (the newer processes rolled back), the store is used again."""
+    import redis
+
+    from otel_tokens.quota.budget.store import LAYOUT, LAYOUT_KEY, StoreLayoutError, StoreUnavailableError
+
+    raw = redis.Redis.from_url(redis_url)
+    raw.delete(LAYOUT_KEY)
+    store = RedisBudgetStore(redis_url, timeout=1.0, backoff=0.05, clock=clock)
+    assert store.reserve("r1", 600, charges(10)).status == RESERVED
+    assert raw.get(LAYOUT_KEY) == str(LAYOUT).encode()
+    raw.set(LAYOUT_KEY, 1)
+    assert RedisBudgetStore(redis_url, timeout=1.0, clock=clock).reserve("r2", 600, charges(10)).status == RESERVED
+    assert raw.get(LAYOUT_KEY) == str(LAYOUT).encode()
+    raw.set(LAYOUT_KEY, LAYOUT + 1)
+    newer = RedisBudgetStore(redis_url, timeout=1.0, backoff=0.05, clock=clock)
+    with pytest.raises(StoreLayoutError, match=rf"layout {LAYOUT + 1} .*this version reads layout {LAYOUT}: upgrade"):
+        newer.reserve("r3", 600, charges(10))
+    with pytest.raises(StoreUnavailableError, match="failed less than"):  # backing off: no round trip
+        newer.reserve("r3", 600, charges(10))
+    assert store.read(USER, "alice") == (20, 0, 2)  # a connected process keeps its connection's check
+    raw.set(LAYOUT_KEY, LAYOUT)
+    import time
+
+    time.sleep(0.06)
+    assert newer.reserve("r3", 600, charges(10)).status == RESERVED

@@ -33,10 +33,20 @@ NANO = 1_000_000_000  # cost is held in integer nano-units of the currency
 MAX_AMOUNT = 2**50  # Lua numbers are doubles: amounts stay well inside their exact integers
 _SCRIPTS = {"reserve": lua.RESERVE, "settle": lua.SETTLE, "read": lua.READ, "peek": lua.PEEK}
 PREFIX = "otel-tokens:"
+# The key layout this version writes (docs/enforcement.md, "Redis layout"): 1, the scopes' own windows (rolling
+# 24 h buckets, UTC month); 2, every window, a calendar bucket keyed by its id in the zone. A version only adds
+# keys and fields (old processes keep reading theirs during a rolling deploy); one that must change their meaning
+# raises it, and older versions then refuse the store instead of misreading it.
+LAYOUT = 2
+LAYOUT_KEY = f"{PREFIX}layout"
 
 
 class StoreUnavailableError(Exception):
     """The store could not answer in time (down, slow, full, restarting)."""
+
+
+class StoreLayoutError(StoreUnavailableError):
+    """The store holds keys of a newer layout than this version reads: upgrade every process."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +145,25 @@ class RedisBudgetStore:
             client = RedisCluster.from_url(self.url, socket_timeout=self.timeout, **quiet,
                                            socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0))
             self.cluster = True
+        self._check_layout(client)
         self._load_scripts(client)
         return client
+
+    def _check_layout(self, client: Any) -> None:
+        """Records LAYOUT in the store (the highest a version has written), or refuses a store a newer version
+        has written: once per connection, not per call."""
+        client.set(LAYOUT_KEY, LAYOUT, nx=True)
+        found = client.get(LAYOUT_KEY)
+        try:
+            written = int(found)
+        except (TypeError, ValueError):
+            written = 0
+        if written > LAYOUT:
+            raise StoreLayoutError(f"{redact(self.url)} holds otel-tokens budget keys of layout {written} (key "
+                                   f"{LAYOUT_KEY}), written by a newer version; this version reads layout {LAYOUT}: "
+                                   "upgrade every process that uses this store")
+        if written < LAYOUT:
+            client.set(LAYOUT_KEY, LAYOUT)
 
     def _load_scripts(self, client: Any) -> None:
         for source in _SCRIPTS.values():
@@ -174,6 +201,9 @@ class RedisBudgetStore:
                         self._client = self._connect()
                     client = self._client
             result = action(client)
+        except StoreLayoutError:  # asked again after the backoff (the other processes may be upgraded by then)
+            self._down_until = time.monotonic() + self.backoff
+            raise
         except StoreUnavailableError:
             raise
         except Exception as error:
