@@ -25,6 +25,7 @@ from otel_tokens.ops.forecast_rules import forecast_rules
 from otel_tokens.ops.hour_rules import (
     HOUR_WINDOWS,
     calendar_read,
+    closed_months_group,
     hour_group_rules,
     previous_month_rule,
     year_usage,
@@ -192,6 +193,8 @@ def render(quotas: Quotas, for_: str = "15s", today: date | None = None) -> dict
             groups += _rolling_groups(scope, quotas, local)
         if hours and _kinds(quotas, scope, hours):
             groups.append(_hours_group(scope, quotas, hours, local))
+        if _kinds(quotas, scope, [YEAR]):
+            groups.append(closed_months_group(scope, _kinds(quotas, scope, [YEAR]), local))
         rules: list[dict[str, Any]] = [] if scope.rolling else [
             {"record": CALENDAR_MONTH, "expr": calendar_id(MONTH, local.seconds("time()"))}]
         for kind in _kinds(quotas, scope, windows):

@@ -73,10 +73,10 @@ def test_a_departments_year_closes_at_local_midnight_and_counts_its_closed_month
              "exp_samples": [_sample("llm_quota:department_tokens:year_ratio", "department", "sales", 600 / 700)]},
             {"expr": f'{year}{{department="sales"}}', "eval_time": "365d", "exp_samples": [
                 _sample(year, "department", "sales", 400)]},
-            # each month of 1970 recorded once (evaluated daily here), during the first local day of the next month
+            # each month of 1970 recorded twice, at 00:00 UTC of the first two local days of the next month
             {"expr": 'count_over_time(llm_quota:department_tokens:closed_month{department="sales"}[370d])',
              "eval_time": "366d", "exp_samples": [
-                 {"labels": f'{{department="sales",month="1970{m:02d}"}}', "value": 1} for m in range(1, 13)]},
+                 {"labels": f'{{department="sales",month="1970{m:02d}"}}', "value": 2} for m in range(1, 13)]},
             {"expr": 'max_over_time(llm_quota:department_tokens:closed_month{department="sales"}[370d]) > 0',
              "eval_time": "366d", "exp_samples": [
                  {"labels": f'{{department="sales",month="1970{m:02d}"}}', "value": v}
@@ -88,9 +88,10 @@ def test_a_departments_year_closes_at_local_midnight_and_counts_its_closed_month
 
 def test_the_year_alerts_in_the_hour_the_month_before_closed(tmp_path):
     """Evaluated hourly: January's last local hour (500 at 23:30 local) is counted in the year from the hour
-    the month closed (local midnight, 16:00 UTC), from its recorded total; February's first hour adds to it."""
+    the month closed (local midnight, 16:00 UTC): until January's total is recorded (00:00 UTC, 08:00 local) its
+    last month to date and its last hour stand in; February's first hour adds to it."""
     q = 4  # samples an hour at 15 m
-    series = [dept("sales", counter({(30 * 24 + 15) * q + 2: 500, (30 * 24 + 16) * q + 2: 300}, 33 * 24 * q),
+    series = [dept("sales", counter({(30 * 24 + 15) * q + 2: 500, (30 * 24 + 16) * q + 2: 300}, 32 * 24 * q),
                    metric="llm_quota_cost_total")]
     quotas = {"timezone": "Asia/Shanghai", "departments": {"overrides": {"sales": {"year": {"cost": 700}}}}}
     year = "llm_quota:department_cost:year"
@@ -103,6 +104,11 @@ def test_the_year_alerts_in_the_hour_the_month_before_closed(tmp_path):
                 for severity in ("critical", "warning")]},
         ],
         "promql_expr_test": [
+            {"expr": f'{year}{{department="sales"}}', "eval_time": "31d1h", "exp_samples": [
+                _sample(year, "department", "sales", 800)]},  # January recorded at 00:00 UTC: the same 800
+            {"expr": 'llm_quota:department_cost:closed_month{department="sales"}', "eval_time": "31d", "exp_samples": [
+                {"labels": 'llm_quota:department_cost:closed_month{department="sales",month="197001"}',
+                 "value": 500}]},
             {"expr": f'{year}{{department="sales"}}', "eval_time": "30d15h", "exp_samples": [
                 _sample(year, "department", "sales", 0)]},  # the hour of 23:30 local is not closed yet
             {"expr": f'{year}{{department="sales"}}', "eval_time": "30d16h", "exp_samples": [

@@ -6,6 +6,7 @@ annotations use."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.parse
 import urllib.request
@@ -38,20 +39,42 @@ def series_line(labels: Mapping[str, str], start: int, step: int, values: list[f
     return {"metric": dict(labels), "values": values, "timestamps": times}
 
 
+def _in_dependency_order(rule_file: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The recording rules, each after the rules whose series it reads (file order otherwise): a replay computes
+    each over the whole range at once, so a group that reads another group written later in the file (the closed
+    months, the year's sum of them) must come after it."""
+    rules = [rule for group in rule_file["groups"] for rule in group["rules"] if "record" in rule]
+    ordered: list[Mapping[str, Any]] = []
+    done: set[int] = set()
+
+    def reads(rule: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+        return other is not rule and re.search(rf"{re.escape(other['record'])}(?![\w:])", rule["expr"]) is not None
+
+    def visit(i: int, path: tuple[int, ...] = ()) -> None:
+        if i in done or i in path:
+            return
+        for j, other in enumerate(rules):
+            if j != i and reads(rules[i], other) and rules[i]["record"] != other["record"]:
+                visit(j, (*path, i))
+        done.add(i)
+        ordered.append(rules[i])
+
+    for i in range(len(rules)):
+        visit(i)
+    return ordered
+
+
 def replay(url: str, rule_file: Mapping[str, Any], start: int, end: int, step: int) -> None:
-    """Every recording rule of the file, in file order, over [start, end] at `step`, written back."""
-    for group in rule_file["groups"]:
-        for rule in group["rules"]:
-            if "record" not in rule:
-                continue
-            result = get(url, "/api/v1/query_range", query=rule["expr"], start=start, end=end, step=step)
-            if not result:
-                continue
-            lines = [{"metric": {**r["metric"], **rule.get("labels", {}), "__name__": rule["record"]},
-                      "values": [float(v) for _, v in r["values"]],
-                      "timestamps": [int(t) * 1000 for t, _ in r["values"]]} for r in result]
-            import_lines(url, lines)
-            visible(url, rule["record"], len(lines), start - 3600)
+    """Every recording rule of the file over [start, end] at `step`, in dependency order, written back."""
+    for rule in _in_dependency_order(rule_file):
+        result = get(url, "/api/v1/query_range", query=rule["expr"], start=start, end=end, step=step)
+        if not result:
+            continue
+        lines = [{"metric": {**r["metric"], **rule.get("labels", {}), "__name__": rule["record"]},
+                  "values": [float(v) for _, v in r["values"]],
+                  "timestamps": [int(t) * 1000 for t, _ in r["values"]]} for r in result]
+        import_lines(url, lines)
+        visible(url, rule["record"], len(lines), start - 3600)
 
 
 def at(url: str, promql: str, t: float, label: str) -> dict[str, float]:
