@@ -15,6 +15,7 @@ series that reset inside the window.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
@@ -159,7 +160,7 @@ def _window_rules(scope: QuotaScope, kind: str, quotas: Quotas, window: str, loc
     from the hours group), limits (a rolling scope's are recorded by a slower group), ratio, alerts."""
     limits, usage = quotas.limits(scope, window), series(scope.name, kind, window)
     if window == DAY:
-        rules = [{"record": usage, "expr": day_usage(scope, kind, local)}]
+        rules = [{"record": usage, "expr": day_usage(five_minute(scope), kind, local)}]
         read = usage
     elif window == YEAR:
         rules = [{"record": usage, "expr": year_usage(scope, kind, local)}]
@@ -189,8 +190,7 @@ def render(quotas: Quotas, for_: str = "15s", today: date | None = None) -> dict
             continue
         own = quotas.limits(scope)
         hours = [w for w in HOUR_WINDOWS if w in windows or (w == scope.window)]
-        if scope.rolling:
-            groups += _rolling_groups(scope, quotas, local)
+        groups += _rolling_groups(scope, quotas, local)
         if hours and _kinds(quotas, scope, hours):
             groups.append(_hours_group(scope, quotas, hours, local))
         if _kinds(quotas, scope, [YEAR]):
@@ -214,21 +214,32 @@ def render(quotas: Quotas, for_: str = "15s", today: date | None = None) -> dict
     return {"groups": groups + local.expiry_group()}
 
 
+def five_minute(scope: QuotaScope) -> QuotaScope:
+    """The scope as the 5-minute machinery sees it (rollups, the rolling 24 h's parts, the day built on them): a
+    department's day reuses the users' rules over a rolling view of the departments."""
+    return scope if scope.rolling else replace(scope, window=ROLLING)
+
+
 def _rolling_groups(scope: QuotaScope, quotas: Quotas, local: LocalTime) -> list[dict[str, Any]]:
-    """A rolling scope's 5-minute rollups (with the window's fallback base and the limits of its 24 h and day,
-    which change when a principal appears: once a minute, not every evaluation) and its parts."""
+    """The 5-minute rollups (with the rolling window's fallback base; a rolling scope's limits of its 24 h and
+    day too, which change when a principal appears: once a minute, not every evaluation) and the parts: for the
+    users' 24 h and day, and the departments' day."""
     own, day = quotas.limits(scope), quotas.limits(scope, DAY)
-    kinds = _kinds(quotas, scope, (scope.window, DAY))
+    kinds = _kinds(quotas, scope, (scope.window, DAY) if scope.rolling else (DAY,))
     if not kinds:
         return []
-    after = [fallback_rule(scope, kind) for kind in kinds]
-    after += [_limit_rule(scope, kind, own, series(scope.name, kind, scope.window)) for kind in own.kinds()]
-    after += [_limit_rule(scope, kind, day, series(scope.name, kind, DAY), DAY) for kind in day.kinds()]
-    # the parts after the rollups they read, in file order (promtool evaluates groups so)
-    return [{"name": f"{PREFIX}_{scope.name}_rollups", "interval": ROLLUP_INTERVAL,
-             "rules": [rollup_rule(scope, kind) for kind in kinds] + after},
+    view = five_minute(scope)
+    after = [fallback_rule(view, kind) for kind in kinds]
+    if scope.rolling:
+        after += [_limit_rule(scope, kind, own, series(scope.name, kind, scope.window)) for kind in own.kinds()]
+        after += [_limit_rule(scope, kind, day, series(scope.name, kind, DAY), DAY) for kind in day.kinds()]
+    # the parts after the rollups they read, in file order (promtool evaluates groups so); the departments'
+    # `_rollups` group is their hourly one
+    rollups = f"{PREFIX}_{scope.name}_rollups" if scope.rolling else f"{PREFIX}_{scope.name}_5m_rollups"
+    return [{"name": rollups, "interval": ROLLUP_INTERVAL,
+             "rules": [rollup_rule(view, kind) for kind in kinds] + after},
             {"name": f"{PREFIX}_{scope.name}_parts", "interval": PARTS_INTERVAL,
-             "rules": [parts_rule(scope, kind, [day_part(scope, kind, local)] if kind in day.kinds() else [])
+             "rules": [parts_rule(view, kind, [day_part(view, kind, local)] if kind in day.kinds() else [])
                        for kind in kinds]}]
 
 

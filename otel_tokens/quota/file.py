@@ -227,9 +227,8 @@ def parse_quotas(data: Any, source: str) -> Quotas:
     return quotas
 
 
-# The departments' day would lag an hour behind (their buckets are hourly): budget mode enforces it.
 RULES_WINDOWS: Mapping[str, tuple[str, ...]] = {USER.name: (USER.window, DAY, WEEK, MONTH, YEAR),
-                                                DEPARTMENT.name: (DEPARTMENT.window, WEEK, YEAR)}
+                                                DEPARTMENT.name: (DAY, DEPARTMENT.window, WEEK, YEAR)}
 HOURLY_WINDOWS = (WEEK, MONTH, YEAR)  # summed from hourly buckets in the rules: whole-hour zones only
 
 
@@ -249,7 +248,7 @@ def require_built(quotas: Quotas, budget: bool = False) -> Quotas:
                                         f"has the UTC offset {offset_text(uneven[0])}, not a whole hour: the "
                                         "rules' hourly buckets cannot begin at its local midnight (the "
                                         f"{', '.join(hourly)} in zones off whole hours are enforced by budget "
-                                        "mode only in this version; the users' 24h and day work in any zone)"))
+                                        "mode only in this version; the 24h and the days work in any zone)"))
     for scope in SCOPES:
         built = RULES_WINDOWS[scope.name]
         for window in quotas.scope_windows(scope):

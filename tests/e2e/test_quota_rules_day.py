@@ -143,3 +143,39 @@ def test_a_users_24h_and_day_alerts_fire_side_by_side_told_apart_by_window(tmp_p
         ],
     }]}
     promtool_test(tmp_path, tests, quotas, today=date(1970, 1, 1))
+
+
+def test_a_departments_day_begins_at_local_midnight_too(tmp_path):
+    """A department's day (LLMDepartmentTokenBudget, window="day") on the users' 5-minute machinery, over a
+    rolling view of the departments: the same midnight as a user's, with the department's month beside it."""
+    from tests.support.promtool_rules import dept
+
+    quotas = {"timezone": "Asia/Shanghai",
+              "departments": {"default": {"day": {"tokens": 1000}, "month": {"tokens": 100000}}}}
+    day = "llm_quota:department_tokens:day"
+
+    def alert(severity: str, usage: str, percent: str) -> dict:
+        verb = "is nearing" if severity == "warning" else "has reached"
+        return {"exp_labels": {"department": "sales", "severity": severity, "window": "day", "quota": "tokens"},
+                "exp_annotations": {
+                    "summary": f"Department sales {verb} the token quota of the day ({percent})",
+                    "description": f"Department sales used {usage} tokens of 1k tokens ({percent}) today "
+                                   "(Asia/Shanghai).",
+                    "usage": f"{usage} tokens", "limit": "1k tokens", "percent": percent}}
+
+    tests = {"evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [dept("sales", "0x929 900x26 1000x10 1200x300")],
+        "alert_rule_test": [
+            {"eval_time": "15h59m", "alertname": "LLMDepartmentTokenBudget", "exp_alerts": [
+                alert("critical", "1k", "100%"), alert("warning", "1k", "100%")]},
+            {"eval_time": "16h5m", "alertname": "LLMDepartmentTokenBudget", "exp_alerts": []},
+        ],
+        "promql_expr_test": [
+            {"expr": f'{day}{{department="sales"}}', "eval_time": "15h50m",
+             "exp_samples": [{"labels": f'{day}{{department="sales"}}', "value": 900}]},
+            {"expr": f'{day}{{department="sales"}}', "eval_time": "16h30m",
+             "exp_samples": [{"labels": f'{day}{{department="sales"}}', "value": 200}]},
+        ],
+    }]}
+    promtool_test(tmp_path, tests, quotas, today=date(1970, 1, 1))

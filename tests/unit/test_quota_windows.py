@@ -71,8 +71,8 @@ def test_bad_windows_and_zones_are_named(data, field, says):
 
 
 def test_windows_the_rules_do_not_render_are_refused_by_them_and_kept_by_budget_mode(tmp_path):
-    """Read, named, never silently dropped: the rules render the issue's example whole, refuse what they cannot
-    render (the departments' day, hourly buckets off whole hours), budget mode enforces every window in any zone."""
+    """Read, named, never silently dropped: the rules render every window, refuse by name what they cannot
+    render (hourly buckets off whole hours), budget mode enforces every window in any zone."""
     from otel_tokens.ops.rules import render
     from otel_tokens.quota.file import load_quotas
 
@@ -83,10 +83,8 @@ def test_windows_the_rules_do_not_render_are_refused_by_them_and_kept_by_budget_
             "llm_quota:department_cost:ratio", "llm_quota:department_cost:year_ratio"} <= recorded
     assert "llm_quota:user_tokens:month_ratio" not in recorded  # no token limit on the users' month
     path.write_text(EXAMPLE.replace("year: {cost: 5000}", "year: {cost: 5000}, day: {cost: 30}"))
-    with pytest.raises(ConfigError) as caught:
-        load_quotas(path)
-    assert ("departments.default.day: 'day' is read, but the rules of the day window of departments are not built "
-            "yet in this version (only month, week, year): budget mode enforces it") in str(caught.value)
+    recorded = {rule.get("record") for group in render(load_quotas(path))["groups"] for rule in group["rules"]}
+    assert "llm_quota:department_cost:day_ratio" in recorded  # the departments' day: every window is rendered
     budget = load_quotas(path, budget=True)
     assert budget.scope_windows(USER) == ["day", "month"]
     assert budget.scope_windows(DEPARTMENT) == ["day", "month", "year"]
@@ -99,8 +97,9 @@ def test_windows_the_rules_do_not_render_are_refused_by_them_and_kept_by_budget_
     path.write_text("timezone: Asia/Kolkata\nusers: {default: {day: {tokens: 5}, month: {tokens: 50}}}\n")
     with pytest.raises(ConfigError, match=r"the users month in zones off whole hours are enforced by budget mode"):
         load_quotas(path)
-    path.write_text("timezone: Asia/Kolkata\nusers: {default: {day: {tokens: 5}, 24h: {tokens: 50}}}\n")
-    assert load_quotas(path).timezone == "Asia/Kolkata"  # the users' 24 h and day: 5-minute buckets, any zone
+    path.write_text("timezone: Asia/Kolkata\nusers: {default: {day: {tokens: 5}, 24h: {tokens: 50}}}\n"
+                    "departments: {default: {day: {cost: 3}}}\n")
+    assert load_quotas(path).timezone == "Asia/Kolkata"  # the 24 h and the days: 5-minute buckets, any zone
     path.write_text("timezone: America/New_York\ndepartments: {default: {tokens: 5}}\n")
     assert load_quotas(path).timezone == "America/New_York"
 
