@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from otel_tokens.ops.durations import human_duration
 from otel_tokens.ops.local_time import LocalTime
 from otel_tokens.ops.rollups import closed_hour
 from otel_tokens.quota.vocabulary import QuotaScope
@@ -37,11 +38,16 @@ def forecast_rules(scope: QuotaScope, kind: str, name: Callable[[str], str], loc
     label = scope.label
     # one series per principal: its hourly buckets are labelled with their month (max: the hour of an upgrade
     # is written both unlabelled and labelled, with the same value)
-    bucket, usage, limit = f"max without (month) ({closed_hour(name('1h'))})", name("month"), name("limit")
+    size = local.bucket  # an hour, or a half / quarter hour in zones off whole hours: the burn stays per hour
+    step = human_duration(size)
+    bucket = f"max without (month) ({closed_hour(name(step), size)})"
+    usage, limit = name("month"), name("limit")
     burn, forecast, ratio, exhaustion = (name(w) for w in ("burn_rate", "forecast", "forecast_ratio",
                                                               "exhaustion_time"))
-    median = f"quantile_over_time(0.5, {bucket}[{LONG}h:1h])"
-    short_avg = f"(sum_over_time({bucket}[{SHORT}h:1h]) or 0 * {median}) / {SHORT}"
+    median = f"quantile_over_time(0.5, {bucket}[{LONG}h:{step}])"
+    if size != 3600:
+        median = f"{3600 // size} * {median}"  # the median bucket, per hour
+    short_avg = f"(sum_over_time({bucket}[{SHORT}h:{step}]) or 0 * {median}) / {SHORT}"
     unit = " tokens" if kind == "tokens" else ""
     # the month-to-date, 0 in a month's first hour (no complete bucket yet) for a department still burning
     so_far = f"({read} or 0 * {burn})"  # `read`: the month to date as the 10 s group reads it

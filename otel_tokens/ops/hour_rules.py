@@ -3,8 +3,8 @@ and the week, month and year of either scope. They lag by up to an hour and a qu
 is complete and written), which a week, a month or a year tolerates; a user's day does not (`day_rules`).
 
 - *Hourly buckets* (`hourly_bucket_rule`), in a group evaluated every HOUR_ROLLUP_INTERVAL: each clock hour's
-  usage, written once, labelled with the local month of its middle. Offsets are whole hours here (the
-  renderer refuses other zones), so an hour never straddles local midnight.
+  usage, written once, labelled with the local month of its middle. In a zone off whole hours the buckets are
+  half or quarter hours (`LocalTime.bucket`), so a bucket never straddles local midnight.
 - *Month to date* (`month_usage_rule`): the buckets of the last 32 days labelled with the current month,
   recorded in the same group right after the buckets (it changes only then), read back by the 10 s group over
   HOUR_KEPT while its month is the current one (`calendar_read`).
@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from otel_tokens.ops.durations import human_duration
 from otel_tokens.ops.local_time import LocalTime
-from otel_tokens.ops.rollups import HOUR, HOUR_KEPT, HOUR_SECONDS, closed_hour, hourly_bucket
+from otel_tokens.ops.rollups import HOUR_KEPT, closed_hour, hourly_bucket
 from otel_tokens.quota.calendar import MONTH, WEEK, YEAR, calendar_id
 from otel_tokens.quota.vocabulary import COUNTERS, QuotaScope
 
@@ -45,44 +46,58 @@ def _count(label: str, window: str, local: LocalTime, utc: str) -> str:
     return f'count_values("{label}", {calendar_id(window, local.seconds(utc))})'
 
 
+def step(local: LocalTime) -> str:
+    """The buckets' length as a PromQL duration: 1h, or 30m / 15m in zones off whole hours (LocalTime.bucket)."""
+    return human_duration(local.bucket)
+
+
+def bucket_name(scope: QuotaScope, kind: str, local: LocalTime) -> str:
+    """llm_quota:department_tokens:1h (llm_quota:..._tokens:30m in Asia/Kolkata)."""
+    return name(scope, kind, step(local))
+
+
 def hourly_bucket_rule(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str, Any]:
-    """Each clock hour's usage, written once, labelled with the local month of its middle when written (the
-    zone's offset computed once per bucket, not at every step of every month's subquery)."""
-    month = f"+ on() group_left(month)\n(0 * {_count('month', MONTH, local, f'time() - {HOUR_SECONDS // 2}')})"
-    return {"record": name(scope, kind, HOUR), "expr": hourly_bucket(COUNTERS[kind], scope.label, month)}
+    """Each clock hour's usage (each half or quarter hour's off whole hours), written once, labelled with the local
+    month of its middle when written (the zone's offset computed once per bucket, not at every step of every
+    month's subquery)."""
+    middle = f"time() - {local.bucket // 2}"
+    month = f"+ on() group_left(month)\n(0 * {_count('month', MONTH, local, middle)})"
+    return {"record": bucket_name(scope, kind, local),
+            "expr": hourly_bucket(COUNTERS[kind], scope.label, month, local.bucket)}
 
 
-def _hours(scope: QuotaScope, kind: str) -> str:
+def _hours(scope: QuotaScope, kind: str, local: LocalTime) -> str:
     """At a `[..:1h]` subquery's step, the bucket of the hour ending there. A version before the months were
     labelled wrote buckets without `month`: theirs is computed as that version did (UTC, at the bucket's
     middle), only for hours without a labelled bucket of the principal (the hour of an upgrade is written both
     ways: counted once). `+ 0`: last_over_time keeps the metric name, the joined side has none, and both are
     one series of the subquery (same labels): named on one step and not on the next would make two."""
-    bucket = name(scope, kind, HOUR)
-    with_month, without = closed_hour(bucket + '{month!=""}'), closed_hour(bucket + '{month=""}')
-    utc_month = _count("month", MONTH, LocalTime("UTC", None), f"time() - {HOUR_SECONDS // 2}")
+    bucket, size = bucket_name(scope, kind, local), local.bucket
+    with_month, without = closed_hour(bucket + '{month!=""}', size), closed_hour(bucket + '{month=""}', size)
+    utc_month = _count("month", MONTH, LocalTime("UTC", None), f"time() - {size // 2}")
     return (f"      {with_month} + 0\n      or on({scope.label})\n      (\n        {without}\n"
             f"        + on() group_left(month)\n        (0 * {utc_month})\n      )")
 
 
-def months(scope: QuotaScope, kind: str, subquery: str, when: str, by: str = "") -> str:
+def months(scope: QuotaScope, kind: str, local: LocalTime, subquery: str, when: str, by: str = "") -> str:
     """The hourly buckets of the subquery labelled with the local month of the local time `when` (a scalar
     expression of local seconds), summed per principal (and `by`). Only the wanted month's label is kept: no
     `@ end()` inside the subquery, which VictoriaMetrics 1.79 evaluates at the subquery's own (future) end."""
-    return (f"sum by ({scope.label}{by}) (\n  sum_over_time(\n    (\n{_hours(scope, kind)}\n    )[{subquery}:{HOUR}]\n"
+    hours = _hours(scope, kind, local)
+    return (f"sum by ({scope.label}{by}) (\n  sum_over_time(\n    (\n{hours}\n    )[{subquery}:{step(local)}]\n"
             f"  )\n  and on(month)\n  count_values(\"month\", {calendar_id(MONTH, when)})\n)")
 
 
 def month_usage_rule(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str, Any]:
     return {"record": name(scope, kind, MONTH),
-            "expr": months(scope, kind, MONTH_SUBQUERY, local.seconds("time()"), ", month")}
+            "expr": months(scope, kind, local, MONTH_SUBQUERY, local.seconds("time()"), ", month")}
 
 
 def previous_month_rule(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str, Any]:
     """The whole previous month, which the month to date never shows complete (its last bucket is written
     after the month turned), for statements and dashboards to check against."""
     return {"record": name(scope, kind, "previous_month"),
-            "expr": months(scope, kind, PREVIOUS_MONTH_SUBQUERY, _previous_month_time(local))}
+            "expr": months(scope, kind, local, PREVIOUS_MONTH_SUBQUERY, _previous_month_time(local))}
 
 
 def _previous_month_time(local: LocalTime) -> str:
@@ -93,11 +108,11 @@ def _previous_month_time(local: LocalTime) -> str:
 def week_usage_rule(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str, Any]:
     """The ISO week to date, labelled `week`: each bucket of the last 8 days labelled with the week of its
     middle at read time (the offset of its own time), only the current week's kept."""
-    week = _count("week", WEEK, local, f"time() - {HOUR_SECONDS // 2}")
-    hours = f"sum without (month) (\n{_hours(scope, kind)}\n)\n+ on() group_left(week) (0 * {week})"
+    week = _count("week", WEEK, local, f"time() - {local.bucket // 2}")
+    hours = f"sum without (month) (\n{_hours(scope, kind, local)}\n)\n+ on() group_left(week) (0 * {week})"
     return {"record": name(scope, kind, WEEK),
-            "expr": (f"sum by ({scope.label}, week) (\n  sum_over_time(\n(\n{hours}\n)[{WEEK_SUBQUERY}:{HOUR}]\n  )\n"
-                     f"  and on(week)\n  {_count('week', WEEK, local, 'time()')}\n)")}
+            "expr": (f"sum by ({scope.label}, week) (\n  sum_over_time(\n(\n{hours}\n)[{WEEK_SUBQUERY}:{step(local)}]"
+                     f"\n  )\n  and on(week)\n  {_count('week', WEEK, local, 'time()')}\n)")}
 
 
 def closed_month_rule(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str, Any]:
@@ -109,7 +124,7 @@ def closed_month_rule(scope: QuotaScope, kind: str, local: LocalTime) -> dict[st
     write it again)."""
     previous = _previous_month_time(local)
     first_days = f"day_of_month(vector({local.seconds('time()')})) <= 2"
-    total = f"{months(scope, kind, CLOSED_SUBQUERY, previous, ', month')}\nand on() ({first_days})"
+    total = f"{months(scope, kind, local, CLOSED_SUBQUERY, previous, ', month')}\nand on() ({first_days})"
     return {"record": name(scope, kind, "closed_month"),
             "expr": f"last_over_time(\n(\n{total}\n)[{CLOSED_INTERVAL}:1d]\n)"}
 
@@ -125,7 +140,7 @@ def year_closed_rule(scope: QuotaScope, kind: str, local: LocalTime) -> dict[str
     bucket (written after the month turned, the last of that month's label) stand in for it."""
     label = scope.label
     to_date = f"sum by ({label}, month) (last_over_time({name(scope, kind, MONTH)}[{GAP}]))"
-    last_hour = f'sum by ({label}, month) (last_over_time({name(scope, kind, HOUR)}{{month!=""}}[{GAP}]))'
+    last_hour = f'sum by ({label}, month) (last_over_time({bucket_name(scope, kind, local)}{{month!=""}}[{GAP}]))'
     per_month = (f"max by ({label}, month) (\n  max_over_time({name(scope, kind, 'closed_month')}[{CLOSED_KEPT}])\n"
                  f"  or ({to_date} + on({label}, month) {last_hour})\n  or {to_date}\n)\n"
                  f"unless on(month) {_count('month', MONTH, local, 'time()')}")

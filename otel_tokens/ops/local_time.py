@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
 
-from otel_tokens.quota.calendar import OffsetTable, rules_table, tzdata_version
+from otel_tokens.quota.calendar import OffsetTable, calendar_bucket, rules_table, tzdata_version
 
 EXPIRY_ALERT = "LLMQuotaRulesTimeZoneExpiring"
 EXPIRY_NOTICE = 30 * 86400  # the alert fires this long before the offsets run out
@@ -32,6 +32,13 @@ class LocalTime:
         if self.table is None:
             return utc
         return f"({utc} + ({self.table.promql(f'({utc})')}))"
+
+    @property
+    def bucket(self) -> int:
+        """Seconds of the calendar buckets (hour_rules) in this zone: 3600, or 1800 / 900 off whole hours."""
+        size = calendar_bucket(self.table)
+        assert size is not None, f"{self.zone}: no bucket size divides its offsets (require_built refuses it)"
+        return size
 
     def valid_until(self) -> str:
         assert self.table is not None

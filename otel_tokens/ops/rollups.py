@@ -111,23 +111,23 @@ def _labelled(terms: Sequence[tuple[str, str]], key: str) -> str:
     return "\nor ".join(f'label_replace(\n{expr},\n"{key}", "{name}", "", "")' for expr, name in terms)
 
 
-def hourly_bucket(counter: str, label: str, labels: str = "") -> str:
+def hourly_bucket(counter: str, label: str, labels: str = "", size: int = HOUR_SECONDS) -> str:
     """The usage of the clock hour that ended on the latest hour boundary H, by the evaluations of a
     group every HOUR_ROLLUP_INTERVAL in [H, H + HOUR_WRITTEN] (their subquery's only step is H: the other
     evaluations select the series and stop, which is most of an evaluation's cost, hence 4 minutes, not 1).
     The same bucket 3 times, so a Prometheus restart in those minutes loses nothing; stamped H + 0..15 min:
     `closed_hour` reads the last back at H. `labels`, a `+ on() group_left(...) ...` term, is evaluated at
-    H too (time() is H there)."""
-    usage = usage_over(counter, label, HOUR) + (f"\n{labels}" if labels else "")
-    return f"last_over_time(\n(\n{usage}\n)[{HOUR_WRITTEN}:{HOUR}]\n)"
+    H too (time() is H there). `size`: a half or a quarter hour in zones off whole hours (the same, per bucket)."""
+    usage = usage_over(counter, label, human_duration(size)) + (f"\n{labels}" if labels else "")
+    return f"last_over_time(\n(\n{usage}\n)[{HOUR_WRITTEN}:{human_duration(size)}]\n)"
 
 
-def closed_hour(bucket: str) -> str:
+def closed_hour(bucket: str, size: int = HOUR_SECONDS) -> str:
     """At an hour boundary S (a `[..:1h]` subquery's step), the hourly bucket of the hour ending at S: the
     last sample stamped S - 1 min .. S + 59 min, which holds only that bucket on either engine
     (Prometheus's ranges include their start, VictoriaMetrics's do not), written at S or up to 15 minutes
     after. At the latest boundary, empty until the bucket is written."""
-    return f"last_over_time({bucket}[{HOUR}] offset -{human_duration(HOUR_SECONDS - 60)})"
+    return f"last_over_time({bucket}[{human_duration(size)}] offset -{human_duration(size - 60)})"
 
 
 def rollup_rule(scope: QuotaScope, kind: str) -> dict[str, str]:

@@ -198,10 +198,12 @@ def render(quotas: Quotas, for_: str = "15s", today: date | None = None) -> dict
         rules: list[dict[str, Any]] = [] if scope.rolling else [
             {"record": CALENDAR_MONTH, "expr": calendar_id(MONTH, local.seconds("time()"))}]
         for kind in _kinds(quotas, scope, windows):
+            usage = series(scope.name, kind, scope.window)
+            if scope.rolling and kind in _kinds(quotas, scope, (scope.window, DAY)):
+                # the rolling 24 h beside the day, from the same parts (the dashboards' 24 h panels read it)
+                rules.append({"record": usage, "expr": rolling_usage(scope, kind)})
             if kind in own.kinds():
-                usage = series(scope.name, kind, scope.window)
                 read = usage if scope.rolling else calendar_read(usage, MONTH, local)
-                rules += [{"record": usage, "expr": rolling_usage(scope, kind)}] if scope.rolling else []
                 rules += _limit_rules(scope, kind, own, read)
                 rules += _alerts(scope, kind, usage, quotas.warning_ratio, for_, quotas.timezone)
                 if not scope.rolling:
@@ -252,7 +254,7 @@ def _hours_group(scope: QuotaScope, quotas: Quotas, windows: list[str], local: L
     for step in range(max(map(len, per_kind))):
         rules += [kind_rules[step] for kind_rules in per_kind if step < len(kind_rules)]
     if not scope.rolling:  # the departments' closed month, for statements and dashboards
-        rules += [previous_month_rule(scope, kind, local) for kind in _kinds(quotas, scope, windows)]
+        rules += [previous_month_rule(scope, kind, local) for kind in quotas.limits(scope).kinds()]
     for window in windows:
         limits = quotas.limits(scope, window)
         for kind in limits.kinds() if scope.rolling else ():

@@ -22,7 +22,7 @@ DAY, WEEK, MONTH, YEAR = "day", "week", "month", "year"
 CALENDAR_WINDOWS = (DAY, WEEK, MONTH, YEAR)
 WINDOWS = (ROLLING, *CALENDAR_WINDOWS)
 _DAY_SECONDS = 86400
-HOUR_SECONDS = 3600  # the departments' buckets in the rules: a zone's offsets must be whole hours
+HOUR_SECONDS = 3600  # the rules' calendar buckets where the zone's offsets are whole hours (calendar_bucket)
 _SCAN = 6 * 3600  # offsets are looked for every 6 h, then the change is found to the second
 
 
@@ -167,6 +167,18 @@ def bucket_divides(table: OffsetTable, bucket_seconds: int) -> list[int]:
     """The zone's offsets that a bucket of this size does not divide (a bucket would straddle local
     midnight): Asia/Kolkata's +5:30 for hourly buckets, Asia/Kathmandu's +5:45 for 30-minute ones."""
     return sorted({o for o in table.offsets() if o % bucket_seconds})
+
+
+BUCKET_SIZES = (3600, 1800, 900)  # the rules' calendar buckets, largest first: an hour, else a half or a quarter
+
+
+def calendar_bucket(table: OffsetTable | None) -> int | None:
+    """Seconds of the rules' calendar buckets in a zone: the largest of BUCKET_SIZES that divides every offset of
+    its table (an hour; Asia/Kolkata's +05:30 half an hour, Asia/Kathmandu's +05:45 a quarter), so no bucket
+    straddles local midnight; None when none does. UTC (no table): an hour."""
+    if table is None:
+        return BUCKET_SIZES[0]
+    return next((size for size in BUCKET_SIZES if not bucket_divides(table, size)), None)
 
 
 def window_start(window: str, at: float, zone_name: str) -> int:

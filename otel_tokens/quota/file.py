@@ -33,14 +33,15 @@ from typing import Any
 from otel_tokens.config import read_yaml
 from otel_tokens.config.errors import ConfigError, ConfigProblemsError
 from otel_tokens.quota.calendar import (
+    BUCKET_SIZES,
     DAY,
-    HOUR_SECONDS,
     MONTH,
     WEEK,
     WINDOWS,
     YEAR,
     UnknownZoneError,
     bucket_divides,
+    calendar_bucket,
     load_zone,
     offset_text,
     rules_table,
@@ -229,7 +230,7 @@ def parse_quotas(data: Any, source: str) -> Quotas:
 
 RULES_WINDOWS: Mapping[str, tuple[str, ...]] = {USER.name: (USER.window, DAY, WEEK, MONTH, YEAR),
                                                 DEPARTMENT.name: (DAY, DEPARTMENT.window, WEEK, YEAR)}
-HOURLY_WINDOWS = (WEEK, MONTH, YEAR)  # summed from hourly buckets in the rules: whole-hour zones only
+HOURLY_WINDOWS = (WEEK, MONTH, YEAR)  # summed from hourly buckets in the rules (half or quarter hours off whole hours)
 
 
 def require_built(quotas: Quotas, budget: bool = False) -> Quotas:
@@ -242,13 +243,14 @@ def require_built(quotas: Quotas, budget: bool = False) -> Quotas:
     hourly = [f"{scope.section} {window}" for scope in SCOPES for window in quotas.scope_windows(scope)
               if window in HOURLY_WINDOWS]
     if quotas.timezone != "UTC" and hourly:
-        uneven = bucket_divides(rules_table(quotas.timezone), HOUR_SECONDS)
-        if uneven:
+        table = rules_table(quotas.timezone)
+        if calendar_bucket(table) is None:
+            uneven = bucket_divides(table, BUCKET_SIZES[-1])
             problems.append(ConfigError(quotas.source, "timezone", quotas.timezone,
-                                        f"has the UTC offset {offset_text(uneven[0])}, not a whole hour: the "
-                                        "rules' hourly buckets cannot begin at its local midnight (the "
-                                        f"{', '.join(hourly)} in zones off whole hours are enforced by budget "
-                                        "mode only in this version; the 24h and the days work in any zone)"))
+                                        f"has the UTC offset {offset_text(uneven[0])}, not a whole quarter hour: the "
+                                        "rules' calendar buckets cannot begin at its local midnight (the "
+                                        f"{', '.join(hourly)} there are enforced by budget mode only; the 24h and "
+                                        "the days work in any zone)"))
     for scope in SCOPES:
         built = RULES_WINDOWS[scope.name]
         for window in quotas.scope_windows(scope):

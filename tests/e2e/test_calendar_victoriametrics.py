@@ -14,6 +14,7 @@ from otel_tokens.ops.rules import render
 from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
 from tests.support.victoria_replay import at, import_lines, replay, series_line, visible
+from tests.support.victoria_replay import at as at_
 from tests.support.victoria_stack import start_victoria
 
 START = int(datetime(2015, 1, 1, tzinfo=timezone.utc).timestamp())
@@ -63,6 +64,48 @@ def test_week_month_and_year_on_victoriametrics_equal_promtool(tmp_path):
         month = 'llm_quota:user_tokens:month_ratio{user_id="li"}'
         assert at(url, month, START + 30 * DAY, "user_id") == {"li": pytest.approx(1100 / 1200)}
         assert at(url, month, START + 31 * DAY, "user_id") == {"li": 0}  # 1 February, local: January is gone
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_month_in_asia_kolkata_on_half_hour_buckets(tmp_path):
+    """Asia/Kolkata (+05:30): February 2015 began at 18:30 UTC on Jan 31. 500 tokens in the half hour before
+    (Jan 31 23:30-24:00 local), 300 in the half hour after, 100 on Jan 10: replayed every 30 minutes, the month,
+    the previous month, the year (January's stand-in, then its recorded total) and the forecast's inputs."""
+    url, process = start_victoria(tmp_path, require_binary("victoria-metrics"), retention="100y")
+    try:
+        half = 1800
+        steps = {(9 * DAY + 12 * HOUR) // half: 100, (30 * DAY + 18 * HOUR + 1800) // half: 500,
+                 (30 * DAY + 19 * HOUR) // half: 300}
+        values, total = [], 0.0
+        for i in range(40 * DAY // half):
+            total += steps.get(i, 0)
+            values.append(total)
+        history = [series_line({"__name__": "llm_quota_tokens_total", "department": "sales", "user_id": "u",
+                                "instance": "app:9464", "job": "app"}, START, half, values)]
+        import_lines(url, history)
+        visible(url, "llm_quota_tokens_total", 1, START - HOUR)
+        quotas = {"timezone": "Asia/Kolkata",
+                  "departments": {"default": {"month": {"tokens": 1000}, "year": {"tokens": 5000}}}}
+        replay(url, render(parse_quotas(quotas, "q"), today=date(2015, 1, 1)), START, START + 33 * DAY, half)
+
+        def dept(expr: str, at: float) -> dict[str, float]:
+            return at_(url, expr, at, "department")
+
+        turned = START + 30 * DAY + 18 * HOUR + 1800  # 00:00 local, Feb 1
+        assert dept('llm_quota:department_tokens:ratio{department="sales"}', turned - half) == {
+            "sales": pytest.approx(0.1)}  # January's last half hour is not closed yet
+        assert dept('llm_quota:department_tokens:ratio{department="sales"}', turned + half) == {
+            "sales": pytest.approx(0.3)}
+        assert dept('llm_quota:department_tokens:previous_month{department="sales"}', turned + half) == {"sales": 600}
+        assert dept('llm_quota:department_tokens:year{department="sales"}', turned + half) == {"sales": 900}
+        assert dept('llm_quota:department_tokens:year{department="sales"}', turned + DAY) == {"sales": 900}
+        # recorded by the computation at 00:00 UTC (05:30 local), stamped then (read a second later: VictoriaMetrics
+        # leaves out a lone sample stamped at the query's own second)
+        assert dept('llm_quota:department_tokens:closed_month{department="sales"}', START + 31 * DAY + 1) == {
+            "sales": 600}
+        assert dept('llm_quota:department_tokens:burn_rate{department="sales"}', turned + half).keys() == {"sales"}
     finally:
         process.terminate()
         process.wait(timeout=30)

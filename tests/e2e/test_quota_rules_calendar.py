@@ -12,6 +12,8 @@ from datetime import date
 
 import pytest
 
+from otel_tokens.ops.local_time import LocalTime
+from otel_tokens.quota.calendar import OffsetTable
 from tests.support.promtool_rules import dept, promtool_test
 from tests.support.promtool_series import tokens
 
@@ -191,6 +193,36 @@ def test_a_users_month_ends_at_local_midnight(tmp_path):
             {"expr": f'{month}{{user_id="li"}}', "eval_time": "30d15h", "exp_samples": [
                 _sample(month, "user_id", "li", 1100 / 1200)]},
             {"expr": f'{month}{{user_id="li"}}', "eval_time": "30d16h", "exp_samples": []},
+        ],
+    }]}
+    promtool_test(tmp_path, tests, quotas, today=date(1970, 1, 1))
+
+
+@pytest.mark.parametrize(("zone", "size"), [("Asia/Kolkata", "30m"), ("Asia/Kathmandu", "15m")])
+def test_zones_off_whole_hours_use_half_or_quarter_hour_buckets(tmp_path, monkeypatch, zone, size):
+    """Asia/Kolkata (+05:30) and Asia/Kathmandu (+05:45, since 1986: its offset is written for 1970 here): buckets
+    of 30 and 15 minutes begin at their local midnight. Monday Jan 5 1970 began at 18:30 and 18:15 UTC on Jan 4:
+    900 tokens at 17:40 UTC (Sunday night, local) count in the old week, 50 at 18:40 UTC (Monday) in the new one,
+    at once. (promtool's engine holds at most 10,000 samples: a month's subqueries at these steps exceed it, so
+    the month is checked on VictoriaMetrics, tests/e2e/test_calendar_victoriametrics.py.)"""
+    offset = 19800 if size == "30m" else 20700
+    table = OffsetTable(zone, -86400, 40 * 86400, offset, ())
+    monkeypatch.setattr(LocalTime, "of", classmethod(lambda cls, name, today=None: cls(name, table)))
+    five = 12  # samples an hour at 5 m
+    series = [dept("sales", counter({(3 * 24 + 17) * five + 8: 900, (3 * 24 + 18) * five + 8: 50},
+                                    (3 * 24 + 20) * five))]
+    quotas = {"timezone": zone, "departments": {"default": {"week": {"tokens": 1000}}}}
+    ratio = "llm_quota:department_tokens:week_ratio"
+    tests = {"evaluation_interval": "15m", "tests": [{
+        "interval": "5m",
+        "input_series": series,
+        "promql_expr_test": [
+            {"expr": f'{ratio}{{department="sales"}}', "eval_time": "3d18h", "exp_samples": [
+                _sample(ratio, "department", "sales", 0.9)]},
+            {"expr": f'{ratio}{{department="sales"}}', "eval_time": "3d19h", "exp_samples": [
+                _sample(ratio, "department", "sales", 0.05)]},
+            {"expr": f'count(llm_quota:department_tokens:{size}{{department="sales"}})', "eval_time": "3d19h",
+             "exp_samples": [{"labels": "{}", "value": 1}]},
         ],
     }]}
     promtool_test(tmp_path, tests, quotas, today=date(1970, 1, 1))

@@ -70,9 +70,9 @@ def test_bad_windows_and_zones_are_named(data, field, says):
     assert field in str(caught.value) and says in str(caught.value), str(caught.value)
 
 
-def test_windows_the_rules_do_not_render_are_refused_by_them_and_kept_by_budget_mode(tmp_path):
+def test_windows_the_rules_do_not_render_are_refused_by_them_and_kept_by_budget_mode(tmp_path, monkeypatch):
     """Read, named, never silently dropped: the rules render every window, refuse by name what they cannot
-    render (hourly buckets off whole hours), budget mode enforces every window in any zone."""
+    render (a zone no quarter-hour bucket fits), budget mode enforces every window in any zone."""
     from otel_tokens.ops.rules import render
     from otel_tokens.quota.file import load_quotas
 
@@ -90,16 +90,23 @@ def test_windows_the_rules_do_not_render_are_refused_by_them_and_kept_by_budget_
     assert budget.scope_windows(DEPARTMENT) == ["day", "month", "year"]
     path.write_text("users: {default: {24h: {tokens: 5}}}\ndepartments: {default: {month: {cost: 3}}}\n")
     assert load_quotas(path).users.default.tokens == 5  # the scopes' own windows, written out
-    path.write_text("timezone: Asia/Kolkata\ndepartments: {default: {tokens: 5}}\n")
-    with pytest.raises(ConfigError, match=r"timezone: 'Asia/Kolkata' has the UTC offset \+05:30, not a whole hour"):
-        load_quotas(path)  # the rules' hourly buckets could not begin at its midnight
-    assert load_quotas(path, budget=True).timezone == "Asia/Kolkata"  # budget mode: any offset
-    path.write_text("timezone: Asia/Kolkata\nusers: {default: {day: {tokens: 5}, month: {tokens: 50}}}\n")
-    with pytest.raises(ConfigError, match=r"the users month in zones off whole hours are enforced by budget mode"):
+    # zones off whole hours: half- and quarter-hour buckets (the rules' calendar windows begin at their midnight)
+    path.write_text("timezone: Asia/Kolkata\nusers: {default: {day: {tokens: 5}, month: {tokens: 50}}}\n"
+                    "departments: {default: {tokens: 5}}\n")
+    recorded = {rule.get("record") for group in render(load_quotas(path))["groups"] for rule in group["rules"]}
+    assert {"llm_quota:user_tokens:30m", "llm_quota:department_tokens:30m", "llm_quota:user_tokens:month_ratio",
+            "llm_quota:department_tokens:ratio"} <= recorded
+    # a zone no bucket of a quarter hour or more divides (a local mean time, as tzdata has before 1900s standard
+    # time) is refused for the calendar windows, named, and kept by budget mode
+    import otel_tokens.quota.file as quota_file
+    from otel_tokens.quota.calendar import OffsetTable
+
+    monkeypatch.setattr(quota_file, "rules_table", lambda name, today=None: OffsetTable(name, 0, 10, 20_143, ()))
+    with pytest.raises(ConfigError, match=r"timezone: 'Asia/Kolkata' has the UTC offset \+05:35, not a whole quarter "
+                                          r"hour: .*the users month, departments month there are enforced by budget"):
         load_quotas(path)
-    path.write_text("timezone: Asia/Kolkata\nusers: {default: {day: {tokens: 5}, 24h: {tokens: 50}}}\n"
-                    "departments: {default: {day: {cost: 3}}}\n")
-    assert load_quotas(path).timezone == "Asia/Kolkata"  # the 24 h and the days: 5-minute buckets, any zone
+    assert load_quotas(path, budget=True).timezone == "Asia/Kolkata"  # budget mode: any offset
+    monkeypatch.undo()
     path.write_text("timezone: America/New_York\ndepartments: {default: {tokens: 5}}\n")
     assert load_quotas(path).timezone == "America/New_York"
 
