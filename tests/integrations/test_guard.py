@@ -49,6 +49,19 @@ def test_a_principal_over_two_windows_stays_blocked_until_both_resolve():
     assert "support" not in state.snapshot()["departments"]
 
 
+def test_a_users_day_and_month_alerts_at_once_block_by_window():
+    """A user over the day's and the month's token quota at once (the rules fire both, window="day" and "month"):
+    the day's resolving at local midnight leaves the month's block in place until the month's resolves too."""
+    state = AlertState()
+    state.update({"alerts": [alert("LLMUserTokenQuota", "critical", user_id="li", window=w) for w in ("day", "month")]})
+    assert set(state.firing()) == {("user", "li", "tokens", "day", "critical"), ("user", "li", "tokens", "month",
+                                                                                 "critical")}
+    state.update({"alerts": [alert("LLMUserTokenQuota", "critical", "resolved", user_id="li", window="day")]})
+    assert state.snapshot()["users"]["li"]["window"] == "month"
+    state.update({"alerts": [alert("LLMUserTokenQuota", "critical", "resolved", user_id="li", window="month")]})
+    assert "li" not in state.snapshot()["users"]
+
+
 RULES = (GuardRule("user", "reject", "critical"),
          GuardRule("user", "downgrade", "warning", (("gpt-4*", "gpt-3.5-turbo"),)),
          GuardRule("department", "reject", "critical"))
