@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 
 from otel_tokens.ops.rules import render_text
+from otel_tokens.quota.calendar import DAY as DAY_WINDOW
+from otel_tokens.quota.calendar import MONTH, window_end, window_start
 from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
 from tests.support.prometheus_stack import query, start_prometheus
@@ -264,9 +266,36 @@ def test_a_month_prometheus_no_longer_holds_is_refused(stack):
     assert "no longer fully held" in out.stderr and out.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("zone", ["Asia/Shanghai", "Asia/Kolkata", "America/New_York"])
+def test_a_month_in_the_organizations_zone_is_exact_and_its_days_are_local(stack, zone, tmp_path):
+    """`--month` in a zone: the usage between local midnights of the 1st (Shanghai: 16:00 UTC the day before;
+    Kolkata: 18:30, inside a clock hour; New York: 04:00 or 05:00 after its DST change), exactly, every row; each
+    daily line (the FOCUS charge period) begins at local midnight. The quota file's zone is the default."""
+    h, start = stack["history"], stack["start"]
+    inside = start + 15 * DAY
+    a, b = window_start(MONTH, inside, zone), window_end(MONTH, inside, zone)
+    out = report(stack, "--month", _label(start), "--timezone", zone, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    assert (s["statement"]["start_unix"], s["statement"]["end_unix"], s["statement"]["timezone"]) == (a, b, zone)
+    for kind, label in (("departments", "department"), ("users", "user_id")):
+        assert _by_name(s[kind], "total_tokens") == {k: int(v) for k, v in
+                                                     h.truth("llm_token_usage", a, b, label).items()}, kind
+        _close(_by_name(s[kind], "cost"), h.truth("llm_cost", a, b, label))
+    starts = {datetime.fromisoformat(x["start"].replace("Z", "+00:00")).timestamp() for x in s["lines"]}
+    assert starts and all(window_start(DAY_WINDOW, t, zone) == t for t in starts), sorted(starts)[:3]
+    assert sum(x["tokens"] for x in s["lines"]) == s["totals"]["total_tokens"]
+    quota_file = tmp_path / "quotas.yaml"
+    quota_file.write_text(f"timezone: {zone}\nusers: {{default: {{day: {{tokens: 5}}}}}}\n")
+    same = report(stack, "--month", _label(start), "--quota-file", str(quota_file), "--format", "json")
+    assert json.loads(same.stdout)["totals"] == s["totals"]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--month", "2026-13"], "bad --month '2026-13': use YYYY-MM"),
-    (["--from", "yesterday"], "bad --from 'yesterday': use a UTC date"),
+    (["--from", "yesterday"], "bad --from 'yesterday': use a date (2026-11-01: local midnight in UTC)"),
+    (["--month", "2026-11", "--timezone", "Asia/Shangai"], "bad --timezone: is not an IANA time zone known to this "
+                                                          "machine's tzdata (did you mean Asia/Shanghai?)"),
     (["--to", "2026-11-01"], "--to needs --from"),
     (["--month", "2026-11", "--from", "2026-11-01"], "use --month or --from/--to, not both"),
     (["--from", "2026-11-02", "--to", "2026-11-01T00:00:00Z"], "empty period"),

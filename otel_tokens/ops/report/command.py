@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import TextIO
 
+from otel_tokens.config.load import ENV_QUOTA_FILE
 from otel_tokens.ops.report import statement_render
 from otel_tokens.ops.report.focus import to_focus
 from otel_tokens.ops.report.mail import SmtpSettings, build_message, recipients, send, smtp_settings
@@ -24,7 +26,7 @@ from otel_tokens.ops.report.model import (
     ReportError,
     parse_window,
 )
-from otel_tokens.ops.report.period import Period, between, month
+from otel_tokens.ops.report.period import Period, between, month, zone_of
 from otel_tokens.ops.report.png import draw_png
 from otel_tokens.ops.report.queries import build, token_timeline
 from otel_tokens.ops.report.render import print_table, to_csv, to_json, to_markdown
@@ -75,7 +77,24 @@ def _period(args: argparse.Namespace, fmt: str) -> Period | None:
         if fmt == "focus":
             raise ReportError("--format focus needs a period: --month YYYY-MM or --from/--to", USAGE_ERROR)
         return None
-    return month(args.month) if args.month is not None else between(args.since, args.until, time.time())
+    zone = _zone(args)
+    return month(args.month, zone) if args.month is not None else between(args.since, args.until, time.time(), zone)
+
+
+def _zone(args: argparse.Namespace) -> str:
+    """--timezone, else the quota file's `timezone:` (--quota-file or OTEL_TOKENS_QUOTA_FILE), else UTC."""
+    if args.timezone:
+        return zone_of(args.timezone)
+    path = args.quota_file or os.environ.get(ENV_QUOTA_FILE)
+    if not path:
+        return "UTC"
+    from otel_tokens.config.errors import ConfigError
+    from otel_tokens.quota.file import load_quotas
+
+    try:
+        return load_quotas(Path(path), budget=True).timezone
+    except ConfigError as error:
+        raise ReportError(f"cannot read the time zone of the quota file: {error}", USAGE_ERROR) from None
 
 
 def _statement(args: argparse.Namespace, prom: Prometheus, period: Period, top: int, fmt: str,
@@ -178,9 +197,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "comma-separate; the relay from SMTP_SMARTHOST, SMTP_FROM, SMTP_AUTH_USERNAME, "
                         "SMTP_AUTH_PASSWORD, SMTP_REQUIRE_TLS (as alertmanager.yml)")
     statement = parser.add_argument_group("statements (exact, every row)")
-    statement.add_argument("--month", metavar="YYYY-MM", help="a calendar month (UTC), e.g. 2026-11")
+    statement.add_argument("--month", metavar="YYYY-MM", help="a calendar month in the zone, e.g. 2026-11")
     statement.add_argument("--from", dest="since", metavar="WHEN",
-                           help="start: a UTC date (2026-11-01), an ISO timestamp or unix seconds")
+                           help="start: a date (2026-11-01, local midnight), an ISO timestamp or unix seconds")
+    statement.add_argument("--timezone", metavar="TZ", help="the statement's zone (IANA, e.g. Asia/Shanghai): its "
+                           "months and days begin at local midnight (default: the quota file's, else UTC)")
+    statement.add_argument("--quota-file", metavar="FILE", help=f"the quota file whose `timezone:` to use "
+                           f"(default ${ENV_QUOTA_FILE})")
     statement.add_argument("--to", dest="until", metavar="WHEN",
                            help="end (default now): a date is inclusive (--to 2026-11-30 ends at the next midnight)")
     statement.add_argument("--billing-account", default="otel-tokens", metavar="ID",

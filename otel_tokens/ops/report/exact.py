@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -43,11 +43,11 @@ class Chunk:
     end: float  # inclusive, as a range selector ending at `end` reads (end - range, end]
 
 
-def chunks(start: float, end: float) -> list[Chunk]:
-    """(start, end] cut at every clock hour inside it."""
-    out, edge = [], start
+def chunks(start: float, end: float, cuts: Sequence[float] = ()) -> list[Chunk]:
+    """(start, end] cut at every clock hour inside it and at each of `cuts` (local midnights off whole hours)."""
+    out, edge, extra = [], start, sorted(c for c in cuts if start < c < end)
     while edge < end:
-        nxt = min(end, (math.floor(edge / HOUR) + 1) * HOUR)
+        nxt = min(end, (math.floor(edge / HOUR) + 1) * HOUR, *(c for c in extra if c > edge))
         out.append(Chunk(edge, nxt))
         edge = nxt
     return out
@@ -104,10 +104,11 @@ def _edge_stats(prom: Prometheus, selector: str, chunk: Chunk, stats: Stats) -> 
         _collect(stats, metric, [(chunk.end, value)])
 
 
-def growth(prom: Prometheus, selector: str, start: float, end: float) -> dict[SeriesKey, dict[float, float]]:
+def growth(prom: Prometheus, selector: str, start: float, end: float,
+           cuts: Sequence[float] = ()) -> dict[SeriesKey, dict[float, float]]:
     """What each series of `selector` grew by in (start, end], per chunk (keyed by the chunk's start):
-    exact, resets included."""
-    parts = chunks(start, end)
+    exact, resets included. `cuts`: more chunk edges (a partial hour is one instant query more)."""
+    parts = chunks(start, end, cuts)
     if not parts:
         return {}
     whole = [c for c in parts if c.end - c.start == HOUR]
@@ -157,9 +158,11 @@ def _walk(values: list[float], previous: float | None) -> tuple[float, float | N
     return total, previous
 
 
-def days(added: dict[float, float]) -> Iterator[tuple[float, float]]:
-    """Chunk growth summed by UTC day (chunks never straddle midnight: they are cut at every hour)."""
+def days(added: dict[float, float], day_of: Callable[[float], float] = lambda t: math.floor(t / 86400) * 86400,
+         ) -> Iterator[tuple[float, float]]:
+    """Chunk growth summed by day (`day_of`: a chunk start's day, UTC by default; chunks never straddle a
+    midnight: they are cut at every hour and at the local midnights)."""
     by_day: dict[float, float] = defaultdict(float)
     for t, v in added.items():
-        by_day[math.floor(t / 86400) * 86400] += v
+        by_day[day_of(t)] += v
     yield from sorted(by_day.items())

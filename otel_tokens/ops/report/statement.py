@@ -47,7 +47,7 @@ _TYPES = (names.TOKEN_TYPE_INPUT, names.TOKEN_TYPE_OUTPUT)
 class Line:
     """One day's usage of one user, department, model and token type: the export's grain."""
 
-    day: float  # start of the UTC day (or of the period, on its first day)
+    day: float  # start of the local day in the period's zone (or of the period, on its first day)
     day_end: float
     user: str
     department: str
@@ -109,28 +109,37 @@ def build_statement(prom: Prometheus, period: Period, now: float | None = None) 
     end = min(period.end, now)
     counters = [c for c in (TOKENS, COST, REQUESTS) if c in have]
     with ThreadPoolExecutor(max_workers=3) as pool:
-        grown = dict(zip(counters, pool.map(lambda c: exact.growth(prom, c, period.start, end), counters),
+        cuts = period.midnights(end)  # a statement's days are local days
+        grown = dict(zip(counters, pool.map(lambda c: exact.growth(prom, c, period.start, end, cuts), counters),
                          strict=True))
 
     lines: dict[tuple[float, str, str, str, str, str], Line] = {}
-    day_of = {}
+    day_of: dict[float, tuple[float, float]] = {}
 
     def line(t: float, labels: dict[str, str]) -> Line | None:
         token_type = labels.get(TOKEN_TYPE, "")
         if token_type not in _TYPES:
             return None
-        day = day_of.get(t)
-        if day is None:
-            day = day_of[t] = max(period.start, t // 86400 * 86400)
+        day, day_end = local_day(t)
         key = (day, _name(labels, USER), _name(labels, DEPARTMENT), _name(labels, MODEL),
                labels.get(PROVIDER, ""), token_type)
         if key not in lines:
-            lines[key] = Line(day, min(end, (day // 86400 + 1) * 86400), *key[1:])
+            lines[key] = Line(day, min(end, day_end), *key[1:])
         return lines[key]
+
+    def local_day(t: float) -> tuple[float, float]:
+        """The local day of a chunk start (cached: every series has the same chunks)."""
+        found = day_of.get(t)
+        if found is None:
+            found = day_of[t] = period.day(t)
+        return found
+
+    def day_start(t: float) -> float:
+        return local_day(t)[0]
 
     for key, added in grown.get(TOKENS, {}).items():
         labels = dict(key)
-        for t, value in exact.days(added):
+        for t, value in exact.days(added, day_start):
             target = line(t, labels)
             if target is not None:
                 target.tokens += _int(value)
@@ -139,7 +148,7 @@ def build_statement(prom: Prometheus, period: Period, now: float | None = None) 
     for key, added in grown.get(COST, {}).items():
         labels = dict(key)
         currency = labels.get(CURRENCY) or "?"
-        for t, value in exact.days(added):
+        for t, value in exact.days(added, day_start):
             target = line(t, labels)
             if target is not None:
                 target.cost[currency] = target.cost.get(currency, 0.0) + value

@@ -17,7 +17,8 @@ ORDER = ("department", "user", "model")  # chargeback reads departments first
 
 def headline(s: Statement) -> str:
     t = s.totals
-    text = f"{s.period.label} ({_utc(s.period.start)} → {_utc(s.period.end)} UTC"
+    zone = "" if s.period.zone == "UTC" else f"{s.period.zone}: "
+    text = f"{s.period.label} ({zone}{_utc(s.period.start)} → {_utc(s.period.end)} UTC"
     text += ")" if s.complete else f", {s.status})"
     text += f": {t.total_tokens:,} tokens"
     if t.cost is not None:
@@ -41,7 +42,8 @@ def _line(x: Line) -> dict[str, Any]:
 def to_dict(s: Statement) -> dict[str, Any]:
     t = s.totals
     return {
-        "statement": {"period": s.period.label, "start": _iso(s.period.start), "end": _iso(s.period.end),
+        "statement": {"period": s.period.label, "timezone": s.period.zone, "start": _iso(s.period.start),
+                      "end": _iso(s.period.end),
                       "start_unix": s.period.start, "end_unix": s.period.end, "through": _iso(s.end),
                       "complete": s.complete, "status": s.status,
                       "held_from": None if s.held_from is None else _iso(s.held_from)},
