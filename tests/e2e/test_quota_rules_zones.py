@@ -112,3 +112,22 @@ def test_the_zones_offsets_alert_a_month_before_they_run_out(tmp_path):
     result = subprocess.run([promtool, "test", "rules", "calendar.test.yml"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_forecast_projects_to_the_end_of_the_local_month(tmp_path):
+    """Asia/Shanghai, 20 tokens an hour: at 23:00 local on Jan 31 (15:00 UTC) January's 735 hours so far plus one
+    hour left; at 01:00 local on Feb 1 (17:00 UTC) February's first hour plus 671 left (27 days and 23 hours), not
+    the UTC month's."""
+    quotas = {"timezone": "Asia/Shanghai", "departments": {"default": {"tokens": 10000}}}
+    forecast = "llm_quota:department_tokens:forecast"
+    tests = {"evaluation_interval": "1h", "tests": [{
+        "interval": "15m",
+        "input_series": [dept("hot", "0+5x3000")],
+        "promql_expr_test": [
+            {"expr": f'{forecast}{{department="hot"}}', "eval_time": "30d15h",
+             "exp_samples": [{"labels": f'{forecast}{{department="hot"}}', "value": 735 * 20 + 20}]},
+            {"expr": f'{forecast}{{department="hot"}}', "eval_time": "30d17h",
+             "exp_samples": [{"labels": f'{forecast}{{department="hot"}}', "value": 20 + 20 * 671}]},
+        ],
+    }]}
+    promtool_test(tmp_path, tests, quotas, today=date(1970, 1, 1))
