@@ -15,7 +15,6 @@ the year's closed months are checked against the sums computed here. Ratios, not
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import yaml  # noqa: E402
 from _prometheus import binary, start  # noqa: E402
-from department_month_cost import query  # noqa: E402
+from department_month_cost import timed as timed_by  # noqa: E402
 
 from otel_tokens.ops.hour_rules import calendar_read, year_usage  # noqa: E402
 from otel_tokens.ops.local_time import LocalTime  # noqa: E402
@@ -95,12 +94,7 @@ def closed_rule(quotas: object) -> str:
 
 
 def timed(url: str, expr: str, at: float) -> tuple[float, dict[str, float]]:
-    times, result = [], []
-    for _ in range(5):
-        t = time.perf_counter()
-        result = query(url, expr, at)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), {r["metric"].get("user_id", ""): float(r["value"][1]) for r in result}
+    return timed_by(url, expr, at, "user_id")
 
 
 def measure(users: int, zone: str) -> None:
