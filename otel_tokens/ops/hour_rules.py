@@ -10,9 +10,10 @@ is complete and written), which a week, a month or a year tolerates; a user's da
   HOUR_KEPT while its month is the current one (`calendar_read`).
 - *Week to date*: the same over 8 days, each bucket labelled at read time with its ISO week.
 - *Year to date*: the closed months of the year plus the month to date. A year is not 8,784 buckets read per
-  evaluation: each closed month is recorded (`closed_month`, labelled) once an hour during the first local
-  day of the month after it, and the hours group sums this year's (`year_closed`) from those few samples.
-  Until the month just closed is recorded (minutes), its last month-to-date stands in for it.
+  evaluation: each closed month is recorded (`closed_month`, labelled) by a group of its own every hour, computed
+  once a day at 00:00 UTC on the first two local days of the month after it, and the hours group sums this
+  year's (`year_closed`) from those few samples. Until the month just closed is recorded (up to a day), its last
+  month to date and its last bucket stand in for it.
 """
 
 from __future__ import annotations

@@ -251,16 +251,17 @@ def _hours_group(scope: QuotaScope, quotas: Quotas, windows: list[str], local: L
     rules: list[dict[str, Any]] = []
     per_kind = [hour_group_rules(scope, kind, {w for w in windows if kind in _kinds(quotas, scope, [w])}, local)
                 for kind in _kinds(quotas, scope, windows)]
-    for step in range(max(map(len, per_kind))):
-        rules += [kind_rules[step] for kind_rules in per_kind if step < len(kind_rules)]
+    for position in range(max(map(len, per_kind))):
+        rules += [kind_rules[position] for kind_rules in per_kind if position < len(kind_rules)]
     if not scope.rolling:  # the departments' closed month, for statements and dashboards
         rules += [previous_month_rule(scope, kind, local) for kind in quotas.limits(scope).kinds()]
-    for window in windows:
-        limits = quotas.limits(scope, window)
-        for kind in limits.kinds() if scope.rolling else ():
-            usage = series(scope.name, kind, window)
-            read = usage if window == YEAR else f"sum without ({window}) ({usage})"
-            rules.append(_limit_rule(scope, kind, limits, read, window))
+    if scope.rolling:  # a department's limits are recorded in its 10 s group
+        for window in windows:
+            limits = quotas.limits(scope, window)
+            for kind in limits.kinds():
+                usage = series(scope.name, kind, window)
+                read = usage if window == YEAR else f"sum without ({window}) ({usage})"  # the year has no label
+                rules.append(_limit_rule(scope, kind, limits, read, window))
     name = f"{PREFIX}_{scope.name}_hours" if scope.rolling else f"{PREFIX}_{scope.name}_rollups"
     return {"name": name, "interval": HOUR_ROLLUP_INTERVAL, "rules": rules}
 
