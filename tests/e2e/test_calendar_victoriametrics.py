@@ -14,7 +14,6 @@ from otel_tokens.ops.rules import render
 from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
 from tests.support.victoria_replay import at, import_lines, replay, series_line, visible
-from tests.support.victoria_replay import at as at_
 from tests.support.victoria_stack import start_victoria
 
 START = int(datetime(2015, 1, 1, tzinfo=timezone.utc).timestamp())
@@ -90,8 +89,8 @@ def test_a_month_in_asia_kolkata_on_half_hour_buckets(tmp_path):
                   "departments": {"default": {"month": {"tokens": 1000}, "year": {"tokens": 5000}}}}
         replay(url, render(parse_quotas(quotas, "q"), today=date(2015, 1, 1)), START, START + 33 * DAY, half)
 
-        def dept(expr: str, at: float) -> dict[str, float]:
-            return at_(url, expr, at, "department")
+        def dept(expr: str, when: float) -> dict[str, float]:
+            return at(url, expr, when, "department")
 
         turned = START + 30 * DAY + 18 * HOUR + 1800  # 00:00 local, Feb 1
         assert dept('llm_quota:department_tokens:ratio{department="sales"}', turned - half) == {

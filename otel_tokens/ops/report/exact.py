@@ -158,10 +158,9 @@ def _walk(values: list[float], previous: float | None) -> tuple[float, float | N
     return total, previous
 
 
-def days(added: dict[float, float], day_of: Callable[[float], float] = lambda t: math.floor(t / 86400) * 86400,
-         ) -> Iterator[tuple[float, float]]:
-    """Chunk growth summed by day (`day_of`: a chunk start's day, UTC by default; chunks never straddle a
-    midnight: they are cut at every hour and at the local midnights)."""
+def days(added: dict[float, float], day_of: Callable[[float], float]) -> Iterator[tuple[float, float]]:
+    """Chunk growth summed by day (`day_of`: the start of a chunk's day; chunks never straddle a midnight: they
+    are cut at every hour and at the period's local midnights)."""
     by_day: dict[float, float] = defaultdict(float)
     for t, v in added.items():
         by_day[day_of(t)] += v
