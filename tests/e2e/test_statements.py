@@ -26,8 +26,8 @@ from otel_tokens.quota.calendar import DAY as DAY_WINDOW
 from otel_tokens.quota.calendar import MONTH, window_end, window_start
 from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
-from tests.support.prometheus_stack import query, start_prometheus
-from tests.support.quick_rules import quick_hourly_group
+from tests.support.prometheus_stack import group_state, query, rule_group, start_prometheus
+from tests.support.quick_rules import HOURLY_GROUP, quick_hourly_group
 from tests.support.usage_history import STEP, History, every
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -194,13 +194,17 @@ def test_the_department_rules_previous_month_agrees(stack):
         pytest.skip("the first hours of a month: the rules' previous month is not the one imported")
     h, start, end = stack["history"], stack["start"], stack["end"]
     s = json.loads(report(stack, "--month", _label(start), "--format", "json").stdout)
-    deadline = time.monotonic() + 120  # the hourly group (every 15 s here: quick_hourly_group) after the restart
+    deadline = time.monotonic() + 300  # the hourly group (every 15 s here: quick_hourly_group) after the restart
     while not {r["metric"].get("department") for r in query(stack["url"], "llm_quota:department_tokens:previous_month")
                } >= {"support", "sales", "research"} and time.monotonic() < deadline:
         time.sleep(0.5)
     rule = {kind: {r["metric"]["department"]: float(r["value"][1])
                    for r in query(stack["url"], f"llm_quota:department_{kind}:previous_month")}
             for kind in ("tokens", "cost")}
+    held = f"count_over_time(llm_quota:department_tokens:1h[{end - start}s] @ {end})"
+    buckets = query(stack["url"], f"count by (department) ({held})")  # what the rule reads, for the message
+    assert {"support", "sales"} <= set(rule["tokens"]) and {"support", "sales"} <= set(rule["cost"]), (
+        rule, group_state(rule_group(stack["url"], HOURLY_GROUP)), buckets)
     statement = {"tokens": _by_name(s["departments"], "total_tokens"), "cost": _by_name(s["departments"], "cost")}
     for kind in ("tokens", "cost"):
         for department in ("support", "sales"):  # the rules see only series with a department

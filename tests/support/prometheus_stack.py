@@ -179,6 +179,21 @@ def query(url: str, promql: str, at: float | None = None) -> list[dict[str, Any]
     return body["data"]["result"]
 
 
+def rule_group(url: str, name: str) -> dict[str, Any]:
+    """One rule group's state from /api/v1/rules: its rules' health and last error, when it last ran."""
+    with open_url(f"{url}/api/v1/rules", timeout=30) as response:
+        groups = json.load(response)["data"]["groups"]
+    return next((g for g in groups if g["name"] == name), {"name": name, "missing": True})
+
+
+def group_state(group: dict[str, Any]) -> str:
+    """A rule group in a line, for a test's failure message."""
+    rules = [(r.get("name"), r.get("health"), r.get("lastError")) for r in group.get("rules", [])
+             if r.get("health") != "ok"]
+    return (f"group {group['name']}: last evaluation {group.get('lastEvaluation')}, took "
+            f"{group.get('evaluationTime')} s; rules not ok: {rules or 'none'}")
+
+
 def start_shipped_alertmanager(tmp_path: Path, binary: str, webhook: Webhook, guard_url: str, guard_token_file: Path,
                                guard_repeat: str = "3s", smtp: str | None = None, auth: tuple[Path, str] | None = None
                                ) -> tuple[str, subprocess.Popen[Any]]:
