@@ -168,7 +168,11 @@ def _window_rules(scope: QuotaScope, kind: str, quotas: Quotas, window: str, loc
     else:
         rules, read = [], calendar_read(usage, window, local)
     rules += _limit_rules(scope, kind, limits, read, window)
-    return rules + _alerts(scope, kind, usage, quotas.warning_ratio, for_, quotas.timezone, window)
+    rules += _alerts(scope, kind, usage, quotas.warning_ratio, for_, quotas.timezone, window)
+    if window == YEAR and not scope.rolling:  # the burn rate is the month's, where the kind has a month limit
+        rules += forecast_rules(scope, kind, lambda what, p=scope.name, k=kind: series(p, k, what), local, read,
+                                YEAR, burn_rate=kind not in quotas.limits(scope).kinds())
+    return rules
 
 
 def _kinds(quotas: Quotas, scope: QuotaScope, windows: Iterable[str]) -> list[str]:

@@ -311,22 +311,23 @@ def test_alert_mode_believes_only_the_ruler_and_a_ruler_restart_lifts_no_block(s
 
 def test_a_budget_forecast_reaches_people_not_the_guard_and_is_muted_by_the_budget_critical(stack):
     """LLMDepartmentBudgetForecast through the shipped Alertmanager: research's forecast arrives on the
-    warning route; support's is inhibited while support's budget critical of the same kind fires; the
-    guard hears of neither forecast."""
+    warning route; support's is inhibited while support's budget critical of the same kind and window fires, its
+    year's forecast is not; the guard hears of no forecast."""
     from datetime import datetime, timedelta, timezone
 
     webhook: Webhook = stack["webhook"]
     now = datetime.now(timezone.utc)
 
-    def alert(name: str, severity: str, department: str) -> dict[str, Any]:
-        return {"labels": {"alertname": name, "severity": severity, "department": department, "window": "month",
+    def alert(name: str, severity: str, department: str, window: str = "month") -> dict[str, Any]:
+        return {"labels": {"alertname": name, "severity": severity, "department": department, "window": window,
                            "quota": "tokens"},
                 "annotations": {"exhaustion": "2026-12-27 10:00:00 +0000 UTC"},
                 "startsAt": now.isoformat(), "endsAt": (now + timedelta(minutes=10)).isoformat()}
 
     alerts = [alert("LLMDepartmentTokenBudget", "critical", "support"),
               alert("LLMDepartmentBudgetForecast", "warning", "support"),
-              alert("LLMDepartmentBudgetForecast", "warning", "research")]
+              alert("LLMDepartmentBudgetForecast", "warning", "research"),
+              alert("LLMDepartmentBudgetForecast", "warning", "support", "year")]
     sent = time.monotonic()
     assert open_url(stack["alertmanager"] + "/api/v2/alerts", data=json.dumps(alerts).encode(), method="POST",
                     headers={"Content-Type": "application/json"}).status == 200
@@ -340,15 +341,16 @@ def test_a_budget_forecast_reaches_people_not_the_guard_and_is_muted_by_the_budg
     deadline = time.monotonic() + 30
     while True:
         with open_url(f"{stack['alertmanager']}/api/v2/alerts") as response:
-            state = {(a["labels"]["alertname"], a["labels"].get("department")): a["status"]
+            state = {(a["labels"]["alertname"], a["labels"].get("department"), a["labels"].get("window")): a["status"]
                      for a in json.load(response)}
-        if state.get(("LLMDepartmentBudgetForecast", "support"), {}).get("state") == "suppressed":
+        if state.get(("LLMDepartmentBudgetForecast", "support", "month"), {}).get("state") == "suppressed":
             break
         assert time.monotonic() < deadline, state
         time.sleep(0.5)
-    assert state[("LLMDepartmentBudgetForecast", "support")]["inhibitedBy"]
-    assert state[("LLMDepartmentBudgetForecast", "research")]["state"] == "active"
+    assert state[("LLMDepartmentBudgetForecast", "support", "month")]["inhibitedBy"]
+    assert state[("LLMDepartmentBudgetForecast", "research", "month")]["state"] == "active"
+    assert state[("LLMDepartmentBudgetForecast", "support", "year")]["state"] == "active"
     time.sleep(3)  # more than the test's group_wait and the guard route's repeat
-    assert not [a for _, _, a in webhook.alerts(sent) if forecast("support")("", a)]
+    assert [a["labels"]["window"] for _, _, a in webhook.alerts(sent) if forecast("support")("", a)] == ["year"]
     # the guard acts on neither forecast, nor on the budget critical posted here: Prometheus does not hold it
     assert stack["guard_server"].state.snapshot()["departments"] == {}

@@ -131,3 +131,54 @@ def test_the_forecast_projects_to_the_end_of_the_local_month(tmp_path):
         ],
     }]}
     promtool_test(tmp_path, tests, quotas, today=date(1970, 1, 1))
+
+
+def test_the_year_forecast_projects_to_the_local_new_year(tmp_path):
+    """Asia/Shanghai, a year to date of 1000 tokens burning 2 an hour, by the rendered year-forecast rules: at 20:00
+    local on Dec 31 1970 (12:00 UTC) 4 hours are left; at local midnight (16:00 UTC) all 8,760 of 1971; at 04:00
+    local 8,756. The year's usage and the burn rate are input series here (their own rules are tested above and in
+    test_quota_rules_calendar.py): a year of hourly evaluations is more than promtool's sample limit."""
+    promtool = require_binary("promtool")
+    quotas = {"timezone": "Asia/Shanghai", "departments": {"default": {"year": {"tokens": 1010}}}}
+    rendered = yaml.safe_load(render_text(parse_quotas(quotas, "q"), today=date(1970, 1, 1)))
+    wanted = ("year_forecast", "year_forecast_ratio", "year_exhaustion_time")
+    rules = [r for g in rendered["groups"] for r in g["rules"]
+             if str(r.get("record", "")).rsplit(":", 1)[-1] in wanted
+             or r.get("alert") == "LLMDepartmentBudgetForecast"]
+    assert [r.get("record", r.get("alert")) for r in rules] == [
+        *(f"llm_quota:department_tokens:{w}" for w in wanted), "LLMDepartmentBudgetForecast"]
+    (tmp_path / "forecast.yml").write_text(yaml.safe_dump({"groups": [{"name": "year", "rules": rules}]}))
+    forecast, exhaustion = (f"llm_quota:department_tokens:{w}" for w in ("year_forecast", "year_exhaustion_time"))
+    held = {"series": 'llm_quota:department_tokens:{}{{department="hot"}}', "values": "{}x9000"}
+    series = [{"series": held["series"].format(name), "values": held["values"].format(value)}
+              for name, value in (("year", 1000), ("burn_rate", 2), ("year_limit", 1010))]
+    at_20, at_04 = 364 * 86400 + 12 * 3600, 364 * 86400 + 20 * 3600
+    (tmp_path / "forecast.test.yml").write_text(yaml.safe_dump({
+        "rule_files": ["forecast.yml"], "evaluation_interval": "4h", "tests": [{
+            "interval": "1h", "input_series": series,
+            "promql_expr_test": [
+                *({"expr": f'{forecast}{{department="hot"}}', "eval_time": when,
+                   "exp_samples": [{"labels": f'{forecast}{{department="hot"}}', "value": 1000 + 2 * left}]}
+                  for when, left in (("364d12h", 4), ("364d16h", 8760), ("364d20h", 8756))),
+                *({"expr": f'{exhaustion}{{department="hot"}}', "eval_time": when,
+                   "exp_samples": [{"labels": f'{exhaustion}{{department="hot"}}', "value": t + 5 * 3600}]}
+                  for when, t in (("364d12h", at_20), ("364d20h", at_04))),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "364d12h", "alertname": "LLMDepartmentBudgetForecast", "exp_alerts": []},
+                {"eval_time": "364d20h", "alertname": "LLMDepartmentBudgetForecast", "exp_alerts": [{
+                    "exp_labels": {"department": "hot", "severity": "warning", "window": "year", "quota": "tokens"},
+                    "exp_annotations": {
+                        "summary": "Department hot is on course to exhaust its yearly token budget on "
+                                   "1971-01-01 01:00:00 +0000 UTC",
+                        "description": "Department hot has used 1k tokens of 1.01k tokens this year (Asia/Shanghai); "
+                                       "at its current rate (2 tokens an hour: the lower of the last 6 h's average "
+                                       "and the median hour of the last 24 h) it reaches the budget on 1971-01-01 "
+                                       "01:00:00 +0000 UTC and would end the year at 1833% of it.",
+                        "exhaustion": "1971-01-01 01:00:00 +0000 UTC", "forecast": "18.51k tokens",
+                        "burn_rate": "2 tokens per hour", "percent": "1833%"}}]},
+            ],
+        }]}))
+    result = subprocess.run([promtool, "test", "rules", "forecast.test.yml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

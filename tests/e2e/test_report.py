@@ -21,6 +21,7 @@ from otel_tokens import names
 from otel_tokens.ops.cli import main
 from otel_tokens.ops.report import UNATTRIBUTED, format_money, token_timeline, usage_by
 from otel_tokens.prometheus_api import Prometheus
+from otel_tokens.quota.calendar import window_end
 from tests.support.prometheus_stack import free_port, query, start_prometheus
 from tests.support.report_stack import CURRENT, ERRORS, PREVIOUS, QUOTAS, TOP, Calls, running_stack
 
@@ -99,6 +100,9 @@ def check_projection(stack: dict[str, Any], quotas: list[dict[str, Any]]) -> Non
     for q in quotas:
         burn = {r["metric"].get("department"): float(r["value"][1])
                 for r in query(stack["url"], f"llm_quota:department_{q['quota']}:burn_rate", at)}
+        assert q["resets_at"] == (None if q["principal"] == "user" else  # the rolling 24 h has no reset
+                                  datetime.fromtimestamp(month_end, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        assert q["window_end_percent"] == q["month_end_percent"]  # every row here is a user's 24 h or a month
         if q["principal"] == "user" or q["name"] not in burn:
             assert (q["burn_rate_per_hour"], q["month_end_percent"], q["runs_out_at"]) == (None, None, None), q
             continue
@@ -167,7 +171,7 @@ def test_json_every_number(stack, capsys):
     assert [r["name"] for r in data["users"]] == ["alice", "bob", "carol", "dave", UNATTRIBUTED]
     assert [r["name"] for r in data["departments"]] == ["support", "research", "sales", UNATTRIBUTED]
     assert data["quota_rules"] is True
-    projection = ("burn_rate_per_hour", "month_end_percent", "runs_out_at")
+    projection = ("burn_rate_per_hour", "month_end_percent", "window_end_percent", "runs_out_at", "resets_at")
     assert_close([{k: v for k, v in q.items() if k not in projection} for q in data["quotas"]], expected_quotas(),
                  "quotas")
     check_projection(stack, data["quotas"])
@@ -260,10 +264,13 @@ def test_table_numbers(stack, capsys):
             pattern = r"\s+".join(re.escape(cell).replace(r"\ ", r"\s+") for cell in _row_cells(r))
             assert re.search(rf"(?m)^\s*{pattern}\s*$", out), (kind, r, out)
     assert not re.search(r"\berin\b", out)  # 6th user: outside the top 5
+    month_end = window_end("month", stack["at"], "UTC")
     for q in expected_quotas():
         prefix = f"{q['principal']} {q['name']}"
         pattern = r"\s+".join(re.escape(c).replace(r"\ ", r"\s+") for c in _quota_cells(q))
-        assert re.search(rf"(?m)^\s*{re.escape(prefix)}\s.*{pattern}\s*$", out), (q, out)
+        resets = "—" if q["window"] == "24h" else datetime.fromtimestamp(month_end, timezone.utc).strftime(
+            "%Y-%m-%d\\s+00:00\\s+UTC")  # the rolling 24 h never resets; the month at the next one's midnight
+        assert re.search(rf"(?m)^\s*{re.escape(prefix)}\s.*{pattern}\s+{resets}(\s+\S.*)?\s*$", out), (q, out)
 
 
 def test_png_and_timeline(stack, capsys):

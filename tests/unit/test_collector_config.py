@@ -287,10 +287,10 @@ def test_alertmanager_grouping_and_inhibition() -> None:
     inhibit, forecast = config["inhibit_rules"]
     assert inhibit == {"source_matchers": ['severity="critical"'], "target_matchers": ['severity="warning"'],
                        "equal": ["alertname", "user_id", "department", "window"]}
-    # a department's budget forecast is muted by that department's budget critical of the same kind
+    # a department's budget forecast is muted by that department's budget critical of the same kind and window
     assert forecast == {"source_matchers": ['alertname=~"LLMDepartment(Token|Cost)Budget"', 'severity="critical"'],
                         "target_matchers": ['alertname="LLMDepartmentBudgetForecast"'],
-                        "equal": ["department", "quota"]}
+                        "equal": ["department", "quota", "window"]}
 
 
 _STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')

@@ -16,6 +16,7 @@ from otel_tokens.ops.report import statement_render
 from otel_tokens.ops.report.focus import to_focus
 from otel_tokens.ops.report.mail import SmtpSettings, build_message, recipients, send, smtp_settings
 from otel_tokens.ops.report.model import (
+    CALENDAR_DIGESTS,
     CONNECTION_ERROR,
     DATA_ERROR,
     FORMATS,
@@ -26,7 +27,7 @@ from otel_tokens.ops.report.model import (
     ReportError,
     parse_window,
 )
-from otel_tokens.ops.report.period import Period, between, month, zone_of
+from otel_tokens.ops.report.period import Period, between, digest_window, month, zone_of
 from otel_tokens.ops.report.png import draw_png
 from otel_tokens.ops.report.queries import build, token_timeline
 from otel_tokens.ops.report.render import print_table, to_csv, to_json, to_markdown
@@ -38,13 +39,15 @@ _PROMETHEUS_EXIT = {BAD_URL: USAGE_ERROR, REFUSED: DATA_ERROR, UNREACHABLE: CONN
                     NOT_PROMETHEUS: CONNECTION_ERROR}
 
 
-def _options(args: argparse.Namespace) -> tuple[Prometheus, float, float, int, str]:
+def _options(args: argparse.Namespace) -> tuple[Prometheus, float, str, int, str]:
     fmt = (args.format or "table").lower()
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {args.format!r}: choose one of {', '.join(FORMATS)}", USAGE_ERROR)
     if not args.prometheus:
         raise ReportError("--prometheus URL is required (e.g. --prometheus http://localhost:9090)", USAGE_ERROR)
-    window = parse_window(args.window or "24h")
+    window = (args.window or "24h").strip()
+    if window not in CALENDAR_DIGESTS:
+        parse_window(window)
     try:
         top = int(args.top)
     except (TypeError, ValueError):
@@ -151,7 +154,9 @@ def run(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO |
             _statement(args, prom, period, top, fmt, stdout, stderr)
             return 0
         mail = (smtp_settings(), recipients(args.mail_to)) if args.mail_to else None
-        report = build(prom, at, window, top, (args.window or "24h").strip())
+        zone = _zone(args)
+        end, seconds, previous_at, previous_seconds = digest_window(window, at, zone)
+        report = build(prom, end, seconds, top, window, zone, (previous_at, previous_seconds), quotas_at=at)
         if args.png:
             users = [r.name for r in report.rows["user"] if r.name != UNATTRIBUTED]
             draw_png(args.png, report, *token_timeline(prom, report.at, report.window_seconds, users))
@@ -185,8 +190,10 @@ def run(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO |
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prometheus", metavar="URL", help="Prometheus base URL, e.g. http://localhost:9090")
-    parser.add_argument("--window", default=None, help="Prometheus duration to report on (default 24h); the "
-                        "previous window of the same length is the comparison")
+    parser.add_argument("--window", default=None, help="Prometheus duration to report on (default 24h; the "
+                        "previous window of the same length is the comparison), or `yesterday` / `today`: the local "
+                        "day in the organization's zone (--timezone), against the day before / the same hours "
+                        "yesterday")
     parser.add_argument("--top", default="5", metavar="N", help="users, departments and models to list (default 5)")
     parser.add_argument("--format", default="table", metavar="FORMAT",
                         help=f"{' | '.join(FORMATS)} (default table)")
@@ -196,14 +203,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mail the digest (text + HTML, the chart attached) instead of printing it; repeat or "
                         "comma-separate; the relay from SMTP_SMARTHOST, SMTP_FROM, SMTP_AUTH_USERNAME, "
                         "SMTP_AUTH_PASSWORD, SMTP_REQUIRE_TLS (as alertmanager.yml)")
+    parser.add_argument("--timezone", metavar="TZ", help="the organization's zone (IANA, e.g. Asia/Shanghai): its "
+                        "days and months begin at local midnight; times, quota resets and `yesterday` are local "
+                        "(default: the quota file's, else UTC)")
+    parser.add_argument("--quota-file", metavar="FILE", help=f"the quota file whose `timezone:` to use "
+                        f"(default ${ENV_QUOTA_FILE})")
     statement = parser.add_argument_group("statements (exact, every row)")
     statement.add_argument("--month", metavar="YYYY-MM", help="a calendar month in the zone, e.g. 2026-11")
     statement.add_argument("--from", dest="since", metavar="WHEN",
                            help="start: a date (2026-11-01, local midnight), an ISO timestamp or unix seconds")
-    statement.add_argument("--timezone", metavar="TZ", help="the statement's zone (IANA, e.g. Asia/Shanghai): its "
-                           "months and days begin at local midnight (default: the quota file's, else UTC)")
-    statement.add_argument("--quota-file", metavar="FILE", help=f"the quota file whose `timezone:` to use "
-                           f"(default ${ENV_QUOTA_FILE})")
     statement.add_argument("--to", dest="until", metavar="WHEN",
                            help="end (default now): a date is inclusive (--to 2026-11-30 ends at the next midnight)")
     statement.add_argument("--billing-account", default="otel-tokens", metavar="ID",

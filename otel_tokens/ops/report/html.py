@@ -13,8 +13,8 @@ from otel_tokens.ops.report.render import (
     _quota_values,
     _row_header,
     _row_values,
+    _span,
     _total_values,
-    _utc,
     headline,
 )
 from otel_tokens.quota import vocabulary
@@ -37,7 +37,7 @@ def to_html(report: Report, chart: bool = False) -> str:
              f"<style>{_STYLE}</style></head><body>",
              "<h1 style=\"font-size:20px\">LLM usage report</h1>",
              f"<p><strong>{escape(headline(report))}</strong></p>",
-             f'<p class="small">Window: {escape(_utc(report.start))} to {escape(_utc(report.at))} UTC '
+             f'<p class="small">Window: {escape(_span(report.start, report.at, report.zone))} '
              f"({escape(report.window)}). Source: {escape(report.prometheus)}.</p>",
              "<h2>Totals</h2>", _table(("", "this window", "previous", "change"), _total_values(report), "lrrr")]
     for kind in DIMENSIONS:
@@ -51,7 +51,7 @@ def to_html(report: Report, chart: bool = False) -> str:
         rows = [q for q in report.quotas if q.principal == principal]
         if rows:
             parts.append(_table([h.format(principal=principal) for h in _QUOTA_HEADER],
-                                (_quota_values(q, report.currency) for q in rows), "lllrrrr"))
+                                (_quota_values(q, report.currency, report.zone) for q in rows), "lllrrrlr"))
     if report.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
     parts.append('<p class="small">Sent by otel-tokens report' + ("; the chart is attached." if chart else ".")

@@ -26,6 +26,7 @@ CURRENCY = names.prometheus_label(names.CURRENCY)
 DIMENSIONS = {"user": USER, "department": DEPARTMENT, "model": MODEL}
 UNATTRIBUTED = names.UNATTRIBUTED  # usage no one claimed: the recorder's principal, and series with no value
 MAX_BUCKETS = 96  # points of the --png timeline
+CALENDAR_DIGESTS = ("today", "yesterday")  # --window values that are local days, not durations
 
 
 
@@ -105,13 +106,14 @@ class QuotaRow:
     principal: str  # a quota scope name: user | department
     name: str
     quota: str  # tokens | cost
-    window: str  # 24h | month
+    window: str  # 24h | day | week | month | year
     usage: float  # an int for tokens
     limit: float
-    # departments: the rules' burn rate (per hour) and where it leads by the month's end (UTC)
+    resets_at: float | None = None  # unix time the calendar window ends (local midnight); None for the rolling 24 h
+    # departments' month and year: the rules' burn rate (per hour) and where it leads by the window's end
     burn_rate: float | None = None
-    runs_out_at: float | None = None  # unix time the limit is reached, when before the month's end
-    month_end_ratio: float | None = None  # usage / limit at the month's end at that rate
+    runs_out_at: float | None = None  # unix time the limit is reached, when before the window's end
+    end_ratio: float | None = None  # usage / limit at the window's end at that rate
 
     @property
     def ratio(self) -> float:
@@ -136,7 +138,11 @@ class Report:
     quotas: list[QuotaRow]
     quota_rules: bool
     notes: list[str] = field(default_factory=list)
-    window_text: str | None = None  # the window as the user wrote it (24h rather than 1d)
+    window_text: str | None = None  # the window as the user wrote it (24h rather than 1d; today, yesterday)
+    zone: str = "UTC"  # the organization's: the report's times, `today`, `yesterday` and the quotas' resets
+    previous_at: float | None = None  # the comparison window's end (default: this window's start)
+    previous_seconds: float | None = None  # its length (default: this window's)
+    quotas_at: float | None = None  # when the quota table stands (default: the window's end)
 
     @property
     def window(self) -> str:
@@ -145,6 +151,24 @@ class Report:
     @property
     def start(self) -> float:
         return self.at - self.window_seconds
+
+    @property
+    def previous_end(self) -> float:
+        return self.start if self.previous_at is None else self.previous_at
+
+    @property
+    def previous_start(self) -> float:
+        return self.previous_end - (self.window_seconds if self.previous_seconds is None else self.previous_seconds)
+
+    @property
+    def calendar(self) -> bool:
+        """A local day (`today`, `yesterday`) rather than a duration ending at `at`."""
+        return self.window_text in CALENDAR_DIGESTS
+
+    @property
+    def span(self) -> str:
+        """The window in a sentence: "over the last 24h", "yesterday"."""
+        return self.window if self.calendar else f"over the last {self.window}"
 
 
 def _change(current: float | None, previous: float | None) -> float | None:
@@ -162,6 +186,17 @@ def _cost(value: float) -> float:
 
 def _utc(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def local_time(t: float, zone: str, seconds: bool = True) -> str:
+    """The time in the organization's zone with its zone: "2026-12-07 08:00:00 UTC", "2026-12-08 00:00 +08:00"."""
+    if zone == "UTC":
+        return f"{_utc(t) if seconds else _utc(t)[:16]} UTC"
+    from otel_tokens.quota.calendar import load_zone
+
+    moment = datetime.fromtimestamp(t, timezone.utc).astimezone(load_zone(zone))
+    text = moment.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+    return f"{text} {moment.strftime('%z')[:3]}:{moment.strftime('%z')[3:]}"
 
 
 def _pct(fraction: float | None) -> str:

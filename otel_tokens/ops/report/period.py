@@ -1,5 +1,6 @@
-"""Statement periods: a calendar month (`--month 2026-11`) or `--from/--to`, in the organization's time zone
-(`--timezone`, else the quota file's, else UTC): a month and a date begin at local midnight (`calendar`)."""
+"""Report periods in the organization's time zone (`--timezone`, else the quota file's, else UTC): a statement's
+calendar month (`--month 2026-11`) or `--from/--to`, and the digest's window (`today`, `yesterday` or a
+duration); a month and a date begin at local midnight (`calendar`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from otel_tokens.ops.report.model import USAGE_ERROR, ReportError
+from otel_tokens.ops.report.model import USAGE_ERROR, ReportError, parse_window
 from otel_tokens.quota.calendar import DAY, MONTH, UnknownZoneError, load_zone, window_end, window_start
 
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
@@ -91,3 +92,24 @@ def between(start_text: str, end_text: str | None, now: float, zone: str = "UTC"
         raise ReportError(f"empty period: --from {start_text} is not before --to "
                           f"{end_text if end_text is not None else 'now'} ({_iso(start)} >= {_iso(end)})", USAGE_ERROR)
     return Period(start, end, f"{_iso(start)}/{_iso(end)}", zone)
+
+
+def digest_window(text: str, at: float, zone: str) -> tuple[float, float, float, float]:
+    """The digest's window (end, seconds) and the one it is compared with (end, seconds). `yesterday`: the local
+    day before the one holding `at`, against the day before it (each as long as it was: 23 or 25 h on a DST
+    day); `today`: from local midnight to `at`, against the same time since yesterday's midnight; a duration:
+    that long up to `at`, against the same length before."""
+    if text == "yesterday":
+        end = float(window_start(DAY, at, zone))
+        start = float(window_start(DAY, end - 1, zone))
+        before = float(window_start(DAY, start - 1, zone))
+        return end, end - start, start, start - before
+    if text == "today":
+        start = float(window_start(DAY, at, zone))
+        if at <= start:
+            raise ReportError(f"--window today: the day has just begun at {_iso(at)} ({zone}); use yesterday",
+                              USAGE_ERROR)
+        yesterday = float(window_start(DAY, start - 1, zone))
+        return at, at - start, yesterday + (at - start), at - start
+    seconds = parse_window(text)
+    return at, seconds, at - seconds, seconds

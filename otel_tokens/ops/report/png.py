@@ -8,6 +8,7 @@ from typing import Any
 
 from otel_tokens.ops.report.model import DATA_ERROR, UNATTRIBUTED, USAGE_ERROR, Report, ReportError, _int
 from otel_tokens.ops.report.render import format_money, headline
+from otel_tokens.quota.calendar import load_zone
 
 
 def draw_png(path: str, report: Report, times: Sequence[float], lines: Mapping[str, Sequence[int]]) -> None:
@@ -26,14 +27,16 @@ def _draw(path: str, report: Report, times: Sequence[float], lines: Mapping[str,
     from matplotlib.figure import Figure
 
     users = [r.name for r in report.rows["user"] if r.name != UNATTRIBUTED]
-    moments = [datetime.fromtimestamp(t, timezone.utc) for t in times]
+    zone = timezone.utc if report.zone == "UTC" else load_zone(report.zone)
+    moments = [datetime.fromtimestamp(t, timezone.utc).astimezone(zone) for t in times]
     figure = Figure(figsize=(13, 5), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     left, right = figure.subplots(1, 2, width_ratios=[3, 2])
     for user in users:
         left.plot(moments, lines[user], marker="o" if len(moments) <= 30 else None, markersize=3, label=user)
-    left.set_title(f"Tokens over the last {report.window} by top users (cumulative)")
-    left.set_xlabel("time (UTC)")
+    left.set_title(f"Tokens {report.span} by top users (cumulative)")
+    left.xaxis_date(zone)  # ticks in local time: matplotlib would write UTC
+    left.set_xlabel(f"time ({report.zone})")
     left.set_ylabel("tokens")
     left.yaxis.set_major_formatter(_thousands())
     if users:
@@ -44,11 +47,11 @@ def _draw(path: str, report: Report, times: Sequence[float], lines: Mapping[str,
     departments = list(reversed(report.rows["department"]))
     if report.totals.cost is not None:
         values = [r.cost or 0.0 for r in departments]
-        right.set_title(f"Cost by department ({report.currency}), last {report.window}")
+        right.set_title(f"Cost by department ({report.currency}), {report.span}")
         right.set_xlabel(report.currency or "cost")
     else:
         values = [float(r.total_tokens) for r in departments]
-        right.set_title(f"Tokens by department, last {report.window} (no cost recorded)")
+        right.set_title(f"Tokens by department, {report.span} (no cost recorded)")
         right.set_xlabel("tokens")
     bars = right.barh([r.name for r in departments], values, color="tab:blue")
     priced = report.totals.cost is not None

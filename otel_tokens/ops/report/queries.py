@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import math
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 
 from otel_tokens import names
 from otel_tokens.ops.durations import human_duration, promql_duration
@@ -25,7 +22,6 @@ from otel_tokens.ops.report.model import (
     TOKENS,
     UNATTRIBUTED,
     USER,
-    QuotaRow,
     Report,
     ReportError,
     Row,
@@ -33,14 +29,13 @@ from otel_tokens.ops.report.model import (
     _cost,
     _int,
     _pct,
-    _utc,
+    local_time,
     usage_by,
 )
+from otel_tokens.ops.report.quota_table import quota_rows
 from otel_tokens.ops.rollups import usage_over
-from otel_tokens.ops.rules import series
 from otel_tokens.prometheus_api import Prometheus
 from otel_tokens.quota import vocabulary
-from otel_tokens.quota.vocabulary import KINDS
 
 
 def _queries(have: set[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -62,19 +57,20 @@ def _queries(have: set[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
 Sums = dict[str, dict[tuple[str, ...], float]]
 
 
-def _window_sums(prom: Prometheus, have: set[str], window: str, ats: Sequence[float]) -> list[Sums]:
-    """For each evaluation time, every query's exact window sums keyed by its label values."""
+def _window_sums(prom: Prometheus, have: set[str], windows: Sequence[tuple[str, float]]) -> list[Sums]:
+    """For each (window, end), every query's exact window sums keyed by its label values."""
     queries = _queries(have)
-    jobs = [(i, key, counter, labels) for i in range(len(ats)) for key, (counter, labels) in queries.items()]
+    jobs = [(i, key, counter, labels) for i in range(len(windows)) for key, (counter, labels) in queries.items()]
 
     def run(job: tuple[int, str, str, tuple[str, ...]]) -> dict[tuple[str, ...], float]:
         i, _, counter, labels = job
+        window, end = windows[i]
         return {tuple(metric.get(label, "") for label in labels): value
-                for metric, value in prom.instant(usage_by(counter, labels, window), ats[i])}
+                for metric, value in prom.instant(usage_by(counter, labels, window), end)}
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(run, jobs))
-    out: list[Sums] = [{} for _ in ats]
+    out: list[Sums] = [{} for _ in windows]
     for (i, key, _, _), result in zip(jobs, results, strict=True):
         out[i][key] = result
     return out
@@ -163,109 +159,36 @@ def _rows(kind: str, current: Sums, previous: Sums, totals: Totals, before: Tota
     return result
 
 
-def _month_start(at: float) -> float:
-    moment = datetime.fromtimestamp(at, timezone.utc)
-    return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
-
-
-def _quotas(prom: Prometheus, at: float) -> tuple[bool, list[QuotaRow]]:
-    """Usage against the limits recorded by the quota rules (`otel-tokens rules`), for the principals
-    that have a limit: an override, or the default once they have usage.
-
-    Usage is computed here, exactly at `at`: users over the rolling 24 h, departments from the start
-    of the calendar month (UTC). The rules' own month-to-date is built from hourly buckets and lags
-    by up to an hour, which suits an alert, not a report read at a given time.
-    """
-    wanted = {series(scope.name, k, what): (scope, k, what) for scope in vocabulary.SCOPES for k in KINDS
-              for what in ("limit_override", "limit_default")}
-    matcher = '{__name__=~"' + "|".join(re.escape(n) for n in wanted) + '"}'
-    overrides: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
-    defaults: dict[tuple[str, str], float] = {}
-    for metric, value in prom.instant(matcher, at):
-        scope, kind, what = wanted[metric.get("__name__", "")]
-        if what == "limit_default":
-            defaults[scope.name, kind] = value
-        elif metric.get(scope.label):
-            overrides[scope.name, kind][metric[scope.label]] = value
-    if not overrides and not defaults:
-        return False, []
-    rows: list[QuotaRow] = []
-    for scope in vocabulary.SCOPES:
-        principal, label = scope.name, scope.label
-        window = scope.window if scope.rolling else promql_duration(max(0.001, at - _month_start(at)))
-        for kind in KINDS:
-            limits = overrides.get((principal, kind), {})
-            default = defaults.get((principal, kind))
-            if not limits and default is None:
-                continue
-            counter = vocabulary.ACCOUNTING_COUNTERS[kind]  # the history from before llm.quota.* too
-            usage = {metric.get(label, ""): value
-                     for metric, value in prom.instant(usage_over(counter, label, window), at)}
-            who = set(limits) | ({n for n, v in usage.items() if v > 0} if default is not None else set())
-            for name in who:
-                limit = limits.get(name, default)
-                if limit:
-                    value = usage.get(name, 0.0)
-                    rows.append(QuotaRow(principal, name, kind, scope.window,
-                                         _int(value) if kind == vocabulary.TOKENS else _cost(value),
-                                         _int(limit) if kind == vocabulary.TOKENS and limit == int(limit) else limit))
-    order = [scope.name for scope in vocabulary.SCOPES]
-    rows.sort(key=lambda q: (order.index(q.principal), KINDS.index(q.quota), -q.ratio, q.name))
-    _project(prom, at, [q for q in rows if not vocabulary.BY_NAME[q.principal].rolling])
-    return True, rows
-
-
-def _month_end(at: float) -> float:
-    moment = datetime.fromtimestamp(_month_start(at), timezone.utc)
-    return moment.replace(year=moment.year + moment.month // 12, month=moment.month % 12 + 1).timestamp()
-
-
-def _project(prom: Prometheus, at: float, rows: list[QuotaRow]) -> None:
-    """Month-end projection of calendar-month quotas at the rules' burn rate (`otel-tokens rules`
-    records it: the lower of the last 6 h's average and the median hour of the last 24 h), applied to
-    the exact month-to-date here, as the forecast alert applies it to the rules' own."""
-    if not rows:
-        return
-    burn: dict[tuple[str, str], float] = {}
-    for kind in {q.quota for q in rows}:
-        scope = vocabulary.BY_NAME[rows[0].principal]
-        for metric, value in prom.instant(series(scope.name, kind, "burn_rate"), at):
-            burn[kind, metric.get(scope.label, "")] = value
-    hours_left = max(0.0, _month_end(at) - at) / 3600
-    for q in rows:
-        rate = burn.get((q.quota, q.name))
-        if rate is None or not math.isfinite(rate):
-            continue
-        q.burn_rate = rate
-        q.month_end_ratio = (q.usage + rate * hours_left) / q.limit
-        if rate > 0 and q.usage < q.limit and q.month_end_ratio >= 1:
-            q.runs_out_at = round((at + 3600 * (q.limit - q.usage) / rate) / 60) * 60  # to the minute, as the rule
-
-
-def build(prom: Prometheus, at: float, window_seconds: float, top: int, window_text: str | None = None) -> Report:
+def build(prom: Prometheus, at: float, window_seconds: float, top: int, window_text: str | None = None,
+          zone: str = "UTC", previous: tuple[float, float] | None = None, quotas_at: float | None = None) -> Report:
+    """The digest over the window ending at `at`, compared with `previous` (its end and length; default the
+    window of the same length before this one); the quotas as they stand at `quotas_at` (default `at`: a digest
+    of yesterday shows where everyone stands now)."""
     have = prom.present((TOKENS, COST, REQUESTS))
     if TOKENS not in have:
         raise ReportError(f"Prometheus at {prom.url} has no {TOKENS} metric: no otel-tokens data has been scraped "
                           "(is the app instrumented and its metrics endpoint or collector scraped?)", DATA_ERROR)
-    window = promql_duration(window_seconds)
-    current, previous = _window_sums(prom, have, window, [at, at - window_seconds])
-    totals, before = _totals(current), _totals(previous)
+    previous_at, previous_seconds = previous or (at - window_seconds, window_seconds)
+    current, before_sums = _window_sums(prom, have, [(promql_duration(window_seconds), at),
+                                                     (promql_duration(previous_seconds), previous_at)])
+    totals, before = _totals(current), _totals(before_sums)
     if totals.total_tokens == 0 and not totals.requests:
-        end = _utc(at)
-        raise ReportError(f"no LLM traffic in the {window_text or human_duration(window_seconds)} ending {end} UTC "
-                          f"({TOKENS} did not grow); try a longer --window or another --at", DATA_ERROR)
+        raise ReportError(f"no LLM traffic in the {window_text or human_duration(window_seconds)} ending "
+                          f"{local_time(at, zone)} ({TOKENS} did not grow); try a longer --window or another --at",
+                          DATA_ERROR)
     rows, counts = {}, {}
     for kind in DIMENSIONS:
-        all_rows = _rows(kind, current, previous, totals, before)
+        all_rows = _rows(kind, current, before_sums, totals, before)
         rows[kind], counts[kind] = all_rows[:top], len(all_rows)
-    has_rules, quotas = _quotas(prom, at)
+    has_rules, quotas = quota_rows(prom, at if quotas_at is None else quotas_at, zone)
     currency = None
     if len(totals.cost_by_currency) == 1:
         currency = next(iter(totals.cost_by_currency))
     elif totals.cost_by_currency:
         currency = "+".join(totals.cost_by_currency)
     report = Report(prom.url, at, window_seconds, top, currency, totals, before, rows, counts, quotas, has_rules,
-                    window_text=window_text)
+                    window_text=window_text, zone=zone, previous_at=previous_at, previous_seconds=previous_seconds,
+                    quotas_at=quotas_at)
     report.notes = _notes(report, have)
     return report
 
@@ -287,14 +210,15 @@ def _notes(report: Report, have: set[str]) -> list[str]:
                          "(no usage_context, trusted header or trusted baggage)")
     if not report.quota_rules:
         notes.append("no quota rules loaded in this Prometheus (`otel-tokens rules`): quota section empty")
-    elif any(q.principal == "department" for q in report.quotas):
-        notes.append("department usage is month to date (UTC) at the report time; the budget alerts count "
-                     "whole hours and lag by up to an hour")
+    elif any(q.window != "24h" for q in report.quotas):
+        notes.append(f"calendar windows are to date at the report time, from local midnight ({report.zone}); the "
+                     "budget alerts count whole hours and lag by up to an hour")
     for q in report.quotas:
         if q.runs_out_at is not None:
             what = "token budget" if q.quota == vocabulary.TOKENS else "cost budget"
-            notes.append(f"{q.principal} {q.name} runs out of its monthly {what} on "
-                         f"{_utc(q.runs_out_at)[:10]} at the current rate")
+            period = "monthly" if q.window == "month" else "yearly"
+            notes.append(f"{q.principal} {q.name} runs out of its {period} {what} on "
+                         f"{local_time(q.runs_out_at, report.zone)[:10]} at the current rate")
     return notes
 
 

@@ -22,7 +22,7 @@ from otel_tokens.ops.report.model import (
     _change,
     _int,
     _pct,
-    _utc,
+    local_time,
 )
 from otel_tokens.quota import vocabulary
 
@@ -52,14 +52,25 @@ def _signed_pct(fraction: float | None, current: float | None = None) -> str:
     return f"{100 * fraction:+.1f} %"
 
 
+def _window_title(report: Report) -> tuple[str, str]:
+    """What the headline calls the window and its comparison: ("24h ending ... UTC", "the previous 24h"),
+    ("yesterday (2026-12-06, Asia/Shanghai)", "the day before")."""
+    if report.window_text == "yesterday":
+        return f"yesterday ({local_time(report.start, report.zone)[:10]}, {report.zone})", "the day before"
+    if report.window_text == "today":
+        return (f"today ({local_time(report.start, report.zone)[:10]}, {report.zone}) to "
+                f"{local_time(report.at, report.zone, seconds=False)[11:]}", "the same hours yesterday")
+    return f"{report.window} ending {local_time(report.at, report.zone)}", f"the previous {report.window}"
+
+
 def headline(report: Report) -> str:
     t, p = report.totals, report.previous
-    window = report.window
-    text = f"{window} ending {_utc(report.at)} UTC: {t.total_tokens:,} tokens"
+    window, previous = _window_title(report)
+    text = f"{window}: {t.total_tokens:,} tokens"
     if p.total_tokens:
-        text += f" ({_signed_pct(_change(t.total_tokens, p.total_tokens))} on the previous {window})"
+        text += f" ({_signed_pct(_change(t.total_tokens, p.total_tokens))} on {previous})"
     else:
-        text += f" (none in the previous {window})"
+        text += f" (none in {previous})"
     if t.cost is not None:
         text += f", {report.currency} {format_money(t.cost)}"
     if t.requests is not None:
@@ -108,21 +119,26 @@ def _row_header(kind: str, currency: str | None) -> tuple[str, ...]:
     return tuple(h.format(kind=kind, currency=f" ({currency})" if currency else "") for h in _ROW_HEADER)
 
 
-def _quota_values(q: QuotaRow, currency: str | None) -> tuple[str, ...]:
+WINDOW_NAMES = {"24h": "rolling 24 h", "day": "today", "week": "this week", "month": "this month",
+                "year": "this year"}
+
+
+def _quota_values(q: QuotaRow, currency: str | None, zone: str) -> tuple[str, ...]:
     fmt = _tokens if q.quota == "tokens" else format_money
     quota = "tokens" if q.quota == "tokens" else f"cost ({currency})" if currency else "cost"
-    return (q.name, quota, "rolling 24 h" if vocabulary.BY_NAME[q.principal].rolling else "month to date (UTC)",
-            fmt(q.usage), fmt(q.limit), f"{q.percent:.1f} %", _projection(q))
+    resets = "—" if q.resets_at is None else local_time(q.resets_at, zone, seconds=False)
+    return (q.name, quota, WINDOW_NAMES.get(q.window, q.window), fmt(q.usage), fmt(q.limit), f"{q.percent:.1f} %",
+            resets, _projection(q, zone))
 
 
-def _projection(q: QuotaRow) -> str:
-    """Where the current burn rate leads by the month's end: the day the limit is reached, or the use."""
+def _projection(q: QuotaRow, zone: str) -> str:
+    """Where the current burn rate leads by the window's end: the day the limit is reached, or the use."""
     if q.runs_out_at is not None:
-        return f"runs out {_utc(q.runs_out_at)[:10]}"
-    return "" if q.month_end_ratio is None else f"{100 * q.month_end_ratio:.1f} %"
+        return f"runs out {local_time(q.runs_out_at, zone)[:10]}"
+    return "" if q.end_ratio is None else f"{100 * q.end_ratio:.1f} %"
 
 
-_QUOTA_HEADER = ("{principal}", "quota", "window", "usage", "limit", "used", "at month end")
+_QUOTA_HEADER = ("{principal}", "quota", "window", "usage", "limit", "used", "resets", "at end")
 
 
 def _kind_rows_title(report: Report, kind: str) -> str:
@@ -171,14 +187,16 @@ def to_markdown(report: Report) -> str:
         return lines
 
     out = ["# LLM usage report", "", _md(headline(report)), "",
-           f"Window: {_utc(report.start)} → {_utc(report.at)} UTC ({report.window}); previous window: "
-           f"{_utc(report.start - report.window_seconds)} → {_utc(report.start)} UTC. Source: {report.prometheus}.",
+           f"Window: {_span(report.start, report.at, report.zone)} ({report.window}); previous window: "
+           f"{_span(report.previous_start, report.previous_end, report.zone)}. Source: {report.prometheus}.",
            "", "## Totals", ""]
     out += table(("", "this window", "previous", "change"), _total_values(report), "lrrr")
     for kind in DIMENSIONS:
         out += ["", f"## {_kind_rows_title(report, kind)}", ""]
         out += table(_row_header(kind, report.currency), map(_row_values, report.rows[kind]), "rlrrrrrrr")
     out += ["", "## Quotas", ""]
+    if report.quotas_at is not None and report.quotas_at != report.at:
+        out += [f"Where each principal stands at {local_time(report.quotas_at, report.zone)}.", ""]
     if not report.quotas:
         out.append("No principal has a recorded limit." if report.quota_rules else "No quota rules loaded.")
     for principal in (scope.name for scope in vocabulary.SCOPES):
@@ -186,7 +204,7 @@ def to_markdown(report: Report) -> str:
         if rows:
             out += [f"### {principal.capitalize()}s", ""]
             out += table([h.format(principal=principal) for h in _QUOTA_HEADER],
-                         (_quota_values(q, report.currency) for q in rows), "lllrrrr")
+                         (_quota_values(q, report.currency, report.zone) for q in rows), "lllrrrlr")
             out.append("")
     if report.notes:
         out += ["", "## Notes", ""] + [f"- {note}" for note in report.notes]
@@ -214,13 +232,24 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def _end_percents(q: QuotaRow) -> dict[str, float | None]:
+    """The use projected to the window's end; `month_end_percent` (the name before the year had one) for a month."""
+    end = None if q.end_ratio is None else _rounded(100 * q.end_ratio)
+    return {"window_end_percent": end, "month_end_percent": end if q.window == "month" else None}
+
+
+def _span(start: float, end: float, zone: str) -> str:
+    return f"{local_time(start, zone)} → {local_time(end, zone)}"
+
+
 def to_dict(report: Report) -> dict[str, Any]:
     t, p = report.totals, report.previous
     return {
         "prometheus": report.prometheus,
         "window": {"duration": report.window, "seconds": report.window_seconds,
                    **_window_dict(report.start, report.at)},
-        "previous_window": _window_dict(report.start - report.window_seconds, report.start),
+        "previous_window": _window_dict(report.previous_start, report.previous_end),
+        "timezone": report.zone,
         "currency": report.currency,
         "headline": headline(report),
         "totals": {**_totals_dict(t), "previous": _totals_dict(p),
@@ -233,8 +262,8 @@ def to_dict(report: Report) -> dict[str, Any]:
         "quota_rules": report.quota_rules,
         "quotas": [{"principal": q.principal, "name": q.name, "quota": q.quota, "window": q.window,
                     "usage": q.usage, "limit": q.limit, "ratio": _rounded(q.ratio), "percent": _rounded(q.percent),
-                    "burn_rate_per_hour": q.burn_rate,
-                    "month_end_percent": None if q.month_end_ratio is None else _rounded(100 * q.month_end_ratio),
+                    "resets_at": None if q.resets_at is None else _iso(q.resets_at),
+                    "burn_rate_per_hour": q.burn_rate, **_end_percents(q),
                     "runs_out_at": None if q.runs_out_at is None else _iso(q.runs_out_at)}
                    for q in report.quotas],
         "notes": report.notes,
@@ -247,7 +276,7 @@ def to_json(report: Report) -> str:
 
 CSV_COLUMNS = ("kind", "name", "input_tokens", "output_tokens", "total_tokens", "cost", "share", "currency", "rank",
                "requests", "errors", "previous_total_tokens", "change", "quota", "window", "usage", "limit",
-               "percent", "month_end_percent", "runs_out_at")
+               "percent", "resets_at", "window_end_percent", "month_end_percent", "runs_out_at")
 
 
 def to_csv(report: Report) -> str:
@@ -276,7 +305,7 @@ def to_csv(report: Report) -> str:
         writer.writerow({k: plain(v) for k, v in {
             "kind": f"{q.principal}_quota", "name": q.name, "quota": q.quota, "window": q.window,
             "usage": q.usage, "limit": q.limit, "percent": _rounded(q.percent),
-            "month_end_percent": None if q.month_end_ratio is None else _rounded(100 * q.month_end_ratio),
+            "resets_at": None if q.resets_at is None else _iso(q.resets_at), **_end_percents(q),
             "runs_out_at": None if q.runs_out_at is None else _iso(q.runs_out_at),
             "currency": report.currency if q.quota == "cost" else None}.items()})
     return buffer.getvalue()
@@ -292,8 +321,9 @@ def print_table(report: Report, file: TextIO) -> None:
     terminal = hasattr(file, "isatty") and file.isatty()
     console = Console(file=file, width=None if terminal else 120, highlight=False, soft_wrap=False)
     console.print(f"[bold]LLM usage[/bold] — {escape(headline(report))}")
-    console.print(f"[dim]{_utc(report.start)} → {_utc(report.at)} UTC, previous "
-                  f"{_utc(report.start - report.window_seconds)} → {_utc(report.start)}; {report.prometheus}[/dim]")
+    console.print(f"[dim]{escape(_span(report.start, report.at, report.zone))}, previous "
+                  f"{escape(_span(report.previous_start, report.previous_end, report.zone))}; "
+                  f"{escape(report.prometheus)}[/dim]")
 
     totals = Table(box=box.SIMPLE_HEAD, title="Totals", title_justify="left", pad_edge=False)
     for name, justify in (("", "left"), ("this window", "right"), ("previous", "right"), ("change", "right")):
@@ -316,9 +346,11 @@ def print_table(report: Report, file: TextIO) -> None:
     if report.quotas:
         quotas = Table(box=box.SIMPLE_HEAD, title="Quotas", title_justify="left", pad_edge=False)
         for i, header in enumerate(("principal", *_QUOTA_HEADER[1:])):
-            quotas.add_column(header, justify="left" if i < 3 else "right", no_wrap=True)
+            # the name folds when the width runs out, never a number
+            quotas.add_column(header, justify="left" if i < 3 or i == 6 else "right", no_wrap=i > 0,
+                              overflow="fold" if i == 0 else "ellipsis")
         for q in report.quotas:
-            values = _quota_values(q, report.currency)
+            values = _quota_values(q, report.currency, report.zone)
             style = "bold red" if q.ratio >= 1 else "yellow" if q.ratio >= 0.8 else None
             quotas.add_row(Text(f"{q.principal} {values[0]}"), *values[1:], style=style)
         console.print(quotas)

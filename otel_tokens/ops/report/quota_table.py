@@ -1,0 +1,111 @@
+"""The digest's quota table: every window of every principal with a limit recorded by the quota rules, its
+usage exactly at the report's time, when it resets (local midnight in the organization's zone), and for the
+departments' month and year where the rules' burn rate leads by the window's end."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+
+from otel_tokens.ops.durations import promql_duration
+from otel_tokens.ops.report.model import QuotaRow, _cost, _int
+from otel_tokens.ops.rollups import usage_over
+from otel_tokens.ops.rules import series
+from otel_tokens.prometheus_api import Prometheus
+from otel_tokens.quota import vocabulary
+from otel_tokens.quota.calendar import MONTH, ROLLING, WINDOWS, YEAR, window_end, window_start
+from otel_tokens.quota.file import RULES_WINDOWS
+from otel_tokens.quota.vocabulary import KINDS, QuotaScope
+
+PROJECTED = (MONTH, YEAR)  # the windows the rules forecast (departments)
+
+
+def _windows(scope: QuotaScope) -> tuple[str, ...]:
+    return RULES_WINDOWS.get(scope.name, (scope.window,))
+
+
+def _prefix(scope: QuotaScope, window: str) -> str:
+    """The recorded names' window part: none for the scope's own window (llm_quota:user_tokens:limit_default),
+    else the window (llm_quota:user_tokens:day_limit_default)."""
+    return "" if window == scope.window else window
+
+
+def quota_rows(prom: Prometheus, at: float, zone: str) -> tuple[bool, list[QuotaRow]]:
+    """Usage against the limits the rules record, for the principals that have one (an override, or the
+    default once they have usage in that window), every window.
+
+    Usage is computed here, exactly at `at`, over the window as it stands then: the rolling 24 h, or from the
+    local midnight that began the day, ISO week, month or year. The rules' own calendar windows are built from
+    hourly buckets and lag by up to an hour, which suits an alert, not a report read at a given time."""
+    wanted = {series(scope.name, k, what, _prefix(scope, w)): (scope, k, w, what)
+              for scope in vocabulary.SCOPES for w in _windows(scope) for k in KINDS
+              for what in ("limit_override", "limit_default")}
+    matcher = '{__name__=~"' + "|".join(re.escape(n) for n in wanted) + '"}'
+    overrides: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
+    defaults: dict[tuple[str, str, str], float] = {}
+    for metric, value in prom.instant(matcher, at):
+        scope, kind, window, what = wanted[metric.get("__name__", "")]
+        if what == "limit_default":
+            defaults[scope.name, kind, window] = value
+        elif metric.get(scope.label):
+            overrides[scope.name, kind, window][metric[scope.label]] = value
+    if not overrides and not defaults:
+        return False, []
+    rows: list[QuotaRow] = []
+    for scope in vocabulary.SCOPES:
+        for window in _windows(scope):
+            rows += _window_rows(prom, at, zone, scope, window, overrides, defaults)
+    order = [scope.name for scope in vocabulary.SCOPES]
+    rows.sort(key=lambda q: (order.index(q.principal), WINDOWS.index(q.window), KINDS.index(q.quota), -q.ratio,
+                             q.name))
+    _project(prom, at, [q for q in rows if not vocabulary.BY_NAME[q.principal].rolling and q.window in PROJECTED])
+    return True, rows
+
+
+def _window_rows(prom: Prometheus, at: float, zone: str, scope: QuotaScope, window: str,
+                 overrides: dict[tuple[str, str, str], dict[str, float]],
+                 defaults: dict[tuple[str, str, str], float]) -> list[QuotaRow]:
+    label = scope.label
+    start = window_start(window, at, zone)
+    resets = None if window == ROLLING else float(window_end(window, at, zone))
+    span = promql_duration(max(0.001, at - start))
+    rows = []
+    for kind in KINDS:
+        limits = overrides.get((scope.name, kind, window), {})
+        default = defaults.get((scope.name, kind, window))
+        if not limits and default is None:
+            continue
+        counter = vocabulary.ACCOUNTING_COUNTERS[kind]  # the history from before llm.quota.* too
+        usage = {metric.get(label, ""): value for metric, value in prom.instant(usage_over(counter, label, span), at)}
+        who = set(limits) | ({n for n, v in usage.items() if v > 0} if default is not None else set())
+        for name in who:
+            limit = limits.get(name, default)
+            if limit:
+                value = usage.get(name, 0.0)
+                rows.append(QuotaRow(scope.name, name, kind, window,
+                                     _int(value) if kind == vocabulary.TOKENS else _cost(value),
+                                     _int(limit) if kind == vocabulary.TOKENS and limit == int(limit) else limit,
+                                     resets))
+    return rows
+
+
+def _project(prom: Prometheus, at: float, rows: list[QuotaRow]) -> None:
+    """Window-end projection of the departments' month and year at the rules' burn rate (`otel-tokens rules`
+    records it: the lower of the last 6 h's average and the median hour of the last 24 h), applied to the
+    exact usage so far here, as the forecast alert applies it to the rules' own."""
+    if not rows:
+        return
+    burn: dict[tuple[str, str], float] = {}
+    scope = vocabulary.BY_NAME[rows[0].principal]
+    for kind in {q.quota for q in rows}:
+        for metric, value in prom.instant(series(scope.name, kind, "burn_rate"), at):
+            burn[kind, metric.get(scope.label, "")] = value
+    for q in rows:
+        rate = burn.get((q.quota, q.name))
+        if rate is None or not math.isfinite(rate) or q.resets_at is None:
+            continue
+        q.burn_rate = rate
+        q.end_ratio = (q.usage + rate * max(0.0, q.resets_at - at) / 3600) / q.limit
+        if rate > 0 and q.usage < q.limit and q.end_ratio >= 1:
+            q.runs_out_at = round((at + 3600 * (q.limit - q.usage) / rate) / 60) * 60  # to the minute, as the rule
