@@ -44,9 +44,11 @@ from otel_tokens.quota.file import parse_quotas  # noqa: E402
 from otel_tokens.quota.vocabulary import USER  # noqa: E402
 
 QUOTAS = {
-    "timezone": "Asia/Shanghai",  # the departments' month begins at 00:00 local time (budget mode and the rules)
+    "timezone": "Asia/Shanghai",  # the day and the month begin at 00:00 local time (budget mode, rules, report)
     "warning_ratio": 0.8,
-    "users": {"default": {"tokens": 50_000}, "overrides": {"batch-bot": {"tokens": 1500}, "eve": {"tokens": 1500}}},
+    # users: a rolling 24 h, a day (today's total, 当日累计用量) and a month of cost; the runaways' 24 h is small
+    "users": {"default": {"24h": {"tokens": 50_000}, "day": {"tokens": 40_000}, "month": {"cost": 5}},
+              "overrides": {"batch-bot": {"tokens": 1500}, "eve": {"tokens": 1500}}},
     "departments": {"default": {"tokens": 1_000_000, "cost": 100}},
 }
 CONFIG = {  # OTEL_TOKENS_CONFIG of both processes: prices, so the demo shows money too
@@ -177,6 +179,7 @@ def live_table(prometheus: str, notifications: Notifications, progress: str, sto
         prometheus, f"count by (user_id, department) (llm_token_usage_total{{{client}}})")
         for u in [r["metric"].get("user_id", "")]}
     ratio = by(query(prometheus, "llm_quota:user_tokens:ratio"), "user_id")
+    today = by(query(prometheus, "llm_quota:user_tokens:day_ratio"), "user_id")  # since 00:00 Asia/Shanghai
     table = Table(title=f"otel-tokens demo: token usage per user ({progress})")
     sources: dict[str, set[str]] = {}
     for r in query(prometheus, f"count by (user_id, llm_usage_source) (llm_token_usage_total{{{client}}})"):
@@ -184,7 +187,7 @@ def live_table(prometheus: str, notifications: Notifications, progress: str, sto
     refused = by(query(prometheus, f"sum by (user_id) (llm_requests_total{{{client},"
                                    f"error_type='QuotaExceededError'}})"), "user_id")
     for column in ("user", "department", "tokens", "counted how", "model server", "cost USD", "24h quota",
-                   "in Redis", "refused"):
+                   "today", "in Redis", "refused"):
         table.add_column(column, justify="left" if column in ("user", "department", "counted how") else "right",
                          no_wrap=True)
     for user in USERS:
@@ -192,7 +195,8 @@ def live_table(prometheus: str, notifications: Notifications, progress: str, sto
         table.add_row(user, departments.get(user, ""), f"{tokens.get(user, 0):,.0f}",
                       "/".join(sorted(sources.get(user, ()))),
                       f"{served[user]:,.0f}" if user in served else "-", f"{cost.get(user, 0):.4f}",
-                      f"{share:.0%}" if share is not None else "-", held(store, user), f"{refused.get(user, 0):,.0f}")
+                      f"{share:.0%}" if share is not None else "-",
+                      f"{today[user]:.0%}" if user in today else "-", held(store, user), f"{refused.get(user, 0):,.0f}")
     for severity in ("warning", "critical"):
         for alert in notifications.firing(severity)[:1]:
             table.caption = (table.caption or "") + f"  [{severity.upper()}] {alert['annotations']['summary']}"
@@ -375,8 +379,9 @@ def main() -> int:
             console.print(f"  {user}: recorded {recorded:,.0f}, generated {generated:,.0f} (no usage block: "
                           "re-tokenized text, see docs/integration.md)", soft_wrap=True)
         window = f"{int(time.monotonic() - traffic_started) + 5}s"  # the traffic, not an empty hour
+        # the digest in the quota file's zone: each user's 24 h, day and month with its reset at local midnight
         report = [str(BIN / "otel-tokens"), "report", "--prometheus", prometheus, "--window", window,
-                  "--png", str(ROOT / ".demo" / "usage.png")]
+                  "--quota-file", str(RUN / "quotas.yml"), "--png", str(ROOT / ".demo" / "usage.png")]
         if subprocess.run(report, cwd=ROOT).returncode == 0:
             console.print(f"PNG: {ROOT / '.demo' / 'usage.png'}")
         console.print(f"demo finished in {time.monotonic() - started:.0f}s; Prometheus data and logs in {RUN}")

@@ -63,9 +63,19 @@ def test_demo_fast_mode_shows_users_both_alerts_both_guards_and_agreeing_counts(
     # what the app itself can show its user (quota_status): the store's count, the department's month in the
     # quota file's zone (it begins at 00:00 in Asia/Shanghai)
     status = re.search(r"kb-chat: status the app can show its user: batch-bot 24h tokens ([\d,]+) of 1,500 "
-                       r"\(\d+%, rolling\); operations month tokens [\d,]+ of 1,000,000 \(\d+%, resets "
+                       r"\(\d+%, rolling\); batch-bot day tokens ([\d,]+) of 40,000 \(\d+%, resets "
+                       r"\d{4}-\d{2}-\d{2} 00:00 CST\); batch-bot month cost [\d.]+ of 5.00 USD \(\d+%, resets "
+                       r"\d{4}-\d{2}-01 00:00 CST\); operations month tokens [\d,]+ of 1,000,000 \(\d+%, resets "
                        r"\d{4}-\d{2}-01 00:00 CST\); operations month cost [\d.]+ of 100.00 USD \(\d+%, resets ", out)
     assert status and status[1] == hard[3], out[-3000:]
+    # the day began at local midnight: all of it when the demo did not cross 00:00 in Shanghai
+    assert int(status[2].replace(",", "")) <= int(status[1].replace(",", ""))
+    # the digest's quota table: every window of a user, the day and the month reset at local midnight (UTC+8)
+    local_midnight = r"\d{4}-\d{2}-\d{2} 00:00 \+08:00"
+    for window, limit, resets in (("rolling 24 h", "1,500", "—"), ("today", "40,000", local_midnight)):
+        assert re.search(rf"user eve\s+tokens\s+{window}\s+[\d,]+\s+{limit}\s+[\d.]+ %\s+{resets}", out), out[-3000:]
+    assert re.search(r"user eve\s+cost \(USD\)\s+this month\s+[\d.]+\s+5\.00\s+[\d.]+ %\s+"
+                     r"\d{4}-\d{2}-01 00:00 \+08:00", out), out[-3000:]
     # alert mode refuses the nightly job only once its critical alert fires: past its quota
     assert "nightly-job: refused: user 'eve' is over the 24h tokens quota" in out
     soft = re.search(r"eve in nightly-job \(alert mode\): stopped at ([\d.]+)% of its 24h quota", out)

@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,17 @@ def test_the_systemd_timer_runs_the_digest_service(report_stack, sink, tmp_path)
     assert result.returncode == 0 and "otel-tokens-digest" not in result.stderr, result.stderr
     when = _unit(timer)["OnCalendar"]
     result = subprocess.run([analyze, "calendar", when], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and "Normalized form: *-*-* 07:00:00 UTC" in result.stdout, result.stdout
+    assert result.returncode == 0 and "Normalized form: *-*-* 08:00:00 Asia/Shanghai" in result.stdout, result.stdout
+    # every zone the timer's comment offers is one systemd knows, at the UTC time(s) the comment says
+    examples = re.findall(r"#\s+OnCalendar=(\S+ \S+ \S+)(?:\s+\((.+)\))?\s*$", timer.read_text(), re.M)
+    assert len(examples) == 5, examples
+    for calendar, utc in examples:
+        result = subprocess.run([analyze, "calendar", calendar], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "TZ": "UTC"})
+        assert result.returncode == 0, (calendar, result.stderr)
+        elapse = re.search(r"Next elapse: \w+ [\d-]+ (\d\d:\d\d):00 UTC", result.stdout)
+        said = re.findall(r"\d\d:\d\d", utc) or [calendar.split()[1][:5]]
+        assert elapse and elapse[1] in said, (calendar, said, result.stdout)  # summer or winter, as today is
     assert _unit(timer)["Unit"] == service.name and _unit(timer)["Persistent"] == "true"
 
     # the service as systemd runs it: the EnvironmentFile (the shipped example, pointed here), then ExecStart
@@ -142,21 +153,25 @@ def test_the_systemd_timer_runs_the_digest_service(report_stack, sink, tmp_path)
     assert unit["EnvironmentFile"] == "/etc/otel-tokens/digest.env" and unit["Type"] == "oneshot"
     example = dict(line.split("=", 1) for line in (SYSTEMD / "digest.env.example").read_text().splitlines()
                    if line and not line.startswith("#"))
-    assert set(example) == {"PROMETHEUS_URL", "DIGEST_MAIL_TO", "SMTP_SMARTHOST", "SMTP_FROM", "SMTP_AUTH_USERNAME",
-                            "SMTP_AUTH_PASSWORD", "SMTP_REQUIRE_TLS"}
+    assert set(example) == {"PROMETHEUS_URL", "DIGEST_MAIL_TO", "DIGEST_TIMEZONE", "SMTP_SMARTHOST", "SMTP_FROM",
+                            "SMTP_AUTH_USERNAME", "SMTP_AUTH_PASSWORD", "SMTP_REQUIRE_TLS"}
+    assert example["DIGEST_TIMEZONE"] == when.split()[-1]  # the digest's day is the timer's zone's
     env = {**example, "PROMETHEUS_URL": stack["url"], "DIGEST_MAIL_TO": "admins@example.test",
-           "SMTP_SMARTHOST": sink.smarthost, "SMTP_FROM": "otel-tokens@example.test", "SMTP_REQUIRE_TLS": "false"}
+           "SMTP_SMARTHOST": sink.smarthost, "SMTP_FROM": "otel-tokens@example.test", "SMTP_REQUIRE_TLS": "false",
+           "DIGEST_TIMEZONE": "UTC"}
     command = re.sub(r"\$\{(\w+)\}", lambda m: shlex.quote(env[m.group(1)]), unit["ExecStart"])
     argv = shlex.split(command)
-    assert argv[0] == "/usr/local/bin/otel-tokens"
+    assert argv[0] == "/usr/local/bin/otel-tokens" and argv[argv.index("--window") + 1] == "yesterday"
     key, _ = unit["Environment"].split("=", 1)
-    out = subprocess.run([str(BIN / "otel-tokens"), *argv[1:]], env={"PATH": os.environ["PATH"], **env,
-                                                                      key: str(tmp_path / "mpl")},
+    # run as the timer would the next morning: yesterday is then the (UTC) day of the stack's traffic
+    out = subprocess.run([str(BIN / "otel-tokens"), *argv[1:], "--at", str(stack["at"] + 86400)],
+                         env={"PATH": os.environ["PATH"], **env, key: str(tmp_path / "mpl")},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     (mail,) = sink.wait()
     _check_digest(mail, ["admins@example.test"])
-    assert mail.message["Subject"].startswith("LLM usage: 24h ending ")
+    day = datetime.fromtimestamp(stack["at"], timezone.utc).strftime("%Y-%m-%d")
+    assert mail.message["Subject"].startswith(f"LLM usage: yesterday ({day}, UTC): ")
 
 
 def test_the_compose_digest_service_mails_at_its_hour(report_stack, sink, tmp_path):
@@ -170,22 +185,27 @@ def test_the_compose_digest_service_mails_at_its_hour(report_stack, sink, tmp_pa
     assert service["entrypoint"] == ["/bin/sh", "-c"]
     script = service["command"][0].replace("$$", "$")  # what compose hands the shell
     # the script as the container runs it, with pip (the install), date and sleep stood in for: at
-    # 05:30 UTC it sleeps until DIGEST_AT 07:15, mails, and its second sleep ends the test
+    # 05:30 UTC (13:30 in Shanghai) it sleeps until DIGEST_AT 07:15 there, mails (as the next morning: otel-tokens
+    # stood in for with --at a day after the traffic), and its second sleep ends the test
     stand_ins = tmp_path / "bin"
     stand_ins.mkdir()
     (stand_ins / "pip").write_text("#!/bin/sh\nexit 0\n")
-    (stand_ins / "date").write_text("#!/bin/sh\necho $((1764547200 + 5 * 3600 + 30 * 60))\n")  # 2025-12-01 05:30
+    (stand_ins / "date").write_text(  # 2025-12-01 05:30 UTC; the zone's offset as TZ=Asia/Shanghai date +%z
+        '#!/bin/sh\nif [ "$1" = "+%z" ]; then [ "$TZ" = Asia/Shanghai ] || exit 9; echo +0800; '
+        'else echo $((1764547200 + 5 * 3600 + 30 * 60)); fi\n')
+    (stand_ins / "otel-tokens").write_text(f'#!/bin/sh\nexec {BIN}/otel-tokens "$@" --at {stack["at"] + 86400}\n')
     (stand_ins / "sleep").write_text(f'#!/bin/sh\necho "$1" >> {tmp_path}/slept\n'
                                      f'[ "$(wc -l < {tmp_path}/slept)" -lt 2 ] || kill -TERM $PPID\n')
-    for name in ("pip", "date", "sleep"):
+    for name in ("pip", "date", "sleep", "otel-tokens"):
         (stand_ins / name).chmod(0o755)
-    env = _env(sink, PATH=f"{stand_ins}:{BIN}:{os.environ['PATH']}", DIGEST_AT="07:15",
+    env = _env(sink, PATH=f"{stand_ins}:{BIN}:{os.environ['PATH']}", DIGEST_AT="07:15", DIGEST_TZ="Asia/Shanghai",
                DIGEST_MAIL_TO="admins@example.test", DIGEST_PROMETHEUS=stack["url"])
+    assert service["environment"]["DIGEST_TZ"] == "${DIGEST_TZ:-Asia/Shanghai}"
     subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=120)
     slept = (tmp_path / "slept").read_text().split()
-    assert slept[0] == str(1 * 3600 + 45 * 60)  # 05:30 -> 07:15
+    assert slept[0] == str(17 * 3600 + 45 * 60)  # 13:30 -> 07:15 the next morning in Shanghai
     (mail,) = sink.wait()
     _check_digest(mail, ["admins@example.test"])
     bad = subprocess.run(["/bin/sh", "-c", script], env={**env, "DIGEST_AT": "7am"}, capture_output=True, text=True,
                          timeout=60)
-    assert bad.returncode == 1 and "DIGEST_AT '7am': use HH:MM (UTC)" in bad.stderr
+    assert bad.returncode == 1 and "DIGEST_AT '7am': use HH:MM (local time in DIGEST_TZ)" in bad.stderr
