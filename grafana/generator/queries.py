@@ -58,17 +58,17 @@ def quota(scope: vocabulary.QuotaScope, kind: str, what: str) -> str:
     return f'{series(scope.name, kind, what)}{{{scope.label}=~"${variable}"}}'
 
 
-def every_window_ratio(scope: vocabulary.QuotaScope) -> str:
+def every_window_ratio(scope: vocabulary.QuotaScope, what: str = "ratio") -> str:
     """Percent of the limit in every window the rules record for the scope, labelled `window` and `quota`: one
     query whatever windows the quota file sets (a window's ratio is llm_quota:user_tokens:day_ratio, the scope's
-    own window's has no prefix)."""
+    own window's has no prefix). `what="forecast_ratio"`: the departments' projections to the window's end."""
     variable = next(v for v, label in VARIABLES.items() if label == scope.label)
     prefix = f"{PREFIX}:{scope.name}_"
     others = "|".join(f"{window}_" for window in WINDOWS if window != scope.window)
     kinds = "|".join(vocabulary.KINDS)
-    ratios = f'{{__name__=~"{prefix}({kinds}):({others})?ratio", {scope.label}=~"${variable}"}}'
+    ratios = f'{{__name__=~"{prefix}({kinds}):({others})?{what}", {scope.label}=~"${variable}"}}'
     quota = f'label_replace({ratios}, "quota", "$1", "__name__", "{prefix}([a-z]+):.*")'
-    window = f'label_replace({quota}, "window", "$1", "__name__", "{prefix}[a-z]+:([a-z0-9]+)_ratio")'
+    window = f'label_replace({quota}, "window", "$1", "__name__", "{prefix}[a-z]+:([a-z0-9]+)_{what}")'
     return percent(f'label_replace({window}, "window", "{scope.window}", "window", "")')
 
 

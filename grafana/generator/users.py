@@ -85,6 +85,17 @@ def _every_window(scope: QuotaScope, title: str) -> object:
                           steps=quota_steps(warning_ratio()))
 
 
+def _forecasts() -> object:
+    return bargauge_panel("Department budgets at the window's end, forecast (%)",
+                          "Where each department's month and year (in the quota file's time zone) end at the current "
+                          "burn rate, as a percentage of the budget: the usage so far plus the burn rate (the lower "
+                          "of the last 6 h's average and the median hour of the last 24 h) times the hours left. "
+                          "LLMDepartmentBudgetForecast fires at 100 % (for 30 min), with the day it runs out.",
+                          f"sort_desc({q.every_window_ratio(DEPARTMENT, 'forecast_ratio')})",
+                          f"{{{{{DEPARTMENT.label}}}}} · {{{{window}}}} · {{{{quota}}}}", unit="percent", decimals=1,
+                          steps=((None, "green"), (100, "orange")))  # the forecast alert is a warning
+
+
 def build() -> Dashboard:
     board = new_dashboard(UID, "LLM tokens: users and departments",
                           "Who spends the tokens: top users and departments, quotas (rolling 24 h per user, calendar "
@@ -132,6 +143,7 @@ def build() -> Dashboard:
         (9, 12, [*_headroom_table(USER), *_headroom_table(DEPARTMENT)]),
         (9, 12, [_every_window(USER, "User quotas, every window (%)"),
                  _every_window(DEPARTMENT, "Department budgets, every window (%)")]),
+        (8, 24, [_forecasts()]),
     ]
     for height, width, panels in layout:
         for panel in panels:

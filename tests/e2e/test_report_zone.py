@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ZONE = "Asia/Shanghai"
 HOUR, DAY = 3600, 86400
 PRICE = 1e-4  # per token
+BURN = 5.0  # USD an hour: support's burn rate
 QUOTAS = {"timezone": ZONE,
           "users": {"default": {"day": {"tokens": 5000}, "month": {"tokens": 100000}},
                     "overrides": {"alice": {"day": {"tokens": 8000}}}},
@@ -67,10 +68,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     (tmp / "quotas.yaml").write_text(yaml.safe_dump(QUOTAS))
     (tmp / "rules").mkdir()
     (tmp / "rules" / "quotas.yml").write_text(render_text(parse_quotas(QUOTAS, "q")))
+    # support's burn rate, which the quota rules compute from hourly buckets this imported history has none of
+    (tmp / "rules" / "burn.yml").write_text(yaml.safe_dump({"groups": [{"name": "burn", "rules": [
+        {"record": "llm_quota:department_cost:burn_rate", "expr": f"vector({BURN})",
+         "labels": {"department": "support"}}]}]}))
     url, process = start_prometheus(tmp, prometheus, [], str(tmp / "rules" / "*.yml"), retention="400d")
     try:
         deadline = time.monotonic() + 60
-        limits = ("llm_quota:user_tokens:day_limit_default", "llm_quota:department_cost:year_limit_default")
+        limits = ("llm_quota:user_tokens:day_limit_default", "llm_quota:department_cost:year_limit_default",
+                  "llm_quota:department_cost:burn_rate")
         while not all(query(url, name) for name in limits):  # the rules' first evaluation
             assert time.monotonic() < deadline, "the quota rules recorded no limit"
             time.sleep(0.5)
@@ -179,3 +185,24 @@ def test_the_quota_files_zone_is_the_digests_zone(stack):
     assert from_file == explicit == from_env
     utc = report(stack, "--window", "yesterday", "--timezone", "UTC", "--format", "json")
     assert utc["window"]["end_unix"] == window_start("day", stack["at"], "UTC") != explicit["window"]["end_unix"]
+
+
+def test_the_month_and_the_year_are_projected_to_their_local_end(stack):
+    at = stack["at"]
+    data = report(stack, "--window", "yesterday", "--timezone", ZONE, "--format", "json")
+    projected = {(q["name"], q["window"]): q for q in data["quotas"] if q["principal"] == "department"}
+    assert set(projected) == {(d, w) for d in ("support", "research") for w in ("month", "year")}
+    for window in ("month", "year"):
+        q, end = projected["support", window], window_end(window, at, ZONE)
+        assert q["burn_rate_per_hour"] == BURN
+        ratio = (q["usage"] + BURN * (end - at) / 3600) / q["limit"]
+        assert q["window_end_percent"] == pytest.approx(100 * ratio, rel=1e-9)
+        assert q["month_end_percent"] == (q["window_end_percent"] if window == "month" else None)
+        runs_out = round((at + 3600 * (q["limit"] - q["usage"]) / BURN) / 60) * 60
+        assert q["runs_out_at"] == (_iso(runs_out) if ratio >= 1 else None), q  # no later than the window's end
+        assert projected["research", window]["window_end_percent"] is None  # no burn rate recorded
+    text = report(stack, "--window", "yesterday", "--timezone", ZONE, "--format", "markdown")["text"]
+    when = datetime.fromtimestamp(round((at + 3600 * (projected["support", "year"]["limit"]
+                                                      - projected["support", "year"]["usage"]) / BURN) / 60) * 60,
+                                  ZoneInfo(ZONE)).strftime("%Y-%m-%d")
+    assert f"department support runs out of its yearly cost budget on {when} at the current rate" in text
