@@ -13,6 +13,8 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from otel_tokens import graceful_stop, names
 from otel_tokens.attribution import context as attribution
+from otel_tokens.attribution import directory
+from otel_tokens.attribution.directory import install_directory
 from otel_tokens.attribution.threads import instrument_threads, uninstrument_threads
 from otel_tokens.config import load_settings
 from otel_tokens.integrations import litellm as litellm_integration
@@ -76,6 +78,7 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                            "loses nothing: the next export carries the totals). Set "
                            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=cumulative")
         attribution.trust_baggage(settings.trust_baggage)
+        install_directory(settings)
         if settings.trusted_headers:
             web_zero_code.instrument(settings.trusted_headers, settings.trusted_proxies)
         recorder.start()
@@ -96,6 +99,7 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         uninstrument_threads()
         graceful_stop.uninstall()
         attribution.trust_baggage(False)
+        directory.install(None)
         web_zero_code.uninstrument()
         if self._recorder is not None:
             self._recorder.close()

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from opentelemetry import baggage
 
 from otel_tokens import names
+from otel_tokens.attribution.directory import installed
 from otel_tokens.text import normalize_id, valid_text
 
 _EMPTY: Mapping[str, str] = {}
@@ -60,23 +61,27 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def current_attribution() -> Mapping[str, str]:
-    """The attribution in force: usage_context keys, completed from trusted Baggage for the keys it lacks."""
+    """The attribution in force: usage_context keys, completed from trusted Baggage for the keys it lacks, and
+    from the directory (before the baggage where the operator gave the directory precedence)."""
     values = _CURRENT.get()
+    directory = installed()
     if not _TRUST_BAGGAGE[0] or (len(values) >= 3 and all(k in values for k in names.BAGGAGE_KEYS)):
-        return values
+        return values if directory is None else directory.complete(values)
+    if directory is not None and not directory.request_first:
+        values = directory.complete(values)
     try:
         bag = baggage.get_all()
     except Exception:  # a broken context must not break the call
         bag = _EMPTY
     if not bag:
-        return values
+        return values if directory is None else directory.complete(values)
     merged = dict(values)
     for key in names.BAGGAGE_KEYS:
         if key not in merged:
             value = bag.get(key)
             if value is not None and value != "":
                 merged[key] = safe_value(str(value))
-    return merged
+    return merged if directory is None else directory.complete(merged)
 
 
 class usage_context:  # noqa: N801 - reads as a function at call sites, like contextlib helpers

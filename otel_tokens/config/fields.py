@@ -288,6 +288,16 @@ def guard_section(value: Any) -> GuardSettings:
     return GuardSettings(alert, BudgetSettings(**budget), parse_bool(value.get("fail_closed", False)), tuple(rules))
 
 
+def directory_precedence(value: Any) -> str:
+    from otel_tokens.attribution.directory import PRECEDENCES
+
+    text = str(value).strip().lower()
+    if text not in PRECEDENCES:
+        raise ValueError(f"is not one of {', '.join(PRECEDENCES)} (which wins when the directory and a request's "
+                         "trusted headers or baggage disagree)")
+    return text
+
+
 def seconds_in(field: str, value: Any, low: float, high: float, why: str = "") -> float:
     try:
         seconds = duration_seconds(value)
@@ -328,6 +338,8 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "trusted_headers": trusted_headers,
     "trusted_proxies": trusted_proxies,
     "unattributed": unattributed_policy,
+    "directory": file_path,
+    "directory_precedence": directory_precedence,
     "guard": guard_section,
     "capture_content": capture_mode,
 }

@@ -34,6 +34,8 @@ ENV_TRUST_BAGGAGE = "OTEL_TOKENS_TRUST_BAGGAGE"
 ENV_TRUSTED_HEADERS = "OTEL_TOKENS_TRUSTED_HEADERS"
 ENV_TRUSTED_PROXIES = "OTEL_TOKENS_TRUSTED_PROXIES"
 ENV_UNATTRIBUTED = "OTEL_TOKENS_UNATTRIBUTED"
+ENV_DIRECTORY = "OTEL_TOKENS_DIRECTORY"
+ENV_DIRECTORY_PRECEDENCE = "OTEL_TOKENS_DIRECTORY_PRECEDENCE"
 ENV_ALLOW_TOKENIZER_DOWNLOAD = "OTEL_TOKENS_ALLOW_TOKENIZER_DOWNLOAD"
 ENV_QUOTA_FILE = "OTEL_TOKENS_QUOTA_FILE"  # budget mode: the quota file (as `otel-tokens rules` reads)
 ENV_BUDGET_STORE = "OTEL_TOKENS_BUDGET_STORE"  # budget mode: redis://host:port/db
@@ -59,6 +61,8 @@ _ENV_FIELDS = {
     ENV_TRUSTED_HEADERS: "trusted_headers",
     ENV_TRUSTED_PROXIES: "trusted_proxies",
     ENV_UNATTRIBUTED: "unattributed",
+    ENV_DIRECTORY: "directory",
+    ENV_DIRECTORY_PRECEDENCE: "directory_precedence",
     ENV_ALLOW_TOKENIZER_DOWNLOAD: "allow_tokenizer_download",
     ENV_CAPTURE_CONTENT: "capture_content",
 }
@@ -170,7 +174,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 consequence = _guard_refused(values, raw, source) if key == "guard" else _fall_back(values, key)
                 _report(errors, ConfigError(source, key, raw, str(exc)), consequence)
                 continue
-            if key == "price_file" and not value.is_absolute():
+            if key in ("price_file", "directory") and not value.is_absolute():
                 value = config_file.parent / value  # relative to the config file, not the cwd
             if key == "guard":
                 value = _relative_to(config_file.parent, value)

@@ -95,6 +95,8 @@ class Settings:
     # the peers whose trusted headers count (the authenticating proxy); () = any peer, warned at start
     trusted_proxies: tuple[str, ...] = ()
     unattributed: str = vocabulary.ALLOW  # a call with no user: allow (charged to __unattributed__) | reject
+    directory: Path | None = None  # user id -> department (and other dimensions): CSV or YAML, operator data
+    directory_precedence: str = "request"  # on a conflict with trusted headers / baggage: request | directory
     guard: GuardSettings = field(default_factory=GuardSettings)  # quota enforcement, off by default
     capture_content: bool = False  # prompt and completion text on spans (gen_ai.*.messages): opt-in only
     config_file: Path | None = None

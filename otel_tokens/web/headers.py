@@ -13,6 +13,7 @@ from typing import Any
 
 from otel_tokens import names
 from otel_tokens.attribution.context import safe_value
+from otel_tokens.attribution.directory import installed
 from otel_tokens.logs import internal_error, log_once
 
 MAX_ID_LENGTH = 256  # characters; a longer "id" is an attack on the metrics backend, not a user
@@ -114,9 +115,12 @@ class TrustedHeaders:
 
 
 def read_headers(read: Callable[[], dict[str, str]]) -> dict[str, str]:
-    """A malformed header list (not what a server sends) costs the attribution, never the request."""
+    """A malformed header list (not what a server sends) costs the attribution, never the request. The
+    directory (operator data) completes, or replaces, what the headers said, as the operator chose."""
     try:
-        return read()
+        values = read()
+        directory = installed()
+        return directory.for_request(values) if directory is not None and values else values
     except Exception:
         internal_error("trusted headers")
         return {}

@@ -1,0 +1,99 @@
+"""The directory under a real app: a FastAPI app under `opentelemetry-instrument uvicorn` that knows only the user
+(an authenticating proxy's X-Forwarded-User) gets each user's department from the operator's directory file;
+the file edited while the app runs moves a user from the next calls on; a malformed edit keeps the last good
+directory and the log names the file and the line; the app's own usage_context still wins."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+from otel_tokens import names
+from tests.support.openai_server import OpenAIServer
+from tests.support.prometheus_stack import free_port, wait_http
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+U = names.UNATTRIBUTED
+
+
+def _tokens(metrics_url: str) -> dict[tuple[str, str], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    out: dict[tuple[str, str], float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == names.PROM_LLM_TOKEN_USAGE:
+                out[sample.labels["user_id"], sample.labels["department"]] += sample.value
+    return dict(out)
+
+
+def _post(url: str, user: str | None) -> None:
+    request = urllib.request.Request(url, data=b"{}", method="POST")
+    if user is not None:
+        request.add_header("X-Forwarded-User", user)
+    assert urllib.request.urlopen(request, timeout=30).status == 200
+
+
+def _write(path: Path, text: str) -> None:
+    """As an operator's tool writes it: a new file renamed over the old one."""
+    spare = path.with_suffix(".tmp")
+    spare.write_text(text)
+    spare.replace(path)
+
+
+def test_the_directory_gives_each_proxied_user_their_department_and_follows_edits(tmp_path):
+    directory = tmp_path / "directory.csv"
+    directory.write_text("user_id,department\nalice,research\nbob,support\n")
+    with OpenAIServer() as model:
+        port, metrics_port = free_port(), free_port()
+        env = {**os.environ, "MODEL_URL": model.base_url, "OTEL_SERVICE_NAME": "kb-chat",
+               "OTEL_TRACES_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "prometheus",
+               "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1", "OTEL_EXPORTER_PROMETHEUS_PORT": str(metrics_port),
+               "OTEL_TOKENS_TRUSTED_HEADERS": "user.id=X-Forwarded-User", "OTEL_TOKENS_TRUSTED_PROXIES": "127.0.0.1",
+               "OTEL_TOKENS_DIRECTORY": str(directory), "OTEL_TOKENS_PRICE_RELOAD_INTERVAL": "0.2",
+               "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "openai_v2"}
+        process = subprocess.Popen([str(BIN / "opentelemetry-instrument"), str(BIN / "uvicorn"),
+                                    "tests.support.web_app:app", "--host", "127.0.0.1", "--port", str(port),
+                                    "--no-access-log"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        try:
+            base, metrics = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
+            wait_http(f"{base}/docs")
+            for user in ("alice", "bob", "bob", "carol", None):
+                _post(f"{base}/chat", user)
+            _post(f"{base}/chat-as-app", "alice")  # the app's own usage_context: its department, not alice's
+            usage = _tokens(metrics)
+            per_call = usage[("alice", "research")]
+            assert per_call > 0
+            assert usage == {("alice", "research"): per_call, ("bob", "support"): 2 * per_call,
+                             ("carol", U): per_call, (U, U): per_call, ("service-account", "platform"): per_call}
+
+            # bob moves to sales: calls after the reload are charged there, those before stay with support
+            _write(directory, "user_id,department\nalice,research\nbob,sales\n")
+            moved_after, deadline = 0, time.monotonic() + 15
+            while _tokens(metrics).get(("bob", "sales"), 0) == 0:
+                assert time.monotonic() < deadline, "the edited directory was never read"
+                _post(f"{base}/chat", "bob")
+                moved_after += 1
+                time.sleep(0.1)
+            usage = _tokens(metrics)
+            assert usage[("bob", "support")] + usage[("bob", "sales")] == (2 + moved_after) * per_call
+            assert usage[("bob", "sales")] == per_call  # one call after the edit was read, the rest before
+
+            # a malformed edit (a list where one department goes) keeps bob in sales, and says where
+            directory.write_text('user_id,department\nalice,research\nbob,"sales,support"\n')
+            time.sleep(1.5)  # several checks: the edit has stood still and been read (and refused)
+            _post(f"{base}/chat", "bob")
+            assert _tokens(metrics)[("bob", "sales")] == 2 * per_call
+        finally:
+            process.terminate()
+            output = process.communicate(timeout=30)[0]
+    assert f"directory {directory}: line 3, column department: 'sales,support' is not one id" in output, output[-3000:]
+    assert "keeping the 2 users read earlier" in output, output[-3000:]
