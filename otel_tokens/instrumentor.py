@@ -80,7 +80,7 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         attribution.trust_baggage(settings.trust_baggage)
         install_directory(settings)
         if settings.trusted_headers:
-            web_zero_code.instrument(settings.trusted_headers, settings.trusted_proxies)
+            web_zero_code.instrument(settings.trusted_headers, settings.trusted_proxies, settings.trusted_groups)
         recorder.start()
         self._recorder = recorder
         self._active = []

@@ -156,6 +156,31 @@ def trusted_headers(value: Any) -> dict[str, str]:
     return out
 
 
+def trusted_groups(value: Any) -> tuple[str, dict[str, str]]:
+    """(header, {group: department}): the department from a proxy's group-list header (X-Forwarded-Groups:
+    a,b). A string reads `X-Forwarded-Groups:cs-team=support,ai-lab=research`."""
+    if isinstance(value, str):
+        header, _, pairs = value.partition(":")
+        split = [part.split("=", 1) for part in pairs.split(",") if part.strip()]
+        if not all(len(pair) == 2 for pair in split):
+            raise ValueError("is not Header:group=department,... (e.g. X-Forwarded-Groups:cs-team=support)")
+        value = {"header": header.strip(), "departments": {g.strip(): d.strip() for g, d in split}}
+    if not isinstance(value, Mapping) or set(value) != {"header", "departments"}:
+        raise ValueError("is not {header: X-Forwarded-Groups, departments: {group: department, ...}}")
+    header = trusted_headers({names.DEPARTMENT: value["header"]})[names.DEPARTMENT]
+    departments = value["departments"]
+    if not isinstance(departments, Mapping) or not departments:
+        raise ValueError("has no departments: map each group to its department ({cs-team: support})")
+    out = {}
+    for group, department in departments.items():
+        if not isinstance(group, str) or not group.strip() or "," in group:
+            raise ValueError(f"has group {group!r}, not one group name")
+        if not isinstance(department, str) or not department.strip() or "," in department:
+            raise ValueError(f"maps group {group!r} to {department!r}, not one department")
+        out[group.strip()] = department.strip()
+    return header, out
+
+
 def unattributed_policy(value: Any) -> str:
     if not isinstance(value, str) or value.strip().lower() not in vocabulary.UNATTRIBUTED_POLICIES:
         raise ValueError(f"is not {_either(vocabulary.UNATTRIBUTED_POLICIES)}")
@@ -339,6 +364,7 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "trusted_proxies": trusted_proxies,
     "unattributed": unattributed_policy,
     "directory": file_path,
+    "trusted_groups": trusted_groups,
     "directory_precedence": directory_precedence,
     "guard": guard_section,
     "capture_content": capture_mode,

@@ -94,6 +94,8 @@ class Settings:
     trusted_headers: Mapping[str, str] = field(default_factory=dict)
     # the peers whose trusted headers count (the authenticating proxy); () = any peer, warned at start
     trusted_proxies: tuple[str, ...] = ()
+    # a proxy's group-list header and the department each group means: (header, {group: department})
+    trusted_groups: tuple[str, Mapping[str, str]] | None = None
     unattributed: str = vocabulary.ALLOW  # a call with no user: allow (charged to __unattributed__) | reject
     directory: Path | None = None  # user id -> department (and other dimensions): CSV or YAML, operator data
     directory_precedence: str = "request"  # on a conflict with trusted headers / baggage: request | directory

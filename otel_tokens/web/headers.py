@@ -52,8 +52,14 @@ class TrustedHeaders:
     """attribute -> header name, as `trusted_headers` configures it, read only from the peers in
     `trusted_proxies` (CIDRs, `unix` for a Unix socket; none given: any peer, which start() warns about)."""
 
-    def __init__(self, mapping: Mapping[str, str], proxies: Sequence[str] = ()) -> None:
+    def __init__(self, mapping: Mapping[str, str], proxies: Sequence[str] = (),
+                 groups: tuple[str, Mapping[str, str]] | None = None) -> None:
         self.mapping = {attribute: header.lower() for attribute, header in mapping.items()}
+        # the department from a group-list header, where no department header is mapped
+        self.groups = (groups[0].lower(), dict(groups[1])) if groups and names.DEPARTMENT not in self.mapping \
+            else None
+        self._group_asgi = self.groups[0].encode("latin-1") if self.groups else b""
+        self._group_wsgi = "HTTP_" + self.groups[0].upper().replace("-", "_") if self.groups else ""
         self.any_peer = not proxies
         self.unix = "unix" in proxies
         self.networks = tuple(ipaddress.ip_network(p, strict=False) for p in proxies if p not in ("unix", "none"))
@@ -84,9 +90,12 @@ class TrustedHeaders:
         found: dict[str, bytes] = {}
         twice: set[str] = set()
         wanted = self._asgi
+        group_lists: list[bytes] = []
         for name, value in headers:
             attribute = wanted.get(name.lower())
             if attribute is None:
+                if self.groups is not None and name.lower() == self._group_asgi:
+                    group_lists.append(value)
                 continue
             if attribute in found:
                 twice.add(attribute)
@@ -101,6 +110,8 @@ class TrustedHeaders:
             value = clean(header, raw)
             if value is not None:
                 values[attribute] = value
+        if group_lists:
+            self._group_department(group_lists, values)
         return values
 
     def from_environ(self, environ: Mapping[str, Any]) -> dict[str, str]:
@@ -111,7 +122,32 @@ class TrustedHeaders:
                 value = clean(header, raw)
                 if value is not None:
                     values[attribute] = value
+        if self.groups is not None and isinstance(environ.get(self._group_wsgi), str):
+            self._group_department([environ[self._group_wsgi]], values)
         return values
+
+    def _group_department(self, raws: list[bytes] | list[str], values: dict[str, str]) -> None:
+        """The one department the groups of a group-list header mean. Sent twice, naming groups of two
+        departments, or none mapped: no department (the call keeps the directory's, or is unattributed)."""
+        assert self.groups is not None
+        header, departments = self.groups
+        if len(raws) > 1:
+            log_once(f"header-twice:{header}", "otel-tokens: trusted group header %s arrived more than once (a "
+                     "client's copy beside the proxy's?); ignored: the proxy must replace it", header)
+            return
+        raw = raws[0]
+        try:
+            text = (raw.encode("latin-1", "replace") if isinstance(raw, str) else raw).decode("utf-8")
+        except UnicodeDecodeError:
+            return
+        if len(text) > 64 * MAX_ID_LENGTH:
+            return
+        found = {departments[g.strip()] for g in text.split(",") if g.strip() in departments}
+        if len(found) > 1:
+            log_once(f"groups-ambiguous:{header}", "otel-tokens: trusted group header %s names groups of several "
+                     "departments (%s); no department taken from it", header, ", ".join(sorted(found)[:5]))
+        elif found:
+            values[names.DEPARTMENT] = safe_value(found.pop())
 
 
 def read_headers(read: Callable[[], dict[str, str]]) -> dict[str, str]:
@@ -172,7 +208,8 @@ def resolve(headers: Mapping[str, str] | None, identify: Identify | None, who: s
         proxies = settings.trusted_proxies if settings is not None else ()
     elif proxies:
         proxies = trusted_proxies(list(proxies))
-    return checked(TrustedHeaders(trusted_headers(dict(headers)), proxies or ()))
+    groups = settings.trusted_groups if settings is not None else None
+    return checked(TrustedHeaders(trusted_headers(dict(headers)), proxies or (), groups))
 
 
 def checked(trusted: TrustedHeaders) -> TrustedHeaders:

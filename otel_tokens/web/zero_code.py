@@ -21,8 +21,9 @@ _HOOKED = [False]
 TARGETS = (("opentelemetry.instrumentation.asgi", "asgi"), ("opentelemetry.instrumentation.wsgi", "wsgi"))
 
 
-def instrument(mapping: Mapping[str, str], proxies: Sequence[str] = ()) -> None:
-    _TRUSTED[0] = checked(TrustedHeaders(mapping, proxies))
+def instrument(mapping: Mapping[str, str], proxies: Sequence[str] = (),
+               groups: tuple[str, Mapping[str, str]] | None = None) -> None:
+    _TRUSTED[0] = checked(TrustedHeaders(mapping, proxies, groups))
     if _HOOKED[0]:
         return
     _HOOKED[0] = True

@@ -1,5 +1,6 @@
 """The directory under a real app: a FastAPI app under `opentelemetry-instrument uvicorn` that knows only the user
-(an authenticating proxy's X-Forwarded-User) gets each user's department from the operator's directory file;
+(an authenticating proxy's X-Forwarded-User, and its group list) gets each user's department from the operator's
+directory file, or from the one department the proxy's groups mean;
 the file edited while the app runs moves a user from the next calls on; a malformed edit keeps the last good
 directory and the log names the file and the line; the app's own usage_context still wins."""
 
@@ -34,10 +35,12 @@ def _tokens(metrics_url: str) -> dict[tuple[str, str], float]:
     return dict(out)
 
 
-def _post(url: str, user: str | None) -> None:
+def _post(url: str, user: str | None, groups: str | None = None) -> None:
     request = urllib.request.Request(url, data=b"{}", method="POST")
     if user is not None:
         request.add_header("X-Forwarded-User", user)
+    if groups is not None:
+        request.add_header("X-Forwarded-Groups", groups)
     assert urllib.request.urlopen(request, timeout=30).status == 200
 
 
@@ -58,6 +61,7 @@ def test_the_directory_gives_each_proxied_user_their_department_and_follows_edit
                "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1", "OTEL_EXPORTER_PROMETHEUS_PORT": str(metrics_port),
                "OTEL_TOKENS_TRUSTED_HEADERS": "user.id=X-Forwarded-User", "OTEL_TOKENS_TRUSTED_PROXIES": "127.0.0.1",
                "OTEL_TOKENS_DIRECTORY": str(directory), "OTEL_TOKENS_PRICE_RELOAD_INTERVAL": "0.2",
+               "OTEL_TOKENS_TRUSTED_GROUPS": "X-Forwarded-Groups:cs-team=support,ai-lab=research",
                "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "openai_v2"}
         process = subprocess.Popen([str(BIN / "opentelemetry-instrument"), str(BIN / "uvicorn"),
                                     "tests.support.web_app:app", "--host", "127.0.0.1", "--port", str(port),
@@ -68,12 +72,16 @@ def test_the_directory_gives_each_proxied_user_their_department_and_follows_edit
             wait_http(f"{base}/docs")
             for user in ("alice", "bob", "bob", "carol", None):
                 _post(f"{base}/chat", user)
+            # users the directory does not list: the department their proxy's groups mean, if only one
+            _post(f"{base}/chat", "erin", "staff,cs-team")
+            _post(f"{base}/chat", "frank", "cs-team,ai-lab")
             _post(f"{base}/chat-as-app", "alice")  # the app's own usage_context: its department, not alice's
             usage = _tokens(metrics)
             per_call = usage[("alice", "research")]
             assert per_call > 0
             assert usage == {("alice", "research"): per_call, ("bob", "support"): 2 * per_call,
-                             ("carol", U): per_call, (U, U): per_call, ("service-account", "platform"): per_call}
+                             ("carol", U): per_call, (U, U): per_call, ("service-account", "platform"): per_call,
+                             ("erin", "support"): per_call, ("frank", U): per_call}
 
             # bob moves to sales: calls after the reload are charged there, those before stay with support
             _write(directory, "user_id,department\nalice,research\nbob,sales\n")
