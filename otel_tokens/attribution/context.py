@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from opentelemetry import baggage
 
 from otel_tokens import names
-from otel_tokens.attribution.directory import installed
+from otel_tokens.attribution.directory import INSTALLED
 from otel_tokens.text import normalize_id, valid_text
 
 _EMPTY: Mapping[str, str] = {}
@@ -64,7 +64,7 @@ def current_attribution() -> Mapping[str, str]:
     """The attribution in force: usage_context keys, completed from trusted Baggage for the keys it lacks, and
     from the directory (before the baggage where the operator gave the directory precedence)."""
     values = _CURRENT.get()
-    directory = installed()
+    directory = INSTALLED[0]  # a list read, not a call: this runs on every LLM call
     if not _TRUST_BAGGAGE[0] or (len(values) >= 3 and all(k in values for k in names.BAGGAGE_KEYS)):
         return values if directory is None else directory.complete(values)
     if directory is not None and not directory.request_first:

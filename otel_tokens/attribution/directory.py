@@ -242,18 +242,18 @@ class Directory:
             logger.info("otel-tokens: directory reloaded from %s (%d users)", self.path, len(users))
 
 
-_DIRECTORY: list[Directory | None] = [None]  # the process's, set by the instrumentor
+INSTALLED: list[Directory | None] = [None]  # the process's, set by the instrumentor
 
 
 def installed() -> Directory | None:
-    return _DIRECTORY[0]
+    return INSTALLED[0]
 
 
 def install(directory: Directory | None) -> None:
-    old = _DIRECTORY[0]
+    old = INSTALLED[0]
     if old is not None and old is not directory:
         old.stop()
-    _DIRECTORY[0] = directory
+    INSTALLED[0] = directory
     if directory is not None:
         directory.start()
 
