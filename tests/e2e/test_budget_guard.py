@@ -75,6 +75,28 @@ def test_the_department_budget_refuses_every_user_of_the_department(tmp_path, re
         assert app.decisions(window=True) == {("reject", "department", "month"): 1}
 
 
+def test_the_directorys_department_is_the_one_budget_mode_charges_and_refuses(tmp_path, redis_url):
+    """The app names only the user; the operator's directory puts alice and bob in sales, carol in support:
+    sales' budget refuses alice and bob, carol goes on, and the store holds each department's calls."""
+    directory = tmp_path / "people.csv"
+    directory.write_text("user_id,department\nalice,sales\nbob,sales\ncarol,support\n")
+    quota_file = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 100000}},
+                              {"default": {"tokens": 300}, "overrides": {"support": {"tokens": 100000}}})
+    for app in budget_app(quota_file, redis_url, directory=directory):
+        with pytest.raises(QuotaExceededError) as caught:
+            for i in range(50):
+                app.ask(("alice", "bob")[i % 2], department=None)
+        assert (caught.value.scope, caught.value.principal) == ("department", "sales")
+        with pytest.raises(QuotaExceededError):
+            app.ask("bob", department=None)
+        app.ask("carol", department=None)
+        assert app.department("sales")[0] == app.metric_tokens("alice") + app.metric_tokens("bob") <= 300
+        assert app.department("support")[0] == app.metric_tokens("carol") > 0
+        departments = {p.attributes["department"] for p in app.tel.metrics()[names.METRIC_LLM_TOKEN_USAGE]}
+        assert departments == {"sales", "support"}
+        assert app.decisions() == {("reject", "department"): 2}
+
+
 def test_the_department_month_is_counted_in_the_quota_files_zone(tmp_path, redis_url):
     import redis
 

@@ -79,10 +79,12 @@ class BudgetApp:
 
 
 def budget_app(quota_file: Path, store: str, rules: tuple[GuardRule, ...] = (), fail_closed: bool = False,
-               server: dict[str, Any] | None = None, **guard: Any) -> Iterator[BudgetApp]:
+               server: dict[str, Any] | None = None, directory: Path | None = None, **guard: Any
+               ) -> Iterator[BudgetApp]:
     tel, tracer_provider, meter_provider = make_telemetry()
     limits = BudgetSettings(quota_file=quota_file, store=store, **{"quota_reload_interval": 0.05, **guard})
-    settings = Settings(prices=PRICES, guard=GuardSettings(budget=limits, rules=rules, fail_closed=fail_closed))
+    settings = Settings(prices=PRICES, guard=GuardSettings(budget=limits, rules=rules, fail_closed=fail_closed),
+                        directory=directory)
     instrumentor = TokenUsageInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=settings)
     try:
