@@ -206,3 +206,15 @@ def test_the_month_and_the_year_are_projected_to_their_local_end(stack):
                                                       - projected["support", "year"]["usage"]) / BURN) / 60) * 60,
                                   ZoneInfo(ZONE)).strftime("%Y-%m-%d")
     assert f"department support runs out of its yearly cost budget on {when} at the current rate" in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--window", "yesterdy"], "bad window 'yesterdy': use a Prometheus duration such as 24h, 7d, 90m or 1h30m, "
+                               "or today / yesterday (local days)"),
+    (["--window", "yesterday", "--timezone", "Asia/Shangai"], "bad --timezone: "),
+])
+def test_a_bad_window_or_zone_is_a_one_line_usage_error(args, message):
+    out = subprocess.run([sys.executable, "-m", "otel_tokens.ops.cli", "report", "--prometheus", "http://127.0.0.1:9",
+                          *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith(f"otel-tokens report: {message}"), out.stderr

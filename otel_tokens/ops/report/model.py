@@ -44,7 +44,8 @@ def parse_window(text: str) -> float:
     try:
         seconds = duration_seconds(text)
     except ValueError:
-        raise ReportError(f"bad window {text!r}: use a Prometheus duration such as 24h, 7d, 90m or 1h30m",
+        raise ReportError(f"bad window {text!r}: use a Prometheus duration such as 24h, 7d, 90m or 1h30m, or "
+                          "today / yesterday (local days)",
                           USAGE_ERROR) from None
     if seconds <= 0:
         raise ReportError(f"bad window {text!r}: it must be longer than zero", USAGE_ERROR)
