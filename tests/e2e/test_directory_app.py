@@ -1,8 +1,9 @@
 """The directory under a real app: a FastAPI app under `opentelemetry-instrument uvicorn` that knows only the user
 (an authenticating proxy's X-Forwarded-User, and its group list) gets each user's department from the operator's
 directory file, or from the one department the proxy's groups mean;
-the file edited while the app runs moves a user from the next calls on; a malformed edit keeps the last good
-directory and the log names the file and the line; the app's own usage_context still wins."""
+the department rules of a real Prometheus alert on the directory's departments; the file edited while the app
+runs moves a user from the next calls on; a malformed edit keeps the last good directory and the log names the
+file and the line; the app's own usage_context still wins."""
 
 from __future__ import annotations
 
@@ -15,12 +16,17 @@ from collections import defaultdict
 from pathlib import Path
 
 from otel_tokens import names
+from otel_tokens.ops.rules import render_text
+from otel_tokens.quota.file import parse_quotas
+from tests.support.binaries import require_binary
 from tests.support.openai_server import OpenAIServer
-from tests.support.prometheus_stack import free_port, wait_http
+from tests.support.prometheus_stack import free_port, query, start_prometheus, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 U = names.UNATTRIBUTED
+# support's day is spent at its first call: the department the directory gives bob is the one alerted
+QUOTAS = {"departments": {"default": {"day": {"tokens": 10**9}}, "overrides": {"support": {"day": {"tokens": 1}}}}}
 
 
 def _tokens(metrics_url: str) -> dict[tuple[str, str], float]:
@@ -52,10 +58,15 @@ def _write(path: Path, text: str) -> None:
 
 
 def test_the_directory_gives_each_proxied_user_their_department_and_follows_edits(tmp_path):
+    prometheus = require_binary("prometheus")
     directory = tmp_path / "directory.csv"
     directory.write_text("user_id,department\nalice,research\nbob,support\n")
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "quotas.yml").write_text(render_text(parse_quotas(QUOTAS, "q"), for_="1s"))
     with OpenAIServer() as model:
         port, metrics_port = free_port(), free_port()
+        prom_url, prom = start_prometheus(tmp_path, prometheus, [f"127.0.0.1:{metrics_port}"],
+                                          str(tmp_path / "rules" / "*.yml"))
         env = {**os.environ, "MODEL_URL": model.base_url, "OTEL_SERVICE_NAME": "kb-chat",
                "OTEL_TRACES_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "prometheus",
                "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1", "OTEL_EXPORTER_PROMETHEUS_PORT": str(metrics_port),
@@ -82,6 +93,13 @@ def test_the_directory_gives_each_proxied_user_their_department_and_follows_edit
             assert usage == {("alice", "research"): per_call, ("bob", "support"): 2 * per_call,
                              ("carol", U): per_call, (U, U): per_call, ("service-account", "platform"): per_call,
                              ("erin", "support"): per_call, ("frank", U): per_call}
+            # the department rules see the directory's departments: support's day budget alerts, no other's
+            deadline = time.monotonic() + 240  # the day's 5-minute machinery: about 50 s here
+            alert = 'ALERTS{alertname="LLMDepartmentTokenBudget", alertstate="firing", severity="critical"}'
+            while not (firing := query(prom_url, alert)):
+                assert time.monotonic() < deadline, "support's budget never alerted"
+                time.sleep(0.5)
+            assert [(a["metric"]["department"], a["metric"]["window"]) for a in firing] == [("support", "day")]
 
             # bob moves to sales: calls after the reload are charged there, those before stay with support
             _write(directory, "user_id,department\nalice,research\nbob,sales\n")
@@ -103,5 +121,7 @@ def test_the_directory_gives_each_proxied_user_their_department_and_follows_edit
         finally:
             process.terminate()
             output = process.communicate(timeout=30)[0]
+            prom.terminate()
+            prom.wait(timeout=30)
     assert f"directory {directory}: line 3, column department: 'sales,support' is not one id" in output, output[-3000:]
     assert "keeping the 2 users read earlier" in output, output[-3000:]
