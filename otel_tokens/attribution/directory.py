@@ -24,9 +24,10 @@ from typing import Any
 
 from otel_tokens import names
 from otel_tokens.config.errors import ConfigError
+from otel_tokens.config.fields import DIRECTORY_PRECEDENCES
 from otel_tokens.logs import internal_error, logger
 
-PRECEDENCES = ("request", "directory")
+PRECEDENCES = DIRECTORY_PRECEDENCES
 KEY_COLUMNS = ("user_id", "user", names.USER_ID)  # the column holding the user id (CSV), first found
 MAX_ID_LENGTH = 256  # as a trusted header's: a longer value is a mistake in the file
 

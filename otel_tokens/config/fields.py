@@ -313,13 +313,14 @@ def guard_section(value: Any) -> GuardSettings:
     return GuardSettings(alert, BudgetSettings(**budget), parse_bool(value.get("fail_closed", False)), tuple(rules))
 
 
-def directory_precedence(value: Any) -> str:
-    from otel_tokens.attribution.directory import PRECEDENCES
+DIRECTORY_PRECEDENCES = ("request", "directory")  # who wins when the directory and a request disagree
 
+
+def directory_precedence(value: Any) -> str:
     text = str(value).strip().lower()
-    if text not in PRECEDENCES:
-        raise ValueError(f"is not one of {', '.join(PRECEDENCES)} (which wins when the directory and a request's "
-                         "trusted headers or baggage disagree)")
+    if text not in DIRECTORY_PRECEDENCES:
+        raise ValueError(f"is not one of {', '.join(DIRECTORY_PRECEDENCES)} (which wins when the directory and a "
+                         "request's trusted headers or baggage disagree)")
     return text
 
 
