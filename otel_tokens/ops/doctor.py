@@ -125,6 +125,24 @@ def _series_lines(settings: Settings, recorder: Recorder | None, warnings: list[
     return lines
 
 
+def _directory_lines(settings: Settings, warnings: list[str]) -> list[str]:
+    """The directory as the process would read it now: how many users, or what is wrong with it."""
+    from otel_tokens.attribution.directory import INSTALLED, load_directory
+    from otel_tokens.config.errors import ConfigError
+
+    if settings.directory is None:
+        return ["  who pays: directory                                (none)"]
+    live = INSTALLED[0]
+    try:
+        count = len(live.users) if live is not None else len(load_directory(
+            settings.directory, {names.DEPARTMENT, *settings.metric_dimensions} - {names.USER_ID, names.SESSION_ID}))
+    except ConfigError as error:
+        warnings.append(str(error))
+        count = 0
+    return [f"  who pays: directory                                {settings.directory} ({count} users; "
+            f"{settings.directory_precedence} wins a conflict with a request)"]
+
+
 @contextlib.contextmanager
 def _captured_warnings() -> Iterator[list[str]]:
     """The package's log records inside the block, kept for the report instead of printed."""
@@ -195,6 +213,10 @@ def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
     lines += _series_lines(settings, recorder, warnings)
     headers = ", ".join(f"{a} <- {h}" for a, h in settings.trusted_headers.items()) or "(none)"
     lines.append(f"  who pays: trusted request headers                  {headers}")
+    if settings.trusted_groups is not None:
+        header, groups = settings.trusted_groups
+        lines.append(f"  who pays: department from group header             {header} ({len(groups)} groups mapped)")
+    lines += _directory_lines(settings, warnings)
     lines.append(f"  who pays: inbound baggage                          "
                  f"{'trusted' if settings.trust_baggage else 'ignored (trust_baggage off)'}")
     lines.append(f"  calls with no user                                 "

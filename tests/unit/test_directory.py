@@ -115,3 +115,16 @@ def test_the_settings_name_the_file_and_the_precedence(tmp_path):
     assert directory.users == {"alice": {D: "research", "team": "kb"}}
     bad = load_settings({"OTEL_TOKENS_DIRECTORY_PRECEDENCE": "header"})
     assert bad.directory_precedence == "request" and any("is not one of request, directory" in e for e in bad.errors)
+
+
+def test_doctor_says_how_many_users_the_directory_holds_or_what_is_wrong(tmp_path):
+    from otel_tokens.config.settings import Settings
+    from otel_tokens.ops.doctor import report
+
+    good = _csv(tmp_path, "user_id,department\nalice,research\nbob,support\n")
+    text = report(settings=Settings(directory=good, trusted_groups=("x-forwarded-groups", {"cs": "support"})))
+    assert f"who pays: directory                                {good} (2 users; request wins" in text
+    assert "who pays: department from group header             x-forwarded-groups (1 groups mapped)" in text
+    bad = _csv(tmp_path, "user_id,department\nalice\n", "bad.csv")
+    text = report(settings=Settings(directory=bad))
+    assert "(0 users;" in text and f"  - directory {bad}: line 2: 'alice' has 1 cells, the header 2" in text
