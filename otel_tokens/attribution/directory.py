@@ -136,8 +136,14 @@ def load_directory(path: Path, allowed: Iterable[str]) -> dict[str, dict[str, st
     allowed = tuple(allowed)
     if path.suffix.lower() != ".csv":
         return parse_yaml(read_yaml(path, "directory"), source, allowed)
-    try:
-        data = path.read_bytes()[:MAX_FILE_BYTES + 1]
+    import stat
+
+    try:  # only a regular file, and no more than the limit: a device or a FIFO named by mistake must not hang
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(source, "(file)", str(path), "is not a regular file")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(source, "(file)", str(path), f"cannot be read: {exc.strerror or exc}") from None
     if len(data) > MAX_FILE_BYTES:

@@ -128,3 +128,22 @@ def test_doctor_says_how_many_users_the_directory_holds_or_what_is_wrong(tmp_pat
     bad = _csv(tmp_path, "user_id,department\nalice\n", "bad.csv")
     text = report(settings=Settings(directory=bad))
     assert "(0 users;" in text and f"  - directory {bad}: line 2: 'alice' has 1 cells, the header 2" in text
+
+
+def test_a_device_or_an_oversized_file_is_refused_without_reading_it_all(tmp_path):
+    from otel_tokens.config.load import MAX_FILE_BYTES
+
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_directory(_fifo(tmp_path), ALLOWED)  # a FIFO would block a plain read forever
+    big = tmp_path / "big.csv"
+    big.write_bytes(b"user_id,department\n" + b"a" * (MAX_FILE_BYTES + 10))
+    with pytest.raises(ConfigError, match=f"is larger than {MAX_FILE_BYTES} bytes"):
+        load_directory(big, ALLOWED)
+
+
+def _fifo(tmp_path: Path) -> Path:
+    import os
+
+    path = tmp_path / "pipe.csv"
+    os.mkfifo(path)
+    return path
