@@ -95,7 +95,12 @@ _HOURLY_SUBQUERY = re.compile(r"\[\w+:1h\]")
 
 
 def _reads(expr: str, names: Collection[str]) -> bool:
-    return any(re.search(rf"{re.escape(name)}\b", expr) for name in names)
+    """Whether the expression reads any of the names: spelled out, or matched by a `__name__=~"..."` regex (the
+    every-window panels)."""
+    if any(re.search(rf"{re.escape(name)}\b", expr) for name in names):
+        return True
+    patterns = [re.compile(p) for p in re.findall(r'__name__=~"([^"]+)"', expr)]
+    return any(p.fullmatch(name) for p in patterns for name in names)
 
 
 @functools.cache
