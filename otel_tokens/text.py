@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from otel_tokens import names
+
 # invisible characters that make one person two ids: zero-width space/joiners, word joiner, BOM, soft hyphen
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"))
 
@@ -29,3 +31,15 @@ def valid_text(value: str) -> str:
         return value
     except UnicodeEncodeError:
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def safe_value(value: str) -> str:
+    """Valid UTF-8 text in one spelling, whatever came in: NFKC with invisible characters removed
+    (`normalize_id`, the same for every source: the app, a proxy's header under any server, baggage),
+    lone surrogates written as \\udXXX escapes; a real id spelled like one of our own principals
+    (`__unattributed__`, `__other__`) gets a leading backslash, so no one can pose as, or be merged into,
+    those."""
+    value = normalize_id(value)
+    if value.endswith("__") and value.lstrip("\\") in names.RESERVED_IDS:  # one more backslash: one-to-one
+        return "\\" + value
+    return valid_text(value)

@@ -19,7 +19,7 @@ from opentelemetry import baggage
 
 from otel_tokens import names
 from otel_tokens.attribution.directory import INSTALLED
-from otel_tokens.text import normalize_id, valid_text
+from otel_tokens.text import safe_value
 
 _EMPTY: Mapping[str, str] = {}
 _CURRENT: ContextVar[Mapping[str, str]] = ContextVar("otel_tokens_attribution", default=_EMPTY)
@@ -28,18 +28,6 @@ _TRUST_BAGGAGE = [False]  # set by the instrumentor from `trust_baggage`
 
 def trust_baggage(trusted: bool) -> None:
     _TRUST_BAGGAGE[0] = trusted
-
-
-def safe_value(value: str) -> str:
-    """Valid UTF-8 text in one spelling, whatever came in: NFKC with invisible characters removed
-    (`normalize_id`, the same for every source: the app, a proxy's header under any server, baggage),
-    lone surrogates written as \\udXXX escapes; a real id spelled like one of our own principals
-    (`__unattributed__`, `__other__`) gets a leading backslash, so no one can pose as, or be merged into,
-    those."""
-    value = normalize_id(value)
-    if value.endswith("__") and value.lstrip("\\") in names.RESERVED_IDS:  # one more backslash: one-to-one
-        return "\\" + value
-    return valid_text(value)
 
 
 def with_principals(values: Mapping[str, str]) -> Mapping[str, str]:
