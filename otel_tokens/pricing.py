@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from otel_tokens.config import read_yaml
 from otel_tokens.config.errors import ConfigError, ConfigProblemsError
 from otel_tokens.config.settings import Settings
+from otel_tokens.config.watched import SettleGate, file_stamp
 from otel_tokens.logs import log_once, logger
 
 _ENTRY_KEYS = {"match", "provider", "currency", "input", "output", "cached_input", "date", "source"}
@@ -202,8 +203,7 @@ class PriceBook:
         self._file_prices: list[Price] = []
         self._file_stamp: tuple[int, int, int] | None = None
         self._interval = settings.price_reload_interval
-        self._settle_ns = int(max(settings.price_reload_interval, 0.5) * 1e9)
-        self._pending: tuple[tuple[int, int, int], int] | None = None  # (stamp, monotonic ns first seen)
+        self._edit = SettleGate(max(settings.price_reload_interval, 0.5))
         self._next_check = 0.0
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], Price | None] = {}
@@ -214,11 +214,7 @@ class PriceBook:
     # --- price file ---
     def _stamp(self) -> tuple[int, int, int] | None:
         assert self._file is not None
-        try:
-            stat = self._file.stat()
-        except OSError:
-            return None
-        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)  # a rename over it is a new inode
+        return file_stamp(self._file)
 
     def _reload_file(self) -> None:
         """Read the price file once it is stable: a file written in place (not written then renamed) may
@@ -230,14 +226,8 @@ class PriceBook:
         if stamp == self._file_stamp and stamp is not None:
             return
         first = self._file_stamp is None and not self._file_prices
-        if not first and stamp is not None:  # wait until the same stamp has stood still for one interval
-            now = time.monotonic_ns()  # not the file's mtime: it may lie in the future (skew, tar, touch)
-            if self._pending is None or self._pending[0] != stamp:
-                self._pending = (stamp, now)
-                return
-            if now - self._pending[1] < self._settle_ns:
-                return
-        self._pending = None
+        if not first and stamp is not None and not self._edit.ready(stamp):
+            return  # wait until the same stamp has stood still for one interval
         errors: list[str] = []
         prices = load_price_file(self._file, "price file", errors)
         if self._stamp() != stamp:

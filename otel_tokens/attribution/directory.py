@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import threading
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,19 +24,13 @@ from typing import Any
 from otel_tokens import names
 from otel_tokens.config.errors import ConfigError
 from otel_tokens.config.fields import DIRECTORY_PRECEDENCES
+from otel_tokens.config.watched import SettleGate, file_stamp
 from otel_tokens.logs import internal_error, logger
+from otel_tokens.text import safe_value
 
 PRECEDENCES = DIRECTORY_PRECEDENCES
 KEY_COLUMNS = ("user_id", "user", names.USER_ID)  # the column holding the user id (CSV), first found
 MAX_ID_LENGTH = 256  # as a trusted header's: a longer value is a mistake in the file
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
 def _attribute(column: str, allowed: Iterable[str], where: str, source: str) -> str:
@@ -59,16 +52,6 @@ def _value(raw: Any, source: str, where: str) -> str | None:
         return None
     if len(text) > MAX_ID_LENGTH or "," in text:
         raise ConfigError(source, where, raw, f"is not one id (longer than {MAX_ID_LENGTH} characters, or a list)")
-    return _safe_value(text)
-
-
-def _safe_value(text: str) -> str:
-    """The attribution's own normalization (`context.safe_value`), imported at first use: context imports this
-    module."""
-    global _safe_value
-    from otel_tokens.attribution.context import safe_value
-
-    _safe_value = safe_value
     return safe_value(text)
 
 
@@ -167,7 +150,7 @@ class Directory:
         self.users: dict[str, dict[str, str]] = {}
         self._last: tuple[Any, Any, Mapping[str, str]] = (None, None, {})
         self._stamp: tuple[int, int, int] | None = None
-        self._edit_seen: tuple[tuple[int, int, int], float] | None = None
+        self._edit = SettleGate(self.interval)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.reload(first=True)
@@ -221,27 +204,21 @@ class Directory:
     def reload(self, first: bool = False) -> None:
         """Read the file once an edit has stood still for one interval (a file written in place may be read
         half-written and still parse); a bad file keeps the directory in force."""
-        stamp = _stamp(self.path)
+        stamp = file_stamp(self.path)
         if stamp is not None and stamp == self._stamp:
             return
-        if not first and stamp is not None:
-            now = time.monotonic()
-            if self._edit_seen is None or self._edit_seen[0] != stamp:
-                self._edit_seen = (stamp, now)
-                return
-            if now - self._edit_seen[1] < self.interval:
-                return
-        self._edit_seen = None
+        if not first and stamp is not None and not self._edit.ready(stamp):
+            return
         try:
             users = load_directory(self.path, self.allowed)
         except ConfigError as error:
-            if _stamp(self.path) != stamp:
+            if file_stamp(self.path) != stamp:
                 return  # written while read: read again at the next check
             self._stamp = stamp
             logger.warning("otel-tokens: %s; %s", error, "no user is completed from it until it is fixed" if first
                            else f"keeping the {len(self.users)} users read earlier")
             return
-        if _stamp(self.path) != stamp:
+        if file_stamp(self.path) != stamp:
             return
         self._stamp = stamp
         self.users = users  # one reference swap: a call sees the old or the new directory, whole

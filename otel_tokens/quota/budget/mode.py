@@ -23,6 +23,7 @@ from typing import Any
 from otel_tokens import names
 from otel_tokens.config.errors import ConfigError
 from otel_tokens.config.settings import GuardSettings
+from otel_tokens.config.watched import SettleGate, file_stamp
 from otel_tokens.logs import internal_error, log_once, logger
 from otel_tokens.pricing import PriceBook
 from otel_tokens.quota import vocabulary
@@ -42,15 +43,6 @@ from otel_tokens.quota.budget.store import (
 from otel_tokens.quota.decision import Decision
 from otel_tokens.quota.file import Quotas, load_quotas, suspicious_changes
 from otel_tokens.recording.call import UsageEstimate
-
-
-def _stamp(path: Any) -> tuple[int, int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-
 
 UNATTRIBUTED = names.UNATTRIBUTED  # docs/design.md: the principal of a call with no user (or no department)
 IDLE_FLUSH = 0.05  # seconds a settlement waits for a reservation to carry it before the worker sends it
@@ -79,7 +71,7 @@ class BudgetMode:
         self._plans: dict[str, Plan] = {}
         self._windows: dict[str, tuple[str, ...]] = windows(None)
         self._stamp: tuple[int, int, int] | None = None
-        self._edit_seen: tuple[tuple[int, int, int], float] | None = None  # a changed quota file, first seen
+        self._edit = SettleGate(max(self.limits.quota_reload_interval, 0.25))  # a changed quota file stands still
         self._next_reload = 0.0
         self.healthy = True
         self._pending: deque[list[Settlement]] = deque()
@@ -147,21 +139,15 @@ class BudgetMode:
         assert path is not None
         with self._reloading:
             self._next_reload = time.monotonic() + self.limits.quota_reload_interval
-            stamp = _stamp(path)
+            stamp = file_stamp(path)
             if stamp is not None and stamp == self._stamp:
                 return
-            if self.quotas is not None and stamp is not None:  # an edit: read it once it stands still
-                now = time.monotonic()
-                if self._edit_seen is None or self._edit_seen[0] != stamp:
-                    self._edit_seen = (stamp, now)
-                    return
-                if now - self._edit_seen[1] < max(self.limits.quota_reload_interval, 0.25):
-                    return
-            self._edit_seen = None
+            if self.quotas is not None and stamp is not None and not self._edit.ready(stamp):
+                return  # an edit: read once it stands still
             try:
                 quotas = load_quotas(path, budget=True)
             except ConfigError as error:
-                if _stamp(path) != stamp:
+                if file_stamp(path) != stamp:
                     return  # written while read: the next check reads it again
                 self._stamp = stamp
                 if self.quotas is None:
@@ -170,7 +156,7 @@ class BudgetMode:
                 else:
                     logger.warning("otel-tokens: %s; keeping the quotas read earlier from %s", error, path)
                 return
-            if _stamp(path) != stamp:
+            if file_stamp(path) != stamp:
                 return  # written while read
             self._stamp = stamp
             self._plans = plans(self.settings, quotas)
