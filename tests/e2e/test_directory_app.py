@@ -11,8 +11,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
-from collections import defaultdict
 from pathlib import Path
 
 from otel_tokens import names
@@ -21,6 +19,7 @@ from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
 from tests.support.openai_server import OpenAIServer
 from tests.support.prometheus_stack import free_port, query, start_prometheus, wait_http
+from tests.support.web_requests import post, tokens_by_principal
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -29,25 +28,9 @@ U = names.UNATTRIBUTED
 QUOTAS = {"departments": {"default": {"day": {"tokens": 10**9}}, "overrides": {"support": {"day": {"tokens": 1}}}}}
 
 
-def _tokens(metrics_url: str) -> dict[tuple[str, str], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-    out: dict[tuple[str, str], float] = defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == names.PROM_LLM_TOKEN_USAGE:
-                out[sample.labels["user_id"], sample.labels["department"]] += sample.value
-    return dict(out)
-
-
 def _post(url: str, user: str | None, groups: str | None = None) -> None:
-    request = urllib.request.Request(url, data=b"{}", method="POST")
-    if user is not None:
-        request.add_header("X-Forwarded-User", user)
-    if groups is not None:
-        request.add_header("X-Forwarded-Groups", groups)
-    assert urllib.request.urlopen(request, timeout=30).status == 200
+    headers = [("X-Forwarded-User", user)] if user is not None else []
+    assert post(url, headers + ([("X-Forwarded-Groups", groups)] if groups is not None else [])) == 200
 
 
 def _write(path: Path, text: str) -> None:
@@ -87,7 +70,7 @@ def test_the_directory_gives_each_proxied_user_their_department_and_follows_edit
             _post(f"{base}/chat", "erin", "staff,cs-team")
             _post(f"{base}/chat", "frank", "cs-team,ai-lab")
             _post(f"{base}/chat-as-app", "alice")  # the app's own usage_context: its department, not alice's
-            usage = _tokens(metrics)
+            usage = tokens_by_principal(metrics)
             per_call = usage[("alice", "research")]
             assert per_call > 0
             assert usage == {("alice", "research"): per_call, ("bob", "support"): 2 * per_call,
@@ -104,12 +87,12 @@ def test_the_directory_gives_each_proxied_user_their_department_and_follows_edit
             # bob moves to sales: calls after the reload are charged there, those before stay with support
             _write(directory, "user_id,department\nalice,research\nbob,sales\n")
             moved_after, deadline = 0, time.monotonic() + 15
-            while _tokens(metrics).get(("bob", "sales"), 0) == 0:
+            while tokens_by_principal(metrics).get(("bob", "sales"), 0) == 0:
                 assert time.monotonic() < deadline, "the edited directory was never read"
                 _post(f"{base}/chat", "bob")
                 moved_after += 1
                 time.sleep(0.1)
-            usage = _tokens(metrics)
+            usage = tokens_by_principal(metrics)
             assert usage[("bob", "support")] + usage[("bob", "sales")] == (2 + moved_after) * per_call
             assert usage[("bob", "sales")] == per_call  # one call after the edit was read, the rest before
 
@@ -117,7 +100,7 @@ def test_the_directory_gives_each_proxied_user_their_department_and_follows_edit
             directory.write_text('user_id,department\nalice,research\nbob,"sales,support"\n')
             time.sleep(1.5)  # several checks: the edit has stood still and been read (and refused)
             _post(f"{base}/chat", "bob")
-            assert _tokens(metrics)[("bob", "sales")] == 2 * per_call
+            assert tokens_by_principal(metrics)[("bob", "sales")] == 2 * per_call
         finally:
             process.terminate()
             output = process.communicate(timeout=30)[0]

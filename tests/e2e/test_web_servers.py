@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import urllib.request
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import pytest
 from otel_tokens import names
 from tests.support.openai_server import OpenAIServer
 from tests.support.prometheus_stack import free_port, wait_http
+from tests.support.web_requests import post, tokens_by_principal
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,18 +21,6 @@ BIN = Path(sys.executable).parent
 
 
 U = names.UNATTRIBUTED
-
-
-def _tokens(metrics_url: str) -> dict[tuple[str, str], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-    out: dict[tuple[str, str], float] = defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == names.PROM_LLM_TOKEN_USAGE:
-                out[sample.labels["user_id"], sample.labels["department"]] += sample.value
-    return dict(out)
 
 
 @pytest.fixture(scope="module")
@@ -60,21 +47,16 @@ def web_app():
                 print(output)
 
 
-def _post(url: str, headers: list[tuple[str, str]]) -> int:
-    request = urllib.request.Request(url, data=b"{}", method="POST")
-    for name, value in headers:
-        request.add_header(name, value)
-    return urllib.request.urlopen(request, timeout=30).status
 def test_zero_code_fastapi_charges_the_proxy_s_user_never_the_client_s_baggage(web_app):
     """Under the agent, OTel's FastAPI instrumentation extracts the client's baggage; our mapping of the
     proxy's headers decides who pays, and only our three keys with those values go to the model server."""
     base, metrics, model = web_app
     forged = "user.id=mallory,department=support,x-internal-auth=SECRET123"
     before = len(model.requests)
-    assert _post(f"{base}/chat", [("X-Forwarded-User", "alice"), ("X-Forwarded-Groups", "sales"),
+    assert post(f"{base}/chat", [("X-Forwarded-User", "alice"), ("X-Forwarded-Groups", "sales"),
                                   ("baggage", forged)]) == 200
-    assert _post(f"{base}/chat", [("baggage", forged)]) == 200  # no proxy header: nobody's, not mallory's
-    assert _post(f"{base}/chat-as-app", [("X-Forwarded-User", "alice"), ("baggage", forged)]) == 200
+    assert post(f"{base}/chat", [("baggage", forged)]) == 200  # no proxy header: nobody's, not mallory's
+    assert post(f"{base}/chat-as-app", [("X-Forwarded-User", "alice"), ("baggage", forged)]) == 200
     # a client reaching the app directly, not through the proxy: its X-Forwarded-User bills nobody
     import http.client
 
@@ -84,7 +66,7 @@ def test_zero_code_fastapi_charges_the_proxy_s_user_never_the_client_s_baggage(w
     assert direct.getresponse().status == 200
     direct.close()
     sent = [r.headers.get("baggage", "") for r in model.requests[before:]]
-    usage = _tokens(metrics)
+    usage = tokens_by_principal(metrics)
     per_call = next(iter(usage.values())) if usage else 0
     assert per_call > 0
     assert usage == {("alice", "sales"): per_call, (U, U): 2 * per_call,
