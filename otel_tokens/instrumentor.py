@@ -22,7 +22,12 @@ from otel_tokens.integrations import openai as openai_integration
 from otel_tokens.integrations import transformers as transformers_integration
 from otel_tokens.logs import logger
 from otel_tokens.recording.recorder import Recorder
-from otel_tokens.recording.sdk_readers import delta_readers, raise_sdk_series_limit, sdk_series_limit
+from otel_tokens.recording.sdk_readers import (
+    delta_readers,
+    raise_sdk_series_limit,
+    sdk_series_limit,
+    service_name,
+)
 from otel_tokens.sdk_setup import nothing_exported_warning
 from otel_tokens.version import __version__
 from otel_tokens.web import zero_code as web_zero_code
@@ -63,6 +68,8 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             if said:
                 logger.warning("%s", said)
         settings = kwargs.get("settings") or load_settings()
+        if settings.app is None:
+            settings = replace(settings, app=service_name(kwargs.get("meter_provider")))
         sdk_limit = sdk_series_limit(kwargs.get("meter_provider"))
         if settings.series_limit is None:
             settings = replace(settings, series_limit=sdk_limit)

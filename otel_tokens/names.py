@@ -34,6 +34,9 @@ CONTENT_ATTRIBUTES: tuple[str, ...] = (GEN_AI_INPUT_MESSAGES, GEN_AI_OUTPUT_MESS
 USER_ID = "user.id"
 SESSION_ID = "session.id"
 DEPARTMENT = "department"
+# The app: the process's resource `service.name` (OTEL_SERVICE_NAME, `opentelemetry-instrument --service_name`),
+# also written on our accounting and quota points so both export paths carry a `service_name` label.
+SERVICE_NAME = "service.name"
 LLM_USAGE_SOURCE = "llm.usage.source"
 LLM_COST = "llm.cost"
 LLM_COST_CURRENCY = "llm.cost.currency"

@@ -1,7 +1,7 @@
 """PromQL of the dashboards, spelled from otel_tokens.names and the rule renderer's series names, never retyped."""
 
 from otel_tokens import names
-from otel_tokens.ops.forecast_rules import ALERT as FORECAST_ALERT
+from otel_tokens.ops.forecast_rules import ALERTS as FORECAST_ALERTS
 from otel_tokens.ops.rules import PREFIX, series
 from otel_tokens.quota import vocabulary
 from otel_tokens.quota.calendar import WINDOWS
@@ -13,6 +13,7 @@ SOURCE = names.prometheus_label(names.LLM_USAGE_SOURCE)
 ERROR = names.prometheus_label(names.ERROR_TYPE)
 USER = vocabulary.USER.label
 DEPARTMENT = vocabulary.DEPARTMENT.label
+APP = vocabulary.APP.label  # service_name: on our counters in both export paths
 CURRENCY = names.CURRENCY
 
 # The dashboard variables each label is filtered by, in the order the variables chain.
@@ -20,7 +21,7 @@ VARIABLES = {"service": SERVICE, "model": MODEL, "department": DEPARTMENT, "user
 ALL_FILTERS = tuple(VARIABLES)
 SEMCONV_FILTERS = ("service", "model")  # the semconv histograms carry no attribution labels
 
-QUOTA_ALERTS = [alert for scope in vocabulary.SCOPES for alert in scope.alerts.values()] + [FORECAST_ALERT]
+QUOTA_ALERTS = [*(alert for scope in vocabulary.SCOPES for alert in scope.alerts.values()), *FORECAST_ALERTS.values()]
 FIRING_QUOTA_ALERTS = f'ALERTS{{alertstate="firing", alertname=~"{"|".join(QUOTA_ALERTS)}"}}'
 
 

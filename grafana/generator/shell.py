@@ -73,7 +73,7 @@ def _annotations() -> list[Builder[dm.AnnotationQuery]]:
               .icon_color("red").expr(q.FIRING_QUOTA_ALERTS).built_in(0))
     return [builtin, WithFields(alerts, PROMETHEUS_ANNOTATION_FIELDS, step="60s",
                                 titleFormat="{{alertname}} ({{severity}})",
-                                textFormat="{{" + q.USER + "}}{{" + q.DEPARTMENT + "}}",
+                                textFormat="{{" + q.USER + "}}{{" + q.DEPARTMENT + "}}{{" + q.APP + "}}",
                                 tagKeys="severity,window,quota", useValueForTime=False)]
 
 

@@ -102,4 +102,5 @@ class Settings:
     guard: GuardSettings = field(default_factory=GuardSettings)  # quota enforcement, off by default
     capture_content: bool = False  # prompt and completion text on spans (gen_ai.*.messages): opt-in only
     config_file: Path | None = None
+    app: str | None = None  # the process's service.name, read from the SDK's resource at instrument time
     errors: tuple[str, ...] = ()  # what was wrong and fell back, for `doctor`

@@ -1,4 +1,4 @@
-"""Department budget forecasts: the window to date (month or year) plus the current burn rate projected to
+"""Department (and app) budget forecasts: the window to date (month or year) plus the current burn rate projected to
 the window's local end, so a department hears "runs out on the 27th" days before its budget's critical alert
 fires.
 
@@ -21,6 +21,7 @@ from otel_tokens.quota.calendar import MONTH, YEAR
 from otel_tokens.quota.vocabulary import QuotaScope
 
 ALERT = "LLMDepartmentBudgetForecast"
+ALERTS = {"department": ALERT, "app": "LLMAppBudgetForecast"}  # scope name -> its forecast alert
 FOR = "30m"  # a projection is not urgent; a burn that lasts half an hour is a trend
 SHORT, LONG = 6, 24  # hours of the two burn-rate windows
 
@@ -44,7 +45,7 @@ def forecast_rules(scope: QuotaScope, kind: str, name: Callable[[str], str], loc
     window's local end, its ratio to the limit, the exhaustion time, the alert; `name("month")` is the recorded
     series of that name for this scope and kind. A window other than the scope's own prefixes its names
     (`year_forecast`), as its limit and ratio are."""
-    label = scope.label
+    label, who = scope.label, scope.name.capitalize()
     # one series per principal: its hourly buckets are labelled with their month (max: the hour of an upgrade
     # is written both unlabelled and labelled, with the same value)
     size = local.bucket  # an hour, or a half / quarter hour in zones off whole hours: the burn stays per hour
@@ -80,13 +81,13 @@ def forecast_rules(scope: QuotaScope, kind: str, name: Callable[[str], str], loc
         {"record": exhaustion,
          "expr": f"round(time() + 3600 * ({limit} - on({label}) {so_far}) / on({label}) ({burn} > 0), 60)"},
         {
-            "alert": ALERT,
+            "alert": ALERTS[scope.name],
             "expr": f"{ratio} >= 1",
             "for": FOR,
             "labels": {"severity": "warning", "window": window, "quota": kind},
             "annotations": {
-                "summary": f"Department {{{{ $labels.{label} }}}} is on course to exhaust its {title} on {when}",
-                "description": f"Department {{{{ $labels.{label} }}}} has used {value_of(usage, missing='0')}{unit} of "
+                "summary": f"{who} {{{{ $labels.{label} }}}} is on course to exhaust its {title} on {when}",
+                "description": f"{who} {{{{ $labels.{label} }}}} has used {value_of(usage, missing='0')}{unit} of "
                                f"{value_of(limit)}{unit} this {span} ({local.zone}); at its current rate "
                                f"({value_of(burn)}{unit} an hour: the lower of the last {SHORT} h's average and "
                                f"the median hour of the last {LONG} h) it reaches the budget on {when} and "

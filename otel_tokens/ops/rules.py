@@ -188,6 +188,7 @@ def render(quotas: Quotas, for_: str = "15s", today: date | None = None) -> dict
     require_built(quotas)
     local = LocalTime.of(quotas.timezone, today)
     groups = []
+    month_written = False
     for scope in SCOPES:
         windows = quotas.scope_windows(scope)
         if not windows:
@@ -199,8 +200,10 @@ def render(quotas: Quotas, for_: str = "15s", today: date | None = None) -> dict
             groups.append(_hours_group(scope, quotas, hours, local))
         if _kinds(quotas, scope, [YEAR]):
             groups.append(closed_months_group(scope, _kinds(quotas, scope, [YEAR]), local))
-        rules: list[dict[str, Any]] = [] if scope.rolling else [
-            {"record": CALENDAR_MONTH, "expr": calendar_id(MONTH, local.seconds("time()"))}]
+        rules: list[dict[str, Any]] = []
+        if not scope.rolling and not month_written:  # once per file: two groups writing one series would clash
+            rules.append({"record": CALENDAR_MONTH, "expr": calendar_id(MONTH, local.seconds("time()"))})
+            month_written = True
         for kind in _kinds(quotas, scope, windows):
             usage = series(scope.name, kind, scope.window)
             if scope.rolling and kind in _kinds(quotas, scope, (scope.window, DAY)):

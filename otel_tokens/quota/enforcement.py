@@ -22,6 +22,7 @@ from otel_tokens.quota.alert.mode import AlertMode
 from otel_tokens.quota.budget.mode import BudgetMode, Held
 from otel_tokens.quota.decision import Decision, QuotaExceededError
 from otel_tokens.recording.call import UsageEstimate, _worst_case
+from otel_tokens.text import safe_value
 
 NONE = "none"  # the `scope` / `window` label of a decision no scope made (fail_open, fail_closed)
 
@@ -49,6 +50,8 @@ class Enforcement:
         self.alert = AlertMode(guard)
         self.budget = BudgetMode(guard, prices) if guard.budget.enabled else None
         self._reject_unattributed = settings.unattributed == vocabulary.REJECT
+        # the app scope's principal: this process's service.name, the same on every call
+        self.app = safe_value(settings.app) if settings.app else names.UNATTRIBUTED
         # nothing to decide: admit() returns at once (the common, unguarded deployment)
         self.idle = not (guard.alert.enabled or self.budget is not None or self._reject_unattributed)
         self._decisions = meter.create_counter(
@@ -61,6 +64,7 @@ class Enforcement:
         `attributed`: the call's own sources named a user (`unattributed: reject` refuses it otherwise).
         May raise (an internal failure): the caller releases what the Admission it never got would hold."""
         decision: Decision | None = None
+        attribution = {**attribution, names.SERVICE_NAME: self.app}
         if self._reject_unattributed and not attributed:
             decision = Decision(vocabulary.REJECT, vocabulary.UNATTRIBUTED_CALLS)
             self.count(decision)

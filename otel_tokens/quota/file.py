@@ -11,11 +11,13 @@ users:
 departments:
   default: {month: {tokens: 50000000, cost: 500}, year: {cost: 5000}}
   overrides: {support: {year: {cost: 12000}}}
+apps:                       # keyed by service.name (OTEL_SERVICE_NAME, --service_name)
+  overrides: {kb-chat: {month: {cost: 300}}}
 ```
 
 Windows: `24h` (rolling), `day`, `week` (ISO, Monday), `month`, `year`. The short form
-`default: {tokens: N, cost: X}` means the scope's own window (users a rolling 24 h, departments the calendar
-month), so quota files written before windows existed keep their meaning. An override sets what it names;
+`default: {tokens: N, cost: X}` means the scope's own window (users a rolling 24 h, departments and apps the
+calendar month), so quota files written before windows existed keep their meaning. An override sets what it names;
 every window and kind it leaves out is the default's.
 
 Errors name the file, the field and the value; unlike the runtime config, a bad quota file is
@@ -46,7 +48,7 @@ from otel_tokens.quota.calendar import (
     offset_text,
     rules_table,
 )
-from otel_tokens.quota.vocabulary import DEPARTMENT, KINDS, SCOPES, USER, QuotaScope
+from otel_tokens.quota.vocabulary import APP, DEPARTMENT, KINDS, SCOPES, USER, QuotaScope
 from otel_tokens.text import normalize_id
 
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?")
@@ -99,7 +101,11 @@ class Quotas:
     def limits(self, scope: QuotaScope, window: str | None = None) -> ScopeLimits:
         """The scope's limits over `window` (default: the scope's own window); empty when not set."""
         if window is None or window == scope.window:
-            return self.users if scope is USER else self.departments
+            if scope is USER:
+                return self.users
+            if scope is DEPARTMENT:
+                return self.departments
+            window = scope.window
         return self.windows.get(scope.section, {}).get(window, ScopeLimits())
 
     def scope_windows(self, scope: QuotaScope) -> list[str]:
@@ -206,11 +212,11 @@ def _timezone(raw: Any, source: str, problems: list[ConfigError]) -> str:
 def parse_quotas(data: Any, source: str) -> Quotas:
     """The quotas, or ConfigProblemsError listing every problem of the file at once."""
     if data is None:
-        raise ConfigError(source, "(file)", "", "is empty: a quota file sets `users:` and/or `departments:`")
+        raise ConfigError(source, "(file)", "", "is empty: a quota file sets `users:`, `departments:` and/or `apps:`")
     if not isinstance(data, Mapping):
         raise ConfigError(source, "(top level)", type(data).__name__, "is not a mapping")
     problems: list[ConfigError] = []
-    known = ("timezone", "warning_ratio", USER.section, DEPARTMENT.section)
+    known = ("timezone", "warning_ratio", *(scope.section for scope in SCOPES))
     for key in sorted(map(str, set(data) - set(known))):
         problems.append(ConfigError(source, key, data[key], f"is not a known field ({', '.join(known)})"))
     ratio = data.get("warning_ratio", 0.8)
@@ -224,12 +230,13 @@ def parse_quotas(data: Any, source: str) -> Quotas:
     if problems:
         raise ConfigProblemsError(problems)
     if not any(limits.kinds() for scoped in windows.values() for limits in scoped.values()):
-        raise ConfigError(source, "(top level)", dict(data), "sets no limit for users or departments")
+        raise ConfigError(source, "(top level)", dict(data), "sets no limit for users, departments or apps")
     return quotas
 
 
 RULES_WINDOWS: Mapping[str, tuple[str, ...]] = {USER.name: (USER.window, DAY, WEEK, MONTH, YEAR),
-                                                DEPARTMENT.name: (DAY, DEPARTMENT.window, WEEK, YEAR)}
+                                                DEPARTMENT.name: (DAY, DEPARTMENT.window, WEEK, YEAR),
+                                                APP.name: (DAY, APP.window, WEEK, YEAR)}
 HOURLY_WINDOWS = (WEEK, MONTH, YEAR)  # summed from hourly buckets in the rules (half or quarter hours off whole hours)
 
 
@@ -279,7 +286,7 @@ def suspicious_changes(old: Quotas, new: Quotas) -> list[str]:
     decision: overrides that vanished (those principals fall back to the default) and limits raised more
     than tenfold. Each item names the scope, the principal and the numbers, for one warning line."""
     found = []
-    for scope in (USER, DEPARTMENT):
+    for scope in SCOPES:
         before, after = old.limits(scope), new.limits(scope)
         for name in sorted(set(before.overrides) - set(after.overrides)):
             found.append(f"{scope.section} override {name!r} dropped (now the default)")

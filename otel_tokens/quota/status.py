@@ -18,7 +18,7 @@ from otel_tokens.quota.vocabulary import COST, SCOPES
 
 @dataclass(frozen=True, slots=True)
 class WindowStatus:
-    scope: str  # user, department
+    scope: str  # user, department, app
     principal: str
     window: str  # 24h, day, week, month, year
     kind: str  # tokens, cost
@@ -38,7 +38,7 @@ class WindowStatus:
 
 @dataclass(frozen=True, slots=True)
 class QuotaStatus:
-    windows: tuple[WindowStatus, ...] = ()  # every window with a limit for the call's user and department
+    windows: tuple[WindowStatus, ...] = ()  # every window with a limit for the call's user, department and app
     available: bool = False  # False: no budget mode in this process, or its store did not answer in time
     warning_ratio: float = 0.8  # the quota file's: where its alerts warn
 
@@ -80,13 +80,15 @@ def budget_status(budget: BudgetMode, attribution: Mapping[str, str]) -> QuotaSt
     return QuotaStatus(tuple(out), True, quotas.warning_ratio)
 
 
-def principals(user_id: str | None, department: str | None) -> Mapping[str, str]:
-    """The call's user and department as a call made here would be charged: the arguments (made safe as
-    usage_context makes them), else the usage_context in force, else `__unattributed__`."""
+def principals(user_id: str | None, department: str | None, app: str | None = None,
+               own_app: str = names.UNATTRIBUTED) -> Mapping[str, str]:
+    """The call's user, department and app as a call made here would be charged: the arguments (made safe as
+    usage_context makes them), else the usage_context in force (the app: this process's), else
+    `__unattributed__`."""
     from otel_tokens.attribution.context import current_attribution, safe_value, with_principals
 
-    values = dict(current_attribution())
-    for key, value in ((names.USER_ID, user_id), (names.DEPARTMENT, department)):
+    values = {**current_attribution(), names.SERVICE_NAME: own_app}
+    for key, value in ((names.USER_ID, user_id), (names.DEPARTMENT, department), (names.SERVICE_NAME, app)):
         if value is not None and value != "":
             values[key] = safe_value(str(value))
     return with_principals(values)

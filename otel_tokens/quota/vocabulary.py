@@ -1,5 +1,5 @@
 """The quota vocabulary, defined once, one word per idea: a **scope** is who a limit applies to (users over
-a rolling 24 h, departments per calendar month, UTC), its **window** the span a limit counts over, a
+a rolling 24 h, departments and apps per calendar month, UTC), its **window** the span a limit counts over, a
 **kind** what it counts (tokens or cost: the alerts' `quota` label), an **action** what the guard does
 with a call. The rule renderer, the report, the guard and the config iterate over these instead of
 spelling them again."""
@@ -59,7 +59,11 @@ USER = QuotaScope("user", "users", names.USER_ID, "24h",
 DEPARTMENT = QuotaScope("department", "departments", names.DEPARTMENT, "month",
                         {TOKENS: "LLMDepartmentTokenBudget", COST: "LLMDepartmentCostBudget"},
                         {TOKENS: "monthly token budget", COST: "monthly cost budget"})
-SCOPES = (USER, DEPARTMENT)
+# The app: the service.name of the calling process (one app per process), budgeted like a department.
+APP = QuotaScope("app", "apps", names.SERVICE_NAME, "month",
+                 {TOKENS: "LLMAppTokenBudget", COST: "LLMAppCostBudget"},
+                 {TOKENS: "monthly token budget", COST: "monthly cost budget"})
+SCOPES = (USER, DEPARTMENT, APP)
 BY_NAME: Mapping[str, QuotaScope] = {scope.name: scope for scope in SCOPES}
 # alertname -> (scope, kind), for reading alert state back
 ALERTS: Mapping[str, tuple[QuotaScope, str]] = {

@@ -66,12 +66,14 @@ def _attributes(keys: Sequence[str], values: Iterable[Any]) -> dict[str, Any]:
 class Accounting:
     def __init__(self, meter: Meter, dimensions: Sequence[str] = names.DEFAULT_METRIC_DIMENSIONS,
                  cardinality_limit: int = 5000, series_limit: int = DEFAULT_SERIES_LIMIT,
-                 currency: str = "USD") -> None:
+                 currency: str = "USD", app: str | None = None) -> None:
         self._dimensions = tuple(dimensions)
+        # the app on every counter point (a constant: no series added, nothing on the call path)
+        self._app: tuple[tuple[str, Any], ...] = ((names.SERVICE_NAME, valid_text(app)),) if app else ()
         self._currency = currency
         self.labels = DimensionValueCap(self._dimensions, cardinality_limit)
         self.series = SeriesCap(self._dimensions, series_limit)
-        self.principals = PrincipalUsage(self._dimensions, series_limit, currency)
+        self.principals = PrincipalUsage(self._dimensions, series_limit, currency, self._app)
         self._usage_keys = _USAGE_KEYS + self._dimensions
         self._request_keys = (*self._usage_keys, names.ERROR_TYPE)
         self._lock = threading.Lock()
@@ -225,7 +227,7 @@ class Accounting:
         attrs = self._observed_attrs.get(cache_key)
         if attrs is None:
             keys = self._request_keys if len(key) == len(self._request_keys) else self._usage_keys
-            attrs = self._observed_attrs[cache_key] = {**_attributes(keys, key), **dict(extra)}
+            attrs = self._observed_attrs[cache_key] = {**_attributes(keys, key), **dict(extra), **dict(self._app)}
         return attrs
 
     def collect(self) -> _Snapshot:

@@ -25,13 +25,15 @@ _TOKENS, _COST, _HAS_COST = range(3)
 class PrincipalUsage:
     """Totals per label set of the attribution dimensions; callers hold the accounting lock."""
 
-    def __init__(self, dimensions: Sequence[str], series_limit: int, currency: str) -> None:
+    def __init__(self, dimensions: Sequence[str], series_limit: int, currency: str,
+                 constant: tuple[tuple[str, Any], ...] = ()) -> None:
         self.dimensions = tuple(dimensions)
         self.limit = series_limit
         self.soft_limit = soft_limit(series_limit)
         self.totals: dict[tuple[Any, ...], list[Any]] = {}
         self.folded_calls = 0
         self._currency = ((names.CURRENCY, currency),)
+        self._constant = dict(constant)  # the app (service.name)
         self._attrs: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._cost_attrs: dict[tuple[Any, ...], dict[str, Any]] = {}
 
@@ -68,7 +70,8 @@ class PrincipalUsage:
     def _labels(self, dims: tuple[Any, ...]) -> dict[str, Any]:
         attrs = self._attrs.get(dims)
         if attrs is None:
-            attrs = self._attrs[dims] = {k: v for k, v in zip(self.dimensions, dims, strict=True) if v is not None}
+            attrs = self._attrs[dims] = {**{k: v for k, v in zip(self.dimensions, dims, strict=True) if v is not None},
+                                         **self._constant}
         return attrs
 
     def token_observations(self, snapshot: Iterable[tuple[tuple[Any, ...], list[Any]]]) -> list[Observation]:

@@ -51,7 +51,7 @@ class Recorder:
         # unless set, the per-dimension cap follows the series limit: raising that one setting admits more
         # principals per process everywhere
         self.accounting = Accounting(meter, settings.metric_dimensions, settings.cardinality_limit or series_limit,
-                                     series_limit, settings.currency)
+                                     series_limit, settings.currency, settings.app)
         self.enforcement = Enforcement(settings, self.prices, meter)
         self._propagation = HeaderPropagation(settings.propagate_hosts)
 

@@ -61,3 +61,24 @@ def delta_readers(meter_provider: Any = None) -> int:
                                                        reader._instrument_class_temporality.get(_Counter)))
     except Exception:
         return 0
+
+
+def service_name(meter_provider: Any = None) -> str:
+    """The app this process is charged as: `service.name` of the meter provider's resource (what the
+    collector's `job` and `service_name` show), else the resource the SDK would build from the environment
+    (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES; `unknown_service` when neither sets it)."""
+    try:
+        from opentelemetry import metrics
+
+        provider = meter_provider or metrics.get_meter_provider()
+        name = provider._sdk_config.resource.attributes.get("service.name")
+        if isinstance(name, str) and name:
+            return name
+    except Exception:
+        pass
+    try:
+        from opentelemetry.sdk.resources import Resource
+
+        return str(Resource.create().attributes.get("service.name") or "unknown_service")
+    except Exception:
+        return "unknown_service"

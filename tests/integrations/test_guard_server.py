@@ -182,7 +182,7 @@ def test_polls_are_cheap_304_when_unchanged_and_changes_only_otherwise():
         assert _request(server, "/state", headers={"If-None-Match": etag})[0] == 304
         guard = AlertMode(GuardSettings(AlertSettings(_url(server, "/state"), 1.0, token=TOKEN), rules=RULES))
         guard.refresh()
-        assert guard.healthy and len(guard._users) == 5000
+        assert guard.healthy and len(guard._over["users"]) == 5000
         state.apply([(("user", "alice", "tokens", "24h", "critical"), {"severity": "critical", "window": "24h",
                                                                  "quota": "tokens"})])
         status, body = _request(server, f"/state?since={full['version']}")
@@ -191,7 +191,7 @@ def test_polls_are_cheap_304_when_unchanged_and_changes_only_otherwise():
         assert len(body) < 300  # one change, not 100,000 entries
         guard.refresh()  # applies the change alone
         assert guard.decide("m", {names.USER_ID: "alice"}).action == "reject"
-        assert len(guard._users) == 5001
+        assert len(guard._over["users"]) == 5001
     finally:
         server.shutdown()
 

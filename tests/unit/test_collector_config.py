@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 
 from otel_tokens import names
+from otel_tokens.ops.forecast_rules import ALERTS as FORECAST_ALERTS
+from otel_tokens.quota import vocabulary
 from tests.support.collector_files import (
     AM_EXAMPLE_ENV,
     COLLECTOR,
@@ -270,13 +272,17 @@ def test_alertmanager_template_placeholders() -> None:
 
 def test_alertmanager_grouping_and_inhibition() -> None:
     config = yaml.safe_load(string.Template(_am_template()).substitute(AM_EXAMPLE_ENV))
-    assert config["route"]["group_by"] == ["alertname", "user_id", "department", "window"]
+    assert config["route"]["group_by"] == ["alertname", "user_id", "department", "service_name", "window"]
     assert _seconds(config["route"]["group_wait"]) <= 10
     receivers = {r["name"]: r for r in config["receivers"]}
     # the guard: its own route, first, continue, a short repeat (a restarted guard or a forged
     # 'resolved' is corrected within a minute) while the people's routes keep the root's 4h
     guard, *others = config["route"]["routes"]
     assert guard["receiver"] == "guard" and guard["continue"] is True and _seconds(guard["repeat_interval"]) <= 60
+    (matcher,) = guard["matchers"]  # every scope's quota alerts reach the guard, and nothing else
+    pattern = re.fullmatch(r'alertname=~"(.*)"', matcher).group(1)  # type: ignore[union-attr]
+    assert {a for a in vocabulary.ALERTS if re.fullmatch(pattern, a)} == set(vocabulary.ALERTS)
+    assert not [a for a in FORECAST_ALERTS.values() if re.fullmatch(pattern, a)]
     assert all("repeat_interval" not in r for r in others) and _seconds(config["route"]["repeat_interval"]) >= 3600
     (hook,) = receivers["guard"]["webhook_configs"]
     assert hook["url"] == "http://127.0.0.1:9095/alertmanager" and hook["send_resolved"] is True
@@ -284,13 +290,17 @@ def test_alertmanager_grouping_and_inhibition() -> None:
                                                     "credentials_file": "/etc/alertmanager/guard-token"}
     assert set(receivers["critical"]) == {"name", "email_configs", "webhook_configs"}
     assert set(receivers["warning"]) == {"name", "webhook_configs"}
-    inhibit, forecast = config["inhibit_rules"]
+    inhibit, forecast, app_forecast = config["inhibit_rules"]
+    # one app's (or user's, department's) critical never mutes another's warning: every scope's label is equal
     assert inhibit == {"source_matchers": ['severity="critical"'], "target_matchers": ['severity="warning"'],
-                       "equal": ["alertname", "user_id", "department", "window"]}
+                       "equal": ["alertname", *(scope.label for scope in vocabulary.SCOPES), "window"]}
     # a department's budget forecast is muted by that department's budget critical of the same kind and window
     assert forecast == {"source_matchers": ['alertname=~"LLMDepartment(Token|Cost)Budget"', 'severity="critical"'],
                         "target_matchers": ['alertname="LLMDepartmentBudgetForecast"'],
                         "equal": ["department", "quota", "window"]}
+    assert app_forecast == {"source_matchers": ['alertname=~"LLMApp(Token|Cost)Budget"', 'severity="critical"'],
+                            "target_matchers": ['alertname="LLMAppBudgetForecast"'],
+                            "equal": ["service_name", "quota", "window"]}
 
 
 _STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
@@ -390,12 +400,13 @@ def test_worst_case_alert_delay_is_within_budget() -> None:
     assert rollups and all("record" in r for r in rollups)
     second_level = {r["record"] for r in rollups if "llm_quota:" in r["expr"]}
     parts = {"llm_quota:user_tokens:24h_parts", "llm_quota:user_cost:24h_parts"}
-    months = {"llm_quota:department_tokens:month", "llm_quota:department_cost:month"}
-    assert second_level == {"llm_quota:department_tokens:previous_month", "llm_quota:department_cost:previous_month",
-                            "llm_quota:user_tokens:limit", "llm_quota:user_cost:limit", *parts, *months}
+    months = {f"llm_quota:{scope}_{kind}:month" for scope in ("department", "app") for kind in ("tokens", "cost")}
+    previous = {m.replace(":month", ":previous_month") for m in months}
+    assert second_level == {*previous, "llm_quota:user_tokens:limit", "llm_quota:user_cost:limit", *parts, *months}
     hours = [r["record"] for _, g, r in _rules() if g["name"] == "llm_quota_department_rollups"]
     buckets = ["llm_quota:department_tokens:1h", "llm_quota:department_cost:1h"]
-    assert hours[:4] == [*buckets, *sorted(months, reverse=True)]  # the buckets, then their sums
+    assert hours[:4] == [*buckets, "llm_quota:department_tokens:month", "llm_quota:department_cost:month"]  # the
+    # buckets, then their sums
     assert not [r for _, _, r in _rules()
                 if any(re.search(re.escape(name) + r"(?![\w:])", r["expr"]) for name in second_level - parts - months)]
     for _, _, rule in _rules():
@@ -409,7 +420,7 @@ def test_worst_case_alert_delay_is_within_budget() -> None:
     ordering = evaluation  # a recording rule in another group may be evaluated after the alert reading it
     # the budget forecast is a projection days ahead, not a crossing: its 30 m `for` is outside the budget
     largest_for = max(_seconds(r.get("for")) for _, _, r in _rules()
-                      if "alert" in r and r["alert"] != "LLMDepartmentBudgetForecast")
+                      if "alert" in r and r["alert"] not in FORECAST_ALERTS.values())
     for_delay = math.ceil(largest_for / evaluation) * evaluation  # `for` is checked at evaluations only
 
     am = yaml.safe_load(string.Template(_am_template()).substitute(AM_EXAMPLE_ENV))["route"]

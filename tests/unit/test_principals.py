@@ -49,7 +49,7 @@ def _over_quota(users: dict[str, str], **settings):
             alert._thread.join(10)
         alert.healthy = True
         alert.last_update = time.monotonic()
-        recorder.enforcement.alert._users = {name: {"severity": severity, "window": "24h", "quota": "tokens"}
+        recorder.enforcement.alert._over["users"] = {name: {"severity": severity, "window": "24h", "quota": "tokens"}
                                  for name, severity in users.items()}
         yield tel
 
@@ -87,7 +87,7 @@ def test_refusals_under_made_up_names_create_no_series_and_fold_no_one():
     with _over_quota({}, cardinality_limit=10) as tel:
         with usage_context(user_id="mallory", department="sales"):
             _generate()  # served, then over quota
-        TokenUsageInstrumentor().recorder.enforcement.alert._users = {"mallory": {"severity": "critical"}}
+        TokenUsageInstrumentor().recorder.enforcement.alert._over["users"] = {"mallory": {"severity": "critical"}}
         with usage_context(user_id="mallory", department="sales"), pytest.raises(QuotaExceededError):
             _generate()
         for i in range(1000):

@@ -52,7 +52,7 @@ def test_every_problem_of_a_quota_file_is_reported_at_once(tmp_path):
                  "users.overrides.bob.tokns: 10", "departments.defaults", "teams"):
         assert part in message, (part, message)
     path.write_text("")
-    with pytest.raises(ConfigError, match=r"is empty: a quota file sets `users:` and/or `departments:`"):
+    with pytest.raises(ConfigError, match=r"is empty: a quota file sets `users:`, `departments:` and/or `apps:`"):
         load_quotas(path)
 
 

@@ -36,8 +36,8 @@ class AlertMode:
     def __init__(self, settings: GuardSettings, on_decision: Any = None) -> None:
         self.settings = settings
         self.alert = settings.alert
-        self._users: dict[str, dict[str, Any]] = {}
-        self._departments: dict[str, dict[str, Any]] = {}
+        # section (users, departments, apps) -> principal -> its worst alert entry
+        self._over: dict[str, dict[str, dict[str, Any]]] = {scope.section: {} for scope in vocabulary.SCOPES}
         self._tag = ""  # the version of the state we hold, as the guard endpoint names it
         self._stale_after = self.alert.stale_grace + self.alert.poll_interval + 2 * 5.0 + 1.0
         self.healthy = False  # until the first state arrives
@@ -115,19 +115,20 @@ class AlertMode:
         if not isinstance(body, Mapping):
             raise ValueError("the quota state is not a JSON object")
         changes = body.get("changes")
-        sections = (vocabulary.USER.section, vocabulary.DEPARTMENT.section)
+        # a guard endpoint older than the app scope sends no `apps`: none over quota
+        optional = {vocabulary.APP.section}
         if isinstance(changes, Mapping):  # checked whole before any is applied
-            updates = [(section, _entries(changes.get(section) or {}, allow_none=True)) for section in sections]
+            updates = [(section, _entries(changes.get(section) or {}, allow_none=True)) for section in self._over]
             for section, entries in updates:
-                current = self._users if section == sections[0] else self._departments
+                current = self._over[section]
                 for name, entry in entries.items():
                     if entry is None:
                         current.pop(name, None)
                     else:
                         current[name] = entry
         else:
-            users, departments = (_entries(body.get(section), allow_none=False) for section in sections)
-            self._users, self._departments = users, departments
+            self._over = {section: _entries(body.get(section, {} if section in optional else None), allow_none=False)
+                          for section in self._over}
             if body.get("truncated"):
                 log_once(f"guard-truncated:{self.alert.source}", "otel-tokens: the quota state from %s left "
                          "out %s principals over quota (its cap); they are not refused", self.alert.source,
@@ -148,12 +149,12 @@ class AlertMode:
         return self._from_state(model, attribution)
 
     def _from_state(self, model: str | None, attribution: Mapping[str, str]) -> Decision | None:
-        users, departments = self._users, self._departments
-        if not users and not departments:
+        state = self._over
+        if not any(state.values()):
             return None
         for rule in self.settings.rules:
             scope = vocabulary.BY_NAME[rule.scope]
-            over = users if scope is vocabulary.USER else departments
+            over = state[scope.section]
             principal = attribution.get(scope.attribute)
             entry = over.get(principal) if principal else None
             if entry is None or _SEVERITY.get(entry.get("severity", ""), 0) < _SEVERITY[rule.level]:
