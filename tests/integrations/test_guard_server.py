@@ -187,7 +187,7 @@ def test_polls_are_cheap_304_when_unchanged_and_changes_only_otherwise():
                                                                  "quota": "tokens"})])
         status, body = _request(server, f"/state?since={full['version']}")
         assert status == 200 and json.loads(body)["changes"] == {"users": {"alice": {
-            "severity": "critical", "window": "24h", "quota": "tokens"}}, "departments": {}}
+            "severity": "critical", "window": "24h", "quota": "tokens"}}, "departments": {}, "apps": {}}
         assert len(body) < 300  # one change, not 100,000 entries
         guard.refresh()  # applies the change alone
         assert guard.decide("m", {names.USER_ID: "alice"}).action == "reject"
