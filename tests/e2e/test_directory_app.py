@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 U = names.UNATTRIBUTED
 # support's day is spent at its first call: the department the directory gives bob is the one alerted
-QUOTAS = {"departments": {"default": {"day": {"tokens": 10**9}}, "overrides": {"support": {"day": {"tokens": 1}}}}}
+QUOTAS = {"departments": {"default": {"day": {"tokens": 10**9}}, "overrides": {"support": {"day": {"tokens": 1}}}},
+          # the app (OTEL_SERVICE_NAME) is a scope too: kb-chat's day is spent at its first call
+          "apps": {"default": {"day": {"tokens": 10**9}}, "overrides": {"kb-chat": {"day": {"tokens": 1}}}}}
 
 
 def _post(url: str, user: str | None, groups: str | None = None) -> None:
@@ -83,6 +85,16 @@ def test_the_directory_gives_each_proxied_user_their_department_and_follows_edit
                 assert time.monotonic() < deadline, "support's budget never alerted"
                 time.sleep(0.5)
             assert [(a["metric"]["department"], a["metric"]["window"]) for a in firing] == [("support", "day")]
+            # the app's rules read the service_name the package put on its points (direct scrape: no collector)
+            app_alert = alert.replace("LLMDepartmentTokenBudget", "LLMAppTokenBudget")
+            while not (firing := query(prom_url, app_alert)):
+                assert time.monotonic() < deadline, "kb-chat's budget never alerted"
+                time.sleep(0.5)
+            assert [(a["metric"]["service_name"], a["metric"]["window"]) for a in firing] == [("kb-chat", "day")]
+            spent = 'llm_quota:app_tokens:day{service_name="kb-chat"}'
+            while [float(v["value"][1]) for v in query(prom_url, spent)] != [sum(usage.values())]:
+                assert time.monotonic() < deadline, (query(prom_url, spent), sum(usage.values()))
+                time.sleep(0.5)
 
             # bob moves to sales: calls after the reload are charged there, those before stay with support
             _write(directory, "user_id,department\nalice,research\nbob,sales\n")

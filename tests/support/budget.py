@@ -24,12 +24,14 @@ PRICES = ({"match": "gpt-4o", "currency": "USD", "input": 2.5, "output": 10.0},
 
 
 def write_quotas(path: Path, users: dict[str, Any], departments: dict[str, Any] | None = None,
-                 warning_ratio: float = 0.8, timezone: str | None = None) -> Path:
+                 warning_ratio: float = 0.8, timezone: str | None = None, apps: dict[str, Any] | None = None) -> Path:
     data: dict[str, Any] = {"warning_ratio": warning_ratio, "users": users}
     if timezone:
         data["timezone"] = timezone
     if departments:
         data["departments"] = departments
+    if apps:
+        data["apps"] = apps
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -79,12 +81,12 @@ class BudgetApp:
 
 
 def budget_app(quota_file: Path, store: str, rules: tuple[GuardRule, ...] = (), fail_closed: bool = False,
-               server: dict[str, Any] | None = None, directory: Path | None = None, **guard: Any
-               ) -> Iterator[BudgetApp]:
+               server: dict[str, Any] | None = None, directory: Path | None = None, app: str | None = None,
+               **guard: Any) -> Iterator[BudgetApp]:
     tel, tracer_provider, meter_provider = make_telemetry()
     limits = BudgetSettings(quota_file=quota_file, store=store, **{"quota_reload_interval": 0.05, **guard})
     settings = Settings(prices=PRICES, guard=GuardSettings(budget=limits, rules=rules, fail_closed=fail_closed),
-                        directory=directory)
+                        directory=directory, app=app)
     instrumentor = TokenUsageInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=settings)
     try:

@@ -4,7 +4,9 @@ OTEL_TOKENS_CONFIG where a test says so). CALLERS threads call the model for BUD
 has been refused REFUSALS times; OTHER_CALLS calls for OTHER_USER run beside them. Prints one JSON
 line: calls served and refused per user, and the tokens its own metrics counted per user.
 
-Environment: OPENAI_BASE_URL, BUDGET_USER, OTHER_USER, CALLERS, MAX_TOKENS ('' = none), REFUSALS, OTHER_CALLS.
+Environment: OPENAI_BASE_URL, BUDGET_USER, OTHER_USER, CALLERS, MAX_TOKENS ('' = none), REFUSALS, OTHER_CALLS
+(and OTEL_SERVICE_NAME: the app it is charged as). The JSON also says which scope refused each refused call
+and the tokens its metrics counted per app (the points' service.name).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def main() -> None:
     client = openai.OpenAI(api_key="local", max_retries=0)
     max_tokens = int(os.environ["MAX_TOKENS"]) if os.environ.get("MAX_TOKENS") else None
     outcomes: Counter[str] = Counter()
+    refused_by: Counter[str] = Counter()  # scope -> refusals
     lock = threading.Lock()
 
     def call(user: str) -> bool:
@@ -35,9 +38,10 @@ def main() -> None:
             with usage_context(user_id=user, department="research"):
                 client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
                                                **options)
-        except QuotaExceededError:
+        except QuotaExceededError as refusal:
             with lock:
                 outcomes[f"{user} refused"] += 1
+                refused_by[f"{refusal.scope} {refusal.principal} {refusal.window}"] += 1
             return False
         with lock:
             outcomes[f"{user} served"] += 1
@@ -60,6 +64,7 @@ def main() -> None:
     for thread in threads:
         thread.join()
     tokens: Counter[str] = Counter()
+    apps: Counter[str] = Counter()
     data = reader.get_metrics_data()
     for resource in data.resource_metrics if data else []:
         for scope in resource.scope_metrics:
@@ -67,7 +72,8 @@ def main() -> None:
                 if metric.name == names.METRIC_LLM_TOKEN_USAGE:
                     for point in metric.data.data_points:
                         tokens[str(point.attributes.get(names.USER_ID))] += point.value
-    print(json.dumps({"outcomes": outcomes, "tokens": tokens}), flush=True)
+                        apps[str(point.attributes.get(names.SERVICE_NAME))] += point.value
+    print(json.dumps({"outcomes": outcomes, "tokens": tokens, "apps": apps, "refused_by": refused_by}), flush=True)
 
 
 if __name__ == "__main__":
