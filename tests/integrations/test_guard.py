@@ -147,6 +147,46 @@ def test_guard_in_calls_reject_downgrade_and_fail_open(guard_server):
     assert decisions == {"downgrade": 1, "reject": 2, "fail_open": 1}
 
 
+@pytest.mark.parametrize("service", ["kb-chat", "batch-summarize"])
+def test_an_apps_budget_alert_refuses_that_apps_calls_only(guard_server, service):
+    """Alert mode with a rule for the app scope: the app whose LLMAppCostBudget fires (its service_name label) is
+    refused, whoever its user is; another app is not, nor is its other scopes' alert read as the app's."""
+    url = f"http://127.0.0.1:{guard_server.server_address[1]}/state"
+    tel, tracer_provider, meter_provider = make_telemetry()
+    rules = (GuardRule("app", "reject", "critical"),)
+    instrumentor = TokenUsageInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=Settings(
+        app=service, guard=GuardSettings(AlertSettings(url, 0.05, stale_grace=0), rules=rules)))
+    guard = instrumentor.recorder.enforcement.alert
+    try:
+        guard_server.state.update({"alerts": [
+            alert("LLMAppCostBudget", "critical", service_name="kb-chat", window="month", quota="cost"),
+            alert("LLMDepartmentCostBudget", "critical", department="batch-summarize", window="month", quota="cost")]})
+        guard.refresh()
+        with OpenAIServer() as server:
+            client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+            with usage_context(user_id="alice", department="support"):
+                if service == "kb-chat":
+                    with pytest.raises(QuotaExceededError) as caught:
+                        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+                    assert (caught.value.scope, caught.value.principal, caught.value.window) == (
+                        "app", "kb-chat", "month")
+                    assert server.requests == []
+                else:
+                    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+                    assert len(server.requests) == 1
+    finally:
+        instrumentor.uninstrument()
+
+
+def test_a_guard_endpoint_that_sends_no_apps_section_is_still_read():
+    """A guard endpoint of the version before the app scope answers users and departments only."""
+    guard = AlertMode(GuardSettings(AlertSettings("http://127.0.0.1:9/state", 1.0), rules=RULES))
+    guard._apply({"users": {"alice": {"severity": "critical"}}, "departments": {}})
+    guard.healthy, guard.last_update = True, time.monotonic()
+    assert guard.decide("gpt-4o", {names.USER_ID: "alice"}).action == "reject"
+
+
 def test_fail_closed_rejects_when_the_state_is_unreachable():
     guard = AlertMode(GuardSettings(AlertSettings("http://127.0.0.1:9/state", 0.05), fail_closed=True, rules=RULES))
     guard.refresh()
