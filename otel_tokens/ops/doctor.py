@@ -25,7 +25,7 @@ from otel_tokens.quota.calendar import tzdata_version
 from otel_tokens.quota.file import load_quotas
 from otel_tokens.quota.vocabulary import SCOPES
 from otel_tokens.recording.recorder import Recorder
-from otel_tokens.recording.sdk_readers import sdk_series_limit
+from otel_tokens.recording.sdk_readers import sdk_series_limit, service_name
 from otel_tokens.sdk_setup import agent_protocol, fix_for, missing_exporters, wanted_exporters
 from otel_tokens.tokens.counting import TokenCounter
 from otel_tokens.version import __version__
@@ -211,6 +211,8 @@ def report(models: Iterable[str] = (), provider: str = names.PROVIDER_OPENAI,
     lines.append(f"  built-in prices                                    {'on' if settings.builtin_prices else 'off'}")
     lines.append(f"  metric dimensions                                  {', '.join(settings.metric_dimensions)}")
     lines += _series_lines(settings, recorder, warnings)
+    app = settings.app or (recorder.settings.app if recorder is not None else None) or service_name()
+    lines.append(f"  app (service.name: the apps quota scope)           {app}")
     headers = ", ".join(f"{a} <- {h}" for a, h in settings.trusted_headers.items()) or "(none)"
     lines.append(f"  who pays: trusted request headers                  {headers}")
     if settings.trusted_groups is not None:

@@ -66,7 +66,7 @@ def delta_readers(meter_provider: Any = None) -> int:
 def service_name(meter_provider: Any = None) -> str:
     """The app this process is charged as: `service.name` of the meter provider's resource (what the
     collector's `job` and `service_name` show), else the resource the SDK would build from the environment
-    (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES; `unknown_service` when neither sets it)."""
+    (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES; the SDK default `unknown_service:python` when neither sets it)."""
     try:
         from opentelemetry import metrics
 

@@ -125,6 +125,8 @@ def test_doctor_says_how_many_users_the_directory_holds_or_what_is_wrong(tmp_pat
     text = report(settings=Settings(directory=good, trusted_groups=("x-forwarded-groups", {"cs": "support"})))
     assert f"who pays: directory                                {good} (2 users; request wins" in text
     assert "who pays: department from group header             x-forwarded-groups (1 groups mapped)" in text
+    assert "app (service.name: the apps quota scope)           unknown_service" in text
+    assert "app (service.name: the apps quota scope)           kb-chat" in report(settings=Settings(app="kb-chat"))
     bad = _csv(tmp_path, "user_id,department\nalice\n", "bad.csv")
     text = report(settings=Settings(directory=bad))
     assert "(0 users;" in text and f"  - directory {bad}: line 2: 'alice' has 1 cells, the header 2" in text
