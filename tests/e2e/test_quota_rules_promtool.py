@@ -309,3 +309,51 @@ def test_budget_forecasts_project_the_burn_rate_to_the_month_end(tmp_path):
         ],
     }]}
     promtool_test(tmp_path, tests, FORECAST_QUOTAS)
+
+
+def _app(service: str | None, values: str, instance: str = "a:9464") -> dict:
+    app = f'service_name="{service}",' if service else ""
+    return {"series": f'llm_quota_tokens_total{{{app}department="sales",user_id="u",instance="{instance}",job="app"}}',
+            "values": values}
+
+
+def _app_alert(service: str, severity: str, usage: str, limit: str, percent: str) -> dict:
+    verb = "is nearing" if severity == "warning" else "has reached"
+    return {"exp_labels": {"service_name": service, "severity": severity, "window": "month", "quota": "tokens"},
+            "exp_annotations": {
+                "summary": f"App {service} {verb} the monthly token budget ({percent})",
+                "description": f"App {service} used {usage} tokens of {limit} tokens ({percent}) this calendar month "
+                               "(UTC).",
+                "usage": f"{usage} tokens", "limit": f"{limit} tokens", "percent": percent}}
+
+
+def test_app_budgets_sum_each_apps_processes_by_service_name(tmp_path):
+    """Apps are budgeted by the service_name on the per-principal counters: kb-chat's two processes add up, the
+    department on the same series does not mix apps, and a series without service_name (written before the
+    upgrade) belongs to no app."""
+    per_day = 96  # samples at 15m
+    jan20, jan26, jan30_noon = 19 * per_day, 25 * per_day, int(29.5 * per_day)
+    series = [
+        _app("kb-chat", f"0x{jan20 - 1} 9000x1000", "a:9464"),
+        _app("kb-chat", f"0x{jan26 - 1} 8000x1000", "b:9464"),  # 17,000 of kb-chat's 20,000: 85 %
+        _app("batch-summarize", f"0x{jan30_noon - 1} 9500x400"),  # 95 % of the default 10,000
+        _app(None, f"0x{jan20 - 1} 50000x1000"),
+    ]
+    quotas = {"apps": {"default": {"tokens": 10000}, "overrides": {"kb-chat": {"tokens": 20000}}}}
+    tests = {"evaluation_interval": "1h", "tests": [{
+        "interval": "15m",
+        "input_series": series,
+        "alert_rule_test": [
+            {"eval_time": "25d", "alertname": "LLMAppTokenBudget", "exp_alerts": []},
+            {"eval_time": "30d12h", "alertname": "LLMAppTokenBudget", "exp_alerts": [
+                _app_alert("batch-summarize", "warning", "9.5k", "10k", "95%"),
+                _app_alert("kb-chat", "warning", "17k", "20k", "85%")]},
+            {"eval_time": "31d12h", "alertname": "LLMAppTokenBudget", "exp_alerts": []},  # February
+        ],
+        "promql_expr_test": [
+            {"expr": "llm_quota:app_tokens:month", "eval_time": "30d23h", "exp_samples": [
+                {"labels": 'llm_quota:app_tokens:month{month="197001",service_name="batch-summarize"}', "value": 9500},
+                {"labels": 'llm_quota:app_tokens:month{month="197001",service_name="kb-chat"}', "value": 17000}]},
+        ],
+    }]}
+    promtool_test(tmp_path, tests, quotas)
