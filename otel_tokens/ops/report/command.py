@@ -194,10 +194,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "previous window of the same length is the comparison), or `yesterday` / `today`: the local "
                         "day in the organization's zone (--timezone), against the day before / the same hours "
                         "yesterday")
-    parser.add_argument("--top", default="5", metavar="N", help="users, departments and models to list (default 5)")
+    parser.add_argument("--top", default="5", metavar="N",
+                        help="users, departments, apps and models to list (default 5)")
     parser.add_argument("--format", default="table", metavar="FORMAT",
                         help=f"{' | '.join(FORMATS)} (default table)")
-    parser.add_argument("--png", metavar="FILE", help="also draw tokens by top user and cost by department")
+    parser.add_argument("--png", metavar="FILE", help="also draw tokens by top user and cost by department and by app")
     parser.add_argument("--at", metavar="UNIX_TIME", help="end of the window (default now)")
     parser.add_argument("--mail-to", action="append", metavar="ADDR",
                         help="mail the digest (text + HTML, the chart attached) instead of printing it; repeat or "

@@ -1,9 +1,13 @@
 """`--format focus`: a statement as FOCUS 1.2 (FinOps Open Cost and Usage Specification) CSV, the
 format FinOps tools import, so LLM spend sits beside the cloud bill.
 
-One row per UTC day x user x department x model x token type: a usage charge whose consumed and
-pricing quantity are tokens, whose SKU is the model and whose price is the token type's, with user
-and department as tags (FOCUS's place for the customer's own allocation keys) and as `x_` columns.
+One row per day x app x user x department x model x token type: a usage charge whose consumed and
+pricing quantity are tokens, whose SKU is the model and whose price is the token type's, with user,
+department and app as tags (FOCUS's place for the customer's own allocation keys) and as `x_` columns.
+The app (the calling process's service.name) is the `service_name` tag and `x_App`, not `ServiceName` or
+`ResourceName`: in FOCUS those name the provider's offering and the provider's resource that was billed (here
+"OpenAI LLM" and the model), whereas the app is who consumed it, a cost-allocation key like a team or a
+project, which FOCUS puts in Tags.
 Costs come from the app's price table: list, contracted, effective and billed cost are the same
 (no discounts or commitments are known here); an unpriced model (a local one) costs 0, flagged by
 x_Priced. Unit prices stay null: a line's cost is the cost counter's growth, and a price changed
@@ -40,7 +44,7 @@ COLUMNS = (
     "RegionName", "ResourceId", "ResourceName", "ResourceType", "ServiceCategory", "ServiceName",
     "ServiceSubcategory", "SkuId", "SkuMeter", "SkuPriceDetails", "SkuPriceId", "SubAccountId", "SubAccountName",
     "SubAccountType", "Tags",
-    "x_UserId", "x_Department", "x_TokenType", "x_EstimatedTokens", "x_Priced",
+    "x_UserId", "x_Department", "x_App", "x_TokenType", "x_EstimatedTokens", "x_Priced",
 )
 UNIT = "Tokens"
 ACCOUNT_TYPE = "Internal chargeback"  # BillingAccountId is set, so FOCUS wants a readable type beside it
@@ -74,8 +78,9 @@ def _row(s: Statement, x: Line, currency: str, account: str) -> dict[str, Any]:
         "ServiceCategory": "AI and Machine Learning", "ServiceSubcategory": "Generative AI",
         "ServiceName": f"{provider} LLM",
         "SkuId": x.model, "SkuPriceId": f"{x.model}/{x.token_type}", "SkuMeter": _METER.get(x.token_type, x.token_type),
-        "Tags": json.dumps({"user_id": x.user, "department": x.department}, ensure_ascii=False, sort_keys=True),
-        "x_UserId": x.user, "x_Department": x.department, "x_TokenType": x.token_type,
+        "Tags": json.dumps({"user_id": x.user, "department": x.department, "service_name": x.app},
+                           ensure_ascii=False, sort_keys=True),
+        "x_UserId": x.user, "x_Department": x.department, "x_App": x.app, "x_TokenType": x.token_type,
         "x_EstimatedTokens": _decimal(x.estimated_tokens), "x_Priced": "true" if x.cost else "false",
     }
 

@@ -16,6 +16,7 @@ from otel_tokens.ops.report.render import (
     _span,
     _total_values,
     headline,
+    kind_rows,
 )
 from otel_tokens.quota import vocabulary
 
@@ -42,7 +43,7 @@ def to_html(report: Report, chart: bool = False) -> str:
              "<h2>Totals</h2>", _table(("", "this window", "previous", "change"), _total_values(report), "lrrr")]
     for kind in DIMENSIONS:
         parts += [f"<h2>{escape(_kind_rows_title(report, kind))}</h2>",
-                  _table(_row_header(kind, report.currency), map(_row_values, report.rows[kind]), "rlrrrrrrr")]
+                  _table(_row_header(kind, report.currency), map(_row_values, kind_rows(report, kind)), "rlrrrrrrr")]
     parts.append("<h2>Quotas</h2>")
     if not report.quotas:
         parts.append("<p>" + ("No principal has a recorded limit." if report.quota_rules

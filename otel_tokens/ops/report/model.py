@@ -17,13 +17,14 @@ USAGE_ERROR, DATA_ERROR, CONNECTION_ERROR = 2, 1, 3
 TOKENS, COST, REQUESTS = names.PROM_LLM_TOKEN_USAGE, names.PROM_LLM_COST, names.PROM_LLM_REQUESTS
 USER = names.prometheus_label(names.USER_ID)
 DEPARTMENT = names.prometheus_label(names.DEPARTMENT)
+APP = names.prometheus_label(names.SERVICE_NAME)  # the calling process's service.name, on our counters' points
 MODEL = names.prometheus_label(names.GEN_AI_REQUEST_MODEL)
 TOKEN_TYPE = names.prometheus_label(names.GEN_AI_TOKEN_TYPE)
 SOURCE = names.prometheus_label(names.LLM_USAGE_SOURCE)
 OPERATION = names.prometheus_label(names.GEN_AI_OPERATION_NAME)
 ERROR = names.prometheus_label(names.ERROR_TYPE)
 CURRENCY = names.prometheus_label(names.CURRENCY)
-DIMENSIONS = {"user": USER, "department": DEPARTMENT, "model": MODEL}
+DIMENSIONS = {"user": USER, "department": DEPARTMENT, "app": APP, "model": MODEL}
 UNATTRIBUTED = names.UNATTRIBUTED  # usage no one claimed: the recorder's principal, and series with no value
 MAX_BUCKETS = 96  # points of the --png timeline
 CALENDAR_DIGESTS = ("today", "yesterday")  # --window values that are local days, not durations
@@ -81,7 +82,7 @@ class Totals:
 
 @dataclass
 class Row:
-    """One user, department or model in the window."""
+    """One user, department, app or model in the window."""
 
     kind: str
     name: str
@@ -104,7 +105,7 @@ class Row:
 
 @dataclass
 class QuotaRow:
-    principal: str  # a quota scope name: user | department
+    principal: str  # a quota scope name: user | department | app
     name: str
     quota: str  # tokens | cost
     window: str  # 24h | day | week | month | year
@@ -144,6 +145,9 @@ class Report:
     previous_at: float | None = None  # the comparison window's end (default: this window's start)
     previous_seconds: float | None = None  # its length (default: this window's)
     quotas_at: float | None = None  # when the quota table stands (default: the window's end)
+    # the app with the largest share of the window's cost (of its tokens when nothing was priced), among every
+    # app row, not only the top ones: the digest's "mostly from app kb-chat"
+    top_app: Row | None = None
 
     @property
     def window(self) -> str:

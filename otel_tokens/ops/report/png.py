@@ -1,4 +1,4 @@
-"""`--png`: tokens by top user over time and cost by department; draws only, never queries."""
+"""`--png`: tokens by top user over time, cost by department and by app; draws only, never queries."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ def _draw(path: str, report: Report, times: Sequence[float], lines: Mapping[str,
     users = [r.name for r in report.rows["user"] if r.name != UNATTRIBUTED]
     zone = timezone.utc if report.zone == "UTC" else load_zone(report.zone)
     moments = [datetime.fromtimestamp(t, timezone.utc).astimezone(zone) for t in times]
-    figure = Figure(figsize=(13, 5), dpi=100, layout="constrained")
+    figure = Figure(figsize=(17, 5), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
-    left, right = figure.subplots(1, 2, width_ratios=[3, 2])
+    left, middle, right = figure.subplots(1, 3, width_ratios=[3, 2, 2])
     for user in users:
         left.plot(moments, lines[user], marker="o" if len(moments) <= 30 else None, markersize=3, label=user)
     left.set_title(f"Tokens {report.span} by top users (cumulative)")
@@ -44,25 +44,31 @@ def _draw(path: str, report: Report, times: Sequence[float], lines: Mapping[str,
     for tick in left.get_xticklabels():
         tick.set_rotation(30)
         tick.set_horizontalalignment("right")
-    departments = list(reversed(report.rows["department"]))
-    if report.totals.cost is not None:
-        values = [r.cost or 0.0 for r in departments]
-        right.set_title(f"Cost by department ({report.currency}), {report.span}")
-        right.set_xlabel(report.currency or "cost")
-    else:
-        values = [float(r.total_tokens) for r in departments]
-        right.set_title(f"Tokens by department, {report.span} (no cost recorded)")
-        right.set_xlabel("tokens")
-    bars = right.barh([r.name for r in departments], values, color="tab:blue")
-    priced = report.totals.cost is not None
-    right.bar_label(bars, labels=[format_money(v) if priced else f"{_int(v):,}" for v in values], padding=3,
-                    fontsize="small")
-    right.margins(x=0.25)
+    for axes, kind in ((middle, "department"), (right, "app")):
+        _bars(axes, report, kind)
     figure.suptitle(headline(report), fontsize="medium", wrap=True)
     try:
         figure.savefig(path, format="png")
     except OSError as error:
         raise ReportError(f"cannot write {path}: {error.strerror or error}", DATA_ERROR) from None
+
+
+def _bars(axes: Any, report: Report, kind: str) -> None:
+    """The top rows of one dimension as bars: cost where anything was priced, else tokens."""
+    rows = list(reversed(report.rows.get(kind, [])))
+    priced = report.totals.cost is not None
+    if priced:
+        values = [r.cost or 0.0 for r in rows]
+        axes.set_title(f"Cost by {kind} ({report.currency}), {report.span}")
+        axes.set_xlabel(report.currency or "cost")
+    else:
+        values = [float(r.total_tokens) for r in rows]
+        axes.set_title(f"Tokens by {kind}, {report.span} (no cost recorded)")
+        axes.set_xlabel("tokens")
+    bars = axes.barh([r.name for r in rows], values, color="tab:blue" if kind == "department" else "tab:green")
+    axes.bar_label(bars, labels=[format_money(v) if priced else f"{_int(v):,}" for v in values], padding=3,
+                   fontsize="small")
+    axes.margins(x=0.25)
 
 
 def _thousands() -> Any:

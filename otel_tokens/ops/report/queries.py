@@ -176,10 +176,12 @@ def build(prom: Prometheus, at: float, window_seconds: float, top: int, window_t
         raise ReportError(f"no LLM traffic in the {window_text or human_duration(window_seconds)} ending "
                           f"{local_time(at, zone)} ({TOKENS} did not grow); try a longer --window or another --at",
                           DATA_ERROR)
-    rows, counts = {}, {}
+    rows, counts, top_app = {}, {}, None
     for kind in DIMENSIONS:
         all_rows = _rows(kind, current, before_sums, totals, before)
         rows[kind], counts[kind] = all_rows[:top], len(all_rows)
+        if kind == "app":
+            top_app = leading_app(all_rows, totals)
     has_rules, quotas = quota_rows(prom, at if quotas_at is None else quotas_at, zone)
     currency = None
     if len(totals.cost_by_currency) == 1:
@@ -188,9 +190,19 @@ def build(prom: Prometheus, at: float, window_seconds: float, top: int, window_t
         currency = "+".join(totals.cost_by_currency)
     report = Report(prom.url, at, window_seconds, top, currency, totals, before, rows, counts, quotas, has_rules,
                     window_text=window_text, zone=zone, previous_at=previous_at, previous_seconds=previous_seconds,
-                    quotas_at=quotas_at)
+                    quotas_at=quotas_at, top_app=top_app)
     report.notes = _notes(report, have)
     return report
+
+
+def leading_app(rows: Sequence[Row], totals: Totals) -> Row | None:
+    """The app that spent most: by cost where anything was priced (what a digest's reader pays), else by
+    tokens. Pre-upgrade series with no app are one row like any other, so the leader never hides them."""
+    if not rows:
+        return None
+    if totals.cost:
+        return min(rows, key=lambda r: (-(r.cost or 0.0), -r.total_tokens, r.name))
+    return min(rows, key=lambda r: (-r.total_tokens, r.name))
 
 
 def _notes(report: Report, have: set[str]) -> list[str]:
@@ -205,7 +217,10 @@ def _notes(report: Report, have: set[str]) -> list[str]:
                      "map one with `tokenizers:` in the config")
     for kind, rows in report.rows.items():
         unattributed = next((r for r in rows if r.name == UNATTRIBUTED), None)
-        if unattributed is not None and kind != "model":
+        if unattributed is not None and kind == "app":
+            notes.append(f"{_pct(unattributed.share)} of the tokens carry no {DIMENSIONS[kind]} (written before "
+                         "otel-tokens recorded the app, or by a Recorder built without Settings.app)")
+        elif unattributed is not None and kind != "model":
             notes.append(f"{_pct(unattributed.share)} of the tokens carry no {DIMENSIONS[kind]} "
                          "(no usage_context, trusted header or trusted baggage)")
     if not report.quota_rules:

@@ -1,6 +1,7 @@
-"""The digest's quota table: every window of every principal with a limit recorded by the quota rules, its
-usage exactly at the report's time, when it resets (local midnight in the organization's zone), and for the
-departments' month and year where the rules' burn rate leads by the window's end."""
+"""The digest's quota table: every window of every principal (user, department, app: vocabulary.SCOPES) with a
+limit recorded by the quota rules, its usage exactly at the report's time, when it resets (local midnight in the
+organization's zone), and for the departments' and apps' month and year where the rules' burn rate leads by the
+window's end."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from otel_tokens.quota.calendar import MONTH, ROLLING, WINDOWS, YEAR, window_end
 from otel_tokens.quota.file import RULES_WINDOWS
 from otel_tokens.quota.vocabulary import KINDS, QuotaScope
 
-PROJECTED = (MONTH, YEAR)  # the windows the rules forecast (departments)
+PROJECTED = (MONTH, YEAR)  # the windows the rules forecast (the calendar scopes: departments, apps)
 
 
 def _windows(scope: QuotaScope) -> tuple[str, ...]:
@@ -91,18 +92,19 @@ def _window_rows(prom: Prometheus, at: float, zone: str, scope: QuotaScope, wind
 
 
 def _project(prom: Prometheus, at: float, rows: list[QuotaRow]) -> None:
-    """Window-end projection of the departments' month and year at the rules' burn rate (`otel-tokens rules`
+    """Window-end projection of the departments' and apps' month and year at the rules' burn rate (`otel-tokens rules`
     records it: the lower of the last 6 h's average and the median hour of the last 24 h), applied to the
     exact usage so far here, as the forecast alert applies it to the rules' own."""
     if not rows:
         return
-    burn: dict[tuple[str, str], float] = {}
-    scope = vocabulary.BY_NAME[rows[0].principal]
-    for kind in {q.quota for q in rows}:
+    # per scope: a department and an app may share a name, and each has its own burn rate series
+    burn: dict[tuple[str, str, str], float] = {}
+    for principal, kind in {(q.principal, q.quota) for q in rows}:
+        scope = vocabulary.BY_NAME[principal]
         for metric, value in prom.instant(series(scope.name, kind, "burn_rate"), at):
-            burn[kind, metric.get(scope.label, "")] = value
+            burn[principal, kind, metric.get(scope.label, "")] = value
     for q in rows:
-        rate = burn.get((q.quota, q.name))
+        rate = burn.get((q.principal, q.quota, q.name))
         if rate is None or not math.isfinite(rate) or q.resets_at is None:
             continue
         q.burn_rate = rate

@@ -77,9 +77,14 @@ def headline(report: Report) -> str:
         text += f", {t.requests:,} requests ({t.errors:,} error{'' if t.errors == 1 else 's'})"
     leaders = []
     for kind, word in (("department", "mostly department"), ("user", "top user")):
-        rows = report.rows[kind]
+        rows = report.rows.get(kind)
         if rows:
             leaders.append(f"{word} {rows[0].name} ({_pct(rows[0].share)})")
+    app = report.top_app
+    if app is not None:  # by cost, as the seeds' digest says which scenario the money went to
+        priced = bool(t.cost)
+        share = (app.cost or 0.0) / t.cost if t.cost else app.share
+        leaders.append(f"mostly from app {app.name} ({_pct(share)} of the {'cost' if priced else 'tokens'})")
     return text + ("; " + ", ".join(leaders) if leaders else "") + "."
 
 
@@ -105,7 +110,7 @@ def _total_values(report: Report) -> list[tuple[str, str, str, str]]:
     ]
 
 
-_KIND_TITLE = {"user": "users", "department": "departments", "model": "models"}
+_KIND_TITLE = {"user": "users", "department": "departments", "app": "apps", "model": "models"}
 _ROW_HEADER = ("#", "{kind}", "input", "output", "total", "share", "cost{currency}", "requests", "vs previous")
 
 
@@ -141,8 +146,13 @@ def _projection(q: QuotaRow, zone: str) -> str:
 _QUOTA_HEADER = ("{principal}", "quota", "window", "usage", "limit", "used", "resets", "at end")
 
 
+def kind_rows(report: Report, kind: str) -> list[Row]:
+    """A dimension's top rows; none for a dimension the report was built without (a hand-made Report)."""
+    return report.rows.get(kind, [])
+
+
 def _kind_rows_title(report: Report, kind: str) -> str:
-    shown, count = len(report.rows[kind]), report.counts[kind]
+    shown, count = len(kind_rows(report, kind)), report.counts.get(kind, 0)
     return f"Top {_KIND_TITLE[kind]} by tokens" + (f" ({shown} of {count})" if count > shown else "")
 
 
@@ -193,7 +203,7 @@ def to_markdown(report: Report) -> str:
     out += table(("", "this window", "previous", "change"), _total_values(report), "lrrr")
     for kind in DIMENSIONS:
         out += ["", f"## {_kind_rows_title(report, kind)}", ""]
-        out += table(_row_header(kind, report.currency), map(_row_values, report.rows[kind]), "rlrrrrrrr")
+        out += table(_row_header(kind, report.currency), map(_row_values, kind_rows(report, kind)), "rlrrrrrrr")
     out += ["", "## Quotas", ""]
     if report.quotas_at is not None and report.quotas_at != report.at:
         out += [f"Where each principal stands at {local_time(report.quotas_at, report.zone)}.", ""]
@@ -257,8 +267,9 @@ def to_dict(report: Report) -> dict[str, Any]:
                               for k in ("input_tokens", "output_tokens", "total_tokens", "cost", "requests",
                                         "errors")}},
         "top": report.top,
-        **{_KIND_TITLE[kind]: [_row_dict(r) for r in report.rows[kind]] for kind in DIMENSIONS},
-        "counts": {_KIND_TITLE[kind]: report.counts[kind] for kind in DIMENSIONS},
+        **{_KIND_TITLE[kind]: [_row_dict(r) for r in kind_rows(report, kind)] for kind in DIMENSIONS},
+        "counts": {_KIND_TITLE[kind]: report.counts.get(kind, 0) for kind in DIMENSIONS},
+        "top_app": None if report.top_app is None else _row_dict(report.top_app),
         "quota_rules": report.quota_rules,
         "quotas": [{"principal": q.principal, "name": q.name, "quota": q.quota, "window": q.window,
                     "usage": q.usage, "limit": q.limit, "ratio": _rounded(q.ratio), "percent": _rounded(q.percent),
@@ -280,8 +291,8 @@ CSV_COLUMNS = ("kind", "name", "input_tokens", "output_tokens", "total_tokens", 
 
 
 def to_csv(report: Report) -> str:
-    """One row per entity: the totals (kind `total`), the top users, departments and models, then one
-    row per quota (kind `user_quota` / `department_quota`). Numbers are plain, empty when unknown."""
+    """One row per entity: the totals (kind `total`), the top users, departments, apps and models, then one
+    row per quota (kind `user_quota` / `department_quota` / `app_quota`). Numbers are plain, empty when unknown."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writeheader()
@@ -297,7 +308,7 @@ def to_csv(report: Report) -> str:
         "previous_total_tokens": report.previous.total_tokens,
         "change": _rounded(_change(t.total_tokens, report.previous.total_tokens)), "window": report.window}.items()})
     for kind in DIMENSIONS:
-        for r in report.rows[kind]:
+        for r in kind_rows(report, kind):
             data = _row_dict(r)
             writer.writerow({k: plain(v) for k, v in {**data, "kind": kind, "currency": report.currency,
                                                       "window": report.window}.items()})
@@ -338,7 +349,7 @@ def print_table(report: Report, file: TextIO) -> None:
         for i, header in enumerate(_row_header(kind, report.currency)):
             table.add_column(header, justify="left" if i == 1 else "right", no_wrap=True,
                              overflow="fold" if i == 1 else "ellipsis", max_width=40 if i == 1 else None)
-        for row in report.rows[kind]:
+        for row in kind_rows(report, kind):
             values = _row_values(row)
             table.add_row(values[0], Text(values[1]), *values[2:], style="dim" if row.name == UNATTRIBUTED else None)
         console.print(table)

@@ -1,9 +1,11 @@
 """A statement: exact usage and cost of a closed period (a calendar month, or --from/--to), every row.
 
 Unlike the digest (`queries.build`: a trailing window, top rows, a comparison), a statement is for
-chargeback: totals per department, user and model that add up to the cent, from each series' exact
-growth (`exact.growth`), and one line per day x user x department x model x token type for exports
-(FOCUS). A period Prometheus no longer fully holds is refused rather than summed short.
+chargeback: totals per department, app, user and model that add up to the cent, from each series' exact
+growth (`exact.growth`), and one line per day x app x user x department x model x token type for exports
+(FOCUS). The app (service.name) has its own rows and is a line key rather than a column of the other rows
+tables (a user x app matrix would be unreadable): a line splits by app only where a user really called from
+two apps that day. A period Prometheus no longer fully holds is refused rather than summed short.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from otel_tokens import names
 from otel_tokens.ops.report import exact
 from otel_tokens.ops.report.model import (
+    APP,
     COST,
     CURRENCY,
     DATA_ERROR,
@@ -45,7 +48,7 @@ _TYPES = (names.TOKEN_TYPE_INPUT, names.TOKEN_TYPE_OUTPUT)
 
 @dataclass
 class Line:
-    """One day's usage of one user, department, model and token type: the export's grain."""
+    """One day's usage of one user, department, app, model and token type: the export's grain."""
 
     day: float  # start of the local day in the period's zone (or of the period, on its first day)
     day_end: float
@@ -57,6 +60,7 @@ class Line:
     tokens: int = 0
     estimated_tokens: int = 0
     cost: dict[str, float] = field(default_factory=dict)  # currency -> cost
+    app: str = UNATTRIBUTED  # service.name; series from before the package recorded it have none
 
 
 @dataclass
@@ -113,7 +117,7 @@ def build_statement(prom: Prometheus, period: Period, now: float | None = None) 
         grown = dict(zip(counters, pool.map(lambda c: exact.growth(prom, c, period.start, end, cuts), counters),
                          strict=True))
 
-    lines: dict[tuple[float, str, str, str, str, str], Line] = {}
+    lines: dict[tuple[float, str, str, str, str, str, str], Line] = {}
     day_of: dict[float, tuple[float, float]] = {}
 
     def line(t: float, labels: dict[str, str]) -> Line | None:
@@ -122,9 +126,9 @@ def build_statement(prom: Prometheus, period: Period, now: float | None = None) 
             return None
         day, day_end = local_day(t)
         key = (day, _name(labels, USER), _name(labels, DEPARTMENT), _name(labels, MODEL),
-               labels.get(PROVIDER, ""), token_type)
+               labels.get(PROVIDER, ""), token_type, _name(labels, APP))
         if key not in lines:
-            lines[key] = Line(day, min(end, day_end), *key[1:])
+            lines[key] = Line(day, min(end, day_end), key[1], key[2], key[3], key[4], key[5], app=key[6])
         return lines[key]
 
     def local_day(t: float) -> tuple[float, float]:
@@ -152,7 +156,8 @@ def build_statement(prom: Prometheus, period: Period, now: float | None = None) 
             target = line(t, labels)
             if target is not None:
                 target.cost[currency] = target.cost.get(currency, 0.0) + value
-    ordered = sorted(lines.values(), key=lambda x: (x.day, x.department, x.user, x.model, x.provider, x.token_type))
+    ordered = sorted(lines.values(), key=lambda x: (x.day, x.department, x.app, x.user, x.model, x.provider,
+                                                    x.token_type))
     for x in ordered:
         x.cost = {c: _cost(v) for c, v in sorted(x.cost.items())}
     requests = _requests(grown.get(REQUESTS))
@@ -169,17 +174,17 @@ def build_statement(prom: Prometheus, period: Period, now: float | None = None) 
                      now)
 
 
-Requests = dict[tuple[str, str, str], tuple[int, int]]  # (user, department, model) -> (requests, errors)
+Requests = dict[tuple[str, str, str, str], tuple[int, int]]  # (user, department, model, app) -> (requests, errors)
 
 
 def _requests(grown: dict[exact.SeriesKey, dict[float, float]] | None) -> Requests | None:
     if grown is None:
         return None
-    out: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    out: dict[tuple[str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     for key, added in grown.items():
         labels = dict(key)
         n = _int(sum(added.values()))
-        entry = out[_name(labels, USER), _name(labels, DEPARTMENT), _name(labels, MODEL)]
+        entry = out[_name(labels, USER), _name(labels, DEPARTMENT), _name(labels, MODEL), _name(labels, APP)]
         entry[0] += n
         if labels.get(ERROR):
             entry[1] += n
@@ -190,7 +195,7 @@ def _summaries(lines: list[Line], requests: Requests | None, has_requests: bool)
     totals = Totals(requests=0 if has_requests else None, errors=0 if has_requests else None)
     by_currency: dict[str, float] = defaultdict(float)
     rows: dict[str, dict[str, Row]] = {kind: {} for kind in DIMENSIONS}
-    index = {"user": 0, "department": 1, "model": 2}
+    index = {"user": 0, "department": 1, "model": 2, "app": 3}
 
     def row(kind: str, name: str) -> Row:
         found = rows[kind].get(name)
@@ -207,7 +212,7 @@ def _summaries(lines: list[Line], requests: Requests | None, has_requests: bool)
         totals.estimated_tokens += x.estimated_tokens
         for currency, value in x.cost.items():
             by_currency[currency] += value
-        for kind, name in (("user", x.user), ("department", x.department), ("model", x.model)):
+        for kind, name in (("user", x.user), ("department", x.department), ("app", x.app), ("model", x.model)):
             r = row(kind, name)
             if is_input:
                 r.input_tokens += x.tokens

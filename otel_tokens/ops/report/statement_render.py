@@ -11,8 +11,8 @@ from otel_tokens.ops.report.model import DIMENSIONS, Row, _pct, _utc
 from otel_tokens.ops.report.render import _iso, _md, _rounded, _spreadsheet_safe, _tokens, format_money, plain_number
 from otel_tokens.ops.report.statement import Line, Statement
 
-_TITLES = {"department": "departments", "user": "users", "model": "models"}
-ORDER = ("department", "user", "model")  # chargeback reads departments first
+_TITLES = {"department": "departments", "app": "apps", "user": "users", "model": "models"}
+ORDER = ("department", "app", "user", "model")  # chargeback reads departments first, then the apps they run
 
 
 def headline(s: Statement) -> str:
@@ -35,7 +35,7 @@ def _row(r: Row) -> dict[str, Any]:
 
 def _line(x: Line) -> dict[str, Any]:
     return {"day": _iso(x.day)[:10], "start": _iso(x.day), "end": _iso(x.day_end), "department": x.department,
-            "user": x.user, "model": x.model, "provider": x.provider, "token_type": x.token_type,
+            "app": x.app, "user": x.user, "model": x.model, "provider": x.provider, "token_type": x.token_type,
             "tokens": x.tokens, "estimated_tokens": x.estimated_tokens, "cost": x.cost}
 
 
@@ -69,7 +69,7 @@ CSV_COLUMNS = ("kind", "name", "input_tokens", "output_tokens", "total_tokens", 
 
 
 def to_csv(s: Statement) -> str:
-    """The total, then every department, user and model (no --top cap)."""
+    """The total, then every department, app, user and model (no --top cap)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writeheader()
