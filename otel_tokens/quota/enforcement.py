@@ -52,6 +52,8 @@ class Enforcement:
         self._reject_unattributed = settings.unattributed == vocabulary.REJECT
         # the app scope's principal: this process's service.name, the same on every call
         self.app = safe_value(settings.app) if settings.app else names.UNATTRIBUTED
+        # the app joins the call's principals only where something reads it (a dict copy per call otherwise)
+        self._with_app = self.budget is not None or any(r.scope == vocabulary.APP.name for r in guard.rules)
         # nothing to decide: admit() returns at once (the common, unguarded deployment)
         self.idle = not (guard.alert.enabled or self.budget is not None or self._reject_unattributed)
         self._decisions = meter.create_counter(
@@ -64,7 +66,8 @@ class Enforcement:
         `attributed`: the call's own sources named a user (`unattributed: reject` refuses it otherwise).
         May raise (an internal failure): the caller releases what the Admission it never got would hold."""
         decision: Decision | None = None
-        attribution = {**attribution, names.SERVICE_NAME: self.app}
+        if self._with_app:
+            attribution = {**attribution, names.SERVICE_NAME: self.app}
         if self._reject_unattributed and not attributed:
             decision = Decision(vocabulary.REJECT, vocabulary.UNATTRIBUTED_CALLS)
             self.count(decision)
