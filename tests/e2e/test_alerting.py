@@ -354,3 +354,41 @@ def test_a_budget_forecast_reaches_people_not_the_guard_and_is_muted_by_the_budg
     assert [a["labels"]["window"] for _, _, a in webhook.alerts(sent) if forecast("support")("", a)] == ["year"]
     # the guard acts on neither forecast, nor on the budget critical posted here: Prometheus does not hold it
     assert stack["guard_server"].state.snapshot()["departments"] == {}
+
+
+def test_one_apps_budget_critical_never_mutes_another_apps_warning(stack):
+    """The shipped inhibit rule with service_name in `equal`: kb-chat's critical mutes kb-chat's warning of the
+    same window only, and batch-summarize's warning of the same alertname and window reaches people; kb-chat's
+    forecast is muted by its own critical, batch-summarize's is not."""
+    from datetime import datetime, timedelta, timezone
+
+    webhook: Webhook = stack["webhook"]
+    now = datetime.now(timezone.utc)
+
+    def alert(name: str, severity: str, app: str) -> dict[str, Any]:
+        return {"labels": {"alertname": name, "severity": severity, "service_name": app, "window": "month",
+                           "quota": "cost"},
+                "startsAt": now.isoformat(), "endsAt": (now + timedelta(minutes=10)).isoformat()}
+
+    alerts = [alert("LLMAppCostBudget", "critical", "kb-chat"), alert("LLMAppCostBudget", "warning", "kb-chat"),
+              alert("LLMAppCostBudget", "warning", "batch-summarize"),
+              alert("LLMAppBudgetForecast", "warning", "kb-chat"),
+              alert("LLMAppBudgetForecast", "warning", "batch-summarize")]
+    sent = time.monotonic()
+    assert open_url(stack["alertmanager"] + "/api/v2/alerts", data=json.dumps(alerts).encode(), method="POST",
+                    headers={"Content-Type": "application/json"}).status == 200
+    _, path, _ = webhook.wait_for(lambda p, a: a["labels"].get("service_name") == "batch-summarize"
+                                  and a["labels"]["alertname"] == "LLMAppCostBudget", sent)
+    assert path == "/warning"
+    deadline = time.monotonic() + 30
+    while True:
+        with open_url(f"{stack['alertmanager']}/api/v2/alerts") as response:
+            state = {(a["labels"]["alertname"], a["labels"]["service_name"], a["labels"]["severity"]): a["status"]
+                     for a in json.load(response) if "service_name" in a["labels"]}
+        muted = {key for key, status in state.items() if status["state"] == "suppressed"}
+        if len(state) == 5 and muted == {("LLMAppCostBudget", "kb-chat", "warning"),
+                                         ("LLMAppBudgetForecast", "kb-chat", "warning")}:
+            break
+        assert time.monotonic() < deadline, state
+        time.sleep(0.5)
+    assert state[("LLMAppBudgetForecast", "batch-summarize", "warning")]["state"] == "active"
