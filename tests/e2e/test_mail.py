@@ -84,6 +84,9 @@ def test_the_digest_arrives_as_text_html_and_the_chart(report_stack, sink):
     html = mail.message.get_body(("html",)).get_content()
     for user in data["users"]:
         assert f'<td class="t">{user["name"]}</td>' in html  # these names need no escaping
+    # who spent, down to the app (the report app's service.name): the seeds' "mainly from scenario X"
+    assert mail.message["Subject"].endswith(", mostly from app report-app (100.0 % of the cost).")
+    assert "<h2>Top apps by tokens</h2>" in html and '<td class="t">report-app</td>' in html
 
 
 @pytest.mark.parametrize(("env", "args", "message"), [

@@ -29,7 +29,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PROG = "otel-tokens report: "
 
 
-KEY = {"user": lambda c: c.user, "department": lambda c: c.department, "model": lambda c: c.model}
+REPORT_APP = "report-app"  # the report app's service.name: every call of this stack is that one app's
+KEY = {"user": lambda c: c.user, "department": lambda c: c.department, "app": lambda c: REPORT_APP,
+       "model": lambda c: c.model}
+KINDS = ("user", "department", "app", "model")  # the report's tables, in its order
 
 
 # --- ground truth, from the traffic alone ----------------------------------------------------------
@@ -49,7 +52,7 @@ def expected_rows(kind: str) -> list[dict[str, Any]]:
         r["cost"] += c.cost
         r["requests"] += c.calls
     for user, department, model in ERRORS:
-        rows[{"user": user, "department": department, "model": model}[kind]]["requests"] += 1
+        rows[{"user": user, "department": department, "app": REPORT_APP, "model": model}[kind]]["requests"] += 1
     previous: dict[str, int] = defaultdict(int)
     for c in PREVIOUS:
         previous[_name(kind, c)] += c.input + c.output
@@ -164,12 +167,13 @@ def test_json_every_number(stack, capsys):
     assert_close(totals["change"]["total_tokens"], 735 / 130 - 1)
     assert totals["change"]["errors"] is None  # none before
     assert totals["estimated_share"] == 0.0
-    for kind, key in (("user", "users"), ("department", "departments"), ("model", "models")):
+    for kind, key in (("user", "users"), ("department", "departments"), ("app", "apps"), ("model", "models")):
         expected = expected_rows(kind)
         assert data["counts"][key] == len(expected)
         assert_close(data[key], expected[:TOP], key)
     assert [r["name"] for r in data["users"]] == ["alice", "bob", "carol", "dave", UNATTRIBUTED]
     assert [r["name"] for r in data["departments"]] == ["support", "research", "sales", UNATTRIBUTED]
+    assert [r["name"] for r in data["apps"]] == [REPORT_APP] and data["top_app"]["name"] == REPORT_APP
     assert data["quota_rules"] is True
     projection = ("burn_rate_per_hour", "month_end_percent", "window_end_percent", "runs_out_at", "resets_at")
     assert_close([{k: v for k, v in q.items() if k not in projection} for q in data["quotas"]], expected_quotas(),
@@ -195,7 +199,7 @@ def test_csv_every_row(stack, capsys):
     keys = ("input_tokens", "output_tokens", "total_tokens", "cost", "requests", "errors")
     assert_close({k: number(rows[0][k]) for k in (*keys, "previous_total_tokens")},
                  {**{k: float(total[k]) for k in keys}, "previous_total_tokens": 130.0}, "total row")
-    expected = [(kind, r) for kind in ("user", "department", "model") for r in expected_rows(kind)[:TOP]]
+    expected = [(kind, r) for kind in KINDS for r in expected_rows(kind)[:TOP]]
     entity_rows = [r for r in rows[1:] if not r["kind"].endswith("_quota")]
     assert len(entity_rows) == len(expected)
     for row, (kind, want) in zip(entity_rows, expected, strict=True):
@@ -232,7 +236,8 @@ def test_markdown_numbers(stack, capsys):
     assert (f"{stack['window']}s ending" in lines[2] and "735 tokens (+465.4 % on the previous" in lines[2]
             and f"USD {format_money(expected_totals(CURRENT, 1)['cost'])}" in lines[2]
             and "19 requests (1 error)" in lines[2]
-            and "mostly department support (61.2 %), top user alice (40.8 %)" in lines[2]), lines[2]
+            and "mostly department support (61.2 %), top user alice (40.8 %), mostly from app report-app "
+                "(100.0 % of the cost)." in lines[2]), lines[2]
     now, before = expected_totals(CURRENT, len(ERRORS)), expected_totals(PREVIOUS, 0)
     for label, key in (("input tokens", "input_tokens"), ("output tokens", "output_tokens"),
                        ("total tokens", "total_tokens"), ("requests", "requests")):
@@ -242,7 +247,7 @@ def test_markdown_numbers(stack, capsys):
             f"{_change_text(now['cost'] / before['cost'] - 1)} |") in lines
     assert "| errors | 1 | 0 | new |" in lines
     assert "| estimated tokens | 0 (0.0 %) | 0 (0.0 %) |  |" in lines
-    for kind in ("user", "department", "model"):
+    for kind in KINDS:
         rows = [line for line in lines if re.match(r"\| \d+ \| ", line)]
         for r in expected_rows(kind)[:TOP]:  # names as markdown text: __x__ would render as a bold x
             cells = [_md_name(r["name"]), *_row_cells(r)[2:]]
@@ -259,7 +264,7 @@ def test_table_numbers(stack, capsys):
     code, out, err = report(stack, capsys)  # the default format: rich
     assert code == 0, err
     assert "735 tokens (+465.4 % on the previous" in " ".join(out.split())
-    for kind in ("user", "department", "model"):
+    for kind in KINDS:
         for r in expected_rows(kind)[:TOP]:
             pattern = r"\s+".join(re.escape(cell).replace(r"\ ", r"\s+") for cell in _row_cells(r))
             assert re.search(rf"(?m)^\s*{pattern}\s*$", out), (kind, r, out)

@@ -36,6 +36,8 @@ HOUR, DAY = 3600, 86400
 PRICE = {"input": 2.5e-6, "output": 10e-6}
 QUOTAS = {"departments": {"default": {"tokens": 10**9, "cost": 10**6}}}
 EXTRA_USERS = 30  # more users than any --top
+# the app (service_name) of each process; the others' series have none, as written before the package recorded it
+APPS = {"app:1": "kb-chat", "app:2": "kb-chat", "app:3": "batch-summarize"}
 
 
 def _month_start(t: float) -> int:
@@ -52,6 +54,8 @@ def _labels(user: str | None, department: str | None, model: str, provider: str,
     labels = {"gen_ai_request_model": model, "gen_ai_provider_name": provider, "gen_ai_token_type": token_type,
               "gen_ai_operation_name": "chat", "llm_usage_source": "reported", "job": "app", "instance": instance,
               **extra}
+    if instance in APPS:
+        labels["service_name"] = APPS[instance]
     if user:
         labels["user_id"] = user
     if department:
@@ -170,10 +174,14 @@ def test_a_month_statement_is_exact_for_every_row(stack):
     s = json.loads(out.stdout)
     assert s["statement"]["complete"] is True and s["statement"]["status"] == "complete"
     assert s["statement"]["period"] == _label(start)
-    for kind, label in (("departments", "department"), ("users", "user_id"), ("models", "gen_ai_request_model")):
+    for kind, label in (("departments", "department"), ("users", "user_id"), ("models", "gen_ai_request_model"),
+                        ("apps", "service_name")):
         assert _by_name(s[kind], "total_tokens") == {k: int(v) for k, v in
                                                      h.truth("llm_token_usage", start, end, label).items()}, kind
         _close(_by_name(s[kind], "cost"), h.truth("llm_cost", start, end, label))
+    assert {r["name"] for r in s["apps"]} == {"kb-chat", "batch-summarize", "__unattributed__"}
+    assert _by_name(s["apps"], "requests") == {k: int(v) for k, v in
+                                               h.truth("llm_requests", start, end, "service_name").items()}
     users = {r["name"] for r in s["users"]}
     assert "old" not in users and "late" in users and "__unattributed__" in users
     assert len(users) == 6 + EXTRA_USERS  # every row, past any --top
@@ -227,7 +235,7 @@ def test_csv_has_every_row_and_the_table_the_top(stack):
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     kinds = [r["kind"] for r in rows]
     assert kinds.count("total") == 1 and kinds.count("user") == 6 + EXTRA_USERS
-    assert kinds.count("department") == 4 and kinds.count("model") == 3
+    assert kinds.count("department") == 4 and kinds.count("model") == 3 and kinds.count("app") == 3
     assert {r["complete"] for r in rows} == {"true"}
     total = next(r for r in rows if r["kind"] == "total")
     assert int(total["total_tokens"]) == sum(int(r["total_tokens"]) for r in rows if r["kind"] == "user")
@@ -380,7 +388,7 @@ def test_the_focus_export_follows_focus_1_2_and_adds_up(stack):
         assert r["ListUnitPrice"] == r["ContractedUnitPrice"] == ""
         assert r["ConsumedQuantity"] == r["PricingQuantity"]
         tags = json.loads(r["Tags"])
-        assert tags == {"user_id": r["x_UserId"], "department": r["x_Department"]}
+        assert tags == {"user_id": r["x_UserId"], "department": r["x_Department"], "service_name": r["x_App"]}
         assert r["SkuId"] == r["SkuPriceId"].split("/")[0]
     # per UTC day and user, the quantities and costs are what the scrapes added
     for day in (start, start + 11 * DAY, start + 20 * DAY, end - DAY):
