@@ -3,11 +3,11 @@
 import argparse
 import sys
 
-from grafana.generator import latency, overview, users
+from grafana.generator import apps, latency, overview, users
 from grafana.generator.shell import ROOT, to_json
 
 DASHBOARDS = ROOT / "grafana" / "dashboards"
-MODULES = (overview, users, latency)
+MODULES = (overview, users, apps, latency)
 
 
 def rendered() -> dict[str, str]:

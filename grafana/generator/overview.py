@@ -78,13 +78,13 @@ def build() -> Dashboard:
     board = board.with_panel(timeseries_panel(
         "Requests/s by model and outcome", f"LLM calls per second; `ok` or the {names.ERROR_TYPE}.",
         (requests_by_outcome(), f"{model} {{{{{q.ERROR}}}}}"), unit="reqps", stacked=True).height(8).span(12))
-    decisions = q.total(q.rate(q.selector(names.PROM_GUARD_DECISIONS, filters=("service",))),
+    decisions = q.total(q.rate(q.selector(names.PROM_GUARD_DECISIONS, filters=("app",), app_optional=True)),
                         names.GUARD_DECISION, names.GUARD_SCOPE, names.GUARD_WINDOW)
     board = board.with_panel(timeseries_panel(
         "Quota guard decisions/s",
         f"Rate of {names.METRIC_GUARD_DECISIONS}: calls the quota guard rejected, downgraded, or let through "
         "unverified because the quota state was unreachable (fail_open / fail_closed), by the scope and window "
-        "that decided.",
+        "that decided. Scraped directly (not through the collector) the decisions carry no app: every app shows.",
         (decisions, f"{{{{{names.GUARD_DECISION}}}}} {{{{{names.GUARD_SCOPE}}}}} {{{{{names.GUARD_WINDOW}}}}}"),
         unit="reqps", stacked=True).height(8).span(24))
     return finish(board)

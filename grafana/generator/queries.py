@@ -6,7 +6,6 @@ from otel_tokens.ops.rules import PREFIX, series
 from otel_tokens.quota import vocabulary
 from otel_tokens.quota.calendar import WINDOWS
 
-SERVICE = "job"  # the collector's Prometheus exporter sets job from service.name
 MODEL = names.prometheus_label(names.GEN_AI_REQUEST_MODEL)
 TOKEN_TYPE = names.prometheus_label(names.GEN_AI_TOKEN_TYPE)
 SOURCE = names.prometheus_label(names.LLM_USAGE_SOURCE)
@@ -16,18 +15,28 @@ DEPARTMENT = vocabulary.DEPARTMENT.label
 APP = vocabulary.APP.label  # service_name: on our counters in both export paths
 CURRENCY = names.CURRENCY
 
-# The dashboard variables each label is filtered by, in the order the variables chain.
-VARIABLES = {"service": SERVICE, "model": MODEL, "department": DEPARTMENT, "user": USER}
+# The dashboard variables each label is filtered by, in the order the variables chain. The app variable reads
+# service_name, not job: our counters carry it on both export paths, while job is the service.name only through
+# the collector (a direct scrape's job is the scrape job, the same for every app a job scrapes).
+VARIABLES = {"app": APP, "model": MODEL, "department": DEPARTMENT, "user": USER}
 ALL_FILTERS = tuple(VARIABLES)
-SEMCONV_FILTERS = ("service", "model")  # the semconv histograms carry no attribution labels
+SEMCONV_FILTERS = ("app", "model")  # the semconv histograms carry no attribution labels
+# The semconv histograms and llm_guard_decisions_total carry service_name only through the collector (its
+# transform copies the resource's onto every point); scraped from the SDK's exporter they have none. Their app
+# matcher also matches the empty label, `service_name=~"$app|"`, so choosing an app never empties their panels:
+# through the collector it narrows them to the app (no point there lacks the label), on direct scrape they show
+# every app. The plain `=~"$app"` would show nothing there, and a join on target_info would drop them wherever
+# target_info is not exported.
+APP_OR_UNLABELLED = "|"
 
 QUOTA_ALERTS = [*(alert for scope in vocabulary.SCOPES for alert in scope.alerts.values()), *FORECAST_ALERTS.values()]
 FIRING_QUOTA_ALERTS = f'ALERTS{{alertstate="firing", alertname=~"{"|".join(QUOTA_ALERTS)}"}}'
 
 
-def selector(metric: str, *extra: str, filters: tuple[str, ...] = ALL_FILTERS) -> str:
-    """`metric{label=~"$variable", ..., extra matchers}`."""
-    matchers = [f'{VARIABLES[v]}=~"${v}"' for v in filters] + list(extra)
+def selector(metric: str, *extra: str, filters: tuple[str, ...] = ALL_FILTERS, app_optional: bool = False) -> str:
+    """`metric{label=~"$variable", ..., extra matchers}`; `app_optional` for a metric that may lack service_name."""
+    optional = {"app": APP_OR_UNLABELLED} if app_optional else {}
+    matchers = [f'{VARIABLES[v]}=~"${v}{optional.get(v, "")}"' for v in filters] + list(extra)
     return f"{metric}{{{', '.join(matchers)}}}"
 
 
@@ -50,7 +59,12 @@ def share(part: str, whole: str) -> str:
 
 
 def quantile(q: str, metric: str) -> str:
-    return f"histogram_quantile({q}, sum by (le, {MODEL}) ({rate(selector(metric, filters=SEMCONV_FILTERS))}))"
+    return f"histogram_quantile({q}, sum by (le, {MODEL}) ({rate(semconv(metric))}))"
+
+
+def semconv(metric: str) -> str:
+    """A semconv histogram's series, filtered by the variables that apply to it."""
+    return selector(metric, filters=SEMCONV_FILTERS, app_optional=True)
 
 
 def quota(scope: vocabulary.QuotaScope, kind: str, what: str) -> str:

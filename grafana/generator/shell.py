@@ -38,12 +38,12 @@ def warning_ratio() -> float:
     return load_quotas(SHIPPED_QUOTAS).warning_ratio
 
 
-_VARIABLE_SOURCES = {"service": names.PROM_LLM_REQUESTS, "model": names.PROM_LLM_REQUESTS,
+_VARIABLE_SOURCES = {"app": names.PROM_LLM_REQUESTS, "model": names.PROM_LLM_REQUESTS,
                      "department": names.PROM_LLM_TOKEN_USAGE, "user": names.PROM_LLM_TOKEN_USAGE}
 _VARIABLE_TEXT = {
-    "service": ("Service", "The `job` label: the service.name of each app in the collector path (the collector's "
-                "Prometheus exporter sets job from service.name), the scrape job when an app's own exporter is "
-                "scraped."),
+    "app": ("App", "service_name: the instrumented process's service.name (OTEL_SERVICE_NAME), the app of the quota "
+            "file's apps section. The package's counters carry it on both export paths; the semconv histograms and "
+            "guard decisions only through the collector (scraped directly they show every app)."),
     "model": ("Model", names.GEN_AI_REQUEST_MODEL),
     "department": ("Department", f"{names.DEPARTMENT} (attribution)"),
     "user": ("User", f"{names.USER_ID} (attribution)"),

@@ -37,7 +37,7 @@ from tests.support.grafana import (
 
 
 def test_grafana_files_exist_and_parse() -> None:
-    assert len(DASHBOARD_FILES) == 3, DASHBOARD_FILES
+    assert len(DASHBOARD_FILES) == 4, DASHBOARD_FILES
     assert DATASOURCE_FILES and PROVIDER_FILES
     uids = [d["uid"] for d in _dashboards().values()]
     assert len(uids) == len(set(uids)), uids
@@ -174,7 +174,7 @@ def test_variables_defined_multi_all_and_used(name: str) -> None:
     used = {u for text in _strings(body) for u in _used_variables(text) if not u.startswith("__")}
     assert used <= set(defined), f"{name}: undefined variables {used - set(defined)}"
     exprs = " ".join(t["expr"] for p in _data_panels(dashboard) for t in p["targets"])
-    assert {"service", "model"} <= _used_variables(exprs), name
+    assert {"app", "model"} <= _used_variables(exprs), name
 
 
 def test_rates_use_rate_interval_and_totals_use_range() -> None:
@@ -197,6 +197,11 @@ def test_required_panels_exist() -> None:
     assert names.PROM_LLM_REQUESTS in overview and 'error_type!=""' in overview
     for kind in ("user_tokens", "user_cost", "department_tokens", "department_cost"):
         assert f"llm_quota:{kind}:ratio" in users and f"llm_quota:{kind}:limit" in users
+    apps = exprs["otel-tokens-apps"]
+    for kind in ("app_tokens", "app_cost"):
+        assert f"llm_quota:{kind}:ratio" in apps and f"llm_quota:{kind}:limit" in apps
+    assert "llm_quota:app_(tokens|cost):(24h_|day_|week_|year_)?forecast_ratio" in apps
+    assert "sum by (service_name) (rate(llm_token_usage_total{" in apps
     assert "ALERTS{" in users
     assert any("table" == p["type"] for p in _data_panels(_by_uid("otel-tokens-users")))
     assert any("bargauge" == p["type"] for p in _data_panels(_by_uid("otel-tokens-users")))
@@ -261,3 +266,23 @@ def test_user_rows_link_to_their_traces_in_tempo() -> None:
                 titles.add(panel["title"])
     assert linked >= 2
     assert {"Users", "User quotas (24 h)"} <= titles, titles
+
+
+def test_the_app_filter_keeps_series_without_service_name() -> None:
+    """Our counters carry service_name on both export paths and are filtered by `=~"$app"`; the semconv histograms
+    and the guard decisions carry it only through the collector, so their matcher also matches the empty label
+    (a direct scrape's series have none): choosing an app never empties their panels."""
+    counters = {names.PROM_LLM_TOKEN_USAGE, names.PROM_LLM_COST, names.PROM_LLM_REQUESTS}
+    seen: dict[str, set[str]] = {"counter": set(), "optional": set()}
+    for dashboard in _dashboards().values():
+        for where, expr in _queries(dashboard):
+            for metric, matchers in re.findall(r"([a-z_]+)\{([^{}]*)\}", expr):
+                app = re.findall(r'service_name=~"([^"]*)"', matchers)
+                if metric in counters:
+                    assert app == ["$app"], (where, metric, matchers)
+                    seen["counter"].add(metric)
+                elif metric.startswith("gen_ai_client_") or metric == names.PROM_GUARD_DECISIONS:
+                    assert app == ["$app|"], (where, metric, matchers)
+                    seen["optional"].add(metric)
+    assert seen["counter"] == counters and names.PROM_GUARD_DECISIONS in seen["optional"], seen
+    assert any(m.startswith(names.PROM_OPERATION_DURATION) for m in seen["optional"]), seen
