@@ -31,9 +31,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from otel_tokens import names
 from otel_tokens.ops.rules import render, render_text
 from otel_tokens.quota.file import Quotas, parse_quotas
+from otel_tokens.quota.vocabulary import BY_NAME
 from tests.support.binaries import require_binary
 from tests.support.dashboard_app import USERS
 from tests.support.grafana import (
+    APP,
     JOB,
     MODELS,
     QUOTAS,
@@ -49,11 +51,15 @@ from tests.support.grafana import (
     grafana_regex,
     interpolate,
     label_values,
+    openmetrics,
     promql_names,
     query_names,
+    quick_app_group,
 )
 from tests.support.prometheus_stack import free_port, query, start_prometheus, stop_processes
 from tests.support.quick_rules import quick_hourly_group
+
+APP_LABEL = BY_NAME["app"].label  # service_name
 
 
 def _get(url: str) -> Any:
@@ -73,25 +79,6 @@ def _totals(text: str, metric: str, label: str) -> dict[str, float]:
             if sample.name == metric and sample.labels.get(label):
                 out[sample.labels[label]] += sample.value
     return dict(out)
-
-
-def _openmetrics(text: str, extra: dict[str, str], timestamps: list[int]) -> str:
-    """The app's accounting counters as OpenMetrics, each sample repeated at `timestamps` (seconds); empty label
-    values are dropped as a Prometheus scrape drops them, so the series continue the scraped ones."""
-    def escape(value: str) -> str:
-        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-    lines = []
-    wanted = {names.PROM_LLM_TOKEN_USAGE, names.PROM_LLM_COST, names.PROM_LLM_REQUESTS, names.PROM_QUOTA_TOKENS,
-              names.PROM_QUOTA_COST}
-    for family in _families(text):
-        for sample in family.samples:
-            if sample.name not in wanted:
-                continue
-            labels = {**{k: v for k, v in sample.labels.items() if v}, **extra}
-            selector = ",".join(f'{k}="{escape(v)}"' for k, v in sorted(labels.items()))
-            lines += [f"{sample.name}{{{selector}}} {sample.value!r} {t}" for t in timestamps]
-    return "\n".join([*lines, "# EOF", ""])
 
 
 def _wait(condition: Callable[[], Any], what: str, timeout: float = 40.0,
@@ -149,7 +136,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         target = f"127.0.0.1:{port}"
         data = tmp / "prom-data"
         (tmp / "history.om").write_text(
-            _openmetrics(first, {"job": JOB, "instance": target}, list(range(hour - 3000, hour - 1199, 60))))
+            openmetrics(first, {"job": JOB, "instance": target}, list(range(hour - 3000, hour - 1199, 60))))
         subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(tmp / "history.om"), str(data)],
                        check=True, capture_output=True)
 
@@ -158,7 +145,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         quotas = parse_quotas(QUOTAS, str(quota_file))
         rules = tmp / "rules"
         rules.mkdir()
-        (rules / "quotas.yml").write_text(quick_hourly_group(render_text(quotas, for_="1s")))
+        (rules / "quotas.yml").write_text(quick_app_group(quick_hourly_group(render_text(quotas, for_="1s"))))
         rule_glob = str(rules / "*.yml")
         url, prom = start_prometheus(tmp, prometheus, [target], rule_glob)
         processes.append(prom)
@@ -167,7 +154,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         # minute after the hour ends, so the backfill runs past it).
         buckets = [rule for group in render(quotas)["groups"] for rule in group["rules"]
                    if rule.get("record", "").endswith(":1h")]
-        assert len(buckets) == 2
+        assert len(buckets) == 4  # departments' and apps' tokens and cost
         (tmp / "buckets.yml").write_text(yaml.safe_dump({"groups": [{"name": "buckets", "rules": buckets}]}))
         subprocess.run([promtool, "tsdb", "create-blocks-from", "rules", f"--start={hour - 3300}", f"--end={hour + 60}",
                         f"--url={url}", f"--output-dir={tmp / 'rule-blocks'}", "--eval-interval=60s",
@@ -195,6 +182,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         months = _month_buckets_available(now)
         if months:
             _wait(lambda: query(url, "llm_quota:department_cost:ratio"), "the departments' month to date")
+            _wait(lambda: query(url, "llm_quota:app_cost:ratio"), "the apps' month to date")
         yield {"url": url, "first": first, "last": last, "quotas": quotas, "months": months, "hour": hour}
     finally:
         stop_processes(processes)
@@ -218,12 +206,12 @@ def _substitutions(dashboard: dict[str, Any], options: dict[str, list[str]]) -> 
     for name, vals in options.items():
         for value in vals:
             out.append((f"{name}={value}", {**all_value, name: grafana_regex([value])}))
-    out.append(("one of each", {"service": JOB, "model": "tiny-gpt2", "department": "research", "user": "alice"}))
+    out.append(("one of each", {"app": APP, "model": "tiny-gpt2", "department": "research", "user": "alice"}))
     return out
 def test_variables_list_what_the_app_produced(stack: dict[str, Any]) -> None:
     for dashboard in _dashboards().values():
         options = _options(stack, dashboard)
-        assert options == {"service": [JOB], "model": sorted(MODELS),
+        assert options == {"app": [APP], "model": sorted(MODELS),
                            "department": sorted({d for _, d, _ in USERS}),
                            "user": sorted({u for u, _, _ in USERS})}, dashboard["title"]
         values = {v["name"]: v["allValue"] for v in dashboard["templating"]["list"]}
@@ -232,8 +220,9 @@ def test_variables_list_what_the_app_produced(stack: dict[str, Any]) -> None:
 
 
 def _department_month(expr: str) -> bool:
-    return bool(re.search(r"llm_quota:department_\w+:(month|ratio)", expr)) or (
-        "llm_quota:department_" in expr and ":limit" in expr)
+    """Whether the expression reads a department's or an app's month to date (or its limit, recorded beside it)."""
+    return bool(re.search(r"llm_quota:(department|app)_\w+:(month|ratio)", expr)) or (
+        bool(re.search(r"llm_quota:(department|app)_", expr)) and ":limit" in expr)
 def test_every_query_returns_data(stack: dict[str, Any]) -> None:
     url = stack["url"]
     ran = 0
@@ -302,13 +291,15 @@ def test_names_in_queries_exist_on_the_live_series(stack: dict[str, Any]) -> Non
             named = "|".join(re.escape(m) for m in sorted(metrics))
             selector = by_regex.group(1) if by_regex and not metrics else named
             made = set(re.findall(r',\s*"(\w+)",\s*"[^"]*",\s*"\w+",\s*"[^"]*"\)', expr))
-            for label in labels - {"__name__"} - made:
+            # `service_name=~"$app|"` also matches the series without it: the semconv histograms scraped directly
+            optional = set(re.findall(r'(\w+)=~"\$\w+\|"', expr))
+            for label in labels - {"__name__"} - made - optional:
                 found = query(stack["url"], f'count({{__name__=~"{selector}", {label}!=""}})')
                 assert found, f"{where}: no series of {sorted(metrics)} has the label {label}"
 
 
 def _limit(quotas: Quotas, principal: str, kind: str, name: str) -> float:
-    scope = quotas.users if principal == "user" else quotas.departments
+    scope = quotas.limits(BY_NAME[principal])
     override = scope.overrides.get(name)
     value = override.get(kind) if override is not None else None
     result = value if value is not None else scope.default.get(kind)
@@ -324,6 +315,8 @@ def test_quota_panels_agree_with_the_rendered_rules(stack: dict[str, Any]) -> No
         # month to date: the whole hour that was backfilled with the first round (the current hour is not counted)
         ("department", "tokens"): _totals(stack["first"], names.PROM_LLM_TOKEN_USAGE, "department"),
         ("department", "cost"): _totals(stack["first"], names.PROM_LLM_COST, "department"),
+        ("app", "tokens"): _totals(stack["first"], names.PROM_LLM_TOKEN_USAGE, APP_LABEL),
+        ("app", "cost"): _totals(stack["first"], names.PROM_LLM_COST, APP_LABEL),
     }
     # Exact month-to-date needs the backfilled hour to be the last whole one (and one of this month).
     departments = stack["months"] and time.time() // 3600 * 3600 == stack["hour"]
@@ -331,14 +324,14 @@ def test_quota_panels_agree_with_the_rendered_rules(stack: dict[str, Any]) -> No
     for where, _panel, t, series in _quota_targets():
         principal_kind, what = series.split(":")[1:]
         principal, kind = principal_kind.split("_")
-        label = "user_id" if principal == "user" else "department"
-        if principal == "department" and not departments:
+        label = BY_NAME[principal].label
+        if principal != "user" and not departments:
             continue
-        all_values = {"user": ".*", "department": ".*"}
+        all_values = {"user": ".*", "department": ".*", "app": ".*"}
         result = {r["metric"][label]: float(r["value"][1]) for r in query(stack["url"], interpolate(t["expr"],
                                                                                                    all_values))}
         used = usage[(principal, kind)]
-        scope = quotas.users if principal == "user" else quotas.departments
+        scope = quotas.limits(BY_NAME[principal])
         limited = set(used) | {n for n, limits in scope.overrides.items() if limits.get(kind) is not None}
         if what == "limit":
             expected = {n: _limit(quotas, principal, kind, n) for n in limited}
@@ -352,7 +345,8 @@ def test_quota_panels_agree_with_the_rendered_rules(stack: dict[str, Any]) -> No
         checked.add(f"{principal}_{kind}:{what}")
     expected_kinds = {f"user_{k}:{w}" for k in ("tokens", "cost") for w in ("24h", "limit", "ratio")}
     if departments:
-        expected_kinds |= {f"department_{k}:{w}" for k in ("tokens", "cost") for w in ("month", "limit", "ratio")}
+        expected_kinds |= {f"{p}_{k}:{w}" for p in ("department", "app") for k in ("tokens", "cost")
+                           for w in ("month", "limit", "ratio")}
     assert checked >= expected_kinds
 def test_headroom_panels_are_the_limit_minus_the_usage(stack: dict[str, Any]) -> None:
     """Every headroom query (All) returns, per user / department with usage, the quota file's limit minus the usage
@@ -362,13 +356,13 @@ def test_headroom_panels_are_the_limit_minus_the_usage(stack: dict[str, Any]) ->
     checked: dict[tuple[str, str], dict[str, float]] = {}
     for where, t, limit, _usage in _headroom_targets():
         principal, kind = limit.split(":")[1].split("_")
-        if principal == "department" and not departments:
+        if principal != "user" and not departments:
             continue
-        label = "user_id" if principal == "user" else "department"
+        label = BY_NAME[principal].label
         metric = names.PROM_LLM_TOKEN_USAGE if kind == "tokens" else names.PROM_LLM_COST
         used = _totals(stack["last" if principal == "user" else "first"], metric, label)
         result = {r["metric"][label]: float(r["value"][1])
-                  for r in query(stack["url"], interpolate(t["expr"], {"user": ".*", "department": ".*"}))}
+                  for r in query(stack["url"], interpolate(t["expr"], {"user": ".*", "department": ".*", "app": ".*"}))}
         expected = {n: max(_limit(quotas, principal, kind, n) - value, 0.0) for n, value in used.items()}
         assert result == pytest.approx(expected, rel=1e-9, abs=1e-9), where
         checked[(principal, kind)] = result
@@ -376,32 +370,36 @@ def test_headroom_panels_are_the_limit_minus_the_usage(stack: dict[str, Any]) ->
     assert checked[("user", "tokens")]["carol"] == 0  # over her 300-token quota: nothing left, not negative
     assert min(checked[("user", "tokens")].values()) == 0 < max(checked[("user", "tokens")].values())
     if departments:
-        assert checked.keys() >= {("department", "tokens"), ("department", "cost")}
+        assert checked.keys() >= {(p, k) for p in ("department", "app") for k in ("tokens", "cost")}
+        assert checked[("app", "tokens")] == {APP: 0}  # over its 500-token budget
 
 
 def test_quota_alert_panel_shows_the_firing_alert(stack: dict[str, Any]) -> None:
     (alerts,) = [t for d in _dashboards().values() for p in _data_panels(d) for t in p["targets"]
                  if "ALERTS" in promql_names(t["expr"])[0]]
     firing = {(r["metric"]["alertname"], r["metric"]["severity"], r["metric"].get("user_id", ""),
-               r["metric"].get("department", "")) for r in query(stack["url"], alerts["expr"])}
+               r["metric"].get("department", "") or r["metric"].get(APP_LABEL, ""))
+              for r in query(stack["url"], alerts["expr"])}
     assert ("LLMUserTokenQuota", "critical", "carol", "") in firing
     assert ("LLMUserTokenQuota", "warning", "carol", "") in firing
     if stack["months"]:
         assert ("LLMDepartmentTokenBudget", "critical", "", "support") in firing
+        assert ("LLMAppTokenBudget", "critical", "", APP) in firing  # the table's App column
     assert all(user in ("", "carol") for _, _, user, _ in firing), firing
 
 
 def test_every_window_panels_show_each_recorded_ratio_labelled_with_its_window(stack: dict[str, Any]) -> None:
     """The every-window panels (one query whatever windows the quota file sets) return each recorded ratio x100,
-    labelled with its window and kind: here the users' 24h and the departments' month."""
+    labelled with its window and kind: here the users' 24h, the departments' and the apps' month."""
     panels = [p for d in _dashboards().values() for p in _data_panels(d) if "every window" in p["title"]]
-    assert len(panels) == 2
+    assert len(panels) == 3
     for panel in panels:
         (target,) = panel["targets"]
-        principal, label, window = (("user", "user_id", "24h") if "user_id" in target["expr"]
-                                    else ("department", "department", "month"))
+        (principal,) = [s.name for s in BY_NAME.values() if f"llm_quota:{s.name}_" in target["expr"]]
+        label, window = BY_NAME[principal].label, BY_NAME[principal].window
         shown = {(r["metric"][label], r["metric"]["window"], r["metric"]["quota"]): float(r["value"][1])
-                 for r in query(stack["url"], interpolate(target["expr"], {"user": ".*", "department": ".*"}))}
+                 for r in query(stack["url"], interpolate(target["expr"], {"user": ".*", "department": ".*",
+                                                                           "app": ".*"}))}
         recorded = {(r["metric"][label], window, kind): 100 * float(r["value"][1]) for kind in ("tokens", "cost")
                     for r in query(stack["url"], f"llm_quota:{principal}_{kind}:ratio")}
-        assert shown == pytest.approx(recorded) and (recorded or principal == "department"), panel["title"]
+        assert shown == pytest.approx(recorded) and (recorded or principal != "user"), panel["title"]

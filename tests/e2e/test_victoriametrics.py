@@ -17,9 +17,9 @@ import pytest
 from otel_tokens.ops.rollups import usage_over
 from otel_tokens.ops.rules import render
 from tests.support.alert_app import TOKENS_PER_CALL
-from tests.support.grafana import JOB, _dashboards, _queries, _variable_query, grafana_regex, interpolate, label_values
+from tests.support.grafana import _dashboards, _queries, _variable_query, grafana_regex, interpolate, label_values
 from tests.support.prometheus_stack import query
-from tests.support.victoria_stack import EARLY, VictoriaStack
+from tests.support.victoria_stack import APP, EARLY, VictoriaStack
 
 DELAYS: dict[str, float] = {}
 # MetricsQL's rate()/increase() do not extrapolate to the window's edges as PromQL's do, and count a series'
@@ -196,7 +196,7 @@ def test_every_dashboard_query_runs_on_victoriametrics_as_on_prometheus(stack: V
         for variable in variables:
             options[variable["name"]] = found = label_values(stack.victoria, variable["definition"], values)
             assert found == label_values(stack.prometheus, variable["definition"], values), variable["name"]
-        assert options["user"] == ["alice", "bob"] and options["service"] == [JOB]
+        assert options["user"] == ["alice", "bob"] and options["app"] == [APP]
         substitutions = [values, *({**values, name: grafana_regex([value])}
                                    for name, vals in options.items() for value in vals)]
         for substitution in substitutions:

@@ -12,11 +12,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from otel_tokens import names
 from otel_tokens.ops.rules import render
 from otel_tokens.quota.file import Quotas, load_quotas
-from tests.support.dashboard_app import OPENAI_MODEL
+from tests.support.dashboard_app import OPENAI_MODEL, SERVICE_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "grafana"
@@ -29,21 +30,24 @@ PROVIDER_FILES = sorted((GRAFANA / "provisioning" / "dashboards").glob("*.yaml")
 # v1 dashboard API). A new pin in docker-compose.yml fails test_schema_version_matches_the_pinned_grafana until the
 # dashboards are checked (open, save) in that version and the entry is added here.
 GRAFANA_SCHEMA_VERSIONS = {"12.2": 42}
-REQUIRED_VARIABLES = ("service", "model", "department", "user")
+REQUIRED_VARIABLES = ("app", "model", "department", "user")
 BUILTIN_DATASOURCE_UIDS = {"-- Grafana --"}
 PROMETHEUS_METRICS = {"ALERTS", "up", "target_info"}
 PROMETHEUS_LABELS = {"__name__", "job", "instance", "le", "alertname", "alertstate"}
 # What Grafana substitutes for its own interval variables; chosen for a 1 s scrape interval and data a few seconds old.
 GRAFANA_DURATIONS = {"__rate_interval": "2m", "__interval": "15s", "__range": "1h"}
 MODELS = {"tiny-gpt2", "tiny-llama-chat", OPENAI_MODEL}
-JOB = "app"  # the scrape job of start_prometheus: what the service variable lists when an app is scraped directly
+JOB = "app"  # the scrape job of start_prometheus
+APP = SERVICE_NAME  # the dashboard app's service.name: what the app variable lists (service_name on our counters)
 
-# Test quotas: carol (support) goes over her token limit (critical fires), support over its token budget.
+# Test quotas: carol (support) goes over her token limit (critical fires), support over its token budget, the
+# dashboard app over its token budget (its cost budget stays below the warning).
 QUOTAS = {
     "warning_ratio": 0.8,
     "users": {"default": {"tokens": 100_000, "cost": 10}, "overrides": {"carol": {"tokens": 300}}},
     "departments": {"default": {"tokens": 1_000_000, "cost": 100},
                     "overrides": {"support": {"tokens": 200, "cost": 50}}},
+    "apps": {"default": {"tokens": 1_000_000, "cost": 100}, "overrides": {APP: {"tokens": 500}}},
 }
 
 
@@ -293,3 +297,33 @@ def label_values(url: str, definition: str, values: dict[str, str]) -> list[str]
     body = _get_json(f"{url}/api/v1/label/{label}/values?{urlencode(params)}")
     assert body["status"] == "success", body
     return sorted(body["data"])
+
+
+# --- the dashboard test's Prometheus ------------------------------------------------------------------------------
+def openmetrics(text: str, extra: dict[str, str], timestamps: list[int]) -> str:
+    """The app's accounting counters as OpenMetrics, each sample repeated at `timestamps` (seconds); empty label
+    values are dropped as a Prometheus scrape drops them, so the series continue the scraped ones."""
+    def escape(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    lines = []
+    wanted = {names.PROM_LLM_TOKEN_USAGE, names.PROM_LLM_COST, names.PROM_LLM_REQUESTS, names.PROM_QUOTA_TOKENS,
+              names.PROM_QUOTA_COST}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name not in wanted:
+                continue
+            labels = {**{k: v for k, v in sample.labels.items() if v}, **extra}
+            selector = ",".join(f'{k}="{escape(v)}"' for k, v in sorted(labels.items()))
+            lines += [f"{sample.name}{{{selector}}} {sample.value!r} {t}" for t in timestamps]
+    return "\n".join([*lines, "# EOF", ""])
+
+
+def quick_app_group(rendered: str, interval: str = "15s") -> str:
+    """The apps' hourly group every `interval` as quick_hourly_group does the departments' (it writes the month to
+    date): its first evaluation then comes within seconds, not up to 4 minutes after the start."""
+    data = yaml.safe_load(rendered)
+    for group in data["groups"]:
+        if group["name"] == "llm_quota_app_rollups":
+            group["interval"] = interval
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -53,7 +53,9 @@ def start_vmalert(tmp_path: Path, binary: str, rule_file: Path, victoria: str, a
 QUOTAS = {"timezone": "America/New_York",
           "users": {"default": {"24h": {"tokens": 100_000}, "day": {"tokens": 100_000}},
                     "overrides": {"alice": {"24h": {"tokens": 1000}, "day": {"tokens": 1050}}}},
-          "departments": {"default": {"tokens": 1_000_000}, "overrides": {"support": {"tokens": 1500}}}}
+          "departments": {"default": {"tokens": 1_000_000}, "overrides": {"support": {"tokens": 1500}}},
+          "apps": {"default": {"tokens": 1_000_000, "cost": 100}}}  # the app rules on both engines, never crossed
+APP = "alert-app"  # tests/support/alert_app.py's service.name: what the dashboards' app variable lists
 GUARD_TOKEN = "test-guard-token-0123456789abcdef"
 BINARIES = ("prometheus", "prometheus-alertmanager", "victoria-metrics", "vmalert")
 
