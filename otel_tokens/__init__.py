@@ -2,7 +2,7 @@
 
 from otel_tokens.attribution.context import current_attribution, usage_context
 from otel_tokens.instrumentor import TokenUsageInstrumentor
-from otel_tokens.quota.decision import QuotaExceededError
+from otel_tokens.quota.decision import QuotaExceededError, RateLimitExceededError
 from otel_tokens.quota.status import QuotaStatus, WindowStatus
 from otel_tokens.version import __version__
 
@@ -21,5 +21,5 @@ def quota_status(user_id: str | None = None, department: str | None = None, app:
     return budget_status(budget, principals(user_id, department, app, recorder.enforcement.app))
 
 
-__all__ = ["QuotaExceededError", "QuotaStatus", "TokenUsageInstrumentor", "WindowStatus", "__version__",
-           "current_attribution", "quota_status", "usage_context"]
+__all__ = ["QuotaExceededError", "QuotaStatus", "RateLimitExceededError", "TokenUsageInstrumentor", "WindowStatus",
+           "__version__", "current_attribution", "quota_status", "usage_context"]

@@ -180,13 +180,16 @@ def _backfill(args: argparse.Namespace) -> int:
 def _rules(args: argparse.Namespace) -> int:
     from otel_tokens.config.errors import ConfigError
     from otel_tokens.ops.rules import render_text
-    from otel_tokens.quota.file import load_quotas
+    from otel_tokens.quota.file import budget_only, load_quotas
 
     try:
-        text = render_text(load_quotas(args.quota_file), args.for_)
+        quotas = load_quotas(args.quota_file)
+        text = render_text(quotas, args.for_)
     except ConfigError as error:
         print(f"otel-tokens rules: {error}", file=sys.stderr)
         return 2
+    for note in budget_only(quotas):
+        print(f"otel-tokens rules: {note}", file=sys.stderr)
     if args.output is None:
         sys.stdout.write(text)
     else:

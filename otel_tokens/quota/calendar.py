@@ -21,6 +21,11 @@ ROLLING = "24h"
 DAY, WEEK, MONTH, YEAR = "day", "week", "month", "year"
 CALENDAR_WINDOWS = (DAY, WEEK, MONTH, YEAR)
 WINDOWS = (ROLLING, *CALENDAR_WINDOWS)
+# Budget mode only (the rules' alerts lag by more than a minute): a sliding minute of tokens and requests, and
+# the calls in flight at once. Checked first: the cheapest refusal, and the one that protects the GPU.
+MINUTE, CONCURRENT = "minute", "concurrent"
+RATE_WINDOWS = (MINUTE, CONCURRENT)
+ALL_WINDOWS = (*RATE_WINDOWS, *WINDOWS)
 _DAY_SECONDS = 86400
 HOUR_SECONDS = 3600  # the rules' calendar buckets where the zone's offsets are whole hours (calendar_bucket)
 _SCAN = 6 * 3600  # offsets are looked for every 6 h, then the change is found to the second

@@ -7,20 +7,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from otel_tokens.quota import vocabulary
+from otel_tokens.quota.calendar import RATE_WINDOWS
 
 
 class QuotaExceededError(Exception):
-    """An instrumented call refused because its user or department is over quota (HTTP 429): `scope` (user,
-    department), `principal`, `window` (24h, day, week, month, year: the one that
-    would cross), `kind` (tokens, cost). In budget mode `reserved` is what
-    this call would have taken: usage + reserved > limit."""
+    """An instrumented call refused because its user, department or app is over quota (HTTP 429): `scope` (user,
+    department, app), `principal`, `window` (minute, concurrent, 24h, day, week, month, year: the one that
+    would cross), `kind` (tokens, cost, requests). In budget mode `reserved` is what
+    this call would have taken: usage + reserved > limit, and `retry_after` the seconds until the call would fit
+    (a sliding window's oldest usage leaving it, a calendar window's end; None when unknown: the rolling 24 h
+    past its limit for longer, or alert mode)."""
 
     http_status = 429
+    retry_after: float | None = None
 
     def __init__(self, scope: str, principal: str, window: str, kind: str, usage: str | None, limit: str | None,
-                 severity: str, reserved: str | None = None) -> None:
+                 severity: str, reserved: str | None = None, retry_after: float | None = None) -> None:
         self.scope, self.principal, self.window, self.kind = scope, principal, window, kind
         self.usage, self.limit, self.severity, self.reserved = usage, limit, severity, reserved
+        self.retry_after = retry_after
         if reserved is not None:
             super().__init__(f"{scope} {principal!r} would go over the {window} {kind} quota: {usage} used, "
                              f"{reserved} reserved for this call, limit {limit}")
@@ -32,6 +37,11 @@ class QuotaExceededError(Exception):
     def quota(self) -> str:
         """The kind (tokens, cost) under its old name, as the alerts' `quota` label spells it."""
         return self.kind
+
+
+class RateLimitExceededError(QuotaExceededError):
+    """Refused by a rate limit (`minute`: tokens or requests in the last 60 s) or by the calls in flight
+    (`concurrent`): the caller should wait `retry_after` seconds, not a day."""
 
 
 class QuotaStateUnavailableError(QuotaExceededError):
@@ -86,5 +96,8 @@ class Decision:
             return QuotaStateUnavailableError(str(e.get("source", "")))
         if self.scope == vocabulary.UNATTRIBUTED_CALLS:
             return UnattributedCallError()
-        return QuotaExceededError(self.scope, self.principal, self.window, str(e.get("quota", "")),
-                                  e.get("usage"), e.get("limit"), str(e.get("severity", "")), e.get("reserved"))
+        retry = e.get("retry_after")
+        error = RateLimitExceededError if self.window in RATE_WINDOWS else QuotaExceededError
+        return error(self.scope, self.principal, self.window, str(e.get("quota", "")), e.get("usage"), e.get("limit"),
+                     str(e.get("severity", "")), e.get("reserved"),
+                     max(0.0, float(retry)) if isinstance(retry, (int, float)) else None)

@@ -100,7 +100,7 @@ class Enforcement:
     def release(self, held: Held) -> None:
         """A reservation whose call never started (an internal failure after admit)."""
         if self.budget is not None:
-            self.budget.settle(held, 0, None)
+            self.budget.settle(held, 0, None, sent=False)
 
     def count(self, decision: Decision | None) -> None:
         if decision is not None:

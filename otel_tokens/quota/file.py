@@ -35,11 +35,14 @@ from typing import Any
 from otel_tokens.config import read_yaml
 from otel_tokens.config.errors import ConfigError, ConfigProblemsError
 from otel_tokens.quota.calendar import (
+    ALL_WINDOWS,
     BUCKET_SIZES,
+    CONCURRENT,
     DAY,
+    MINUTE,
     MONTH,
+    RATE_WINDOWS,
     WEEK,
-    WINDOWS,
     YEAR,
     UnknownZoneError,
     bucket_divides,
@@ -48,7 +51,7 @@ from otel_tokens.quota.calendar import (
     offset_text,
     rules_table,
 )
-from otel_tokens.quota.vocabulary import APP, DEPARTMENT, KINDS, SCOPES, USER, QuotaScope
+from otel_tokens.quota.vocabulary import APP, BUDGET_KINDS, DEPARTMENT, KINDS, REQUESTS, SCOPES, USER, QuotaScope
 from otel_tokens.text import normalize_id
 
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?")
@@ -59,12 +62,13 @@ _PRINCIPAL = re.compile(r"^[^\"\\\n]+$")  # ends up inside PromQL label values a
 class Limits:
     tokens: float | None = None
     cost: float | None = None
+    requests: float | None = None  # the minute's requests; the `concurrent` window's calls in flight
 
     def get(self, kind: str) -> float | None:
-        return self.tokens if kind == "tokens" else self.cost
+        return self.tokens if kind == "tokens" else self.cost if kind == "cost" else self.requests
 
     def kinds(self) -> list[str]:
-        return [k for k in KINDS if self.get(k) is not None]
+        return [k for k in BUDGET_KINDS if self.get(k) is not None]
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,13 @@ class ScopeLimits:
         override = self.overrides.get(principal)
         if override is None:
             return self.default
-        return Limits(**{k: override.get(k) if override.get(k) is not None else self.default.get(k) for k in KINDS})
+        return Limits(**{k: override.get(k) if override.get(k) is not None else self.default.get(k)
+                         for k in BUDGET_KINDS})
 
     def kinds(self) -> list[str]:
         """Limit kinds set anywhere in this scope."""
         limits = [self.default, *self.overrides.values()]
-        return [k for k in KINDS if any(lim.get(k) is not None for lim in limits)]
+        return [k for k in BUDGET_KINDS if any(lim.get(k) is not None for lim in limits)]
 
 
 @dataclass(frozen=True)
@@ -108,20 +113,23 @@ class Quotas:
             window = scope.window
         return self.windows.get(scope.section, {}).get(window, ScopeLimits())
 
-    def scope_windows(self, scope: QuotaScope) -> list[str]:
-        """The windows with a limit in this scope, in the canonical order."""
-        return [w for w in WINDOWS if self.limits(scope, w).kinds()]
+    def scope_windows(self, scope: QuotaScope, rates: bool = False) -> list[str]:
+        """The windows with a limit in this scope, in the canonical order; the minute and the calls in flight
+        (budget mode only) with `rates`."""
+        return [w for w in ALL_WINDOWS if (rates or w not in RATE_WINDOWS) and self.limits(scope, w).kinds()]
 
 
-def _limits(raw: Any, source: str, where: str, problems: list[ConfigError]) -> Limits:
+def _limits(raw: Any, source: str, where: str, problems: list[ConfigError],
+            kinds: tuple[str, ...] = KINDS) -> Limits:
     """The limits of one principal; every problem is added to `problems` (and that field left out)."""
     if not isinstance(raw, Mapping):
-        problems.append(ConfigError(source, where, raw, "is not a mapping like {tokens: 100000, cost: 5}"))
+        example = "{tokens: 20000, requests: 10}" if REQUESTS in kinds else "{tokens: 100000, cost: 5}"
+        problems.append(ConfigError(source, where, raw, f"is not a mapping like {example}"))
         return Limits()
-    for key in sorted(map(str, set(raw) - set(KINDS))):
-        problems.append(ConfigError(source, f"{where}.{key}", raw[key], "is not a known field (tokens, cost)"))
+    for key in sorted(map(str, set(raw) - set(kinds))):
+        problems.append(ConfigError(source, f"{where}.{key}", raw[key], f"is not a known field ({', '.join(kinds)})"))
     values = {}
-    for kind in KINDS:
+    for kind in kinds:
         value = raw.get(kind)
         if value is None:
             continue
@@ -134,9 +142,17 @@ def _limits(raw: Any, source: str, where: str, problems: list[ConfigError]) -> L
             problems.append(ConfigError(source, f"{where}.{kind}", value, "is not below 10^15"))
         else:
             values[kind] = float(value)
-    if not values and not set(raw) & set(KINDS):
-        problems.append(ConfigError(source, where, dict(raw), "sets neither tokens nor cost"))
+    if not values and not set(raw) & set(kinds):
+        problems.append(ConfigError(source, where, dict(raw), f"sets none of {', '.join(kinds)}"))
     return Limits(**values)
+
+
+def _concurrent(raw: Any, source: str, where: str, problems: list[ConfigError]) -> Limits:
+    """`concurrent: K`: at most K calls in flight at once."""
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 < raw < 10**6:
+        problems.append(ConfigError(source, where, raw, "is not a whole number of calls in flight (1 or more)"))
+        return Limits()
+    return Limits(requests=float(raw))
 
 
 def _windowed(raw: Any, scope: QuotaScope, source: str, where: str,
@@ -156,11 +172,15 @@ def _windowed(raw: Any, scope: QuotaScope, source: str, where: str,
         return {}
     out = {}
     for key, value in raw.items():
-        if str(key) not in WINDOWS:
+        if str(key) not in ALL_WINDOWS:
             problems.append(ConfigError(source, f"{where}.{key}", value,
-                                        f"is not a known field (tokens, cost, or a window: {', '.join(WINDOWS)})"))
+                                        f"is not a known field (tokens, cost, or a window: {', '.join(ALL_WINDOWS)})"))
             continue
-        out[str(key)] = _limits(value, source, f"{where}.{key}", problems)
+        if key == CONCURRENT:
+            out[CONCURRENT] = _concurrent(value, source, f"{where}.{key}", problems)
+        else:
+            out[str(key)] = _limits(value, source, f"{where}.{key}", problems,
+                                    (KINDS[0], REQUESTS) if key == MINUTE else KINDS)
     return out
 
 
@@ -192,7 +212,7 @@ def _scope(raw: Any, scope: QuotaScope, source: str, problems: list[ConfigError]
                                         f"is the same id as another override once normalized ({normal!r})"))
             continue
         overrides[normal] = _windowed(limits, scope, source, f"{where}.overrides.{name}", problems)
-    windows = sorted({*default, *(w for o in overrides.values() for w in o)}, key=WINDOWS.index)
+    windows = sorted({*default, *(w for o in overrides.values() for w in o)}, key=ALL_WINDOWS.index)
     return {window: ScopeLimits(default.get(window, Limits()),
                                 {name: o[window] for name, o in overrides.items() if window in o})
             for window in windows}
@@ -272,6 +292,14 @@ def require_built(quotas: Quotas, budget: bool = False) -> Quotas:
     if problems:
         raise ConfigProblemsError(problems)
     return quotas
+
+
+def budget_only(quotas: Quotas) -> list[str]:
+    """What the rules leave to budget mode: the minute and the calls in flight, which an alert (evaluated every
+    10 s, fired after its `for`, routed after group_wait) could only report after the burst it should stop."""
+    return [f"{scope.section} {window}: enforced by budget mode only, not rendered (an alert would come after the "
+            "minute it is about)" for scope in SCOPES for window in RATE_WINDOWS
+            if quotas.limits(scope, window).kinds()]
 
 
 def load_quotas(path: Path, budget: bool = False) -> Quotas:

@@ -12,19 +12,19 @@ from datetime import datetime
 from otel_tokens import names
 from otel_tokens.quota.budget.mode import UNATTRIBUTED, BudgetMode
 from otel_tokens.quota.budget.store import NANO, StoreUnavailableError
-from otel_tokens.quota.calendar import ROLLING, load_zone, window_end
-from otel_tokens.quota.vocabulary import COST, SCOPES
+from otel_tokens.quota.calendar import MINUTE, RATE_WINDOWS, ROLLING, load_zone, window_end
+from otel_tokens.quota.vocabulary import COST, REQUESTS, SCOPES
 
 
 @dataclass(frozen=True, slots=True)
 class WindowStatus:
     scope: str  # user, department, app
     principal: str
-    window: str  # 24h, day, week, month, year
-    kind: str  # tokens, cost
+    window: str  # minute, concurrent, 24h, day, week, month, year
+    kind: str  # tokens, cost, requests (the minute's requests; the calls in flight under `concurrent`)
     used: float  # tokens, or cost in `currency`
     limit: float
-    resets_at: datetime | None  # a calendar window's end, in the quota file's zone; None: the rolling 24 h
+    resets_at: datetime | None  # a calendar window's end, in the quota file's zone; None: a sliding window
     currency: str | None = None  # cost windows only
 
     @property
@@ -70,11 +70,14 @@ def budget_status(budget: BudgetMode, attribution: Mapping[str, str]) -> QuotaSt
     now, zone = time.time(), quotas.timezone
     out = []
     for (scope, principal, window, limits), (tokens, cost) in zip(accounts, reads, strict=True):
-        resets = None if window == ROLLING else datetime.fromtimestamp(window_end(window, now, zone), load_zone(zone))
+        resets = (None if window in (ROLLING, *RATE_WINDOWS) else
+                  datetime.fromtimestamp(window_end(window, now, zone), load_zone(zone)))
         for kind in limits.kinds():
             limit = limits.get(kind)
             assert limit is not None
-            used = cost / NANO if kind == COST else float(tokens)
+            # the minute's requests are its second column; the calls in flight its first
+            used = (cost / NANO if kind == COST else float(cost) if (kind == REQUESTS and window == MINUTE)
+                    else float(tokens))
             out.append(WindowStatus(scope.name, principal, window, kind, used, limit, resets,
                                     budget.prices.currency if kind == COST else None))
     return QuotaStatus(tuple(out), True, quotas.warning_ratio)

@@ -13,6 +13,8 @@ from otel_tokens import names
 
 TOKENS, COST = "tokens", "cost"
 KINDS = (TOKENS, COST)  # what a limit counts; the `quota` label of the alerts
+REQUESTS = "requests"  # calls: a minute's requests, or (the `concurrent` window) calls in flight; budget mode only
+BUDGET_KINDS = (TOKENS, COST, REQUESTS)
 # What the quota rules read: one series per principal and process (llm.quota.*).
 COUNTERS: Mapping[str, str] = {TOKENS: names.PROM_QUOTA_TOKENS, COST: names.PROM_QUOTA_COST}
 # The same totals split by model, token type, operation and source: what reports break down, and the only

@@ -152,7 +152,7 @@ def test_an_apps_budget_alert_refuses_that_apps_calls_only(guard_server, service
     """Alert mode with a rule for the app scope: the app whose LLMAppCostBudget fires (its service_name label) is
     refused, whoever its user is; another app is not, nor is its other scopes' alert read as the app's."""
     url = f"http://127.0.0.1:{guard_server.server_address[1]}/state"
-    tel, tracer_provider, meter_provider = make_telemetry()
+    _, tracer_provider, meter_provider = make_telemetry()
     rules = (GuardRule("app", "reject", "critical"),)
     instrumentor = TokenUsageInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=Settings(

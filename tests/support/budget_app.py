@@ -4,7 +4,8 @@ OTEL_TOKENS_CONFIG where a test says so). CALLERS threads call the model for BUD
 has been refused REFUSALS times; OTHER_CALLS calls for OTHER_USER run beside them. Prints one JSON
 line: calls served and refused per user, and the tokens its own metrics counted per user.
 
-Environment: OPENAI_BASE_URL, BUDGET_USER, OTHER_USER, CALLERS, MAX_TOKENS ('' = none), REFUSALS, OTHER_CALLS
+Environment: OPENAI_BASE_URL, BUDGET_USER, OTHER_USER, CALLERS, MAX_TOKENS ('' = none), REFUSALS (or CALLS: that
+many calls per caller, whatever their outcome), OTHER_CALLS
 (and OTEL_SERVICE_NAME: the app it is charged as). The JSON also says which scope refused each refused call
 and the tokens its metrics counted per app (the points' service.name).
 """
@@ -48,6 +49,10 @@ def main() -> None:
         return True
 
     def caller() -> None:
+        if os.environ.get("CALLS"):  # a fixed number of calls, served or not (a limit on calls in flight: the
+            for _ in range(int(os.environ["CALLS"])):  # last caller left alone is never refused)
+                call(os.environ["BUDGET_USER"])
+            return
         refusals = 0
         while refusals < int(os.environ.get("REFUSALS", "3")):
             if not call(os.environ["BUDGET_USER"]):

@@ -245,6 +245,9 @@ class OpenAIServer:
         self.tool_call = tool_call
         self.requests: list[RecordedRequest] = []
         self.errors: list[BaseException] = []  # exceptions raised while answering (on_request's included)
+        self.in_flight: dict[str, int] = {}  # per user (baggage user.id), now
+        self.max_in_flight: dict[str, int] = {}  # per user, the most at once
+        self.started: list[tuple[float, str]] = []  # (monotonic time, user) of each request's arrival
         self._lock = threading.Lock()
         self._actions: list[_Action] = []
         self._connections: set[socket.socket] = set()
@@ -427,6 +430,21 @@ class OpenAIServer:
         return f"{prefix}-local{next(self._ids):06d}"
 
     def _handle(self, h: _Handler) -> None:
+        """Answers, counting the requests in flight per user (the baggage's user.id): what a rate limit protects."""
+        items = (h.headers.get("baggage") or "").split(",")
+        baggage = dict(item.strip().split("=", 1) for item in items if "=" in item)
+        user = baggage.get("user.id", "?")
+        with self._lock:
+            self.in_flight[user] = self.in_flight.get(user, 0) + 1
+            self.max_in_flight[user] = max(self.max_in_flight.get(user, 0), self.in_flight[user])
+            self.started.append((time.monotonic(), user))
+        try:
+            self._answer(h)
+        finally:
+            with self._lock:
+                self.in_flight[user] -= 1
+
+    def _answer(self, h: _Handler) -> None:
         length = int(h.headers.get("content-length") or 0)
         raw = h.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in h.headers.items()}

@@ -59,7 +59,7 @@ def test_short_and_windowed_forms_mix_across_principals_not_within_one():
      "did you mean Asia/Shanghai?"),
     ({"timezone": 8, "users": {"default": {"tokens": 1}}}, "timezone: 8", "is not an IANA time zone name"),
     ({"users": {"default": {"fortnight": {"tokens": 1}}}}, "users.default.fortnight",
-     "is not a known field (tokens, cost, or a window: 24h, day, week, month, year)"),
+     "is not a known field (tokens, cost, or a window: minute, concurrent, 24h, day, week, month, year)"),
     ({"users": {"default": {"day": {"tokens": -1}}}}, "users.default.day.tokens: -1", "is not a positive number"),
     ({"users": {"default": {"day": 5}}}, "users.default.day: 5", "is not a mapping"),
     ({"users": {"default": {}}}, "users.default: {}", "is not a mapping like"),

@@ -12,9 +12,13 @@ Per principal two keys under one hash tag (one Redis Cluster slot):
                pruned whenever touched: the usage hash stays buckets and calls in flight.
 Each window of a principal (its scope's own, and any other the quota file sets) is such a pair of its own.
 Buckets: the rolling 24 h (`r`) 5 minutes, the window being the latest 5-minute boundary at least 24 h ago
-up to now (289 buckets, as the Prometheus rules count); a calendar window one bucket, the local day (`d`),
-ISO week (`w`), month (`m`) or year (`y`) in the organization's time zone (Lua has no tzdata: the client
-sends the zone's UTC offset at the call's time with the window kind, `d28800`; `m` alone is the UTC month,
+up to now (289 buckets, as the Prometheus rules count); the sliding minute (`n`: tokens, and requests in the
+cost column) 1 second, the window the 60 whole seconds before the current one and the current one (60 to 61 s:
+never more than the limit in any 60 s, a call refused at most 1 s longer than an exact log would); the calls in
+flight (`k<lease>`) one bucket forever, each call a reservation of 1 whose deadline is its lease, renewed by its
+process while it runs, so a killed process frees its slots after the lease; a calendar window one bucket, the
+local day (`d`), ISO week (`w`), month (`m`) or year (`y`) in the organization's time zone (Lua has no tzdata:
+the client sends the zone's UTC offset at the call's time with the window kind, `d28800`; `m` alone is the UTC month,
 what versions before zones sent for departments, so old and new processes share keys). Any offset works,
 half hours and quarters included: the bucket is computed from the offset in seconds. Cost is held in
 integer nano-units of the currency, exact below 2^53 (9 million currency units per window). Time is
@@ -50,12 +54,14 @@ local function month_index(t)  -- days-from-civil inverted (H. Hinnant), UTC
   return y * 12 + m - 1
 end
 
--- buckets before the current one still in the window: rolling 24 h, else one calendar bucket
-local SPAN = {r = 288, d = 0, w = 0, m = 0, y = 0}
+-- buckets before the current one still in the window: rolling 24 h, the sliding minute, else one bucket (a calendar
+-- window; `k`, the calls in flight, has one bucket forever)
+local SPAN = {r = 288, n = 60, d = 0, w = 0, m = 0, y = 0, k = 0}
+local SIZE = {r = 300, n = 1}             -- seconds per bucket of the sliding windows
 -- key expiry after a bucket's first write: longer than the window (Antarctica/Troll's 2-hour DST change makes a
 -- 26-hour day and a 170-hour week), and than a window that a zone change moving the clock back 26 h lengthens
 -- (a key's bucket only moves forward): 24 h 10 min, 3 days, 9 days, 33 days, 368 days
-local KEEP = {r = 87000, d = 259200, w = 777600, m = 2851200, y = 31795200}
+local KEEP = {r = 87000, d = 259200, w = 777600, m = 2851200, y = 31795200, n = 600, k = 3600}
 local GONE = 86400                        -- seconds a settlement may come late or again and count once
 local state = {}                          -- key -> what this script call knows of it, and will write
 
@@ -163,10 +169,12 @@ local function load(U, G, window, who, extra)
     return s, extra and overlay(s, extra, redis.call('HMGET', U, unpack(extra))) or {}
   end
   local kind = string.sub(window, 1, 1)
-  local shift = tonumber(string.sub(window, 2)) or 0  -- 'm28800': the month in local time at UTC+8
+  local shift = tonumber(string.sub(window, 2)) or 0  -- 'm28800': the month in local time at UTC+8; 'k15': lease
   local b
-  if kind == 'r' then
-    b = math.floor(now / 300)
+  if SIZE[kind] then
+    b = math.floor(now / SIZE[kind])
+  elseif kind == 'k' then
+    b = 0
   elseif kind == 'm' then
     b = month_index(now + shift)
   elseif kind == 'y' then
@@ -186,7 +194,8 @@ local function load(U, G, window, who, extra)
     row = redis.call('HMGET', U, unpack(fields))
   end
   s = {b = b, lo = lo or lo_new, T = tonumber(row[2]) or 0, C = tonumber(row[3]) or 0,
-       t = tonumber(row[4]) or 0, c = tonumber(row[5]) or 0, opened = false, dirty = false, set = {}, del = {}}
+       t = tonumber(row[4]) or 0, c = tonumber(row[5]) or 0, opened = false, dirty = false, set = {}, del = {},
+       kind = kind, lease = kind == 'k' and shift or nil}
   state[U] = s
   if lo == nil or lo < lo_new then
     s.opened = true
@@ -226,7 +235,7 @@ local function settle_parts(a, first)
     local held, id = ARGV[p + 3], ARGV[p + 4]
     local tokens, cost = tonumber(ARGV[p + 5]), tonumber(ARGV[p + 6])
     local s, v = load(U, G, ARGV[p + 1], ARGV[p + 2], {'r:' .. id})
-    local apply = false
+    local apply, at = false, nil
     if held == '' and tokens == 0 and cost == 0 then  -- a cancel
       if v[1] then release(U, s, v[1]); drop(s, 'r:' .. id) end
     elseif held == '' then  -- let through while the store failed: count once
@@ -236,13 +245,15 @@ local function settle_parts(a, first)
         apply = true
       end
     elseif v[1] then  -- the common case
+      at = parse(v[1])
       release(U, s, v[1])
       drop(s, 'r:' .. id)
       apply = true
     else  -- reclaimed unsettled: counts now; else already applied: skip
       apply = redis.call('ZREM', G, 'x:' .. id) == 1
     end
-    if apply then add(U, s, s.b, tokens, cost) end
+    -- the sliding minute counts a request (and its tokens) at the second it was sent, while that is in the window
+    if apply then add(U, s, (s.kind == 'n' and at and at >= s.lo) and at or s.b, tokens, cost) end
   end
 end
 """
@@ -253,7 +264,8 @@ end
 # settlements this call carries (see settle_parts), applied first, so a caller's own finished calls
 # count at their true usage and cost no round trip of their own.
 # Returns {0, bucket...} (reserved: the bucket each principal's part is held in),
-# {1, i, quota, used, amount, limit} (refused: principal i would cross), or
+# {1, i, quota, used, amount, limit, retry after} (refused: principal i would cross; seconds until it would fit
+# in a sliding window, as text, or -1), or
 # {2, i, quota, used, amount, limit} (crosses a downgrade level: nothing reserved, ask again cheaper).
 RESERVE = _PRELUDE + r"""
 local id, ttl, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -275,6 +287,29 @@ local function check(i, row)
   return nil
 end
 
+-- seconds until a sliding window has dropped enough of its oldest buckets for this call to fit, -1 when it never
+-- will (the call alone is over the limit) or the window is not sliding; the calls in flight: 1 (a slot frees when a
+-- call ends, which no one can know)
+local function retry_after(row, q)
+  local s = row.s
+  if s.kind == 'k' then return 1 end
+  local size = SIZE[s.kind]
+  if not size then return -1 end
+  local need = row.used[q] + row.amount[q] - row.limits[q] * row.refuse
+  local fields = redis.call('HGETALL', row.U)
+  local per = {}
+  for i = 1, #fields, 2 do per[fields[i]] = tonumber(fields[i + 1]) end
+  local head = q == 1 and 't' or 'c'
+  local freed = 0
+  for x = s.lo, s.b do
+    if x == s.b then freed = freed + (q == 1 and s.t or s.c) else freed = freed + (per[head .. x] or 0) end
+    if freed >= need then  -- bucket x leaves the window when bucket x + SPAN + 1 begins
+      return string.format('%.3f', (x + SPAN[s.kind] + 1) * size - now)
+    end
+  end
+  return -1
+end
+
 local rows, verdict = {}, nil
 for i = 1, n do
   local a, U, G = 4 + (i - 1) * 8, KEYS[i * 2 - 1], KEYS[i * 2]
@@ -289,7 +324,11 @@ for i = 1, n do
     row.used = {s.T, s.C}
     crossing = check(i, row)
   end
-  if crossing and crossing[1] == 1 then save(); return crossing end
+  if crossing and crossing[1] == 1 then
+    crossing[7] = retry_after(row, crossing[3])
+    save()
+    return crossing
+  end
   verdict = verdict or crossing
   rows[i] = row
 end
@@ -298,7 +337,7 @@ local reply = {0}
 for i, row in ipairs(rows) do
   local s = row.s
   add(row.U, s, s.b, row.amount[1], row.amount[2])
-  put(s, 'r:' .. id, string.format('%d:%d:%d:%.3f', s.b, row.amount[1], row.amount[2], now + ttl))
+  put(s, 'r:' .. id, string.format('%d:%d:%d:%.3f', s.b, row.amount[1], row.amount[2], now + (s.lease or ttl)))
   reply[i + 1] = s.b
 end
 save()
@@ -321,6 +360,28 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
 local s = load(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
 save()
 return {s.T, s.C}
+"""
+
+# KEYS: usage hash of each call in flight's `concurrent` part. ARGV: now, lease seconds, then the reservation id of
+# each key. Moves each lease's deadline to now + lease (one that was reclaimed stays gone: its slot was given back).
+RENEW = r"""
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+local lease, renewed = tonumber(ARGV[2]), 0
+for i, U in ipairs(KEYS) do
+  local f = 'r:' .. ARGV[i + 2]
+  local v = redis.call('HGET', U, f)
+  if v then
+    local head = string.match(v, '^(-?%d+:%d+:%d+):')
+    redis.call('HSET', U, f, string.format('%s:%.3f', head, now + lease))
+    redis.call('EXPIRE', U, 3600)
+    renewed = renewed + 1
+  end
+end
+return renewed
 """
 
 # KEYS: usage, marks of one principal. ARGV: now, window kind, principal id.

@@ -27,9 +27,11 @@ from otel_tokens.config.watched import SettleGate, file_stamp
 from otel_tokens.logs import internal_error, log_once, logger
 from otel_tokens.pricing import PriceBook
 from otel_tokens.quota import vocabulary
+from otel_tokens.quota.budget.parts import settled_amounts, window_charge
 from otel_tokens.quota.budget.plans import Plan, plans, windows
 from otel_tokens.quota.budget.store import (
     DOWNGRADE,
+    LEASE,
     MAX_AMOUNT,
     NANO,
     REFUSED,
@@ -40,6 +42,7 @@ from otel_tokens.quota.budget.store import (
     StoreUnavailableError,
     redact,
 )
+from otel_tokens.quota.calendar import CALENDAR_WINDOWS, CONCURRENT, MINUTE, window_end
 from otel_tokens.quota.decision import Decision
 from otel_tokens.quota.file import Quotas, load_quotas, suspicious_changes
 from otel_tokens.recording.call import UsageEstimate
@@ -82,6 +85,8 @@ class BudgetMode:
         self._flushing = threading.Lock()
         self._unsettled = 0  # settlements queued or being sent
         self._count_lock = threading.Lock()
+        self._leases: dict[str, list[tuple[vocabulary.QuotaScope, str, str]]] = {}  # calls holding a slot in flight
+        self._next_renewal = 0.0
 
     # --- life --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -105,6 +110,7 @@ class BudgetMode:
         """A pre-forking server's worker: no thread survived the fork, and a lock held by one would
         stay held forever; what the parent had queued is the parent's to send."""
         self._pending.clear()
+        self._leases = {}
         self._unsettled = 0
         self._wake, self._stop = threading.Event(), threading.Event()
         self._reloading, self._flushing, self._count_lock = threading.Lock(), threading.Lock(), threading.Lock()
@@ -128,6 +134,8 @@ class BudgetMode:
             try:
                 self.store.maintain()
                 self.flush()
+                if self._leases and time.monotonic() >= self._next_renewal:
+                    self._renew()
                 if time.monotonic() >= self._next_reload:
                     self.reload()
             except Exception:
@@ -227,6 +235,9 @@ class BudgetMode:
         held = Held(reservation, tuple((c.scope, c.principal, c.window, h)
                                        for c, h in zip(charges, verdict.held, strict=True)),
                     charges[0].tokens if charges else 0, charges[0].cost if charges else 0)
+        slots = [(c.scope, c.principal, reservation) for c in charges if c.window == CONCURRENT]
+        if slots:
+            self._leases[reservation] = slots  # renewed by the worker while the call runs
         if target is None or crossing is None:
             return None, held
         return Decision(vocabulary.DOWNGRADE, crossing.scope.name, crossing.principal,
@@ -251,18 +262,34 @@ class BudgetMode:
         most 1.5 x store_timeout for the store, whatever path it takes."""
         return self._time_left(started) > 0
 
-    def settle(self, held: Held, tokens: int, cost: float | None, at_least_reserved: bool = False) -> None:
+    def settle(self, held: Held, tokens: int, cost: float | None, at_least_reserved: bool = False,
+               sent: bool = True) -> None:
         """Queued: the worker releases the reservation and counts the true usage. A stream left before its
         end without a usage block (`at_least_reserved`) counts its whole reservation: the server may have
-        generated all of it. The store is the conservative book for enforcement, the metrics the observed one."""
+        generated all of it. The store is the conservative book for enforcement, the metrics the observed one.
+        `sent` False: the call never left (an internal failure after the reservation): no request counted."""
         cost_nano = round(cost * NANO) if cost else 0  # nothing held and no usage: sent as a cancel
         if at_least_reserved:
             tokens, cost_nano = max(tokens, held.tokens), max(cost_nano, held.cost)
         with self._count_lock:
             self._unsettled += 1
         tokens, cost_nano = min(max(0, tokens), MAX_AMOUNT), min(max(0, cost_nano), MAX_AMOUNT)
-        self._pending.append([Settlement(scope, principal, member, held.reservation, tokens, cost_nano, window)
+        if self._leases:
+            self._leases.pop(held.reservation, None)
+        # the minute counts the call's tokens and one request; its slot among the calls in flight is given back
+        self._pending.append([Settlement(scope, principal, member, held.reservation,
+                                         *settled_amounts(window, tokens, cost_nano, sent), window)
                               for scope, principal, window, member in held.parts])
+
+    def _renew(self) -> None:
+        """Keeps the slots of this process's calls in flight held (a process killed mid-call holds its slots
+        for at most LEASE seconds): every LEASE / 3 s, in one pipelined round trip."""
+        self._next_renewal = time.monotonic() + LEASE / 3
+        leases = [slot for slots in list(self._leases.values()) for slot in slots]
+        try:
+            self.store.renew(leases)
+        except StoreUnavailableError as error:
+            self._unavailable(str(error))
 
     # --- inside ----------------------------------------------------------------------------------------------
     def _cost(self, provider: str, model: str, input_tokens: int, output_tokens: int, limited: bool) -> int:
@@ -279,12 +306,8 @@ class BudgetMode:
         cost = self._cost(provider, model, input_bound, output_bound, any(lim.cost is not None for lim in limits))
         charges = []
         for (scope, principal, window), lim in zip(who, limits, strict=True):
-            plan = self._plans[scope.name]
-            downgrade = plan.downgrade_for(downgradable_model)
-            charges.append(Charge(scope, principal, input_bound + output_bound, cost,
-                                  None if lim.tokens is None else int(lim.tokens),
-                                  None if lim.cost is None else round(lim.cost * NANO),
-                                  plan.refuse, downgrade[0] if downgrade else None, window))
+            charges.append(window_charge(scope, principal, window, lim, self._plans[scope.name],
+                                         input_bound + output_bound, cost, downgradable_model))
         return charges
 
     def _refusal(self, quotas: Quotas, verdict: Any) -> Decision:
@@ -293,13 +316,22 @@ class BudgetMode:
         plan = self._plans[scope.name]
         severity = vocabulary.CRITICAL if (plan.refuse or 1.0) >= 1.0 else vocabulary.WARNING
 
+        window = charge.window or scope.window
+        quota = verdict.quota  # the second column of the minute, and the one of the calls in flight, count calls
+        if window == CONCURRENT or (window == MINUTE and quota == vocabulary.COST):
+            quota = vocabulary.REQUESTS
+
         def show(value: int) -> str:
-            if verdict.quota == vocabulary.COST:
+            if quota == vocabulary.COST:
                 return f"{value / NANO:,.4f} {self.prices.currency}"
             return f"{value:,}"
 
-        entry = {"window": charge.window or scope.window, "quota": verdict.quota, "usage": show(verdict.used),
-                 "reserved": show(verdict.amount), "limit": show(verdict.limit), "severity": severity}
+        retry = verdict.retry_after
+        if retry is None and window in CALENDAR_WINDOWS:  # the window's local end
+            now = time.time()
+            retry = window_end(window, now, quotas.timezone) - now
+        entry = {"window": window, "quota": quota, "usage": show(verdict.used), "reserved": show(verdict.amount),
+                 "limit": show(verdict.limit), "severity": severity, "retry_after": retry}
         return Decision(vocabulary.REJECT, scope.name, charge.principal, entry)
 
     def _fail(self) -> Decision:
@@ -355,3 +387,4 @@ class BudgetMode:
                                  self.source)
                     return
                 self._settled(len(batch))
+

@@ -45,5 +45,5 @@ def plans(settings: GuardSettings, quotas: Quotas) -> dict[str, Plan]:
 def windows(quotas: Quotas | None) -> dict[str, tuple[str, ...]]:
     """Scope name -> the windows a call is charged in: the scope's own first, then every other window with a
     limit anywhere in that scope."""
-    return {scope.name: (scope.window, *(w for w in (quotas.scope_windows(scope) if quotas else ())
+    return {scope.name: (scope.window, *(w for w in (quotas.scope_windows(scope, rates=True) if quotas else ())
                                          if w != scope.window)) for scope in vocabulary.SCOPES}

@@ -20,19 +20,28 @@ import hashlib
 import inspect
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from otel_tokens.quota.budget import lua
-from otel_tokens.quota.calendar import ROLLING, ZoneOffsets
+from otel_tokens.quota.budget.records import (  # noqa: F401 - the store's vocabulary, imported from here too
+    DOWNGRADE,
+    PREFIX,
+    REFUSED,
+    RESERVED,
+    Charge,
+    Settlement,
+    Verdict,
+    principal_keys,
+    redact,
+)
+from otel_tokens.quota.calendar import CONCURRENT, MINUTE, ROLLING, ZoneOffsets
 from otel_tokens.quota.vocabulary import KINDS, QuotaScope
 
 NANO = 1_000_000_000  # cost is held in integer nano-units of the currency
 MAX_AMOUNT = 2**50  # Lua numbers are doubles: amounts stay well inside their exact integers
-_SCRIPTS = {"reserve": lua.RESERVE, "settle": lua.SETTLE, "read": lua.READ, "peek": lua.PEEK}
-PREFIX = "otel-tokens:"
+_SCRIPTS = {"reserve": lua.RESERVE, "settle": lua.SETTLE, "read": lua.READ, "peek": lua.PEEK, "renew": lua.RENEW}
+LEASE = 15.0  # seconds a call's slot among the calls in flight is held unless its process renews it
 # The key layout this version writes (docs/enforcement.md, "Redis layout"): 1, the scopes' own windows (rolling
 # 24 h buckets, UTC month); 2, every window, a calendar bucket keyed by its id in the zone. A version only adds
 # keys and fields (old processes keep reading theirs during a rolling deploy); one that must change their meaning
@@ -47,68 +56,6 @@ class StoreUnavailableError(Exception):
 
 class StoreLayoutError(StoreUnavailableError):
     """The store holds keys of a newer layout than this version reads: upgrade every process."""
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """One principal's part of a reservation, with the limits it is checked against."""
-
-    scope: QuotaScope
-    principal: str
-    tokens: int
-    cost: int  # nano-units
-    token_limit: int | None = None
-    cost_limit: int | None = None  # nano-units
-    refuse: float | None = 1.0  # refused when usage + this call would exceed limit x refuse
-    downgrade: float | None = None  # asked to downgrade when it would exceed limit x downgrade
-    window: str = ""  # calendar.WINDOWS; '' = the scope's own (24h, month)
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    status: int  # RESERVED, REFUSED, DOWNGRADE
-    held: tuple[str, ...] = ()  # RESERVED: "reservation:bucket" each charge is held in
-    charge: Charge | None = None  # the principal that would cross
-    quota: str = ""  # tokens | cost
-    used: int = 0
-    amount: int = 0
-    limit: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """One principal's part of a finished call: release what it held, count its true usage."""
-
-    scope: QuotaScope
-    principal: str
-    held: str  # Verdict.held's entry ('' when nothing was held: the call was let through)
-    reservation: str  # the call's reservation id: what makes a settlement sent twice count once
-    tokens: int
-    cost: int  # nano-units
-    window: str = ""  # as Charge.window
-
-
-RESERVED, REFUSED, DOWNGRADE = 0, 1, 2
-
-
-def redact(url: str) -> str:
-    """The store URL without its password, for messages."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
-def principal_keys(scope: QuotaScope, principal: str, window: str = "") -> tuple[str, str]:
-    """(usage hash, marks zset) of one principal's window: one hash tag of ours per principal (every window in
-    one Cluster slot), whatever the id holds. The scope's own window keeps the keys of the versions before
-    windows (`{u:<digest>}`), the others add theirs (`{u:<digest>}:day`)."""
-    digest = hashlib.sha256(principal.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    base = f"{PREFIX}{{{scope.name[0]}:{digest}}}"
-    if window and window != scope.window:
-        base = f"{base}:{window}"
-    return base, f"{base}:marks"
 
 
 class RedisBudgetStore:
@@ -254,6 +201,10 @@ class RedisBudgetStore:
         window = window or scope.window
         if window == ROLLING:
             return "r"
+        if window == MINUTE:
+            return "n"
+        if window == CONCURRENT:
+            return f"k{LEASE:g}"
         zone = self._zone
         if zone is None:
             return "m" if window == "month" else f"{window[0]}0"
@@ -283,9 +234,10 @@ class RedisBudgetStore:
         reply = self._eval(client, "reserve", keys, args)
         if reply[0] == RESERVED:
             return Verdict(RESERVED, tuple(f"{reservation}:{int(b)}" for b in reply[1:]))
-        status, index, quota, used, amount, limit = (int(v) for v in reply)
+        status, index, quota, used, amount, limit = (int(v) for v in reply[:6])
+        retry = float(reply[6]) if len(reply) > 6 else -1.0
         return Verdict(status, charge=charges[index - 1], quota=KINDS[quota - 1], used=used, amount=amount,
-                       limit=limit)
+                       limit=limit, retry_after=retry if retry >= 0 else None)
 
     def _reserve_one_by_one(self, reservation: str, ttl: float, charges: Sequence[Charge]) -> Verdict:
         """Redis Cluster: one script per principal (all its windows live in its slot), in order. A refusal
@@ -348,6 +300,20 @@ class RedisBudgetStore:
             keys.extend(self.keys(part.scope, part.principal, part.window))
             args += [self._window(part.scope, part.window), _shown(part.principal), part.held, part.reservation,
                      _amount(part.tokens), _amount(part.cost)]
+
+    def renew(self, leases: Sequence[tuple[QuotaScope, str, str]], lease: float = LEASE) -> int:
+        """Moves the deadline of each (scope, principal, reservation)'s slot among the calls in flight to now +
+        `lease`: one script per principal's slot hash, pipelined (off the call path: no backoff on failure)."""
+        if not leases:
+            return 0
+
+        def run(client: Any) -> int:
+            pipe = client if self.cluster else client.pipeline(transaction=False)
+            replies = [self._eval(pipe, "renew", [self.keys(scope, principal, CONCURRENT)[0]],
+                                  [self._now(), lease, reservation]) for scope, principal, reservation in leases]
+            return sum(int(r) for r in (replies if self.cluster else pipe.execute()))
+
+        return int(self._run(run, back_off=False))
 
     def read(self, scope: QuotaScope, principal: str, window: str = "") -> tuple[int, int, int]:
         """(tokens, cost nano-units, reservations in flight) of one principal's current window (default: the
