@@ -1,4 +1,5 @@
-"""ASGI middleware: `app.add_middleware(UsageContextMiddleware, headers={"user.id": "X-Forwarded-User"})`."""
+"""ASGI middleware: `app.add_middleware(UsageContextMiddleware, headers={"user.id": "X-Forwarded-User"})`. It also
+answers a refused LLM call the app did not handle as HTTP 429 with Retry-After."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from otel_tokens.attribution.context import usage_context
+from otel_tokens.quota.decision import QuotaExceededError
 from otel_tokens.web.headers import Identify, TrustedHeaders, identified, resolve
 from otel_tokens.web.headers import read_headers as _read
+from otel_tokens.web.refusal import refusal_response
 
 
 class UsageContextMiddleware:
@@ -24,10 +27,32 @@ class UsageContextMiddleware:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         values = request_values(scope, self._headers, self._identify)
         if not values:
-            await self.app(scope, receive, send)
+            await answer_refusals(self.app, scope, receive, send)
             return
         with usage_context.of(values):
-            await self.app(scope, receive, send)
+            await answer_refusals(self.app, scope, receive, send)
+
+
+async def answer_refusals(app: Any, scope: Any, receive: Any, send: Any) -> None:
+    """Runs the app; a QuotaExceededError it let through before its response began is answered 429 (with
+    Retry-After), not 500. After the response began, the error goes on (the server closes the connection)."""
+    started = False
+
+    async def watched(message: Any) -> None:
+        nonlocal started
+        if isinstance(message, Mapping) and message.get("type") == "http.response.start":
+            started = True
+        await send(message)
+
+    try:
+        await app(scope, receive, watched)
+    except QuotaExceededError as error:
+        if started or not isinstance(scope, Mapping) or scope.get("type") != "http":
+            raise
+        headers, body = refusal_response(error)
+        await send({"type": "http.response.start", "status": 429,
+                    "headers": [(k.encode(), v.encode()) for k, v in headers]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def request_values(scope: Any, headers: TrustedHeaders | None, identify: Identify | None = None) -> dict[str, str]:

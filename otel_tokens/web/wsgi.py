@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from otel_tokens.attribution.context import usage_context
+from otel_tokens.quota.decision import QuotaExceededError
 from otel_tokens.web.headers import Identify, TrustedHeaders, identified, resolve
 from otel_tokens.web.headers import read_headers as _read
+from otel_tokens.web.refusal import STATUS, refusal_response
 
 
 class UsageContextWSGIMiddleware:
@@ -22,7 +25,12 @@ class UsageContextWSGIMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         values = environ_values(environ, self._headers, self._identify)
-        return call_in_context(values, self.app, environ, start_response)
+        try:
+            return call_in_context(values, self.app, environ, start_response)
+        except QuotaExceededError as error:  # let through by the app before its body: 429, not 500
+            headers, body = refusal_response(error)
+            start_response(STATUS, headers, sys.exc_info())
+            return [body]
 
 
 def environ_values(environ: Any, headers: TrustedHeaders | None, identify: Identify | None = None) -> dict[str, str]:

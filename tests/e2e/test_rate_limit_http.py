@@ -1,0 +1,134 @@
+"""A refused LLM call the app lets through becomes HTTP 429 with Retry-After at the middleware: a real FastAPI app
+served by uvicorn, and a WSGI app served by wsgiref, both in budget mode on a real Redis, the user from the
+proxy's trusted header."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from otel_tokens.web import UsageContextMiddleware, UsageContextWSGIMiddleware
+from tests.support.budget import budget_app, write_quotas
+from tests.support.prometheus_stack import free_port, wait_http
+
+HEADERS = {"user.id": "X-Forwarded-User"}
+
+
+def _post(url: str, user: str) -> tuple[int, Any, dict]:
+    request = urllib.request.Request(url, data=b"{}", method="POST",
+                                     headers={"X-Forwarded-User": user, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, json.loads(error.read() or b"{}")
+
+
+def _fastapi(client: Any) -> FastAPI:
+    api = FastAPI()
+
+    @api.post("/chat")
+    def chat() -> dict[str, int]:
+        reply = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        return {"tokens": reply.usage.total_tokens}
+
+    api.add_middleware(UsageContextMiddleware, headers=HEADERS, proxies=["127.0.0.1"])
+    return api
+
+
+def _wsgi(client: Any) -> Any:
+    def chat(environ: Any, start_response: Any) -> list[bytes]:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        start_response("200 OK", [("content-type", "application/json")])
+        return [b"{}"]
+
+    return chat
+
+
+def _check_minute(url: str) -> None:
+    """Two requests a minute: the third within the minute is 429 with the seconds until the first leaves."""
+    first = time.monotonic()
+    assert _post(url, "alice")[0] == 200
+    assert _post(url, "alice")[0] == 200
+    status, headers, body = _post(url, "alice")
+    elapsed = time.monotonic() - first
+    assert status == 429, body
+    retry = int(headers.get("Retry-After"))
+    assert 60 - elapsed - 1 <= retry <= 61 - elapsed + 1  # the first request's second leaves the window then
+    assert body == {"error": {"type": "rate_limited", "scope": "user", "window": "minute", "quota": "requests",
+                              "retry_after": retry,
+                              "message": f"LLM quota reached (user minute requests); retry after {retry} s"}}
+    assert _post(url, "bob")[0] == 200  # another user is served
+
+
+def test_fastapi_answers_a_rate_limited_call_429_with_retry_after(tmp_path, redis_url):
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"minute": {"requests": 2}, "24h": {"tokens": 10**9}}})
+    for app in budget_app(quotas, redis_url):
+        api = _fastapi(app.client)
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            wait_http(f"http://127.0.0.1:{port}/docs")
+            _check_minute(f"http://127.0.0.1:{port}/chat")
+        finally:
+            server.should_exit = True
+            thread.join(10)
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_wsgi_app_answers_a_rate_limited_call_429_with_retry_after(tmp_path, redis_url):
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"minute": {"requests": 2}, "24h": {"tokens": 10**9}}})
+    for app in budget_app(quotas, redis_url):
+        httpd = make_server("127.0.0.1", 0, UsageContextWSGIMiddleware(_wsgi(app.client), headers=HEADERS,
+                                                                        proxies=["127.0.0.1"]), handler_class=_Quiet)
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            _check_minute(f"http://127.0.0.1:{httpd.server_port}/chat")
+        finally:
+            httpd.shutdown()
+
+
+def test_an_apps_own_handler_still_wins(tmp_path, redis_url):
+    """An app that maps the refusal itself (its own message, its own status) is answered by its own handler."""
+    from fastapi.responses import JSONResponse
+
+    from otel_tokens import QuotaExceededError
+
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"minute": {"requests": 1}, "24h": {"tokens": 10**9}}})
+    async def busy(request: Any, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "slow down"}, status_code=503)
+
+    for app in budget_app(quotas, redis_url):
+        api = _fastapi(app.client)
+        api.add_exception_handler(QuotaExceededError, busy)
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            wait_http(f"http://127.0.0.1:{port}/docs")
+            url = f"http://127.0.0.1:{port}/chat"
+            assert _post(url, "alice")[0] == 200
+            assert _post(url, "alice")[:1] + (_post(url, "alice")[2],) == (503, {"detail": "slow down"})
+        finally:
+            server.should_exit = True
+            thread.join(10)
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
