@@ -10,6 +10,7 @@ from otel_tokens.attribution.context import usage_context
 from otel_tokens.quota.decision import QuotaExceededError
 from otel_tokens.web.headers import Identify, TrustedHeaders, identified, resolve
 from otel_tokens.web.headers import read_headers as _read
+from otel_tokens.web.ratelimit_headers import current_headers
 from otel_tokens.web.refusal import refusal_response
 
 
@@ -19,10 +20,11 @@ class UsageContextMiddleware:
     authenticating proxy set. Your own `usage_context` inside a handler still wins."""
 
     def __init__(self, app: Any, identify: Identify | None = None, headers: Mapping[str, str] | None = None,
-                 proxies: Sequence[str] | None = None) -> None:
+                 proxies: Sequence[str] | None = None, rate_limit_headers: bool = False) -> None:
         self.app = app
         self._identify = identify
         self._headers = resolve(headers, identify, "UsageContextMiddleware", proxies)
+        self._rate_limit_headers = rate_limit_headers  # RateLimit-Policy / RateLimit for the request's user
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         values = request_values(scope, self._headers, self._identify)
@@ -30,18 +32,22 @@ class UsageContextMiddleware:
             await answer_refusals(self.app, scope, receive, send)
             return
         with usage_context.of(values):
-            await answer_refusals(self.app, scope, receive, send)
+            await answer_refusals(self.app, scope, receive, send, self._rate_limit_headers)
 
 
-async def answer_refusals(app: Any, scope: Any, receive: Any, send: Any) -> None:
+async def answer_refusals(app: Any, scope: Any, receive: Any, send: Any, standing: bool = False) -> None:
     """Runs the app; a QuotaExceededError it let through before its response began is answered 429 (with
-    Retry-After), not 500. After the response began, the error goes on (the server closes the connection)."""
+    Retry-After), not 500. After the response began, the error goes on (the server closes the connection).
+    `standing`: the user's RateLimit headers on every response."""
     started = False
 
     async def watched(message: Any) -> None:
         nonlocal started
         if isinstance(message, Mapping) and message.get("type") == "http.response.start":
             started = True
+            if standing:
+                extra = [(k.encode(), v.encode()) for k, v in current_headers()]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
         await send(message)
 
     try:
@@ -50,6 +56,8 @@ async def answer_refusals(app: Any, scope: Any, receive: Any, send: Any) -> None
         if started or not isinstance(scope, Mapping) or scope.get("type") != "http":
             raise
         headers, body = refusal_response(error)
+        if standing:
+            headers += current_headers()
         await send({"type": "http.response.start", "status": 429,
                     "headers": [(k.encode(), v.encode()) for k, v in headers]})
         await send({"type": "http.response.body", "body": body})

@@ -10,6 +10,7 @@ from otel_tokens.attribution.context import usage_context
 from otel_tokens.quota.decision import QuotaExceededError
 from otel_tokens.web.headers import Identify, TrustedHeaders, identified, resolve
 from otel_tokens.web.headers import read_headers as _read
+from otel_tokens.web.ratelimit_headers import current_headers
 from otel_tokens.web.refusal import STATUS, refusal_response
 
 
@@ -18,18 +19,25 @@ class UsageContextWSGIMiddleware:
     it, after the app returned, so the attribution is entered around every step of the iteration too."""
 
     def __init__(self, app: Any, identify: Identify | None = None, headers: Mapping[str, str] | None = None,
-                 proxies: Sequence[str] | None = None) -> None:
+                 proxies: Sequence[str] | None = None, rate_limit_headers: bool = False) -> None:
         self.app = app
         self._identify = identify
         self._headers = resolve(headers, identify, "UsageContextWSGIMiddleware", proxies)
+        self._rate_limit_headers = rate_limit_headers  # RateLimit-Policy / RateLimit for the request's user
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         values = environ_values(environ, self._headers, self._identify)
+        respond = start_response
+        if self._rate_limit_headers and values:
+            def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+                with usage_context.of(values):
+                    extra = current_headers()
+                return start_response(status, [*headers, *extra], exc_info)
         try:
-            return call_in_context(values, self.app, environ, start_response)
+            return call_in_context(values, self.app, environ, respond)
         except QuotaExceededError as error:  # let through by the app before its body: 429, not 500
             headers, body = refusal_response(error)
-            start_response(STATUS, headers, sys.exc_info())
+            respond(STATUS, headers, sys.exc_info())
             return [body]
 
 

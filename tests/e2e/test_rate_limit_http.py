@@ -33,7 +33,7 @@ def _post(url: str, user: str) -> tuple[int, Any, dict]:
         return error.code, error.headers, json.loads(error.read() or b"{}")
 
 
-def _fastapi(client: Any) -> FastAPI:
+def _fastapi(client: Any, **middleware: Any) -> FastAPI:
     api = FastAPI()
 
     @api.post("/chat")
@@ -41,7 +41,7 @@ def _fastapi(client: Any) -> FastAPI:
         reply = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
         return {"tokens": reply.usage.total_tokens}
 
-    api.add_middleware(UsageContextMiddleware, headers=HEADERS, proxies=["127.0.0.1"])
+    api.add_middleware(UsageContextMiddleware, headers=HEADERS, proxies=["127.0.0.1"], **middleware)
     return api
 
 
@@ -126,6 +126,36 @@ def test_an_apps_own_handler_still_wins(tmp_path, redis_url):
             url = f"http://127.0.0.1:{port}/chat"
             assert _post(url, "alice")[0] == 200
             assert _post(url, "alice")[:1] + (_post(url, "alice")[2],) == (503, {"detail": "slow down"})
+        finally:
+            server.should_exit = True
+            thread.join(10)
+
+
+def test_ratelimit_headers_tell_each_user_their_own_standing(tmp_path, redis_url):
+    """rate_limit_headers=True: RateLimit-Policy names the user's windows, RateLimit the one nearest its limit
+    (remaining, seconds to reset); bob's response says nothing of alice's spending."""
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"minute": {"requests": 2}, "24h": {"tokens": 10**9}}},
+                          {"default": {"tokens": 10**9}})
+    for app in budget_app(quotas, redis_url):
+        api = _fastapi(app.client, rate_limit_headers=True)
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            wait_http(f"http://127.0.0.1:{port}/docs")
+            url = f"http://127.0.0.1:{port}/chat"
+            status, headers, _ = _post(url, "alice")
+            assert status == 200
+            # the user's windows only (the department's month is not the user's to see)
+            assert headers.get("RateLimit-Policy") == '"24h-tokens";q=1000000000;w=86400, "minute-requests";q=2;w=60'
+            assert headers.get("RateLimit") == '"minute-requests";r=1;t=60'
+            headers = _post(url, "alice")[1]
+            assert headers.get("RateLimit") == '"minute-requests";r=0;t=60'
+            status, headers, _ = _post(url, "alice")
+            assert status == 429 and headers.get("RateLimit") == '"minute-requests";r=0;t=60'
+            bob = _post(url, "bob")[1]
+            assert bob.get("RateLimit") == '"minute-requests";r=1;t=60'  # bob's own, not alice's
         finally:
             server.should_exit = True
             thread.join(10)
