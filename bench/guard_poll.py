@@ -26,7 +26,7 @@ def _cpu(fn) -> float:
 
 def main() -> None:
     state = AlertState()
-    state.apply([(("user", f"user-{i}", "tokens", "critical"), dict(ENTRY)) for i in range(100_000)])
+    state.apply([(("user", f"user-{i}", "tokens", "24h", "critical"), dict(ENTRY)) for i in range(100_000)])
     server = serve("127.0.0.1", 0, state=state, token=TOKEN)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/state"
@@ -38,7 +38,7 @@ def main() -> None:
         unchanged = min(_cpu(guard.refresh) for _ in range(5))
         deltas = []
         for i in range(5):
-            state.apply([(("user", f"new-{i}", "tokens", "critical"), dict(ENTRY))])
+            state.apply([(("user", f"new-{i}", "tokens", "24h", "critical"), dict(ENTRY))])
             deltas.append(_cpu(guard.refresh))
         one = min(deltas)
         print("guard endpoint poll, 100k principals in the state (answer capped at 10,000 per section)")
