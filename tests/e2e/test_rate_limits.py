@@ -61,6 +61,10 @@ def test_five_requests_a_minute_and_retry_after_to_the_second(tmp_path, redis_ur
         status = {(w.window, w.kind): w for w in quota_status(user_id="alice").windows}
         assert (status["minute", "requests"].used, status["minute", "requests"].limit) == (5, 5)
         assert status["minute", "requests"].resets_at is None  # sliding: no reset time
+        app.held("alice")  # the queued settlements in the store: it now equals the exported metrics
+        status = {(w.window, w.kind): w for w in quota_status(user_id="alice").windows}
+        assert status["24h", "tokens"].used == app.metric_tokens("alice") > 0
+        assert status["minute", "requests"].used == 5  # the first request left the minute; four and the last remain
 
 
 def test_never_more_than_the_limit_in_any_60_seconds_and_refused_only_when_it_is_reached(tmp_path, redis_url):
