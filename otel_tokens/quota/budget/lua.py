@@ -222,19 +222,20 @@ local function save()
   end
 end
 
--- settlements carried by a script call: count, then per part kind, principal id, held ('' =
--- nothing held), reservation id, true tokens, true cost; their keys (usage, marks per part) start
+-- settlements carried by a script call: a JSON array of parts, each [window kind, principal id, held ('' =
+-- nothing held), reservation id, true tokens, true cost] (one argument for all: redis-py spends a microsecond
+-- and more encoding each argument); their keys (usage, marks per part) start
 -- at KEYS[first]. Each releases its reservation and counts the true usage in the current bucket,
 -- where the metrics count it too; sent twice, it counts once. Nothing held and no usage: a cancel
 -- (releases a reservation whose reply was lost, if there is one; leaves no mark).
-local function settle_parts(a, first)
-  local m = tonumber(ARGV[a])
-  for j = 1, m do
-    local p, k = a + (j - 1) * 6, first + (j - 1) * 2
+local function settle_parts(json, first)
+  local parts = cjson.decode(json)
+  for j = 1, #parts do
+    local part, k = parts[j], first + (j - 1) * 2
     local U, G = KEYS[k], KEYS[k + 1]
-    local held, id = ARGV[p + 3], ARGV[p + 4]
-    local tokens, cost = tonumber(ARGV[p + 5]), tonumber(ARGV[p + 6])
-    local s, v = load(U, G, ARGV[p + 1], ARGV[p + 2], {'r:' .. id})
+    local held, id = part[3], part[4]
+    local tokens, cost = tonumber(part[5]), tonumber(part[6])
+    local s, v = load(U, G, part[1], part[2], {'r:' .. id})
     local apply, at = false, nil
     if held == '' and tokens == 0 and cost == 0 then  -- a cancel
       if v[1] then release(U, s, v[1]); drop(s, 'r:' .. id) end
@@ -258,18 +259,19 @@ local function settle_parts(a, first)
 end
 """
 
-# KEYS: usage, marks per principal, then per settlement part. ARGV: now ('' = Redis TIME), reservation
-# id, ttl seconds, principal count, then per principal window: window kind (r, or d/w/m/y + the UTC offset),
-# principal id, tokens, cost, token limit, cost limit ('' = none), refuse ratio, downgrade ratio ('' = none); then the
-# settlements this call carries (see settle_parts), applied first, so a caller's own finished calls
+# KEYS: usage, marks per principal window, then per settlement part. ARGV: now ('' = Redis TIME), reservation
+# id, ttl seconds, the charges as a JSON array, each [window kind (r, n, k<lease>, or d/w/m/y + the UTC offset),
+# principal id, tokens, cost, token limit, cost limit ('' = none), refuse ratio, downgrade ratio ('' = none)];
+# then the settlements this call carries (see settle_parts), applied first, so a caller's own finished calls
 # count at their true usage and cost no round trip of their own.
 # Returns {0, bucket...} (reserved: the bucket each principal's part is held in),
 # {1, i, quota, used, amount, limit, retry after} (refused: principal i would cross; seconds until it would fit
 # in a sliding window, as text, or -1), or
 # {2, i, quota, used, amount, limit} (crosses a downgrade level: nothing reserved, ask again cheaper).
 RESERVE = _PRELUDE + r"""
-local id, ttl, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-settle_parts(5 + n * 8, n * 2 + 1)
+local id, ttl, charges = ARGV[2], tonumber(ARGV[3]), cjson.decode(ARGV[4])
+local n = #charges
+settle_parts(ARGV[5], n * 2 + 1)
 
 -- the first limit principal i's call would cross: {status, i, quota, used, amount, limit} or nil
 -- (a refusal on any quota before a downgrade on any)
@@ -312,12 +314,12 @@ end
 
 local rows, verdict = {}, nil
 for i = 1, n do
-  local a, U, G = 4 + (i - 1) * 8, KEYS[i * 2 - 1], KEYS[i * 2]
-  local s = load(U, G, ARGV[a + 1], ARGV[a + 2])
+  local c, U, G = charges[i], KEYS[i * 2 - 1], KEYS[i * 2]
+  local s = load(U, G, c[1], c[2])
   local row = {U = U, G = G, s = s, used = {s.T, s.C},
-               amount = {tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])},
-               limits = {tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])},
-               refuse = tonumber(ARGV[a + 7]), downgrade = tonumber(ARGV[a + 8])}
+               amount = {tonumber(c[3]), tonumber(c[4])},
+               limits = {tonumber(c[5]), tonumber(c[6])},
+               refuse = tonumber(c[7]), downgrade = tonumber(c[8])}
   local crossing = check(i, row)
   if crossing and not s.opened then  -- expired reservations matter only here: reclaim, judge again
     reclaim(U, G, s)
@@ -344,9 +346,9 @@ save()
 return reply
 """
 
-# KEYS: usage, marks per settlement part. ARGV: now, then the parts (see settle_parts).
+# KEYS: usage, marks per settlement part. ARGV: now, then the parts as JSON (see settle_parts).
 SETTLE = _PRELUDE + r"""
-settle_parts(2, 1)
+settle_parts(ARGV[2], 1)
 save()
 return 0
 """

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -225,11 +226,12 @@ class RedisBudgetStore:
     def _reserve(self, client: Any, reservation: str, ttl: float, charges: Sequence[Charge],
                  settlements: Sequence[Sequence[Settlement]] = ()) -> Verdict:
         keys: list[str] = []
-        args: list[Any] = [self._now(), reservation, ttl, len(charges)]
+        rows = []
         for c in charges:
             keys.extend(self.keys(c.scope, c.principal, c.window))
-            args += [self._window(c.scope, c.window), _shown(c.principal), _amount(c.tokens), _amount(c.cost),
-                     _opt(c.token_limit), _opt(c.cost_limit), _opt(c.refuse), _opt(c.downgrade)]
+            rows.append([self._window(c.scope, c.window), _shown(c.principal), _amount(c.tokens), _amount(c.cost),
+                         _opt(c.token_limit), _opt(c.cost_limit), _opt(c.refuse), _opt(c.downgrade)])
+        args: list[Any] = [self._now(), reservation, ttl, json.dumps(rows)]
         self._parts([part for parts in settlements for part in parts], keys, args)
         reply = self._eval(client, "reserve", keys, args)
         if reply[0] == RESERVED:
@@ -295,11 +297,12 @@ class RedisBudgetStore:
         return keys, args
 
     def _parts(self, parts: Sequence[Settlement], keys: list[str], args: list[Any]) -> None:
-        args.append(len(parts))
+        rows = []
         for part in parts:
             keys.extend(self.keys(part.scope, part.principal, part.window))
-            args += [self._window(part.scope, part.window), _shown(part.principal), part.held, part.reservation,
-                     _amount(part.tokens), _amount(part.cost)]
+            rows.append([self._window(part.scope, part.window), _shown(part.principal), part.held, part.reservation,
+                         _amount(part.tokens), _amount(part.cost)])
+        args.append(json.dumps(rows))
 
     def renew(self, leases: Sequence[tuple[QuotaScope, str, str]], lease: float = LEASE) -> int:
         """Moves the deadline of each (scope, principal, reservation)'s slot among the calls in flight to now +
@@ -342,9 +345,9 @@ class RedisBudgetStore:
         return list(self.keys(scope, principal, window)), [self._now(), self._window(scope, window), _shown(principal)]
 
 
-def _shown(principal: str) -> bytes:
-    """The id kept beside a principal's usage for operators: any string, at most 256 bytes."""
-    return principal.encode("utf-8", "backslashreplace")[:256]
+def _shown(principal: str) -> str:
+    """The id kept beside a principal's usage for operators: any string, at most 256 bytes of UTF-8."""
+    return principal.encode("utf-8", "backslashreplace")[:256].decode("utf-8", "ignore")
 
 
 def _amount(value: int) -> int:
