@@ -30,6 +30,7 @@ from otel_tokens.recording.sdk_readers import (
 )
 from otel_tokens.sdk_setup import nothing_exported_warning
 from otel_tokens.version import __version__
+from otel_tokens.web import starlette_refusals
 from otel_tokens.web import zero_code as web_zero_code
 
 # (integration module, import name); each instruments its library only when it is installed.
@@ -88,6 +89,7 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         install_directory(settings)
         if settings.trusted_headers:
             web_zero_code.instrument(settings.trusted_headers, settings.trusted_proxies, settings.trusted_groups)
+        starlette_refusals.instrument()
         recorder.start()
         self._recorder = recorder
         self._active = []
@@ -108,6 +110,7 @@ class TokenUsageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         attribution.trust_baggage(False)
         directory.install(None)
         web_zero_code.uninstrument()
+        starlette_refusals.uninstrument()
         if self._recorder is not None:
             self._recorder.close()
             self._recorder = None

@@ -162,3 +162,40 @@ def test_ratelimit_headers_tell_each_user_their_own_standing(tmp_path, redis_url
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _plain_fastapi(client: Any) -> FastAPI:
+    """A FastAPI app with no middleware and no handler of ours: its own usage_context names the user."""
+    from otel_tokens import usage_context
+
+    api = FastAPI()
+
+    @api.post("/chat")
+    def chat() -> dict[str, int]:
+        with usage_context(user_id="alice"):
+            client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        return {}
+
+    return api
+
+
+def test_zero_code_a_fastapi_app_without_any_middleware_answers_429(tmp_path, redis_url):
+    """Instrumented, a plain FastAPI app (no middleware of ours, no handler) answers a refusal 429 with
+    Retry-After: the package gives the app a default handler for QuotaExceededError."""
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"minute": {"requests": 1}, "24h": {"tokens": 10**9}}})
+    for app in budget_app(quotas, redis_url):
+        api = _plain_fastapi(app.client)
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            wait_http(f"http://127.0.0.1:{port}/docs")
+            url = f"http://127.0.0.1:{port}/chat"
+            assert _post(url, "ignored")[0] == 200
+            status, headers, body = _post(url, "ignored")
+            assert status == 429 and 58 <= int(headers.get("Retry-After")) <= 61
+            assert body["error"]["type"] == "rate_limited" and body["error"]["window"] == "minute"
+        finally:
+            server.should_exit = True
+            thread.join(10)
