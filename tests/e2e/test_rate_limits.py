@@ -157,3 +157,40 @@ def test_a_long_call_keeps_its_slot_by_renewing_its_lease(tmp_path, redis_url, m
         app.server.delay_s = 0.0
         app.ask("alice")
         assert app.server.max_in_flight["alice"] == 1
+
+
+def test_a_killed_process_frees_its_slot_after_the_lease_not_the_reservation_ttl(tmp_path, redis_url):
+    """A process killed mid-call (SIGKILL: no settlement, no atexit) held alice's only slot; another process is
+    refused until the slot's lease runs out (15 s after its last renewal), then served: not after the 600 s of
+    reservation_ttl."""
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"concurrent": 1, "24h": BIG}})
+    with OpenAIServer(delay_s=60.0) as hung:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        proc = subprocess.Popen([sys.executable, "-m", "tests.support.budget_app"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={
+                                    **base, "OPENAI_BASE_URL": hung.base_url, "OTEL_TOKENS_QUOTA_FILE": str(quotas),
+                                    "OTEL_TOKENS_BUDGET_STORE": redis_url, "BUDGET_USER": "alice",
+                                    "OTHER_USER": "bob", "CALLERS": "1", "CALLS": "1", "OTHER_CALLS": "0"})
+        try:
+            deadline = time.monotonic() + 30
+            while hung.in_flight.get("alice", 0) == 0:
+                assert time.monotonic() < deadline and proc.poll() is None, "the call never reached the server"
+                time.sleep(0.05)
+            time.sleep(6)  # past one renewal: the lease then runs from a renewal, not from the reservation
+        finally:
+            proc.kill()
+            proc.wait(10)
+        killed = time.monotonic()
+        for app in budget_app(quotas, redis_url):
+            refused = 0
+            while True:
+                try:
+                    app.ask("alice")
+                    break
+                except RateLimitExceededError as refusal:
+                    assert refusal.window == "concurrent"
+                    refused += 1
+                    assert time.monotonic() - killed < budget_store.LEASE + 3, "the slot outlived its lease"
+                    time.sleep(0.25)
+            freed = time.monotonic() - killed
+    assert refused > 0 and budget_store.LEASE - 5 - 1 <= freed <= budget_store.LEASE + 3, freed
