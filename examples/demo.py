@@ -50,6 +50,7 @@ QUOTAS = {
     "users": {"default": {"24h": {"tokens": 50_000}, "day": {"tokens": 40_000}, "month": {"cost": 5}},
               "overrides": {"batch-bot": {"tokens": 1500}, "eve": {"tokens": 1500}}},
     "departments": {"default": {"tokens": 1_000_000, "cost": 100}},
+    "apps": {"default": {"cost": 50}},  # each app (its service.name: kb-chat, nightly-job): a monthly cost budget
 }
 CONFIG = {  # OTEL_TOKENS_CONFIG of both processes: prices, so the demo shows money too
     "currency": "USD",
