@@ -84,7 +84,8 @@ def build() -> Dashboard:
         "Quota guard decisions/s",
         f"Rate of {names.METRIC_GUARD_DECISIONS}: calls the quota guard rejected, downgraded, or let through "
         "unverified because the quota state was unreachable (fail_open / fail_closed), by the scope and window "
-        "that decided. Scraped directly (not through the collector) the decisions carry no app: every app shows.",
+        "that decided (window minute or concurrent: budget mode's rate limits protecting the GPU). Scraped "
+        "directly (not through the collector) the decisions carry no app: every app shows.",
         (decisions, f"{{{{{names.GUARD_DECISION}}}}} {{{{{names.GUARD_SCOPE}}}}} {{{{{names.GUARD_WINDOW}}}}}"),
         unit="reqps", stacked=True).height(8).span(24))
     return finish(board)
