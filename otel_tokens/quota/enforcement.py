@@ -22,7 +22,7 @@ from otel_tokens.quota.alert.mode import AlertMode
 from otel_tokens.quota.budget.mode import BudgetMode, Held
 from otel_tokens.quota.decision import Decision, QuotaExceededError
 from otel_tokens.recording.call import UsageEstimate, _worst_case
-from otel_tokens.text import safe_value
+from otel_tokens.text import valid_text
 
 NONE = "none"  # the `scope` / `window` label of a decision no scope made (fail_open, fail_closed)
 
@@ -51,7 +51,8 @@ class Enforcement:
         self.budget = BudgetMode(guard, prices) if guard.budget.enabled else None
         self._reject_unattributed = settings.unattributed == vocabulary.REJECT
         # the app scope's principal: this process's service.name, the same on every call
-        self.app = safe_value(settings.app) if settings.app else names.UNATTRIBUTED
+        # spelled as the counters' service_name label (and the collector's) spells it: the rules key on that
+        self.app = valid_text(settings.app) if settings.app else names.UNATTRIBUTED
         # the app joins the call's principals only where something reads it (a dict copy per call otherwise)
         self._with_app = self.budget is not None or any(r.scope == vocabulary.APP.name for r in guard.rules)
         # nothing to decide: admit() returns at once (the common, unguarded deployment)
@@ -87,13 +88,15 @@ class Enforcement:
                     admission.model = reserved.model
         return admission
 
-    def settle(self, held: Held, tokens: int, cost: Cost | None, unfinished: bool) -> None:
+    def settle(self, held: Held, tokens: int, cost: Cost | None, unfinished: bool, sent: bool = True) -> None:
         """Budget mode: the call's true usage replaces its reservation (queued, off the call path). An
-        unfinished stream settles at least what was reserved: the server may have generated all of it."""
+        unfinished stream settles at least what was reserved: the server may have generated all of it. `sent`
+        False: the call was refused (fail_closed), so no request reached a server (the minute counts none)."""
         if self.budget is None:
             return
         try:
-            self.budget.settle(held, tokens, cost.total if cost is not None else None, at_least_reserved=unfinished)
+            self.budget.settle(held, tokens, cost.total if cost is not None else None, at_least_reserved=unfinished,
+                               sent=sent)
         except Exception:
             internal_error("budget settle")
 

@@ -206,7 +206,9 @@ def _scope(raw: Any, scope: QuotaScope, source: str, problems: list[ConfigError]
             problems.append(ConfigError(source, f"{where}.overrides", name,
                                         "is not a valid name (no quotes or backslashes)"))
             continue
-        normal = normalize_id(name)  # the spelling calls are charged under (attribution.safe_value)
+        # the spelling calls are charged under: attribution.safe_value; an app's service.name as the counters'
+        # service_name label spells it (the collector writes the resource's, unnormalized)
+        normal = name if scope is APP else normalize_id(name)
         if normal in overrides:
             problems.append(ConfigError(source, f"{where}.overrides", name,
                                         f"is the same id as another override once normalized ({normal!r})"))

@@ -131,7 +131,7 @@ class Recorder:
             internal_error("metrics")
         if call.held is not None:
             self.enforcement.settle(call.held, (record.input_tokens or 0) + (record.output_tokens or 0), cost,
-                                    record.unfinished)
+                                    record.unfinished, sent=record.quota_action not in vocabulary.REFUSALS)
         span = call.span
         try:
             if span.is_recording():

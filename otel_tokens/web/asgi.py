@@ -3,9 +3,11 @@ answers a refused LLM call the app did not handle as HTTP 429 with Retry-After."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from otel_tokens import names
 from otel_tokens.attribution.context import usage_context
 from otel_tokens.quota.decision import QuotaExceededError
 from otel_tokens.web.headers import Identify, TrustedHeaders, identified, resolve
@@ -31,8 +33,9 @@ class UsageContextMiddleware:
         if not values:
             await answer_refusals(self.app, scope, receive, send)
             return
-        with usage_context.of(values):
-            await answer_refusals(self.app, scope, receive, send, self._rate_limit_headers)
+        with usage_context.of(values):  # the user's own standing only: never the shared __unattributed__ one
+            await answer_refusals(self.app, scope, receive, send,
+                                  self._rate_limit_headers and names.USER_ID in values)
 
 
 async def answer_refusals(app: Any, scope: Any, receive: Any, send: Any, standing: bool = False) -> None:
@@ -45,8 +48,8 @@ async def answer_refusals(app: Any, scope: Any, receive: Any, send: Any, standin
         nonlocal started
         if isinstance(message, Mapping) and message.get("type") == "http.response.start":
             started = True
-            if standing:
-                extra = [(k.encode(), v.encode()) for k, v in current_headers()]
+            if standing:  # a read of the store: off the event loop
+                extra = [(k.encode(), v.encode()) for k, v in await _in_thread(current_headers)]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
         await send(message)
 
@@ -55,12 +58,20 @@ async def answer_refusals(app: Any, scope: Any, receive: Any, send: Any, standin
     except QuotaExceededError as error:
         if started or not isinstance(scope, Mapping) or scope.get("type") != "http":
             raise
-        headers, body = refusal_response(error)
+        status, headers, body = refusal_response(error)
         if standing:
-            headers += current_headers()
-        await send({"type": "http.response.start", "status": 429,
+            headers += await _in_thread(current_headers)
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(k.encode(), v.encode()) for k, v in headers]})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _in_thread(fn: Any) -> Any:
+    """fn() in a worker thread with this context (asyncio), else here (another event loop library)."""
+    try:
+        return await asyncio.to_thread(fn)
+    except RuntimeError:  # no running asyncio loop
+        return fn()
 
 
 def request_values(scope: Any, headers: TrustedHeaders | None, identify: Identify | None = None) -> dict[str, str]:

@@ -1,20 +1,34 @@
-"""A call the guard refused, answered as HTTP 429 by the web middleware when the app let the error through
-(an app's own exception handler runs first and wins). The body names what was reached (scope, window, kind)
-and when to come back, never usage numbers: a department's or an app's totals are other people's spending."""
+"""A call the guard refused, answered by the web middleware when the app let the error through (an app's own
+exception handler runs first and wins): 429 with Retry-After for a quota reached, 503 and 403 for the refusals
+that are not one. The body names what was reached (scope, window, kind) and when to come back, never usage
+numbers: a department's or an app's totals are other people's spending."""
 
 from __future__ import annotations
 
 import json
 import math
 
-from otel_tokens.quota.decision import QuotaExceededError, RateLimitExceededError
+from otel_tokens.quota.decision import (
+    QuotaExceededError,
+    QuotaStateUnavailableError,
+    RateLimitExceededError,
+    UnattributedCallError,
+)
 
 STATUS = "429 Too Many Requests"
+# not a quota reached: the quota store could not be asked (fail_closed), or nobody could be charged
+OTHER = {QuotaStateUnavailableError: ("503 Service Unavailable", "quota_state_unavailable"),
+         UnattributedCallError: ("403 Forbidden", "unattributed")}
 
 
-def refusal_response(error: QuotaExceededError) -> tuple[list[tuple[str, str]], bytes]:
-    """(headers, body) of the 429 answering `error`: `Retry-After` in whole seconds (rounded up, at least 1)
-    when the guard knows when the call would fit."""
+def refusal_response(error: QuotaExceededError) -> tuple[str, list[tuple[str, str]], bytes]:
+    """(status line, headers, body) answering `error`: 429 with `Retry-After` in whole seconds (rounded up, at
+    least 1) when the guard knows when the call would fit; 503 when the quota store could not be asked
+    (fail_closed), 403 for a call nobody could be charged for (`unattributed: reject`)."""
+    other = next((found for cls, found in OTHER.items() if isinstance(error, cls)), None)
+    if other is not None:
+        body = json.dumps({"error": {"type": other[1], "message": str(error)}}).encode()
+        return other[0], [("content-type", "application/json"), ("content-length", str(len(body)))], body
     kind = "rate_limited" if isinstance(error, RateLimitExceededError) else "quota_exceeded"
     detail = {"type": kind, "scope": error.scope, "window": error.window, "quota": error.kind}
     headers = [("content-type", "application/json")]
@@ -28,4 +42,4 @@ def refusal_response(error: QuotaExceededError) -> tuple[list[tuple[str, str]], 
                                                           if "retry_after" in detail else "")
     body = json.dumps({"error": detail}).encode()
     headers.append(("content-length", str(len(body))))
-    return headers, body
+    return STATUS, headers, body

@@ -46,8 +46,8 @@ def _build(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str,
 async def _answer(request: Any, error: Exception) -> Any:
     from starlette.responses import Response
 
-    if not _ON[0] or not isinstance(error, QuotaExceededError):
-        raise error  # uninstrumented since the app was built: as if no handler were here (a 500)
-    headers, body = refusal_response(error)
+    if not _ON[0] or not isinstance(error, QuotaExceededError) or request.scope.get("type") != "http":
+        raise error  # uninstrumented since the app was built, or a websocket: as if no handler were here
+    status, headers, body = refusal_response(error)
     kept = {k: v for k, v in headers if k not in ("content-length", "content-type")}
-    return Response(body, status_code=429, headers=kept, media_type="application/json")
+    return Response(body, status_code=int(status.split()[0]), headers=kept, media_type="application/json")

@@ -6,12 +6,13 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from otel_tokens import names
 from otel_tokens.attribution.context import usage_context
 from otel_tokens.quota.decision import QuotaExceededError
 from otel_tokens.web.headers import Identify, TrustedHeaders, identified, resolve
 from otel_tokens.web.headers import read_headers as _read
 from otel_tokens.web.ratelimit_headers import current_headers
-from otel_tokens.web.refusal import STATUS, refusal_response
+from otel_tokens.web.refusal import refusal_response
 
 
 class UsageContextWSGIMiddleware:
@@ -28,7 +29,7 @@ class UsageContextWSGIMiddleware:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         values = environ_values(environ, self._headers, self._identify)
         respond = start_response
-        if self._rate_limit_headers and values:
+        if self._rate_limit_headers and names.USER_ID in values:  # the user's own standing only
             def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
                 with usage_context.of(values):
                     extra = current_headers()
@@ -36,8 +37,8 @@ class UsageContextWSGIMiddleware:
         try:
             return call_in_context(values, self.app, environ, respond)
         except QuotaExceededError as error:  # let through by the app before its body: 429, not 500
-            headers, body = refusal_response(error)
-            respond(STATUS, headers, sys.exc_info())
+            status, headers, body = refusal_response(error)
+            respond(status, headers, sys.exc_info())
             return [body]
 
 

@@ -4,6 +4,7 @@ proxy's trusted header."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -14,7 +15,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket
 
 from otel_tokens.web import UsageContextMiddleware, UsageContextWSGIMiddleware
 from tests.support.budget import budget_app, write_quotas
@@ -199,3 +200,48 @@ def test_zero_code_a_fastapi_app_without_any_middleware_answers_429(tmp_path, re
         finally:
             server.should_exit = True
             thread.join(10)
+
+
+def test_a_websocket_refusal_is_left_to_the_app_not_answered_as_http():
+    """After accept, an HTTP answer is no longer possible: the refusal reaches the app's websocket handling."""
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    from otel_tokens import RateLimitExceededError
+    from otel_tokens.web import starlette_refusals
+
+    api = FastAPI()
+
+    @api.websocket("/ws")
+    async def socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        raise RateLimitExceededError("user", "alice", "minute", "requests", None, None, "critical", None, 5.0)
+
+    starlette_refusals.instrument()
+    try:
+        with pytest.raises(RateLimitExceededError), TestClient(api) as client:
+            with client.websocket_connect("/ws") as connection:
+                with contextlib.suppress(WebSocketDisconnect):
+                    connection.receive_text()
+    finally:
+        starlette_refusals.uninstrument()
+
+
+def test_no_ratelimit_headers_for_a_request_without_a_user(tmp_path, redis_url):
+    """A request the proxy names only a department for is charged to __unattributed__, a pool others share:
+    its numbers are not this caller's to see."""
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"minute": {"requests": 100}, "24h": {"tokens": 10**9}}})
+    for app in budget_app(quotas, redis_url):
+        middleware = UsageContextWSGIMiddleware(_wsgi(app.client), headers={"department": "X-Department"},
+                                                proxies=["127.0.0.1"], rate_limit_headers=True)
+        httpd = make_server("127.0.0.1", 0, middleware, handler_class=_Quiet)
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            request = urllib.request.Request(f"http://127.0.0.1:{httpd.server_port}/chat", data=b"{}",
+                                             method="POST", headers={"X-Department": "sales"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200
+                assert response.headers.get("RateLimit") is None and response.headers.get("RateLimit-Policy") is None
+        finally:
+            httpd.shutdown()

@@ -194,3 +194,78 @@ def test_a_killed_process_frees_its_slot_after_the_lease_not_the_reservation_ttl
                     time.sleep(0.25)
             freed = time.monotonic() - killed
     assert refused > 0 and budget_store.LEASE - 5 - 1 <= freed <= budget_store.LEASE + 3, freed
+
+
+def test_calls_refused_while_the_store_is_down_count_no_request(tmp_path, redis_url):
+    """fail_closed, the store down for 5 calls: none reached a server, so none counts in the minute after."""
+    from otel_tokens.quota.budget.store import StoreUnavailableError
+
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"minute": {"requests": 3}, "24h": BIG}})
+    for app in budget_app(quotas, redis_url, fail_closed=True):
+        budget = app.recorder.enforcement.budget
+        real = budget.store.reserve
+
+        def down(*args, **kwargs):
+            raise StoreUnavailableError("down (the test)")
+
+        budget.store.reserve = down
+        for _ in range(5):
+            with pytest.raises(QuotaExceededError):
+                app.ask("alice")
+        budget.store.reserve = real
+        budget.flush()
+        assert app.server.requests == []
+        status = {(w.window, w.kind): w.used for w in quota_status(user_id="alice").windows}
+        assert status["minute", "requests"] == 0
+        for _ in range(3):
+            app.ask("alice")  # the minute's three requests are all there
+
+
+def test_the_minute_and_the_slots_refuse_at_their_limit_whatever_the_rules(tmp_path, redis_url):
+    """Rules loosen budgets (a warning-level reject, a scope with only a downgrade rule), never the GPU's limits."""
+    from otel_tokens.config.settings import GuardRule
+
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"minute": {"requests": 5}, "24h": BIG}})
+    rules = (GuardRule("user", "reject", "warning"),)
+    for app in budget_app(quotas, redis_url, rules=rules):
+        for _ in range(5):
+            app.ask("alice")  # not 4: the minute refuses at 5, not at the warning ratio
+        with pytest.raises(RateLimitExceededError):
+            app.ask("alice")
+    quotas = write_quotas(tmp_path / "q2.yml", {"default": {"minute": {"requests": 2}, "24h": BIG}})
+    rules = (GuardRule("user", "downgrade", "critical", (("gpt-4o", "gpt-4o-mini"),)),)
+    for app in budget_app(quotas, redis_url, rules=rules):
+        app.ask("bob")
+        app.ask("bob")
+        with pytest.raises(RateLimitExceededError):
+            app.ask("bob")
+
+
+def test_a_call_longer_than_a_minute_leaves_the_minute_with_the_second_it_was_sent(tmp_path, redis_url):
+    """A generation of 100 s sent at t=0 stops counting in the minute at t=61, not 60 s after it ends."""
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"minute": {"requests": 1}, "24h": BIG}})
+    for app in budget_app(quotas, redis_url):
+        budget = app.recorder.enforcement.budget
+        now = _clocked(app)
+        estimate = budget_estimate(app)
+        first, held = budget.reserve("openai", "gpt-4o", {"user.id": "alice", "department": "d"}, estimate)
+        assert first is None
+        now[0] += 30
+        refused, _ = budget.reserve("openai", "gpt-4o", {"user.id": "alice", "department": "d"}, estimate)
+        assert refused is not None and refused.error().retry_after == pytest.approx(31, abs=1e-3)
+        now[0] += 40  # t=70: the first call is still running, but it was sent more than a minute ago
+        second, held2 = budget.reserve("openai", "gpt-4o", {"user.id": "alice", "department": "d"}, estimate)
+        assert second is None
+        now[0] += 30
+        budget.settle(held, 100, None)  # the first ends at t=100: it counts in no minute now
+        budget.settle(held2, 100, None)
+        budget.flush()
+        now[0] += 32  # t=132: the second (sent at t=70) has left too
+        third, _ = budget.reserve("openai", "gpt-4o", {"user.id": "alice", "department": "d"}, estimate)
+        assert third is None
+
+
+def budget_estimate(app):
+    from otel_tokens.recording.call import UsageEstimate
+
+    return UsageEstimate(input_tokens=10, max_output_tokens=10)

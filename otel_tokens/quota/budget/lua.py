@@ -34,6 +34,8 @@ expired reservations.
 
 from __future__ import annotations
 
+from otel_tokens.quota.budget.lua_refusal import REFUSAL
+
 _PRELUDE = r"""
 local now = tonumber(ARGV[1])
 if not now then
@@ -138,7 +140,9 @@ local function open(U, G, s, kind, who, b, lo_new)
       end
     elseif head == 'r' then
       local rb, rt, rc, d = parse(v)
-      if rb and rb < lo_new then  -- in flight from a bucket that left the window: into this one
+      -- in flight from a bucket that left the window: into this one (a calendar window's call that ran over its
+      -- end); not in the sliding minute, where a request counts at the second it was sent and leaves with it
+      if rb and rb < lo_new and kind ~= 'n' then
         moved[#moved + 1] = {f, string.format('%d:%d:%d:%.3f', b, rt, rc, d), rt, rc}
       end
     end
@@ -253,8 +257,13 @@ local function settle_parts(json, first)
     else  -- reclaimed unsettled: counts now; else already applied: skip
       apply = redis.call('ZREM', G, 'x:' .. id) == 1
     end
-    -- the sliding minute counts a request (and its tokens) at the second it was sent, while that is in the window
-    if apply then add(U, s, (s.kind == 'n' and at and at >= s.lo) and at or s.b, tokens, cost) end
+    -- the sliding minute counts a request (and its tokens) at the second it was sent, while that is in the
+    -- window; after, nothing (a call let through while the store failed, sent at a time unknown: now)
+    if apply and s.kind == 'n' and at then
+      if at >= s.lo then add(U, s, at, tokens, cost) end
+    elseif apply then
+      add(U, s, s.b, tokens, cost)
+    end
   end
 end
 """
@@ -265,10 +274,11 @@ end
 # then the settlements this call carries (see settle_parts), applied first, so a caller's own finished calls
 # count at their true usage and cost no round trip of their own.
 # Returns {0, bucket...} (reserved: the bucket each principal's part is held in),
-# {1, i, quota, used, amount, limit, retry after} (refused: principal i would cross; seconds until it would fit
-# in a sliding window, as text, or -1), or
+# {1, i, quota, used, amount, limit, retry after, calendar} (refused: principal i would cross; seconds until it
+# would fit in every sliding window that refuses it, as text, '-1' none, '-2' never; the indexes of the calendar
+# windows that refuse it too), or
 # {2, i, quota, used, amount, limit} (crosses a downgrade level: nothing reserved, ask again cheaper).
-RESERVE = _PRELUDE + r"""
+RESERVE = _PRELUDE + REFUSAL + r"""
 local id, ttl, charges = ARGV[2], tonumber(ARGV[3]), cjson.decode(ARGV[4])
 local n = #charges
 settle_parts(ARGV[5], n * 2 + 1)
@@ -289,29 +299,6 @@ local function check(i, row)
   return nil
 end
 
--- seconds until a sliding window has dropped enough of its oldest buckets for this call to fit, -1 when it never
--- will (the call alone is over the limit) or the window is not sliding; the calls in flight: 1 (a slot frees when a
--- call ends, which no one can know)
-local function retry_after(row, q)
-  local s = row.s
-  if s.kind == 'k' then return 1 end
-  local size = SIZE[s.kind]
-  if not size then return -1 end
-  local need = row.used[q] + row.amount[q] - row.limits[q] * row.refuse
-  local fields = redis.call('HGETALL', row.U)
-  local per = {}
-  for i = 1, #fields, 2 do per[fields[i]] = tonumber(fields[i + 1]) end
-  local head = q == 1 and 't' or 'c'
-  local freed = 0
-  for x = s.lo, s.b do
-    if x == s.b then freed = freed + (q == 1 and s.t or s.c) else freed = freed + (per[head .. x] or 0) end
-    if freed >= need then  -- bucket x leaves the window when bucket x + SPAN + 1 begins
-      return string.format('%.3f', (x + SPAN[s.kind] + 1) * size - now)
-    end
-  end
-  return -1
-end
-
 local rows, verdict = {}, nil
 for i = 1, n do
   local c, U, G = charges[i], KEYS[i * 2 - 1], KEYS[i * 2]
@@ -327,7 +314,7 @@ for i = 1, n do
     crossing = check(i, row)
   end
   if crossing and crossing[1] == 1 then
-    crossing[7] = retry_after(row, crossing[3])
+    crossing = refusal(crossing, i, row, n, charges)
     save()
     return crossing
   end

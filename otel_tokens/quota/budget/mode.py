@@ -326,10 +326,14 @@ class BudgetMode:
                 return f"{value / NANO:,.4f} {self.prices.currency}"
             return f"{value:,}"
 
-        retry = verdict.retry_after
-        if retry is None and window in CALENDAR_WINDOWS:  # the window's local end
-            now = time.time()
-            retry = window_end(window, now, quotas.timezone) - now
+        retry = verdict.retry_after  # every refusing window's: the latest
+        now = time.time()
+        for refusing in verdict.calendar:
+            if (refusing.window or refusing.scope.window) in CALENDAR_WINDOWS:
+                end = window_end(refusing.window or refusing.scope.window, now, quotas.timezone) - now
+                retry = end if retry is None else max(retry, end)
+        if verdict.never:
+            retry = None
         entry = {"window": window, "quota": quota, "usage": show(verdict.used), "reserved": show(verdict.amount),
                  "limit": show(verdict.limit), "severity": severity, "retry_after": retry}
         return Decision(vocabulary.REJECT, scope.name, charge.principal, entry)

@@ -14,13 +14,15 @@ from otel_tokens.quota.vocabulary import QuotaScope
 def window_charge(scope: QuotaScope, principal: str, window: str, lim: Limits, plan: Plan, bound: int, cost: int,
                   downgradable_model: str | None) -> Charge:
     """The charge of one window: `bound` tokens and `cost` nano-units at worst, checked against `lim` as `plan`
-    says (no cheaper model makes a minute's requests or a slot fewer: those windows only refuse)."""
+    says. The minute and the calls in flight refuse at their limit whatever the rules say: they protect a
+    shared GPU, not a budget (a rule's warning level or a scope with only a downgrade rule would loosen them,
+    and no cheaper model makes a request or a slot fewer)."""
     tokens = None if lim.tokens is None else int(lim.tokens)
     requests = None if lim.requests is None else int(lim.requests)
     if window == MINUTE:
-        return Charge(scope, principal, bound, 1, tokens, requests, plan.refuse, None, window)
+        return Charge(scope, principal, bound, 1, tokens, requests, 1.0, None, window)
     if window == CONCURRENT:
-        return Charge(scope, principal, 1, 0, requests, None, plan.refuse, None, window)
+        return Charge(scope, principal, 1, 0, requests, None, 1.0, None, window)
     downgrade = plan.downgrade_for(downgradable_model)
     return Charge(scope, principal, bound, cost, tokens, None if lim.cost is None else round(lim.cost * NANO),
                   plan.refuse, downgrade[0] if downgrade else None, window)

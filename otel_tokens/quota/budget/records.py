@@ -36,7 +36,9 @@ class Verdict:
     used: int = 0
     amount: int = 0
     limit: int = 0
-    retry_after: float | None = None  # REFUSED by a sliding window or the calls in flight: seconds until it fits
+    retry_after: float | None = None  # REFUSED: seconds until it fits in every sliding window that refuses it
+    never: bool = False  # REFUSED, and the call alone is over a sliding window's limit: no retry helps
+    calendar: tuple[Charge, ...] = ()  # REFUSED by these calendar windows too (the client knows their local end)
 
 
 @dataclass(frozen=True, slots=True)

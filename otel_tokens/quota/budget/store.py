@@ -238,8 +238,9 @@ class RedisBudgetStore:
             return Verdict(RESERVED, tuple(f"{reservation}:{int(b)}" for b in reply[1:]))
         status, index, quota, used, amount, limit = (int(v) for v in reply[:6])
         retry = float(reply[6]) if len(reply) > 6 else -1.0
+        calendar = tuple(charges[int(i) - 1] for i in reply[7]) if len(reply) > 7 else ()
         return Verdict(status, charge=charges[index - 1], quota=KINDS[quota - 1], used=used, amount=amount,
-                       limit=limit, retry_after=retry if retry >= 0 else None)
+                       limit=limit, retry_after=retry if retry >= 0 else None, never=retry == -2, calendar=calendar)
 
     def _reserve_one_by_one(self, reservation: str, ttl: float, charges: Sequence[Charge]) -> Verdict:
         """Redis Cluster: one script per principal (all its windows live in its slot), in order. A refusal
@@ -269,9 +270,14 @@ class RedisBudgetStore:
         return Verdict(RESERVED, tuple(member for _, member in held))
 
     def _release(self, reservation: str, held: Sequence[tuple[Charge, str]]) -> None:
+        """Gives back what the principals before a refusal held; if the store fails now, the refusal stands (a
+        refused call let through would be worse) and those reservations expire after their ttl."""
         if held:
-            self.settle([[Settlement(c.scope, c.principal, member, reservation, 0, 0, c.window)
-                          for c, member in held]])
+            try:
+                self.settle([[Settlement(c.scope, c.principal, member, reservation, 0, 0, c.window)
+                              for c, member in held]])
+            except StoreUnavailableError:
+                pass
 
     def settle(self, items: Sequence[Sequence[Settlement]]) -> None:
         """Settles many reservations in one pipelined round trip (one script per principal on a cluster)."""
