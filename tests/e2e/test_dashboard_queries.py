@@ -54,7 +54,6 @@ from tests.support.grafana import (
     openmetrics,
     promql_names,
     query_names,
-    quick_app_group,
 )
 from tests.support.prometheus_stack import free_port, query, start_prometheus, stop_processes
 from tests.support.quick_rules import quick_hourly_group
@@ -145,7 +144,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         quotas = parse_quotas(QUOTAS, str(quota_file))
         rules = tmp / "rules"
         rules.mkdir()
-        (rules / "quotas.yml").write_text(quick_app_group(quick_hourly_group(render_text(quotas, for_="1s"))))
+        (rules / "quotas.yml").write_text(quick_hourly_group(render_text(quotas, for_="1s")))
         rule_glob = str(rules / "*.yml")
         url, prom = start_prometheus(tmp, prometheus, [target], rule_glob)
         processes.append(prom)

@@ -318,12 +318,3 @@ def openmetrics(text: str, extra: dict[str, str], timestamps: list[int]) -> str:
             lines += [f"{sample.name}{{{selector}}} {sample.value!r} {t}" for t in timestamps]
     return "\n".join([*lines, "# EOF", ""])
 
-
-def quick_app_group(rendered: str, interval: str = "15s") -> str:
-    """The apps' hourly group every `interval` as quick_hourly_group does the departments' (it writes the month to
-    date): its first evaluation then comes within seconds, not up to 4 minutes after the start."""
-    data = yaml.safe_load(rendered)
-    for group in data["groups"]:
-        if group["name"] == "llm_quota_app_rollups":
-            group["interval"] = interval
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
