@@ -89,9 +89,12 @@ def principals(user_id: str | None, department: str | None, app: str | None = No
     usage_context makes them), else the usage_context in force (the app: this process's), else
     `__unattributed__`."""
     from otel_tokens.attribution.context import current_attribution, safe_value, with_principals
+    from otel_tokens.text import valid_text
 
     values = {**current_attribution(), names.SERVICE_NAME: own_app}
-    for key, value in ((names.USER_ID, user_id), (names.DEPARTMENT, department), (names.SERVICE_NAME, app)):
+    for key, value in ((names.USER_ID, user_id), (names.DEPARTMENT, department)):
         if value is not None and value != "":
             values[key] = safe_value(str(value))
+    if app:  # spelled as budget mode charges it: the service_name label's spelling
+        values[names.SERVICE_NAME] = valid_text(str(app))
     return with_principals(values)
