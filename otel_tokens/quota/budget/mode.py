@@ -314,9 +314,10 @@ class BudgetMode:
         charge = verdict.charge
         scope = charge.scope
         plan = self._plans[scope.name]
-        severity = vocabulary.CRITICAL if (plan.refuse or 1.0) >= 1.0 else vocabulary.WARNING
-
         window = charge.window or scope.window
+        # the minute and the calls in flight refuse at their limit whatever the rules (budget.parts)
+        rate = window in (MINUTE, CONCURRENT)
+        severity = vocabulary.CRITICAL if rate or (plan.refuse or 1.0) >= 1.0 else vocabulary.WARNING
         quota = verdict.quota  # the second column of the minute, and the one of the calls in flight, count calls
         if window == CONCURRENT or (window == MINUTE and quota == vocabulary.COST):
             quota = vocabulary.REQUESTS
@@ -391,4 +392,3 @@ class BudgetMode:
                                  self.source)
                     return
                 self._settled(len(batch))
-
