@@ -245,3 +245,39 @@ def test_no_ratelimit_headers_for_a_request_without_a_user(tmp_path, redis_url):
                 assert response.headers.get("RateLimit") is None and response.headers.get("RateLimit-Policy") is None
         finally:
             httpd.shutdown()
+
+
+def _plain_asgi(client: Any) -> Any:
+    async def plain(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    return plain
+
+
+def test_a_plain_asgi_app_behind_the_middleware_answers_429(tmp_path, redis_url):
+    """No Starlette in between (its own handler would answer first): the middleware's own 429."""
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"minute": {"requests": 1}, "24h": {"tokens": 10**9}}})
+    for app in budget_app(quotas, redis_url):
+        port = free_port()
+        wrapped = UsageContextMiddleware(_plain_asgi(app.client), headers=HEADERS, proxies=["127.0.0.1"])
+        server = uvicorn.Server(uvicorn.Config(wrapped, host="127.0.0.1", port=port, log_level="warning",
+                                               lifespan="off"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not server.started:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            url = f"http://127.0.0.1:{port}/chat"
+            assert _post(url, "alice")[0] == 200
+            status, headers, body = _post(url, "alice")
+            assert status == 429 and 58 <= int(headers.get("Retry-After")) <= 61, body
+            assert body["error"]["window"] == "minute"
+        finally:
+            server.should_exit = True
+            thread.join(10)
