@@ -3,22 +3,16 @@ department, on one real Redis shared by several apps; an app's budget refuses th
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from otel_tokens import QuotaExceededError, names, quota_status
 from otel_tokens.quota.budget.store import RedisBudgetStore
 from otel_tokens.quota.vocabulary import APP, USER
-from tests.support.budget import budget_app, write_quotas
+from tests.support.budget import budget_app, run_budget_apps, write_quotas
 from tests.support.openai_server import OpenAIServer
 
-ROOT = Path(__file__).resolve().parents[2]
 BIG = {"tokens": 10**6}
 
 
@@ -49,19 +43,6 @@ def test_an_app_budget_refuses_that_apps_calls_and_quota_status_shows_it(tmp_pat
         assert (other.scope, other.principal, other.used, other.limit) == ("app", "batch-summarize", 0, 10**6)
 
 
-def _run(server: OpenAIServer, envs: list[dict[str, str]]) -> list[dict]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.support.budget_app"], cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env={**base, "OPENAI_BASE_URL": server.base_url, **env}) for env in envs]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err[-3000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
-
-
 def test_two_apps_on_one_redis_the_budget_of_one_never_refuses_the_other(tmp_path, redis_url):
     """kb-chat (two processes x 3 threads) spends its 1,000-token month while batch-summarize runs beside it for
     the same user: kb-chat is refused by its app budget, batch-summarize never, and the store holds each app's
@@ -73,7 +54,7 @@ def test_two_apps_on_one_redis_the_budget_of_one_never_refuses_the_other(tmp_pat
     chat = {**common, "OTEL_SERVICE_NAME": "kb-chat", "CALLERS": "3", "OTHER_CALLS": "0"}
     batch = {**common, "OTEL_SERVICE_NAME": "batch-summarize", "CALLERS": "0", "OTHER_CALLS": "12"}
     with OpenAIServer() as server:
-        results = _run(server, [chat, batch, chat])
+        results = run_budget_apps(server, [chat, batch, chat])
     by_app: Counter[str] = Counter()
     for result in results:
         by_app.update(result["apps"])

@@ -3,7 +3,6 @@ each a plain app configured by the two variables, against one OpenAI-compatible 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import yaml
 
 from otel_tokens.quota.budget.store import RedisBudgetStore
 from otel_tokens.quota.vocabulary import USER
-from tests.support.budget import write_quotas
+from tests.support.budget import run_budget_apps, write_quotas
 from tests.support.openai_server import OpenAIServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,26 +30,13 @@ def served_by_server(server: OpenAIServer) -> Counter[str]:
     return out
 
 
-def run_apps(server: OpenAIServer, env: dict[str, str], processes: int) -> list[dict]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.support.budget_app"], cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env={**base, "OPENAI_BASE_URL": server.base_url, **env}) for _ in range(processes)]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err[-3000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
-
-
 def test_twelve_callers_in_three_processes_never_take_a_user_past_1000_tokens(tmp_path, redis_url):
     """The issue's acceptance run: a 1,000-token quota, 3 processes x 4 threads, max_tokens set."""
     quotas = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 1000}, "overrides": {"bob": {"tokens": 10**6}}})
     with OpenAIServer() as server:
-        results = run_apps(server, {"OTEL_TOKENS_QUOTA_FILE": str(quotas), "OTEL_TOKENS_BUDGET_STORE": redis_url,
-                                    "BUDGET_USER": "alice", "OTHER_USER": "bob", "CALLERS": "4",
-                                    "MAX_TOKENS": "32", "REFUSALS": "3", "OTHER_CALLS": "5"}, processes=3)
+        env = {"OTEL_TOKENS_QUOTA_FILE": str(quotas), "OTEL_TOKENS_BUDGET_STORE": redis_url, "BUDGET_USER": "alice",
+               "OTHER_USER": "bob", "CALLERS": "4", "MAX_TOKENS": "32", "REFUSALS": "3", "OTHER_CALLS": "5"}
+        results = run_budget_apps(server, [env] * 3)
         served = served_by_server(server)
     outcomes = sum((Counter(r["outcomes"]) for r in results), Counter())
     assert served["alice"] <= 1000  # never beyond the limit, whatever the interleaving
@@ -68,10 +54,10 @@ def test_without_max_tokens_the_overshoot_is_bounded_by_the_default_per_call_in_
     config.write_text(yaml.safe_dump({"guard": {"default_max_output_tokens": 8}}))
     with OpenAIServer() as server:
         reply = server.completion_tokens("gpt-4o", server.reply)  # what each call really generates
-        results = run_apps(server, {"OTEL_TOKENS_QUOTA_FILE": str(quotas), "OTEL_TOKENS_BUDGET_STORE": redis_url,
-                                    "OTEL_TOKENS_CONFIG": str(config), "BUDGET_USER": "carol", "OTHER_USER": "dave",
-                                    "CALLERS": "4", "MAX_TOKENS": "", "REFUSALS": "2", "OTHER_CALLS": "1"},
-                           processes=3)
+        env = {"OTEL_TOKENS_QUOTA_FILE": str(quotas), "OTEL_TOKENS_BUDGET_STORE": redis_url,
+               "OTEL_TOKENS_CONFIG": str(config), "BUDGET_USER": "carol", "OTHER_USER": "dave", "CALLERS": "4",
+               "MAX_TOKENS": "", "REFUSALS": "2", "OTHER_CALLS": "1"}
+        results = run_budget_apps(server, [env] * 3)
         served = served_by_server(server)
     assert reply > 8
     assert served["carol"] <= 1000 + 12 * (reply - 8)  # at most (true - reserved) per call in flight

@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -19,7 +20,7 @@ from fastapi import FastAPI, WebSocket
 
 from otel_tokens.web import UsageContextMiddleware, UsageContextWSGIMiddleware
 from tests.support.budget import budget_app, write_quotas
-from tests.support.prometheus_stack import free_port, wait_http
+from tests.support.prometheus_stack import free_port
 
 HEADERS = {"user.id": "X-Forwarded-User"}
 
@@ -32,6 +33,24 @@ def _post(url: str, user: str) -> tuple[int, Any, dict]:
             return response.status, response.headers, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as error:
         return error.code, error.headers, json.loads(error.read() or b"{}")
+
+
+@contextlib.contextmanager
+def _serving(app: Any) -> Iterator[str]:
+    """`app` served by a real uvicorn in a thread on a free port: its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def _fastapi(client: Any, **middleware: Any) -> FastAPI:
@@ -75,16 +94,8 @@ def test_fastapi_answers_a_rate_limited_call_429_with_retry_after(tmp_path, redi
     quotas = write_quotas(tmp_path / "q.yml", {"default": {"minute": {"requests": 2}, "24h": {"tokens": 10**9}}})
     for app in budget_app(quotas, redis_url):
         api = _fastapi(app.client)
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
-            wait_http(f"http://127.0.0.1:{port}/docs")
-            _check_minute(f"http://127.0.0.1:{port}/chat")
-        finally:
-            server.should_exit = True
-            thread.join(10)
+        with _serving(api) as base:
+            _check_minute(f"{base}/chat")
 
 
 class _Quiet(WSGIRequestHandler):
@@ -118,18 +129,10 @@ def test_an_apps_own_handler_still_wins(tmp_path, redis_url):
     for app in budget_app(quotas, redis_url):
         api = _fastapi(app.client)
         api.add_exception_handler(QuotaExceededError, busy)
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
-            wait_http(f"http://127.0.0.1:{port}/docs")
-            url = f"http://127.0.0.1:{port}/chat"
+        with _serving(api) as base:
+            url = f"{base}/chat"
             assert _post(url, "alice")[0] == 200
             assert _post(url, "alice")[:1] + (_post(url, "alice")[2],) == (503, {"detail": "slow down"})
-        finally:
-            server.should_exit = True
-            thread.join(10)
 
 
 def test_ratelimit_headers_tell_each_user_their_own_standing(tmp_path, redis_url):
@@ -139,13 +142,8 @@ def test_ratelimit_headers_tell_each_user_their_own_standing(tmp_path, redis_url
                           {"default": {"tokens": 10**9}})
     for app in budget_app(quotas, redis_url):
         api = _fastapi(app.client, rate_limit_headers=True)
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
-            wait_http(f"http://127.0.0.1:{port}/docs")
-            url = f"http://127.0.0.1:{port}/chat"
+        with _serving(api) as base:
+            url = f"{base}/chat"
             status, headers, _ = _post(url, "alice")
             assert status == 200
             # the user's windows only (the department's month is not the user's to see)
@@ -157,9 +155,6 @@ def test_ratelimit_headers_tell_each_user_their_own_standing(tmp_path, redis_url
             assert status == 429 and headers.get("RateLimit") == '"minute-requests";r=0;t=60'
             bob = _post(url, "bob")[1]
             assert bob.get("RateLimit") == '"minute-requests";r=1;t=60'  # bob's own, not alice's
-        finally:
-            server.should_exit = True
-            thread.join(10)
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -186,20 +181,12 @@ def test_zero_code_a_fastapi_app_without_any_middleware_answers_429(tmp_path, re
     quotas = write_quotas(tmp_path / "q.yml", {"default": {"minute": {"requests": 1}, "24h": {"tokens": 10**9}}})
     for app in budget_app(quotas, redis_url):
         api = _plain_fastapi(app.client)
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
-            wait_http(f"http://127.0.0.1:{port}/docs")
-            url = f"http://127.0.0.1:{port}/chat"
+        with _serving(api) as base:
+            url = f"{base}/chat"
             assert _post(url, "ignored")[0] == 200
             status, headers, body = _post(url, "ignored")
             assert status == 429 and 58 <= int(headers.get("Retry-After")) <= 61
             assert body["error"]["type"] == "rate_limited" and body["error"]["window"] == "minute"
-        finally:
-            server.should_exit = True
-            thread.join(10)
 
 
 def test_a_websocket_refusal_is_left_to_the_app_not_answered_as_http():
@@ -262,22 +249,10 @@ def test_a_plain_asgi_app_behind_the_middleware_answers_429(tmp_path, redis_url)
     """No Starlette in between (its own handler would answer first): the middleware's own 429."""
     quotas = write_quotas(tmp_path / "q.yml", {"default": {"minute": {"requests": 1}, "24h": {"tokens": 10**9}}})
     for app in budget_app(quotas, redis_url):
-        port = free_port()
         wrapped = UsageContextMiddleware(_plain_asgi(app.client), headers=HEADERS, proxies=["127.0.0.1"])
-        server = uvicorn.Server(uvicorn.Config(wrapped, host="127.0.0.1", port=port, log_level="warning",
-                                               lifespan="off"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        try:
-            deadline = time.monotonic() + 10
-            while not server.started:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            url = f"http://127.0.0.1:{port}/chat"
+        with _serving(wrapped) as base:
+            url = f"{base}/chat"
             assert _post(url, "alice")[0] == 200
             status, headers, body = _post(url, "alice")
             assert status == 429 and 58 <= int(headers.get("Retry-After")) <= 61, body
             assert body["error"]["window"] == "minute"
-        finally:
-            server.should_exit = True
-            thread.join(10)

@@ -4,7 +4,6 @@ local model server that records what reached it."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import subprocess
@@ -21,7 +20,7 @@ from otel_tokens.quota.budget import mode as budget_mode
 from otel_tokens.quota.budget import store as budget_store
 from otel_tokens.quota.budget.store import RedisBudgetStore
 from otel_tokens.quota.vocabulary import USER
-from tests.support.budget import budget_app, write_quotas
+from tests.support.budget import budget_app, run_budget_apps, write_quotas
 from tests.support.openai_server import OpenAIServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,26 +90,13 @@ def test_never_more_than_the_limit_in_any_60_seconds_and_refused_only_when_it_is
         assert sum(1 for s in served if t + retry - 60 < s <= t) <= 4, (t, retry)  # room by then
 
 
-def _run(server: OpenAIServer, envs: list[dict[str, str]]) -> list[dict]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.support.budget_app"], cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env={**base, "OPENAI_BASE_URL": server.base_url, **env}) for env in envs]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err[-3000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
-
-
 def test_two_calls_in_flight_at_most_across_three_processes(tmp_path, redis_url):
     quotas = write_quotas(tmp_path / "q.yml", {"default": {"concurrent": 2, "24h": BIG},
                                                "overrides": {"bob": {"concurrent": 3}}})
     env = {"OTEL_TOKENS_QUOTA_FILE": str(quotas), "OTEL_TOKENS_BUDGET_STORE": redis_url, "MAX_TOKENS": "16",
            "BUDGET_USER": "alice", "OTHER_USER": "bob", "CALLERS": "3", "CALLS": "8", "OTHER_CALLS": "3"}
     with OpenAIServer(delay_s=0.15) as server:
-        results = _run(server, [env, env, env])
+        results = run_budget_apps(server, [env, env, env])
     assert server.max_in_flight["alice"] == 2  # never 3 at the server, and the limit was reached
     assert server.max_in_flight["bob"] <= 3  # one thread in each process, never refused
     refusals = sum((Counter(r["refused_by"]) for r in results), Counter())
@@ -127,7 +113,7 @@ def test_tokens_a_minute_never_exceeded_at_the_server_with_max_tokens(tmp_path, 
            "BUDGET_USER": "alice", "OTHER_USER": "bob", "CALLERS": "3", "REFUSALS": "3", "OTHER_CALLS": "3"}
     with OpenAIServer() as server:
         started = time.monotonic()
-        results = _run(server, [env, env, env])
+        results = run_budget_apps(server, [env, env, env])
         assert time.monotonic() - started < 50  # all inside one minute: the whole run is one window
         reply = server.completion_tokens("gpt-4o", server.reply)
         alice = sum(server.prompt_tokens("gpt-4o", r.body["messages"]) + reply

@@ -3,6 +3,10 @@ OpenAI-compatible server), its quota file, and readers of what the store holds."
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,3 +99,21 @@ def budget_app(quota_file: Path, store: str, rules: tuple[GuardRule, ...] = (), 
             yield BudgetApp(instrumentor.recorder, tel, local, client, instrumentor)
     finally:
         instrumentor.uninstrument()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_budget_apps(server: OpenAIServer, envs: list[dict[str, str]]) -> list[dict]:
+    """One `tests.support.budget_app` process per environment, all at once against `server` (their OTEL_*
+    variables only those given), and the JSON line each printed."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.support.budget_app"], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**base, "OPENAI_BASE_URL": server.base_url, **env}) for env in envs]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
