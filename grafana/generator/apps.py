@@ -25,9 +25,6 @@ LEGEND = f"{{{{{q.APP}}}}}"
 COST_LEGEND = f"{LEGEND} ({{{{{q.CURRENCY}}}}})"
 
 
-def in_range(metric: str, *by: str) -> str:
-    return q.total(q.increase(q.selector(metric)), *by)
-
 
 def per_second(metric: str, *by: str) -> str:
     return q.total(q.rate(q.selector(metric)), *by)
@@ -43,13 +40,13 @@ def build() -> Dashboard:
     layout = [
         (8, 8, [
             bargauge_panel("Tokens by app in range", "Input + output tokens per app over the selected time range.",
-                           f"sort_desc({in_range(TOKEN_METRIC, q.APP)})", LEGEND),
+                           f"sort_desc({q.in_range(TOKEN_METRIC, q.APP)})", LEGEND),
             bargauge_panel("Cost by app in range", f"{names.METRIC_LLM_COST} per app over the selected time range.",
-                           f"sort_desc({in_range(COST_METRIC, q.APP, q.CURRENCY)})", COST_LEGEND, decimals=2),
+                           f"sort_desc({q.in_range(COST_METRIC, q.APP, q.CURRENCY)})", COST_LEGEND, decimals=2),
             table_panel("Apps", "Usage per app over the selected time range.", [
-                Column(in_range(TOKEN_METRIC, q.APP), "Tokens"),
-                Column(in_range(COST_METRIC, q.APP), "Cost", decimals=4),
-                Column(in_range(REQUESTS, q.APP), "Requests", decimals=0),
+                Column(q.in_range(TOKEN_METRIC, q.APP), "Tokens"),
+                Column(q.in_range(COST_METRIC, q.APP), "Cost", decimals=4),
+                Column(q.in_range(REQUESTS, q.APP), "Requests", decimals=0),
                 Column(active_users, "Active users", decimals=0)], [COLUMN[APP.name]], sort_by="Tokens")]),
         (9, 12, [
             timeseries_panel("Tokens/s by app", f"Rate of {names.METRIC_LLM_TOKEN_USAGE} per app.",

@@ -15,9 +15,6 @@ ESTIMATED = f'{q.SOURCE}="{names.SOURCE_ESTIMATED}"'
 FAILED = f'{q.ERROR}!=""'
 
 
-def in_range(metric: str, *by: str, extra: tuple[str, ...] = ()) -> str:
-    return q.total(q.increase(q.selector(metric, *extra)), *by)
-
 
 def per_second(metric: str, *by: str, extra: tuple[str, ...] = ()) -> str:
     return q.total(q.rate(q.selector(metric, *extra)), *by)
@@ -29,21 +26,21 @@ def build() -> Dashboard:
     stats = [
         stat_panel("Tokens in range",
                    f"Input + output tokens ({names.METRIC_LLM_TOKEN_USAGE}) over the selected time range.",
-                   in_range(TOKENS)),
+                   q.in_range(TOKENS)),
         stat_panel("Cost in range", f"{names.METRIC_LLM_COST} over the selected time range, per reporting currency.",
-                   in_range(COST, q.CURRENCY), legend=f"{{{{{q.CURRENCY}}}}}", decimals=2, with_names=True),
+                   q.in_range(COST, q.CURRENCY), legend=f"{{{{{q.CURRENCY}}}}}", decimals=2, with_names=True),
         stat_panel("Requests in range", f"LLM calls ({names.METRIC_LLM_REQUESTS}), failed ones included.",
-                   in_range(REQUESTS), decimals=0),
+                   q.in_range(REQUESTS), decimals=0),
         stat_panel("Errors in range", f"LLM calls that raised or failed ({names.ERROR_TYPE} set).",
-                   f"{in_range(REQUESTS, extra=(FAILED,))} or {in_range(REQUESTS)} * 0", decimals=0,
+                   f"{q.in_range(REQUESTS, extra=(FAILED,))} or {q.in_range(REQUESTS)} * 0", decimals=0,
                    steps=((None, "green"), (1, "red"))),
         stat_panel("Error ratio in range", "Failed calls / all calls over the selected time range.",
-                   q.share(in_range(REQUESTS, extra=(FAILED,)), in_range(REQUESTS)), unit="percentunit",
+                   q.share(q.in_range(REQUESTS, extra=(FAILED,)), q.in_range(REQUESTS)), unit="percentunit",
                    steps=((None, "green"), (0.01, "orange"), (0.1, "red"))),
         stat_panel("Estimated share of tokens",
                    f"Share of tokens whose count is `{names.SOURCE_ESTIMATED}` (no tokenizer for the model and no "
                    "usage from the server). Map the model to a tokenizer to make it exact.",
-                   q.share(in_range(TOKENS, extra=(ESTIMATED,)), in_range(TOKENS)), unit="percentunit",
+                   q.share(q.in_range(TOKENS, extra=(ESTIMATED,)), q.in_range(TOKENS)), unit="percentunit",
                    steps=((None, "green"), (0.05, "orange"), (0.25, "red"))),
     ]
     for panel in stats:
@@ -59,15 +56,15 @@ def build() -> Dashboard:
         stacked=True).height(9).span(12))
     rankings = [
         bargauge_panel("Tokens by model in range", "Input + output tokens per model over the selected time range.",
-                       f"sort_desc({in_range(TOKENS, q.MODEL)})", model),
+                       f"sort_desc({q.in_range(TOKENS, q.MODEL)})", model),
         bargauge_panel("Cost by model in range", f"{names.METRIC_LLM_COST} per model over the selected time range.",
-                       f"sort_desc({in_range(COST, q.MODEL, q.CURRENCY)})", f"{model} ({{{{{q.CURRENCY}}}}})",
+                       f"sort_desc({q.in_range(COST, q.MODEL, q.CURRENCY)})", f"{model} ({{{{{q.CURRENCY}}}}})",
                        decimals=2),
         bargauge_panel("Tokens by count source in range",
                        f"How the counts were obtained: `{names.SOURCE_REPORTED}` by the server, "
                        f"`{names.SOURCE_COUNTED}` with the model's own tokenizer or tensors (exact), "
                        f"`{names.SOURCE_ESTIMATED}` (heuristic).",
-                       f"sort_desc({in_range(TOKENS, q.SOURCE)})", f"{{{{{q.SOURCE}}}}}"),
+                       f"sort_desc({q.in_range(TOKENS, q.SOURCE)})", f"{{{{{q.SOURCE}}}}}"),
     ]
     for panel in rankings:
         board = board.with_panel(panel.height(8).span(8))

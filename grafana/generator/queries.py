@@ -89,3 +89,8 @@ def every_window_ratio(scope: vocabulary.QuotaScope, what: str = "ratio") -> str
 
 def percent(expr: str) -> str:
     return f"100 * {expr}"
+
+
+def in_range(metric: str, *by: str, extra: tuple[str, ...] = ()) -> str:
+    """The metric's increase over the dashboard's range, summed by `by`."""
+    return total(increase(selector(metric, *extra)), *by)

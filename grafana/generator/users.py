@@ -25,17 +25,14 @@ TOKEN_METRIC, COST_METRIC, REQUESTS = names.PROM_LLM_TOKEN_USAGE, names.PROM_LLM
 USER_COLUMN, DEPARTMENT_COLUMN = COLUMN[USER.name], COLUMN[DEPARTMENT.name]
 
 
-def in_range(metric: str, *by: str) -> str:
-    return q.total(q.increase(q.selector(metric)), *by)
-
 
 def _top(scope_label: str, title: str) -> list:
     noun = "Users" if scope_label == q.USER else "Departments"
     return [
         bargauge_panel(f"Top {title} by tokens", f"{noun} with the most tokens over the selected time range.",
-                       f"topk(10, {in_range(TOKEN_METRIC, scope_label)})", f"{{{{{scope_label}}}}}"),
+                       f"topk(10, {q.in_range(TOKEN_METRIC, scope_label)})", f"{{{{{scope_label}}}}}"),
         bargauge_panel(f"Top {title} by cost", f"{noun} with the highest cost over the selected time range.",
-                       f"topk(10, {in_range(COST_METRIC, scope_label, q.CURRENCY)})",
+                       f"topk(10, {q.in_range(COST_METRIC, scope_label, q.CURRENCY)})",
                        f"{{{{{scope_label}}}}} ({{{{{q.CURRENCY}}}}})", decimals=2),
     ]
 
@@ -45,19 +42,19 @@ def build() -> Dashboard:
                           "Who spends the tokens: top users and departments, quotas (rolling 24 h per user, calendar "
                           "month per department) and firing quota alerts.")
     warn = round(warning_ratio() * 100)
-    requests_column = Column(in_range(REQUESTS, q.USER, q.DEPARTMENT), "Requests", decimals=0)
+    requests_column = Column(q.in_range(REQUESTS, q.USER, q.DEPARTMENT), "Requests", decimals=0)
     active_users = (f"count by ({q.DEPARTMENT}) (count by ({q.DEPARTMENT}, {q.USER}) "
                     f"({q.increase(q.selector(TOKEN_METRIC))} > 0))")
     layout = [
         (8, 6, [*_top(q.USER, "users"), *_top(q.DEPARTMENT, "departments")]),
         (9, 12, [
             table_panel("Users", f"Usage per user over the selected time range. {TRACES}", [
-                Column(in_range(TOKEN_METRIC, q.USER, q.DEPARTMENT), "Tokens"),
-                Column(in_range(COST_METRIC, q.USER, q.DEPARTMENT), "Cost", decimals=4), requests_column],
+                Column(q.in_range(TOKEN_METRIC, q.USER, q.DEPARTMENT), "Tokens"),
+                Column(q.in_range(COST_METRIC, q.USER, q.DEPARTMENT), "Cost", decimals=4), requests_column],
                 [USER_COLUMN, DEPARTMENT_COLUMN], sort_by="Tokens"),
             table_panel("Departments", "Usage per department over the selected time range.", [
-                Column(in_range(TOKEN_METRIC, q.DEPARTMENT), "Tokens"),
-                Column(in_range(COST_METRIC, q.DEPARTMENT), "Cost", decimals=4),
+                Column(q.in_range(TOKEN_METRIC, q.DEPARTMENT), "Tokens"),
+                Column(q.in_range(COST_METRIC, q.DEPARTMENT), "Cost", decimals=4),
                 Column(active_users, "Active users", decimals=0)], [DEPARTMENT_COLUMN], sort_by="Tokens")]),
         (9, 8, [
             *percent_of_limit(USER, TOKENS, "User token quota (24 h)",

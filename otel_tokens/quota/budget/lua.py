@@ -36,12 +36,16 @@ from __future__ import annotations
 
 from otel_tokens.quota.budget.lua_refusal import REFUSAL
 
-_PRELUDE = r"""
+# the time of a script call: the caller's (tests), else Redis's own clock, one clock for every process
+_NOW = r"""
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 end
+"""
+
+_PRELUDE = _NOW + r"""
 
 local function month_index(t)  -- days-from-civil inverted (H. Hinnant), UTC
   local z = math.floor(t / 86400) + 719468
@@ -353,12 +357,7 @@ return {s.T, s.C}
 
 # KEYS: usage hash of each call in flight's `concurrent` part. ARGV: now, lease seconds, then the reservation id of
 # each key. Moves each lease's deadline to now + lease (one that was reclaimed stays gone: its slot was given back).
-RENEW = r"""
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-end
+RENEW = _NOW + r"""
 local lease, renewed = tonumber(ARGV[2]), 0
 for i, U in ipairs(KEYS) do
   local f = 'r:' .. ARGV[i + 2]
