@@ -7,9 +7,6 @@ file and the line; the app's own usage_context still wins."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,10 +16,9 @@ from otel_tokens.quota.file import parse_quotas
 from tests.support.binaries import require_binary
 from tests.support.openai_server import OpenAIServer
 from tests.support.prometheus_stack import free_port, query, start_prometheus, wait_http
-from tests.support.web_requests import post, tokens_by_principal
+from tests.support.web_requests import post, start_web_app, tokens_by_principal
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 U = names.UNATTRIBUTED
 # support's day is spent at its first call: the department the directory gives bob is the one alerted
 QUOTAS = {"departments": {"default": {"day": {"tokens": 10**9}}, "overrides": {"support": {"day": {"tokens": 1}}}},
@@ -52,17 +48,10 @@ def test_the_directory_gives_each_proxied_user_their_department_and_follows_edit
         port, metrics_port = free_port(), free_port()
         prom_url, prom = start_prometheus(tmp_path, prometheus, [f"127.0.0.1:{metrics_port}"],
                                           str(tmp_path / "rules" / "*.yml"))
-        env = {**os.environ, "MODEL_URL": model.base_url, "OTEL_SERVICE_NAME": "kb-chat",
-               "OTEL_TRACES_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "prometheus",
-               "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1", "OTEL_EXPORTER_PROMETHEUS_PORT": str(metrics_port),
-               "OTEL_TOKENS_TRUSTED_HEADERS": "user.id=X-Forwarded-User", "OTEL_TOKENS_TRUSTED_PROXIES": "127.0.0.1",
-               "OTEL_TOKENS_DIRECTORY": str(directory), "OTEL_TOKENS_PRICE_RELOAD_INTERVAL": "0.2",
-               "OTEL_TOKENS_TRUSTED_GROUPS": "X-Forwarded-Groups:cs-team=support,ai-lab=research",
-               "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "openai_v2"}
-        process = subprocess.Popen([str(BIN / "opentelemetry-instrument"), str(BIN / "uvicorn"),
-                                    "tests.support.web_app:app", "--host", "127.0.0.1", "--port", str(port),
-                                    "--no-access-log"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+        process = start_web_app(port, metrics_port, model.base_url, "kb-chat", {
+            "OTEL_TOKENS_TRUSTED_HEADERS": "user.id=X-Forwarded-User", "OTEL_TOKENS_TRUSTED_PROXIES": "127.0.0.1",
+            "OTEL_TOKENS_DIRECTORY": str(directory), "OTEL_TOKENS_PRICE_RELOAD_INTERVAL": "0.2",
+            "OTEL_TOKENS_TRUSTED_GROUPS": "X-Forwarded-Groups:cs-team=support,ai-lab=research"})
         try:
             base, metrics = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
             wait_http(f"{base}/docs")

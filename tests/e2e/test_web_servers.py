@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,9 @@ import pytest
 from otel_tokens import names
 from tests.support.openai_server import OpenAIServer
 from tests.support.prometheus_stack import free_port, wait_http
-from tests.support.web_requests import post, tokens_by_principal
+from tests.support.web_requests import BIN, post, start_web_app, tokens_by_principal
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-BIN = Path(sys.executable).parent
 
 
 U = names.UNATTRIBUTED
@@ -27,16 +23,9 @@ U = names.UNATTRIBUTED
 def web_app():
     with OpenAIServer() as model:
         port, metrics_port = free_port(), free_port()
-        env = {**os.environ, "MODEL_URL": model.base_url, "OTEL_SERVICE_NAME": "web-app",
-               "OTEL_TRACES_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "prometheus",
-               "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1", "OTEL_EXPORTER_PROMETHEUS_PORT": str(metrics_port),
-               "OTEL_TOKENS_TRUSTED_HEADERS": "user.id=X-Forwarded-User,department=X-Forwarded-Groups",
-               "OTEL_TOKENS_TRUSTED_PROXIES": "127.0.0.1",  # the proxy; 127.0.0.2 below is a client on its own
-               "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "openai_v2"}
-        process = subprocess.Popen([str(BIN / "opentelemetry-instrument"), str(BIN / "uvicorn"),
-                                    "tests.support.web_app:app", "--host", "127.0.0.1", "--port", str(port),
-                                    "--no-access-log"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+        process = start_web_app(port, metrics_port, model.base_url, "web-app", {
+            "OTEL_TOKENS_TRUSTED_HEADERS": "user.id=X-Forwarded-User,department=X-Forwarded-Groups",
+            "OTEL_TOKENS_TRUSTED_PROXIES": "127.0.0.1"})  # the proxy; 127.0.0.2 below is a client on its own
         try:
             wait_http(f"http://127.0.0.1:{port}/docs")
             yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", model
