@@ -18,7 +18,6 @@ from tests.support.openai_server import OpenAIServer
 from tests.support.prometheus_stack import free_port, query, start_prometheus, wait_http
 from tests.support.web_requests import post, start_web_app, tokens_by_principal
 
-ROOT = Path(__file__).resolve().parents[2]
 U = names.UNATTRIBUTED
 # support's day is spent at its first call: the department the directory gives bob is the one alerted
 QUOTAS = {"departments": {"default": {"day": {"tokens": 10**9}}, "overrides": {"support": {"day": {"tokens": 1}}}},
