@@ -4,9 +4,11 @@ exporter too) must find what they ask for, and nothing may pull torch."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -115,7 +117,8 @@ def test_see_it_in_one_minute_the_readme_s_lines_give_a_prometheus_scrape(tmp_pa
         with OpenAIServer() as server:
             app_env = {**env, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "local",
                        "OTEL_EXPORTER_PROMETHEUS_PORT": str(metrics_port)}  # the README's 9464 may be taken here
-            processes.append(subprocess.Popen(run_app, shell=True, cwd=tmp_path, env=app_env,
+            # a session of its own: the README's line runs under a shell, whose child terminate() would not reach
+            processes.append(subprocess.Popen(run_app, shell=True, cwd=tmp_path, env=app_env, start_new_session=True,
                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
             deadline = time.monotonic() + 60
             text = ""
@@ -147,7 +150,11 @@ def test_see_it_in_one_minute_the_readme_s_lines_give_a_prometheus_scrape(tmp_pa
             assert groups and all(g.get("rules") for g in groups)  # the shipped rules loaded
     finally:
         for process in processes:
-            process.terminate()
+            if process.args == run_app:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)  # the shell and the app it started
+            else:
+                process.terminate()
             process.wait(timeout=10)
 
 
