@@ -107,7 +107,8 @@ def test_the_department_month_is_counted_in_the_quota_files_zone(tmp_path, redis
         local = datetime.now(load_zone("Asia/Shanghai"))  # the month index of the store's buckets
         fields = redis.Redis.from_url(redis_url).hkeys(principal_keys(DEPARTMENT, "sales")[0])
         assert f"t{local.year * 12 + local.month - 1}".encode() in fields, fields
-        assert app.recorder.enforcement.budget.store._window(DEPARTMENT) == "m28800"
+        store = app.recorder.enforcement.budget.store
+        assert store._kind(DEPARTMENT, "", store._shift()) == "m28800"
 
 
 def test_cost_quota_and_downgrade_reserved_at_the_cheaper_price(tmp_path, redis_url):

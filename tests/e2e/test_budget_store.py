@@ -41,21 +41,24 @@ def charges(tokens: int, user_limit: int | None = 1000, dept_limit: int | None =
     return [Charge(USER, user, tokens, cost, user_limit), Charge(DEPARTMENT, department, tokens, cost, dept_limit)]
 
 
-def settle(store: RedisBudgetStore, held: tuple[str, ...], chs: list[Charge], tokens: int, cost: int = 0) -> None:
-    store.settle([[Settlement(c.scope, c.principal, h, h.split(":")[0], tokens, cost)
-                   for c, h in zip(chs, held, strict=True)]])
+def reserved(store: RedisBudgetStore, reservation: str, ttl: float, chs: list[Charge]) -> str:
+    assert store.reserve(reservation, ttl, chs).status == RESERVED
+    return reservation
+
+
+def settle(store: RedisBudgetStore, reservation: str, chs: list[Charge], tokens: int, cost: int = 0) -> None:
+    store.settle([Settlement(chs, reservation, tokens, cost)])
 
 
 def test_reserve_holds_the_worst_case_and_settle_replaces_it_with_the_truth(store):
     chs = charges(300, cost=2 * NANO)
-    first = store.reserve("r1", 600, chs)
-    assert first.status == RESERVED and len(first.held) == 2
+    first = reserved(store, "r1", 600, chs)
     assert store.read(USER, "alice") == (300, 2 * NANO, 1)
     assert store.read(DEPARTMENT, "sales") == (300, 2 * NANO, 1)
-    settle(store, first.held, chs, 120, NANO // 2)
+    settle(store, first, chs, 120, NANO // 2)
     assert store.read(USER, "alice") == (120, NANO // 2, 0)
     assert store.read(DEPARTMENT, "sales") == (120, NANO // 2, 0)
-    settle(store, first.held, chs, 120, NANO // 2)  # sent again (its reply was lost): counts once
+    settle(store, first, chs, 120, NANO // 2)  # sent again (its reply was lost): counts once
     assert store.read(USER, "alice") == (120, NANO // 2, 0)
 
 
@@ -102,7 +105,7 @@ def test_threads_racing_for_the_last_tokens_never_take_more_than_the_limit(store
 
 def test_an_abandoned_reservation_is_reclaimed_after_its_ttl(store, clock):
     chs = charges(400)
-    held = store.reserve("dead", 30, chs).held  # its process is killed: never settled
+    held = reserved(store, "dead", 30, chs)  # its process is killed: never settled
     clock.t += 29
     assert store.read(USER, "alice") == (400, 0, 1)
     clock.t += 2
@@ -115,11 +118,11 @@ def test_an_abandoned_reservation_is_reclaimed_after_its_ttl(store, clock):
 def test_the_rolling_window_drops_a_bucket_exactly_when_the_rules_do(store, clock):
     """Window: from the latest 5-minute boundary at least 24 h ago up to now (as the Prometheus rules)."""
     chs = charges(100)
-    settle(store, store.reserve("a", 600, chs).held, chs, 100)  # in bucket [B0, B0+300)
+    settle(store, reserved(store, "a", 600, chs), chs, 100)  # in bucket [B0, B0+300)
     clock.t = B0 + 150
-    settle(store, store.reserve("b", 600, chs).held, chs, 10)
+    settle(store, reserved(store, "b", 600, chs), chs, 10)
     clock.t = B0 + 300 + 5  # the next bucket
-    settle(store, store.reserve("c", 600, chs).held, chs, 1)
+    settle(store, reserved(store, "c", 600, chs), chs, 1)
     clock.t = B0 + 86400 + 299
     assert store.read(USER, "alice")[0] == 111
     clock.t = B0 + 86400 + 300
@@ -127,7 +130,7 @@ def test_the_rolling_window_drops_a_bucket_exactly_when_the_rules_do(store, cloc
     clock.t = B0 + 86400 + 600
     assert store.read(USER, "alice")[0] == 0
     clock.t = B0 + 5 * 86400  # days idle: everything gone, and counting starts again
-    settle(store, store.reserve("d", 600, chs).held, chs, 7)
+    settle(store, reserved(store, "d", 600, chs), chs, 7)
     assert store.read(USER, "alice")[0] == 7
 
 
@@ -138,7 +141,7 @@ def test_department_budgets_restart_at_each_calendar_month_utc(store, clock):
         department = f"dept-{i}"
         chs = charges(5, user_limit=None, department=department)
         clock.t = start - 1
-        settle(store, store.reserve(f"r{i}", 600, chs).held, chs, 5)
+        settle(store, reserved(store, f"r{i}", 600, chs), chs, 5)
         assert store.read(DEPARTMENT, department)[0] == 5, datetime.fromtimestamp(start - 1, timezone.utc)
         clock.t = start
         assert store.read(DEPARTMENT, department)[0] == 0, (year, month)
@@ -159,11 +162,11 @@ def test_department_months_begin_at_local_midnight_in_the_organizations_zone(sto
     start = _local(zone, *month)
     chs = charges(5, user_limit=None, department="sales")
     clock.t = start - 1
-    settle(store, store.reserve("late", 600, chs).held, chs, 5)
+    settle(store, reserved(store, "late", 600, chs), chs, 5)
     assert store.read(DEPARTMENT, "sales")[0] == 5
     clock.t = start
     assert store.read(DEPARTMENT, "sales")[0] == 0  # local midnight on the 1st, not UTC's
-    settle(store, store.reserve("early", 600, chs).held, chs, 7)
+    settle(store, reserved(store, "early", 600, chs), chs, 7)
     clock.t = start + 20 * 86400
     assert store.read(DEPARTMENT, "sales")[0] == 7
 
@@ -175,9 +178,9 @@ def test_a_process_without_a_zone_shares_the_months_keys_and_a_zone_change_appli
     utc, shanghai = (RedisBudgetStore(redis_url, timeout=1.0, clock=clock) for _ in range(2))
     chs = charges(10, user_limit=None, department="ops")
     clock.t = calendar.timegm((2026, 12, 10, 0, 0, 0))
-    settle(utc, utc.reserve("a", 600, chs).held, chs, 10)
+    settle(utc, reserved(utc, "a", 600, chs), chs, 10)
     shanghai.set_zone("UTC")
-    settle(shanghai, shanghai.reserve("b", 600, chs).held, chs, 10)
+    settle(shanghai, reserved(shanghai, "b", 600, chs), chs, 10)
     assert utc.read(DEPARTMENT, "ops")[0] == 20
     shanghai.set_zone("Asia/Shanghai")
     assert shanghai.read(DEPARTMENT, "ops")[0] == 20  # the same month, read in the new zone
@@ -209,12 +212,12 @@ def test_on_redis_cluster_the_user_is_released_when_the_department_refuses():
         user_key, dept_key = principal_keys(USER, "alice")[0], principal_keys(DEPARTMENT, "sales")[0]
         assert client.cluster("keyslot", user_key) != client.cluster("keyslot", dept_key)
         chs = charges(100, dept_limit=150)
-        first = store.reserve("r1", 600, chs)
-        assert first.status == RESERVED and store.cluster
+        first = reserved(store, "r1", 600, chs)
+        assert store.cluster
         refused = store.reserve("r2", 600, chs)
         assert refused.status == REFUSED and refused.charge.scope is DEPARTMENT
         assert store.read(USER, "alice") == (100, 0, 1)  # r2's user part was given back
-        settle(store, first.held, chs, 30)
+        settle(store, first, chs, 30)
         assert store.read(USER, "alice") == (30, 0, 0) and store.read(DEPARTMENT, "sales") == (30, 0, 0)
 
 
@@ -228,20 +231,20 @@ def test_reservations_in_flight_at_the_month_boundary_move_into_the_new_month(st
     clock.t += 2  # February
     refused = store.reserve("early", 600, charges(1000, user_limit=None, dept_limit=1000))
     assert refused.status == REFUSED and refused.used == 600
-    settle(store, late.held, chs, 500)  # found by its id in February's bucket
+    settle(store, "late", chs, 500)  # found by its id in February's bucket
     assert store.read(DEPARTMENT, "sales") == (500, 0, 0)
     assert store.reserve("fits", 600, charges(500, user_limit=None, dept_limit=1000)).status == RESERVED
 
 
 def test_a_settlement_counts_once_however_often_it_is_sent(store, clock):
     chs = charges(300)
-    held = store.reserve("r1", 30, chs).held
+    held = reserved(store, "r1", 30, chs)
     clock.t += 31
     assert store.read(USER, "alice") == (0, 0, 0)  # reclaimed: its process looked dead
     for _ in range(3):  # then its settlement arrives, and again (a reply lost, a pipeline re-sent)
         settle(store, held, chs, 120)
     assert store.read(USER, "alice") == (120, 0, 0)
-    let_through = [Settlement(c.scope, c.principal, "", "open1", 40, 0) for c in chs]  # store was down
+    let_through = Settlement(chs, "open1", 40, 0, held=False)  # store was down
     for _ in range(2):
         store.settle([let_through])
     assert store.read(USER, "alice") == (160, 0, 0)
@@ -253,7 +256,7 @@ def test_a_reservation_whose_reply_was_lost_is_found_by_its_id(store):
     chs = charges(400)
     assert store.reserve("orphan", 600, chs).status == RESERVED  # the reply never reached the caller
     for _ in range(2):
-        store.settle([[Settlement(c.scope, c.principal, "", "orphan", 90, 0) for c in chs]])
+        store.settle([Settlement(chs, "orphan", 90, 0, held=False)])
     assert store.read(USER, "alice") == (90, 0, 0) and store.read(DEPARTMENT, "sales") == (90, 0, 0)
 
 
@@ -262,7 +265,7 @@ def test_a_refused_call_whose_reservation_reply_was_lost_gives_the_reservation_b
     chs = charges(400)
     assert store.reserve("lost", 600, chs).status == RESERVED  # landed; the caller timed out
     for _ in range(2):
-        store.settle([[Settlement(c.scope, c.principal, "", "lost", 0, 0) for c in chs]])
+        store.settle([Settlement(chs, "lost", 0, 0, held=False)])
     assert store.read(USER, "alice") == (0, 0, 0)
     assert store.reserve("next", 600, charges(1000)).status == RESERVED
 
@@ -271,11 +274,11 @@ def test_marks_live_beside_the_usage_and_a_late_settlement_still_counts(store, r
     """Settlements of calls let through during an outage leave marks, in their own zset: the usage
     hash (read whole at each bucket's first call and on each refusal) stays buckets and calls in flight."""
     chs = charges(5, user_limit=None, department="ops")
-    store.settle([[Settlement(c.scope, c.principal, "", f"open{i}", 5, 0) for c in chs] for i in range(500)])
+    store.settle([Settlement(chs, f"open{i}", 5, 0, held=False) for i in range(500)])
     client = redis_server.client()
     usage, marks = principal_keys(DEPARTMENT, "ops")
     assert client.zcard(marks) == 500 and client.hlen(usage) <= 8
-    held = store.reserve("long", 30, chs).held
+    held = reserved(store, "long", 30, chs)
     clock.t += 31 + 5 * 3600  # reclaimed, then the call ends five hours later
     assert store.read(DEPARTMENT, "ops")[0] == 2500
     settle(store, held, chs, 7)

@@ -40,8 +40,7 @@ def _local(zone: str, *fields: int) -> float:
 def _use(store: RedisBudgetStore, charge: Charge, tokens: int, reservation: str) -> None:
     verdict = store.reserve(reservation, 600, [charge])
     assert verdict.status == RESERVED, verdict
-    store.settle([[Settlement(charge.scope, charge.principal, verdict.held[0], reservation, tokens, 0,
-                              charge.window)]])
+    store.settle([Settlement([charge], reservation, tokens, 0)])
 
 
 # (zone, window, a local time inside the window): the reference is calendar.window_start/window_end (Python's
@@ -94,8 +93,7 @@ def test_a_users_day_and_month_are_enforced_at_once_and_the_window_that_refuses_
                    Charge(USER, "li", tokens, 0, 250, window="month")]
         verdict = store.reserve(reservation, 600, charges)
         if verdict.status == RESERVED:
-            store.settle([[Settlement(c.scope, c.principal, h, reservation, tokens, 0, c.window)
-                           for c, h in zip(charges, verdict.held, strict=True)]])
+            store.settle([Settlement(charges, reservation, tokens, 0)])
         return verdict
 
     assert ask(90, "a").status == RESERVED
@@ -112,15 +110,30 @@ def test_a_users_day_and_month_are_enforced_at_once_and_the_window_that_refuses_
     assert [store.read(USER, "li", w)[0] for w in ("24h", "day", "month")] == [90, 0, 180]
 
 
-def test_each_window_has_keys_of_its_own_in_the_principals_slot_and_the_own_window_keeps_the_old_keys():
-    """Old processes (one window per scope) and new ones share the scope's own window's keys during a rolling
-    deploy; the other windows never collide with them, and every key of a principal is in one Cluster slot."""
-    assert principal_keys(USER, "alice", "24h") == principal_keys(USER, "alice")
-    assert principal_keys(DEPARTMENT, "ops", "month") == principal_keys(DEPARTMENT, "ops")
-    keys = {w: principal_keys(USER, "alice", w) for w in ("24h", "day", "week", "month", "year")}
-    assert len({k for pair in keys.values() for k in pair}) == 10
-    tags = {key[key.index("{"):key.index("}") + 1] for pair in keys.values() for key in pair}
-    assert len(tags) == 1 and keys["day"][0].endswith("}:day")
+def test_every_window_of_a_principal_lives_in_its_one_hash_and_layout_2_keys_are_taken_over(redis_url):
+    """Layout 3: one hash per principal (one HMGET and one HSET per call whatever the windows), the scope's own
+    window unprefixed as in every layout, the others under their name. A window that layout 2 kept in a key of its
+    own (`<usage>:day`) is taken over at its first use, so an upgrade loses none of the day's usage."""
+    clock = Clock(_local("Asia/Shanghai", 2026, 12, 7, 12, 0))
+    store = RedisBudgetStore(redis_url, timeout=1.0, clock=clock)
+    store.set_zone("Asia/Shanghai")
+    raw = redis.Redis.from_url(redis_url)
+    usage, _ = principal_keys(USER, "wang")
+    day = int((clock.t + 8 * 3600) // 86400)
+    raw.hset(f"{usage}:day", mapping={"lo": day, "T": 70, "C": 0, f"t{day}": 70, f"c{day}": 0, "id": "wang"})
+    raw.hset(f"{usage}:day", mapping={"r:gone": f"{day}:5:0:{clock.t - 1:.3f}"})  # held by a killed process
+    raw.hincrby(f"{usage}:day", "T", 5)
+    raw.hincrby(f"{usage}:day", f"t{day}", 5)
+    charges = [Charge(USER, "wang", 10, 0, window="24h"), Charge(USER, "wang", 10, 0, 100, window="day")]
+    refused = store.reserve("a", 600, [Charge(USER, "wang", 31, 0, window="24h"),
+                                       Charge(USER, "wang", 31, 0, 100, window="day")])
+    assert refused.status == REFUSED and refused.used == 70  # 70 taken over, the dead call's 5 reclaimed
+    _use(store, charges[1], 20, "b")
+    assert store.read(USER, "wang", "day") == (90, 0, 0) and not raw.exists(f"{usage}:day")
+    assert store.reserve("c", 600, charges).status == RESERVED
+    fields = {f.decode() for f in raw.hkeys(usage)}
+    assert {"lo", "T", "C", "day.lo", "day.T", f"day.t{day}", "r:c", "day.r:c", "id"} <= fields, fields
+    assert raw.ttl(usage) > 86400  # the day's expiry, longer than the own window's
 
 
 def test_an_app_is_refused_by_its_users_day_or_its_departments_year_whichever_crosses_first(tmp_path, redis_url):
@@ -145,9 +158,9 @@ def test_an_app_is_refused_by_its_users_day_or_its_departments_year_whichever_cr
         assert (caught.value.scope, caught.value.principal, caught.value.window) == ("department", "sales", "year")
         assert "would go over the year tokens quota" in str(caught.value)
         assert app.decisions(window=True) == {("reject", "user", "day"): 1, ("reject", "department", "year"): 1}
-        fields = redis.Redis.from_url(redis_url).hkeys(principal_keys(DEPARTMENT, "sales", "year")[0])
+        fields = redis.Redis.from_url(redis_url).hkeys(principal_keys(DEPARTMENT, "sales")[0])
         year = datetime.now(load_zone("Asia/Shanghai")).year
-        assert f"t{year}".encode() in fields, fields  # the local year's bucket
+        assert f"year.t{year}".encode() in fields, fields  # the local year's bucket
 
 
 

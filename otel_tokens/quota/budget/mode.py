@@ -27,7 +27,7 @@ from otel_tokens.config.watched import SettleGate, file_stamp
 from otel_tokens.logs import internal_error, log_once, logger
 from otel_tokens.pricing import PriceBook
 from otel_tokens.quota import vocabulary
-from otel_tokens.quota.budget.parts import settled_amounts, window_charge
+from otel_tokens.quota.budget.parts import account_charges
 from otel_tokens.quota.budget.plans import Plan, plans, windows
 from otel_tokens.quota.budget.store import (
     DOWNGRADE,
@@ -58,9 +58,10 @@ class Held:
     """What a reserved call holds in the store, per principal, until it is settled."""
 
     reservation: str  # the call's id, also what marks its settlement as applied
-    parts: tuple[tuple[vocabulary.QuotaScope, str, str, str], ...]  # (scope, principal, window, held member)
+    charges: tuple[Charge, ...]  # every window of every principal
     tokens: int = 0  # the worst case reserved, what an unfinished stream is settled at (at least)
     cost: int = 0  # nano-units
+    held: bool = True  # False: let through while the store failed (counted once it answers, nothing released)
 
 
 class BudgetMode:
@@ -77,7 +78,7 @@ class BudgetMode:
         self._edit = SettleGate(max(self.limits.quota_reload_interval, 0.25))  # a changed quota file stands still
         self._next_reload = 0.0
         self.healthy = True
-        self._pending: deque[list[Settlement]] = deque()
+        self._pending: deque[Settlement] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,6 +87,9 @@ class BudgetMode:
         self._unsettled = 0  # settlements queued or being sent
         self._count_lock = threading.Lock()
         self._leases: dict[str, list[tuple[vocabulary.QuotaScope, str, str]]] = {}  # calls holding a slot in flight
+        # (principals, downgradable model) -> the windows a call of theirs is charged in, and whether any has a cost
+        # limit: built once per quota file, so a call does no per-window work
+        self._accounts: dict[tuple[tuple[str, ...], str | None], tuple[tuple[Charge, ...], bool, Quotas]] = {}
         self._next_renewal = 0.0
 
     # --- life --------------------------------------------------------------------------------------
@@ -197,21 +201,21 @@ class BudgetMode:
         output = self.limits.default_max_output_tokens if output is None else max(0, output)
         output_bound = min(output * max(0, choices), MAX_AMOUNT)
         input_bound = min(input_bound, MAX_AMOUNT)
-        who = [(scope, attribution.get(scope.attribute) or UNATTRIBUTED, window) for scope in vocabulary.SCOPES
-               for window in self._windows[scope.name]]
+        principals = tuple(attribution.get(scope.attribute) or UNATTRIBUTED for scope in vocabulary.SCOPES)
         reservation = os.urandom(8).hex()
+        bound = input_bound + output_bound
+        charges, limited = self._account(quotas, principals, model if downgradable else None)
         try:
-            charges = self._charges(quotas, who, provider, model, input_bound, output_bound,
-                                    model if downgradable else None)
+            amount = (bound, self._cost(provider, model, input_bound, output_bound, limited))
             carried = self._carry()
             unsettled = self._unsettled > len(carried)  # read before: a settlement may land while we ask
-            verdict = self._send(reservation, charges, carried)
+            verdict = self._send(reservation, charges, carried, amount)
             if verdict.status != RESERVED and unsettled and self._in_time(started):
                 # this process's own finished calls may still hold their worst case: ask again once
                 # the worker's batch in flight has landed, carrying what is still queued
                 if self._flushing.acquire(timeout=self._time_left(started)):
                     self._flushing.release()
-                    verdict = self._send(reservation, charges, self._carry())
+                    verdict = self._send(reservation, charges, self._carry(), amount)
             target, crossing = None, verdict.charge
             if verdict.status == DOWNGRADE and crossing is not None:
                 found = self._plans[crossing.scope.name].downgrade_for(model)
@@ -219,22 +223,20 @@ class BudgetMode:
                 target = found[1]
                 if not self._in_time(started):
                     raise StoreUnavailableError(f"{self.source} too slow for a second round trip")
-                charges = self._charges(quotas, who, provider, target, input_bound, output_bound, None)
-                verdict = self._send(reservation, charges, [])
+                charges, limited = self._account(quotas, principals, None)
+                amount = (bound, self._cost(provider, target, input_bound, output_bound, limited))
+                verdict = self._send(reservation, charges, [], amount)
         except StoreUnavailableError as error:
             self._unavailable(str(error))
             # nothing held (or a reservation whose reply was lost: its settlement finds it by id);
             # the call's true usage is counted once the store is back
-            return self._fail(), Held(reservation, tuple((scope, principal, window, "")
-                                                         for scope, principal, window in who))
+            return self._fail(), Held(reservation, charges, held=False)
         if not self.healthy:
             self.healthy = True
             logger.warning("otel-tokens: the budget store %s answers again; budget mode enforces again", self.source)
         if verdict.status == REFUSED:
             return self._refusal(quotas, verdict), None
-        held = Held(reservation, tuple((c.scope, c.principal, c.window, h)
-                                       for c, h in zip(charges, verdict.held, strict=True)),
-                    charges[0].tokens if charges else 0, charges[0].cost if charges else 0)
+        held = Held(reservation, charges, *amount)
         slots = [(c.scope, c.principal, reservation) for c in charges if c.window == CONCURRENT]
         if slots:
             self._leases[reservation] = slots  # renewed by the worker while the call runs
@@ -243,11 +245,12 @@ class BudgetMode:
         return Decision(vocabulary.DOWNGRADE, crossing.scope.name, crossing.principal,
                         {"window": crossing.window or crossing.scope.window}, target), held
 
-    def _send(self, reservation: str, charges: list[Charge], carried: list[list[Settlement]]) -> Any:
+    def _send(self, reservation: str, charges: tuple[Charge, ...], carried: list[Settlement],
+              amount: tuple[int, int]) -> Any:
         """One round trip; the carried settlements go back to the queue when it fails (sent twice,
         a settlement counts once)."""
         try:
-            verdict = self.store.reserve(reservation, self.limits.reservation_ttl, charges, carried)
+            verdict = self.store.reserve(reservation, self.limits.reservation_ttl, charges, carried, amount)
         except StoreUnavailableError:
             self._pending.extendleft(reversed(carried))
             raise
@@ -277,9 +280,7 @@ class BudgetMode:
         if self._leases:
             self._leases.pop(held.reservation, None)
         # the minute counts the call's tokens and one request; its slot among the calls in flight is given back
-        self._pending.append([Settlement(scope, principal, member, held.reservation,
-                                         *settled_amounts(window, tokens, cost_nano, sent), window)
-                              for scope, principal, window, member in held.parts])
+        self._pending.append(Settlement(held.charges, held.reservation, tokens, cost_nano, held.held, sent))
 
     def _renew(self) -> None:
         """Keeps the slots of this process's calls in flight held (a process killed mid-call holds its slots
@@ -298,17 +299,21 @@ class BudgetMode:
         cost = self.prices.cost_of(provider, model, input_tokens, output_tokens, worst_case=limited)
         return min(math.ceil(cost.total * NANO), MAX_AMOUNT) if cost is not None else 0
 
-    def _charges(self, quotas: Quotas, who: list[tuple[vocabulary.QuotaScope, str, str]], provider: str,
-                 model: str, input_bound: int, output_bound: int, downgradable_model: str | None) -> list[Charge]:
-        """One charge per principal and window: the scope's own window always (counted even without a limit,
-        so a limit set later sees the usage before it), every other window the quota file sets in that scope."""
-        limits = [quotas.limits(scope, window).of(principal) for scope, principal, window in who]
-        cost = self._cost(provider, model, input_bound, output_bound, any(lim.cost is not None for lim in limits))
-        charges = []
-        for (scope, principal, window), lim in zip(who, limits, strict=True):
-            charges.append(window_charge(scope, principal, window, lim, self._plans[scope.name],
-                                         input_bound + output_bound, cost, downgradable_model))
-        return charges
+    def _account(self, quotas: Quotas, principals: tuple[str, ...],
+                 downgradable_model: str | None) -> tuple[tuple[Charge, ...], bool]:
+        """The charges of a call of these principals (one per scope, `vocabulary.SCOPES` order) in every window: the
+        scope's own always (counted even without a limit, so a limit set later sees the usage before it), every
+        other window the quota file sets in that scope; and whether any window limits cost. Built once per quota
+        file, principals and model."""
+        key = (principals, downgradable_model)
+        found = self._accounts.get(key)
+        if found is not None and found[2] is quotas:  # not one built during a reload from the file before
+            return found[0], found[1]
+        charges, limited = account_charges(quotas, self._windows, self._plans, principals, downgradable_model)
+        if len(self._accounts) > 50_000:  # bounded: ids come from outside
+            self._accounts = {}
+        self._accounts[key] = (charges, limited, quotas)
+        return charges, limited
 
     def _refusal(self, quotas: Quotas, verdict: Any) -> Decision:
         charge = verdict.charge
@@ -351,10 +356,10 @@ class BudgetMode:
                      "refuses every call" if self.settings.fail_closed else "lets calls through (fail open)")
             logger.debug("%s", why)
 
-    def _carry(self, most: int = CARRY) -> list[list[Settlement]]:
+    def _carry(self, most: int = CARRY) -> list[Settlement]:
         """Up to `most` queued settlements, taken for one round trip (a reservation carries CARRY; on
         Redis Cluster none: they would cost the caller one round trip per principal)."""
-        carried: list[list[Settlement]] = []
+        carried: list[Settlement] = []
         if most == CARRY and self.store.cluster:
             return carried
         pending = self._pending

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from otel_tokens.quota.vocabulary import QuotaScope
@@ -14,14 +15,17 @@ PREFIX = "otel-tokens:"
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    """One principal's part of a reservation, with the limits it is checked against."""
+    """One window of one principal in a reservation, with the limits it is checked against. A principal's windows
+    are consecutive in a call's charges and share its amounts (the first window's `tokens` and `cost`, unless the
+    reservation passes the call's own): a budget window counts the tokens and cost, the minute the tokens and one
+    request, the calls in flight one slot."""
 
     scope: QuotaScope
     principal: str
     tokens: int
     cost: int  # nano-units
-    token_limit: int | None = None
-    cost_limit: int | None = None  # nano-units
+    token_limit: int | None = None  # the minute: tokens; the calls in flight: slots
+    cost_limit: int | None = None  # nano-units; the minute: requests
     refuse: float | None = 1.0  # refused when usage + this call would exceed limit x refuse
     downgrade: float | None = None  # asked to downgrade when it would exceed limit x downgrade
     window: str = ""  # calendar.WINDOWS; '' = the scope's own (24h, month)
@@ -30,8 +34,7 @@ class Charge:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     status: int  # RESERVED, REFUSED, DOWNGRADE
-    held: tuple[str, ...] = ()  # RESERVED: "reservation:bucket" each charge is held in
-    charge: Charge | None = None  # the principal that would cross
+    charge: Charge | None = None  # the window that would cross
     quota: str = ""  # tokens | cost
     used: int = 0
     amount: int = 0
@@ -43,15 +46,14 @@ class Verdict:
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """One principal's part of a finished call: release what it held, count its true usage."""
+    """A finished call in every window it was charged in: release what it held, count its true usage."""
 
-    scope: QuotaScope
-    principal: str
-    held: str  # Verdict.held's entry ('' when nothing was held: the call was let through)
+    charges: Sequence[Charge]  # the reservation's charges (their windows; amounts and limits are not read)
     reservation: str  # the call's reservation id: what makes a settlement sent twice count once
     tokens: int
     cost: int  # nano-units
-    window: str = ""  # as Charge.window
+    held: bool = True  # False: the call was let through (the store failed): counted once, nothing released
+    sent: bool = True  # False: the call never left: the minute counts no request
 
 
 RESERVED, REFUSED, DOWNGRADE = 0, 1, 2
@@ -66,12 +68,15 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def principal_keys(scope: QuotaScope, principal: str, window: str = "") -> tuple[str, str]:
-    """(usage hash, marks zset) of one principal's window: one hash tag of ours per principal (every window in
-    one Cluster slot), whatever the id holds. The scope's own window keeps the keys of the versions before
-    windows (`{u:<digest>}`), the others add theirs (`{u:<digest>}:day`)."""
+def principal_keys(scope: QuotaScope, principal: str) -> tuple[str, str]:
+    """(usage hash, marks zset) of one principal, every window in them: one hash tag of ours per principal (one
+    Cluster slot), whatever the id holds. The keys of the versions before windows (`{u:<digest>}`)."""
     digest = hashlib.sha256(principal.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     base = f"{PREFIX}{{{scope.name[0]}:{digest}}}"
-    if window and window != scope.window:
-        base = f"{base}:{window}"
     return base, f"{base}:marks"
+
+
+def window_prefix(scope: QuotaScope, window: str) -> str:
+    """Where a window's fields live in its principal's hash: the scope's own window unprefixed (as in every
+    layout), any other under its name (`day.lo`); layout 2 kept it in a key of its own, `<usage>:day`."""
+    return "" if not window or window == scope.window else f"{window}."

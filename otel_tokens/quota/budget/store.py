@@ -1,12 +1,10 @@
-"""The budget store: Redis (or Valkey, or Redis Cluster) through redis-py, the only module that
-talks to it.
+"""The budget store: Redis (or Valkey, or Redis Cluster) through redis-py, the only module that talks to it.
 
-One round trip per reservation: an EVALSHA of `lua.RESERVE` over the user's and the department's
-keys together. On Redis Cluster the two principals live in two slots, so the user is reserved,
-then the department, and the user's reservation is released if the department refuses: between
-the two, another call may see the user's reservation held (it can only be refused earlier, never
-let through). Keys are the SHA-256 of the principal inside a hash tag of ours, so no id, whatever
-braces or colons it holds, can reach another principal's keys or slot.
+One round trip per reservation: an EVALSHA of `lua.RESERVE` over every principal's hash (all its windows in one).
+On Redis Cluster the principals live in different slots: reserved one after the other, what was held given back if
+a later one refuses (between the two, another call may see it held: it can only be refused earlier, never let
+through). Keys are the SHA-256 of the principal inside a hash tag of ours, so no id, whatever braces or colons it
+holds, can reach another principal's keys or slot.
 
 Every command has a socket timeout (default 50 ms) and no retries; after a failure the store is
 not asked again for `backoff` seconds (calls get the fail-open / fail-closed answer at once), then
@@ -35,19 +33,22 @@ from otel_tokens.quota.budget.records import (  # noqa: F401 - the store's vocab
     Verdict,
     principal_keys,
     redact,
+    window_prefix,
 )
 from otel_tokens.quota.calendar import CONCURRENT, MINUTE, ROLLING, ZoneOffsets
 from otel_tokens.quota.vocabulary import KINDS, QuotaScope
 
 NANO = 1_000_000_000  # cost is held in integer nano-units of the currency
 MAX_AMOUNT = 2**50  # Lua numbers are doubles: amounts stay well inside their exact integers
-_SCRIPTS = {"reserve": lua.RESERVE, "settle": lua.SETTLE, "read": lua.READ, "peek": lua.PEEK, "renew": lua.RENEW}
+_SCRIPTS = {"reserve": lua.RESERVE, "settle": lua.SETTLE, "peek": lua.PEEK, "renew": lua.RENEW}
 LEASE = 15.0  # seconds a call's slot among the calls in flight is held unless its process renews it
 # The key layout this version writes (docs/enforcement.md, "Redis layout"): 1, the scopes' own windows (rolling
-# 24 h buckets, UTC month); 2, every window, a calendar bucket keyed by its id in the zone. A version only adds
-# keys and fields (old processes keep reading theirs during a rolling deploy); one that must change their meaning
-# raises it, and older versions then refuse the store instead of misreading it.
-LAYOUT = 2
+# 24 h buckets, UTC month); 2, every window, each in a key of its own, a calendar bucket keyed by its id in the zone;
+# 3, every window of a principal in its one hash (one HMGET and one HSET per principal and call), layout 2's keys
+# taken over on first use. A version only adds keys and fields (old processes keep reading theirs during a rolling
+# deploy); one that must change their meaning raises it, and older versions then refuse the store instead of
+# misreading it.
+LAYOUT = 3
 LAYOUT_KEY = f"{PREFIX}layout"
 
 
@@ -71,7 +72,8 @@ class RedisBudgetStore:
         self._stale = True  # the scripts must be (re)loaded into the store before they can run
         self._down_until = 0.0
         self._lock = threading.Lock()
-        self._keys: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._keys: dict[tuple[str, str], tuple[str, str]] = {}
+        self._encodings: dict[int, tuple[Sequence[Charge], int | None, list[tuple[int, int, str, str, str]]]] = {}
 
     # --- connection --------------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -178,13 +180,13 @@ class RedisBudgetStore:
                 pass
 
     # --- keys and arguments --------------------------------------------------------------------------
-    def keys(self, scope: QuotaScope, principal: str, window: str = "") -> tuple[str, str]:
-        cached = (scope.name, principal, window)
+    def keys(self, scope: QuotaScope, principal: str) -> tuple[str, str]:
+        cached = (scope.name, principal)
         found = self._keys.get(cached)
         if found is None:
             if len(self._keys) > 100_000:  # bounded: ids come from outside
                 self._keys.clear()
-            found = self._keys[cached] = principal_keys(scope, principal, window)
+            found = self._keys[cached] = principal_keys(scope, principal)
         return found
 
     def _now(self) -> str:
@@ -196,9 +198,15 @@ class RedisBudgetStore:
         if name != (self._zone.name if self._zone else "UTC"):
             self._zone = None if name == "UTC" else ZoneOffsets(name)
 
-    def _window(self, scope: QuotaScope, window: str = "") -> str:
-        """The scripts' window kind: `r` (rolling 24 h), or the calendar window's letter and the zone's UTC
-        offset now (`d28800`); the UTC month is `m` alone, as versions before zones sent it."""
+    def _shift(self) -> int | None:
+        """The zone's UTC offset now, in seconds (None: UTC, as versions before zones sent it)."""
+        zone = self._zone
+        return None if zone is None else zone.at(self.clock() if self.clock is not None else time.time())
+
+    @staticmethod
+    def _kind(scope: QuotaScope, window: str, shift: int | None) -> str:
+        """The scripts' window kind: `r` (rolling 24 h), `n` (the minute), `k<lease>` (the calls in flight), or the
+        calendar window's letter and the zone's UTC offset (`d28800`); the UTC month is `m` alone."""
         window = window or scope.window
         if window == ROLLING:
             return "r"
@@ -206,58 +214,83 @@ class RedisBudgetStore:
             return "n"
         if window == CONCURRENT:
             return f"k{LEASE:g}"
-        zone = self._zone
-        if zone is None:
+        if shift is None:
             return "m" if window == "month" else f"{window[0]}0"
-        return f"{window[0]}{zone.at(self.clock() if self.clock is not None else time.time())}"
+        return f"{window[0]}{shift}"
 
-    # --- the three operations ------------------------------------------------------------------------
-    def reserve(self, reservation: str, ttl: float, charges: Sequence[Charge],
-                settlements: Sequence[Sequence[Settlement]] = ()) -> Verdict:
-        """One round trip: the `settlements` carried (applied first), then the reservation."""
+    def _encoded(self, charges: Sequence[Charge]) -> list[tuple[int, int, str, str, str]]:
+        """Per principal of `charges` (its windows consecutive): (first index, end index, usage key, marks key, its
+        part as JSON without the closing bracket). Cached for the same tuple (immutable): budget mode keeps one per
+        set of principals while a quota file is in force, so a call does no per-window work here."""
+        shift = self._shift()
+        cached = type(charges) is tuple
+        found = self._encodings.get(id(charges)) if cached else None
+        if found is not None and found[0] is charges and found[1] == shift:
+            return found[2]
+        groups = []
+        start = 0
+        for end in range(1, len(charges) + 1):
+            first = charges[start]
+            if end < len(charges) and (charges[end].scope, charges[end].principal) == (first.scope, first.principal):
+                continue
+            usage, marks = self.keys(first.scope, first.principal)
+            windows = [[window_prefix(c.scope, c.window), self._kind(c.scope, c.window, shift), c.token_limit,
+                        c.cost_limit, c.refuse, c.downgrade] for c in charges[start:end]]
+            groups.append((start, end, usage, marks, json.dumps([_shown(first.principal), windows])[:-1]))
+            start = end
+        if cached:
+            if len(self._encodings) > 10_000:  # bounded: ids come from outside
+                self._encodings.clear()
+            self._encodings[id(charges)] = (charges, shift, groups)
+        return groups
+
+    # --- the operations ------------------------------------------------------------------------------
+    def reserve(self, reservation: str, ttl: float, charges: Sequence[Charge], settlements: Sequence[Settlement] = (),
+                amount: tuple[int, int] | None = None) -> Verdict:
+        """One round trip: the `settlements` carried (applied first), then the reservation of `amount` (tokens, cost
+        nano-units; default: the first charge's) in every window of `charges`."""
         if self._client is None:
             self._run(lambda client: None)  # connects, and learns whether this is a cluster
+        tokens, cost = amount if amount is not None else (charges[0].tokens, charges[0].cost)
+        groups = self._encoded(charges)
         if self.cluster:
             if settlements:
                 self.settle(settlements)
-            return self._reserve_one_by_one(reservation, ttl, charges)
-        return self._run(lambda client: self._reserve(client, reservation, ttl, charges, settlements))
+            return self._reserve_one_by_one(reservation, ttl, charges, groups, tokens, cost)
+        return self._run(lambda client: self._reserve(client, reservation, ttl, charges, groups, tokens, cost,
+                                                      settlements))
 
     def _reserve(self, client: Any, reservation: str, ttl: float, charges: Sequence[Charge],
-                 settlements: Sequence[Sequence[Settlement]] = ()) -> Verdict:
+                 groups: Sequence[tuple[int, int, str, str, str]], tokens: int, cost: int,
+                 settlements: Sequence[Settlement] = ()) -> Verdict:
         keys: list[str] = []
-        rows = []
-        for c in charges:
-            keys.extend(self.keys(c.scope, c.principal, c.window))
-            rows.append([self._window(c.scope, c.window), _shown(c.principal), _amount(c.tokens), _amount(c.cost),
-                         _opt(c.token_limit), _opt(c.cost_limit), _opt(c.refuse), _opt(c.downgrade)])
-        args: list[Any] = [self._now(), reservation, ttl, json.dumps(rows)]
-        self._parts([part for parts in settlements for part in parts], keys, args)
+        for _, _, usage, marks, _ in groups:
+            keys.append(usage)
+            keys.append(marks)
+        args = [self._now(), reservation, ttl, _amount(tokens), _amount(cost),
+                "[" + ",".join(part + "]" for *_, part in groups) + "]", self._parts(settlements, keys)]
         reply = self._eval(client, "reserve", keys, args)
         if reply[0] == RESERVED:
-            return Verdict(RESERVED, tuple(f"{reservation}:{int(b)}" for b in reply[1:]))
+            return Verdict(RESERVED)
+        base = groups[0][0]
         status, index, quota, used, amount, limit = (int(v) for v in reply[:6])
         retry = float(reply[6]) if len(reply) > 6 else -1.0
-        calendar = tuple(charges[int(i) - 1] for i in reply[7]) if len(reply) > 7 else ()
-        return Verdict(status, charge=charges[index - 1], quota=KINDS[quota - 1], used=used, amount=amount,
+        calendar = tuple(charges[base + int(i) - 1] for i in reply[7]) if len(reply) > 7 else ()
+        return Verdict(status, charge=charges[base + index - 1], quota=KINDS[quota - 1], used=used, amount=amount,
                        limit=limit, retry_after=retry if retry >= 0 else None, never=retry == -2, calendar=calendar)
 
-    def _reserve_one_by_one(self, reservation: str, ttl: float, charges: Sequence[Charge]) -> Verdict:
+    def _reserve_one_by_one(self, reservation: str, ttl: float, charges: Sequence[Charge],
+                            groups: Sequence[tuple[int, int, str, str, str]], tokens: int, cost: int) -> Verdict:
         """Redis Cluster: one script per principal (all its windows live in its slot), in order. A refusal
         anywhere wins over a downgrade anywhere, as in one script: a principal asking for a downgrade holds
         nothing, the principals after it are still judged, and whatever was reserved is given back."""
-        held: list[tuple[Charge, str]] = []
+        held: list[Sequence[Charge]] = []
         downgrade: Verdict | None = None
-        groups: list[list[Charge]] = []
-        for charge in charges:
-            if groups and (groups[-1][0].scope, groups[-1][0].principal) == (charge.scope, charge.principal):
-                groups[-1].append(charge)
-            else:
-                groups.append([charge])
         for group in groups:
-            verdict = self._run(lambda client, g=group: self._reserve(client, reservation, ttl, g))
+            verdict = self._run(lambda client, g=group: self._reserve(client, reservation, ttl, charges, [g],
+                                                                      tokens, cost))
             if verdict.status == RESERVED:
-                held.extend(zip(group, verdict.held, strict=True))
+                held.append(charges[group[0]:group[1]])
                 continue
             if verdict.status == DOWNGRADE:
                 downgrade = downgrade or verdict
@@ -267,67 +300,70 @@ class RedisBudgetStore:
         if downgrade is not None:
             self._release(reservation, held)
             return downgrade
-        return Verdict(RESERVED, tuple(member for _, member in held))
+        return Verdict(RESERVED)
 
-    def _release(self, reservation: str, held: Sequence[tuple[Charge, str]]) -> None:
+    def _release(self, reservation: str, held: Sequence[Sequence[Charge]]) -> None:
         """Gives back what the principals before a refusal held; if the store fails now, the refusal stands (a
         refused call let through would be worse) and those reservations expire after their ttl."""
         if held:
             try:
-                self.settle([[Settlement(c.scope, c.principal, member, reservation, 0, 0, c.window)
-                              for c, member in held]])
+                self.settle([Settlement(group, reservation, 0, 0, sent=False) for group in held])
             except StoreUnavailableError:
                 pass
 
-    def settle(self, items: Sequence[Sequence[Settlement]]) -> None:
-        """Settles many reservations in one pipelined round trip (one script per principal on a cluster)."""
+    def settle(self, items: Sequence[Settlement]) -> None:
+        """Settles many calls in one pipelined round trip (one script per principal on a cluster)."""
         if self._client is None:
             self._run(lambda client: None)
+
         def run(client: Any) -> None:
             if self.cluster:
-                for parts in items:
-                    for part in parts:
-                        self._eval(client, "settle", *self._settle_args([part]))
+                for item in items:
+                    for group in self._encoded(item.charges):
+                        keys: list[str] = []
+                        self._eval(client, "settle", keys, [self._now(), self._parts([item], keys, [group])])
                 return
             pipe = client.pipeline(transaction=False)
-            for parts in items:
-                self._eval(pipe, "settle", *self._settle_args(parts))
+            for item in items:
+                keys = []
+                self._eval(pipe, "settle", keys, [self._now(), self._parts([item], keys)])
             pipe.execute()  # a failure re-queues the batch: settlements sent twice count once
 
         self._run(run)
 
-    def _settle_args(self, parts: Sequence[Settlement]) -> tuple[list[str], list[Any]]:
-        keys: list[str] = []
-        args: list[Any] = [self._now()]
-        self._parts(parts, keys, args)
-        return keys, args
-
-    def _parts(self, parts: Sequence[Settlement], keys: list[str], args: list[Any]) -> None:
-        rows = []
-        for part in parts:
-            keys.extend(self.keys(part.scope, part.principal, part.window))
-            rows.append([self._window(part.scope, part.window), _shown(part.principal), part.held, part.reservation,
-                         _amount(part.tokens), _amount(part.cost)])
-        args.append(json.dumps(rows))
+    def _parts(self, items: Sequence[Settlement], keys: list[str],
+               only: Sequence[tuple[int, int, str, str, str]] | None = None) -> str:
+        """The settlements as the scripts' JSON argument; their keys appended to `keys`."""
+        parts = []
+        for item in items:
+            tail = (f',"{"1" if item.held else ""}",{json.dumps(item.reservation)},{_amount(item.tokens)},'
+                    f'{_amount(item.cost)},{1 if item.sent else 0}]')
+            for _, _, usage, marks, part in only or self._encoded(item.charges):
+                keys.append(usage)
+                keys.append(marks)
+                parts.append(part + tail)
+        return "[" + ",".join(parts) + "]"
 
     def renew(self, leases: Sequence[tuple[QuotaScope, str, str]], lease: float = LEASE) -> int:
         """Moves the deadline of each (scope, principal, reservation)'s slot among the calls in flight to now +
-        `lease`: one script per principal's slot hash, pipelined (off the call path: no backoff on failure)."""
+        `lease`: one script per principal, pipelined (off the call path: no backoff on failure)."""
         if not leases:
             return 0
 
         def run(client: Any) -> int:
             pipe = client if self.cluster else client.pipeline(transaction=False)
-            replies = [self._eval(pipe, "renew", [self.keys(scope, principal, CONCURRENT)[0]],
-                                  [self._now(), lease, reservation]) for scope, principal, reservation in leases]
+            replies = [self._eval(pipe, "renew", [self.keys(scope, principal)[0]],
+                                  [self._now(), lease, f"{CONCURRENT}.r:{reservation}"])
+                       for scope, principal, reservation in leases]
             return sum(int(r) for r in (replies if self.cluster else pipe.execute()))
 
         return int(self._run(run, back_off=False))
 
     def read(self, scope: QuotaScope, principal: str, window: str = "") -> tuple[int, int, int]:
         """(tokens, cost nano-units, reservations in flight) of one principal's current window (default: the
-        scope's own)."""
-        reply = self._run(lambda client: self._eval(client, "read", *self._read_args(scope, principal, window)))
+        scope's own), after reclaiming expired reservations."""
+        reply = self._run(lambda client: self._eval(client, "peek", *self._peek_args(scope, principal, window,
+                                                                                      "read")))
         return int(reply[0]), int(reply[1]), int(reply[2])
 
     def peek_many(self, accounts: Sequence[tuple[QuotaScope, str, str]]) -> list[tuple[int, int]]:
@@ -339,16 +375,18 @@ class RedisBudgetStore:
 
         def run(client: Any) -> list[Any]:
             if self.cluster:
-                return [self._eval(client, "peek", *self._read_args(*account)) for account in accounts]
+                return [self._eval(client, "peek", *self._peek_args(*account)) for account in accounts]
             pipe = client.pipeline(transaction=False)
             for account in accounts:
-                self._eval(pipe, "peek", *self._read_args(*account))
+                self._eval(pipe, "peek", *self._peek_args(*account))
             return list(pipe.execute())
 
         return [(int(r[0]), int(r[1])) for r in self._run(run, back_off=False)]
 
-    def _read_args(self, scope: QuotaScope, principal: str, window: str = "") -> tuple[list[str], list[Any]]:
-        return list(self.keys(scope, principal, window)), [self._now(), self._window(scope, window), _shown(principal)]
+    def _peek_args(self, scope: QuotaScope, principal: str, window: str = "",
+                   read: str = "") -> tuple[list[str], list[Any]]:
+        return list(self.keys(scope, principal)), [self._now(), window_prefix(scope, window),
+                                                   self._kind(scope, window, self._shift()), _shown(principal), read]
 
 
 def _shown(principal: str) -> str:
@@ -359,6 +397,3 @@ def _shown(principal: str) -> str:
 def _amount(value: int) -> int:
     return min(max(0, int(value)), MAX_AMOUNT)
 
-
-def _opt(value: float | None) -> Any:
-    return "" if value is None else value

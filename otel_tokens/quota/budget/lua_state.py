@@ -1,0 +1,268 @@
+"""The part of every budget script that reads and writes a principal's windows (layout 3): one hash per principal
+holding all its windows, so a call costs one HMGET and one HSET per principal whatever the number of windows.
+
+Per principal two keys under one hash tag (one Redis Cluster slot):
+  usage  hash  for each window, under its prefix ('' for the scope's own window, else the window's name and a
+               dot, `day.`): lo (oldest bucket in the window), T / C (tokens / cost in the window, reservations
+               included), t<bucket> / c<bucket> (per bucket), r:<reservation> = "bucket:tokens:cost:deadline"
+               for each call in flight; and id (the principal, for operators)
+  marks  zset  x:<prefix><reservation> (reclaimed unsettled) and n:<prefix><reservation> (settled with nothing
+               held) -> when the mark is dropped (24 h), so that a settlement sent twice counts once, and one that
+               comes after its reservation was reclaimed still counts. Touched only off the common path.
+Buckets: the rolling 24 h (`r`) 5 minutes, the latest 5-minute boundary at least 24 h ago up to now (289 buckets,
+as the Prometheus rules count); the sliding minute (`n`: tokens, and requests in the cost column) 1 second, the
+60 whole seconds before the current one and the current one (never more than the limit in any 60 s, refused at
+most 1 s longer than an exact log would); the calls in flight (`k<lease>`) one bucket forever, each call a
+reservation of 1 whose deadline is its lease, renewed by its process while it runs; a calendar window one
+bucket, the local day (`d`), ISO week (`w`), month (`m`) or year (`y`) in the organization's time zone (Lua has no
+tzdata: the client sends the zone's UTC offset at the call's time with the kind, `d28800`; `m` alone is the UTC
+month). Cost is held in integer nano-units of the currency, exact below 2^53. Time is Redis's own clock (`TIME`),
+one clock for every process, unless the caller passes one (tests).
+
+A window whose oldest bucket left drops the buckets that left (read by name: no pass over the hash, which holds
+every window); a calendar or rolling window's turn also reclaims expired reservations and moves a calendar
+window's calls still in flight into its new bucket (one HGETALL; the minute's turn, every second, does not). A
+window met for the first time takes over what layout 2 kept for it in a key of its own (`<usage>:<window>`),
+once, so an upgrade loses no usage; the scope's own window already lived in the usage hash.
+"""
+
+from __future__ import annotations
+
+# the time of a script call: the caller's (tests), else Redis's own clock, one clock for every process
+NOW = r"""
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+"""
+
+STATE = NOW + r"""
+local function month_index(t)  -- days-from-civil inverted (H. Hinnant), UTC
+  local z = math.floor(t / 86400) + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y * 12 + m - 1
+end
+
+-- buckets before the current one still in the window (a calendar window and the calls in flight: one bucket)
+local SPAN = {r = 288, n = 60, d = 0, w = 0, m = 0, y = 0, k = 0}
+local SIZE = {r = 300, n = 1}             -- seconds per bucket of the sliding windows
+-- key expiry: longer than the window (Antarctica/Troll's 2-hour DST change makes a 26-hour day and a 170-hour
+-- week), and than a window that a zone change moving the clock back 26 h lengthens: the hash keeps the longest of
+-- its windows' (24 h 10 min, 3 days, 9 days, 33 days, 368 days)
+local KEEP = {r = 87000, d = 259200, w = 777600, m = 2851200, y = 31795200, n = 600, k = 3600}
+local GONE = 86400                        -- seconds a settlement may come late or again and count once
+local acct = {}                           -- usage key -> what this script call knows of the principal
+
+local function int(x) return string.format('%d', x) end  -- Redis would write a Lua 100 as '1e2'
+
+local function parse(v)  -- a reservation: bucket, tokens, cost, deadline
+  local b, t, c, d = string.match(v, '^(-?%d+):(%d+):(%d+):([%d.]+)$')
+  return tonumber(b), tonumber(t), tonumber(c), tonumber(d)
+end
+
+local function put(a, f, v) a.set[f] = v; a.del[f] = nil; a.dirty = true end
+local function drop(a, f) a.set[f] = nil; a.del[f] = true; a.dirty = true end
+
+-- field values as this script call will leave them (what it set or deleted, over what it read)
+local function overlay(a, fields, values)
+  for i, f in ipairs(fields) do
+    if a.del[f] then values[i] = false elseif a.set[f] then values[i] = a.set[f] end
+  end
+  return values
+end
+
+local function add(a, s, b, tokens, cost)
+  if tokens == 0 and cost == 0 then return end
+  if b == s.b then
+    s.t, s.c = s.t + tokens, s.c + cost
+  else  -- an older bucket (a reservation made before the current one began)
+    if tokens ~= 0 then redis.call('HINCRBY', a.U, s.p .. 't' .. b, int(tokens)) end
+    if cost ~= 0 then redis.call('HINCRBY', a.U, s.p .. 'c' .. b, int(cost)) end
+  end
+  s.T, s.C, a.dirty = s.T + tokens, s.C + cost, true
+end
+
+-- gives back what a reservation holds, from its own bucket if that is still in the window
+local function release(a, s, v)
+  local b, t, c = parse(v)
+  if b == nil or b < s.lo then return end
+  add(a, s, b, -t, -c)
+end
+
+local function mark(a, m)  -- a mark of this call, and the expired ones gone
+  redis.call('ZREMRANGEBYSCORE', a.G, '-inf', now)
+  redis.call('ZADD', a.G, now + GONE, m)
+  redis.call('EXPIRE', a.G, GONE + 600)
+end
+
+-- one pass over the hash: reclaims the expired reservations of every window loaded (their process never settled
+-- them: killed, hung), moves a calendar window's calls in flight from a bucket that left into the current one,
+-- and counts each window's calls in flight
+local function sweep(a)
+  a.swept = true
+  for _, s in pairs(a.w) do s.flight = 0 end
+  local fields = redis.call('HGETALL', a.U)
+  local known = {}
+  for i = 1, #fields, 2 do known[fields[i]] = true end
+  for f, v in pairs(a.set) do  -- written by this script call only (a window taken over from layout 2)
+    if not known[f] then fields[#fields + 1] = f; fields[#fields + 1] = v end
+  end
+  for i = 1, #fields, 2 do
+    local f = fields[i]
+    local p, id = string.match(f, '^(%w*%.?)r:(.+)$')
+    local s = p and a.w[p]
+    if s and not a.del[f] then
+      local v = a.set[f] or fields[i + 1]
+      local b, t, c, d = parse(v)
+      if d and d <= now then
+        release(a, s, v)
+        drop(a, f)
+        mark(a, 'x:' .. p .. id)
+      elseif d then
+        if b < s.lo and s.span == 0 and s.kind ~= 'k' then
+          put(a, f, string.format('%d:%d:%d:%.3f', s.b, t, c, d))
+          s.t, s.c, s.T, s.C = s.t + t, s.c + c, s.T + t, s.C + c
+        end
+        s.flight = s.flight + 1
+      end
+    end
+  end
+end
+
+-- drops the buckets lo .. lo_new - 1 that left the window (none beyond lo + span exists)
+local function roll(a, s, lo, lo_new)
+  if lo_new > lo + s.span then
+    s.T, s.C = 0, 0
+    for x = lo, lo + s.span do drop(a, s.p .. 't' .. x); drop(a, s.p .. 'c' .. x) end
+    return
+  end
+  local gone = {}
+  for x = lo, lo_new - 1 do gone[#gone + 1] = s.p .. 't' .. x; gone[#gone + 1] = s.p .. 'c' .. x end
+  local values = overlay(a, gone, redis.call('HMGET', a.U, unpack(gone)))
+  for i = 1, #gone, 2 do
+    s.T, s.C = s.T - (tonumber(values[i]) or 0), s.C - (tonumber(values[i + 1]) or 0)
+    drop(a, gone[i]); drop(a, gone[i + 1])
+  end
+end
+
+-- layout 2 kept a window other than the scope's own in a key of its own: taken over once, then deleted
+local function migrate(a, s)
+  local old = a.U .. ':' .. string.sub(s.p, 1, -2)
+  local fields = redis.call('HGETALL', old)
+  if #fields == 0 then return nil end
+  local lo
+  for i = 1, #fields, 2 do
+    local f, v = fields[i], fields[i + 1]
+    if f == 'lo' then lo = tonumber(v); put(a, s.p .. f, v)
+    elseif f == 'T' then s.T = tonumber(v) or 0  -- the window's state is written by save()
+    elseif f == 'C' then s.C = tonumber(v) or 0
+    elseif f == 't' .. s.b then s.t = tonumber(v) or 0
+    elseif f == 'c' .. s.b then s.c = tonumber(v) or 0
+    elseif f ~= 'id' then put(a, s.p .. f, v) end
+  end
+  redis.call('DEL', old)
+  return lo
+end
+
+local function bucket(kind, shift)
+  if SIZE[kind] then return math.floor(now / SIZE[kind]) end
+  if kind == 'k' then return 0 end
+  if kind == 'm' then return month_index(now + shift) end
+  if kind == 'y' then return math.floor(month_index(now + shift) / 12) end
+  local day = math.floor((now + shift) / 86400)  -- local days since 1970-01-01, a Thursday
+  return kind == 'd' and day or math.floor((day + 3) / 7)  -- ISO weeks begin on Monday
+end
+
+-- a principal's windows `wins` ({prefix, kind} each), rolled to now, and the values of the `extra` fields: one
+-- HMGET for all of them (windows already loaded by this script call are not read again)
+local function load(U, G, who, wins, extra)
+  local a = acct[U]
+  if not a then
+    a = {U = U, G = G, w = {}, set = {}, del = {}, dirty = false, swept = false, keep = 0}
+    acct[U] = a
+  end
+  local fresh, names = {}, {}
+  for _, w in ipairs(wins) do
+    local p = w[1]
+    if not a.w[p] then
+      local kind = string.sub(w[2], 1, 1)
+      local shift = tonumber(string.sub(w[2], 2)) or 0  -- 'm28800': the month at UTC+8; 'k15': the lease
+      local s = {p = p, kind = kind, span = SPAN[kind], b = bucket(kind, shift), lease = kind == 'k' and shift or nil}
+      a.w[p] = s
+      fresh[#fresh + 1] = s
+      local n = #names
+      names[n + 1], names[n + 2], names[n + 3], names[n + 4], names[n + 5] =
+        p .. 'lo', p .. 'T', p .. 'C', p .. 't' .. s.b, p .. 'c' .. s.b
+    end
+  end
+  local first = #names
+  for _, f in ipairs(extra or {}) do names[#names + 1] = f end
+  if #names == 0 then return a, {} end
+  local row = redis.call('HMGET', U, unpack(names))
+  local turned = false
+  for i, s in ipairs(fresh) do
+    local j = (i - 1) * 5
+    local lo = tonumber(row[j + 1])
+    s.T, s.C = tonumber(row[j + 2]) or 0, tonumber(row[j + 3]) or 0
+    s.t, s.c = tonumber(row[j + 4]) or 0, tonumber(row[j + 5]) or 0
+    if lo == nil and s.p ~= '' then lo = migrate(a, s) end
+    local lo_new = s.b - s.span
+    if lo == nil then  -- a window never charged
+      s.lo, s.T, s.C, s.t, s.c = lo_new, 0, 0, 0, 0
+      put(a, s.p .. 'lo', int(lo_new))
+      a.opened = true
+    elseif lo > lo_new then  -- a clock that went back counts in the newest bucket it can
+      s.lo, s.b = lo, lo + s.span
+      local tc = overlay(a, {s.p .. 't' .. s.b, s.p .. 'c' .. s.b},
+                         redis.call('HMGET', U, s.p .. 't' .. s.b, s.p .. 'c' .. s.b))
+      s.t, s.c = tonumber(tc[1]) or 0, tonumber(tc[2]) or 0
+    else
+      s.lo = lo
+      if lo < lo_new then
+        roll(a, s, lo, lo_new)
+        s.lo = lo_new
+        put(a, s.p .. 'lo', int(lo_new))
+        a.opened = true
+        if s.kind ~= 'n' then turned = true end
+      end
+    end
+  end
+  if a.opened and who then put(a, 'id', who) end
+  if turned then sweep(a) end
+  local values = {}
+  for i = first + 1, #row do values[#values + 1] = row[i] end
+  return a, extra and overlay(a, extra, values) or {}
+end
+
+-- writes what changed: one HSET (and one HDEL) per principal; the expiry of its longest window
+local function save()
+  for U, a in pairs(acct) do
+    if a.dirty then
+      local args = {}
+      for f, v in pairs(a.set) do args[#args + 1] = f; args[#args + 1] = v end
+      for p, s in pairs(a.w) do  -- after: a window's state wins over a field set on the way
+        local n = #args
+        args[n + 1], args[n + 2], args[n + 3], args[n + 4] = p .. 'T', int(s.T), p .. 'C', int(s.C)
+        args[n + 5], args[n + 6], args[n + 7], args[n + 8] = p .. 't' .. s.b, int(s.t), p .. 'c' .. s.b, int(s.c)
+      end
+      redis.call('HSET', U, unpack(args))
+      local gone = {}
+      for f in pairs(a.del) do gone[#gone + 1] = f end
+      if #gone > 0 then redis.call('HDEL', U, unpack(gone)) end
+    end
+    if a.opened then  -- never shortened: a window loaded alone (a read) must not expire the others
+      local keep = 0
+      for _, s in pairs(a.w) do keep = math.max(keep, KEEP[s.kind]) end
+      if redis.call('TTL', U) < keep then redis.call('EXPIRE', U, keep) end
+    end
+  end
+end
+"""
