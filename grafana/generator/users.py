@@ -1,8 +1,9 @@
 """LLM tokens: users and departments: who spends the tokens, each principal against its quota, the room left,
-and the quota alerts firing."""
+the quota alerts firing, and the GPU protection limits (minute, concurrent) seen after the fact."""
 
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
+from grafana.generator import gpu_panels
 from grafana.generator import queries as q
 from grafana.generator.panels import Column, LabelColumn, bargauge_panel, table_panel
 from grafana.generator.quota_panels import (
@@ -86,6 +87,7 @@ def build() -> Dashboard:
         (9, 12, [every_window(USER, "User quotas, every window (%)"),
                  every_window(DEPARTMENT, "Department budgets, every window (%)")]),
         (8, 24, [forecasts(DEPARTMENT, FORECAST_ALERTS[DEPARTMENT.name])]),
+        *gpu_panels.rows(),
     ]
     for height, width, panels in layout:
         for panel in panels:

@@ -1,6 +1,7 @@
 """Every query of every dashboard, against a real Prometheus that
 scraped tests/support/dashboard_app.py (the real package: several users, departments, two tiny transformers models, an
-OpenAI-style model with estimated counts, streams and errors), every query of every panel, variable and annotation
+OpenAI-style model with estimated counts, streams and errors, budget mode on a real Redis refusing one user by her
+rate and concurrency limits), every query of every panel, variable and annotation
 with its variables substituted the way Grafana does. The quota panels are compared with the limits of a quota file
 rendered by otel_tokens.ops.rules.render_text and loaded into that Prometheus.
 
@@ -33,7 +34,7 @@ from otel_tokens.ops.rules import render, render_text
 from otel_tokens.quota.file import Quotas, parse_quotas
 from otel_tokens.quota.vocabulary import BY_NAME
 from tests.support.binaries import require_binary
-from tests.support.dashboard_app import USERS
+from tests.support.dashboard_app import RATE_LIMITED, RATE_LIMITS, USERS
 from tests.support.grafana import (
     APP,
     JOB,
@@ -57,6 +58,7 @@ from tests.support.grafana import (
 )
 from tests.support.prometheus_stack import free_port, query, start_prometheus, stop_processes
 from tests.support.quick_rules import quick_hourly_group
+from tests.support.redis_server import RedisServer
 
 APP_LABEL = BY_NAME["app"].label  # service_name
 
@@ -109,10 +111,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     if 3600 - time.time() % 3600 < 45:
         time.sleep(3600 - time.time() % 3600 + 2)
     processes: list[subprocess.Popen[Any]] = []
+    redis = RedisServer().start()  # budget mode's store: the app's rate limits
     try:
         port = free_port()
-        app = subprocess.Popen([sys.executable, "-m", "tests.support.dashboard_app", str(port)], cwd=ROOT, text=True,
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(tmp / "app.log", "w"))
+        (tmp / "rate-limits.yaml").write_text(yaml.safe_dump(RATE_LIMITS))
+        app = subprocess.Popen([sys.executable, "-m", "tests.support.dashboard_app", str(port), redis.url,
+                                str(tmp / "rate-limits.yaml")], cwd=ROOT, text=True, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=open(tmp / "app.log", "w"))
         processes.append(app)
         assert app.stdout is not None and app.stdin is not None
         assert app.stdout.readline().strip() == f"ready {port}", (tmp / "app.log").read_text()
@@ -185,6 +190,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield {"url": url, "first": first, "last": last, "quotas": quotas, "months": months, "hour": hour}
     finally:
         stop_processes(processes)
+        redis.close()
 
 
 def _options(stack: dict[str, Any], dashboard: dict[str, Any]) -> dict[str, list[str]]:
@@ -212,7 +218,7 @@ def test_variables_list_what_the_app_produced(stack: dict[str, Any]) -> None:
         options = _options(stack, dashboard)
         assert options == {"app": [APP], "model": sorted(MODELS),
                            "department": sorted({d for _, d, _ in USERS}),
-                           "user": sorted({u for u, _, _ in USERS})}, dashboard["title"]
+                           "user": sorted({u for u, _, _ in USERS} | {RATE_LIMITED[0]})}, dashboard["title"]
         values = {v["name"]: v["allValue"] for v in dashboard["templating"]["list"]}
         assert label_values(stack["url"], dashboard["templating"]["list"][3]["definition"],
                              {**values, "department": "research"}) == ["alice", "bob"]
@@ -402,3 +408,30 @@ def test_every_window_panels_show_each_recorded_ratio_labelled_with_its_window(s
         recorded = {(r["metric"][label], window, kind): 100 * float(r["value"][1]) for kind in ("tokens", "cost")
                     for r in query(stack["url"], f"llm_quota:{principal}_{kind}:ratio")}
         assert shown == pytest.approx(recorded) and (recorded or principal != "user"), panel["title"]
+
+
+def test_gpu_protection_panels_show_the_rate_limited_user(stack: dict[str, Any]) -> None:
+    """erin, the one user with budget mode's rate limits, is refused every round: by user in the requests counter,
+    by scope and window in the guard decisions (the windows the app counted); the others show 0 refusals, and every
+    user their load per minute."""
+    panels = {p["title"]: p for d in _dashboards().values() for p in _data_panels(d)
+              if p["title"].startswith("GPU protection")}
+    assert len(panels) == 4, sorted(panels)
+    everything = {"app": ".*", "model": ".*", "department": ".*", "user": ".*"}
+
+    def shown(words: str) -> list[dict[str, Any]]:
+        ((_, panel),) = [(t, p) for t, p in panels.items() if words in t]
+        (target,) = panel["targets"]
+        return query(stack["url"], interpolate(target["expr"], everything))
+
+    users = {u for u, _, _ in USERS} | {RATE_LIMITED[0]}
+    refused = {r["metric"]["user_id"]: float(r["value"][1]) for r in shown("refused by a rate")}
+    assert refused.keys() == users and refused[RATE_LIMITED[0]] > 0, refused
+    assert all(value == 0 for user, value in refused.items() if user != RATE_LIMITED[0]), refused
+    counted = _totals(stack["last"], names.PROM_GUARD_DECISIONS, names.GUARD_WINDOW)
+    assert {w for w in ("minute", "concurrent") if counted.get(w)} == {"minute", "concurrent"}, counted
+    decided = {(r["metric"][names.GUARD_SCOPE], r["metric"][names.GUARD_WINDOW]) for r in shown("refusals/s")}
+    assert decided == {("user", "minute"), ("user", "concurrent")}
+    for words in ("requests per minute", "tokens per minute"):
+        load = {r["metric"]["user_id"]: float(r["value"][1]) for r in shown(words)}
+        assert load.keys() == users and all(load[u] > 0 for u in users - {RATE_LIMITED[0]}), (words, load)

@@ -8,12 +8,20 @@ streamed one against a local OpenAI-compatible server that reports no usage, for
 (`estimated` counts, provider `openai`). Everything is priced (inline prices in USD), so every accounting metric,
 histogram and label the dashboards use is produced by the package itself.
 
-Protocol: prints `ready PORT`; then each stdin line `round` runs one round and prints `done`.
+Budget mode runs too, on the Redis and with the quota file (RATE_LIMITS) the second and third arguments name: rate
+limits for one more user only (RATE_LIMITED, erin: `minute: {tokens: 1000}`, `concurrent: 1`). Every round she sends
+a prompt over her minute and calls again while her stream is open, so her refusals (RateLimitExceededError,
+llm.guard.decisions by window `minute` and `concurrent`) are there for the GPU protection panels. The others have no
+budget-mode limit: their calls all go through.
+
+Protocol: `python -m tests.support.dashboard_app PORT REDIS_URL QUOTA_FILE`; prints `ready PORT`; then each stdin
+line `round` runs one round and prints `done`.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,8 +33,8 @@ from prometheus_client import start_http_server
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
-from otel_tokens import TokenUsageInstrumentor, usage_context
-from otel_tokens.config.settings import AlertSettings, GuardSettings, Settings
+from otel_tokens import RateLimitExceededError, TokenUsageInstrumentor, usage_context
+from otel_tokens.config.settings import AlertSettings, BudgetSettings, GuardSettings, Settings
 from tests.support import tiny_models as tm
 from tests.support.openai_server import OpenAIServer
 from tests.support.tiny_models import forcing
@@ -39,6 +47,10 @@ USERS: tuple[tuple[str, str, int], ...] = (
     ("carol", "support", 2),
     ("dave", "sales", 1),
 )
+# Budget mode's quota file (written by the test): rate limits for one user beside USERS, refused by them every round.
+RATE_LIMITED = ("erin", "sales")
+MINUTE_TOKENS = 1000
+RATE_LIMITS = {"users": {"overrides": {RATE_LIMITED[0]: {"minute": {"tokens": MINUTE_TOKENS}, "concurrent": 1}}}}
 OPENAI_MODEL = "acme-chat"  # no tokenizer mapped and not an OpenAI name: counts are `estimated`
 PRICES = (
     {"match": "*", "provider": "transformers", "currency": "USD", "input": 50, "output": 200},
@@ -95,18 +107,48 @@ def run_round(models: list[Any], client: Any) -> None:
                     pass
 
 
+def run_burst(models: list[Any], client: Any, budget: Any) -> None:
+    """erin, every round: a call served, then a prompt alone over her minute of tokens (refused by `minute` whatever
+    the window holds), then a stream and, while it is open, a second call (refused by `concurrent`). What she is
+    served fits her minute many times over, so a round within 60 s of the last goes the same way. Every series of
+    hers grows every round (the first call makes her known to the counters, which then count her refusals)."""
+    user, department = RATE_LIMITED
+    prompt = torch.full((1, PROMPT_TOKENS), 5)
+    messages = [{"role": "user", "content": "How long until I may ask again?"}]
+    with usage_context(user_id=user, department=department):
+        models[0].generate(prompt, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                           logits_processor=forcing(PROMPT_TOKENS, [11]))
+        budget.flush()  # its slot among the calls in flight given back (queued otherwise)
+        try:
+            models[0].generate(torch.full((1, MINUTE_TOKENS + 1), 5), max_new_tokens=1)
+        except RateLimitExceededError as error:
+            assert error.window == "minute", error
+        else:
+            raise AssertionError("a prompt over the minute's tokens was not refused")
+        with client.chat.completions.create(model=OPENAI_MODEL, messages=messages, max_tokens=NEW_TOKENS,
+                                            stream=True) as stream:
+            try:
+                client.chat.completions.create(model=OPENAI_MODEL, messages=messages, max_tokens=NEW_TOKENS)
+            except RateLimitExceededError as error:
+                assert error.window == "concurrent", error
+            else:
+                raise AssertionError("a second call while the stream was open was not refused")
+            for _ in stream:
+                pass
+    budget.flush()
+
+
 def main() -> None:
     import openai
 
-    port = int(sys.argv[1])
+    port, redis_url, quota_file = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     reader = PrometheusMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader], resource=Resource.create({"service.name": SERVICE_NAME}))
-    TokenUsageInstrumentor().instrument(tracer_provider=TracerProvider(), meter_provider=meter_provider,
-                                        settings=Settings(builtin_prices=False, prices=PRICES,
-                                                          # an unreachable quota state: every call is a
-                                                          # fail_open guard decision, for that panel
-                                                          guard=GuardSettings(AlertSettings("http://127.0.0.1:9/state",
-                                                                                            60.0))))
+    # an unreachable quota state: every call is a fail_open guard decision, for that panel; and budget mode
+    guard = GuardSettings(AlertSettings("http://127.0.0.1:9/state", 60.0), BudgetSettings(quota_file, redis_url))
+    instrumentor = TokenUsageInstrumentor()
+    instrumentor.instrument(tracer_provider=TracerProvider(), meter_provider=meter_provider,
+                            settings=Settings(builtin_prices=False, prices=PRICES, guard=guard))
     start_http_server(port, addr="127.0.0.1")
     models = [tm.gpt2(), tm.llama()]
     with OpenAIServer(usage_mode="never") as server:
@@ -115,6 +157,7 @@ def main() -> None:
         for line in sys.stdin:
             if line.strip() == "round":
                 run_round(models, client)
+                run_burst(models, client, instrumentor.recorder.enforcement.budget)
                 print("done", flush=True)
 
 
