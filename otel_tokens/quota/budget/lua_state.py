@@ -140,7 +140,7 @@ end
 -- drops the buckets lo .. lo_new - 1 that left the window (none beyond lo + span exists)
 local function roll(a, s, lo, lo_new)
   if lo_new > lo + s.span then
-    s.T, s.C = 0, 0
+    s.T, s.C, s.t, s.c = 0, 0, 0, 0
     for x = lo, lo + s.span do drop(a, s.p .. 't' .. x); drop(a, s.p .. 'c' .. x) end
     return
   end
@@ -199,8 +199,9 @@ local function load(U, G, who, wins, extra)
       a.w[p] = s
       fresh[#fresh + 1] = s
       local n = #names
-      names[n + 1], names[n + 2], names[n + 3], names[n + 4], names[n + 5] =
-        p .. 'lo', p .. 'T', p .. 'C', p .. 't' .. s.b, p .. 'c' .. s.b
+      s.at = n
+      names[n + 1], names[n + 2], names[n + 3] = p .. 'lo', p .. 'T', p .. 'C'
+      if s.span > 0 then names[n + 4], names[n + 5] = p .. 't' .. s.b, p .. 'c' .. s.b end
     end
   end
   local first = #names
@@ -208,11 +209,11 @@ local function load(U, G, who, wins, extra)
   if #names == 0 then return a, {} end
   local row = redis.call('HMGET', U, unpack(names))
   local turned = false
-  for i, s in ipairs(fresh) do
-    local j = (i - 1) * 5
+  for _, s in ipairs(fresh) do
+    local j = s.at
     local lo = tonumber(row[j + 1])
     s.T, s.C = tonumber(row[j + 2]) or 0, tonumber(row[j + 3]) or 0
-    s.t, s.c = tonumber(row[j + 4]) or 0, tonumber(row[j + 5]) or 0
+    if s.span > 0 then s.t, s.c = tonumber(row[j + 4]) or 0, tonumber(row[j + 5]) or 0 else s.t, s.c = s.T, s.C end
     if lo == nil and s.p ~= '' then lo = migrate(a, s) end
     local lo_new = s.b - s.span
     if lo == nil then  -- a window never charged
@@ -221,9 +222,11 @@ local function load(U, G, who, wins, extra)
       a.opened = true
     elseif lo > lo_new then  -- a clock that went back counts in the newest bucket it can
       s.lo, s.b = lo, lo + s.span
-      local tc = overlay(a, {s.p .. 't' .. s.b, s.p .. 'c' .. s.b},
-                         redis.call('HMGET', U, s.p .. 't' .. s.b, s.p .. 'c' .. s.b))
-      s.t, s.c = tonumber(tc[1]) or 0, tonumber(tc[2]) or 0
+      if s.span > 0 then
+        local tc = overlay(a, {s.p .. 't' .. s.b, s.p .. 'c' .. s.b},
+                           redis.call('HMGET', U, s.p .. 't' .. s.b, s.p .. 'c' .. s.b))
+        s.t, s.c = tonumber(tc[1]) or 0, tonumber(tc[2]) or 0
+      end
     else
       s.lo = lo
       if lo < lo_new then
@@ -251,7 +254,9 @@ local function save()
       for p, s in pairs(a.w) do  -- after: a window's state wins over a field set on the way
         local n = #args
         args[n + 1], args[n + 2], args[n + 3], args[n + 4] = p .. 'T', int(s.T), p .. 'C', int(s.C)
-        args[n + 5], args[n + 6], args[n + 7], args[n + 8] = p .. 't' .. s.b, int(s.t), p .. 'c' .. s.b, int(s.c)
+        if s.span > 0 then  -- a calendar window, and the calls in flight, are their one bucket: T and C
+          args[n + 5], args[n + 6], args[n + 7], args[n + 8] = p .. 't' .. s.b, int(s.t), p .. 'c' .. s.b, int(s.c)
+        end
       end
       redis.call('HSET', U, unpack(args))
       local gone = {}
