@@ -56,7 +56,8 @@ def timed(fn, n: int) -> list[float]:
 
 def recorder_call(recorder: Recorder):
     def call(i: int) -> None:
-        with usage_context(user_id=f"user-{i % 200}", department=f"dept-{i % 7}"):
+        user = i % 200
+        with usage_context(user_id=f"user-{user}", department=f"dept-{user % 7}"):  # each user in one department
             c = recorder.begin(names.OPERATION_CHAT, "openai", "gpt-4o",
                                estimate=lambda: estimate_request(names.OPERATION_CHAT, KWARGS))
             c.record.input_tokens, c.record.output_tokens = 60, 40

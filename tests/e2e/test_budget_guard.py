@@ -18,7 +18,7 @@ from otel_tokens.quota.budget.store import principal_keys
 from otel_tokens.quota.calendar import load_zone, tzdata_version
 from otel_tokens.quota.decision import QuotaStateUnavailableError
 from otel_tokens.quota.vocabulary import DEPARTMENT
-from tests.support.budget import budget_app, write_quotas
+from tests.support.budget import budget_app, packed_windows, write_quotas
 from tests.support.telemetry import LogRecords
 
 
@@ -105,8 +105,8 @@ def test_the_department_month_is_counted_in_the_quota_files_zone(tmp_path, redis
     for app in budget_app(quota_file, redis_url):
         app.ask("user-0", department="sales")
         local = datetime.now(load_zone("Asia/Shanghai"))  # the month index of the store's buckets
-        bucket = redis.Redis.from_url(redis_url).hget(principal_keys(DEPARTMENT, "sales")[0], "lo")
-        assert int(bucket) == local.year * 12 + local.month - 1
+        state = packed_windows(redis.Redis.from_url(redis_url).hget(principal_keys(DEPARTMENT, "sales")[0], "S"))
+        assert state[""][0] == local.year * 12 + local.month - 1
         store = app.recorder.enforcement.budget.store
         assert store._kind(DEPARTMENT, "", store._shift()) == "m28800"
 

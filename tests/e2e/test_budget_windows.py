@@ -21,7 +21,7 @@ from otel_tokens.quota.budget.store import (
 )
 from otel_tokens.quota.calendar import load_zone, window_end, window_start
 from otel_tokens.quota.vocabulary import DEPARTMENT, USER
-from tests.support.budget import budget_app, write_quotas
+from tests.support.budget import budget_app, packed_windows, write_quotas
 from tests.support.redis_server import RedisServer
 
 
@@ -132,8 +132,9 @@ def test_every_window_of_a_principal_lives_in_its_one_hash_and_layout_2_keys_are
     assert store.read(USER, "wang", "day") == (90, 0, 0) and not raw.exists(f"{usage}:day")
     assert store.reserve("c", 600, charges).status == RESERVED
     fields = {f.decode() for f in raw.hkeys(usage)}
-    assert {"lo", "T", "C", "day.lo", "day.T", "r:c", "day.r:c", "id"} <= fields, fields
-    assert not [f for f in fields if f.startswith("day.t")]  # a calendar window is its one bucket: T and C
+    assert fields == {"S", "r:c", "day.r:c", "id"}, fields  # the windows packed in S, the calls in flight
+    state = packed_windows(raw.hget(usage, "S"))
+    assert state["day."] == (day, 100, 0, 100, 0) and state[""][1] == 10  # the 24 h was charged only by c
     assert raw.ttl(usage) > 86400  # the day's expiry, longer than the own window's
 
 
@@ -159,8 +160,8 @@ def test_an_app_is_refused_by_its_users_day_or_its_departments_year_whichever_cr
         assert (caught.value.scope, caught.value.principal, caught.value.window) == ("department", "sales", "year")
         assert "would go over the year tokens quota" in str(caught.value)
         assert app.decisions(window=True) == {("reject", "user", "day"): 1, ("reject", "department", "year"): 1}
-        bucket = redis.Redis.from_url(redis_url).hget(principal_keys(DEPARTMENT, "sales")[0], "year.lo")
-        assert int(bucket) == datetime.now(load_zone("Asia/Shanghai")).year  # the local year's bucket
+        state = packed_windows(redis.Redis.from_url(redis_url).hget(principal_keys(DEPARTMENT, "sales")[0], "S"))
+        assert state["year."][0] == datetime.now(load_zone("Asia/Shanghai")).year  # the local year's bucket
 
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -117,3 +118,19 @@ def run_budget_apps(server: OpenAIServer, envs: list[dict[str, str]]) -> list[di
         assert proc.returncode == 0, err[-3000:]
         results.append(json.loads(out.strip().splitlines()[-1]))
     return results
+
+
+def packed_windows(raw: bytes | None) -> dict[str, tuple[int, int, int, int, int]]:
+    """A principal's `S` field in the store (lua_state: the number of windows, then per window its prefix, zero
+    terminated, and five doubles): prefix -> (current bucket, T, C, the bucket's t, c)."""
+    out: dict[str, tuple[int, int, int, int, int]] = {}
+    if not raw:
+        return out
+    at = 1
+    for _ in range(raw[0]):
+        end = raw.index(b"\0", at)
+        prefix = raw[at:end].decode()
+        values = struct.unpack_from("=5d", raw, end + 1)
+        out[prefix] = tuple(int(v) for v in values)  # type: ignore[assignment]
+        at = end + 1 + 40
+    return out

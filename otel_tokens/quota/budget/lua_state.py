@@ -84,8 +84,14 @@ local function add(a, s, b, tokens, cost)
   if b == s.b then
     s.t, s.c = s.t + tokens, s.c + cost
   else  -- an older bucket (a reservation made before the current one began)
-    if tokens ~= 0 then redis.call('HINCRBY', a.U, s.p .. 't' .. b, int(tokens)) end
-    if cost ~= 0 then redis.call('HINCRBY', a.U, s.p .. 'c' .. b, int(cost)) end
+    for _, fv in ipairs({{s.p .. 't' .. b, tokens}, {s.p .. 'c' .. b, cost}}) do
+      local f, v = fv[1], fv[2]
+      if v ~= 0 and a.set[f] then  -- written by this script call (the bucket just became an older one)
+        a.set[f] = int(tonumber(a.set[f]) + v)
+      elseif v ~= 0 then
+        redis.call('HINCRBY', a.U, f, int(v))
+      end
+    end
   end
   s.T, s.C, a.dirty = s.T + tokens, s.C + cost, true
 end
@@ -153,23 +159,47 @@ local function roll(a, s, lo, lo_new)
   end
 end
 
--- layout 2 kept a window other than the scope's own in a key of its own: taken over once, then deleted
-local function migrate(a, s)
+-- layout 2 kept the scope's own window in this hash (fields lo, T, C, t<b>, c<b>) and any other in a key of its own
+-- (`<usage>:day`): taken over once, as {bucket, T, C, t, c}; its older buckets and calls in flight keep their
+-- fields (moved under the window's prefix)
+local function legacy(a, s)
+  local b, T, C, t, c
+  if s.p == '' then
+    local row = redis.call('HMGET', a.U, 'lo', 'T', 'C')
+    if not row[1] then return nil end
+    b = tonumber(row[1]) + s.span
+    local tc = redis.call('HMGET', a.U, 't' .. b, 'c' .. b)
+    T, C, t, c = tonumber(row[2]) or 0, tonumber(row[3]) or 0, tonumber(tc[1]) or 0, tonumber(tc[2]) or 0
+    for _, f in ipairs({'lo', 'T', 'C', 't' .. b, 'c' .. b}) do drop(a, f) end
+    return {b, T, C, t, c}
+  end
   local old = a.U .. ':' .. string.sub(s.p, 1, -2)
   local fields = redis.call('HGETALL', old)
   if #fields == 0 then return nil end
-  local lo
-  for i = 1, #fields, 2 do
-    local f, v = fields[i], fields[i + 1]
-    if f == 'lo' then lo = tonumber(v); put(a, s.p .. f, v)
-    elseif f == 'T' then s.T = tonumber(v) or 0  -- the window's state is written by save()
-    elseif f == 'C' then s.C = tonumber(v) or 0
-    elseif f == 't' .. s.b then s.t = tonumber(v) or 0
-    elseif f == 'c' .. s.b then s.c = tonumber(v) or 0
-    elseif f ~= 'id' then put(a, s.p .. f, v) end
+  local per = {}
+  for i = 1, #fields, 2 do per[fields[i]] = fields[i + 1] end
+  b = (tonumber(per.lo) or 0) + s.span
+  for f, v in pairs(per) do
+    if f ~= 'lo' and f ~= 'T' and f ~= 'C' and f ~= 'id' and f ~= 't' .. b and f ~= 'c' .. b then
+      put(a, s.p .. f, v)
+    end
   end
   redis.call('DEL', old)
-  return lo
+  return {b, tonumber(per.T) or 0, tonumber(per.C) or 0, tonumber(per['t' .. b]) or 0, tonumber(per['c' .. b]) or 0}
+end
+
+-- the field S: every window of the principal packed (the number of windows, then per window its prefix, its
+-- current bucket, T, C, and the current bucket's t and c): one field read and written per call, however many
+-- windows. Windows a call does not charge are kept as they are.
+local function unpack_state(a, raw)
+  a.rest = {}
+  if not raw then return end
+  local n = string.byte(raw, 1)
+  local v = {struct.unpack(string.rep('sddddd', n), raw, 2)}
+  for i = 0, n - 1 do
+    local j = i * 6
+    a.rest[v[j + 1]] = {v[j + 2], v[j + 3], v[j + 4], v[j + 5], v[j + 6]}
+  end
 end
 
 local function bucket(kind, shift)
@@ -184,12 +214,17 @@ end
 -- a principal's windows `wins` ({prefix, kind} each), rolled to now, and the values of the `extra` fields: one
 -- HMGET for all of them (windows already loaded by this script call are not read again)
 local function load(U, G, who, wins, extra)
-  local a = acct[U]
+  local a, values = acct[U], {}
   if not a then
-    a = {U = U, G = G, w = {}, set = {}, del = {}, dirty = false, swept = false, keep = 0}
+    a = {U = U, G = G, w = {}, set = {}, del = {}, dirty = false, swept = false}
     acct[U] = a
+    local row = redis.call('HMGET', U, 'S', unpack(extra or {}))
+    unpack_state(a, row[1])
+    for i = 2, #row do values[i - 1] = row[i] end
+  elseif extra and #extra > 0 then
+    values = redis.call('HMGET', U, unpack(extra))
   end
-  local fresh, names = {}, {}
+  local turned = false
   for _, w in ipairs(wins) do
     local p = w[1]
     if not a.w[p] then
@@ -197,51 +232,31 @@ local function load(U, G, who, wins, extra)
       local shift = tonumber(string.sub(w[2], 2)) or 0  -- 'm28800': the month at UTC+8; 'k15': the lease
       local s = {p = p, kind = kind, span = SPAN[kind], b = bucket(kind, shift), lease = kind == 'k' and shift or nil}
       a.w[p] = s
-      fresh[#fresh + 1] = s
-      local n = #names
-      s.at = n
-      names[n + 1], names[n + 2], names[n + 3] = p .. 'lo', p .. 'T', p .. 'C'
-      if s.span > 0 then names[n + 4], names[n + 5] = p .. 't' .. s.b, p .. 'c' .. s.b end
-    end
-  end
-  local first = #names
-  for _, f in ipairs(extra or {}) do names[#names + 1] = f end
-  if #names == 0 then return a, {} end
-  local row = redis.call('HMGET', U, unpack(names))
-  local turned = false
-  for _, s in ipairs(fresh) do
-    local j = s.at
-    local lo = tonumber(row[j + 1])
-    s.T, s.C = tonumber(row[j + 2]) or 0, tonumber(row[j + 3]) or 0
-    if s.span > 0 then s.t, s.c = tonumber(row[j + 4]) or 0, tonumber(row[j + 5]) or 0 else s.t, s.c = s.T, s.C end
-    if lo == nil and s.p ~= '' then lo = migrate(a, s) end
-    local lo_new = s.b - s.span
-    if lo == nil then  -- a window never charged
-      s.lo, s.T, s.C, s.t, s.c = lo_new, 0, 0, 0, 0
-      put(a, s.p .. 'lo', int(lo_new))
-      a.opened = true
-    elseif lo > lo_new then  -- a clock that went back counts in the newest bucket it can
-      s.lo, s.b = lo, lo + s.span
-      if s.span > 0 then
-        local tc = overlay(a, {s.p .. 't' .. s.b, s.p .. 'c' .. s.b},
-                           redis.call('HMGET', U, s.p .. 't' .. s.b, s.p .. 'c' .. s.b))
-        s.t, s.c = tonumber(tc[1]) or 0, tonumber(tc[2]) or 0
+      local st = a.rest[p] or legacy(a, s)
+      a.rest[p] = nil
+      if st == nil then  -- a window never charged
+        s.T, s.C, s.t, s.c = 0, 0, 0, 0
+        a.opened, a.dirty = true, true
+      else
+        s.T, s.C = st[2], st[3]
+        if s.b <= st[1] then  -- the same bucket; or a clock that went back: counts in the newest it can
+          s.b, s.t, s.c = st[1], st[4], st[5]
+        else  -- a new bucket: the one before becomes a field of its own, the buckets that left are dropped
+          if s.span > 0 and (st[4] ~= 0 or st[5] ~= 0) then
+            put(a, p .. 't' .. st[1], int(st[4]))
+            put(a, p .. 'c' .. st[1], int(st[5]))
+          end
+          s.t, s.c = 0, 0
+          roll(a, s, st[1] - s.span, s.b - s.span)
+          a.opened, a.dirty = true, true
+          if kind ~= 'n' then turned = true end
+        end
       end
-    else
-      s.lo = lo
-      if lo < lo_new then
-        roll(a, s, lo, lo_new)
-        s.lo = lo_new
-        put(a, s.p .. 'lo', int(lo_new))
-        a.opened = true
-        if s.kind ~= 'n' then turned = true end
-      end
+      s.lo = s.b - s.span
     end
   end
   if a.opened and who then put(a, 'id', who) end
   if turned then sweep(a) end
-  local values = {}
-  for i = first + 1, #row do values[#values + 1] = row[i] end
   return a, extra and overlay(a, extra, values) or {}
 end
 
@@ -249,15 +264,20 @@ end
 local function save()
   for U, a in pairs(acct) do
     if a.dirty then
-      local args = {}
+      local args, packed, n = {}, {}, 0
       for f, v in pairs(a.set) do args[#args + 1] = f; args[#args + 1] = v end
-      for p, s in pairs(a.w) do  -- after: a window's state wins over a field set on the way
-        local n = #args
-        args[n + 1], args[n + 2], args[n + 3], args[n + 4] = p .. 'T', int(s.T), p .. 'C', int(s.C)
-        if s.span > 0 then  -- a calendar window, and the calls in flight, are their one bucket: T and C
-          args[n + 5], args[n + 6], args[n + 7], args[n + 8] = p .. 't' .. s.b, int(s.t), p .. 'c' .. s.b, int(s.c)
-        end
+      for p, s in pairs(a.w) do
+        packed[n * 6 + 1], packed[n * 6 + 2], packed[n * 6 + 3] = p, s.b, s.T
+        packed[n * 6 + 4], packed[n * 6 + 5], packed[n * 6 + 6] = s.C, s.t, s.c
+        n = n + 1
       end
+      for p, st in pairs(a.rest) do
+        packed[n * 6 + 1], packed[n * 6 + 2], packed[n * 6 + 3] = p, st[1], st[2]
+        packed[n * 6 + 4], packed[n * 6 + 5], packed[n * 6 + 6] = st[3], st[4], st[5]
+        n = n + 1
+      end
+      args[#args + 1] = 'S'
+      args[#args + 1] = string.char(n) .. struct.pack(string.rep('sddddd', n), unpack(packed))
       redis.call('HSET', U, unpack(args))
       local gone = {}
       for f in pairs(a.del) do gone[#gone + 1] = f end

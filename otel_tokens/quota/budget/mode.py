@@ -11,6 +11,7 @@ judged on the model asked for, before any downgrade.
 from __future__ import annotations
 
 import atexit
+import itertools
 import math
 import os
 import threading
@@ -29,6 +30,7 @@ from otel_tokens.pricing import PriceBook
 from otel_tokens.quota import vocabulary
 from otel_tokens.quota.budget.parts import account_charges
 from otel_tokens.quota.budget.plans import Plan, plans, windows
+from otel_tokens.quota.budget.refusal import refusal
 from otel_tokens.quota.budget.store import (
     DOWNGRADE,
     LEASE,
@@ -42,7 +44,7 @@ from otel_tokens.quota.budget.store import (
     StoreUnavailableError,
     redact,
 )
-from otel_tokens.quota.calendar import CALENDAR_WINDOWS, CONCURRENT, MINUTE, window_end
+from otel_tokens.quota.calendar import CONCURRENT
 from otel_tokens.quota.decision import Decision
 from otel_tokens.quota.file import Quotas, load_quotas, suspicious_changes
 from otel_tokens.recording.call import UsageEstimate
@@ -91,6 +93,7 @@ class BudgetMode:
         # limit: built once per quota file, so a call does no per-window work
         self._accounts: dict[tuple[tuple[str, ...], str | None], tuple[tuple[Charge, ...], bool, Quotas]] = {}
         self._next_renewal = 0.0
+        self._new_ids()
 
     # --- life --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -110,9 +113,15 @@ class BudgetMode:
         self._thread = threading.Thread(target=self._loop, name="otel-tokens-budget", daemon=True)
         self._thread.start()
 
+    def _new_ids(self) -> None:
+        """Reservation ids: random per process (a forked worker draws its own), then a counter (no system call
+        per call)."""
+        self._id_prefix, self._ids = os.urandom(8).hex(), itertools.count()
+
     def _after_fork(self) -> None:
         """A pre-forking server's worker: no thread survived the fork, and a lock held by one would
         stay held forever; what the parent had queued is the parent's to send."""
+        self._new_ids()
         self._pending.clear()
         self._leases = {}
         self._unsettled = 0
@@ -202,7 +211,7 @@ class BudgetMode:
         output_bound = min(output * max(0, choices), MAX_AMOUNT)
         input_bound = min(input_bound, MAX_AMOUNT)
         principals = tuple(attribution.get(scope.attribute) or UNATTRIBUTED for scope in vocabulary.SCOPES)
-        reservation = os.urandom(8).hex()
+        reservation = f"{self._id_prefix}{next(self._ids):x}"
         bound = input_bound + output_bound
         charges, limited = self._account(quotas, principals, model if downgradable else None)
         try:
@@ -235,7 +244,7 @@ class BudgetMode:
             self.healthy = True
             logger.warning("otel-tokens: the budget store %s answers again; budget mode enforces again", self.source)
         if verdict.status == REFUSED:
-            return self._refusal(quotas, verdict), None
+            return refusal(quotas, self._plans[verdict.charge.scope.name], self.prices.currency, verdict), None
         held = Held(reservation, charges, *amount)
         slots = [(c.scope, c.principal, reservation) for c in charges if c.window == CONCURRENT]
         if slots:
@@ -314,35 +323,6 @@ class BudgetMode:
             self._accounts = {}
         self._accounts[key] = (charges, limited, quotas)
         return charges, limited
-
-    def _refusal(self, quotas: Quotas, verdict: Any) -> Decision:
-        charge = verdict.charge
-        scope = charge.scope
-        plan = self._plans[scope.name]
-        window = charge.window or scope.window
-        # the minute and the calls in flight refuse at their limit whatever the rules (budget.parts)
-        rate = window in (MINUTE, CONCURRENT)
-        severity = vocabulary.CRITICAL if rate or (plan.refuse or 1.0) >= 1.0 else vocabulary.WARNING
-        quota = verdict.quota  # the second column of the minute, and the one of the calls in flight, count calls
-        if window == CONCURRENT or (window == MINUTE and quota == vocabulary.COST):
-            quota = vocabulary.REQUESTS
-
-        def show(value: int) -> str:
-            if quota == vocabulary.COST:
-                return f"{value / NANO:,.4f} {self.prices.currency}"
-            return f"{value:,}"
-
-        retry = verdict.retry_after  # every refusing window's: the latest
-        now = time.time()
-        for refusing in verdict.calendar:
-            if (refusing.window or refusing.scope.window) in CALENDAR_WINDOWS:
-                end = window_end(refusing.window or refusing.scope.window, now, quotas.timezone) - now
-                retry = end if retry is None else max(retry, end)
-        if verdict.never:
-            retry = None
-        entry = {"window": window, "quota": quota, "usage": show(verdict.used), "reserved": show(verdict.amount),
-                 "limit": show(verdict.limit), "severity": severity, "retry_after": retry}
-        return Decision(vocabulary.REJECT, scope.name, charge.principal, entry)
 
     def _fail(self) -> Decision:
         action = vocabulary.FAIL_CLOSED if self.settings.fail_closed else vocabulary.FAIL_OPEN
