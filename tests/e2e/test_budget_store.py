@@ -313,3 +313,16 @@ def test_the_store_records_its_key_layout_and_refuses_a_newer_one(redis_url, clo
 
     time.sleep(0.06)
     assert newer.reserve("r3", 600, charges(10)).status == RESERVED
+
+
+def test_a_window_loaded_after_a_sweep_is_swept_before_it_refuses(store, clock):
+    """A settlement carried from before a reload that added `concurrent` loads the principal with fewer windows
+    (its 24 h turns and is swept); the reservation then loads the calls in flight, where a killed process's slot
+    has expired: reclaimed before judging, not counted."""
+    clock.t = B0
+    old = (Charge(USER, "eve", 0, 0),)
+    new = (Charge(USER, "eve", 0, 0), Charge(USER, "eve", 0, 0, 1, window="concurrent"))
+    assert store.reserve("r0", 600, old, amount=(10, 0)).status == RESERVED  # a call running across the reload
+    assert store.reserve("r1", 600, new, amount=(10, 0)).status == RESERVED  # its process killed: never settled
+    clock.t = B0 + 301  # the lease ran out; a new 5-minute bucket
+    assert store.reserve("r2", 600, new, [Settlement(old, "r0", 10, 0)], amount=(10, 0)).status == RESERVED

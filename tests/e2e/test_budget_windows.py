@@ -110,34 +110,6 @@ def test_a_users_day_and_month_are_enforced_at_once_and_the_window_that_refuses_
     assert [store.read(USER, "li", w)[0] for w in ("24h", "day", "month")] == [90, 0, 180]
 
 
-def test_every_window_of_a_principal_lives_in_its_one_hash_and_layout_2_keys_are_taken_over(redis_url):
-    """Layout 3: one hash per principal (one HMGET and one HSET per call whatever the windows), the scope's own
-    window unprefixed as in every layout, the others under their name. A window that layout 2 kept in a key of its
-    own (`<usage>:day`) is taken over at its first use, so an upgrade loses none of the day's usage."""
-    clock = Clock(_local("Asia/Shanghai", 2026, 12, 7, 12, 0))
-    store = RedisBudgetStore(redis_url, timeout=1.0, clock=clock)
-    store.set_zone("Asia/Shanghai")
-    raw = redis.Redis.from_url(redis_url)
-    usage, _ = principal_keys(USER, "wang")
-    day = int((clock.t + 8 * 3600) // 86400)
-    raw.hset(f"{usage}:day", mapping={"lo": day, "T": 70, "C": 0, f"t{day}": 70, f"c{day}": 0, "id": "wang"})
-    raw.hset(f"{usage}:day", mapping={"r:gone": f"{day}:5:0:{clock.t - 1:.3f}"})  # held by a killed process
-    raw.hincrby(f"{usage}:day", "T", 5)
-    raw.hincrby(f"{usage}:day", f"t{day}", 5)
-    charges = [Charge(USER, "wang", 10, 0, window="24h"), Charge(USER, "wang", 10, 0, 100, window="day")]
-    refused = store.reserve("a", 600, [Charge(USER, "wang", 31, 0, window="24h"),
-                                       Charge(USER, "wang", 31, 0, 100, window="day")])
-    assert refused.status == REFUSED and refused.used == 70  # 70 taken over, the dead call's 5 reclaimed
-    _use(store, charges[1], 20, "b")
-    assert store.read(USER, "wang", "day") == (90, 0, 0) and not raw.exists(f"{usage}:day")
-    assert store.reserve("c", 600, charges).status == RESERVED
-    fields = {f.decode() for f in raw.hkeys(usage)}
-    assert fields == {"S", "r:c", "day.r:c", "id"}, fields  # the windows packed in S, the calls in flight
-    state = packed_windows(raw.hget(usage, "S"))
-    assert state["day."] == (day, 100, 0, 100, 0) and state[""][1] == 10  # the 24 h was charged only by c
-    assert raw.ttl(usage) > 86400  # the day's expiry, longer than the own window's
-
-
 def test_an_app_is_refused_by_its_users_day_or_its_departments_year_whichever_crosses_first(tmp_path, redis_url):
     quota_file = write_quotas(tmp_path / "q.yml", {"default": {"day": {"tokens": 300}, "month": {"tokens": 100000}},
                                                    "overrides": {"bob": {"day": {"tokens": 100000}}}},

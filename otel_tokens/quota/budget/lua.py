@@ -111,7 +111,7 @@ end
 local verdict = nil
 for i, row in ipairs(rows) do
   local crossing = check(i, row)
-  if crossing and not row.a.swept then  -- expired reservations matter only here: reclaim, judge again
+  if crossing and not row.s.swept then  -- expired reservations matter only here: reclaim, judge again
     sweep(row.a)
     crossing = check(i, row)
   end

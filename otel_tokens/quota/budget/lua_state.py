@@ -113,8 +113,7 @@ end
 -- them: killed, hung), moves a calendar window's calls in flight from a bucket that left into the current one,
 -- and counts each window's calls in flight
 local function sweep(a)
-  a.swept = true
-  for _, s in pairs(a.w) do s.flight = 0 end
+  for _, s in pairs(a.w) do s.flight, s.swept = 0, true end  -- a window loaded later is not swept yet
   local fields = redis.call('HGETALL', a.U)
   local known = {}
   for i = 1, #fields, 2 do known[fields[i]] = true end
@@ -171,6 +170,7 @@ local function legacy(a, s)
     local tc = redis.call('HMGET', a.U, 't' .. b, 'c' .. b)
     T, C, t, c = tonumber(row[2]) or 0, tonumber(row[3]) or 0, tonumber(tc[1]) or 0, tonumber(tc[2]) or 0
     for _, f in ipairs({'lo', 'T', 'C', 't' .. b, 'c' .. b}) do drop(a, f) end
+    a.opened = true  -- written now, with the expiry of the longest window (the takeover must not be lost)
     return {b, T, C, t, c}
   end
   local old = a.U .. ':' .. string.sub(s.p, 1, -2)
@@ -184,7 +184,14 @@ local function legacy(a, s)
       put(a, s.p .. f, v)
     end
   end
-  redis.call('DEL', old)
+  -- its marks (reclaimed and let-through calls) too, under the window's prefix, so a late settlement counts once
+  local marks = redis.call('ZRANGEBYSCORE', old .. ':marks', now, '+inf', 'WITHSCORES')
+  for i = 1, #marks, 2 do
+    redis.call('ZADD', a.G, marks[i + 1], string.sub(marks[i], 1, 2) .. s.p .. string.sub(marks[i], 3))
+  end
+  if #marks > 0 then redis.call('EXPIRE', a.G, GONE + 600) end
+  redis.call('DEL', old, old .. ':marks')
+  a.opened, a.dirty = true, true
   return {b, tonumber(per.T) or 0, tonumber(per.C) or 0, tonumber(per['t' .. b]) or 0, tonumber(per['c' .. b]) or 0}
 end
 
@@ -216,7 +223,7 @@ end
 local function load(U, G, who, wins, extra)
   local a, values = acct[U], {}
   if not a then
-    a = {U = U, G = G, w = {}, set = {}, del = {}, dirty = false, swept = false}
+    a = {U = U, G = G, w = {}, set = {}, del = {}, dirty = false}
     acct[U] = a
     local row = redis.call('HMGET', U, 'S', unpack(extra or {}))
     unpack_state(a, row[1])
