@@ -2,10 +2,11 @@
 holding all its windows, so a call costs one HMGET and one HSET per principal whatever the number of windows.
 
 Per principal two keys under one hash tag (one Redis Cluster slot):
-  usage  hash  for each window, under its prefix ('' for the scope's own window, else the window's name and a
-               dot, `day.`): lo (oldest bucket in the window), T / C (tokens / cost in the window, reservations
-               included), t<bucket> / c<bucket> (per bucket), r:<reservation> = "bucket:tokens:cost:deadline"
-               for each call in flight; and id (the principal, for operators)
+  usage  hash  S: every window packed (struct: the number of windows, then per window its prefix, '' for the
+               scope's own window, else the window's name and a dot, `day.`; its current bucket; T / C, tokens /
+               cost in the window, reservations included; t / c, the current bucket's own); the sliding windows'
+               older buckets, <prefix>t<bucket> / <prefix>c<bucket>; <prefix>r:<reservation> =
+               "bucket:tokens:cost:deadline" for each call in flight and window; id (the principal, for operators)
   marks  zset  x:<prefix><reservation> (reclaimed unsettled) and n:<prefix><reservation> (settled with nothing
                held) -> when the mark is dropped (24 h), so that a settlement sent twice counts once, and one that
                comes after its reservation was reclaimed still counts. Touched only off the common path.
@@ -22,8 +23,8 @@ one clock for every process, unless the caller passes one (tests).
 A window whose oldest bucket left drops the buckets that left (read by name: no pass over the hash, which holds
 every window); a calendar or rolling window's turn also reclaims expired reservations and moves a calendar
 window's calls still in flight into its new bucket (one HGETALL; the minute's turn, every second, does not). A
-window met for the first time takes over what layout 2 kept for it in a key of its own (`<usage>:<window>`),
-once, so an upgrade loses no usage; the scope's own window already lived in the usage hash.
+window met for the first time takes over what layout 2 kept for it (the scope's own window's fields lo, T, C in
+this hash; any other window's key `<usage>:<window>` and its marks), once, so an upgrade loses no usage.
 """
 
 from __future__ import annotations
