@@ -57,13 +57,14 @@ dashboards: $(STAMP)
 demo: system-deps $(STAMP)
 	$(PY) examples/demo.py $(DEMO_ARGS)
 
-bench: $(STAMP)
+bench: system-deps $(STAMP)
 	$(PY) bench/transformers_overhead.py
 	$(PY) bench/accounting_overhead.py
 	$(PY) bench/openai_overhead.py --arm ours
 	$(PY) bench/guard_overhead.py
 	$(PY) bench/guard_poll.py
 	$(PY) bench/stream_counts.py
+	$(PY) bench/budget_overhead.py --calls 2000
 
 # ours against OpenLLMetry and the official openai-v2 instrumentation, each in its own venv (.bench-venvs/)
 bench-peers: $(STAMP)
