@@ -5,8 +5,6 @@ no expiry and no settlement's once-only mark."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import redis
 
 from otel_tokens.quota.budget.store import (
@@ -17,35 +15,21 @@ from otel_tokens.quota.budget.store import (
     Settlement,
     principal_keys,
 )
-from otel_tokens.quota.calendar import load_zone
 from otel_tokens.quota.vocabulary import DEPARTMENT, USER
 from tests.support.budget import packed_windows
+from tests.support.budget_store import Clock, local_time, use
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00 UTC, a 5-minute boundary
 
 
-class Clock:
-    def __init__(self, t: float = 0.0) -> None:
-        self.t = t
 
-    def __call__(self) -> float:
-        return self.t
-
-
-def _local(zone: str, *fields: int) -> float:
-    return datetime(*fields, tzinfo=load_zone(zone)).timestamp()
-
-
-def _use(store: RedisBudgetStore, charge: Charge, tokens: int, reservation: str) -> None:
-    assert store.reserve(reservation, 600, [charge]).status == RESERVED
-    store.settle([Settlement([charge], reservation, tokens, 0)])
 
 
 def test_every_window_of_a_principal_lives_in_its_one_hash_and_layout_2_keys_are_taken_over(redis_url):
     """Layout 3: one hash per principal (one HMGET and one HSET per call whatever the windows), the scope's own
     window unprefixed as in every layout, the others under their name. A window that layout 2 kept in a key of its
     own (`<usage>:day`) is taken over at its first use, so an upgrade loses none of the day's usage."""
-    clock = Clock(_local("Asia/Shanghai", 2026, 12, 7, 12, 0))
+    clock = Clock(local_time("Asia/Shanghai", 2026, 12, 7, 12, 0))
     store = RedisBudgetStore(redis_url, timeout=1.0, clock=clock)
     store.set_zone("Asia/Shanghai")
     raw = redis.Redis.from_url(redis_url)
@@ -59,7 +43,7 @@ def test_every_window_of_a_principal_lives_in_its_one_hash_and_layout_2_keys_are
     refused = store.reserve("a", 600, [Charge(USER, "wang", 31, 0, window="24h"),
                                        Charge(USER, "wang", 31, 0, 100, window="day")])
     assert refused.status == REFUSED and refused.used == 70  # 70 taken over, the dead call's 5 reclaimed
-    _use(store, charges[1], 20, "b")
+    use(store, charges[1], 20, "b")
     assert store.read(USER, "wang", "day") == (90, 0, 0) and not raw.exists(f"{usage}:day")
     assert store.reserve("c", 600, charges).status == RESERVED
     fields = {f.decode() for f in raw.hkeys(usage)}

@@ -35,15 +35,8 @@ from tests.support.budget_model import (
     ZONES,
     Model,
 )
+from tests.support.budget_store import Clock
 from tests.support.redis_server import RedisServer
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def prefix_of(scope: QuotaScope, window: str) -> str:

@@ -11,19 +11,12 @@ from datetime import datetime, timezone
 import pytest
 
 from otel_tokens.quota.budget.store import NANO, REFUSED, RESERVED, Charge, RedisBudgetStore, Settlement, principal_keys
-from otel_tokens.quota.calendar import load_zone
 from otel_tokens.quota.vocabulary import DEPARTMENT, USER
+from tests.support.budget_store import Clock, local_time
 from tests.support.redis_server import RedisServer
 
 B0 = calendar.timegm((2026, 11, 20, 12, 0, 0))  # a 5-minute boundary
 
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
@@ -147,10 +140,6 @@ def test_department_budgets_restart_at_each_calendar_month_utc(store, clock):
         assert store.read(DEPARTMENT, department)[0] == 0, (year, month)
 
 
-def _local(zone: str, *fields: int) -> int:
-    return int(datetime(*fields, tzinfo=load_zone(zone)).timestamp())
-
-
 @pytest.mark.parametrize(("zone", "month"), [
     ("Asia/Shanghai", (2026, 12, 1)),  # UTC+8: December begins on Nov 30 at 16:00 UTC
     ("America/New_York", (2026, 12, 1)),  # EST, a month after the clocks went back (the offset now is -5 h)
@@ -159,7 +148,7 @@ def _local(zone: str, *fields: int) -> int:
 ])
 def test_department_months_begin_at_local_midnight_in_the_organizations_zone(store, clock, zone, month):
     store.set_zone(zone)
-    start = _local(zone, *month)
+    start = local_time(zone, *month)
     chs = charges(5, user_limit=None, department="sales")
     clock.t = start - 1
     settle(store, reserved(store, "late", 600, chs), chs, 5)
@@ -184,7 +173,7 @@ def test_a_process_without_a_zone_shares_the_months_keys_and_a_zone_change_appli
     assert utc.read(DEPARTMENT, "ops")[0] == 20
     shanghai.set_zone("Asia/Shanghai")
     assert shanghai.read(DEPARTMENT, "ops")[0] == 20  # the same month, read in the new zone
-    clock.t = _local("Asia/Shanghai", 2027, 1, 1)  # Dec 31 16:00 UTC: still December for the UTC process
+    clock.t = local_time("Asia/Shanghai", 2027, 1, 1)  # Dec 31 16:00 UTC: still December for the UTC process
     assert shanghai.read(DEPARTMENT, "ops")[0] == 0 and utc.read(DEPARTMENT, "ops")[0] == 0  # a key's month only
     # goes forward: once a process of the zone has opened January, a UTC process counts in January too
 

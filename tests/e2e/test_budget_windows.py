@@ -22,26 +22,8 @@ from otel_tokens.quota.budget.store import (
 from otel_tokens.quota.calendar import load_zone, window_end, window_start
 from otel_tokens.quota.vocabulary import DEPARTMENT, USER
 from tests.support.budget import budget_app, packed_windows, write_quotas
+from tests.support.budget_store import Clock, local_time, use
 from tests.support.redis_server import RedisServer
-
-
-class Clock:
-    def __init__(self, t: float = 0.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def _local(zone: str, *fields: int) -> float:
-    return datetime(*fields, tzinfo=load_zone(zone)).timestamp()
-
-
-def _use(store: RedisBudgetStore, charge: Charge, tokens: int, reservation: str) -> None:
-    verdict = store.reserve(reservation, 600, [charge])
-    assert verdict.status == RESERVED, verdict
-    store.settle([Settlement([charge], reservation, tokens, 0)])
-
 
 # (zone, window, a local time inside the window): the reference is calendar.window_start/window_end (Python's
 # tzdata), not the Lua's arithmetic on the offset the client sends
@@ -66,15 +48,15 @@ def test_a_calendar_window_holds_exactly_its_local_span(redis_url, zone, window,
     clock = Clock()
     store = RedisBudgetStore(redis_url, timeout=1.0, clock=clock)
     store.set_zone(zone)
-    at = _local(zone, *inside)
+    at = local_time(zone, *inside)
     start, end = window_start(window, at, zone), window_end(window, at, zone)
     charge = Charge(USER, f"{zone}-{window}-{at}", 1, 0, window=window)
     clock.t = start - 1
-    _use(store, charge, 3, "before")
+    use(store, charge, 3, "before")
     assert store.read(USER, charge.principal, window)[0] == 3  # the window before
     clock.t = start
     assert store.read(USER, charge.principal, window)[0] == 0, "the window begins at local midnight"
-    _use(store, charge, 5, "first")
+    use(store, charge, 5, "first")
     clock.t = end - 1
     assert store.read(USER, charge.principal, window)[0] == 5, f"still {window} at {end - start - 1} s"
     clock.t = end
@@ -84,7 +66,7 @@ def test_a_calendar_window_holds_exactly_its_local_span(redis_url, zone, window,
 def test_a_users_day_and_month_are_enforced_at_once_and_the_window_that_refuses_is_named(redis_url):
     """Shanghai: the day's 100 tokens come back at 00:00 local (16:00 UTC), the month's 250 do not; the rolling
     24 h (the users' own window, no limit here) still sees yesterday's usage at 00:05 local."""
-    clock = Clock(_local("Asia/Shanghai", 2026, 12, 7, 23, 0))
+    clock = Clock(local_time("Asia/Shanghai", 2026, 12, 7, 23, 0))
     store = RedisBudgetStore(redis_url, timeout=1.0, clock=clock)
     store.set_zone("Asia/Shanghai")
 
@@ -99,10 +81,10 @@ def test_a_users_day_and_month_are_enforced_at_once_and_the_window_that_refuses_
     assert ask(90, "a").status == RESERVED
     refused = ask(20, "b")
     assert refused.status == REFUSED and refused.charge.window == "day" and (refused.used, refused.limit) == (90, 100)
-    clock.t = _local("Asia/Shanghai", 2026, 12, 8, 0, 5)
+    clock.t = local_time("Asia/Shanghai", 2026, 12, 8, 0, 5)
     assert store.read(USER, "li", "day")[0] == 0 and store.read(USER, "li")[0] == 90  # the 24 h still sees it
     assert ask(90, "c").status == RESERVED
-    clock.t = _local("Asia/Shanghai", 2026, 12, 9, 0, 5)
+    clock.t = local_time("Asia/Shanghai", 2026, 12, 9, 0, 5)
     refused = ask(90, "d")  # the day has room (0 of 100), the month has 70 left
     assert refused.status == REFUSED and refused.charge.window == "month" and (refused.used, refused.limit) == (
         180, 250)
