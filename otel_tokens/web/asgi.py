@@ -61,7 +61,7 @@ async def answer_refusals(app: Any, scope: Any, receive: Any, send: Any, standin
         status, headers, body = refusal_response(error)
         if standing:
             headers += await _in_thread(current_headers)
-        await send({"type": "http.response.start", "status": int(status.split()[0]),
+        await send({"type": "http.response.start", "status": status.value,
                     "headers": [(k.encode(), v.encode()) for k, v in headers]})
         await send({"type": "http.response.body", "body": body})
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from http import HTTPStatus
 
 from otel_tokens.quota.decision import (
     QuotaExceededError,
@@ -15,14 +16,13 @@ from otel_tokens.quota.decision import (
     UnattributedCallError,
 )
 
-STATUS = "429 Too Many Requests"
 # not a quota reached: the quota store could not be asked (fail_closed), or nobody could be charged
-OTHER = {QuotaStateUnavailableError: ("503 Service Unavailable", "quota_state_unavailable"),
-         UnattributedCallError: ("403 Forbidden", "unattributed")}
+OTHER = {QuotaStateUnavailableError: (HTTPStatus.SERVICE_UNAVAILABLE, "quota_state_unavailable"),
+         UnattributedCallError: (HTTPStatus.FORBIDDEN, "unattributed")}
 
 
-def refusal_response(error: QuotaExceededError) -> tuple[str, list[tuple[str, str]], bytes]:
-    """(status line, headers, body) answering `error`: 429 with `Retry-After` in whole seconds (rounded up, at
+def refusal_response(error: QuotaExceededError) -> tuple[HTTPStatus, list[tuple[str, str]], bytes]:
+    """(status, headers, body) answering `error`: 429 with `Retry-After` in whole seconds (rounded up, at
     least 1) when the guard knows when the call would fit; 503 when the quota store could not be asked
     (fail_closed), 403 for a call nobody could be charged for (`unattributed: reject`)."""
     other = next((found for cls, found in OTHER.items() if isinstance(error, cls)), None)
@@ -42,4 +42,4 @@ def refusal_response(error: QuotaExceededError) -> tuple[str, list[tuple[str, st
                                                           if "retry_after" in detail else "")
     body = json.dumps({"error": detail}).encode()
     headers.append(("content-length", str(len(body))))
-    return STATUS, headers, body
+    return HTTPStatus.TOO_MANY_REQUESTS, headers, body

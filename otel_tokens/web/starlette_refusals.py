@@ -50,4 +50,4 @@ async def _answer(request: Any, error: Exception) -> Any:
         raise error  # uninstrumented since the app was built, or a websocket: as if no handler were here
     status, headers, body = refusal_response(error)
     kept = {k: v for k, v in headers if k not in ("content-length", "content-type")}
-    return Response(body, status_code=int(status.split()[0]), headers=kept, media_type="application/json")
+    return Response(body, status_code=status.value, headers=kept, media_type="application/json")

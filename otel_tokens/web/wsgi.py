@@ -38,7 +38,7 @@ class UsageContextWSGIMiddleware:
             return call_in_context(values, self.app, environ, respond)
         except QuotaExceededError as error:  # let through by the app before its body: 429, not 500
             status, headers, body = refusal_response(error)
-            respond(status, headers, sys.exc_info())
+            respond(f"{status.value} {status.phrase}", headers, sys.exc_info())
             return [body]
 
 
