@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from otel_tokens.quota.calendar import (
     offset_text,
     rules_table,
 )
+from otel_tokens.quota.grants.policy import GrantPolicy, parse_policy
 from otel_tokens.quota.vocabulary import APP, BUDGET_KINDS, DEPARTMENT, KINDS, REQUESTS, SCOPES, USER, QuotaScope
 from otel_tokens.text import normalize_id
 
@@ -102,6 +103,7 @@ class Quotas:
     timezone: str = "UTC"
     # section -> window -> limits, every window the file sets, the scopes' own included
     windows: Mapping[str, Mapping[str, ScopeLimits]] = field(default_factory=dict)
+    grants: GrantPolicy = field(default_factory=GrantPolicy)  # where grants live, who approves (quota/grants)
 
     def limits(self, scope: QuotaScope, window: str | None = None) -> ScopeLimits:
         """The scope's limits over `window` (default: the scope's own window); empty when not set."""
@@ -238,7 +240,7 @@ def parse_quotas(data: Any, source: str) -> Quotas:
     if not isinstance(data, Mapping):
         raise ConfigError(source, "(top level)", type(data).__name__, "is not a mapping")
     problems: list[ConfigError] = []
-    known = ("timezone", "warning_ratio", *(scope.section for scope in SCOPES))
+    known = ("timezone", "warning_ratio", "grants", *(scope.section for scope in SCOPES))
     for key in sorted(map(str, set(data) - set(known))):
         problems.append(ConfigError(source, key, data[key], f"is not a known field ({', '.join(known)})"))
     ratio = data.get("warning_ratio", 0.8)
@@ -247,8 +249,9 @@ def parse_quotas(data: Any, source: str) -> Quotas:
         ratio = 0.8
     zone = _timezone(data.get("timezone"), source, problems)
     windows = {scope.section: _scope(data.get(scope.section), scope, source, problems) for scope in SCOPES}
+    policy = parse_policy(data.get("grants"), source, problems)
     quotas = Quotas(float(ratio), windows[USER.section].get(USER.window, ScopeLimits()),
-                    windows[DEPARTMENT.section].get(DEPARTMENT.window, ScopeLimits()), source, zone, windows)
+                    windows[DEPARTMENT.section].get(DEPARTMENT.window, ScopeLimits()), source, zone, windows, policy)
     if problems:
         raise ConfigProblemsError(problems)
     if not any(limits.kinds() for scoped in windows.values() for limits in scoped.values()):
@@ -308,7 +311,8 @@ def load_quotas(path: Path, budget: bool = False) -> Quotas:
     """The quota file, validated, with only what the rules render (or, for budget mode, every window); raises
     ConfigError naming file, field and value."""
     source = f"quota file {path}"
-    return require_built(parse_quotas(read_yaml(path, "quota file"), source), budget)
+    quotas = require_built(parse_quotas(read_yaml(path, "quota file"), source), budget)
+    return replace(quotas, grants=quotas.grants.resolved(path))
 
 
 def suspicious_changes(old: Quotas, new: Quotas) -> list[str]:

@@ -4,6 +4,7 @@ write input series and expected alerts."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import yaml
 
 from otel_tokens.ops.rules import render_text
 from otel_tokens.quota.file import parse_quotas
+from otel_tokens.quota.grants.model import Grant
 from tests.support.binaries import require_binary
 
 QUOTAS = {
@@ -38,9 +40,11 @@ def alert(principal: str, name: str, kind: str, severity: str, usage: str, limit
             "exp_annotations": annotations(principal, name, kind, severity, usage, limit, percent)}
 
 
-def promtool_test(tmp_path: Path, tests: dict, quotas: dict = QUOTAS, today: date | None = None) -> None:
+def promtool_test(tmp_path: Path, tests: dict, quotas: dict = QUOTAS, today: date | None = None,
+                  grants: Sequence[Grant] = ()) -> None:
+    """`grants` are rendered as at promtool's time 0 (1970-01-01 00:00 UTC), where its evaluations start."""
     promtool = require_binary("promtool")
-    rendered = render_text(parse_quotas(quotas, "test quotas"), today=today)
+    rendered = render_text(parse_quotas(quotas, "test quotas"), today=today, grants=grants, now=0.0)
     (tmp_path / "quotas.yml").write_text(rendered)
     # Without an order promtool runs the groups in Go map order, a different one each run: a chained rollup
     # read in the same step as it is recorded then sometimes sees the step before (CI failed on that once).
