@@ -365,6 +365,7 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "trusted_proxies": trusted_proxies,
     "unattributed": unattributed_policy,
     "directory": file_path,
+    "audit_log": file_path,
     "trusted_groups": trusted_groups,
     "directory_precedence": directory_precedence,
     "guard": guard_section,

@@ -35,6 +35,7 @@ ENV_TRUSTED_HEADERS = "OTEL_TOKENS_TRUSTED_HEADERS"
 ENV_TRUSTED_PROXIES = "OTEL_TOKENS_TRUSTED_PROXIES"
 ENV_UNATTRIBUTED = "OTEL_TOKENS_UNATTRIBUTED"
 ENV_DIRECTORY = "OTEL_TOKENS_DIRECTORY"
+ENV_AUDIT_LOG = "OTEL_TOKENS_AUDIT_LOG"  # grants, reloads and refusals: JSON lines (otel_tokens/audit)
 ENV_TRUSTED_GROUPS = "OTEL_TOKENS_TRUSTED_GROUPS"
 ENV_DIRECTORY_PRECEDENCE = "OTEL_TOKENS_DIRECTORY_PRECEDENCE"
 ENV_ALLOW_TOKENIZER_DOWNLOAD = "OTEL_TOKENS_ALLOW_TOKENIZER_DOWNLOAD"
@@ -63,6 +64,7 @@ _ENV_FIELDS = {
     ENV_TRUSTED_PROXIES: "trusted_proxies",
     ENV_UNATTRIBUTED: "unattributed",
     ENV_DIRECTORY: "directory",
+    ENV_AUDIT_LOG: "audit_log",
     ENV_TRUSTED_GROUPS: "trusted_groups",
     ENV_DIRECTORY_PRECEDENCE: "directory_precedence",
     ENV_ALLOW_TOKENIZER_DOWNLOAD: "allow_tokenizer_download",
@@ -176,7 +178,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 consequence = _guard_refused(values, raw, source) if key == "guard" else _fall_back(values, key)
                 _report(errors, ConfigError(source, key, raw, str(exc)), consequence)
                 continue
-            if key in ("price_file", "directory") and not value.is_absolute():
+            if key in ("price_file", "directory", "audit_log") and not value.is_absolute():
                 value = config_file.parent / value  # relative to the config file, not the cwd
             if key == "guard":
                 value = _relative_to(config_file.parent, value)

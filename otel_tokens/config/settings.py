@@ -100,6 +100,7 @@ class Settings:
     directory: Path | None = None  # user id -> department (and other dimensions): CSV or YAML, operator data
     directory_precedence: str = "request"  # on a conflict with trusted headers / baggage: request | directory
     guard: GuardSettings = field(default_factory=GuardSettings)  # quota enforcement, off by default
+    audit_log: Path | None = None  # refusals, quota reloads (default: the quota file's grants.audit_log)
     capture_content: bool = False  # prompt and completion text on spans (gen_ai.*.messages): opt-in only
     config_file: Path | None = None
     app: str | None = None  # the process's service.name, read from the SDK's resource at instrument time

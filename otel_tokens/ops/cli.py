@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                           help="the raw history to compute the rollups from: the accounting counters (default: "
                                "llm_token_usage_total, llm_cost_total, also from before an upgrade) or the "
                                "per-principal llm_quota_* counters the live rules read")
+    from otel_tokens.ops.quota_cli import add_parser
+
+    add_parser(commands)
     report_parser = commands.add_parser("report", help="usage digest from Prometheus: totals, top users, departments "
                                         "and models, quota use; table, markdown, json, csv, png")
     from otel_tokens.ops.report import add_arguments, one_line_error
@@ -89,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return _stack_secrets(args.directory)
     if args.command == "rules-backfill":
         return _backfill(args)
+    if args.command == "quota":
+        from otel_tokens.ops.quota_cli import run
+
+        return run(args)
     return _rules(args)
 
 

@@ -19,6 +19,7 @@ from otel_tokens.logs import internal_error
 from otel_tokens.pricing import Cost, PriceBook
 from otel_tokens.quota import vocabulary
 from otel_tokens.quota.alert.mode import AlertMode
+from otel_tokens.quota.audit_trail import AuditTrail
 from otel_tokens.quota.budget.mode import BudgetMode, Held
 from otel_tokens.quota.decision import Decision, QuotaExceededError
 from otel_tokens.recording.call import UsageEstimate, _worst_case
@@ -49,6 +50,9 @@ class Enforcement:
         guard = settings.guard
         self.alert = AlertMode(guard)
         self.budget = BudgetMode(guard, prices) if guard.budget.enabled else None
+        self.audit = AuditTrail(settings.audit_log)  # refusals and reloads; off without a path
+        if self.budget is not None:
+            self.budget.audit = self.audit
         self._reject_unattributed = settings.unattributed == vocabulary.REJECT
         # the app scope's principal: this process's service.name, the same on every call
         # spelled as the counters' service_name label (and the collector's) spells it: the rules key on that
@@ -75,6 +79,7 @@ class Enforcement:
         elif self.alert.enabled:
             decision = self.alert.decide(model if downgradable else None, attribution)
             self.count(decision)
+            self._audit(decision, model)
         admission = Admission(decision.model if decision is not None and decision.model else model, decision,
                               estimate=estimate)
         if self.budget is not None and (decision is None or decision.action not in vocabulary.REFUSALS):
@@ -82,6 +87,7 @@ class Enforcement:
             reserved, admission.held = self.budget.reserve(provider, admission.model, attribution, worst,
                                                            downgradable)
             self.count(reserved)
+            self._audit(reserved, model)
             if reserved is not None:
                 admission.decision = reserved
                 if reserved.model is not None:
@@ -105,6 +111,10 @@ class Enforcement:
         if self.budget is not None:
             self.budget.settle(held, 0, None, sent=False)
 
+    def _audit(self, decision: Decision | None, model: str) -> None:
+        if decision is not None and decision.action == vocabulary.REJECT and self.audit.path is not None:
+            self.audit.refused(decision, model, self.app)
+
     def count(self, decision: Decision | None) -> None:
         if decision is not None:
             try:
@@ -124,3 +134,4 @@ class Enforcement:
         self.alert.stop()
         if self.budget is not None:
             self.budget.close()
+        self.audit.flush()

@@ -8,7 +8,8 @@ from otel_tokens.quota.grants.model import RESET, Grant
 from tests.support.promtool_rules import annotations, promtool_test
 from tests.support.promtool_series import tokens
 
-QUOTAS = {"users": {"default": {"24h": {"tokens": 1000}}, "overrides": {"cy": {"24h": {"tokens": 100000}, "day": {"tokens": 1000}}}},
+QUOTAS = {"users": {"default": {"24h": {"tokens": 1000}},
+                    "overrides": {"cy": {"24h": {"tokens": 100000}, "day": {"tokens": 1000}}}},
           "departments": {"default": {"tokens": 100000}}}
 MINUTE = 60
 

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from otel_tokens import names
-from otel_tokens.config.errors import ConfigError
 from otel_tokens.config.settings import GuardSettings
-from otel_tokens.config.watched import SettleGate, file_stamp
 from otel_tokens.logs import internal_error, log_once, logger
 from otel_tokens.pricing import PriceBook
 from otel_tokens.quota import vocabulary
+from otel_tokens.quota.budget.limits_source import LimitsSource
 from otel_tokens.quota.budget.parts import account_charges
 from otel_tokens.quota.budget.plans import Plan, plans, windows
 from otel_tokens.quota.budget.refusal import refusal
@@ -46,7 +45,7 @@ from otel_tokens.quota.budget.store import (
 )
 from otel_tokens.quota.calendar import CONCURRENT
 from otel_tokens.quota.decision import Decision
-from otel_tokens.quota.file import Quotas, load_quotas, suspicious_changes
+from otel_tokens.quota.file import Quotas
 from otel_tokens.recording.call import UsageEstimate
 
 UNATTRIBUTED = names.UNATTRIBUTED  # docs/design.md: the principal of a call with no user (or no department)
@@ -76,8 +75,12 @@ class BudgetMode:
         self.quotas: Quotas | None = None
         self._plans: dict[str, Plan] = {}
         self._windows: dict[str, tuple[str, ...]] = windows(None)
-        self._stamp: tuple[int, int, int] | None = None
-        self._edit = SettleGate(max(self.limits.quota_reload_interval, 0.25))  # a changed quota file stands still
+        assert settings.budget.quota_file is not None
+        # a changed file is read once it stands still
+        self.source = LimitsSource(settings.budget.quota_file, max(self.limits.quota_reload_interval, 0.25),
+                                   self._audit_event,
+                                   without="refuses every call" if settings.fail_closed else "lets calls through")
+        self.audit: Any = None  # the process's AuditTrail (quota/audit_trail.py), set by Enforcement
         self._next_reload = 0.0
         self.healthy = True
         self._pending: deque[Settlement] = deque()
@@ -149,47 +152,30 @@ class BudgetMode:
                 self.flush()
                 if self._leases and time.monotonic() >= self._next_renewal:
                     self._renew()
-                if time.monotonic() >= self._next_reload:
+                if time.monotonic() >= self._next_reload or self.source.due(time.time()):
                     self.reload()
             except Exception:
                 internal_error("budget worker")
 
     # --- the quota file, reloaded off the call path ------------------------------------------------------
     def reload(self) -> None:
-        path = self.limits.quota_file
-        assert path is not None
+        """The quota file and the grants file when they changed, the grants in force when one starts or ends."""
         with self._reloading:
             self._next_reload = time.monotonic() + self.limits.quota_reload_interval
-            stamp = file_stamp(path)
-            if stamp is not None and stamp == self._stamp:
+            if not self.source.refresh():
                 return
-            if self.quotas is not None and stamp is not None and not self._edit.ready(stamp):
-                return  # an edit: read once it stands still
-            try:
-                quotas = load_quotas(path, budget=True)
-            except ConfigError as error:
-                if file_stamp(path) != stamp:
-                    return  # written while read: the next check reads it again
-                self._stamp = stamp
-                if self.quotas is None:
-                    logger.warning("otel-tokens: %s; budget mode has no quotas and %s until the file is valid",
-                                   error, "refuses every call" if self.settings.fail_closed else "lets calls through")
-                else:
-                    logger.warning("otel-tokens: %s; keeping the quotas read earlier from %s", error, path)
-                return
-            if file_stamp(path) != stamp:
-                return  # written while read
-            self._stamp = stamp
+            quotas = self.source.quotas
+            assert quotas is not None
             self._plans = plans(self.settings, quotas)
             self._windows = windows(quotas)
             self.store.set_zone(quotas.timezone)
-            if self.quotas is not None:
-                logger.info("otel-tokens: quotas reloaded from %s", path)
-                changes = suspicious_changes(self.quotas, quotas)
-                if changes:
-                    logger.warning("otel-tokens: quota file %s: %s; intended?", path, "; ".join(changes[:20]) +
-                                   (f" and {len(changes) - 20} more" if len(changes) > 20 else ""))
             self.quotas = quotas
+            if self.audit is not None and self.audit.path is None:
+                self.audit.path = quotas.grants.audit_log
+
+    def _audit_event(self, event: str, fields: dict) -> None:
+        if self.audit is not None:
+            self.audit.event(event, fields)
 
     @property
     def charged_windows(self) -> dict[str, tuple[str, ...]]:

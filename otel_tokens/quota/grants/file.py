@@ -78,7 +78,7 @@ def parse_grant(raw: Any, source: str, where: str) -> Grant:
             except (ValueError, TypeError):
                 raise ConfigError(source, f"{where}.{key}", values[key], "is not an ISO 8601 time") from None
     for key in ("tokens", "cost"):
-        amount = values.get(key)
+        amount = values.setdefault(key, None)
         if amount is not None and (isinstance(amount, bool) or not isinstance(amount, (int, float))
                                    or not 0 < amount < 1e15 or not math.isfinite(amount)):
             raise ConfigError(source, f"{where}.{key}", amount, "is not a positive number")
