@@ -53,6 +53,7 @@ class GuardApp:
         self._snapshot: tuple[str, bytes] = ("", b"")  # (version, body): serialized once per change
         self._stale_after: float | None = None  # None: the state is set by the embedding code, never stale
         self._synced_at: float | None = None
+        self.grants: Any = None  # ops/grant_endpoint.GrantEndpoint: approvals, with approvers' own tokens
 
     def require_sync(self, stale_after: float) -> None:
         """Answer 503 on /state and /-/ready until the rulers were read, and again whenever their last
@@ -72,6 +73,10 @@ class GuardApp:
         held = self.stale()
         if path == "/-/ready":
             return _reply(start_response, 503 if held else 200, {"status": "stale" if held else "ready"})
+        if self.grants is not None and (path == "/grants" or path.startswith("/grants/")):
+            status, body = self.grants.handle(method, path, environ.get("HTTP_AUTHORIZATION"))
+            return _reply(start_response, status, body,
+                          [("WWW-Authenticate", 'Bearer realm="otel-tokens approvers"')] if status == 401 else None)
         if path not in ("/alertmanager", "/state"):
             return _reply(start_response, 404, {"error": "not found: POST /alertmanager, GET /state"})
         wanted = "POST" if path == "/alertmanager" else "GET"
@@ -129,8 +134,8 @@ def _reply(start_response: StartResponse, status: int, body: Any,
     return _send(start_response, status, json.dumps(body).encode(), headers)
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-            413: "Payload Too Large", 503: "Service Unavailable"}
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large", 503: "Service Unavailable"}
 
 
 def _send(start_response: StartResponse, status: int, data: bytes,

@@ -37,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     guard.add_argument("--hold", type=float, default=BLOCK_HOLD, metavar="SECONDS",
                        help="the longest a block outlives the rulers' last word on it while they cannot lift "
                             f"it (a ruler restarting, one of several down; default {BLOCK_HOLD:g})")
+    guard.add_argument("--quota-file", type=Path, help="serve approvals of grants (POST /grants/<id>/approve with an "
+                       "approver's own token) for this quota file (default: OTEL_TOKENS_QUOTA_FILE, if set)")
+    guard.add_argument("--rules", type=Path, help="re-render this rule file after each approval")
+    guard.add_argument("--reload", metavar="URL", help="then ask this Prometheus (or vmalert) to reload")
+    guard.add_argument("--for", dest="for_", default="15s", help="the alerts' `for` the rules were rendered with")
+    guard.add_argument("--audit-log", type=Path, help="default: OTEL_TOKENS_AUDIT_LOG, else the quota file's; "
+                       "anchored every minute from here")
     stack = commands.add_parser("stack-secrets", help="make the credentials the shipped compose stack requires "
                                 "(DIR/.env and DIR/secrets/; existing ones are kept)")
     stack.add_argument("directory", type=Path, nargs="?", default=Path("collector"),
@@ -139,6 +146,14 @@ def _guard(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         print(f"otel-tokens guard: cannot listen on {listen!r}: {error}", file=sys.stderr)
         return 2
+    quota_file = args.quota_file or (Path(os.environ["OTEL_TOKENS_QUOTA_FILE"])
+                                     if os.environ.get("OTEL_TOKENS_QUOTA_FILE") else None)
+    if quota_file is not None:
+        from otel_tokens.ops.grant_endpoint import GrantEndpoint, anchor_every
+
+        server.app.grants = GrantEndpoint(quota_file, args.rules, args.reload, args.audit_log,
+                                         args.for_)
+        anchor_every(server.app.grants, 60.0)
     server.app.require_sync(stale_after)  # polls get 503 (apps keep their blocks) until the rulers answer
     resync = Resync(server.state, rulers, args.resync_interval, args.hold, on_synced=server.app.synced)
     server.app.on_webhook = resync.prompt
@@ -188,10 +203,12 @@ def _rules(args: argparse.Namespace) -> int:
     from otel_tokens.config.errors import ConfigError
     from otel_tokens.ops.rules import render_text
     from otel_tokens.quota.file import budget_only, load_quotas
+    from otel_tokens.quota.grants.file import load_grants
 
     try:
         quotas = load_quotas(args.quota_file)
-        text = render_text(quotas, args.for_)
+        assert quotas.grants.file is not None
+        text = render_text(quotas, args.for_, grants=load_grants(quotas.grants.file))  # the grants beside it too
     except ConfigError as error:
         print(f"otel-tokens rules: {error}", file=sys.stderr)
         return 2

@@ -9,7 +9,6 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from otel_tokens.quota.calendar import CONCURRENT, MINUTE, RATE_WINDOWS, ROLLING, window_end
@@ -23,7 +22,11 @@ MAX_SPAN = 366 * 86400  # the longest grant, window end or not
 
 
 class GrantError(ValueError):
-    """A grant refused: the message says what and why (the CLI prints it, the endpoint answers it)."""
+    """A grant refused: the message says what and why (the CLI prints it, the endpoint answers it with `status`)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def principal_id(scope: str, principal: str) -> str:
@@ -63,7 +66,7 @@ class GrantDesk:
     def grant(self, scope: str, principal: str, amounts: Mapping[str, float], reason: str, by: str,
               window: str | None = None, until: float | None = None, beyond_window: bool = False,
               kind: str = GRANT) -> Grant:
-        now = self.clock()
+        now = float(int(self.clock()))  # whole seconds: as the file and the rules write times
         if scope not in BY_NAME:
             raise GrantError(f"scope {scope!r} is not one of {', '.join(BY_NAME)}")
         principal = principal_id(scope, principal)
@@ -86,7 +89,7 @@ class GrantDesk:
         if window == CONCURRENT or (window == MINUTE and "cost" in kinds):
             raise GrantError(f"the {window} window takes no grant of {' and '.join(kinds)}")
         end = longest_until(window, now, self.quotas.timezone)
-        until = end if until is None else until
+        until = float(int(end if until is None else until))
         if until <= now:
             raise GrantError("--until is in the past")
         if until > (now + MAX_SPAN if beyond_window else end + 1e-6):
@@ -106,16 +109,16 @@ class GrantDesk:
         return grant
 
     def approve(self, gid: str, approver: str) -> Grant:
-        now = self.clock()
+        now = float(int(self.clock()))
         with self.file.update(now) as grants:
             index, grant = _find(grants, gid)
             state = grant.state(now)
             if state != PENDING:
-                raise GrantError(f"grant {gid} is {state}, not pending approval")
+                raise GrantError(f"grant {gid} is {state}, not pending approval", 409)
             if _same(approver, grant.requested_by):
-                raise GrantError(f"{approver!r} requested grant {gid}: someone else must approve it")
+                raise GrantError(f"{approver!r} requested grant {gid}: someone else must approve it", 403)
             if grant.until <= now:
-                raise GrantError(f"grant {gid} would have ended at {_iso(grant.until)}")
+                raise GrantError(f"grant {gid} would have ended at {_iso(grant.until)}", 409)
             grant = replace(grant, status=ACTIVE, approved_by=approver, approved_at=now, start=max(grant.start, now))
             grants[index] = grant
             current = list(grants)
@@ -124,12 +127,12 @@ class GrantDesk:
         return grant
 
     def revoke(self, gid: str, by: str, status: str = REVOKED) -> Grant:
-        now = self.clock()
+        now = float(int(self.clock()))
         by = clean_text(by, "--by")
         with self.file.update(now) as grants:
             index, grant = _find(grants, gid)
             if grant.status not in (ACTIVE, PENDING) or grant.state(now) in ("ended", "lapsed"):
-                raise GrantError(f"grant {gid} is {grant.state(now)}: nothing to revoke")
+                raise GrantError(f"grant {gid} is {grant.state(now)}: nothing to revoke", 409)
             grant = grants[index] = replace(grant, status=status, revoked_by=by, revoked_at=now)
             current = list(grants)
         self._record(f"grant.{status}", grant)
@@ -160,7 +163,7 @@ def _find(grants: list[Grant], gid: str) -> tuple[int, Grant]:
     for index, grant in enumerate(grants):
         if grant.id == gid:
             return index, grant
-    raise GrantError(f"no grant {gid!r} in the grants file")
+    raise GrantError(f"no grant {gid!r} in the grants file", 404)
 
 
 def _same(a: str, b: str) -> bool:
@@ -180,8 +183,3 @@ def _audit_fields(grant: Grant) -> dict[str, Any]:
             fields[key] = _iso(fields[key])
     fields["state"] = grant.status
     return fields
-
-
-def grant_path(quotas: Quotas) -> Path:
-    assert quotas.grants.file is not None
-    return quotas.grants.file

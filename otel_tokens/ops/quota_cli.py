@@ -33,6 +33,8 @@ def add_parser(commands: Any) -> None:
                         "grants.audit_log")
     common.add_argument("--rules", type=Path, help="re-render this rule file after each change")
     common.add_argument("--reload", metavar="URL", help="then ask this Prometheus (or vmalert) to reload")
+    common.add_argument("--for", dest="for_", default="15s", help="the alerts' `for`, as `otel-tokens rules --for` "
+                        "rendered them (default 15s)")
     quota = commands.add_parser("quota", help="temporary increases (grants), resets, approvals, the audit log")
     actions = quota.add_subparsers(dest="action", required=True)
 
@@ -98,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
         return _audit(args, audit)
     if args.action == "approver":
         return _approver(quotas, args.name)
-    desk = GrantDesk(quotas, audit, publisher(quotas, args.rules, args.reload))
+    desk = GrantDesk(quotas, audit, publisher(quotas, args.rules, args.reload, args.for_))
     scope, principal = next(((s, getattr(args, s)) for s in BY_NAME if getattr(args, s, None)), (None, None))
     action = args.action
     if action == "grant":
@@ -147,14 +149,14 @@ def audit_log(quotas: Quotas, given: Path | None) -> Any:
     return AuditLog(path) if path is not None else None
 
 
-def publisher(quotas: Quotas, rules: Path | None, reload: str | None) -> Any:
+def publisher(quotas: Quotas, rules: Path | None, reload: str | None, for_: str = "15s") -> Any:
     if rules is None:
         return None
 
     def publish(grants: list[Grant]) -> None:
         from otel_tokens.ops.rules import render_text
 
-        text = render_text(quotas, grants=grants)
+        text = render_text(quotas, for_, grants=grants)
         tmp = rules.with_name(f".{rules.name}.tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(rules)

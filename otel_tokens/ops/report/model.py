@@ -116,6 +116,7 @@ class QuotaRow:
     burn_rate: float | None = None
     runs_out_at: float | None = None  # unix time the limit is reached, when before the window's end
     end_ratio: float | None = None  # usage / limit at the window's end at that rate
+    granted: float = 0.0  # how much of `limit` the grants in force add (an int for tokens)
 
     @property
     def ratio(self) -> float:

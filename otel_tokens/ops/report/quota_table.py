@@ -1,13 +1,15 @@
 """The digest's quota table: every window of every principal (user, department, app: vocabulary.SCOPES) with a
 limit recorded by the quota rules, its usage exactly at the report's time, when it resets (local midnight in the
 organization's zone), and for the departments' and apps' month and year where the rules' burn rate leads by the
-window's end."""
+window's end. A principal with a grant in force has the limit the rules record with it (`limit_granted`, what the
+alerts compare with), and its row says how much of that the grants add."""
 
 from __future__ import annotations
 
 import math
 import re
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 from otel_tokens.ops.durations import promql_duration
 from otel_tokens.ops.report.model import QuotaRow, _cost, _int
@@ -41,22 +43,23 @@ def quota_rows(prom: Prometheus, at: float, zone: str) -> tuple[bool, list[Quota
     hourly buckets and lag by up to an hour, which suits an alert, not a report read at a given time."""
     wanted = {series(scope.name, k, what, _prefix(scope, w)): (scope, k, w, what)
               for scope in vocabulary.SCOPES for w in _windows(scope) for k in KINDS
-              for what in ("limit_override", "limit_default")}
+              for what in ("limit_override", "limit_default", "limit_granted", "grant")}
     matcher = '{__name__=~"' + "|".join(re.escape(n) for n in wanted) + '"}'
-    overrides: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
-    defaults: dict[tuple[str, str, str], float] = {}
+    limits = _Limits()
     for metric, value in prom.instant(matcher, at):
         scope, kind, window, what = wanted[metric.get("__name__", "")]
         if what == "limit_default":
-            defaults[scope.name, kind, window] = value
+            limits.defaults[scope.name, kind, window] = value
         elif metric.get(scope.label):
-            overrides[scope.name, kind, window][metric[scope.label]] = value
-    if not overrides and not defaults:
+            named = {"limit_override": limits.overrides, "limit_granted": limits.granted_limits,
+                     "grant": limits.grants}[what][scope.name, kind, window]
+            named[metric[scope.label]] = named.get(metric[scope.label], 0.0) + value  # grants: their sum
+    if not limits.overrides and not limits.defaults:
         return False, []
     rows: list[QuotaRow] = []
     for scope in vocabulary.SCOPES:
         for window in _windows(scope):
-            rows += _window_rows(prom, at, zone, scope, window, overrides, defaults)
+            rows += _window_rows(prom, at, zone, scope, window, limits)
     order = [scope.name for scope in vocabulary.SCOPES]
     rows.sort(key=lambda q: (order.index(q.principal), WINDOWS.index(q.window), KINDS.index(q.quota), -q.ratio,
                              q.name))
@@ -64,30 +67,48 @@ def quota_rows(prom: Prometheus, at: float, zone: str) -> tuple[bool, list[Quota
     return True, rows
 
 
+@dataclass
+class _Limits:
+    """The limit series at the report's time, per (scope, kind, window): overrides, granted limits and the sums of
+    the grants in force by principal, and the defaults."""
+
+    overrides: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+    granted_limits: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+    grants: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+    defaults: dict[tuple[str, str, str], float] = field(default_factory=dict)
+
+
+def _number(value: float, kind: str) -> float:
+    return _int(value) if kind == vocabulary.TOKENS and value == int(value) else value
+
+
 def _window_rows(prom: Prometheus, at: float, zone: str, scope: QuotaScope, window: str,
-                 overrides: dict[tuple[str, str, str], dict[str, float]],
-                 defaults: dict[tuple[str, str, str], float]) -> list[QuotaRow]:
+                 all_limits: _Limits) -> list[QuotaRow]:
     label = scope.label
     start = window_start(window, at, zone)
     resets = None if window == ROLLING else float(window_end(window, at, zone))
     span = promql_duration(max(0.001, at - start))
     rows = []
     for kind in KINDS:
-        limits = overrides.get((scope.name, kind, window), {})
-        default = defaults.get((scope.name, kind, window))
+        key = (scope.name, kind, window)
+        limits = all_limits.overrides.get(key, {})
+        default = all_limits.defaults.get(key)
         if not limits and default is None:
             continue
+        granted_limits, grants = all_limits.granted_limits.get(key, {}), all_limits.grants.get(key, {})
         counter = vocabulary.ACCOUNTING_COUNTERS[kind]  # the history from before llm.quota.* too
         usage = {metric.get(label, ""): value for metric, value in prom.instant(usage_over(counter, label, span), at)}
-        who = set(limits) | ({n for n, v in usage.items() if v > 0} if default is not None else set())
+        # a principal granted more is in the table even before its first use of the window
+        who = set(limits) | set(granted_limits) | ({n for n, v in usage.items() if v > 0} if default is not None
+                                                   else set())
         for name in who:
-            limit = limits.get(name, default)
+            limit = granted_limits.get(name, limits.get(name, default))
             if limit:
                 value = usage.get(name, 0.0)
+                granted = grants.get(name, 0.0) if name in granted_limits else 0.0
                 rows.append(QuotaRow(scope.name, name, kind, window,
                                      _int(value) if kind == vocabulary.TOKENS else _cost(value),
-                                     _int(limit) if kind == vocabulary.TOKENS and limit == int(limit) else limit,
-                                     resets))
+                                     _number(limit, kind), resets, granted=_number(granted, kind)))
     return rows
 
 

@@ -132,7 +132,8 @@ def _quota_values(q: QuotaRow, currency: str | None, zone: str) -> tuple[str, ..
     fmt = _tokens if q.quota == "tokens" else format_money
     quota = "tokens" if q.quota == "tokens" else f"cost ({currency})" if currency else "cost"
     resets = "—" if q.resets_at is None else local_time(q.resets_at, zone, seconds=False)
-    return (q.name, quota, WINDOW_NAMES.get(q.window, q.window), fmt(q.usage), fmt(q.limit), f"{q.percent:.1f} %",
+    limit = fmt(q.limit) + (f" (+{fmt(q.granted)} granted)" if q.granted else "")
+    return (q.name, quota, WINDOW_NAMES.get(q.window, q.window), fmt(q.usage), limit, f"{q.percent:.1f} %",
             resets, _projection(q, zone))
 
 
@@ -272,7 +273,8 @@ def to_dict(report: Report) -> dict[str, Any]:
         "top_app": None if report.top_app is None else _row_dict(report.top_app),
         "quota_rules": report.quota_rules,
         "quotas": [{"principal": q.principal, "name": q.name, "quota": q.quota, "window": q.window,
-                    "usage": q.usage, "limit": q.limit, "ratio": _rounded(q.ratio), "percent": _rounded(q.percent),
+                    "usage": q.usage, "limit": q.limit, "granted": q.granted, "ratio": _rounded(q.ratio),
+                    "percent": _rounded(q.percent),
                     "resets_at": None if q.resets_at is None else _iso(q.resets_at),
                     "burn_rate_per_hour": q.burn_rate, **_end_percents(q),
                     "runs_out_at": None if q.runs_out_at is None else _iso(q.runs_out_at)}
@@ -287,7 +289,7 @@ def to_json(report: Report) -> str:
 
 CSV_COLUMNS = ("kind", "name", "input_tokens", "output_tokens", "total_tokens", "cost", "share", "currency", "rank",
                "requests", "errors", "previous_total_tokens", "change", "quota", "window", "usage", "limit",
-               "percent", "resets_at", "window_end_percent", "month_end_percent", "runs_out_at")
+               "granted", "percent", "resets_at", "window_end_percent", "month_end_percent", "runs_out_at")
 
 
 def to_csv(report: Report) -> str:
@@ -315,7 +317,7 @@ def to_csv(report: Report) -> str:
     for q in report.quotas:
         writer.writerow({k: plain(v) for k, v in {
             "kind": f"{q.principal}_quota", "name": q.name, "quota": q.quota, "window": q.window,
-            "usage": q.usage, "limit": q.limit, "percent": _rounded(q.percent),
+            "usage": q.usage, "limit": q.limit, "granted": q.granted, "percent": _rounded(q.percent),
             "resets_at": None if q.resets_at is None else _iso(q.resets_at), **_end_percents(q),
             "runs_out_at": None if q.runs_out_at is None else _iso(q.runs_out_at),
             "currency": report.currency if q.quota == "cost" else None}.items()})
