@@ -13,7 +13,7 @@ import yaml
 from otel_tokens.config.errors import ConfigError
 from otel_tokens.ops.grant_desk import GrantDesk, GrantError
 from otel_tokens.quota.file import load_quotas
-from otel_tokens.quota.grants.file import GrantsFile, load_grants
+from otel_tokens.quota.grants.file import load_grants
 from otel_tokens.quota.grants.model import Grant, apply
 from otel_tokens.quota.vocabulary import USER
 
@@ -30,7 +30,7 @@ def desk(tmp_path):
 
 
 def test_a_grant_needs_a_limit_to_raise_and_ends_by_the_windows_end_unless_told(desk):
-    with pytest.raises(GrantError, match="has no tokens limit in the month window .it has one in: 24h"):
+    with pytest.raises(GrantError, match=r"has no tokens limit in the month window \(it has one in: 24h"):
         desk.grant("user", "alice", {"tokens": 10}, "r", "ops", "month")
     with pytest.raises(GrantError, match="has a tokens and cost limit in no window: name one with --window"):
         desk.grant("user", "alice", {"tokens": 10, "cost": 1}, "r", "ops")
