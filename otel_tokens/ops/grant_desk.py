@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -100,17 +101,17 @@ class GrantDesk:
                       amounts.get("cost"), now, until, clean_text(reason, "--reason"), clean_text(by, "--by"), now,
                       PENDING if required else ACTIVE, kind,
                       pending_until=now + self.quotas.grants.pending_expiry if required else None)
-        with self.file.update(now) as grants:
+        with self._change(now) as grants:
             grants.append(grant)
             current = list(grants)
-        self._record("grant.requested" if required else f"{kind}.created", grant)
+            self._record("grant.requested" if required else f"{kind}.created", grant)
         if not required:
             self._publish(current)
         return grant
 
     def approve(self, gid: str, approver: str) -> Grant:
         now = float(int(self.clock()))
-        with self.file.update(now) as grants:
+        with self._change(now) as grants:
             index, grant = _find(grants, gid)
             state = grant.state(now)
             if state != PENDING:
@@ -122,20 +123,20 @@ class GrantDesk:
             grant = replace(grant, status=ACTIVE, approved_by=approver, approved_at=now, start=max(grant.start, now))
             grants[index] = grant
             current = list(grants)
-        self._record("grant.approved", grant)
+            self._record("grant.approved", grant)
         self._publish(current)
         return grant
 
     def revoke(self, gid: str, by: str, status: str = REVOKED) -> Grant:
         now = float(int(self.clock()))
         by = clean_text(by, "--by")
-        with self.file.update(now) as grants:
+        with self._change(now) as grants:
             index, grant = _find(grants, gid)
             if grant.status not in (ACTIVE, PENDING) or grant.state(now) in ("ended", "lapsed"):
                 raise GrantError(f"grant {gid} is {grant.state(now)}: nothing to revoke", 409)
             grant = grants[index] = replace(grant, status=status, revoked_by=by, revoked_at=now)
             current = list(grants)
-        self._record(f"grant.{status}", grant)
+            self._record(f"grant.{status}", grant)
         self._publish(current)
         return grant
 
@@ -150,9 +151,23 @@ class GrantDesk:
                 made.append(self.grant(scope, principal, positive, reason, by, window, kind=RESET))
         return made
 
+    @contextmanager
+    def _change(self, now: float) -> Iterator[list[Grant]]:
+        """The locked grants file; the audit record is written inside, before the file: a change the audit log
+        cannot hold is not made (AuditError), and one whose file write then fails is recorded as aborted."""
+        self._recorded: tuple[str, Grant] | None = None
+        try:
+            with self.file.update(now) as grants:
+                yield grants
+        except OSError:
+            if self._recorded is not None and self.audit is not None:
+                self.audit.append("grant.aborted", event=self._recorded[0], id=self._recorded[1].id)
+            raise
+
     def _record(self, event: str, grant: Grant) -> None:
         if self.audit is not None:
             self.audit.append(event, **_audit_fields(grant))
+            self._recorded = (event, grant)
 
     def _publish(self, grants: list[Grant]) -> None:
         if self.publish is not None:

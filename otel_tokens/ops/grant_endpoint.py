@@ -71,6 +71,12 @@ class GrantEndpoint:
             return error.status, {"error": str(error)}
         except OSError as error:
             return 503, {"error": f"the grants file cannot be written: {error.strerror or error}"}
+        except Exception as error:
+            from otel_tokens.audit import AuditError
+
+            if not isinstance(error, AuditError):
+                raise
+            return 503, {"error": f"nothing changed: {error}"}
         if audit is not None:
             from otel_tokens.audit import anchor
 

@@ -88,6 +88,13 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"otel-tokens quota {args.action}: {error}", file=sys.stderr)
         return 3
+    except Exception as error:
+        from otel_tokens.audit import AuditError
+
+        if not isinstance(error, AuditError):
+            raise
+        print(f"otel-tokens quota {args.action}: nothing changed: {error}", file=sys.stderr)
+        return 3
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -143,3 +143,16 @@ def test_grants_fold_into_the_limits_in_force_and_say_when_that_changes(desk):
     assert apply(desk.quotas, grants, now + 25)[0].limits(USER).of("alice").tokens == 1000 + 300 + 200 + 999
     limits, change = apply(desk.quotas, grants, now + 35)
     assert (limits.limits(USER).of("alice").tokens, change) == (1000 + 300 + 999, now + 60)
+
+
+def test_a_change_the_audit_log_cannot_hold_is_not_made(desk, tmp_path):
+    from otel_tokens.audit import AuditError, AuditLog
+
+    (tmp_path / "not-a-folder").write_text("")
+    desk.audit = AuditLog(tmp_path / "not-a-folder" / "audit.jsonl")
+    with pytest.raises(AuditError, match="not-a-folder"):
+        desk.grant("user", "alice", {"tokens": 5}, "r", "ops", "24h")
+    assert load_grants(desk.file.path) == []
+    desk.audit = AuditLog(tmp_path / "audit.jsonl")
+    made = desk.grant("user", "alice", {"tokens": 5}, "r", "ops", "24h")
+    assert [g.id for g in load_grants(desk.file.path)] == [made.id]
