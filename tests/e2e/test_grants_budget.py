@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 import pytest
 import yaml
 
-from otel_tokens import QuotaExceededError
+from otel_tokens import QuotaExceededError, quota_status
 from otel_tokens.ops.cli import main
 from tests.support.budget import budget_app
 
@@ -74,6 +74,8 @@ def test_a_grant_lets_the_refused_user_through_until_it_ends_then_refuses_again(
         assert 900 - 116 < tokens <= 900  # refused again only where the worst case (116) no longer fits 400 + 500
         code, out, _ = cli(capsys, "show", *common, "--user", "alice")
         assert f"24h   tokens limit 400 + 500 granted, used {tokens}, remaining {900 - tokens}" in out
+        status = {(w.scope, w.window, w.kind): w for w in quota_status(user_id="alice").windows}
+        assert (status["user", "24h", "tokens"].limit, status["user", "24h", "tokens"].used) == (900, tokens)
         # a second grant ending in 2 s: through, then refused again at its end with no one touching anything
         until = datetime.fromtimestamp(time.time() + 2, timezone.utc).isoformat()
         code, out, err = cli(capsys, "grant", *common, "--user", "alice", "--tokens", "2000", "--window", "24h",
