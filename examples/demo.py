@@ -257,6 +257,33 @@ def write_configs(ports: dict[str, int], hook: str) -> None:
     }))
 
 
+def show_grant(console: Any, prometheus: str, store: str) -> None:
+    """What an operator does about eve's critical alert: her 24 h limit raised to twice what she used, for an hour
+    (`otel-tokens quota grant`, which re-renders the rules and reloads Prometheus); the alert resolves; the audit
+    log holds it."""
+    env = {**os.environ, "OTEL_TOKENS_QUOTA_FILE": str(RUN / "quotas.yml"), "OTEL_TOKENS_BUDGET_STORE": store,
+           "OTEL_TOKENS_AUDIT_LOG": str(RUN / "audit.jsonl")}
+    cli = [str(BIN / "otel-tokens"), "quota"]
+    used = by(query(prometheus, 'llm_quota:user_tokens:24h{user_id="eve"}'), "user_id").get("eve", 0.0)
+    extra = max(1, round(2 * used) - QUOTAS["users"]["overrides"]["eve"]["tokens"])  # type: ignore[index]
+    granted = subprocess.run([*cli, "grant", "--user", "eve", "--tokens", str(extra), "--window", "24h",
+                              "--until", "+1h", "--reason", "nightly report due", "--by", "ops.li", "--rules",
+                              str(RUN / "rules" / "quotas.yml"), "--reload", prometheus, "--for", "1s"],
+                             env=env, capture_output=True, text=True)
+    console.print()
+    console.print(f"[bold cyan]GRANT:[/] {granted.stdout.strip() or granted.stderr.strip()}", soft_wrap=True)
+    critical = 'ALERTS{alertname="LLMUserTokenQuota",user_id="eve",severity="critical",alertstate="firing"}'
+    deadline = time.monotonic() + 20
+    while query(prometheus, critical) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    ratio = by(query(prometheus, 'llm_quota:user_tokens:ratio{user_id="eve"}'), "user_id").get("eve", 0.0)
+    state = "still firing" if query(prometheus, critical) else "resolved"
+    console.print(f"eve's critical alert {state} after the grant: {ratio:.0%} of her 24h limit with it (the grant "
+                  "stops counting in an hour, with no re-render)", soft_wrap=True)
+    audit = subprocess.run([*cli, "audit"], env=env, capture_output=True, text=True)
+    console.print(f"audit log: {audit.stderr.strip()}", soft_wrap=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="otel-tokens demo")
     parser.add_argument("--fast", action="store_true", help="fewer rounds (what the test runs)")
@@ -385,6 +412,7 @@ def main() -> int:
                   "--quota-file", str(RUN / "quotas.yml"), "--png", str(ROOT / ".demo" / "usage.png")]
         if subprocess.run(report, cwd=ROOT).returncode == 0:
             console.print(f"PNG: {ROOT / '.demo' / 'usage.png'}")
+        show_grant(console, prometheus, f"redis://127.0.0.1:{ports['redis']}/0")
         console.print(f"demo finished in {time.monotonic() - started:.0f}s; Prometheus data and logs in {RUN}")
         return 0
     except KeyboardInterrupt:

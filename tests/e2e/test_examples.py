@@ -84,3 +84,8 @@ def test_demo_fast_mode_shows_users_both_alerts_both_guards_and_agreeing_counts(
     assert "nightly-job: refused: user 'eve' is over the 24h tokens quota" in out
     soft = re.search(r"eve in nightly-job \(alert mode\): stopped at ([\d.]+)% of its 24h quota", out)
     assert soft and float(soft[1]) >= 100
+    # an operator's grant: eve's 24 h raised for an hour, the rules re-rendered, her critical resolves, audited
+    granted = r"GRANT: g-[0-9a-f]+ active: grant of \d+ tokens to user 'eve' in the 24h window"
+    assert re.search(granted, out), out[-3000:]
+    assert re.search(r"eve's critical alert resolved after the grant: 50% of her 24h limit", out), out[-3000:]
+    assert re.search(r"audit log: .*audit.jsonl: intact", out), out[-3000:]
