@@ -5,7 +5,7 @@ the alerts' texts and the `limit` series show the granted limit."""
 from __future__ import annotations
 
 from otel_tokens.quota.grants.model import RESET, Grant
-from tests.support.promtool_rules import annotations, promtool_test
+from tests.support.promtool_rules import annotations, dept, promtool_test
 from tests.support.promtool_series import tokens
 
 QUOTAS = {"users": {"default": {"24h": {"tokens": 1000}},
@@ -84,3 +84,35 @@ def test_a_grant_resolves_the_alert_and_its_end_brings_it_back_without_a_re_rend
         ],
     }]}
     promtool_test(tmp_path, tests, QUOTAS, grants=grants)
+
+
+def test_a_departments_month_grant_on_the_calendar_path(tmp_path):
+    """The departments' limits are recorded every evaluation (not once a minute as a rolling scope's): the `limit`
+    series itself carries the grant, and the alert's text reads it."""
+    quotas = {"users": {"default": {"24h": {"tokens": 10**9}}},
+              "departments": {"default": {"tokens": 10000}}}
+    grants = [Grant("g-00000000000a", "department", "support", "month", 5000, None, 100 * MINUTE, 160 * MINUTE,
+                    "t", "ops", 0.0)]  # the month is summed from hourly buckets: after the first hour's
+    series = [dept("support", "0+1000x10 10000x300"), dept("sales", "0+100x10 1000x300")]
+
+    def critical(limit: str, percent: str) -> list[dict]:
+        return [{"exp_labels": {"department": "support", "severity": s, "window": "month", "quota": "tokens"},
+                 "exp_annotations": annotations("department", "support", "tokens", s, "10k", limit, percent)}
+                for s in ("critical", "warning")]
+
+    tests = {"evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "alert_rule_test": [
+            {"eval_time": "95m", "alertname": "LLMDepartmentTokenBudget", "exp_alerts": critical("10k", "100%")},
+            {"eval_time": "130m", "alertname": "LLMDepartmentTokenBudget", "exp_alerts": []},
+            {"eval_time": "162m", "alertname": "LLMDepartmentTokenBudget", "exp_alerts": critical("10k", "100%")},
+        ],
+        "promql_expr_test": [
+            {"expr": "llm_quota:department_tokens:limit", "eval_time": "130m",
+             "exp_samples": [{"labels": 'llm_quota:department_tokens:limit{department="sales"}', "value": 10000},
+                             {"labels": 'llm_quota:department_tokens:limit{department="support"}', "value": 15000}]},
+            {"expr": 'llm_quota:department_tokens:limit{department="support"}', "eval_time": "165m",
+             "exp_samples": [{"labels": 'llm_quota:department_tokens:limit{department="support"}', "value": 10000}]},
+        ],
+    }]}
+    promtool_test(tmp_path, tests, quotas, grants=grants)
