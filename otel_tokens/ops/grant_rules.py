@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import replace
 from typing import Any
 
 from otel_tokens.quota.calendar import RATE_WINDOWS
@@ -41,7 +42,9 @@ def rendered_grants(quotas: Quotas, grants: Sequence[Grant], now: float) -> list
             continue
         scope = BY_NAME[grant.scope]
         limits = quotas.limits(scope, grant.window).of(grant.principal)
-        if any(grant.amount(kind) and limits.get(kind) is not None for kind in KINDS):
+        # only the kinds the file still limits: a grant of a limit since removed would count from nothing
+        grant = replace(grant, **{kind: None for kind in KINDS if limits.get(kind) is None})
+        if any(grant.amount(kind) for kind in KINDS):
             kept.append(grant)
     return sorted(kept, key=lambda g: (g.scope, g.principal, g.window, g.id))
 

@@ -156,3 +156,14 @@ def test_a_change_the_audit_log_cannot_hold_is_not_made(desk, tmp_path):
     desk.audit = AuditLog(tmp_path / "audit.jsonl")
     made = desk.grant("user", "alice", {"tokens": 5}, "r", "ops", "24h")
     assert [g.id for g in load_grants(desk.file.path)] == [made.id]
+
+
+def test_the_rules_render_only_what_the_file_still_limits(desk):
+    from otel_tokens.ops.rules import render_text
+
+    now = time.time()
+    both = Grant("g-00000007", "user", "alice", "month", 10, 2.0, now, now + 60, "r", "o", now)  # no month tokens
+    text = render_text(desk.quotas, grants=[both], now=now)
+    assert "llm_quota:user_cost:month_grant" in text and "llm_quota:user_tokens:month_grant" not in text
+    gone = Grant("g-00000008", "user", "alice", "week", 10, None, now, now + 60, "r", "o", now)  # no week limit
+    assert "grant" not in render_text(desk.quotas, grants=[gone], now=now).replace("limit_granted", "")
