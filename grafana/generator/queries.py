@@ -94,3 +94,33 @@ def percent(expr: str) -> str:
 def in_range(metric: str, *by: str, extra: tuple[str, ...] = ()) -> str:
     """The metric's increase over the dashboard's range, summed by `by`."""
     return total(increase(selector(metric, *extra)), *by)
+
+
+GRANT = "grant"  # the label of a grant's recorded series: the grant's id (otel_tokens.ops.grant_rules)
+
+
+def granted(what: str, kinds: tuple[str, ...] = vocabulary.KINDS) -> str:
+    """The grants' recorded series of every scope and window (`grant`: each grant in force, its amount;
+    `limit_granted`: a principal's limit with its grants), labelled `window` and `quota` as every_window_ratio's,
+    without the metric name (a table's queries merge on equal labels). One selector for the three scopes: each
+    series carries only its own scope's label, so each matcher also matches the label's absence (`$user|`): a
+    grant is filtered by its own scope's variable alone."""
+    scopes = "|".join(scope.name for scope in vocabulary.SCOPES)
+    windows = "|".join(WINDOWS)
+    variable = {label: name for name, label in VARIABLES.items()}
+    filters = ", ".join(f'{scope.label}=~"${variable[scope.label]}|"' for scope in vocabulary.SCOPES)
+    expr = (f'{{__name__=~"{PREFIX}:({scopes})_({"|".join(kinds)}):({"|".join(f"{w}_" for w in WINDOWS)})?{what}", '
+            f"{filters}}}")
+    expr = f'label_replace({expr}, "quota", "$1", "__name__", "{PREFIX}:[a-z]+_([a-z]+):.*")'
+    expr = f'label_replace({expr}, "window", "$1", "__name__", "{PREFIX}:[a-z]+_[a-z]+:({windows})_{what}")'
+    for own in dict.fromkeys(scope.window for scope in vocabulary.SCOPES):  # each scope's own window: no prefix
+        names = "|".join(scope.name for scope in vocabulary.SCOPES if scope.window == own)
+        expr = f'label_replace({expr}, "window", "{own}", "__name__", "{PREFIX}:({names})_[a-z]+:{what}")'
+    return f'label_replace({expr}, "__name__", "", "__name__", ".*")'
+
+
+def granted_limit(grants: str) -> str:
+    """Beside each grant (a row of `granted("grant")`), its principal's limit in that window with every grant in
+    force."""
+    on = ", ".join([*(scope.label for scope in vocabulary.SCOPES), "window", "quota"])
+    return f"{grants} * 0\n+ on({on}) group_left()\n{granted('limit_granted')}"

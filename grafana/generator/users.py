@@ -1,9 +1,9 @@
 """LLM tokens: users and departments: who spends the tokens, each principal against its quota, the room left,
-the quota alerts firing, and the GPU protection limits (minute, concurrent) seen after the fact."""
+the quota alerts firing, the grants in force, and the GPU protection limits (minute, concurrent) seen after the fact."""
 
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
-from grafana.generator import gpu_panels
+from grafana.generator import gpu_panels, grant_panels
 from grafana.generator import queries as q
 from grafana.generator.panels import Column, LabelColumn, bargauge_panel, table_panel
 from grafana.generator.quota_panels import (
@@ -84,6 +84,7 @@ def build() -> Dashboard:
             *percent_of_limit(DEPARTMENT, COST, "Department cost budget (month to date)",
                                "Each department's month-to-date cost as a percentage of its monthly budget.")]),
         (9, 12, [*headroom_table(USER), *headroom_table(DEPARTMENT)]),
+        *grant_panels.rows(),
         (9, 12, [every_window(USER, "User quotas, every window (%)"),
                  every_window(DEPARTMENT, "Department budgets, every window (%)")]),
         (8, 24, [forecasts(DEPARTMENT, FORECAST_ALERTS[DEPARTMENT.name])]),

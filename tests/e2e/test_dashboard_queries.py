@@ -3,7 +3,8 @@ scraped tests/support/dashboard_app.py (the real package: several users, departm
 OpenAI-style model with estimated counts, streams and errors, budget mode on a real Redis refusing one user by her
 rate and concurrency limits), every query of every panel, variable and annotation
 with its variables substituted the way Grafana does. The quota panels are compared with the limits of a quota file
-rendered by otel_tokens.ops.rules.render_text and loaded into that Prometheus.
+rendered by otel_tokens.ops.rules.render_text (with grants in force: tests.support.grafana.GRANTED) and loaded into
+that Prometheus.
 
 Department month-to-date is built from hourly buckets aligned to the hour, which a Prometheus started seconds ago
 cannot have: the app's first round of metrics is backfilled into the past hour (`promtool tsdb create-blocks-from
@@ -32,11 +33,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from otel_tokens import names
 from otel_tokens.ops.rules import render, render_text
 from otel_tokens.quota.file import Quotas, parse_quotas
+from otel_tokens.quota.grants.model import apply
 from otel_tokens.quota.vocabulary import BY_NAME
 from tests.support.binaries import require_binary
 from tests.support.dashboard_app import RATE_LIMITED, RATE_LIMITS, USERS
 from tests.support.grafana import (
     APP,
+    GRANTED,
     JOB,
     MODELS,
     QUOTAS,
@@ -50,6 +53,7 @@ from tests.support.grafana import (
     _quota_targets,
     _variable_query,
     grafana_regex,
+    grants_in_force,
     interpolate,
     label_values,
     openmetrics,
@@ -149,7 +153,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         quotas = parse_quotas(QUOTAS, str(quota_file))
         rules = tmp / "rules"
         rules.mkdir()
-        (rules / "quotas.yml").write_text(quick_hourly_group(render_text(quotas, for_="1s")))
+        grants = grants_in_force(now)
+        (rules / "quotas.yml").write_text(quick_hourly_group(render_text(quotas, for_="1s", grants=grants, now=now)))
         rule_glob = str(rules / "*.yml")
         url, prom = start_prometheus(tmp, prometheus, [target], rule_glob)
         processes.append(prom)
@@ -187,7 +192,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         if months:
             _wait(lambda: query(url, "llm_quota:department_cost:ratio"), "the departments' month to date")
             _wait(lambda: query(url, "llm_quota:app_cost:ratio"), "the apps' month to date")
-        yield {"url": url, "first": first, "last": last, "quotas": quotas, "months": months, "hour": hour}
+        _wait(lambda: query(url, "llm_quota:department_tokens:limit_granted"), "the department's granted limit")
+        # the limits the panels show: the quota file's with the grants in force (all of them, through the test)
+        yield {"url": url, "first": first, "last": last, "quotas": apply(quotas, grants, time.time())[0],
+               "months": months, "hour": hour, "grants": grants}
     finally:
         stop_processes(processes)
         redis.close()
@@ -435,3 +443,36 @@ def test_gpu_protection_panels_show_the_rate_limited_user(stack: dict[str, Any])
     for words in ("requests per minute", "tokens per minute"):
         load = {r["metric"]["user_id"]: float(r["value"][1]) for r in shown(words)}
         assert load.keys() == users and all(load[u] > 0 for u in users - {RATE_LIMITED[0]}), (words, load)
+
+
+def test_grant_panels_show_each_grant_in_force_and_the_limits_it_raises(stack: dict[str, Any]) -> None:
+    """The grants table lists each grant of GRANTED (its principal, id, window, kind, amount) beside its principal's
+    limit with the grants (the quota file's + the amount); the granted-limits panels show those limits per kind."""
+    ((_, table),) = [(d, p) for d in _dashboards().values() for p in _data_panels(d)
+                     if p["title"] == "Quota grants in force"]
+    everything = {"app": ".*", "model": ".*", "department": ".*", "user": ".*"}
+    file_quotas = parse_quotas(QUOTAS, "dashboard test quotas")
+    expected: dict[tuple[str, str, str, str, str], tuple[float, float]] = {}
+    for grant in stack["grants"]:
+        scope = BY_NAME[grant.scope]
+        for kind in ("tokens", "cost"):
+            limit = _limit(file_quotas, grant.scope, kind, grant.principal) + (grant.amount(kind) or 0)
+            expected[(scope.label, grant.principal, grant.id, grant.window, kind)] = (grant.amount(kind) or 0, limit)
+    columns = []
+    for target in table["targets"]:
+        found = {}
+        for r in query(stack["url"], interpolate(target["expr"], everything)):
+            labels = r["metric"]
+            assert "__name__" not in labels, labels  # the table's two queries merge on equal labels
+            (label,) = [k for k in labels if k in (BY_NAME[s].label for s in GRANTED)]
+            found[(label, labels[label], labels["grant"], labels["window"], labels["quota"])] = float(r["value"][1])
+        columns.append(found)
+    assert columns[0] == pytest.approx({key: amount for key, (amount, _) in expected.items()}), columns[0]
+    assert columns[1] == pytest.approx({key: limit for key, (_, limit) in expected.items()}), columns[1]
+    for kind in ("tokens", "cost"):
+        ((panel, target),) = [(p, t) for d in _dashboards().values() for p in _data_panels(d) for t in p["targets"]
+                              if p["title"] == f"Limits raised by grants: {kind}"]
+        shown = {(r["metric"].get("user_id") or r["metric"]["department"], r["metric"]["window"]): float(r["value"][1])
+                 for r in query(stack["url"], interpolate(target["expr"], everything))}
+        assert shown == pytest.approx({(name, window): limit for (_, name, _, window, k), (_, limit) in expected.items()
+                                       if k == kind}), panel["title"]

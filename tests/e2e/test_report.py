@@ -23,7 +23,7 @@ from otel_tokens.ops.report import UNATTRIBUTED, format_money, token_timeline, u
 from otel_tokens.prometheus_api import Prometheus
 from otel_tokens.quota.calendar import window_end
 from tests.support.prometheus_stack import free_port, query, start_prometheus
-from tests.support.report_stack import CURRENT, ERRORS, PREVIOUS, QUOTAS, TOP, Calls, running_stack
+from tests.support.report_stack import CURRENT, ERRORS, GRANTS, PREVIOUS, QUOTAS, TOP, Calls, running_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 PROG = "otel-tokens report: "
@@ -86,10 +86,15 @@ def expected_quotas() -> list[dict[str, Any]]:
             overrides = {n: lim[kind] for n, lim in scope.get("overrides", {}).items() if kind in lim}
             default = scope.get("default", {}).get(kind)
             who = set(overrides) | (set(usage) if default is not None else set())
+            granted: dict[str, float] = defaultdict(float)  # the grants (all of tokens) add to the file's limit
+            for granted_scope, n, _, amount in GRANTS:
+                if granted_scope == principal and kind == "tokens":
+                    granted[n] += amount
+            limit = {n: overrides.get(n, default) + granted[n] for n in who}
             rows = [{"principal": principal, "name": n, "quota": kind,
                      "window": "24h" if principal == "user" else "month", "usage": usage.get(n, 0.0),
-                     "limit": float(overrides.get(n, default)), "ratio": usage.get(n, 0.0) / overrides.get(n, default),
-                     "percent": 100 * usage.get(n, 0.0) / overrides.get(n, default)} for n in who]
+                     "limit": float(limit[n]), "granted": granted[n], "ratio": usage.get(n, 0.0) / limit[n],
+                     "percent": 100 * usage.get(n, 0.0) / limit[n]} for n in who]
             out += sorted(rows, key=lambda q: (-q["ratio"], q["name"]))
     return out
 
@@ -180,8 +185,11 @@ def test_json_every_number(stack, capsys):
                  "quotas")
     check_projection(stack, data["quotas"])
     assert_close([(q["name"], q["percent"]) for q in data["quotas"]],
-                 [("alice", 80.0), ("zed", 0.0), ("bob", 24.0), ("support", 27.5), ("research", 26.0), ("sales", 3.0),
-                  (UNATTRIBUTED, 2.5), ("support", 9.6)])  # calls with no department: the default budget
+                 [("alice", 50.0), ("zed", 0.0), ("bob", 24.0), ("support", 27.5), ("research", 100 * 260 / 1500),
+                  ("sales", 3.0), (UNATTRIBUTED, 2.5), ("support", 9.6)])  # calls with no department: the default
+    # budget; alice 400 tokens of 500 + 300 granted, research 260 of the default 1,000 + 500 granted
+    assert [(q["name"], q["limit"], q["granted"]) for q in data["quotas"] if q["granted"]] == [
+        ("alice", 800, 300), ("research", 1500, 500)]
     assert data["headline"].startswith(f"{stack['window']}s ending ")
 
 
@@ -210,7 +218,7 @@ def test_csv_every_row(stack, capsys):
     quota_rows = [r for r in rows[1:] if r["kind"].endswith("_quota")]
     assert_close([{"principal": r["kind"].removesuffix("_quota"), "name": r["name"], "quota": r["quota"],
                    "window": r["window"], "usage": float(r["usage"]), "limit": float(r["limit"]),
-                   "percent": float(r["percent"])} for r in quota_rows],
+                   "granted": float(r["granted"]), "percent": float(r["percent"])} for r in quota_rows],
                  [{k: v for k, v in q.items() if k != "ratio"} for q in expected_quotas()], "quota rows")
 
 
@@ -224,8 +232,10 @@ def _row_cells(r: dict[str, Any]) -> list[str]:
 
 
 def _quota_cells(q: dict[str, Any]) -> list[str]:
+    """Usage, limit (with what the grants add: "800 (+300 granted)") and percent."""
     fmt = (lambda v: f"{round(v):,}") if q["quota"] == "tokens" else format_money
-    return [fmt(q["usage"]), fmt(q["limit"]), f"{q['percent']:.1f} %"]
+    limit = fmt(q["limit"]) + (f" (+{fmt(q['granted'])} granted)" if q["granted"] else "")
+    return [fmt(q["usage"]), limit, f"{q['percent']:.1f} %"]
 
 
 def test_markdown_numbers(stack, capsys):

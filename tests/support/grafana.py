@@ -17,6 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from otel_tokens import names
 from otel_tokens.ops.rules import render
 from otel_tokens.quota.file import Quotas, load_quotas
+from otel_tokens.quota.grants.model import Grant
+from otel_tokens.quota.vocabulary import BY_NAME
 from tests.support.dashboard_app import OPENAI_MODEL, SERVICE_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +51,16 @@ QUOTAS = {
                     "overrides": {"support": {"tokens": 200, "cost": 50}}},
     "apps": {"default": {"tokens": 1_000_000, "cost": 100}, "overrides": {APP: {"tokens": 500}}},
 }
+# Grants in force through the dashboard tests, of both kinds, on principals with usage (a user on the default, a
+# department on the default; neither near its limit): the grant panels show them, the limit panels count them.
+GRANTED = {"user": ("alice", 50_000, 5.0), "department": ("research", 500_000, 50.0)}
+
+
+def grants_in_force(now: float) -> list[Grant]:
+    """GRANTED as grants of each scope's own window, from two hours before `now` (before any data of a test) for a
+    week."""
+    return [Grant(f"g-{i:08x}", scope, name, BY_NAME[scope].window, tokens, cost, now - 7200, now + 7 * 86400,
+                  "dashboard test", "ops", now) for i, (scope, (name, tokens, cost)) in enumerate(GRANTED.items(), 1)]
 
 
 # --- loading ---------------------------------------------------------------------------------------------------------
@@ -220,8 +232,20 @@ def emitted_labels() -> set[str]:
     return {names.prometheus_label(v) for k, v in vars(names).items() if k.isupper() and isinstance(v, str)}
 
 
+def _recording_rules(quotas: Quotas) -> list[dict[str, Any]]:
+    """The recording rules, with GRANTED's grants in force (their series are recorded only while one is)."""
+    now = time.time()
+    return [rule for group in render(quotas, grants=grants_in_force(now), now=now)["groups"]
+            for rule in group["rules"] if "record" in rule]
+
+
 def recorded_series(quotas: Quotas) -> set[str]:
-    return {rule["record"] for group in render(quotas)["groups"] for rule in group["rules"] if "record" in rule}
+    return {rule["record"] for rule in _recording_rules(quotas)}
+
+
+def recording_labels(quotas: Quotas) -> set[str]:
+    """Labels the recording rules set themselves (a grant's id)."""
+    return {label for rule in _recording_rules(quotas) for label in rule.get("labels", {})}
 
 
 def rule_alerts(quotas: Quotas) -> list[dict[str, Any]]:

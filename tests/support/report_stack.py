@@ -17,6 +17,7 @@ import pytest
 from otel_tokens import names
 from otel_tokens.ops.rules import render_text
 from otel_tokens.quota.file import parse_quotas
+from otel_tokens.quota.grants.model import Grant
 from tests.support.binaries import require_binary
 from tests.support.prometheus_stack import free_port, query, start_prometheus, stop_processes
 from tests.support.quick_rules import quick_hourly_group
@@ -63,10 +64,18 @@ QUOTAS = {
     "users": {"overrides": {"alice": {"tokens": 500}, "bob": {"cost": 0.001}, "zed": {"tokens": 1000}}},
     "departments": {"default": {"tokens": 1000}, "overrides": {"support": {"tokens": 2000, "cost": 0.01}}},
 }
+# grants in force through the test (start an hour before it, end a day after): on an override and on the default
+GRANTS = [("user", "alice", "24h", 250), ("user", "alice", "24h", 50), ("department", "research", "month", 500)]
+
+
+def grants(now: float) -> list[Grant]:
+    return [Grant(f"g-{i:08x}", scope, name, window, amount, None, now - 3600, now + 86400, "report test", "ops", now)
+            for i, (scope, name, window, amount) in enumerate(GRANTS, 1)]
+
 
 def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A real Prometheus scraping the report app after two windows of known traffic (PREVIOUS, CURRENT,
-    ERRORS), with the quota rules of QUOTAS: what the report and the digest are checked against."""
+    ERRORS), with the quota rules of QUOTAS and GRANTS: what the report and the digest are checked against."""
     prometheus = require_binary("prometheus")
     tmp = tmp_path_factory.mktemp("report")
     began = time.time()
@@ -78,7 +87,8 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         rules = tmp / "rules"
         rules.mkdir()
         (rules / "quotas.yml").write_text(quick_hourly_group(render_text(parse_quotas(QUOTAS, "report test quotas"),
-                                                                        for_="1s")))
+                                                                        for_="1s", grants=grants(began),
+                                                                        now=began)))
         url, prom = start_prometheus(tmp, prometheus, [f"127.0.0.1:{app_port}"], str(rules / "*.yml"))
         processes.append(prom)
         assert app.stdout is not None and app.stdout.readline().strip() == "ready", (tmp / "app.log").read_text()

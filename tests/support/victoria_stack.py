@@ -102,6 +102,7 @@ class VictoriaStack:
 
         from otel_tokens.ops.rules import render_text
         from otel_tokens.quota.file import parse_quotas
+        from otel_tokens.quota.grants.model import Grant
         from tests.support.guard_endpoint import GuardEndpoint
         from tests.support.prometheus_stack import Webhook, start_prometheus, start_shipped_alertmanager
 
@@ -131,7 +132,13 @@ class VictoriaStack:
         quota_file.write_text(yaml.safe_dump(QUOTAS))
         self.quotas = parse_quotas(QUOTAS, str(quota_file))
         self.rule_file = rules / "quotas.yml"
-        rendered = yaml.safe_load(render_text(self.quotas, for_="1s"))
+        # grants in force on both engines (bob's 24 h, research's month): their series and the dashboards' grant
+        # panels compared with data, not only run
+        now = time.time()
+        grants = [Grant("g-0000000000b0", "user", "bob", "24h", 1000, None, now - 60, now + 86400, "test", "ops", now),
+                  Grant("g-0000000000b1", "department", "research", "month", 5000, None, now - 60, now + 86400,
+                        "test", "ops", now)]
+        rendered = yaml.safe_load(render_text(self.quotas, for_="1s", grants=grants, now=now))
         for group in rendered["groups"]:
             # the window's parts every minute, not 5, on both engines: each engine's first evaluation of that group
             # falls anywhere in its interval, and until then the window lags (the fallback); the window is the same

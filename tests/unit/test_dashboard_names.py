@@ -19,6 +19,7 @@ from tests.support.grafana import (
     promql_names,
     query_names,
     recorded_series,
+    recording_labels,
     rule_alerts,
 )
 
@@ -42,7 +43,7 @@ def test_every_metric_and_label_is_emitted_recorded_or_prometheus_own() -> None:
     quotas = _shipped_quotas()
     recorded = recorded_series(quotas)
     metrics_allowed = emitted_metrics() | recorded | PROMETHEUS_METRICS
-    rule_labels = {label for alert in rule_alerts(quotas) for label in alert["labels"]}
+    rule_labels = {label for alert in rule_alerts(quotas) for label in alert["labels"]} | recording_labels(quotas)
     labels_allowed = emitted_labels() | rule_labels | PROMETHEUS_LABELS
     used_metrics: set[str] = set()
     for dashboard in _dashboards().values():

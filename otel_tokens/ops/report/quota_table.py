@@ -53,7 +53,8 @@ def quota_rows(prom: Prometheus, at: float, zone: str) -> tuple[bool, list[Quota
         elif metric.get(scope.label):
             named = {"limit_override": limits.overrides, "limit_granted": limits.granted_limits,
                      "grant": limits.grants}[what][scope.name, kind, window]
-            named[metric[scope.label]] = named.get(metric[scope.label], 0.0) + value  # grants: their sum
+            name = metric[scope.label]
+            named[name] = named.get(name, 0.0) + value if what == "grant" else value  # a principal's grants: their sum
     if not limits.overrides and not limits.defaults:
         return False, []
     rows: list[QuotaRow] = []

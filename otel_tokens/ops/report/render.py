@@ -332,7 +332,8 @@ def print_table(report: Report, file: TextIO) -> None:
     from rich.text import Text
 
     terminal = hasattr(file, "isatty") and file.isatty()
-    console = Console(file=file, width=None if terminal else 120, highlight=False, soft_wrap=False)
+    # 132 off a terminal: the quota table's widest rows (a long name, a granted limit, a reset) on one line each
+    console = Console(file=file, width=None if terminal else 132, highlight=False, soft_wrap=False)
     console.print(f"[bold]LLM usage[/bold] — {escape(headline(report))}")
     console.print(f"[dim]{escape(_span(report.start, report.at, report.zone))}, previous "
                   f"{escape(_span(report.previous_start, report.previous_end, report.zone))}; "
