@@ -1,6 +1,7 @@
 """Temporary quota grants (`otel-tokens quota grant`): which are in force, and the limits they raise. The rules
 record each grant as a series of its amount that exists only from its start to its end, and each granted
-principal's limit with them (otel_tokens.ops.grant_rules): what the alerts, the limit panels and the headroom above already count."""
+principal's limit with them (otel_tokens.ops.grant_rules): what the alerts, the limit panels and the headroom
+above already count."""
 
 from grafana.generator import queries as q
 from grafana.generator.panels import Column, LabelColumn, table_panel, timeseries_panel
