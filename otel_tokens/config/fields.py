@@ -230,7 +230,7 @@ def _either(choices: Any) -> str:
 
 _GUARD_FIELDS = ("enabled", "source", "poll_interval", "fail_closed", "rules", "quota_file", "store",
                  "store_timeout", "reservation_ttl", "default_max_output_tokens", "quota_reload_interval",
-                 "token_file", "block_hold")
+                 "token_file", "block_hold", "fit_min_tokens")
 _STORE_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -266,7 +266,8 @@ def budget_fields(value: Mapping[str, Any]) -> dict[str, Any]:
     checks: dict[str, Callable[[Any], Any]] = {
         "quota_file": file_path, "store": store_url, "store_timeout": store_timeout_seconds,
         "reservation_ttl": reservation_ttl_seconds,
-        "default_max_output_tokens": positive_int, "quota_reload_interval": reload_interval_seconds}
+        "default_max_output_tokens": positive_int, "quota_reload_interval": reload_interval_seconds,
+        "fit_min_tokens": positive_int}
     out = {}
     for key, check in checks.items():
         if value.get(key) is not None:

@@ -54,6 +54,7 @@ class BudgetSettings:
     reservation_ttl: float = 600.0  # a reservation never settled (process killed) is reclaimed after this
     default_max_output_tokens: int = 4096  # reserved for a call that sets no output limit
     quota_reload_interval: float = 1.0
+    fit_min_tokens: int = 16  # a `fit` rule: the smallest output limit per choice a call is fitted to, else refused
 
     @property
     def enabled(self) -> bool:

@@ -25,6 +25,7 @@ from otel_tokens.integrations.openai_request import (
     stop_asking,
     wants_usage_chunk,
     with_headers,
+    with_output_limit,
     with_usage_chunk,
 )
 from otel_tokens.integrations.openai_stream import AsyncStreamProxy, StreamProxy, StreamState
@@ -113,6 +114,8 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
                               streaming=streaming, estimate=lambda: estimate_request(operation, kwargs))
         if call.model != model:
             kwargs = {**kwargs, "model": call.model}
+        if call.output_limit is not None:  # fitted to what remains of the budget
+            kwargs = with_output_limit(kwargs, call.output_limit)
         return call, kwargs
 
     def prepare(call: Call, kwargs: dict[str, Any], recorder: Recorder) -> tuple[dict[str, Any], bool]:

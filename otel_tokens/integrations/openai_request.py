@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from otel_tokens.config.settings import Settings
+from otel_tokens.integrations.openai_usage import OUTPUT_LIMITS, SDK_SENTINELS
 from otel_tokens.logs import internal_error, log_once
 from otel_tokens.recording.call import Call
 
@@ -95,3 +96,23 @@ def stop_asking(call: Call) -> None:
         NO_STREAM_OPTIONS.add(key)
     log_once(f"no-stream-options:{key}", "otel-tokens: %s refused stream_options; its streams are counted "
              "locally from now on", key)
+
+
+def with_output_limit(kwargs: dict[str, Any], limit: int) -> dict[str, Any]:
+    """`fit`: every output limit the server would read (the argument, `extra_body`, `extra_query`) lowered to
+    `limit` per choice, in the caller's own parameter (`max_completion_tokens` stays that: reasoning models refuse
+    `max_tokens`); a request that sends none gets `max_tokens` (`max_output_tokens` for the Responses API). The
+    caller's dictionaries are not changed."""
+    out, found = dict(kwargs), False
+    for key in OUTPUT_LIMITS:
+        value = out.get(key)
+        if value is not None and type(value).__name__ not in SDK_SENTINELS:
+            out[key], found = limit, True
+        for extra in ("extra_body", "extra_query"):
+            holder = out.get(extra)
+            if isinstance(holder, Mapping) and key in holder:
+                out[extra], found = {**holder, key: limit}, True
+    if not found:
+        responses = "messages" not in out and "prompt" not in out and "input" in out
+        out["max_output_tokens" if responses else "max_tokens"] = limit
+    return out

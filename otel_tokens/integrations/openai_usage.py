@@ -253,8 +253,8 @@ def _count_output(counter: TokenCounter, model: str, kwargs: Mapping[str, Any], 
     return count, source
 
 
-_OUTPUT_LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
-_SDK_SENTINELS = ("NotGiven", "Omit")  # the openai SDK's "argument not given" values: nothing is sent
+OUTPUT_LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+SDK_SENTINELS = ("NotGiven", "Omit")  # the openai SDK's "argument not given" values: nothing is sent
 
 
 def _sent(kwargs: Mapping[str, Any], key: str) -> list[Any]:
@@ -264,7 +264,7 @@ def _sent(kwargs: Mapping[str, Any], key: str) -> list[Any]:
     body, query = kwargs.get("extra_body"), kwargs.get("extra_query")
     if isinstance(body, Mapping) and key in body:
         values.append(body[key])
-    elif key in kwargs and kwargs[key] is not None and type(kwargs[key]).__name__ not in _SDK_SENTINELS:
+    elif key in kwargs and kwargs[key] is not None and type(kwargs[key]).__name__ not in SDK_SENTINELS:
         values.append(kwargs[key])
     if isinstance(query, Mapping) and key in query:
         values.append(query[key])
@@ -288,7 +288,7 @@ def output_limit(kwargs: Mapping[str, Any]) -> int | None:
     sends (max_completion_tokens, max_tokens or max_output_tokens; arguments, `extra_body`, `extra_query`).
     None, so the reservation's default applies, when it sends none, or any that is not a positive count
     (0, negative, null: servers read 0 as "no limit")."""
-    values = [value for key in _OUTPUT_LIMITS for value in _sent(kwargs, key)]
+    values = [value for key in OUTPUT_LIMITS for value in _sent(kwargs, key)]
     counts = [_request_count(value) for value in values]
     if not counts or None in counts:
         return None

@@ -38,6 +38,7 @@ class Admission:
     held: Held | None = None
     # the worst case: as given (a function, computed only if needed) until budget mode computes it
     estimate: Callable[[], UsageEstimate | None] | UsageEstimate | None = None
+    output_limit: int | None = None  # `fit`: the output limit per choice the call is sent with
 
     @property
     def refusal(self) -> QuotaExceededError | None:
@@ -92,6 +93,8 @@ class Enforcement:
                 admission.decision = reserved
                 if reserved.model is not None:
                     admission.model = reserved.model
+                if reserved.action == vocabulary.FIT:
+                    admission.output_limit = reserved.entry.get("max_output_tokens")
         return admission
 
     def settle(self, held: Held, tokens: int, cost: Cost | None, unfinished: bool, sent: bool = True) -> None:

@@ -27,8 +27,11 @@ SEVERITY_RANK: Mapping[str, int] = {WARNING: 1, CRITICAL: 2}
 # What the guard did with a call: the `llm.quota.action` span attribute and the `decision` label
 # of llm.guard.decisions (allowed calls are neither).
 REJECT, DOWNGRADE, FAIL_OPEN, FAIL_CLOSED = "reject", "downgrade", "fail_open", "fail_closed"
-ACTIONS = (REJECT, DOWNGRADE, FAIL_OPEN, FAIL_CLOSED)
-RULE_ACTIONS = (REJECT, DOWNGRADE)  # what a guard rule in the config may ask for
+FIT = "fit"  # budget mode: the call's output limit lowered to what remains (quota/budget/fit.py)
+ACTIONS = (REJECT, DOWNGRADE, FIT, FAIL_OPEN, FAIL_CLOSED)
+# what a guard rule in the config may ask for; `fit` refuses as `reject` where a call cannot be fitted (and in
+# alert mode, which knows no remaining budget)
+RULE_ACTIONS = (REJECT, DOWNGRADE, FIT)
 REFUSALS = (REJECT, FAIL_CLOSED)  # the actions that refuse the call
 # The scope of a refusal under `unattributed: reject` (a call with no user), beside the scope names.
 UNATTRIBUTED_CALLS = "unattributed"

@@ -98,7 +98,7 @@ class Call:
     `record` is what the integration fills; everything else belongs to the recorder."""
 
     __slots__ = ("_cover", "_covering", "_estimate", "_finished", "_recorder", "_start", "_token", "attribution",
-                 "covers_inner", "held", "model", "record", "span")
+                 "covers_inner", "held", "model", "output_limit", "record", "span")
 
     def __init__(self, recorder: Recorder, record: CallRecord, span: trace.Span, attribution: Mapping[str, str],
                  estimate: Callable[[], UsageEstimate | None] | UsageEstimate | None = None,
@@ -116,6 +116,7 @@ class Call:
         self._cover: _Cover | None = None
         self.covers_inner = False  # calls begun inside this one's library call are not recorded again
         self.held: Held | None = None  # what budget mode reserved for this call
+        self.output_limit: int | None = None  # `fit`: the output limit per choice the library must send
 
     @property
     def live(self) -> bool:

@@ -85,6 +85,8 @@ class Recorder:
                                streaming, attribution, estimate)
             call.held = held
             call.covers_inner = covers_inner
+            if admission is not None:
+                call.output_limit = admission.output_limit
             refusal = admission.refusal if admission is not None else None
             if decision is not None:
                 call.record.quota_action = decision.action

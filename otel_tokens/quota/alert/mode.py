@@ -159,7 +159,7 @@ class AlertMode:
             entry = over.get(principal) if principal else None
             if entry is None or _SEVERITY.get(entry.get("severity", ""), 0) < _SEVERITY[rule.level]:
                 continue
-            if rule.action == vocabulary.REJECT:
+            if rule.action in (vocabulary.REJECT, vocabulary.FIT):  # no remaining budget known here to fit to
                 return Decision(vocabulary.REJECT, rule.scope, principal, entry)  # type: ignore[arg-type]
             target = next((cheap for glob, cheap in rule.downgrade if model and fnmatch.fnmatch(model, glob)), None)
             if target is not None and target != model:

@@ -26,6 +26,7 @@ from otel_tokens.config.settings import GuardSettings
 from otel_tokens.logs import internal_error, log_once, logger
 from otel_tokens.pricing import PriceBook
 from otel_tokens.quota import vocabulary
+from otel_tokens.quota.budget.fit import fitted_output
 from otel_tokens.quota.budget.limits_source import LimitsSource
 from otel_tokens.quota.budget.parts import account_charges
 from otel_tokens.quota.budget.plans import Plan, plans, windows
@@ -221,6 +222,18 @@ class BudgetMode:
                 charges, limited = self._account(quotas, principals, None)
                 amount = (bound, self._cost(provider, target, input_bound, output_bound, limited))
                 verdict = self._send(reservation, charges, [], amount)
+            fitted: int | None = None
+            while (verdict.status == REFUSED and self._plans[verdict.charge.scope.name].fit
+                   and self._in_time(started)):  # each pass lowers the output limit, or stops
+                sent = target or model
+                per_choice = fitted_output(verdict, input_bound, output_bound, choices,
+                                           lambda i, o, m=sent: self._cost(provider, m, i, o, True))
+                if (per_choice is None or per_choice < self.limits.fit_min_tokens
+                        or per_choice * max(1, choices) >= output_bound):
+                    break
+                output_bound, fitted, crossing = per_choice * max(1, choices), per_choice, verdict.charge
+                amount = (input_bound + output_bound, self._cost(provider, sent, input_bound, output_bound, limited))
+                verdict = self._send(reservation, charges, [], amount)
         except StoreUnavailableError as error:
             self._unavailable(str(error))
             # nothing held (or a reservation whose reply was lost: its settlement finds it by id);
@@ -235,6 +248,10 @@ class BudgetMode:
         slots = [(c.scope, c.principal, reservation) for c in charges if c.window == CONCURRENT]
         if slots:
             self._leases[reservation] = slots  # renewed by the worker while the call runs
+        if fitted is not None and crossing is not None:
+            return Decision(vocabulary.FIT, crossing.scope.name, crossing.principal,
+                            {"window": crossing.window or crossing.scope.window, "max_output_tokens": fitted},
+                            target), held
         if target is None or crossing is None:
             return None, held
         return Decision(vocabulary.DOWNGRADE, crossing.scope.name, crossing.principal,

@@ -17,6 +17,7 @@ class Plan:
 
     refuse: float | None
     downgrades: tuple[tuple[float, str, str], ...] = ()  # (ratio, model glob, cheaper model), rule order
+    fit: bool = False  # a call that would cross the refusal level is fitted to what remains where it can be
 
     def downgrade_for(self, model: str | None) -> tuple[float, str] | None:
         for ratio, glob, target in self.downgrades if model else ():
@@ -35,10 +36,11 @@ def plans(settings: GuardSettings, quotas: Quotas) -> dict[str, Plan]:
     out = {}
     for scope in vocabulary.SCOPES:
         rules = [r for r in settings.rules if r.scope == scope.name]
-        refuse = [ratio(r.level) for r in rules if r.action == vocabulary.REJECT]
+        refuse = [ratio(r.level) for r in rules if r.action in (vocabulary.REJECT, vocabulary.FIT)]
         downgrades = tuple((ratio(r.level), glob, target) for r in rules if r.action == vocabulary.DOWNGRADE
                            for glob, target in r.downgrade)
-        out[scope.name] = Plan(min(refuse) if refuse else None, downgrades)
+        out[scope.name] = Plan(min(refuse) if refuse else None, downgrades,
+                               any(r.action == vocabulary.FIT for r in rules))
     return out
 
 

@@ -1,0 +1,108 @@
+"""`fit` in budget mode, against a real redis-server and a local OpenAI-compatible server that generates every token
+it is allowed (`generate_as_asked`): a call whose worst case would cross the limit but whose input fits is sent
+with its output limit lowered to what remains, in the caller's own parameter; it cannot overshoot, at any
+concurrency; below the smallest fit it is refused as before."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import openai
+import pytest
+
+from otel_tokens import QuotaExceededError, names, usage_context
+from otel_tokens.config.settings import GuardRule
+from tests.support.budget import budget_app, write_quotas
+
+FIT = (GuardRule("user", "fit"),)
+GREEDY = {"generate_as_asked": 4096}  # the server generates the whole output limit it reads
+
+
+def test_a_call_that_would_cross_is_fitted_to_what_remains_and_the_next_refused(tmp_path, redis_url):
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 1000}})
+    for app in budget_app(quotas, redis_url, rules=FIT, server=GREEDY):
+        first = app.ask("ann", max_tokens=500)
+        assert first.usage.completion_tokens == 500
+        used, _, _ = app.held("ann")
+        second = app.ask("ann", max_tokens=500)  # 500 more would cross 1,000: fitted to what remains
+        sent = app.server.requests[-1].body["max_tokens"]
+        assert sent < 500 and second.usage.completion_tokens == sent
+        assert used + second.usage.total_tokens <= 1000  # never over, with the input's bound counted
+        assert 1000 - used - sent == 86  # the input bound of this request (budget/bounds.py), nothing else
+        span = app.tel.spans()[-1]
+        assert span.attributes[names.LLM_QUOTA_ACTION] == "fit"
+        assert app.decisions(window=True) == {("fit", "user", "24h"): 1}
+        with pytest.raises(QuotaExceededError):  # under 16 tokens left: refused as without fit
+            app.ask("ann", max_tokens=500)
+        assert app.held("ann")[0] <= 1000
+        app.ask("bob", max_tokens=500)  # others untouched
+        assert app.server.requests[-1].body["max_tokens"] == 500
+
+
+def test_the_callers_own_parameter_is_the_one_lowered_and_a_call_without_one_gets_max_tokens(tmp_path, redis_url):
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 600}})
+    for app in budget_app(quotas, redis_url, rules=FIT, server=GREEDY):
+        app.ask("cy", max_tokens=None, max_completion_tokens=400)  # a reasoning model's parameter
+        body = app.server.requests[-1].body
+        assert body["max_completion_tokens"] == 400 and "max_tokens" not in body
+        app.ask("cy", max_tokens=None, max_completion_tokens=400)
+        body = app.server.requests[-1].body
+        assert body["max_completion_tokens"] < 400 and "max_tokens" not in body
+    for app in budget_app(quotas, redis_url, rules=FIT, server=GREEDY):
+        app.ask("di", max_tokens=None)  # no limit sent: reserved at the default 4,096, fitted to the 600
+        body = app.server.requests[-1].body
+        assert 0 < body["max_tokens"] < 600
+        assert app.held("di")[0] <= 600
+    for app in budget_app(quotas, redis_url, rules=FIT, server=GREEDY):
+        app.ask("ed", max_tokens=100, extra_body={"max_tokens": 900})  # the body override is what the server reads
+        assert 0 < app.server.requests[-1].body["max_tokens"] < 600
+
+
+def _ask_six_times(app, outcomes: list[str]) -> None:
+    for _ in range(6):
+        try:
+            app.ask("fay", max_tokens=400)
+            outcomes.append("served")
+        except QuotaExceededError:
+            outcomes.append("refused")
+
+
+def test_concurrent_calls_are_fitted_and_never_cross(tmp_path, redis_url):
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 3000}})
+    for app in budget_app(quotas, redis_url, rules=FIT, server=GREEDY):
+        outcomes: list[str] = []
+        threads = [threading.Thread(target=_ask_six_times, args=(app, outcomes)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        generated = sum(r.body.get("max_tokens", 0) for r in app.server.requests)
+        tokens, _, in_flight = app.held("fay")
+        assert in_flight == 0 and tokens <= 3000 and app.metric_tokens("fay") == tokens
+        assert generated <= 3000
+        fitted = app.decisions().get(("fit", "user"), 0)
+        assert fitted >= 1 and outcomes.count("served") >= 7  # 7 x 400 fit whole; the rest fitted or refused
+        assert tokens > 3000 - 400  # little left unused: the last calls were shortened, not refused
+
+
+def test_streams_and_async_calls_are_fitted_too(tmp_path, redis_url):
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 800}})
+    for app in budget_app(quotas, redis_url, rules=FIT, server=GREEDY):
+        app.ask("gil", max_tokens=500)
+        stream = app.ask("gil", max_tokens=500, stream=True)
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        assert text and app.server.requests[-1].body["max_tokens"] < 500
+        assert app.held("gil")[0] <= 800
+
+        async def ask_async(server=app.server) -> int:
+            client = openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+            with usage_context(user_id="hal", department="sales"):
+                await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                                                     max_tokens=500)
+                await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                                                     max_tokens=500)
+            return server.requests[-1].body["max_tokens"]
+
+        assert asyncio.run(ask_async()) < 500
+        assert app.held("hal")[0] <= 800
