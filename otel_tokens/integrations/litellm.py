@@ -28,6 +28,7 @@ from otel_tokens.integrations.openai_request import (
     stop_asking,
     wants_usage_chunk,
     with_headers,
+    with_output_limit,
     with_usage_chunk,
 )
 from otel_tokens.integrations.openai_stream import AsyncStreamProxy, DualStreamProxy, StreamProxy, StreamState
@@ -162,6 +163,16 @@ class _Request:
             self.kwargs = {**self.kwargs, "model": model}
         self.view = {**self.view, "model": model}
 
+    def set_output_limit(self, order: tuple[str, ...], limit: int) -> None:
+        """`fit`: every output limit sent lowered to `limit`, positional ones included."""
+        positional = False
+        for key in ("max_tokens", "max_completion_tokens"):
+            position = order.index(key) if key in order else len(self.args)
+            if key not in self.kwargs and position < len(self.args) and self.args[position] is not None:
+                self.args, positional = (*self.args[:position], limit, *self.args[position + 1:]), True
+        self.kwargs = with_output_limit(self.kwargs, limit, add_missing=not positional)
+        self.view = {**dict(zip(order, self.args, strict=False)), **self.kwargs}
+
 
 def _make_wrapper(operation: str, order: tuple[str, ...], is_async: bool) -> Any:
     def begin(args: Any, kwargs: dict[str, Any], recorder: Recorder) -> tuple[Call, _Request]:
@@ -182,6 +193,8 @@ def _make_wrapper(operation: str, order: tuple[str, ...], is_async: bool) -> Any
         try:
             if call.model != model:
                 request.set_model(order, _with_model(view, model, call.model))
+            if call.output_limit is not None:  # fitted to what remains of the budget
+                request.set_output_limit(order, call.output_limit)
             headers = recorder.outgoing_headers(call)
             given = view.get("headers")
             if headers and isinstance(given, Mapping):  # litellm's `headers=` too: the caller's own win

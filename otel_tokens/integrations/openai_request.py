@@ -98,7 +98,7 @@ def stop_asking(call: Call) -> None:
              "locally from now on", key)
 
 
-def with_output_limit(kwargs: dict[str, Any], limit: int) -> dict[str, Any]:
+def with_output_limit(kwargs: dict[str, Any], limit: int, add_missing: bool = True) -> dict[str, Any]:
     """`fit`: every output limit the server would read (the argument, `extra_body`, `extra_query`) lowered to
     `limit` per choice, in the caller's own parameter (`max_completion_tokens` stays that: reasoning models refuse
     `max_tokens`); a request that sends none gets `max_tokens` (`max_output_tokens` for the Responses API). The
@@ -112,7 +112,7 @@ def with_output_limit(kwargs: dict[str, Any], limit: int) -> dict[str, Any]:
             holder = out.get(extra)
             if isinstance(holder, Mapping) and key in holder:
                 out[extra], found = {**holder, key: limit}, True
-    if not found:
+    if not found and add_missing:
         responses = "messages" not in out and "prompt" not in out and "input" in out
         out["max_output_tokens" if responses else "max_tokens"] = limit
     return out

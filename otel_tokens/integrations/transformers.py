@@ -96,10 +96,12 @@ def _generate(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     call = recorder.begin(names.OPERATION_TEXT_COMPLETION, names.PROVIDER_TRANSFORMERS, name, SpanKind.INTERNAL,
                           downgradable=False, estimate=lambda: estimate_generate(instance, args, kwargs))
     call_kwargs = kwargs
+    if call.output_limit is not None:  # fitted to what remains of the budget: it wins over max_length and the config
+        call_kwargs = {**kwargs, "max_new_tokens": call.output_limit}
     streamer = kwargs.get("streamer")
     if streamer is not None:
         call.record.streaming = True
-        call_kwargs = {**kwargs, "streamer": _StreamerTap(streamer, call)}
+        call_kwargs = {**call_kwargs, "streamer": _StreamerTap(streamer, call)}
     nested = _in_generate.set(True)
     try:
         with call:

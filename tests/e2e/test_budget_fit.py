@@ -106,3 +106,48 @@ def test_streams_and_async_calls_are_fitted_too(tmp_path, redis_url):
 
         assert asyncio.run(ask_async()) < 500
         assert app.held("hal")[0] <= 800
+
+
+def test_a_transformers_generate_is_fitted_with_max_new_tokens(tmp_path, redis_url):
+    import torch
+
+    from otel_tokens import TokenUsageInstrumentor
+    from otel_tokens.config.settings import BudgetSettings, GuardSettings, Settings
+    from otel_tokens.quota.vocabulary import USER
+    from tests.support.telemetry import make_telemetry
+    from tests.support.tiny_models import forcing, gpt2
+
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 100}})
+    _, tracer_provider, meter_provider = make_telemetry()
+    budget = BudgetSettings(quota_file=quotas, store=redis_url, quota_reload_interval=0.05)
+    instrumentor = TokenUsageInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
+                            settings=Settings(guard=GuardSettings(budget=budget, rules=FIT)))
+    try:
+        model, prompt = gpt2(), torch.tensor([[5, 6]])
+        with usage_context(user_id="ida"):
+            first = model.generate(prompt, max_new_tokens=60, logits_processor=forcing(2, []), do_sample=False)
+            second = model.generate(prompt, max_new_tokens=60, logits_processor=forcing(2, []), do_sample=False)
+        assert first.shape[1] - 2 == 60
+        fitted = second.shape[1] - 2
+        assert fitted == 100 - 62 - 2  # what remained, less the second call's exact input
+        mode = instrumentor.recorder.enforcement.budget
+        mode.flush()
+        assert mode.store.read(USER, "ida")[0] == 100
+    finally:
+        instrumentor.uninstrument()
+
+
+def test_a_litellm_call_is_fitted_too(tmp_path, redis_url):
+    import litellm
+
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 800}})
+    for app in budget_app(quotas, redis_url, rules=FIT, server=GREEDY):
+        ask = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}],
+               "api_base": app.server.base_url, "api_key": "x", "max_tokens": 500}
+        with usage_context(user_id="jo", department="sales"):
+            litellm.completion(**ask)
+            reply = litellm.completion(**ask)
+        sent = app.server.requests[-1].body["max_tokens"]
+        assert sent < 500 and reply.usage.completion_tokens == sent
+        assert app.held("jo")[0] <= 800
