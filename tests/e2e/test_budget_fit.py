@@ -151,3 +151,15 @@ def test_a_litellm_call_is_fitted_too(tmp_path, redis_url):
         sent = app.server.requests[-1].body["max_tokens"]
         assert sent < 500 and reply.usage.completion_tokens == sent
         assert app.held("jo")[0] <= 800
+
+
+def test_a_cost_limit_is_fitted_through_the_models_output_price(tmp_path, redis_url):
+    # gpt-4o at 2.5 / 10 USD per million input / output tokens (tests/support/budget.py): 0.01 USD is 1,000 output
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"cost": 0.01}})
+    for app in budget_app(quotas, redis_url, rules=FIT, server=GREEDY):
+        app.ask("kim", max_tokens=600)
+        app.ask("kim", max_tokens=600)
+        sent = app.server.requests[-1].body["max_tokens"]
+        assert 300 < sent < 600
+        assert app.held("kim")[1] <= 0.01
+        assert app.decisions(window=True) == {("fit", "user", "24h"): 1}
