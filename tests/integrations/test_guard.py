@@ -147,13 +147,14 @@ def test_guard_in_calls_reject_downgrade_and_fail_open(guard_server):
     assert decisions == {"downgrade": 1, "reject": 2, "fail_open": 1}
 
 
+@pytest.mark.parametrize("action", ["reject", "fit"])  # alert mode knows no remaining budget: fit refuses
 @pytest.mark.parametrize("service", ["kb-chat", "batch-summarize"])
-def test_an_apps_budget_alert_refuses_that_apps_calls_only(guard_server, service):
+def test_an_apps_budget_alert_refuses_that_apps_calls_only(guard_server, service, action):
     """Alert mode with a rule for the app scope: the app whose LLMAppCostBudget fires (its service_name label) is
     refused, whoever its user is; another app is not, nor is its other scopes' alert read as the app's."""
     url = f"http://127.0.0.1:{guard_server.server_address[1]}/state"
     _, tracer_provider, meter_provider = make_telemetry()
-    rules = (GuardRule("app", "reject", "critical"),)
+    rules = (GuardRule("app", action, "critical"),)
     instrumentor = TokenUsageInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=Settings(
         app=service, guard=GuardSettings(AlertSettings(url, 0.05, stale_grace=0), rules=rules)))
