@@ -10,7 +10,7 @@ import pytest
 from otel_tokens import QuotaExceededError, names, quota_status
 from otel_tokens.quota.budget.store import RedisBudgetStore
 from otel_tokens.quota.vocabulary import APP, USER
-from tests.support.budget import budget_app, run_budget_apps, write_quotas
+from tests.support.budget import REJECT_ALL, budget_app, run_budget_apps, write_quotas
 from tests.support.openai_server import OpenAIServer
 
 BIG = {"tokens": 10**6}
@@ -19,7 +19,7 @@ BIG = {"tokens": 10**6}
 def test_an_app_budget_refuses_that_apps_calls_and_quota_status_shows_it(tmp_path, redis_url):
     quotas = write_quotas(tmp_path / "q.yml", {"default": BIG}, apps={
         "default": {"month": BIG}, "overrides": {"kb-chat": {"month": {"tokens": 400}}}}, timezone="Asia/Shanghai")
-    for app in budget_app(quotas, redis_url, app="kb-chat"):
+    for app in budget_app(quotas, redis_url, REJECT_ALL, app="kb-chat"):
         with pytest.raises(QuotaExceededError) as caught:
             for i in range(50):
                 app.ask(f"user-{i % 3}")

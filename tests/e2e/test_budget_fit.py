@@ -163,3 +163,14 @@ def test_a_cost_limit_is_fitted_through_the_models_output_price(tmp_path, redis_
         assert 300 < sent < 600
         assert app.held("kim")[1] <= 0.01
         assert app.decisions(window=True) == {("fit", "user", "24h"): 1}
+
+
+def test_without_rules_budget_mode_fits_by_default(tmp_path, redis_url):
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 1000}})
+    for app in budget_app(quotas, redis_url, server=GREEDY):
+        app.ask("lee", max_tokens=500)
+        app.ask("lee", max_tokens=500)
+        assert app.server.requests[-1].body["max_tokens"] < 500
+        assert app.decisions() == {("fit", "user"): 1}
+        with pytest.raises(QuotaExceededError):
+            app.ask("lee", max_tokens=500)

@@ -18,7 +18,7 @@ from otel_tokens.quota.budget.store import principal_keys
 from otel_tokens.quota.calendar import load_zone, tzdata_version
 from otel_tokens.quota.decision import QuotaStateUnavailableError
 from otel_tokens.quota.vocabulary import DEPARTMENT
-from tests.support.budget import budget_app, packed_windows, write_quotas
+from tests.support.budget import REJECT_ALL, budget_app, packed_windows, write_quotas
 from tests.support.telemetry import LogRecords
 
 
@@ -29,7 +29,7 @@ def quotas(tmp_path):
 
 @pytest.fixture
 def app(quotas, redis_url):
-    yield from budget_app(quotas, redis_url)
+    yield from budget_app(quotas, redis_url, REJECT_ALL)
 
 
 def run_until_refused(app, user: str, limit: int = 100, **kwargs) -> tuple[int, QuotaExceededError]:
@@ -64,7 +64,7 @@ def test_refused_at_the_call_that_would_cross_100_percent_and_others_go_on(app):
 def test_the_department_budget_refuses_every_user_of_the_department(tmp_path, redis_url):
     quota_file = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 100000}},
                               {"default": {"tokens": 300}, "overrides": {"support": {"tokens": 100000}}})
-    for app in budget_app(quota_file, redis_url):
+    for app in budget_app(quota_file, redis_url, REJECT_ALL):
         with pytest.raises(QuotaExceededError) as caught:
             for i in range(50):
                 app.ask(f"user-{i % 3}", department="sales")
@@ -82,7 +82,7 @@ def test_the_directorys_department_is_the_one_budget_mode_charges_and_refuses(tm
     directory.write_text("user_id,department\nalice,sales\nbob,sales\ncarol,support\n")
     quota_file = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 100000}},
                               {"default": {"tokens": 300}, "overrides": {"support": {"tokens": 100000}}})
-    for app in budget_app(quota_file, redis_url, directory=directory):
+    for app in budget_app(quota_file, redis_url, REJECT_ALL, directory=directory):
         with pytest.raises(QuotaExceededError) as caught:
             for i in range(50):
                 app.ask(("alice", "bob")[i % 2], department=None)
@@ -158,7 +158,7 @@ def test_a_stream_holds_its_reservation_until_it_is_consumed(app):
 
 
 def test_no_output_limit_reserves_the_configured_default(tmp_path, redis_url, quotas):
-    for app in budget_app(quotas, redis_url, default_max_output_tokens=350):
+    for app in budget_app(quotas, redis_url, REJECT_ALL, default_max_output_tokens=350):
         app.ask("gina")  # 86 + 30 fit in 400
         with pytest.raises(QuotaExceededError) as caught:
             app.ask("gina", max_tokens=None)  # 86 + 350 do not, whatever was used

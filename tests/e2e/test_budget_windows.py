@@ -21,7 +21,7 @@ from otel_tokens.quota.budget.store import (
 )
 from otel_tokens.quota.calendar import load_zone, window_end, window_start
 from otel_tokens.quota.vocabulary import DEPARTMENT, USER
-from tests.support.budget import budget_app, packed_windows, write_quotas
+from tests.support.budget import REJECT_ALL, budget_app, packed_windows, write_quotas
 from tests.support.budget_store import Clock, local_time, use
 from tests.support.redis_server import RedisServer
 
@@ -97,7 +97,7 @@ def test_an_app_is_refused_by_its_users_day_or_its_departments_year_whichever_cr
                                                    "overrides": {"bob": {"day": {"tokens": 100000}}}},
                               {"default": {"month": {"tokens": 100000}, "year": {"tokens": 700}}},
                               timezone="Asia/Shanghai")
-    for app in budget_app(quota_file, redis_url):
+    for app in budget_app(quota_file, redis_url, REJECT_ALL):
         with pytest.raises(QuotaExceededError) as caught:
             for _ in range(50):
                 app.ask("alice", department="sales")

@@ -24,6 +24,9 @@ from otel_tokens.recording.recorder import Recorder
 from tests.support.openai_server import OpenAIServer
 from tests.support.telemetry import Telemetry, make_telemetry
 
+# Refused at the call that would cross 100 % in every scope: what budget mode did without rules before `fit` became
+# its default (the tests of refusals themselves)
+REJECT_ALL = (GuardRule("user", "reject"), GuardRule("department", "reject"), GuardRule("app", "reject"))
 PRICES = ({"match": "gpt-4o", "currency": "USD", "input": 2.5, "output": 10.0},
           {"match": "gpt-4o-mini", "currency": "USD", "input": 0.15, "output": 0.6})
 

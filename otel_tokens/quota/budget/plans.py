@@ -28,7 +28,7 @@ class Plan:
 
 def plans(settings: GuardSettings, quotas: Quotas) -> dict[str, Plan]:
     if not settings.rules:
-        return {scope.name: Plan(1.0) for scope in vocabulary.SCOPES}
+        return {scope.name: Plan(1.0, fit=True) for scope in vocabulary.SCOPES}  # fitted, else refused at 100 %
 
     def ratio(level: str) -> float:
         return quotas.warning_ratio if level == vocabulary.WARNING else 1.0
