@@ -14,7 +14,7 @@ from typing import Any
 
 from otel_tokens.quota.calendar import CONCURRENT, MINUTE, RATE_WINDOWS, ROLLING, window_end
 from otel_tokens.quota.file import _PRINCIPAL, Quotas
-from otel_tokens.quota.grants.file import GrantsFile, clean_text
+from otel_tokens.quota.grants.file import GrantsFile, clean_text, grant_record, utc_text
 from otel_tokens.quota.grants.model import ACTIVE, GRANT, PENDING, RESET, REVOKED, Grant
 from otel_tokens.quota.vocabulary import APP, BY_NAME, KINDS
 from otel_tokens.text import normalize_id
@@ -94,7 +94,7 @@ class GrantDesk:
         if until <= now:
             raise GrantError("--until is in the past")
         if until > (now + MAX_SPAN if beyond_window else end + 1e-6):
-            raise GrantError(f"--until reaches past the {window} window's end ({_iso(end)}); say --beyond-window "
+            raise GrantError(f"--until reaches past the {window} window's end ({utc_text(end)}); say --beyond-window "
                              "to raise every window until then")
         required = self.quotas.grants.required
         grant = Grant(f"g-{secrets.token_hex(6)}", scope, principal, window, amounts.get("tokens"),
@@ -119,7 +119,7 @@ class GrantDesk:
             if _same(approver, grant.requested_by):
                 raise GrantError(f"{approver!r} requested grant {gid}: someone else must approve it", 403)
             if grant.until <= now:
-                raise GrantError(f"grant {gid} would have ended at {_iso(grant.until)}", 409)
+                raise GrantError(f"grant {gid} would have ended at {utc_text(grant.until)}", 409)
             grant = replace(grant, status=ACTIVE, approved_by=approver, approved_at=now, start=max(grant.start, now))
             grants[index] = grant
             current = list(grants)
@@ -166,7 +166,7 @@ class GrantDesk:
 
     def _record(self, event: str, grant: Grant) -> None:
         if self.audit is not None:
-            self.audit.append(event, **_audit_fields(grant))
+            self.audit.append(event, **grant_record(grant))
             self._recorded = (event, grant)
 
     def _publish(self, grants: list[Grant]) -> None:
@@ -183,18 +183,3 @@ def _find(grants: list[Grant], gid: str) -> tuple[int, Grant]:
 
 def _same(a: str, b: str) -> bool:
     return normalize_id(a).strip().casefold() == normalize_id(b).strip().casefold()
-
-
-def _iso(t: float) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _audit_fields(grant: Grant) -> dict[str, Any]:
-    fields = {k: v for k, v in grant.as_dict().items() if k not in ("status",)}
-    for key in ("start", "until", "created", "approved_at", "pending_until", "revoked_at"):
-        if key in fields:
-            fields[key] = _iso(fields[key])
-    fields["state"] = grant.status
-    return fields

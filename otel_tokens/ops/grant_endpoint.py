@@ -19,6 +19,7 @@ from typing import Any
 from otel_tokens.config.errors import ConfigError
 from otel_tokens.ops.grant_desk import GrantDesk, GrantError
 from otel_tokens.quota.file import load_quotas
+from otel_tokens.quota.grants.file import grant_record
 
 PATH = re.compile(r"^/grants/(?P<id>g-[0-9a-f]{8,32})/(?P<action>approve|reject)$")
 PREFIX = "/grants"
@@ -61,7 +62,7 @@ class GrantEndpoint:
         desk = GrantDesk(quotas, audit, publisher(quotas, self.rules, self.reload, self.for_), self.clock)
         if match is None:
             now = self.clock()
-            return 200, {"pending": [_shown(g.as_dict()) for g in desk.file.load() if g.state(now) == "pending"]}
+            return 200, {"pending": [grant_record(g) for g in desk.file.load() if g.state(now) == "pending"]}
         try:
             if match["action"] == "approve":
                 grant = desk.approve(match["id"], approver)
@@ -81,14 +82,7 @@ class GrantEndpoint:
             from otel_tokens.audit import anchor
 
             anchor(audit)
-        return 200, {"grant": _shown(grant.as_dict()), "by": approver}
-
-
-def _shown(fields: dict[str, Any]) -> dict[str, Any]:
-    from datetime import datetime, timezone
-
-    return {k: datetime.fromtimestamp(v, timezone.utc).isoformat() if k in (
-        "start", "until", "created", "approved_at", "pending_until", "revoked_at") else v for k, v in fields.items()}
+        return 200, {"grant": grant_record(grant), "by": approver}
 
 
 def anchor_every(endpoint: GrantEndpoint, seconds: float) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from otel_tokens.ops.grant_desk import GrantDesk, GrantError
+from otel_tokens.ops.grant_desk import GrantDesk, GrantError, principal_id
 from otel_tokens.quota.budget.store import NANO
 from otel_tokens.quota.calendar import CONCURRENT, MINUTE, load_zone
 from otel_tokens.quota.file import Quotas
@@ -37,7 +37,7 @@ def listing(desk: GrantDesk, scope: str | None, principal: str | None, every: bo
     rows = []
     for grant in desk.file.load():
         state = grant.state(now)
-        if scope is not None and (grant.scope != scope or grant.principal != _id(scope, principal or "")):
+        if scope is not None and (grant.scope != scope or grant.principal != principal_id(scope, principal or "")):
             continue
         if not every and state not in ("pending", "active", "scheduled"):
             continue
@@ -79,9 +79,3 @@ def show(desk: GrantDesk, store: Any, scope: str, principal: str) -> str:
             lines.append(f"  {grant.id} {state} {grant.window} +"
                          + " ".join(f"{grant.amount(k):g} {k}" for k in KINDS if grant.amount(k)))
     return "\n".join(lines)
-
-
-def _id(scope: str, principal: str) -> str:
-    from otel_tokens.ops.grant_desk import principal_id
-
-    return principal_id(scope, principal)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from otel_tokens.config.errors import ConfigError
-from otel_tokens.ops.grant_desk import GrantDesk, GrantError
+from otel_tokens.ops.grant_desk import GrantDesk, GrantError, principal_id
 from otel_tokens.quota.calendar import load_zone
 from otel_tokens.quota.file import Quotas, load_quotas
 from otel_tokens.quota.grants.model import Grant
@@ -122,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
 
         windows = args.window or [w for w in desk.windows_with(scope, principal, []) if w not in ("minute",
                                                                                                   "concurrent")]
-        used = usage_of(quotas, _store(args), scope, desk_principal(scope, principal), windows)
+        used = usage_of(quotas, _store(args), scope, principal_id(scope, principal), windows)
         for made in desk.reset(scope, principal, used, args.reason, args.by):
             print(describe(made, time.time(), quotas.timezone))
     elif action in ("approve", "reject"):
@@ -135,18 +135,12 @@ def _run(args: argparse.Namespace) -> int:
         from otel_tokens.ops.grant_show import listing, show
 
         print(listing(desk, scope, principal, args.all) if action == "list" else
-              show(desk, _store(args), scope or "user", desk_principal(scope or "user", principal or "")))
+              show(desk, _store(args), scope or "user", principal_id(scope or "user", principal or "")))
     if audit is not None and action not in ("list", "show"):
         from otel_tokens.audit import anchor
 
         anchor(audit)  # the CLI's user, not the apps, writes the anchor file
     return 0
-
-
-def desk_principal(scope: str, principal: str) -> str:
-    from otel_tokens.ops.grant_desk import principal_id
-
-    return principal_id(scope, principal)
 
 
 def audit_log(quotas: Quotas, given: Path | None) -> Any:

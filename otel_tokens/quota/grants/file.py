@@ -53,7 +53,7 @@ def _time(value: Any) -> float:
     raise ValueError
 
 
-def _text_time(value: float) -> str:
+def utc_text(value: float) -> str:
     return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -116,14 +116,18 @@ def load_grants(path: Path) -> list[Grant]:
     return grants
 
 
+def grant_record(grant: Grant) -> dict[str, Any]:
+    """The grant as the file, the audit log and the approval endpoint write it: its set fields, times as UTC ISO
+    text."""
+    entry = grant.as_dict()
+    for key in TIMES:
+        if key in entry:
+            entry[key] = utc_text(entry[key])
+    return entry
+
+
 def dump_grants(grants: list[Grant]) -> str:
-    entries = []
-    for grant in grants:
-        entry = grant.as_dict()
-        for key in TIMES:
-            if key in entry:
-                entry[key] = _text_time(entry[key])
-        entries.append(entry)
+    entries = [grant_record(grant) for grant in grants]
     return HEADER + yaml.safe_dump({"grants": entries}, sort_keys=False, allow_unicode=True, width=120)
 
 
