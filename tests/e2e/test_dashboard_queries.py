@@ -135,16 +135,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
         first = run_round()
 
-        # The first round, backfilled 50 to 20 minutes before the last full hour, as the series a scrape of the app
-        # (job "app") makes: the hourly bucket that ends on that hour holds it. It ends more than the rules' 10-minute
-        # raw lookback before any 5-minute boundary from that hour on: ending at 10 minutes before, a test run in the
-        # first minutes of an hour found it as the users' base value and their 24 h usage never matched.
+        # The first round, backfilled 58 to 25 minutes before the last full hour, as the series a scrape of the app
+        # (job "app") makes: the hourly bucket that ends on that hour holds it. It ends more than the users' base
+        # lookback (rollups.LOOKBACK 15m, offset 5m: 20 minutes) before any 5-minute boundary from that hour on: ending
+        # at 20 minutes before, a run in the first 5 minutes of an hour (CI) found it as the users' base value (a closed
+        # range) and their 24 h usage stayed at half the truth.
         now = time.time()
         hour = int(now // 3600 * 3600)
         target = f"127.0.0.1:{port}"
         data = tmp / "prom-data"
         (tmp / "history.om").write_text(
-            openmetrics(first, {"job": JOB, "instance": target}, list(range(hour - 3000, hour - 1199, 60))))
+            openmetrics(first, {"job": JOB, "instance": target}, list(range(hour - 3480, hour - 1499, 60))))
         subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(tmp / "history.om"), str(data)],
                        check=True, capture_output=True)
 
