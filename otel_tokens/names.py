@@ -125,6 +125,9 @@ PROM_TIME_TO_FIRST_CHUNK = prometheus_name(METRIC_TIME_TO_FIRST_CHUNK, UNIT_SECO
 # --- quota enforcement (the guard) ---------------------------------------------------------------
 LLM_QUOTA_ACTION = "llm.quota.action"  # span attribute: one of quota.vocabulary.ACTIONS
 LLM_QUOTA_ORIGINAL_MODEL = "llm.quota.original_model"
+# the server the caller asked for, when a downgrade sent the call to another (server.address names the one serving)
+LLM_QUOTA_ORIGINAL_SERVER_ADDRESS = "llm.quota.original_server.address"
+LLM_QUOTA_ORIGINAL_SERVER_PORT = "llm.quota.original_server.port"
 METRIC_GUARD_DECISIONS = "llm.guard.decisions"  # Counter {decision}: non-allow decisions and fail-open
 UNIT_DECISION = "{decision}"
 GUARD_DECISION = "decision"  # llm.guard.decisions attribute: one of quota.vocabulary.ACTIONS

@@ -14,10 +14,10 @@ from typing import Any
 
 from otel_tokens import names
 from otel_tokens.config.errors import ConfigError
-from otel_tokens.config.fields import FAIL_SAFE, file_path, parse_bool, store_url
-from otel_tokens.config.fields import FIELDS as _FIELDS
+from otel_tokens.config.fields import FAIL_SAFE, FIELDS, file_path, parse_bool
+from otel_tokens.config.guard_fields import guard_section, store_url
 from otel_tokens.config.secrets import ENV_GUARD_TOKEN, ENV_GUARD_TOKEN_FILE, token_from
-from otel_tokens.config.settings import AlertSettings, GuardSettings, Settings
+from otel_tokens.config.settings import AlertSettings, DowngradeTarget, GuardSettings, Settings, provider_for_host
 from otel_tokens.logs import logger
 
 ENV_CONFIG = "OTEL_TOKENS_CONFIG"
@@ -48,6 +48,7 @@ DEFAULT_SERIES_LIMIT = 2000  # the OTel SDK's default cardinality limit per metr
 ENV_SERIES_LIMIT = "OTEL_TOKENS_SERIES_LIMIT"
 
 
+_FIELDS = {**FIELDS, "guard": guard_section}
 _ENV_FIELDS = {
     ENV_CURRENCY: "currency",
     ENV_PRICE_FILE: "price_file",
@@ -212,4 +213,21 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if budget:
         guard = values.get("guard", GuardSettings())
         values["guard"] = replace(guard, budget=replace(guard.budget, **budget))
+    if "guard" in values:
+        values["guard"] = _with_providers(values["guard"], values.get("providers") or {})
     return Settings(**values, config_file=config_file, errors=tuple(errors))
+
+
+def _with_providers(guard: GuardSettings, providers: Mapping[str, str]) -> GuardSettings:
+    """Each downgrade endpoint's provider named, where the config gave none, by the `providers:` host globs: the
+    reservation and the recorded call price the served model alike."""
+
+    def named(target: DowngradeTarget) -> DowngradeTarget:
+        endpoint = target.endpoint
+        if endpoint is None or endpoint.provider is not None:
+            return target
+        found = provider_for_host(providers, endpoint.host, endpoint.port, "")
+        return replace(target, endpoint=replace(endpoint, provider=found)) if found else target
+
+    rules = tuple(replace(r, downgrade=tuple((glob, named(t)) for glob, t in r.downgrade)) for r in guard.rules)
+    return replace(guard, rules=rules)

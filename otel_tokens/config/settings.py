@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from otel_tokens import names
 from otel_tokens.quota import vocabulary
@@ -16,11 +19,59 @@ BLOCK_HOLD = 3600.0  # seconds what the last good alert state blocked stays bloc
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """Another OpenAI-compatible server a downgrade sends the call to (the company's vLLM, Ollama, Xinference).
+    Its key is read from `api_key_env` when a call is moved; the caller's own key never goes there."""
+
+    base_url: str
+    host: str | None = None
+    port: int | None = None
+    api_key_env: str | None = None
+    provider: str | None = None  # gen_ai.provider.name there (None: the `providers:` host globs, else the caller's)
+
+    @classmethod
+    def at(cls, base_url: str, api_key_env: str | None = None, provider: str | None = None) -> Endpoint:
+        parts = urlsplit(base_url)
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+        return cls(base_url, parts.hostname or None, port, api_key_env, provider)
+
+    def api_key(self) -> str:
+        """The key for this server: its variable's value, else "EMPTY" (what vLLM and Xinference accept)."""
+        return (os.environ.get(self.api_key_env) if self.api_key_env else None) or "EMPTY"
+
+
+@dataclass(frozen=True)
+class DowngradeTarget:
+    """What a downgrade sends a call to: a cheaper model, on the same server or on `endpoint`."""
+
+    model: str
+    endpoint: Endpoint | None = None
+
+    def moves(self, model: str | None) -> bool:
+        return self.model != model or self.endpoint is not None
+
+
+def provider_for_host(providers: Mapping[str, str], host: str | None, port: int | None, default: str) -> str:
+    """The provider a `providers:` host glob names for this server, else `default`."""
+    if host:
+        for pattern, name in providers.items():
+            if fnmatch.fnmatch(host, pattern) or fnmatch.fnmatch(f"{host}:{port}", pattern):
+                return name
+    return default
+
+
+@dataclass(frozen=True)
 class GuardRule:
     scope: str  # a scope name (quota/vocabulary.py): "user" | "department"
     action: str  # one of vocabulary.RULE_ACTIONS
     level: str = vocabulary.CRITICAL  # act at critical only, or at warning too
-    downgrade: tuple[tuple[str, str], ...] = ()  # (source model glob, cheaper model)
+    downgrade: tuple[tuple[str, DowngradeTarget], ...] = ()  # (source model glob, where it goes instead)
+
+    def __post_init__(self) -> None:  # a plain model name as target (the Python spelling before endpoints)
+        if any(isinstance(target, str) for _, target in self.downgrade):
+            object.__setattr__(self, "downgrade", tuple(
+                (glob, DowngradeTarget(target) if isinstance(target, str) else target)
+                for glob, target in self.downgrade))
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind
 
 from otel_tokens import names
+from otel_tokens.config.settings import Endpoint, provider_for_host
 from otel_tokens.integrations.openai_request import (
-    provider_for_host,
     refused_stream_options,
     stop_asking,
     wants_usage_chunk,
@@ -61,6 +61,9 @@ _TARGETS = {
 }
 
 _OPENAI_ROUTES = ("openai", "text-completion-openai")
+# where the caller's own call would have gone, and with which credentials: dropped when a downgrade moves it
+_ROUTING = ("api_base", "base_url", "api_key", "api_version", "custom_llm_provider", "organization",
+            "azure_ad_token", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "vertex_credentials")
 # what litellm answers without calling any provider: nothing to record or charge
 _MOCKS = ("mock_response", "mock_tool_calls", "mock_timeout")
 
@@ -133,9 +136,14 @@ def _route(kwargs: Mapping[str, Any], recorder: Recorder) -> tuple[str, str, str
             host, port = parts.hostname or None, parts.port or {"https": 443, "http": 80}.get(parts.scheme)
         except ValueError:
             pass
-    name = provider_for_host(recorder.settings, host, port,
+    name = provider_for_host(recorder.settings.providers, host, port,
                              names.LITELLM_PROVIDERS.get(provider or "", provider or recorder.settings.provider_name))
     return (model if isinstance(model, str) and model else requested), name, host, port
+
+
+def _route_to(operation: str, model: str) -> str:
+    """litellm's route for an OpenAI-compatible server (its docs: `openai/<model>` with `api_base`)."""
+    return f"text-completion-openai/{model}" if operation == names.OPERATION_TEXT_COMPLETION else f"openai/{model}"
 
 
 def _with_model(view: Mapping[str, Any], sent: str, chosen: str) -> str:
@@ -162,6 +170,13 @@ class _Request:
         else:
             self.kwargs = {**self.kwargs, "model": model}
         self.view = {**self.view, "model": model}
+
+    def move(self, order: tuple[str, ...], endpoint: Endpoint, model: str) -> None:
+        """Sent to `endpoint` instead, with its own key: the caller's key, base and provider route are not."""
+        self.set_model(order, model)  # the routing arguments are keywords only (`order` is model and the input)
+        kept = {k: v for k, v in self.kwargs.items() if k not in _ROUTING}
+        self.kwargs = {**kept, "api_base": endpoint.base_url, "api_key": endpoint.api_key()}
+        self.view = {**dict(zip(order, self.args, strict=False)), **self.kwargs}
 
     def set_output_limit(self, order: tuple[str, ...], limit: int) -> None:
         """`fit`: every output limit sent lowered to `limit`, positional ones included."""
@@ -191,7 +206,9 @@ def _make_wrapper(operation: str, order: tuple[str, ...], is_async: bool) -> Any
         if not call.live:
             return call, request
         try:
-            if call.model != model:
+            if call.endpoint is not None:  # a downgrade to another server: its OpenAI-compatible route
+                request.move(order, call.endpoint, _route_to(operation, call.model))
+            elif call.model != model:
                 request.set_model(order, _with_model(view, model, call.model))
             if call.output_limit is not None:  # fitted to what remains of the budget
                 request.set_output_limit(order, call.output_limit)

@@ -17,10 +17,11 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 from opentelemetry.trace import SpanKind
 
 from otel_tokens import names
+from otel_tokens.config.settings import provider_for_host
 from otel_tokens.integrations.openai_content import capture_request, capture_response
+from otel_tokens.integrations.openai_endpoints import moved
 from otel_tokens.integrations.openai_request import (
     NO_STREAM_OPTIONS,
-    provider_for_host,
     refused_stream_options,
     stop_asking,
     wants_usage_chunk,
@@ -89,7 +90,7 @@ def _server(instance: Any, recorder: Recorder) -> tuple[str | None, int | None, 
         port = getattr(url, "port", None)
         if port is None:
             port = {"https": 443, "http": 80}.get(getattr(url, "scheme", ""), None)
-        provider = provider_for_host(recorder.settings, host, port, recorder.settings.provider_name)
+        provider = provider_for_host(recorder.settings.providers, host, port, recorder.settings.provider_name)
         found = _state.servers[key] = (host, port, provider)
     return found
 
@@ -117,6 +118,16 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
         if call.output_limit is not None:  # fitted to what remains of the budget
             kwargs = with_output_limit(kwargs, call.output_limit)
         return call, kwargs
+
+    def sender(wrapped: Any, instance: Any, call: Call, is_async: bool) -> Any:
+        """What sends the call: the caller's client, or one of the server a downgrade moved it to."""
+        if call.endpoint is None:
+            return wrapped
+        try:
+            return moved(wrapped, instance, call.endpoint, is_async)
+        except Exception:
+            internal_error("openai downgrade endpoint")
+            return wrapped
 
     def prepare(call: Call, kwargs: dict[str, Any], recorder: Recorder) -> tuple[dict[str, Any], bool]:
         """What is sent (usage chunk asked for, trace headers added) and whether to hide the usage chunk."""
@@ -149,10 +160,11 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
             if recorder is None or not is_instrumentation_enabled():
                 return await wrapped(*args, **kwargs)
             call, kwargs = begin(instance, kwargs, recorder)
+            send = sender(wrapped, instance, call, True)
             with call:
                 call_kwargs, hide = prepare(call, kwargs, recorder)
                 try:
-                    result, refused = await wrapped(*args, **call_kwargs), False
+                    result, refused = await send(*args, **call_kwargs), False
                 except Exception as error:
                     if not (hide and refused_stream_options(error)):
                         raise
@@ -160,7 +172,7 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
                 if refused:  # outside the except: the caller's traceback carries none of our first try
                     stop_asking(call)
                     call_kwargs, hide = prepare(call, kwargs, recorder)  # as the caller asked: no usage chunk
-                    result = await wrapped(*args, **call_kwargs)
+                    result = await send(*args, **call_kwargs)
             return done(result, call, kwargs, hide, recorder)
 
         return async_wrapper
@@ -170,10 +182,11 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
         if recorder is None or not is_instrumentation_enabled():
             return wrapped(*args, **kwargs)
         call, kwargs = begin(instance, kwargs, recorder)
+        send = sender(wrapped, instance, call, False)
         with call:
             call_kwargs, hide = prepare(call, kwargs, recorder)
             try:
-                result, refused = wrapped(*args, **call_kwargs), False
+                result, refused = send(*args, **call_kwargs), False
             except Exception as error:
                 if not (hide and refused_stream_options(error)):
                     raise
@@ -181,7 +194,7 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
             if refused:  # outside the except: the caller's traceback carries none of our first try
                 stop_asking(call)
                 call_kwargs, hide = prepare(call, kwargs, recorder)  # as the caller asked: no usage chunk
-                result = wrapped(*args, **call_kwargs)
+                result = send(*args, **call_kwargs)
         return done(result, call, kwargs, hide, recorder)
 
     return wrapper

@@ -4,26 +4,15 @@ refuses `stream_options` (remembered per server, so it is asked once)."""
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from collections.abc import Mapping
 from typing import Any
 
-from otel_tokens.config.settings import Settings
 from otel_tokens.integrations.openai_usage import OUTPUT_LIMITS, SDK_SENTINELS
 from otel_tokens.logs import internal_error, log_once
 from otel_tokens.recording.call import Call
 
 NO_STREAM_OPTIONS: set[str] = set()  # servers that refused stream_options: never asked again
-
-
-def provider_for_host(settings: Settings, host: str | None, port: int | None, default: str) -> str:
-    """The provider a `providers:` host glob names for this server, else `default`."""
-    if host:
-        for pattern, name in settings.providers.items():
-            if fnmatch.fnmatch(host, pattern) or fnmatch.fnmatch(f"{host}:{port}", pattern):
-                return name
-    return default
 
 
 def wants_usage_chunk(call: Call) -> bool:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from otel_tokens.config.settings import Endpoint
 from otel_tokens.quota import vocabulary
 from otel_tokens.quota.calendar import RATE_WINDOWS
 
@@ -80,6 +81,7 @@ class Decision:
     principal: str = ""
     entry: Mapping[str, Any] = field(default_factory=dict)
     model: str | None = None  # the model to call instead, for downgrade
+    endpoint: Endpoint | None = None  # the server to send it to instead (a downgrade's target elsewhere)
 
     @property
     def window(self) -> str:

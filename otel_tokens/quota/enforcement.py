@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from opentelemetry.metrics import Meter
 
 from otel_tokens import names
-from otel_tokens.config.settings import Settings
+from otel_tokens.config.settings import Endpoint, Settings
 from otel_tokens.logs import internal_error
 from otel_tokens.pricing import Cost, PriceBook
 from otel_tokens.quota import vocabulary
@@ -39,6 +39,7 @@ class Admission:
     # the worst case: as given (a function, computed only if needed) until budget mode computes it
     estimate: Callable[[], UsageEstimate | None] | UsageEstimate | None = None
     output_limit: int | None = None  # `fit`: the output limit per choice the call is sent with
+    endpoint: Endpoint | None = None  # the server a downgrade sends the call to instead of the caller's
 
     @property
     def refusal(self) -> QuotaExceededError | None:
@@ -82,17 +83,18 @@ class Enforcement:
             self.count(decision)
             self._audit(decision, model)
         admission = Admission(decision.model if decision is not None and decision.model else model, decision,
-                              estimate=estimate)
+                              estimate=estimate, endpoint=decision.endpoint if decision is not None else None)
         if self.budget is not None and (decision is None or decision.action not in vocabulary.REFUSALS):
             worst = admission.estimate = _worst_case(estimate)  # once: the call keeps the value, not the function
-            reserved, admission.held = self.budget.reserve(provider, admission.model, attribution, worst,
-                                                           downgradable)
+            served = (admission.endpoint.provider if admission.endpoint else None) or provider
+            reserved, admission.held = self.budget.reserve(served, admission.model, attribution, worst,
+                                                           downgradable and admission.endpoint is None)
             self.count(reserved)
             self._audit(reserved, model)
             if reserved is not None:
                 admission.decision = reserved
                 if reserved.model is not None:
-                    admission.model = reserved.model
+                    admission.model, admission.endpoint = reserved.model, reserved.endpoint
                 if reserved.action == vocabulary.FIT:
                     admission.output_limit = reserved.entry.get("max_output_tokens")
         return admission

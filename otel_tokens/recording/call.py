@@ -19,6 +19,7 @@ from opentelemetry.trace import INVALID_SPAN
 from otel_tokens.logs import internal_error
 
 if TYPE_CHECKING:
+    from otel_tokens.config.settings import Endpoint
     from otel_tokens.quota.budget.mode import Held
     from otel_tokens.recording.recorder import Recorder
 
@@ -41,6 +42,8 @@ class CallRecord:
     streaming: bool = False
     quota_action: str | None = None  # what the guard did: one of quota.vocabulary.ACTIONS
     original_model: str | None = None  # the model asked for, when the guard downgraded it
+    original_server_address: str | None = None  # the server asked for, when a downgrade moved the call elsewhere
+    original_server_port: int | None = None
     # a stream closed, abandoned or cut before its end with no usage block: what was read is counted,
     # but the server may have generated up to the request's limit (budget mode settles at its reservation)
     unfinished: bool = False
@@ -94,11 +97,12 @@ class _Cover:
 
 
 class Call:
-    """One call in flight. `model` is what the library must call (the guard may have downgraded it);
+    """One call in flight. `model` is what the library must call (the guard may have downgraded it), on
+    `endpoint` when not None (a downgrade to another server);
     `record` is what the integration fills; everything else belongs to the recorder."""
 
     __slots__ = ("_cover", "_covering", "_estimate", "_finished", "_recorder", "_start", "_token", "attribution",
-                 "covers_inner", "held", "model", "output_limit", "record", "span")
+                 "covers_inner", "endpoint", "held", "model", "output_limit", "record", "span")
 
     def __init__(self, recorder: Recorder, record: CallRecord, span: trace.Span, attribution: Mapping[str, str],
                  estimate: Callable[[], UsageEstimate | None] | UsageEstimate | None = None,
@@ -117,6 +121,7 @@ class Call:
         self.covers_inner = False  # calls begun inside this one's library call are not recorded again
         self.held: Held | None = None  # what budget mode reserved for this call
         self.output_limit: int | None = None  # `fit`: the output limit per choice the library must send
+        self.endpoint: Endpoint | None = None  # a downgrade's server: the library sends the call there instead
 
     @property
     def live(self) -> bool:

@@ -75,12 +75,16 @@ class Recorder:
             claimed = current_attribution()
             attribution = with_principals(claimed)
             enforcement = self.enforcement
-            request_model, decision, held = model, None, None
+            request_model, decision, held, endpoint = model, None, None, None
             if not enforcement.idle:
                 admission = enforcement.admit(provider, model, attribution, names.USER_ID in claimed, estimate,
                                               downgradable)
-                request_model, decision, held, estimate = (admission.model, admission.decision, admission.held,
-                                                           admission.estimate)  # type: ignore[assignment]
+                request_model, decision, held, estimate, endpoint = (
+                    admission.model, admission.decision, admission.held, admission.estimate,  # type: ignore[assignment]
+                    admission.endpoint)
+            asked = (server_address, server_port)
+            if endpoint is not None:  # a downgrade to another server: the span and metrics name the one serving
+                provider, server_address, server_port = endpoint.provider or provider, endpoint.host, endpoint.port
             call = self._start(operation, provider, request_model, span_kind, server_address, server_port,
                                streaming, attribution, estimate)
             call.held = held
@@ -92,6 +96,9 @@ class Recorder:
                 call.record.quota_action = decision.action
                 if request_model != model:
                     call.record.original_model = model
+                if endpoint is not None:
+                    call.endpoint = endpoint
+                    call.record.original_server_address, call.record.original_server_port = asked
         except Exception:
             internal_error("call start")
             if admission is not None and admission.held is not None:
@@ -200,7 +207,9 @@ def _span_attributes(record: CallRecord) -> dict[str, Any]:
                        (names.LLM_USAGE_SOURCE, record.usage_source),
                        (names.ERROR_TYPE, record.error_type),
                        (names.LLM_QUOTA_ACTION, record.quota_action),
-                       (names.LLM_QUOTA_ORIGINAL_MODEL, record.original_model)):
+                       (names.LLM_QUOTA_ORIGINAL_MODEL, record.original_model),
+                       (names.LLM_QUOTA_ORIGINAL_SERVER_ADDRESS, record.original_server_address),
+                       (names.LLM_QUOTA_ORIGINAL_SERVER_PORT, record.original_server_port)):
         if value is not None:
             attributes[key] = value
     for key, messages in ((names.GEN_AI_INPUT_MESSAGES, record.input_messages),

@@ -162,8 +162,9 @@ class AlertMode:
             if rule.action in (vocabulary.REJECT, vocabulary.FIT):  # no remaining budget known here to fit to
                 return Decision(vocabulary.REJECT, rule.scope, principal, entry)  # type: ignore[arg-type]
             target = next((cheap for glob, cheap in rule.downgrade if model and fnmatch.fnmatch(model, glob)), None)
-            if target is not None and target != model:
-                return Decision(vocabulary.DOWNGRADE, rule.scope, principal, entry, target)  # type: ignore[arg-type]
+            if target is not None and target.moves(model):
+                return Decision(vocabulary.DOWNGRADE, rule.scope, principal, entry,  # type: ignore[arg-type]
+                                target.model, target.endpoint)
         return None
 
 

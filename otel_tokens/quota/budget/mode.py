@@ -212,27 +212,27 @@ class BudgetMode:
                 if self._flushing.acquire(timeout=self._time_left(started)):
                     self._flushing.release()
                     verdict = self._send(reservation, charges, self._carry(), amount)
-            target, crossing = None, verdict.charge
+            target, crossing, served = None, verdict.charge, (provider, model)
             if verdict.status == DOWNGRADE and crossing is not None:
                 found = self._plans[crossing.scope.name].downgrade_for(model)
                 assert found is not None
                 target = found[1]
+                served = ((target.endpoint.provider if target.endpoint else None) or provider, target.model)
                 if not self._in_time(started):
                     raise StoreUnavailableError(f"{self.source} too slow for a second round trip")
                 charges, limited = self._account(quotas, principals, None)
-                amount = (bound, self._cost(provider, target, input_bound, output_bound, limited))
+                amount = (bound, self._cost(*served, input_bound, output_bound, limited))
                 verdict = self._send(reservation, charges, [], amount)
             fitted: int | None = None
             while (verdict.status == REFUSED and self._plans[verdict.charge.scope.name].fit
                    and self._in_time(started)):  # each pass lowers the output limit, or stops
-                sent = target or model
                 per_choice = fitted_output(verdict, input_bound, output_bound, choices,
-                                           lambda i, o, m=sent: self._cost(provider, m, i, o, True))
+                                           lambda i, o: self._cost(*served, i, o, True))
                 if (per_choice is None or per_choice < self.limits.fit_min_tokens
                         or per_choice * max(1, choices) >= output_bound):
                     break
                 output_bound, fitted, crossing = per_choice * max(1, choices), per_choice, verdict.charge
-                amount = (input_bound + output_bound, self._cost(provider, sent, input_bound, output_bound, limited))
+                amount = (input_bound + output_bound, self._cost(*served, input_bound, output_bound, limited))
                 verdict = self._send(reservation, charges, [], amount)
         except StoreUnavailableError as error:
             self._unavailable(str(error))
@@ -248,14 +248,15 @@ class BudgetMode:
         slots = [(c.scope, c.principal, reservation) for c in charges if c.window == CONCURRENT]
         if slots:
             self._leases[reservation] = slots  # renewed by the worker while the call runs
+        moved = (target.model, target.endpoint) if target is not None else (None, None)
         if fitted is not None and crossing is not None:
             return Decision(vocabulary.FIT, crossing.scope.name, crossing.principal,
                             {"window": crossing.window or crossing.scope.window, "max_output_tokens": fitted},
-                            target), held
+                            *moved), held
         if target is None or crossing is None:
             return None, held
         return Decision(vocabulary.DOWNGRADE, crossing.scope.name, crossing.principal,
-                        {"window": crossing.window or crossing.scope.window}, target), held
+                        {"window": crossing.window or crossing.scope.window}, *moved), held
 
     def _send(self, reservation: str, charges: tuple[Charge, ...], carried: list[Settlement],
               amount: tuple[int, int]) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-from otel_tokens.config.settings import GuardSettings
+from otel_tokens.config.settings import DowngradeTarget, GuardSettings
 from otel_tokens.quota import vocabulary
 from otel_tokens.quota.file import Quotas
 
@@ -16,12 +16,12 @@ class Plan:
     """What one scope's rules ask for: refuse above `refuse` x limit, downgrade above a ratio."""
 
     refuse: float | None
-    downgrades: tuple[tuple[float, str, str], ...] = ()  # (ratio, model glob, cheaper model), rule order
+    downgrades: tuple[tuple[float, str, DowngradeTarget], ...] = ()  # (ratio, model glob, target), rule order
     fit: bool = False  # a call that would cross the refusal level is fitted to what remains where it can be
 
-    def downgrade_for(self, model: str | None) -> tuple[float, str] | None:
+    def downgrade_for(self, model: str | None) -> tuple[float, DowngradeTarget] | None:
         for ratio, glob, target in self.downgrades if model else ():
-            if fnmatch.fnmatch(model, glob) and target != model:  # type: ignore[arg-type]
+            if fnmatch.fnmatch(model, glob) and target.moves(model):  # type: ignore[arg-type]
                 return ratio, target
         return None
 
