@@ -2,13 +2,14 @@
 
 Starts, on free local ports: Redis (budget mode's store), Alertmanager (the shipped routing, a
 webhook here that prints what it receives), Prometheus (the rendered quota rules and the shipped
-static rules), a local OpenAI-compatible model server and two apps under `opentelemetry-instrument`
-exporting metrics for Prometheus to scrape: the knowledge-base app (several users; hard quotas,
-budget mode) and a nightly job (soft quotas, alert mode), each with a runaway user. Shows per-user
-usage live, the alerts as Alertmanager delivers them, the budget guard refusing the runaway batch
-job at the call that would cross its quota, the alert guard refusing the nightly job only after its
-critical alert, how far past its quota each got, then the report and the PNG. Every process it
-started is stopped at the end, also on Ctrl-C.
+static rules), a local OpenAI-compatible model server, a second one standing for a paid API, and two apps
+under `opentelemetry-instrument` exporting metrics for Prometheus to scrape: the knowledge-base app (several
+users; hard quotas, budget mode) and a nightly job on the paid API (soft quotas, alert mode), each with a runaway
+user. Shows per-user usage live, the alerts as Alertmanager delivers them, the budget guard shortening the
+runaway batch job's last call to what its quota has left and then refusing it, the alert guard sending the
+nightly job to the local model server past its warning and refusing it after its critical alert, how far past
+its quota each got, then the report and the PNG. Every process it started is stopped at the end, also on
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from tiny_local_model import ensure  # noqa: E402
 
-from otel_tokens.ops.rules import render_text  # noqa: E402
+from otel_tokens.ops.rules import render_text, series  # noqa: E402
 from otel_tokens.quota.budget.store import RedisBudgetStore  # noqa: E402
 from otel_tokens.quota.file import parse_quotas  # noqa: E402
 from otel_tokens.quota.vocabulary import USER  # noqa: E402
@@ -57,6 +58,8 @@ CONFIG = {  # OTEL_TOKENS_CONFIG of both processes: prices, so the demo shows mo
     "exchange_rates": {"CNY": 0.14},
     "prices": [{"match": "tiny-chat-model", "currency": "CNY", "input": 140, "output": 420,
                 "source": "demo: an internal GPU price"},
+               {"match": "gpt-4o", "currency": "USD", "input": 250, "output": 1000,
+                "source": "demo: a paid API at 100x its list price, so the demo's few tokens show"},
                {"match": "*", "provider": "transformers", "currency": "USD", "input": 20, "output": 60,
                 "source": "demo: virtual price of local GPU time"}],
 }
@@ -219,13 +222,18 @@ def write_configs(ports: dict[str, int], hook: str) -> None:
     # the model server sits behind the apps: it may take who pays from their baggage
     (RUN / "otel-tokens.yaml").write_text(yaml.safe_dump({**config, "trust_baggage": True}))
     (RUN / "quotas.yml").write_text(yaml.safe_dump(QUOTAS))
-    # the knowledge-base app: hard user quotas in Redis (budget mode); department budgets only alert
+    # the knowledge-base app: hard user quotas in Redis (budget mode); a call that would cross is shortened to what
+    # remains (`fit`), refused only when nothing is left; department budgets only alert
     budget = {"quota_file": str(RUN / "quotas.yml"), "store": f"redis://127.0.0.1:{ports['redis']}/0",
-              "rules": [{"scope": "user", "action": "reject", "level": "critical"}]}
+              "rules": [{"scope": "user", "action": "fit", "level": "critical"}]}
     (RUN / "otel-tokens-app.yaml").write_text(yaml.safe_dump({**config, "guard": budget}))
-    # the nightly job: refused once its user's critical alert fires (alert mode, Prometheus's alert state)
+    # the nightly job calls the paid API: past its user's warning it is served by the local model server instead,
+    # at its critical refused (alert mode, Prometheus's alert state; the first rule that matches wins)
+    local = {"model": "tiny-chat-model", "base_url": f"http://127.0.0.1:{ports['openai']}/v1",
+             "api_key_env": "LOCAL_LLM_KEY"}
     alerts = {"source": f"http://127.0.0.1:{ports['prometheus']}/api/v1/alerts", "poll_interval": 1,
-              "rules": [{"scope": "user", "action": "reject", "level": "critical"}]}
+              "rules": [{"scope": "user", "action": "reject", "level": "critical"},
+                        {"scope": "user", "action": "downgrade", "level": "warning", "downgrade": {"gpt-4o*": local}}]}
     (RUN / "otel-tokens-job.yaml").write_text(yaml.safe_dump({**config, "guard": alerts}))
     rules = RUN / "rules"
     rules.mkdir()
@@ -302,7 +310,7 @@ def main() -> int:
     notifications = Notifications()
     # openai: the model server's API; server / traffic: their metrics endpoints
     ports = {name: free_port() for name in ("prometheus", "alertmanager", "openai", "server", "traffic", "job",
-                                            "redis")}
+                                            "redis", "paid")}
     write_configs(ports, notifications.url)
     stack = Stack()
     started = time.monotonic()
@@ -326,8 +334,12 @@ def main() -> int:
                                      "--model", str(model)],
                     {**telemetry, "OTEL_SERVICE_NAME": "model-server",
                      "OTEL_EXPORTER_PROMETHEUS_PORT": str(ports["server"])})
+        # the paid API the nightly job calls (the same tiny model, answering as gpt-4o; not ours: not instrumented)
+        stack.start("paid-api", [sys.executable, "examples/local_model_server.py", "--port", str(ports["paid"]),
+                                 "--model", str(model), "--served-model-name", "gpt-4o"])
         wait_ready(f"{prometheus}/-/ready")
         wait_listening(ports["openai"])  # the traffic's first call would be refused
+        wait_listening(ports["paid"])
         openai_url = f"http://127.0.0.1:{ports['openai']}/v1"
         app_env = {**telemetry, "OPENAI_BASE_URL": openai_url, "DEMO_MODEL": str(model),
                    "DEMO_ROUNDS": "4" if args.fast else "6"}
@@ -335,28 +347,40 @@ def main() -> int:
         apps = {"kb-chat": stack.start("traffic", [*agent, "examples/demo_traffic.py"], {
                     **app_env, "OTEL_SERVICE_NAME": "kb-chat", "OTEL_TOKENS_CONFIG": str(RUN / "otel-tokens-app.yaml"),
                     "OTEL_EXPORTER_PROMETHEUS_PORT": str(ports["traffic"])},
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True),
-                "nightly-job": stack.start("job", [*agent, "examples/demo_traffic.py"], {
-                    **app_env, "OTEL_SERVICE_NAME": "nightly-job", "DEMO_ONLY_RUNAWAY": "eve:finance",
-                    "OTEL_TOKENS_CONFIG": str(RUN / "otel-tokens-job.yaml"),
-                    "OTEL_EXPORTER_PROMETHEUS_PORT": str(ports["job"])},
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)}
-        progress = {name: "starting" for name in apps}
+        progress = {"kb-chat": "starting", "nightly-job": "waiting for the rules' first rollup"}
         events: list[str] = []  # what the apps say besides their progress: the guards' refusals
 
         def follow(name: str, app: subprocess.Popen[str]) -> None:
             assert app.stdout is not None
             for line in app.stdout:
-                if line.startswith(("refused", "served", "status")):
+                if line.startswith(("refused", "served", "status", "shortened")):
                     events.append(f"{name}: {line.strip()}")
                 else:
                     progress[name] = line.strip()
 
-        for name, app in apps.items():
-            threading.Thread(target=follow, args=(name, app), daemon=True).start()
+        def start_nightly_job() -> None:
+            """Once the rules' minute group has run (their first alert waits for it: up to a minute after Prometheus
+            starts), so eve's warning is seen before her critical whatever the group's phase."""
+            apps["nightly-job"] = stack.start("job", [*agent, "examples/demo_traffic.py"], {
+                **app_env, "OTEL_SERVICE_NAME": "nightly-job", "DEMO_ONLY_RUNAWAY": "eve:finance",
+                "OPENAI_BASE_URL": f"http://127.0.0.1:{ports['paid']}/v1", "DEMO_RUNAWAY_MODEL": "gpt-4o",
+                "LOCAL_LLM_KEY": "local", "DEMO_RUNAWAY_PAUSE": "1.5",  # its own API is fast: paced
+                "OTEL_TOKENS_CONFIG": str(RUN / "otel-tokens-job.yaml"),
+                "OTEL_EXPORTER_PROMETHEUS_PORT": str(ports["job"])},
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            threading.Thread(target=follow, args=("nightly-job", apps["nightly-job"]), daemon=True).start()
+
+        threading.Thread(target=follow, args=("kb-chat", apps["kb-chat"]), daemon=True).start()
         shown: set[str] = set()
         with Live(console=console, refresh_per_second=2, transient=False) as live:
             while True:
+                if "nightly-job" not in apps:
+                    try:
+                        if query(prometheus, series("user", "tokens", "24h_parts") + '{part="fallback_at"}'):
+                            start_nightly_job()
+                    except OSError:
+                        pass
                 try:
                     live.update(live_table(prometheus, notifications, progress["kb-chat"], store))
                 except OSError:
@@ -372,10 +396,11 @@ def main() -> int:
                                                f"{alert['annotations']['description']}")
                 while events:
                     event = events.pop(0)
-                    style = "bold magenta" if "refused" in event else "green"
+                    style = "bold magenta" if "refused" in event else "cyan" if "local model" in event else "green"
                     live.console.print(f"[{style}]GUARD after {time.monotonic() - started:.0f}s:[/] {event}",
                                        soft_wrap=True)
-                done = all(p == "traffic done" for p in progress.values()) and notifications.firing("critical")
+                critical = {a["labels"].get("user_id") for a in notifications.firing("critical")}
+                done = all(p == "traffic done" for p in progress.values()) and set(RUNAWAYS) <= critical
                 stopped = any(app.poll() is not None for app in apps.values())
                 if done or stopped or time.monotonic() - started > args.timeout:
                     break
@@ -393,10 +418,15 @@ def main() -> int:
             store_view = f"; the budget store holds {held(store, user)}" if "budget" in where else ""
             console.print(f"{user} in {where}: stopped at {used.get(user, 0) / limit:.1%} of its 24h quota "
                           f"({used.get(user, 0):,.0f} of {limit:,} tokens by Prometheus{store_view})", soft_wrap=True)
+        models = by(query(prometheus, "sum by (gen_ai_request_model) (llm_token_usage_total{job='nightly-job'})"),
+                    "gen_ai_request_model")
+        console.print(f"eve's nightly job asked the paid gpt-4o: {models.get('gpt-4o', 0):,.0f} tokens served by it, "
+                      f"{models.get('tiny-chat-model', 0):,.0f} by the local model after its warning", soft_wrap=True)
         # every user the model server served: what the apps recorded against what the server generated
         console.print()
         client = by(query(prometheus, f"sum by (user_id) (llm_token_usage_total{{{APPS},"
-                                      "gen_ai_provider_name='openai'})"), "user_id")
+                                      "gen_ai_provider_name='openai',gen_ai_request_model='tiny-chat-model'})"),
+                    "user_id")
         served = by(query(prometheus, "sum by (user_id) (served_llm_token_usage_total)"), "user_id")
         differ = {user: (client.get(user, 0), tokens) for user, tokens in served.items()
                   if client.get(user, 0) != tokens}

@@ -28,16 +28,16 @@ from opentelemetry import context, propagate
 
 
 class ModelServer:
-    def __init__(self, model_path: Path) -> None:
+    def __init__(self, model_path: Path, name: str | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path).eval()
-        self.name = Path(model_path).name
+        self.name = name or Path(model_path).name
         self.lock = threading.Lock()  # one generate at a time on this small CPU box
 
-    def complete(self, body: dict[str, Any], streamer: Any = None) -> tuple[str, int, int]:
-        """(reply text, prompt tokens, completion tokens) as the server itself counts them."""
+    def complete(self, body: dict[str, Any], streamer: Any = None) -> tuple[str, int, int, str]:
+        """(reply text, prompt tokens, completion tokens as the server itself counts them, finish reason)."""
         import torch
 
         inputs = self.tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True,
@@ -45,13 +45,16 @@ class ModelServer:
         max_new = int(body.get("max_tokens") or body.get("max_completion_tokens") or 32)
         with self.lock:
             torch.manual_seed(len(str(body["messages"])))
+            # vLLM's `ignore_eos` (what load tests send): generate the whole limit
+            floor = {"min_new_tokens": max_new} if body.get("ignore_eos") is True else {}
             output = self.model.generate(**inputs, max_new_tokens=max_new, do_sample=True, top_k=50,
-                                         streamer=streamer)
+                                         streamer=streamer, **floor)
         prompt = int(inputs["input_ids"].shape[1])
         generated = output[0, prompt:].tolist()
         eos = self.tokenizer.eos_token_id
         completion = generated.index(eos) + 1 if eos in generated else len(generated)
-        return self.tokenizer.decode(generated[:completion], skip_special_tokens=True), prompt, completion
+        finish = "stop" if eos in generated[:completion] else "length"  # cut at max_tokens, as vLLM says
+        return self.tokenizer.decode(generated[:completion], skip_special_tokens=True), prompt, completion, finish
 
 
 def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
@@ -70,12 +73,12 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                 context.detach(token)
 
         def _chat(self, body: dict[str, Any]) -> None:
-            text, prompt, completion = server.complete(body)
+            text, prompt, completion, finish = server.complete(body)
             base = {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "created": int(time.time()), "model": server.name}
             usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
             if not body.get("stream"):
                 self._send(200, {**base, "object": "chat.completion", "usage": usage, "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}]})
                 return
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")
@@ -85,7 +88,7 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
             events = [{**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
             events += [{**chunk, "choices": [{"index": 0, "delta": {"content": text[i:i + 8]}}]}
                        for i in range(0, len(text), 8)]
-            events.append({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            events.append({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
             if (body.get("stream_options") or {}).get("include_usage"):
                 events.append({**chunk, "choices": [], "usage": usage})
             for event in events:
@@ -115,6 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model", type=Path, default=Path(".demo/tiny-chat-model"))
+    parser.add_argument("--served-model-name", help="the model name it answers with (default: the folder's name)")
     args = parser.parse_args()
     if args.model == Path(".demo/tiny-chat-model") and not (args.model / "config.json").exists():
         import sys
@@ -126,7 +130,7 @@ def main() -> None:
     elif not (args.model / "config.json").exists():
         raise SystemExit(f"{args.model}: no transformers model there (config.json); give --model a local model "
                          "folder, or leave it out for the tiny demo model")
-    httpd = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(ModelServer(args.model)))
+    httpd = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(ModelServer(args.model, args.served_model_name)))
     print(f"serving {args.model} on http://127.0.0.1:{args.port}/v1", flush=True)
     httpd.serve_forever()
 

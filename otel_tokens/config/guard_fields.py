@@ -65,7 +65,7 @@ def budget_fields(value: Mapping[str, Any]) -> dict[str, Any]:
         "quota_file": file_path, "store": store_url, "store_timeout": store_timeout_seconds,
         "reservation_ttl": reservation_ttl_seconds,
         "default_max_output_tokens": positive_int, "quota_reload_interval": reload_interval_seconds,
-        "fit_min_tokens": positive_int}
+        "fit_min_tokens": positive_int, "exact_input": parse_bool}
     out = {}
     for key, check in checks.items():
         if value.get(key) is not None:

@@ -106,6 +106,9 @@ class BudgetSettings:
     default_max_output_tokens: int = 4096  # reserved for a call that sets no output limit
     quota_reload_interval: float = 1.0
     fit_min_tokens: int = 16  # a `fit` rule: the smallest output limit per choice a call is fitted to, else refused
+    # near a limit, a chat prompt is counted with the model's configured HuggingFace tokenizer and chat template
+    # (what vLLM counts) instead of bounded by its bytes: False keeps the byte bound, which trusts no tokenizer
+    exact_input: bool = True
 
     @property
     def enabled(self) -> bool:

@@ -201,7 +201,7 @@ def _make_wrapper(operation: str, order: tuple[str, ...], is_async: bool) -> Any
             model, provider, address, port = str(view.get("model")), recorder.settings.provider_name, None, None
         streaming = view.get("stream") is True
         call = recorder.begin(operation, provider, model, SpanKind.CLIENT, server_address=address, server_port=port,
-                              streaming=streaming, estimate=lambda: estimate_request(operation, view),
+                              streaming=streaming, estimate=lambda: estimate_request(operation, view, recorder.tokens),
                               covers_inner=True)
         if not call.live:
             return call, request

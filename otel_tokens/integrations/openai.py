@@ -112,7 +112,8 @@ def _make_wrapper(operation: str, is_async: bool) -> Any:
             # SDK sends the same list (an exception the caller's iterator raises passes through)
             kwargs = {**kwargs, "messages": list(messages)}
         call = recorder.begin(operation, provider, model, SpanKind.CLIENT, server_address=address, server_port=port,
-                              streaming=streaming, estimate=lambda: estimate_request(operation, kwargs))
+                              streaming=streaming,
+                              estimate=lambda: estimate_request(operation, kwargs, recorder.tokens))
         if call.model != model:
             kwargs = {**kwargs, "model": call.model}
         if call.output_limit is not None:  # fitted to what remains of the budget

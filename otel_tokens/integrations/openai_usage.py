@@ -8,6 +8,7 @@ is dropped, never recorded: what we record is right or absent.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
@@ -295,10 +296,11 @@ def output_limit(kwargs: Mapping[str, Any]) -> int | None:
     return max(counts)  # type: ignore[type-var]
 
 
-def estimate_request(operation: str, kwargs: Mapping[str, Any]) -> UsageEstimate:
+def estimate_request(operation: str, kwargs: Mapping[str, Any], counter: TokenCounter | None = None) -> UsageEstimate:
     """The worst case of a request before it is sent, what a budget reservation holds: an upper
     bound of its input tokens from the arguments' bytes (budget/bounds.py), the output limit it
-    asked for (max_completion_tokens, max_tokens or max_output_tokens) and `n`."""
+    asked for (max_completion_tokens, max_tokens or max_output_tokens) and `n`; with `counter`, how to count
+    a plain chat prompt exactly (TokenCounter.exact_chat), used only near a limit."""
     messages = kwargs.get("messages")
     if isinstance(messages, (list, tuple)):  # the wrapper turned any other iterable into a list
         input_bound = bounds.chat_bound(messages, kwargs.get("tools") or kwargs.get("functions"))
@@ -315,4 +317,8 @@ def estimate_request(operation: str, kwargs: Mapping[str, Any]) -> UsageEstimate
     limit = output_limit(kwargs)
     # the server generates best_of completions (completions API) and bills every one
     choices = _sent_count(kwargs, "n", "best_of")
-    return UsageEstimate(input_bound, limit, choices)
+    exact = None
+    if counter is not None and isinstance(messages, (list, tuple)) and not kwargs.get("tools") \
+            and not kwargs.get("functions"):
+        exact = functools.partial(counter.exact_chat, messages=messages)
+    return UsageEstimate(input_bound, limit, choices, exact)

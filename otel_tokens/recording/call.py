@@ -62,6 +62,9 @@ class UsageEstimate:
     input_tokens: int
     max_output_tokens: int | None = None
     choices: int = 1
+    # the prompt's exact tokens for a model (its tokenizer and chat template), None where not known exactly:
+    # computed only where the bound above would refuse or shorten the call
+    exact_input: Callable[[str], int | None] | None = None
 
 
 # The call of a library that drives another instrumented one (litellm over the openai SDK): calls begun

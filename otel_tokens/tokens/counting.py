@@ -34,6 +34,7 @@ OPENAI_ENCODINGS: tuple[tuple[str, str], ...] = (
 )
 _PUBLIC_BLOB = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 
+_PLAIN_ROLES = ("system", "user", "assistant")
 _CJK = re.compile(r"[\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
 
 
@@ -227,9 +228,13 @@ class TokenCounter:
                 self._cache[model] = self._load(model)
         return self._cache[model]
 
+    def _spec(self, lowered: str) -> str | None:
+        """The configured tokenizer of a model (its name lowered): the first glob that matches."""
+        return next((s for pattern, s in self._globs if pattern.match(lowered)), None)
+
     def _load(self, model: str) -> Tokenizer | None:
         lowered = model.lower()
-        spec = next((s for pattern, s in self._globs if pattern.match(lowered)), None)
+        spec = self._spec(lowered)
         reason = ""
         try:
             if spec is not None and spec.startswith("tiktoken:"):
@@ -268,6 +273,29 @@ class TokenCounter:
                  "when the server reports no usage. Map it to a tokenizer in the config (`tokenizers:`, a "
                  "`tiktoken:<encoding>` or a local HuggingFace tokenizer directory).", model)
         return None
+
+    def exact_chat(self, model: str, messages: Any) -> int | None:
+        """The chat prompt's tokens as a server running this model counts them (vLLM, TGI, the transformers
+        examples apply the same chat template), or None where that is not known exactly: no HuggingFace
+        tokenizer with a chat template configured for the model, or a message that is more than a role and a
+        string (names, tool calls, parts, which servers render in their own ways). Never raises."""
+        try:
+            spec = self._spec(model.lower())
+            if spec is None or spec.startswith("tiktoken:"):  # decided without loading anything
+                return None
+            tokenizer = self.tokenizer(model)
+            if not isinstance(tokenizer, HFTokenizer) or getattr(tokenizer.tokenizer, "chat_template", None) is None:
+                return None
+            plain = []
+            for message in messages:
+                if not isinstance(message, Mapping) or set(message) - {"role", "content"} \
+                        or not isinstance(message.get("content"), str) or message.get("role") not in _PLAIN_ROLES:
+                    return None
+                plain.append({"role": message["role"], "content": message["content"]})
+            count, _ = tokenizer.count_chat(plain)
+            return count
+        except Exception:
+            return None
 
     # --- counting: (tokens, source) ---
     def count_text(self, model: str, texts: Iterable[str]) -> tuple[int, str]:

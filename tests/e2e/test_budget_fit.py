@@ -174,3 +174,46 @@ def test_without_rules_budget_mode_fits_by_default(tmp_path, redis_url):
         assert app.decisions() == {("fit", "user"): 1}
         with pytest.raises(QuotaExceededError):
             app.ask("lee", max_tokens=500)
+
+
+@pytest.fixture(scope="module")
+def local_tokenizer(tmp_path_factory):
+    from tests.support.local_tokenizer import build_local_tokenizer
+
+    return str(build_local_tokenizer(tmp_path_factory.mktemp("local-tokenizer")))
+
+
+SYSTEM = "You answer from the knowledge base. Cite the document and the section you used, and keep it short."
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_near_the_limit_a_chat_prompt_is_counted_with_the_models_own_tokenizer(tmp_path, redis_url, local_tokenizer,
+                                                                               exact):
+    """A self-hosted model with its HuggingFace tokenizer configured: the call that would cross is fitted to what
+    remains after the prompt's exact tokens (the server's own count), not after its byte bound, so the user
+    ends at the limit instead of refused with room left; `exact_input: false` keeps the byte bound."""
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 640}})  # 4 calls of 132, then 112 left
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Where is the refund policy?"}]
+    for app in budget_app(quotas, redis_url, rules=FIT, server={**GREEDY, "tokenizer_dir": local_tokenizer},
+                          tokenizers={"local-*": local_tokenizer}, exact_input=exact):
+        prompt = app.server.prompt_tokens("local-qwen", messages)
+        assert prompt == 84  # this tokenizer's count: the numbers below follow from it
+        byte_bound = 64 + sum(16 + len(m["content"].encode()) + len(m["role"]) for m in messages)
+        assert byte_bound > prompt + 100
+        fitted = []
+        with usage_context(user_id="ann", department="sales"):
+            for _ in range(40):
+                left = 640 - app.held("ann")[0]
+                try:
+                    app.client.chat.completions.create(model="local-qwen", messages=messages, max_tokens=48)
+                except QuotaExceededError:
+                    break
+                sent = app.server.requests[-1].body["max_tokens"]
+                if sent < 48:
+                    fitted.append((left, sent))
+        used = app.held("ann")[0]
+        assert used <= 640  # never over
+        if exact:  # shortened to what remains after the prompt as the server counts it: the quota is spent
+            assert [sent for _, sent in fitted] == [fitted[0][0] - prompt] and used == 640
+        else:  # the byte bound left room for a whole call (its prompt and 48 tokens) unused
+            assert 640 - used > prompt + 48

@@ -60,6 +60,12 @@ def test_demo_fast_mode_shows_users_both_alerts_both_guards_and_agreeing_counts(
     hard = re.search(r"batch-bot in kb-chat \(budget mode\): stopped at ([\d.]+)% of its 24h quota "
                      r"\(([\d,]+) of 1,500 tokens by Prometheus; the budget store holds ([\d,]+)\)", out)
     assert hard and float(hard[1]) <= 100 and hard[2] == hard[3], out[-3000:]
+    # its last call was shortened to what remained (fit, the prompt counted with the model's tokenizer): it ends
+    # at its quota, not refused with room left (91 % before fit)
+    assert float(hard[1]) >= 99, out[-3000:]
+    shortened = re.search(r"kb-chat: shortened: asked for 160 tokens, answered with (\d+) \(finish_reason length\)",
+                          out)
+    assert shortened and 16 <= int(shortened[1]) < 160 and out.index(shortened[0]) < refused, out[-3000:]
     # what the app itself can show its user (quota_status): the store's count, the department's month in the
     # quota file's zone (it begins at 00:00 in Asia/Shanghai)
     status = re.search(r"kb-chat: status the app can show its user: batch-bot 24h tokens ([\d,]+) of 1,500 "
@@ -82,6 +88,13 @@ def test_demo_fast_mode_shows_users_both_alerts_both_guards_and_agreeing_counts(
     assert re.search(r"mostly from app (kb-chat|nightly-job) \(", out), out[-3000:]  # by cost: fast mode varies
     # alert mode refuses the nightly job only once its critical alert fires: past its quota
     assert "nightly-job: refused: user 'eve' is over the 24h tokens quota" in out
+    # past its warning the nightly job's paid calls were served by the local model server (a downgrade to another
+    # endpoint), before its critical refused it
+    moved = out.index("nightly-job: served by the local model: asked gpt-4o, answered by tiny-chat-model")
+    assert moved < out.index("nightly-job: refused: user 'eve'")
+    split = re.search(r"eve's nightly job asked the paid gpt-4o: ([\d,]+) tokens served by it, ([\d,]+) by the local "
+                      r"model after its warning", out)
+    assert split and int(split[1].replace(",", "")) >= 1200 and int(split[2].replace(",", "")) > 0, out[-3000:]
     soft = re.search(r"eve in nightly-job \(alert mode\): stopped at ([\d.]+)% of its 24h quota", out)
     assert soft and float(soft[1]) >= 100
     # an operator's grant: eve's 24 h raised for an hour, the rules re-rendered, her critical resolves, audited

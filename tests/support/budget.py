@@ -90,11 +90,11 @@ class BudgetApp:
 
 def budget_app(quota_file: Path, store: str, rules: tuple[GuardRule, ...] = (), fail_closed: bool = False,
                server: dict[str, Any] | None = None, directory: Path | None = None, app: str | None = None,
-               **guard: Any) -> Iterator[BudgetApp]:
+               tokenizers: dict[str, str] | None = None, **guard: Any) -> Iterator[BudgetApp]:
     tel, tracer_provider, meter_provider = make_telemetry()
     limits = BudgetSettings(quota_file=quota_file, store=store, **{"quota_reload_interval": 0.05, **guard})
     settings = Settings(prices=PRICES, guard=GuardSettings(budget=limits, rules=rules, fail_closed=fail_closed),
-                        directory=directory, app=app)
+                        directory=directory, app=app, tokenizers=tokenizers or {})
     instrumentor = TokenUsageInstrumentor()
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, settings=settings)
     try:

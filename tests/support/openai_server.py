@@ -457,7 +457,10 @@ class OpenAIServer:
             self.requests.append(RecordedRequest(h.command, path, headers, body))
         knobs = self._knobs()
         if self.generate_as_asked is not None and isinstance(body, dict):
-            knobs = dataclasses.replace(knobs, reply=" a" * self.asked(body, path))
+            asked = self.asked(body, path)
+            if str(body.get("model", "")).startswith(LOCAL_MODEL_PREFIX) and asked > 0:
+                asked -= 1  # a local model's limit counts the EOS that ends the reply, as vLLM's does
+            knobs = dataclasses.replace(knobs, reply=" a" * asked)
         if self.delay_s > 0:
             time.sleep(self.delay_s)
 

@@ -44,7 +44,7 @@ from otel_tokens.quota.budget.store import (
     StoreUnavailableError,
     redact,
 )
-from otel_tokens.quota.calendar import CONCURRENT
+from otel_tokens.quota.calendar import CONCURRENT, RATE_WINDOWS
 from otel_tokens.quota.decision import Decision
 from otel_tokens.quota.file import Quotas
 from otel_tokens.recording.call import UsageEstimate
@@ -223,6 +223,16 @@ class BudgetMode:
                 charges, limited = self._account(quotas, principals, None)
                 amount = (bound, self._cost(*served, input_bound, output_bound, limited))
                 verdict = self._send(reservation, charges, [], amount)
+            exact = estimate.exact_input if estimate is not None and self.limits.exact_input else None
+            if (verdict.status == REFUSED and exact is not None and verdict.charge.window not in RATE_WINDOWS
+                    and self._in_time(started)):
+                counting = time.monotonic()
+                counted = exact(served[1])  # near the limit: the prompt counted as the server will count it
+                started += time.monotonic() - counting  # the store's time budget is the store's, not ours
+                if counted is not None and counted < input_bound:
+                    input_bound = counted
+                    amount = (input_bound + output_bound, self._cost(*served, input_bound, output_bound, limited))
+                    verdict = self._send(reservation, charges, [], amount)
             fitted: int | None = None
             while (verdict.status == REFUSED and self._plans[verdict.charge.scope.name].fit
                    and self._in_time(started)):  # each pass lowers the output limit, or stops
