@@ -217,3 +217,19 @@ def test_near_the_limit_a_chat_prompt_is_counted_with_the_models_own_tokenizer(t
             assert [sent for _, sent in fitted] == [fitted[0][0] - prompt] and used == 640
         else:  # the byte bound left room for a whole call (its prompt and 48 tokens) unused
             assert 640 - used > prompt + 48
+
+
+def test_a_fitted_call_past_the_downgrade_level_is_downgraded_and_reserved(tmp_path, redis_url):
+    """Fitting lowers the worst case under the refusal level but above a downgrade rule's: the store answers
+    `downgrade` (nothing reserved), so the call is sent to the cheaper model and reserved there, fitted."""
+    quotas = write_quotas(tmp_path / "q.yml", {"default": {"tokens": 1000}}, warning_ratio=0.5)
+    rules = (GuardRule("user", "downgrade", "warning", (("gpt-4o", "gpt-4o-mini"),)), GuardRule("user", "fit"))
+    for app in budget_app(quotas, redis_url, rules=rules, server=GREEDY):
+        app.ask("max", max_tokens=400)  # 86 + 400 within the warning's 500
+        used = app.held("max")[0]
+        app.ask("max", max_tokens=700)  # would cross 1,000: fitted, and then past 500: downgraded
+        body = app.server.requests[-1].body
+        assert body["model"] == "gpt-4o-mini" and body["max_tokens"] == 1000 - used - 86
+        assert app.held("max")[0] <= 1000
+        span = app.tel.spans()[-1].attributes
+        assert span[names.LLM_QUOTA_ACTION] == "fit" and span[names.LLM_QUOTA_ORIGINAL_MODEL] == "gpt-4o"

@@ -212,36 +212,38 @@ class BudgetMode:
                 if self._flushing.acquire(timeout=self._time_left(started)):
                     self._flushing.release()
                     verdict = self._send(reservation, charges, self._carry(), amount)
-            target, crossing, served = None, verdict.charge, (provider, model)
-            if verdict.status == DOWNGRADE and crossing is not None:
-                found = self._plans[crossing.scope.name].downgrade_for(model)
-                assert found is not None
-                target = found[1]
-                served = ((target.endpoint.provider if target.endpoint else None) or provider, target.model)
-                if not self._in_time(started):
-                    raise StoreUnavailableError(f"{self.source} too slow for a second round trip")
-                charges, limited = self._account(quotas, principals, None)
-                amount = (bound, self._cost(*served, input_bound, output_bound, limited))
-                verdict = self._send(reservation, charges, [], amount)
+            # each pass answers the last verdict: a downgrade (not reserved: sent again at the cheaper model, once),
+            # a refusal of a budget window (the prompt counted exactly, once; then fitted lower), else done
+            target, crossing, served, fitted, counted = None, verdict.charge, (provider, model), None, False
             exact = estimate.exact_input if estimate is not None and self.limits.exact_input else None
-            if (verdict.status == REFUSED and exact is not None and verdict.charge.window not in RATE_WINDOWS
-                    and self._in_time(started)):
-                counting = time.monotonic()
-                counted = exact(served[1])  # near the limit: the prompt counted as the server will count it
-                started += time.monotonic() - counting  # the store's time budget is the store's, not ours
-                if counted is not None and counted < input_bound:
-                    input_bound = counted
-                    amount = (input_bound + output_bound, self._cost(*served, input_bound, output_bound, limited))
-                    verdict = self._send(reservation, charges, [], amount)
-            fitted: int | None = None
-            while (verdict.status == REFUSED and self._plans[verdict.charge.scope.name].fit
-                   and self._in_time(started)):  # each pass lowers the output limit, or stops
-                per_choice = fitted_output(verdict, input_bound, output_bound, choices,
-                                           lambda i, o: self._cost(*served, i, o, True))
-                if (per_choice is None or per_choice < self.limits.fit_min_tokens
-                        or per_choice * max(1, choices) >= output_bound):
+            while verdict.status != RESERVED:
+                charge = verdict.charge
+                if verdict.status == DOWNGRADE and target is None:
+                    found = self._plans[charge.scope.name].downgrade_for(model)
+                    assert found is not None
+                    target, crossing = found[1], charge
+                    served = ((target.endpoint.provider if target.endpoint else None) or provider, target.model)
+                    if not self._in_time(started):
+                        raise StoreUnavailableError(f"{self.source} too slow for a second round trip")
+                    charges, limited = self._account(quotas, principals, None)
+                elif verdict.status != REFUSED or charge.window in RATE_WINDOWS or not self._in_time(started):
                     break
-                output_bound, fitted, crossing = per_choice * max(1, choices), per_choice, verdict.charge
+                elif exact is not None and not counted:
+                    counted, counting = True, time.monotonic()
+                    tokens = exact(served[1])  # near the limit: the prompt counted as the server will count it
+                    started += time.monotonic() - counting  # the store's time budget is the store's, not ours
+                    if tokens is None or tokens >= input_bound:
+                        continue
+                    input_bound = tokens
+                elif self._plans[charge.scope.name].fit:  # each pass lowers the output limit, or stops
+                    per_choice = fitted_output(verdict, input_bound, output_bound, choices,
+                                               lambda i, o, m=served: self._cost(*m, i, o, True))
+                    if (per_choice is None or per_choice < self.limits.fit_min_tokens
+                            or per_choice * max(1, choices) >= output_bound):
+                        break
+                    output_bound, fitted, crossing = per_choice * max(1, choices), per_choice, charge
+                else:
+                    break
                 amount = (input_bound + output_bound, self._cost(*served, input_bound, output_bound, limited))
                 verdict = self._send(reservation, charges, [], amount)
         except StoreUnavailableError as error:
