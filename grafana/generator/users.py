@@ -3,7 +3,7 @@ the quota alerts firing, the grants in force, and the GPU protection limits (min
 
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
-from grafana.generator import gpu_panels, grant_panels
+from grafana.generator import gpu_panels, grant_panels, limit_panels
 from grafana.generator import queries as q
 from grafana.generator.panels import Column, LabelColumn, bargauge_panel, table_panel
 from grafana.generator.quota_panels import (
@@ -89,6 +89,7 @@ def build() -> Dashboard:
                  every_window(DEPARTMENT, "Department budgets, every window (%)")]),
         (8, 24, [forecasts(DEPARTMENT, FORECAST_ALERTS[DEPARTMENT.name])]),
         *gpu_panels.rows(),
+        *limit_panels.rows(),
     ]
     for height, width, panels in layout:
         for panel in panels:

@@ -36,7 +36,7 @@ from otel_tokens.quota.file import Quotas, parse_quotas
 from otel_tokens.quota.grants.model import apply
 from otel_tokens.quota.vocabulary import BY_NAME
 from tests.support.binaries import require_binary
-from tests.support.dashboard_app import RATE_LIMITED, RATE_LIMITS, USERS
+from tests.support.dashboard_app import AT_THE_LIMIT, RATE_LIMITED, RATE_LIMITS, USERS
 from tests.support.grafana import (
     APP,
     GRANTED,
@@ -227,7 +227,8 @@ def test_variables_list_what_the_app_produced(stack: dict[str, Any]) -> None:
         options = _options(stack, dashboard)
         assert options == {"app": [APP], "model": sorted(MODELS),
                            "department": sorted({d for _, d, _ in USERS}),
-                           "user": sorted({u for u, _, _ in USERS} | {RATE_LIMITED[0]})}, dashboard["title"]
+                           "user": sorted({u for u, _, _ in USERS} | {RATE_LIMITED[0], AT_THE_LIMIT[0]})}, \
+            dashboard["title"]
         values = {v["name"]: v["allValue"] for v in dashboard["templating"]["list"]}
         assert label_values(stack["url"], dashboard["templating"]["list"][3]["definition"],
                              {**values, "department": "research"}) == ["alice", "bob"]
@@ -433,7 +434,7 @@ def test_gpu_protection_panels_show_the_rate_limited_user(stack: dict[str, Any])
         (target,) = panel["targets"]
         return query(stack["url"], interpolate(target["expr"], everything))
 
-    users = {u for u, _, _ in USERS} | {RATE_LIMITED[0]}
+    users = {u for u, _, _ in USERS} | {RATE_LIMITED[0], AT_THE_LIMIT[0]}
     refused = {r["metric"]["user_id"]: float(r["value"][1]) for r in shown("refused by a rate")}
     assert refused.keys() == users and refused[RATE_LIMITED[0]] > 0, refused
     assert all(value == 0 for user, value in refused.items() if user != RATE_LIMITED[0]), refused
@@ -444,6 +445,22 @@ def test_gpu_protection_panels_show_the_rate_limited_user(stack: dict[str, Any])
     for words in ("requests per minute", "tokens per minute"):
         load = {r["metric"]["user_id"]: float(r["value"][1]) for r in shown(words)}
         assert load.keys() == users and all(load[u] > 0 for u in users - {RATE_LIMITED[0]}), (words, load)
+
+
+def test_at_the_limit_panels_show_the_calls_fitted_and_moved(stack: dict[str, Any]) -> None:
+    """frank, near his 24 h budget every round: one call moved by the downgrade rule (to another endpoint), one
+    shortened to what remained; both panels show them by decision, scope and window, as many as the app counted."""
+    panels = [p for d in _dashboards().values() for p in _data_panels(d) if p["title"].startswith("At the limit")]
+    assert len(panels) == 2, [p["title"] for p in panels]
+    everything = {"app": ".*", "model": ".*", "department": ".*", "user": ".*"}
+    counted = _totals(stack["last"], names.PROM_GUARD_DECISIONS, names.GUARD_DECISION)
+    assert counted.get("fit", 0) >= 1 and counted.get("downgrade", 0) >= 1, counted
+    for panel in panels:
+        (target,) = panel["targets"]
+        shown = {(r["metric"][names.GUARD_DECISION], r["metric"][names.GUARD_SCOPE], r["metric"][names.GUARD_WINDOW]):
+                 float(r["value"][1]) for r in query(stack["url"], interpolate(target["expr"], everything))}
+        assert shown.keys() == {("fit", "user", "24h"), ("downgrade", "user", "24h")}, (panel["title"], shown)
+        assert all(v > 0 for v in shown.values()), shown
 
 
 def test_grant_panels_show_each_grant_in_force_and_the_limits_it_raises(stack: dict[str, Any]) -> None:

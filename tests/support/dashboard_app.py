@@ -34,7 +34,8 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 from otel_tokens import RateLimitExceededError, TokenUsageInstrumentor, usage_context
-from otel_tokens.config.settings import AlertSettings, BudgetSettings, GuardSettings, Settings
+from otel_tokens.config.guard_fields import downgrade_target
+from otel_tokens.config.settings import AlertSettings, BudgetSettings, GuardRule, GuardSettings, Settings
 from tests.support import tiny_models as tm
 from tests.support.openai_server import OpenAIServer
 from tests.support.tiny_models import forcing
@@ -50,7 +51,11 @@ USERS: tuple[tuple[str, str, int], ...] = (
 # Budget mode's quota file (written by the test): rate limits for one user beside USERS, refused by them every round.
 RATE_LIMITED = ("erin", "sales")
 MINUTE_TOKENS = 1000
-RATE_LIMITS = {"users": {"overrides": {RATE_LIMITED[0]: {"minute": {"tokens": MINUTE_TOKENS}, "concurrent": 1}}}}
+# and a 24 h budget for one more (AT_THE_LIMIT, frank), whose calls near it are fitted to it or moved
+AT_THE_LIMIT = ("frank", "sales")
+DAY_TOKENS = 20_000
+RATE_LIMITS = {"users": {"overrides": {RATE_LIMITED[0]: {"minute": {"tokens": MINUTE_TOKENS}, "concurrent": 1},
+                                       AT_THE_LIMIT[0]: {"24h": {"tokens": DAY_TOKENS}}}}}
 OPENAI_MODEL = "acme-chat"  # no tokenizer mapped and not an OpenAI name: counts are `estimated`
 PRICES = (
     {"match": "*", "provider": "transformers", "currency": "USD", "input": 50, "output": 200},
@@ -136,29 +141,56 @@ def run_burst(models: list[Any], client: Any, budget: Any) -> None:
             for _ in stream:
                 pass
     budget.flush()
+    at_the_limit(client, budget)
+
+
+def at_the_limit(client: Any, budget: Any) -> None:
+    """frank, every round: a call whose worst case lands between his warning (80 %) and his 24 h budget, moved by
+    the downgrade rule (DOWNGRADE: the same model on another endpoint, here the same server: no new model label),
+    and one asking for more than is left, fitted to it. The server's reply is short, so each round spends a few
+    tokens of the budget and the next round goes the same way."""
+    from otel_tokens import quota_status
+
+    user, department = AT_THE_LIMIT
+    messages = [{"role": "user", "content": "Summarise everything."}]
+    with usage_context(user_id=user, department=department):
+        budget.flush()
+        left = int(next(w for w in quota_status().windows if w.window == "24h").remaining)
+        for max_tokens in (left - 1000, 2 * DAY_TOKENS):  # the first's worst case: 19,000 + the prompt's bound
+            client.chat.completions.create(model=OPENAI_MODEL, messages=messages, max_tokens=max_tokens)
+            budget.flush()
 
 
 def main() -> None:
+    port, redis_url, quota_file = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    # an unreachable quota state: every call is a fail_open guard decision, for that panel; and budget mode, whose
+    # users past their warning are moved to another endpoint (the same server here), and fitted at their limit
+    with OpenAIServer(usage_mode="never") as server:
+        serve(port, redis_url, quota_file, server)
+
+
+def serve(port: int, redis_url: str, quota_file: Path, server: OpenAIServer) -> None:
     import openai
 
-    port, redis_url, quota_file = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    elsewhere = {"model": OPENAI_MODEL, "base_url": server.base_url}
+    rules = (GuardRule("user", "fit"), GuardRule("user", "downgrade", "warning",
+                                                 ((OPENAI_MODEL, downgrade_target(elsewhere, "test")),)))
+    guard = GuardSettings(AlertSettings("http://127.0.0.1:9/state", 60.0), BudgetSettings(quota_file, redis_url),
+                          rules=rules)
     reader = PrometheusMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader], resource=Resource.create({"service.name": SERVICE_NAME}))
-    # an unreachable quota state: every call is a fail_open guard decision, for that panel; and budget mode
-    guard = GuardSettings(AlertSettings("http://127.0.0.1:9/state", 60.0), BudgetSettings(quota_file, redis_url))
     instrumentor = TokenUsageInstrumentor()
     instrumentor.instrument(tracer_provider=TracerProvider(), meter_provider=meter_provider,
                             settings=Settings(builtin_prices=False, prices=PRICES, guard=guard))
     start_http_server(port, addr="127.0.0.1")
     models = [tm.gpt2(), tm.llama()]
-    with OpenAIServer(usage_mode="never") as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="test-key", max_retries=0)
-        print(f"ready {port}", flush=True)
-        for line in sys.stdin:
-            if line.strip() == "round":
-                run_round(models, client)
-                run_burst(models, client, instrumentor.recorder.enforcement.budget)
-                print("done", flush=True)
+    client = openai.OpenAI(base_url=server.base_url, api_key="test-key", max_retries=0)
+    print(f"ready {port}", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "round":
+            run_round(models, client)
+            run_burst(models, client, instrumentor.recorder.enforcement.budget)
+            print("done", flush=True)
 
 
 if __name__ == "__main__":
