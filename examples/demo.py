@@ -365,7 +365,7 @@ def main() -> int:
             apps["nightly-job"] = stack.start("job", [*agent, "examples/demo_traffic.py"], {
                 **app_env, "OTEL_SERVICE_NAME": "nightly-job", "DEMO_ONLY_RUNAWAY": "eve:finance",
                 "OPENAI_BASE_URL": f"http://127.0.0.1:{ports['paid']}/v1", "DEMO_RUNAWAY_MODEL": "gpt-4o",
-                "LOCAL_LLM_KEY": "local", "DEMO_RUNAWAY_PAUSE": "1.5",  # its own API is fast: paced
+                "LOCAL_LLM_KEY": "local", "DEMO_RUNAWAY_PAUSE": "2",  # its own API is fast: paced
                 "OTEL_TOKENS_CONFIG": str(RUN / "otel-tokens-job.yaml"),
                 "OTEL_EXPORTER_PROMETHEUS_PORT": str(ports["job"])},
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
