@@ -57,14 +57,19 @@ dashboards: $(STAMP)
 demo: system-deps $(STAMP)
 	$(PY) examples/demo.py $(DEMO_ARGS)
 
+# each script records its headline numbers in .bench/latest.json; the last step prints them beside the committed
+# ones (bench/baseline.json) and flags any over 20 % worse (`$(PY) bench/compare.py .bench/latest.json --update`
+# makes today's the baseline: commit it with the change that moved them)
+BENCH_RESULTS := .bench/latest.json
 bench: system-deps $(STAMP)
-	$(PY) bench/transformers_overhead.py
-	$(PY) bench/accounting_overhead.py
-	$(PY) bench/openai_overhead.py --arm ours
-	$(PY) bench/guard_overhead.py
-	$(PY) bench/guard_poll.py
+	rm -f $(BENCH_RESULTS)
+	BENCH_RESULTS=$(BENCH_RESULTS) $(PY) bench/transformers_overhead.py
+	BENCH_RESULTS=$(BENCH_RESULTS) $(PY) bench/accounting_overhead.py
+	BENCH_RESULTS=$(BENCH_RESULTS) $(PY) bench/openai_overhead.py --arm ours
+	BENCH_RESULTS=$(BENCH_RESULTS) $(PY) bench/guard_overhead.py
+	BENCH_RESULTS=$(BENCH_RESULTS) $(PY) bench/guard_poll.py
 	$(PY) bench/stream_counts.py
-	$(PY) bench/budget_overhead.py --calls 2000
+	$(PY) bench/compare.py $(BENCH_RESULTS)
 
 # ours against OpenLLMetry and the official openai-v2 instrumentation, each in its own venv (.bench-venvs/)
 bench-peers: $(STAMP)

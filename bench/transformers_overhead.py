@@ -23,6 +23,7 @@ import torch
 from opentelemetry.trace import SpanKind
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results as bench_results  # bench/results.py (the script's folder is on sys.path)
 from _sdk import providers
 
 from otel_tokens import TokenUsageInstrumentor, usage_context
@@ -133,6 +134,7 @@ def main() -> None:
     print("otel-tokens overhead on transformers generate (tiny GPT-2, batch 2, 8 prompt + 8 new tokens)")
     print(f"  SDK span start+end alone (for scale):     {span_cost * 1e6:8.1f} us")
     print(f"  instrumentation path, isolated:           {isolated * 1e6:8.1f} us per call   (target < 50 us)")
+    bench_results.record("transformers generate: instrumentation path", isolated * 1e6, "us", 50)
     print(f"  deferred histogram recording (drain):     {deferred * 1e6:8.1f} us per call, off the call path")
     print(f"  generate bare (median of 600):           {bare * 1e6:8.1f} us")
     print(f"  generate instrumented (median of 600):    {inst * 1e6:8.1f} us")
