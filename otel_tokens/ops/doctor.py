@@ -67,6 +67,7 @@ def _guard_lines(settings: Settings, recorder: Recorder | None, warnings: list[s
     if guard.alert.enabled and "/api/v1/alerts" not in guard.alert.source:
         lines.append(f"  guard endpoint token                               "
                      f"{'set' if guard.alert.token else 'NONE (a guard endpoint with a token answers 401)'}")
+    lines.extend(_endpoint_lines(settings, warnings))
     if not guard.budget.enabled:
         lines += [f"  budget mode (hard quotas)                          off (set {ENV_QUOTA_FILE} and "
                   f"{ENV_BUDGET_STORE})", ""]
@@ -90,7 +91,7 @@ def _guard_lines(settings: Settings, recorder: Recorder | None, warnings: list[s
                         f"{'are refused' if guard.fail_closed else 'go through unchecked'} (fail "
                         f"{'closed' if guard.fail_closed else 'open'})")
     lines.append(f"  budget mode (hard quotas)                          on, {len(guard.rules) or 'no'} rules"
-                 f"{'' if guard.rules else ' (reject at 100 %)'}")
+                 f"{'' if guard.rules else ' (fit at 100 %: shortened to what remains, else refused)'}")
     lines.append(f"  quota file                                         {file_state}")
     lines.append(f"  windows with a limit                               {charged}")
     lines.append(f"  store                                              {redact(guard.budget.store)} "
@@ -98,6 +99,25 @@ def _guard_lines(settings: Settings, recorder: Recorder | None, warnings: list[s
     lines.append(f"  store timeout / reservation ttl / default output   {guard.budget.store_timeout * 1000:g} ms / "
                  f"{guard.budget.reservation_ttl:g} s / {guard.budget.default_max_output_tokens} tokens")
     lines.append("")
+    return lines
+
+
+def _endpoint_lines(settings: Settings, warnings: list[str]) -> list[str]:
+    """Where each downgrade to another server sends its calls, and whether that server's key is there to send."""
+    lines = []
+    for rule in settings.guard.rules:
+        for glob, target in rule.downgrade:
+            endpoint = target.endpoint
+            if endpoint is None:
+                continue
+            key = "no key (sends EMPTY)"
+            if endpoint.api_key_env:
+                key = f"key from {endpoint.api_key_env}" + ("" if os.environ.get(endpoint.api_key_env) else " NOT SET")
+                if not os.environ.get(endpoint.api_key_env):
+                    warnings.append(f"guard: the downgrade of {glob!r} to {redacted(endpoint.base_url)} reads its key "
+                                    f"from {endpoint.api_key_env}, which is not set: that server is sent \"EMPTY\"")
+            lines.append(f"  downgrade ({rule.scope}, {rule.level}) {glob} -> {target.model} at "
+                         f"{redacted(endpoint.base_url)}, {key}")
     return lines
 
 

@@ -271,7 +271,8 @@ def test_doctor_shows_budget_mode_and_never_the_store_password(quotas, redis_url
 
     env = {"OTEL_TOKENS_QUOTA_FILE": str(quotas), "OTEL_TOKENS_BUDGET_STORE": redis_url}
     text = report(settings=load_settings(env))
-    assert "on, no rules (reject at 100 %)" in text and f"{redis_url} (answers)" in text
+    assert "on, no rules (fit at 100 %: shortened to what remains, else refused)" in text
+    assert f"{redis_url} (answers)" in text
     assert f"{quotas} (warning ratio 0.8; calendar in UTC)" in text
     zoned = write_quotas(quotas.parent / "zoned.yml", {"default": {"tokens": 100}}, timezone="Asia/Shanghai")
     text = report(settings=load_settings({**env, "OTEL_TOKENS_QUOTA_FILE": str(zoned)}))

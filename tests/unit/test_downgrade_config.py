@@ -50,3 +50,18 @@ def test_the_key_is_read_from_its_variable_at_call_time(monkeypatch):
 def test_a_bad_target_is_named_with_its_field(tmp_path, target, names):
     settings = _rules(tmp_path, target)
     assert len(settings.errors) == 1 and names in settings.errors[0] and "rules[0]" in settings.errors[0]
+
+
+def test_doctor_shows_where_each_downgrade_sends_its_calls_and_a_missing_key(tmp_path, monkeypatch):
+    from otel_tokens.ops.doctor import report
+
+    monkeypatch.delenv("LOCAL_LLM_KEY", raising=False)
+    settings = _rules(tmp_path, {"model": "qwen2.5-7b-instruct", "base_url": "http://vllm.internal:8000/v1",
+                                 "api_key_env": "LOCAL_LLM_KEY"})
+    text = report(settings=settings)
+    assert ("downgrade (user, warning) gpt-4o* -> qwen2.5-7b-instruct at http://vllm.internal:8000/v1, key from "
+            "LOCAL_LLM_KEY NOT SET") in text
+    assert "reads its key from LOCAL_LLM_KEY, which is not set" in text
+    monkeypatch.setenv("LOCAL_LLM_KEY", "k")
+    text = report(settings=settings)
+    assert "at http://vllm.internal:8000/v1, key from LOCAL_LLM_KEY\n" in text and "NOT SET" not in text

@@ -219,4 +219,6 @@ def test_doctor_lists_what_a_named_model_would_warn_about_under_warnings(capsys,
     warnings = text.split("\nWarnings\n", 1)
     assert len(warnings) == 2 and "model 'gpt-4o' uses tiktoken's o200k_base" in warnings[1], text
     assert "TIKTOKEN_CACHE_DIR" in warnings[1]  # the real reason, and the fix
-    assert "No warnings" not in text and capsys.readouterr().err == ""
+    assert "No warnings" not in text
+    # nothing on stderr from the doctor (a guard poller another test of this worker left running may print there)
+    assert [line for line in capsys.readouterr().err.splitlines() if not line.startswith("otel-tokens guard:")] == []
