@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from otel_tokens.config.fields import (
     _ATTRIBUTE,
@@ -102,12 +103,13 @@ def downgrade_target(value: Any, where: str) -> DowngradeTarget:
     if provider is not None and (not isinstance(provider, str) or not _ATTRIBUTE.fullmatch(provider)):
         raise ValueError(f"has {where}.provider {provider!r}, not a provider name")
     try:
-        endpoint = Endpoint.at(base_url, key_env, provider)
+        parts = urlsplit(base_url)
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
     except ValueError as exc:
         raise ValueError(f"has {where}.base_url {base_url!r} that cannot be read ({exc})") from None
-    if endpoint.host is None:
+    if not parts.hostname:
         raise ValueError(f"has {where}.base_url {base_url!r} with no host")
-    return DowngradeTarget(model, endpoint)
+    return DowngradeTarget(model, Endpoint(base_url, parts.hostname, port, key_env, provider))
 
 
 def guard_section(value: Any) -> GuardSettings:

@@ -16,8 +16,9 @@ from otel_tokens import names
 from otel_tokens.config.errors import ConfigError
 from otel_tokens.config.fields import FAIL_SAFE, FIELDS, file_path, parse_bool
 from otel_tokens.config.guard_fields import guard_section, store_url
+from otel_tokens.config.providers import provider_for_host
 from otel_tokens.config.secrets import ENV_GUARD_TOKEN, ENV_GUARD_TOKEN_FILE, token_from
-from otel_tokens.config.settings import AlertSettings, DowngradeTarget, GuardSettings, Settings, provider_for_host
+from otel_tokens.config.settings import AlertSettings, DowngradeTarget, GuardSettings, Settings
 from otel_tokens.logs import logger
 
 ENV_CONFIG = "OTEL_TOKENS_CONFIG"

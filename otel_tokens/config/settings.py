@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import fnmatch
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from otel_tokens import names
 from otel_tokens.quota import vocabulary
@@ -29,16 +26,6 @@ class Endpoint:
     api_key_env: str | None = None
     provider: str | None = None  # gen_ai.provider.name there (None: the `providers:` host globs, else the caller's)
 
-    @classmethod
-    def at(cls, base_url: str, api_key_env: str | None = None, provider: str | None = None) -> Endpoint:
-        parts = urlsplit(base_url)
-        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
-        return cls(base_url, parts.hostname or None, port, api_key_env, provider)
-
-    def api_key(self) -> str:
-        """The key for this server: its variable's value, else "EMPTY" (what vLLM and Xinference accept)."""
-        return (os.environ.get(self.api_key_env) if self.api_key_env else None) or "EMPTY"
-
 
 @dataclass(frozen=True)
 class DowngradeTarget:
@@ -49,15 +36,6 @@ class DowngradeTarget:
 
     def moves(self, model: str | None) -> bool:
         return self.model != model or self.endpoint is not None
-
-
-def provider_for_host(providers: Mapping[str, str], host: str | None, port: int | None, default: str) -> str:
-    """The provider a `providers:` host glob names for this server, else `default`."""
-    if host:
-        for pattern, name in providers.items():
-            if fnmatch.fnmatch(host, pattern) or fnmatch.fnmatch(f"{host}:{port}", pattern):
-                return name
-    return default
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind
 
 from otel_tokens import names
-from otel_tokens.config.settings import Endpoint, provider_for_host
+from otel_tokens.config.providers import provider_for_host
+from otel_tokens.config.settings import Endpoint
+from otel_tokens.integrations.openai_endpoints import api_key
 from otel_tokens.integrations.openai_request import (
     refused_stream_options,
     stop_asking,
@@ -175,7 +177,7 @@ class _Request:
         """Sent to `endpoint` instead, with its own key: the caller's key, base and provider route are not."""
         self.set_model(order, model)  # the routing arguments are keywords only (`order` is model and the input)
         kept = {k: v for k, v in self.kwargs.items() if k not in _ROUTING}
-        self.kwargs = {**kept, "api_base": endpoint.base_url, "api_key": endpoint.api_key()}
+        self.kwargs = {**kept, "api_base": endpoint.base_url, "api_key": api_key(endpoint)}
         self.view = {**dict(zip(order, self.args, strict=False)), **self.kwargs}
 
     def set_output_limit(self, order: tuple[str, ...], limit: int) -> None:

@@ -17,7 +17,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 from opentelemetry.trace import SpanKind
 
 from otel_tokens import names
-from otel_tokens.config.settings import provider_for_host
+from otel_tokens.config.providers import provider_for_host
 from otel_tokens.integrations.openai_content import capture_request, capture_response
 from otel_tokens.integrations.openai_endpoints import moved
 from otel_tokens.integrations.openai_request import (

@@ -1,5 +1,5 @@
 """A call the guard moved to another server (a downgrade to the local model server): the same SDK method, run on
-a resource of a client of that server.
+a resource of a client of that server; and that server's key, for litellm too.
 
 The client is a new one, never a copy of the caller's: the caller's key, organization, project and default
 headers (which may carry credentials) stay with the caller's server. It keeps the caller's timeout and retries.
@@ -9,6 +9,7 @@ The caller's own client is not changed, and a failure there is the caller's erro
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -20,10 +21,16 @@ _clients: dict[tuple[Any, ...], Any] = {}
 _lock = threading.Lock()
 
 
+def api_key(endpoint: Endpoint) -> str:
+    """The key for that server, read when a call is moved: its variable's value, else "EMPTY" (what vLLM and
+    Xinference accept). Never the caller's key."""
+    return (os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None) or "EMPTY"
+
+
 def _client(original: Any, endpoint: Endpoint, is_async: bool) -> Any:
     import openai
 
-    key = endpoint.api_key()
+    key = api_key(endpoint)
     timeout, retries = getattr(original, "timeout", None), getattr(original, "max_retries", None)
     cache_key = (is_async, endpoint, key, repr(timeout), retries)
     found = _clients.get(cache_key)

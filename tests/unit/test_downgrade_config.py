@@ -32,11 +32,13 @@ def test_a_plain_name_stays_on_the_callers_server_and_a_mapping_names_another(tm
 
 
 def test_the_key_is_read_from_its_variable_at_call_time(monkeypatch):
-    endpoint = Endpoint.at("http://127.0.0.1:1/v1", "LOCAL_LLM_KEY")
+    from otel_tokens.integrations.openai_endpoints import api_key
+
+    endpoint = Endpoint("http://127.0.0.1:1/v1", "127.0.0.1", 1, "LOCAL_LLM_KEY")
     monkeypatch.delenv("LOCAL_LLM_KEY", raising=False)
-    assert endpoint.api_key() == "EMPTY"  # what vLLM and Xinference accept; never the caller's key
+    assert api_key(endpoint) == "EMPTY"  # what vLLM and Xinference accept; never the caller's key
     monkeypatch.setenv("LOCAL_LLM_KEY", "k1")
-    assert endpoint.api_key() == "k1"
+    assert api_key(endpoint) == "k1"
 
 
 @pytest.mark.parametrize(("target", "names"), [

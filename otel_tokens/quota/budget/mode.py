@@ -26,7 +26,7 @@ from otel_tokens.config.settings import GuardSettings
 from otel_tokens.logs import internal_error, log_once, logger
 from otel_tokens.pricing import PriceBook
 from otel_tokens.quota import vocabulary
-from otel_tokens.quota.budget.fit import fitted_output
+from otel_tokens.quota.budget.fit import fitted_output, worth_counting
 from otel_tokens.quota.budget.limits_source import LimitsSource
 from otel_tokens.quota.budget.parts import account_charges
 from otel_tokens.quota.budget.plans import Plan, plans, windows
@@ -228,7 +228,7 @@ class BudgetMode:
                     charges, limited = self._account(quotas, principals, None)
                 elif verdict.status != REFUSED or charge.window in RATE_WINDOWS or not self._in_time(started):
                     break
-                elif exact is not None and not counted:
+                elif exact is not None and not counted and worth_counting(verdict, input_bound):
                     counted, counting = True, time.monotonic()
                     tokens = exact(served[1])  # near the limit: the prompt counted as the server will count it
                     started += time.monotonic() - counting  # the store's time budget is the store's, not ours
